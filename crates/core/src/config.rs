@@ -1,0 +1,662 @@
+//! The config schema (TOML) and its validation.
+//!
+//! Every check that can be made on the text alone happens while
+//! deserialising, so a bad value is reported with its line, column and key.
+//! Reading the file is the caller's business ([`Config::parse`] takes text).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::ConfigDuration;
+use crate::reference::{validate_tag, ImageRef};
+use crate::version::Version;
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[daemon]`.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// `[builder]`.
+    #[serde(default)]
+    pub builder: BuilderConfig,
+    /// `[registries."HOST"]`.
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistryConfig>,
+    /// `[webhooks]`.
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+    /// `[[image]]`.
+    #[serde(default)]
+    pub image: Vec<ImageConfig>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// sled database, build workspaces, logs.
+    pub state_dir: PathBuf,
+    /// `127.0.0.1:8780` or `unix:/path`.
+    pub listen: String,
+    /// Bearer token required on every POST except webhooks.
+    pub api_token_file: Option<PathBuf>,
+    /// Poll schedule for bases.
+    pub poll: CronSpec,
+    /// Time zone of cron schedules.
+    pub timezone: String,
+    /// How long a changed digest must hold before a build starts.
+    pub settle: ConfigDuration,
+    /// Builds running at once.
+    pub max_concurrent_builds: usize,
+    /// On SIGTERM, how long running builds may finish.
+    pub stop_timeout: ConfigDuration,
+    /// `RUST_LOG`-style filter.
+    pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/rebased"),
+            listen: "127.0.0.1:8780".to_owned(),
+            api_token_file: None,
+            poll: CronSpec::parse("*/15 * * * *").unwrap_or_else(|_| unreachable!("valid literal")),
+            timezone: "UTC".to_owned(),
+            settle: ConfigDuration(std::time::Duration::from_secs(30)),
+            max_concurrent_builds: 2,
+            stop_timeout: ConfigDuration(std::time::Duration::from_secs(60)),
+            log: "info".to_owned(),
+            log_format: LogFormat::Auto,
+        }
+    }
+}
+
+/// `daemon.log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `journald` under the journal, `text` otherwise.
+    #[default]
+    Auto,
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// Native journald fields.
+    Journald,
+}
+
+/// `[builder]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuilderConfig {
+    /// Which engine builds.
+    pub backend: Backend,
+    /// A build running longer is cancelled.
+    pub timeout: ConfigDuration,
+    /// Attempts before an image is `failing`.
+    pub max_attempts: u32,
+}
+
+impl Default for BuilderConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Auto,
+            timeout: ConfigDuration(std::time::Duration::from_secs(30 * 60)),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// `builder.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// `native` without `RUN`, else the first installed engine.
+    #[default]
+    Auto,
+    /// Pure Rust.
+    Native,
+    /// `buildah bud`.
+    Buildah,
+    /// `podman build`.
+    Podman,
+    /// `docker build`.
+    Docker,
+}
+
+/// `[registries."HOST"]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Plain http.
+    pub insecure: bool,
+    /// Basic-auth user.
+    pub username: Option<String>,
+    /// File holding the password or token.
+    pub password_file: Option<PathBuf>,
+    /// Extra trusted CA.
+    pub ca_file: Option<PathBuf>,
+    /// Requests in flight to this registry.
+    pub concurrency: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            insecure: false,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            concurrency: 8,
+        }
+    }
+}
+
+/// `[webhooks]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Token accepted as bearer, `?token=` or HMAC key.
+    pub token_file: Option<PathBuf>,
+}
+
+/// One `[[image]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Unique id used in the API and CLI.
+    pub name: ImageName,
+    /// Build context directory.
+    pub context: PathBuf,
+    /// Dockerfile, relative to `context`.
+    #[serde(default = "default_dockerfile")]
+    pub dockerfile: PathBuf,
+    /// Where versions are pushed.
+    pub repository: Repository,
+    /// First version, when the repository holds no semver tag.
+    pub version: Version,
+    /// How the next version is made.
+    #[serde(default)]
+    pub bump: Bump,
+    /// Floating tags moved to each new version.
+    #[serde(default = "default_tags")]
+    pub tags: Vec<TagTemplate>,
+    /// Platforms built.
+    #[serde(default = "default_platforms")]
+    pub platforms: Vec<String>,
+    /// `--build-arg`s.
+    #[serde(default)]
+    pub build_args: BTreeMap<String, String>,
+    /// Build secrets by id.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, PathBuf>,
+    /// Overrides `daemon.poll` for this image's bases.
+    #[serde(default)]
+    pub poll: Option<CronSpec>,
+    /// A change under `context` also triggers a rebuild.
+    #[serde(default)]
+    pub watch_context: bool,
+}
+
+impl ImageConfig {
+    /// The Dockerfile's path (`context` joined with `dockerfile`).
+    pub fn dockerfile_path(&self) -> PathBuf {
+        self.context.join(&self.dockerfile)
+    }
+}
+
+fn default_dockerfile() -> PathBuf {
+    PathBuf::from("Dockerfile")
+}
+
+fn default_tags() -> Vec<TagTemplate> {
+    ["{major}.{minor}", "{major}", "latest"]
+        .into_iter()
+        .map(|t| TagTemplate(t.to_owned()))
+        .collect()
+}
+
+fn default_platforms() -> Vec<String> {
+    vec!["linux/amd64".to_owned()]
+}
+
+/// `bump`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bump {
+    /// 1.4.2 -> 1.4.3.
+    #[default]
+    Patch,
+    /// 1.4.2 -> 1.4.2-r1.
+    Revision,
+}
+
+impl Bump {
+    /// The version after `v`.
+    pub fn next(self, v: &Version) -> Version {
+        match self {
+            Self::Patch => v.next_patch(),
+            Self::Revision => v.next_revision(),
+        }
+    }
+}
+
+/// An image's unique name: letters, digits, `.`, `_`, `-`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageName(String);
+
+impl ImageName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for ImageName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.is_empty() || s.len() > 128 {
+            return Err(format!("image name {s:?} must be 1 to 128 characters"));
+        }
+        if !s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(format!("image name {s:?} may only hold letters, digits, '.', '_' and '-'"));
+        }
+        Ok(Self(s))
+    }
+}
+
+impl From<ImageName> for String {
+    fn from(n: ImageName) -> Self {
+        n.0
+    }
+}
+
+/// Where versions are pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Repository {
+    /// A registry repository (no tag, no digest).
+    Registry(ImageRef),
+    /// `oci:PATH`, an OCI image layout directory.
+    OciLayout(PathBuf),
+}
+
+impl TryFrom<String> for Repository {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if let Some(path) = s.strip_prefix("oci:") {
+            if path.is_empty() {
+                return Err("oci: needs a directory path".to_owned());
+            }
+            return Ok(Self::OciLayout(PathBuf::from(path)));
+        }
+        ImageRef::parse_repository(&s)
+            .map(Self::Registry)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl From<Repository> for String {
+    fn from(r: Repository) -> Self {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Registry(r) => f.write_str(&r.name()),
+            Self::OciLayout(p) => write!(f, "oci:{}", p.display()),
+        }
+    }
+}
+
+/// A floating tag template: `{major}`, `{minor}`, `{patch}` and literal text
+/// that, rendered, is a valid tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TagTemplate(String);
+
+impl TagTemplate {
+    /// The tag for `v`.
+    pub fn render(&self, v: &Version) -> String {
+        v.render(&self.0)
+    }
+
+    /// The template text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TagTemplate {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let sample = Version::parse("10.20.30").unwrap_or_else(|_| unreachable!("valid literal"));
+        let rendered = sample.render(&s);
+        if rendered.contains(['{', '}']) {
+            return Err(format!("tag template {s:?}: only {{major}}, {{minor}} and {{patch}} may be substituted"));
+        }
+        validate_tag(&rendered).map_err(|e| format!("tag template {s:?}: {e}"))?;
+        if Version::parse(&rendered).is_ok() {
+            return Err(format!(
+                "tag template {s:?} renders a full version: floating tags must not look like version tags"
+            ));
+        }
+        Ok(Self(s))
+    }
+}
+
+impl From<TagTemplate> for String {
+    fn from(t: TagTemplate) -> Self {
+        t.0
+    }
+}
+
+/// A cron expression: 5 fields (minute resolution) or 6/7 with seconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CronSpec {
+    text: String,
+    schedule: cron::Schedule,
+}
+
+impl CronSpec {
+    /// Parses and validates; 5-field input gets a leading `0` seconds field.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let fields = text.split_whitespace().count();
+        let normalised = match fields {
+            5 => format!("0 {text}"),
+            6 | 7 => text.to_owned(),
+            n => return Err(format!("cron {text:?} has {n} fields: expected 5, 6 or 7")),
+        };
+        let schedule = cron::Schedule::from_str(&normalised).map_err(|e| format!("cron {text:?}: {e}"))?;
+        Ok(Self {
+            text: text.to_owned(),
+            schedule,
+        })
+    }
+
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The parsed schedule.
+    pub fn schedule(&self) -> &cron::Schedule {
+        &self.schedule
+    }
+}
+
+impl PartialEq for CronSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl TryFrom<String> for CronSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<CronSpec> for String {
+    fn from(c: CronSpec) -> Self {
+        c.text
+    }
+}
+
+/// A config error: where (line, column, key) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}{}: {message}", key.as_ref().map(|k| format!(", key {k}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The dotted key at fault, when known (`daemon.poll`, `image[1].name`).
+    pub key: Option<String>,
+    /// Why.
+    pub message: String,
+}
+
+impl Config {
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            located(text, offset, e.message().trim().to_owned())
+        })?;
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, image) in self.image.iter().enumerate() {
+            if let Some(first) = seen.insert(image.name.as_str(), i) {
+                let offset = nth_key_offset(text, "name", image.name.as_str(), 1).unwrap_or(0);
+                let mut e = located(
+                    text,
+                    offset,
+                    format!("image name {:?} is already used by image[{first}]", image.name.as_str()),
+                );
+                e.key = Some(format!("image[{i}].name"));
+                return Err(e);
+            }
+        }
+        if self.daemon.max_concurrent_builds == 0 {
+            return Err(key_error(text, "daemon", "max_concurrent_builds", "must be at least 1"));
+        }
+        if self.builder.max_attempts == 0 {
+            return Err(key_error(text, "builder", "max_attempts", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn key_error(text: &str, table: &str, key: &str, message: &str) -> ConfigError {
+    let offset = nth_key_offset(text, key, "", 0).unwrap_or(0);
+    let mut e = located(text, offset, message.to_owned());
+    e.key = Some(format!("{table}.{key}"));
+    e
+}
+
+/// Byte offset of the `n`-th (0-based) line `key = …value…` in `text`.
+fn nth_key_offset(text: &str, key: &str, value: &str, n: usize) -> Option<usize> {
+    let mut offset = 0;
+    let mut count = 0;
+    for line in text.split_inclusive('\n') {
+        if let Some((k, v)) = line.split_once('=') {
+            if k.trim() == key && v.contains(value) {
+                if count == n {
+                    return Some(offset + (line.len() - line.trim_start().len()));
+                }
+                count += 1;
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Turns a byte offset into line, column and the dotted key written there.
+fn located(text: &str, offset: usize, message: String) -> ConfigError {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |p| p + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or_default();
+    let mut table: Option<String> = None;
+    let mut array_index: BTreeMap<String, usize> = BTreeMap::new();
+    for l in text[..line_start].lines() {
+        let t = l.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split(']').next()) {
+            let name = name.trim().to_owned();
+            let n = array_index.entry(name.clone()).and_modify(|n| *n += 1).or_insert(0);
+            table = Some(format!("{name}[{n}]"));
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = Some(name.trim().to_owned());
+        }
+    }
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().to_owned())
+        .filter(|k| !k.is_empty() && !k.starts_with('['))
+        .map(|k| match &table {
+            Some(t) => format!("{t}.{k}"),
+            None => k,
+        })
+        .or_else(|| {
+            let t = line_text.trim();
+            t.starts_with('[').then(|| t.trim_matches(['[', ']']).trim().to_owned())
+        });
+    ConfigError {
+        line,
+        column,
+        key,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[image]]
+name = "app"
+context = "/srv/app"
+repository = "127.0.0.1:5000/app"
+version = "1.0.0"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(c.daemon.listen, "127.0.0.1:8780");
+        assert_eq!(c.daemon.poll.as_str(), "*/15 * * * *");
+        let img = &c.image[0];
+        assert_eq!(img.dockerfile_path(), PathBuf::from("/srv/app/Dockerfile"));
+        let tags: Vec<_> = img.tags.iter().map(|t| t.render(&img.version)).collect();
+        assert_eq!(tags, ["1.0", "1", "latest"]);
+        assert_eq!(img.platforms, ["linux/amd64"]);
+    }
+
+    #[test]
+    fn full_design_example_parses() {
+        let text = r#"
+[daemon]
+state_dir = "/var/lib/rebased"
+listen = "127.0.0.1:8780"
+api_token_file = "/etc/rebased/api-token"
+poll = "*/15 * * * *"
+timezone = "UTC"
+settle = "30s"
+max_concurrent_builds = 2
+stop_timeout = "60s"
+log = "info"
+log_format = "auto"
+
+[builder]
+backend = "auto"
+timeout = "30m"
+max_attempts = 5
+
+[registries."127.0.0.1:5000"]
+insecure = true
+[registries."ghcr.io"]
+username = "bot"
+password_file = "/etc/rebased/ghcr-token"
+ca_file = "/etc/rebased/ghcr-ca.pem"
+concurrency = 8
+
+[webhooks]
+token_file = "/etc/rebased/webhook-token"
+
+[[image]]
+name = "web"
+context = "/srv/web"
+dockerfile = "Dockerfile"
+repository = "ghcr.io/acme/web"
+version = "1.4.2"
+bump = "patch"
+tags = ["{major}.{minor}", "{major}", "latest"]
+platforms = ["linux/amd64"]
+build_args = { APP_ENV = "prod" }
+secrets = { npm = "/etc/rebased/npm-token" }
+poll = "0 * * * *"
+watch_context = false
+"#;
+        let c = Config::parse(text).expect("valid");
+        assert!(c.registries["127.0.0.1:5000"].insecure);
+        assert_eq!(c.image[0].build_args["APP_ENV"], "prod");
+        assert_eq!(c.daemon.settle.0, std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn seconds_cron_accepted() {
+        let text = format!("[daemon]\npoll = \"*/2 * * * * *\"\n{MINIMAL}");
+        assert!(Config::parse(&text).is_ok());
+    }
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse(text).expect_err("should fail")
+    }
+
+    #[test]
+    fn errors_carry_line_and_key() {
+        let e = err("[daemon]\nlisten = \"x\"\npoll = \"not a cron\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (3, Some("daemon.poll")), "{e}");
+        assert!(e.message.contains("not a cron"), "{e}");
+
+        let e = err("[daemon]\nbogus = 1\n");
+        assert_eq!((e.line, e.key.as_deref()), (2, Some("daemon.bogus")), "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+
+        let e = err(&MINIMAL.replace("1.0.0", "1.0"));
+        assert_eq!((e.line, e.key.as_deref()), (6, Some("image[0].version")), "{e}");
+
+        let e = err(&MINIMAL.replace("127.0.0.1:5000/app", "127.0.0.1:5000/App"));
+        assert_eq!(e.key.as_deref(), Some("image[0].repository"), "{e}");
+        assert!(e.message.contains("lowercase"), "{e}");
+
+        let e = err(&format!("{MINIMAL}tags = [\"{{major}}\", \"bad tag\"]\n"));
+        assert_eq!(e.key.as_deref(), Some("image[0].tags"), "{e}");
+
+        let e = err(&MINIMAL.replace("context = \"/srv/app\"\n", ""));
+        assert!(e.message.contains("context"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_refused() {
+        let e = err(&format!("{MINIMAL}{MINIMAL}"));
+        assert_eq!((e.line, e.key.as_deref()), (9, Some("image[1].name")), "{e}");
+    }
+
+    #[test]
+    fn tag_templates_validated() {
+        assert!(TagTemplate::try_from("{major}.{minor}".to_owned()).is_ok());
+        assert!(TagTemplate::try_from("stable".to_owned()).is_ok());
+        assert!(TagTemplate::try_from("{foo}".to_owned()).is_err());
+        assert!(TagTemplate::try_from("{major}.{minor}.{patch}".to_owned()).is_err());
+    }
+}

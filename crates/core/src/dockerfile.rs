@@ -1,0 +1,665 @@
+//! The part of a Dockerfile that decides its bases, read the way BuildKit
+//! reads it: parser directives (`# escape=`), comments, line continuations,
+//! heredocs, global `ARG`s and their substitution, `FROM --platform=… image AS
+//! name`, stage names, `scratch`, and `COPY --from=<image>`.
+//!
+//! [`Dockerfile::parse`] builds the model; [`Dockerfile::bases`] lists the
+//! external images; [`Dockerfile::pin`] rewrites a copy with every base as
+//! `name@digest`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::digest::Digest;
+use crate::reference::ImageRef;
+
+const KNOWN: &[&str] = &[
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
+    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+];
+
+/// A bad Dockerfile: the line and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct DockerfileError {
+    /// 1-based line of the instruction at fault.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// One logical instruction (continuations joined).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instruction {
+    /// 1-based first line.
+    pub line: usize,
+    /// 1-based last line (continuations and heredoc bodies included).
+    pub end_line: usize,
+    /// The instruction keyword, upper-cased.
+    pub keyword: String,
+    /// Everything after the keyword, continuations joined.
+    pub args: String,
+}
+
+/// How an external image is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseKind {
+    /// `FROM image`.
+    From,
+    /// `COPY --from=image` / `ADD --from=image`.
+    CopyFrom,
+}
+
+/// One use of an external image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUse {
+    /// Index of the instruction in [`Dockerfile::instructions`].
+    pub instruction: usize,
+    /// 1-based line.
+    pub line: usize,
+    /// The normalised reference after substitution.
+    pub reference: ImageRef,
+    /// `FROM` or `COPY --from`.
+    pub kind: BaseKind,
+    /// The `--platform` flag after substitution, if any.
+    pub platform: Option<String>,
+}
+
+/// A parsed Dockerfile with its base uses resolved.
+#[derive(Debug, Clone)]
+pub struct Dockerfile {
+    /// The escape character (`\` or `` ` ``).
+    pub escape: char,
+    /// Every instruction, in order.
+    pub instructions: Vec<Instruction>,
+    /// Every external image use, in order.
+    pub uses: Vec<BaseUse>,
+}
+
+impl Dockerfile {
+    /// Parses `text`, substituting global `ARG` defaults overridden by
+    /// `build_args` (only for `ARG`s the file declares, as BuildKit does).
+    pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Self, DockerfileError> {
+        let (escape, instructions) = split_instructions(text)?;
+        let mut globals: HashMap<String, String> = HashMap::new();
+        let mut stages: Vec<String> = Vec::new();
+        let mut seen_from = false;
+        let mut uses = Vec::new();
+        for (idx, ins) in instructions.iter().enumerate() {
+            let err = |reason: String| DockerfileError {
+                line: ins.line,
+                reason,
+            };
+            match ins.keyword.as_str() {
+                "ARG" if !seen_from => {
+                    for word in split_words(&ins.args, escape) {
+                        let (name, default) = match word.split_once('=') {
+                            Some((n, d)) => (n.to_owned(), Some(substitute(d, &globals, escape).map_err(err)?)),
+                            None => (word.clone(), None),
+                        };
+                        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                            return Err(err(format!("invalid ARG name {name:?}")));
+                        }
+                        let value = build_args.get(&name).cloned().or(default).unwrap_or_default();
+                        globals.insert(name, value);
+                    }
+                }
+                "FROM" => {
+                    seen_from = true;
+                    let words = split_words(&ins.args, escape);
+                    let mut platform = None;
+                    let mut rest = words.iter().peekable();
+                    while let Some(flag) = rest.next_if(|w| w.starts_with("--")) {
+                        match flag.split_once('=') {
+                            Some(("--platform", p)) => platform = Some(substitute(p, &globals, escape).map_err(err)?),
+                            _ => return Err(err(format!("unknown FROM flag {flag:?}"))),
+                        }
+                    }
+                    let Some(image) = rest.next() else {
+                        return Err(err("FROM needs an image".to_owned()));
+                    };
+                    let stage = match (rest.next(), rest.next(), rest.next()) {
+                        (None, _, _) => None,
+                        (Some(kw), Some(name), None) if kw.eq_ignore_ascii_case("as") => Some(name.to_ascii_lowercase()),
+                        _ => return Err(err("FROM takes: [--platform=…] image [AS name]".to_owned())),
+                    };
+                    let image = substitute(image, &globals, escape).map_err(err)?;
+                    if image.is_empty() {
+                        return Err(err("FROM image is empty after ARG substitution".to_owned()));
+                    }
+                    let lower = image.to_ascii_lowercase();
+                    if lower != "scratch" && !stages.contains(&lower) {
+                        let reference = ImageRef::parse(&image).map_err(|e| err(e.to_string()))?;
+                        uses.push(BaseUse {
+                            instruction: idx,
+                            line: ins.line,
+                            reference,
+                            kind: BaseKind::From,
+                            platform,
+                        });
+                    }
+                    if let Some(name) = stage {
+                        stages.push(name);
+                    }
+                }
+                "COPY" | "ADD" => {
+                    if !seen_from {
+                        return Err(err(format!("{} before the first FROM", ins.keyword)));
+                    }
+                    for word in split_words(&ins.args, escape) {
+                        if !word.starts_with("--") {
+                            break;
+                        }
+                        if let Some(from) = word.strip_prefix("--from=") {
+                            let from = substitute(from, &globals, escape).map_err(err)?;
+                            let lower = from.to_ascii_lowercase();
+                            let is_index = !from.is_empty() && from.bytes().all(|b| b.is_ascii_digit());
+                            if !is_index && !stages.contains(&lower) {
+                                let reference = ImageRef::parse(&from).map_err(|e| err(e.to_string()))?;
+                                uses.push(BaseUse {
+                                    instruction: idx,
+                                    line: ins.line,
+                                    reference,
+                                    kind: BaseKind::CopyFrom,
+                                    platform: None,
+                                });
+                            }
+                        }
+                    }
+                }
+                kw if !seen_from && kw != "ARG" => {
+                    return Err(err(format!("{kw} before the first FROM (only ARG may come first)")));
+                }
+                _ => {}
+            }
+        }
+        if !seen_from {
+            return Err(DockerfileError {
+                line: instructions.last().map_or(1, |i| i.end_line),
+                reason: "no FROM instruction".to_owned(),
+            });
+        }
+        Ok(Self {
+            escape,
+            instructions,
+            uses,
+        })
+    }
+
+    /// The external bases, in order of first appearance, without duplicates.
+    pub fn bases(&self) -> Vec<ImageRef> {
+        let mut out: Vec<ImageRef> = Vec::new();
+        for u in &self.uses {
+            if !out.contains(&u.reference) {
+                out.push(u.reference.clone());
+            }
+        }
+        out
+    }
+
+    /// Rewrites `text` (the text this model was parsed from) so that every
+    /// base found in `digests` is used as `name@digest`. Flags, stage names
+    /// and line numbers are kept: a rewritten instruction sits on its first
+    /// line and its continuation lines become empty.
+    pub fn pin(&self, text: &str, digests: &BTreeMap<ImageRef, Digest>) -> String {
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        for u in &self.uses {
+            let Some(digest) = digests.get(&u.reference) else {
+                continue;
+            };
+            let pinned = u.reference.pinned(digest).to_string();
+            let ins = &self.instructions[u.instruction];
+            let words = split_words(&ins.args, self.escape);
+            let rewritten: Vec<String> = match u.kind {
+                BaseKind::From => {
+                    let mut done = false;
+                    words
+                        .into_iter()
+                        .map(|w| {
+                            if !done && !w.starts_with("--") {
+                                done = true;
+                                pinned.clone()
+                            } else {
+                                w
+                            }
+                        })
+                        .collect()
+                }
+                BaseKind::CopyFrom => {
+                    // Only the --from flag changes; the rest keeps its text.
+                    let flags: Vec<String> = words
+                        .iter()
+                        .take_while(|w| w.starts_with("--"))
+                        .map(|w| {
+                            if w.starts_with("--from=") {
+                                format!("--from={pinned}")
+                            } else {
+                                w.clone()
+                            }
+                        })
+                        .collect();
+                    let rest = skip_words(&ins.args, flags.len(), self.escape);
+                    let mut v = flags;
+                    v.push(rest.to_owned());
+                    v
+                }
+            };
+            let first = ins.line - 1;
+            if first >= lines.len() {
+                continue;
+            }
+            lines[first] = format!("{} {}", ins.keyword, rewritten.join(" "));
+            let end = ins.end_line.min(lines.len());
+            for l in lines.iter_mut().take(end).skip(first + 1) {
+                l.clear();
+            }
+        }
+        let mut out = lines.join("\n");
+        out.push('\n');
+        out
+    }
+}
+
+/// Splits the text into instructions, handling parser directives, comments,
+/// continuations and heredocs. Returns the escape character too.
+fn split_instructions(text: &str) -> Result<(char, Vec<Instruction>), DockerfileError> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut escape = '\\';
+    let mut i = 0;
+    // Parser directives: only at the very top, `# key=value`.
+    while i < lines.len() {
+        let Some(body) = lines[i].trim().strip_prefix('#') else {
+            break;
+        };
+        let Some((key, value)) = body.split_once('=') else {
+            break;
+        };
+        let key = key.trim().to_ascii_lowercase();
+        if key.contains(char::is_whitespace) {
+            break;
+        }
+        if key == "escape" {
+            escape = match value.trim() {
+                "\\" => '\\',
+                "`" => '`',
+                other => {
+                    return Err(DockerfileError {
+                        line: i + 1,
+                        reason: format!("invalid escape directive {other:?}: use \\ or `"),
+                    })
+                }
+            };
+        }
+        i += 1;
+    }
+    let mut out = Vec::new();
+    while i < lines.len() {
+        let line = lines[i];
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut logical = String::new();
+        loop {
+            let cur = lines[i].trim_end();
+            if let Some(body) = cur.strip_suffix(escape) {
+                logical.push_str(body);
+                i += 1;
+                // Skip comment and empty lines inside a continuation.
+                while i < lines.len() && {
+                    let t = lines[i].trim_start();
+                    t.starts_with('#') || t.is_empty()
+                } {
+                    i += 1;
+                }
+                if i >= lines.len() {
+                    break;
+                }
+            } else {
+                logical.push_str(lines[i]);
+                i += 1;
+                break;
+            }
+        }
+        let logical = logical.trim();
+        let (kw, args) = match logical.find(char::is_whitespace) {
+            Some(p) => (&logical[..p], logical[p..].trim()),
+            None => (logical, ""),
+        };
+        let keyword = kw.to_ascii_uppercase();
+        if !KNOWN.contains(&keyword.as_str()) {
+            return Err(DockerfileError {
+                line: start + 1,
+                reason: format!("unknown instruction {kw:?}"),
+            });
+        }
+        if args.is_empty() && keyword != "CMD" && keyword != "ENTRYPOINT" {
+            return Err(DockerfileError {
+                line: start + 1,
+                reason: format!("{keyword} requires at least one argument"),
+            });
+        }
+        // Heredocs (`<<EOF`, `<<-EOF`, `<<"EOF"`): skip their bodies.
+        for marker in heredoc_markers(args) {
+            let (word, strip_tabs) = marker;
+            loop {
+                if i >= lines.len() {
+                    return Err(DockerfileError {
+                        line: start + 1,
+                        reason: format!("heredoc <<{word} is not terminated"),
+                    });
+                }
+                let l = if strip_tabs { lines[i].trim_start_matches('\t') } else { lines[i] };
+                i += 1;
+                if l == word {
+                    break;
+                }
+            }
+        }
+        out.push(Instruction {
+            line: start + 1,
+            end_line: i,
+            keyword,
+            args: args.to_owned(),
+        });
+    }
+    Ok((escape, out))
+}
+
+fn heredoc_markers(args: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let mut rest = args;
+    while let Some(p) = rest.find("<<") {
+        let after = &rest[p + 2..];
+        if after.starts_with('<') {
+            rest = after.trim_start_matches('<');
+            continue;
+        }
+        let (strip, after) = match after.strip_prefix('-') {
+            Some(a) => (true, a),
+            None => (false, after),
+        };
+        let quoted = after.starts_with(['"', '\'']);
+        let body = after.trim_start_matches(['"', '\'']);
+        let word: String = body
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !word.is_empty() && (quoted || after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')) {
+            rest = &body[word.len()..];
+            out.push((word, strip));
+        } else {
+            rest = after;
+        }
+    }
+    out
+}
+
+/// Splits arguments on whitespace, honouring quotes and the escape character
+/// (quotes are removed, as the shell-word parser in BuildKit does).
+fn split_words(args: &str, escape: char) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = args.chars();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) if c == escape => {
+                if let Some(n) = chars.next() {
+                    cur.push(c);
+                    cur.push(n);
+                }
+            }
+            Some(_) => cur.push(c),
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                in_word = true;
+            }
+            None if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            None if c == escape => {
+                in_word = true;
+                cur.push(c);
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            None => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+/// The text after the first `n` whitespace-separated words.
+fn skip_words(args: &str, n: usize, escape: char) -> &str {
+    let mut rest = args.trim_start();
+    for _ in 0..n {
+        let mut end = rest.len();
+        let mut quote = None;
+        let mut prev_escape = false;
+        for (i, c) in rest.char_indices() {
+            if prev_escape {
+                prev_escape = false;
+                continue;
+            }
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == '"' || c == '\'' => quote = Some(c),
+                None if c == escape => prev_escape = true,
+                None if c.is_whitespace() => {
+                    end = i;
+                    break;
+                }
+                None => {}
+            }
+        }
+        rest = rest[end..].trim_start();
+    }
+    rest
+}
+
+/// Substitutes `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+/// `${VAR:+alt}` and `${VAR+alt}`; `<escape>$` is a literal `$`.
+pub fn substitute(input: &str, vars: &HashMap<String, String>, escape: char) -> Result<String, String> {
+    let mut out = String::new();
+    let mut chars = input.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == escape {
+            match chars.next() {
+                Some(n) => out.push(n),
+                None => out.push(c),
+            }
+            continue;
+        }
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('{') => {
+                chars.next();
+                let mut body = String::new();
+                let mut depth = 1;
+                loop {
+                    match chars.next() {
+                        None => return Err(format!("unterminated ${{ in {input:?}")),
+                        Some('{') => {
+                            depth += 1;
+                            body.push('{');
+                        }
+                        Some('}') => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                            body.push('}');
+                        }
+                        Some(ch) => body.push(ch),
+                    }
+                }
+                let name_len = body
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .count();
+                let (name, op) = body.split_at(name_len);
+                if name.is_empty() {
+                    return Err(format!("bad substitution ${{{body}}}"));
+                }
+                let value = vars.get(name);
+                let set = value.is_some();
+                let nonempty = value.is_some_and(|v| !v.is_empty());
+                let expanded = match op {
+                    "" => value.cloned().unwrap_or_default(),
+                    _ if op.starts_with(":-") => {
+                        if nonempty { value.cloned().unwrap_or_default() } else { substitute(&op[2..], vars, escape)? }
+                    }
+                    _ if op.starts_with('-') => {
+                        if set { value.cloned().unwrap_or_default() } else { substitute(&op[1..], vars, escape)? }
+                    }
+                    _ if op.starts_with(":+") => {
+                        if nonempty { substitute(&op[2..], vars, escape)? } else { String::new() }
+                    }
+                    _ if op.starts_with('+') => {
+                        if set { substitute(&op[1..], vars, escape)? } else { String::new() }
+                    }
+                    _ => return Err(format!("unsupported substitution ${{{body}}}")),
+                };
+                out.push_str(&expanded);
+            }
+            Some(n) if n.is_ascii_alphabetic() || *n == '_' => {
+                let mut name = String::new();
+                while let Some(&n) = chars.peek() {
+                    if n.is_ascii_alphanumeric() || n == '_' {
+                        name.push(n);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                out.push_str(vars.get(&name).map(String::as_str).unwrap_or_default());
+            }
+            _ => out.push('$'),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:ee3a7427e984f3d47ef6b31962b8255b59b97c4a79dc6804134da3986c55288a";
+
+    fn bases(text: &str) -> Vec<String> {
+        bases_with(text, &[])
+    }
+
+    fn bases_with(text: &str, args: &[(&str, &str)]) -> Vec<String> {
+        let args = args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Dockerfile::parse(text, &args)
+            .expect("parses")
+            .bases()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    fn error(text: &str) -> DockerfileError {
+        Dockerfile::parse(text, &BTreeMap::new()).expect_err("should fail")
+    }
+
+    #[test]
+    fn simple_from() {
+        assert_eq!(bases("FROM alpine\nCOPY a /a\n"), ["docker.io/library/alpine:latest"]);
+    }
+
+    #[test]
+    fn stages_and_scratch_are_not_bases() {
+        let text = "FROM golang:1.22 AS Build\nRUN go build\nFROM scratch\nCOPY --from=build /a /a\nFROM BUILD AS again\nCOPY --from=0 /x /x\n";
+        assert_eq!(bases(text), ["docker.io/library/golang:1.22"]);
+    }
+
+    #[test]
+    fn copy_from_external_image_is_a_base() {
+        let text = "FROM alpine\nCOPY --chown=1:1 --from=busybox:1.36 /bin/busybox /bin/\n";
+        assert_eq!(bases(text), ["docker.io/library/alpine:latest", "docker.io/library/busybox:1.36"]);
+    }
+
+    #[test]
+    fn global_args_and_build_args() {
+        let text = "ARG REG=127.0.0.1:5000\nARG TAG=1\nFROM ${REG}/base:${TAG:-9}\nFROM $REG/other\n";
+        assert_eq!(bases(text), ["127.0.0.1:5000/base:1", "127.0.0.1:5000/other:latest"]);
+        assert_eq!(bases_with(text, &[("TAG", "2")]), ["127.0.0.1:5000/base:2", "127.0.0.1:5000/other:latest"]);
+        // Undeclared build args do not apply.
+        assert_eq!(bases_with("FROM alpine:${V:-3}\n", &[("V", "4")]), ["docker.io/library/alpine:3"]);
+        assert_eq!(bases("ARG V\nFROM alpine${V:+:x}\n"), ["docker.io/library/alpine:latest"]);
+    }
+
+    #[test]
+    fn continuations_comments_and_case() {
+        let text = "# a comment\nfrom \\\n  # inside\n  --platform=$BUILDPLATFORM \\\n  debian:12 \\\n  as base\nRun echo hi\n";
+        assert_eq!(bases(text), ["docker.io/library/debian:12"]);
+    }
+
+    #[test]
+    fn escape_directive() {
+        let text = "# escape=`\nFROM mcr.microsoft.com/windows/servercore:ltsc2022 `\n  AS x\nCOPY a b\n";
+        assert_eq!(bases(text), ["mcr.microsoft.com/windows/servercore:ltsc2022"]);
+    }
+
+    #[test]
+    fn heredocs_are_skipped() {
+        let text = "FROM alpine\nRUN <<EOF\nFROM evil\nEOF\nCOPY <<-\"X\" /f\n\tFROM evil2\n\tX\nFROM busybox\n";
+        assert_eq!(bases(text), ["docker.io/library/alpine:latest", "docker.io/library/busybox:latest"]);
+    }
+
+    #[test]
+    fn duplicates_once_in_order() {
+        assert_eq!(
+            bases("FROM b\nFROM a\nFROM docker.io/library/b:latest\n"),
+            ["docker.io/library/b:latest", "docker.io/library/a:latest"]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        assert_eq!(error("").reason, "no FROM instruction");
+        assert_eq!(error("\n\nFROM\n").line, 3);
+        assert_eq!(error("FROM alpine\nFOO bar\n").line, 2);
+        assert_eq!(error("RUN x\nFROM a\n").line, 1);
+        assert_eq!(error("FROM Alpine\n").line, 1);
+        assert_eq!(error("FROM a\nRUN <<EOF\nx\n").line, 2);
+        assert_eq!(error("FROM a b c d\n").line, 1);
+        assert_eq!(error("FROM ${X\n").line, 1);
+    }
+
+    #[test]
+    fn pinning_keeps_flags_names_and_lines() {
+        let text = "ARG T=1\nFROM --platform=$TARGETPLATFORM \\\n  base:${T} AS b\nFROM b\nCOPY --from=tool:2 --chown=0:0 /x /y\n";
+        let df = Dockerfile::parse(text, &BTreeMap::new()).expect("parses");
+        let digest = Digest::parse(D).expect("digest");
+        let digests: BTreeMap<_, _> = df.bases().into_iter().map(|b| (b, digest.clone())).collect();
+        let pinned = df.pin(text, &digests);
+        let lines: Vec<&str> = pinned.lines().collect();
+        assert_eq!(lines[1], format!("FROM --platform=$TARGETPLATFORM docker.io/library/base@{D} AS b"));
+        assert_eq!(lines[2], "");
+        assert_eq!(lines[3], "FROM b");
+        assert_eq!(lines[4], format!("COPY --from=docker.io/library/tool@{D} --chown=0:0 /x /y"));
+        let again = Dockerfile::parse(&pinned, &BTreeMap::new()).expect("pinned parses");
+        assert!(again.bases().iter().all(|b| b.digest() == Some(&digest)));
+    }
+}
