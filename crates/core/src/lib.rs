@@ -10,10 +10,12 @@ pub mod digest;
 pub mod dockerfile;
 pub mod duration;
 pub mod reference;
+pub mod status;
 pub mod trigger;
 pub mod version;
 
 pub use digest::Digest;
 pub use reference::ImageRef;
+pub use status::ImageState;
 pub use trigger::Trigger;
 pub use version::Version;

@@ -1,1 +1,285 @@
-//! placeholder
+//! The one place in rebased that speaks the OCI distribution API.
+//!
+//! [`Registry`] resolves references to digests (one `HEAD` with every
+//! manifest media type in `Accept`), reads manifests and their annotations,
+//! lists tags, and points a tag at an existing manifest (the way `crane tag`
+//! does: the manifest bytes are copied unchanged, so the digest stays).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use rebased_core::config::RegistryConfig;
+use rebased_core::{Digest, ImageRef};
+use tracing::debug;
+
+/// Manifest media types we accept, most specific first.
+pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// What went wrong talking to a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 401/403, or the token flow failed.
+    Unauthorized,
+    /// The repository, tag or manifest does not exist.
+    NotFound,
+    /// Too many requests (429).
+    RateLimited,
+    /// Connection refused, DNS, TLS, timeouts.
+    Unreachable,
+    /// The registry answered with something we cannot use.
+    Protocol,
+}
+
+/// A registry error naming the registry, the reference and the cause.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reference} (registry {registry}): {kind_text}: {detail}", kind_text = kind_text(.kind))]
+pub struct RegistryError {
+    /// The registry host.
+    pub registry: String,
+    /// The reference being accessed.
+    pub reference: String,
+    /// Class of the failure.
+    pub kind: ErrorKind,
+    /// The underlying cause.
+    pub detail: String,
+}
+
+fn kind_text(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Unauthorized => "unauthorized",
+        ErrorKind::NotFound => "not found",
+        ErrorKind::RateLimited => "rate limited",
+        ErrorKind::Unreachable => "unreachable",
+        ErrorKind::Protocol => "protocol error",
+    }
+}
+
+/// A manifest as stored, with what is needed to copy it.
+#[derive(Debug, Clone)]
+pub struct RawManifest {
+    /// The exact bytes.
+    pub bytes: Vec<u8>,
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+}
+
+impl RawManifest {
+    /// The manifest's `annotations`, empty when there are none.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        serde_json::from_slice::<serde_json::Value>(&self.bytes)
+            .ok()
+            .and_then(|v| v.get("annotations").cloned())
+            .and_then(|a| serde_json::from_value(a).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// A client for every registry rebased talks to, configured per host.
+pub struct Registry {
+    client: Client,
+}
+
+impl Registry {
+    /// A client honouring `[registries."HOST"]` (`insecure` means plain http).
+    pub fn new(registries: &BTreeMap<String, RegistryConfig>) -> Self {
+        let insecure: Vec<String> = registries
+            .iter()
+            .filter(|(_, c)| c.insecure)
+            .map(|(h, _)| h.clone())
+            .collect();
+        let config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure),
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(30)),
+            ..Default::default()
+        };
+        Self {
+            client: Client::new(config),
+        }
+    }
+
+    /// The digest `reference` points at now (one `HEAD`; a `GET` only when the
+    /// registry sends no `Docker-Content-Digest`). For an index this is the
+    /// index digest.
+    pub async fn resolve(&self, reference: &ImageRef) -> Result<Digest, RegistryError> {
+        let oci = to_oci(reference);
+        let digest = self
+            .client
+            .fetch_manifest_digest(&oci, &RegistryAuth::Anonymous)
+            .await
+            .map_err(|e| classify(reference, e))?;
+        debug!(%reference, %digest, "resolved");
+        Digest::parse(&digest).map_err(|e| RegistryError {
+            registry: reference.registry().to_owned(),
+            reference: reference.to_string(),
+            kind: ErrorKind::Protocol,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Like [`Registry::resolve`], but a missing tag is `Ok(None)`.
+    pub async fn lookup(&self, reference: &ImageRef) -> Result<Option<Digest>, RegistryError> {
+        match self.resolve(reference).await {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The manifest `reference` points at, bytes unchanged.
+    pub async fn manifest(&self, reference: &ImageRef) -> Result<RawManifest, RegistryError> {
+        let oci = to_oci(reference);
+        let (bytes, digest) = self
+            .client
+            .pull_manifest_raw(&oci, &RegistryAuth::Anonymous, MANIFEST_MEDIA_TYPES)
+            .await
+            .map_err(|e| classify(reference, e))?;
+        let protocol = |detail: String| RegistryError {
+            registry: reference.registry().to_owned(),
+            reference: reference.to_string(),
+            kind: ErrorKind::Protocol,
+            detail,
+        };
+        let digest = Digest::parse(&digest).map_err(|e| protocol(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| protocol(format!("manifest is not JSON: {e}")))?;
+        let media_type = match value.get("mediaType").and_then(|m| m.as_str()) {
+            Some(m) => m.to_owned(),
+            None if value.get("manifests").is_some() => MANIFEST_MEDIA_TYPES[0].to_owned(),
+            None => MANIFEST_MEDIA_TYPES[2].to_owned(),
+        };
+        Ok(RawManifest {
+            bytes: bytes.to_vec(),
+            digest,
+            media_type,
+        })
+    }
+
+    /// Points `repository:tag` at the manifest `digest` of the same
+    /// repository, copying its bytes so the digest does not change.
+    pub async fn tag(&self, repository: &ImageRef, digest: &Digest, tag: &str) -> Result<(), RegistryError> {
+        let source = repository.pinned(digest);
+        let manifest = self.manifest(&source).await?;
+        let target = repository.with_tag(tag);
+        let oci = to_oci(&target);
+        let content_type = manifest.media_type.parse().map_err(|_| RegistryError {
+            registry: target.registry().to_owned(),
+            reference: target.to_string(),
+            kind: ErrorKind::Protocol,
+            detail: format!("bad media type {:?}", manifest.media_type),
+        })?;
+        self.client
+            .auth(&oci, &RegistryAuth::Anonymous, RegistryOperation::Push)
+            .await
+            .map_err(|e| classify(&target, e))?;
+        self.client
+            .push_manifest_raw(&oci, manifest.bytes, content_type)
+            .await
+            .map_err(|e| classify(&target, e))?;
+        debug!(reference = %target, %digest, "tagged");
+        Ok(())
+    }
+
+    /// Every tag of `repository` (following pagination).
+    pub async fn list_tags(&self, repository: &ImageRef) -> Result<Vec<String>, RegistryError> {
+        let oci = to_oci(&repository.with_tag("latest"));
+        let mut tags: Vec<String> = Vec::new();
+        let mut last: Option<String> = None;
+        loop {
+            let page = match self
+                .client
+                .list_tags(&oci, &RegistryAuth::Anonymous, Some(1000), last.as_deref())
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    let e = classify(repository, e);
+                    if e.kind == ErrorKind::NotFound && tags.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    return Err(e);
+                }
+            };
+            let n = page.tags.len();
+            let next = page.tags.last().cloned();
+            tags.extend(page.tags);
+            if n < 1000 || next.is_none() || next == last {
+                break;
+            }
+            last = next;
+        }
+        Ok(tags)
+    }
+}
+
+fn to_oci(r: &ImageRef) -> Reference {
+    let registry = r.registry().to_owned();
+    let repository = r.repository().to_owned();
+    match (r.tag(), r.digest()) {
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(registry, repository, t.to_owned(), d.to_string()),
+        (None, Some(d)) => Reference::with_digest(registry, repository, d.to_string()),
+        (t, None) => Reference::with_tag(registry, repository, t.unwrap_or("latest").to_owned()),
+    }
+}
+
+fn classify(reference: &ImageRef, e: OciDistributionError) -> RegistryError {
+    let kind = match &e {
+        OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => {
+            ErrorKind::Unauthorized
+        }
+        OciDistributionError::ImageManifestNotFoundError(_) => ErrorKind::NotFound,
+        OciDistributionError::ServerError { code, .. } => match code {
+            401 | 403 => ErrorKind::Unauthorized,
+            404 => ErrorKind::NotFound,
+            429 => ErrorKind::RateLimited,
+            _ => ErrorKind::Protocol,
+        },
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
+                )
+            }) {
+                ErrorKind::NotFound
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                ErrorKind::Unauthorized
+            } else if codes.iter().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
+                ErrorKind::RateLimited
+            } else {
+                ErrorKind::Protocol
+            }
+        }
+        OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => ErrorKind::Unreachable,
+        OciDistributionError::RequestError(_) => ErrorKind::Unreachable,
+        _ => ErrorKind::Protocol,
+    };
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    RegistryError {
+        registry: reference.registry().to_owned(),
+        reference: reference.to_string(),
+        kind,
+        detail,
+    }
+}

@@ -1,1 +1,426 @@
-//! placeholder
+//! The persistent state of rebased, behind a narrow typed API.
+//!
+//! Only this crate knows sled. Values are JSON documents, one per key, in
+//! three trees: `bases` (reference -> [`BaseRecord`]), `images` (name ->
+//! [`ImageRecord`]) and `versions` (name, NUL, sortable version ->
+//! [`VersionRecord`]). Publishing a version and marking its predecessor
+//! superseded is one transaction, flushed before it returns.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use rebased_core::{Digest, ImageState, Trigger, Version};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+/// A state store error, naming what was being read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The database could not be opened.
+    #[error("cannot open state database {path}: {source}")]
+    Open {
+        /// The database directory.
+        path: PathBuf,
+        /// The cause.
+        source: sled::Error,
+    },
+    /// A read or write failed.
+    #[error("state {what}: {source}")]
+    Db {
+        /// What was being accessed.
+        what: String,
+        /// The cause.
+        source: sled::Error,
+    },
+    /// A stored value does not decode.
+    #[error("state {what}: stored value does not decode: {source}")]
+    Decode {
+        /// What was being read.
+        what: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// A write was refused because it would break an invariant.
+    #[error("state {what}: {reason}")]
+    Invariant {
+        /// What was being written.
+        what: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// What is known about one base reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRecord {
+    /// The normalised reference.
+    pub reference: String,
+    /// The digest last seen.
+    pub digest: Option<Digest>,
+    /// When it was last checked.
+    pub checked_at: Option<DateTime<Utc>>,
+    /// When the digest last changed.
+    pub changed_at: Option<DateTime<Utc>>,
+    /// The error of the last check, if it failed.
+    pub error: Option<String>,
+}
+
+/// One image's standing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The image's name.
+    pub name: String,
+    /// Its current (newest) published version.
+    pub current: Option<Version>,
+    /// Where it stands.
+    pub state: ImageState,
+    /// Why the last build failed.
+    pub last_error: Option<String>,
+    /// When this record last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ImageRecord {
+    /// A fresh record for an image never seen before.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            current: None,
+            state: ImageState::Stale,
+            last_error: None,
+            updated_at: Utc::now(),
+        }
+    }
+}
+
+/// How one base moved between two versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseChange {
+    /// The base reference.
+    pub reference: String,
+    /// Its digest in the superseded version (`None`: not a base then).
+    pub before: Option<Digest>,
+    /// Its digest in the new version.
+    pub after: Digest,
+}
+
+/// Why a version was superseded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    /// What caused the new build.
+    pub trigger: Trigger,
+    /// Every base, before and after.
+    pub bases: Vec<BaseChange>,
+}
+
+/// One published version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// The version.
+    pub version: Version,
+    /// The manifest digest of the version tag.
+    pub digest: Digest,
+    /// When it was built.
+    pub built_at: DateTime<Utc>,
+    /// Its inputs: every base reference and the digest it was built from.
+    pub bases: BTreeMap<String, Digest>,
+    /// What caused the build.
+    pub trigger: Trigger,
+    /// The version that replaced it.
+    pub superseded_by: Option<Version>,
+    /// When it was replaced.
+    pub superseded_at: Option<DateTime<Utc>>,
+    /// Why it was replaced.
+    pub reason: Option<Reason>,
+}
+
+/// The store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    bases: sled::Tree,
+    images: sled::Tree,
+    versions: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let open_err = |source| StateError::Open {
+            path: dir.to_owned(),
+            source,
+        };
+        let db = sled::Config::new().path(dir).open().map_err(open_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        Ok(Self {
+            bases: tree("bases")?,
+            images: tree("images")?,
+            versions: tree("versions")?,
+            db,
+        })
+    }
+
+    /// The record of base `reference`.
+    pub fn base(&self, reference: &str) -> Result<Option<BaseRecord>, StateError> {
+        get(&self.bases, reference.as_bytes(), &format!("base {reference}"))
+    }
+
+    /// Every base record, ordered by reference.
+    pub fn bases(&self) -> Result<Vec<BaseRecord>, StateError> {
+        all(&self.bases, "bases")
+    }
+
+    /// Stores a base record.
+    pub fn put_base(&self, record: &BaseRecord) -> Result<(), StateError> {
+        put(&self.bases, record.reference.as_bytes(), record, &format!("base {}", record.reference))
+    }
+
+    /// The record of image `name`.
+    pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StateError> {
+        get(&self.images, name.as_bytes(), &format!("image {name}"))
+    }
+
+    /// Stores an image record.
+    pub fn put_image(&self, record: &ImageRecord) -> Result<(), StateError> {
+        put(&self.images, record.name.as_bytes(), record, &format!("image {}", record.name))
+    }
+
+    /// Every version of image `name`, oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StateError> {
+        let what = format!("versions of {name}");
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        self.versions
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (_, v) = kv.map_err(|source| StateError::Db {
+                    what: what.clone(),
+                    source,
+                })?;
+                decode(&v, &what)
+            })
+            .collect()
+    }
+
+    /// One version of image `name`.
+    pub fn version(&self, name: &str, version: &Version) -> Result<Option<VersionRecord>, StateError> {
+        get(&self.versions, &version_key(name, version), &format!("version {name} {version}"))
+    }
+
+    /// Records `new` as published for image `name`, in one transaction: the
+    /// version is stored, the previous current version (if any) is marked
+    /// superseded by it with `reason`, and the image's current version moves.
+    /// Refuses to overwrite an existing version with another digest.
+    pub fn publish(&self, name: &str, new: &VersionRecord, reason: Option<Reason>) -> Result<(), StateError> {
+        let what = format!("publish {name} {}", new.version);
+        let new_key = version_key(name, &new.version);
+        let new_bytes = encode(new, &what)?;
+        let result = (&self.images, &self.versions).transaction(|(images, versions)| {
+            let abort = |reason: String| ConflictableTransactionError::Abort(reason);
+            if let Some(existing) = versions.get(&new_key)? {
+                let existing: VersionRecord =
+                    serde_json::from_slice(&existing).map_err(|e| abort(format!("stored version does not decode: {e}")))?;
+                if existing.digest != new.digest {
+                    return Err(abort(format!(
+                        "version {} is already recorded with digest {}",
+                        new.version, existing.digest
+                    )));
+                }
+            }
+            let mut image: ImageRecord = match images.get(name.as_bytes())? {
+                Some(b) => serde_json::from_slice(&b).map_err(|e| abort(format!("image record does not decode: {e}")))?,
+                None => ImageRecord::new(name),
+            };
+            if let Some(prev) = image.current.filter(|p| *p != new.version) {
+                let prev_key = version_key(name, &prev);
+                if let Some(b) = versions.get(&prev_key)? {
+                    let mut prev_rec: VersionRecord =
+                        serde_json::from_slice(&b).map_err(|e| abort(format!("stored version does not decode: {e}")))?;
+                    prev_rec.superseded_by = Some(new.version);
+                    prev_rec.superseded_at = Some(new.built_at);
+                    prev_rec.reason = reason.clone();
+                    let bytes = serde_json::to_vec(&prev_rec).map_err(|e| abort(e.to_string()))?;
+                    versions.insert(prev_key, bytes)?;
+                }
+            }
+            versions.insert(new_key.clone(), new_bytes.clone())?;
+            image.current = Some(new.version);
+            image.state = ImageState::Fresh;
+            image.last_error = None;
+            image.updated_at = Utc::now();
+            let bytes = serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?;
+            images.insert(name.as_bytes(), bytes)?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(reason)) => return Err(StateError::Invariant { what, reason }),
+            Err(TransactionError::Storage(source)) => return Err(StateError::Db { what, source }),
+        }
+        self.flush(&what)
+    }
+
+    /// Writes everything to disk.
+    pub fn flush(&self, what: &str) -> Result<(), StateError> {
+        self.db.flush().map(|_| ()).map_err(|source| StateError::Db {
+            what: what.to_owned(),
+            source,
+        })
+    }
+}
+
+/// Keys sort by image, then numerically by version.
+fn version_key(name: &str, v: &Version) -> Vec<u8> {
+    let mut k = name.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&v.major.to_be_bytes());
+    k.extend_from_slice(&v.minor.to_be_bytes());
+    k.extend_from_slice(&v.patch.to_be_bytes());
+    match v.revision {
+        None => k.push(0),
+        Some(r) => {
+            k.push(1);
+            k.extend_from_slice(&r.to_be_bytes());
+        }
+    }
+    k
+}
+
+fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec(value).map_err(|source| StateError::Decode {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StateError> {
+    serde_json::from_slice(bytes).map_err(|source| StateError::Decode {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8], what: &str) -> Result<Option<T>, StateError> {
+    match tree.get(key) {
+        Ok(Some(v)) => decode(&v, what).map(Some),
+        Ok(None) => Ok(None),
+        Err(source) => Err(StateError::Db {
+            what: what.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree, what: &str) -> Result<Vec<T>, StateError> {
+    tree.iter()
+        .map(|kv| {
+            let (_, v) = kv.map_err(|source| StateError::Db {
+                what: what.to_owned(),
+                source,
+            })?;
+            decode(&v, what)
+        })
+        .collect()
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T, what: &str) -> Result<(), StateError> {
+    let bytes = encode(value, what)?;
+    tree.insert(key, bytes).map(|_| ()).map_err(|source| StateError::Db {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(c: char) -> Digest {
+        Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).expect("valid")
+    }
+
+    fn version(v: &str, d: char, base: char) -> VersionRecord {
+        VersionRecord {
+            version: Version::parse(v).expect("valid"),
+            digest: digest(d),
+            built_at: Utc::now(),
+            bases: BTreeMap::from([("docker.io/library/base:latest".to_owned(), digest(base))]),
+            trigger: Trigger::Poll,
+            superseded_by: None,
+            superseded_at: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn publish_supersedes_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store.publish("app", &version("1.0.0", 'a', '1'), None).expect("first");
+            let reason = Reason {
+                trigger: Trigger::Poll,
+                bases: vec![BaseChange {
+                    reference: "docker.io/library/base:latest".to_owned(),
+                    before: Some(digest('1')),
+                    after: digest('2'),
+                }],
+            };
+            store
+                .publish("app", &version("1.0.1", 'b', '2'), Some(reason.clone()))
+                .expect("second");
+            // another image's versions do not mix in
+            store.publish("app2", &version("9.0.0", 'c', '2'), None).expect("other");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let versions = store.versions("app").expect("versions");
+        assert_eq!(versions.len(), 2);
+        assert_eq!(versions[0].superseded_by, Some(Version::parse("1.0.1").expect("v")));
+        assert_eq!(versions[0].reason.as_ref().map(|r| r.bases[0].after.clone()), Some(digest('2')));
+        assert_eq!(versions[1].superseded_by, None);
+        let image = store.image("app").expect("get").expect("present");
+        assert_eq!(image.current, Some(Version::parse("1.0.1").expect("v")));
+        assert_eq!(image.state, ImageState::Fresh);
+    }
+
+    #[test]
+    fn versions_sort_numerically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        for v in ["1.0.9", "1.0.10", "1.0.10-r1", "1.0.2"] {
+            store.publish("x", &version(v, 'a', '1'), None).expect("publish");
+        }
+        let got: Vec<String> = store.versions("x").expect("versions").iter().map(|v| v.version.to_string()).collect();
+        assert_eq!(got, ["1.0.2", "1.0.9", "1.0.10", "1.0.10-r1"]);
+    }
+
+    #[test]
+    fn refuses_to_overwrite_a_version_with_another_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store.publish("app", &version("1.0.0", 'a', '1'), None).expect("first");
+        let err = store.publish("app", &version("1.0.0", 'b', '1'), None).expect_err("must refuse");
+        assert!(err.to_string().contains("already recorded"), "{err}");
+        // the same digest again is an idempotent re-record
+        store.publish("app", &version("1.0.0", 'a', '1'), None).expect("same digest");
+        assert_eq!(store.versions("app").expect("versions").len(), 1);
+    }
+
+    #[test]
+    fn bases_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let rec = BaseRecord {
+            reference: "docker.io/library/alpine:latest".to_owned(),
+            digest: Some(digest('e')),
+            checked_at: Some(Utc::now()),
+            changed_at: None,
+            error: None,
+        };
+        store.put_base(&rec).expect("put");
+        assert_eq!(store.base(&rec.reference).expect("get"), Some(rec.clone()));
+        assert_eq!(store.bases().expect("all"), vec![rec]);
+    }
+}
