@@ -1,1 +1,114 @@
-//! placeholder
+//! Build backends.
+//!
+//! A build takes a Dockerfile that is already pinned (every base as
+//! `name@digest`), a context, and the provenance annotations, runs the engine
+//! without a shell, pushes the result under the version tag and returns the
+//! pushed manifest digest and the captured log. Moving floating tags is not a
+//! builder's business: the caller does it through the registry once the
+//! version tag is recorded.
+
+pub mod buildah;
+pub mod provenance;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rebased_core::{Digest, ImageRef};
+
+pub use buildah::Buildah;
+
+/// Everything one build needs.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The image's name (for logs and local tags).
+    pub image: String,
+    /// A unique id of this build (job id).
+    pub job: String,
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The pinned Dockerfile text.
+    pub dockerfile: String,
+    /// `--build-arg`s.
+    pub build_args: BTreeMap<String, String>,
+    /// Where to push: `repository:version`.
+    pub target: ImageRef,
+    /// Manifest annotations, also set as config labels.
+    pub annotations: BTreeMap<String, String>,
+    /// Registries reached over plain http.
+    pub insecure_registries: Vec<String>,
+    /// A scratch directory for this build; created if missing.
+    pub workdir: PathBuf,
+}
+
+/// A successful build.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    /// Digest of the manifest pushed under the version tag.
+    pub digest: Digest,
+    /// The engine's output.
+    pub log: String,
+}
+
+/// Why a build failed. Every variant carries the log captured so far.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The engine could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A step exited non-zero.
+    #[error("{step} failed ({status}); last output: {tail}")]
+    Failed {
+        /// Which step (`build`, `push`).
+        step: &'static str,
+        /// The exit status.
+        status: String,
+        /// The end of the log.
+        tail: String,
+        /// The whole log.
+        log: String,
+    },
+    /// The build ran past its timeout.
+    #[error("{step} timed out after {seconds} s")]
+    Timeout {
+        /// Which step.
+        step: &'static str,
+        /// The limit.
+        seconds: u64,
+        /// The log so far.
+        log: String,
+    },
+    /// The build was cancelled (shutdown).
+    #[error("{step} cancelled")]
+    Cancelled {
+        /// Which step.
+        step: &'static str,
+        /// The log so far.
+        log: String,
+    },
+    /// Workspace files could not be written or read.
+    #[error("build workspace {path}: {source}")]
+    Workspace {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The engine reported a digest we cannot parse.
+    #[error("engine reported an invalid digest {0:?}")]
+    BadDigest(String),
+}
+
+impl BuildError {
+    /// The log captured before the failure.
+    pub fn log(&self) -> &str {
+        match self {
+            Self::Failed { log, .. } | Self::Timeout { log, .. } | Self::Cancelled { log, .. } => log,
+            _ => "",
+        }
+    }
+}
