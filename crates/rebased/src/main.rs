@@ -1,1 +1,119 @@
-fn main() {}
+//! The `rebased` binary: CLI, config loading, signals, logging, wiring.
+
+mod backend;
+mod config;
+mod daemon;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Keeps container images fresh: watches the bases your Dockerfiles build
+/// FROM and rebuilds, versions and re-tags the images on top of them.
+#[derive(Parser)]
+#[command(name = "rebased", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/rebased/rebased.toml")]
+        config: PathBuf,
+    },
+    /// One check and the builds it causes, then exit (non-zero if a build failed).
+    Once {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/rebased/rebased.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config and print the plan: images, bases, build order.
+    CheckConfig {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/rebased/rebased.toml")]
+        config: PathBuf,
+    },
+    /// Print a Dockerfile's external bases, one normalised reference a line.
+    Bases {
+        /// The Dockerfile.
+        dockerfile: PathBuf,
+        /// Build arguments, `K=V`.
+        #[arg(long = "build-arg", value_name = "K=V")]
+        build_args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => daemon::main(config, daemon::Mode::Run),
+        Command::Once { config } => daemon::main(config, daemon::Mode::Once),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Bases { dockerfile, build_args } => bases(&dockerfile, &build_args),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("config {} is valid", path.display());
+    println!("poll: {}", cfg.daemon.poll.as_str());
+    let mut failed = false;
+    for (i, image) in cfg.image.iter().enumerate() {
+        println!("{}. {} -> {} (first version {})", i + 1, image.name, image.repository, image.version);
+        match config::image_bases(image) {
+            Ok(bases) => {
+                for b in bases {
+                    println!("   FROM {b}");
+                }
+            }
+            Err(e) => {
+                failed = true;
+                println!("   error: {e:#}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn bases(dockerfile: &std::path::Path, build_args: &[String]) -> ExitCode {
+    let mut args = BTreeMap::new();
+    for a in build_args {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                args.insert(k.to_owned(), v.to_owned());
+            }
+            None => {
+                eprintln!("error: --build-arg {a:?} must be K=V");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match config::dockerfile_bases(dockerfile, &args) {
+        Ok(bases) => {
+            for b in bases {
+                println!("{b}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The end-to-end harness: a real `docker-registry` on a free 127.0.0.1
+//! port, base images made with buildah from Debian's `busybox-static`, the
+//! real `rebased` binary, and `skopeo` to check what was pushed.
+//!
+//! Everything is started in a temporary directory and stopped on drop.
+
+#![allow(clippy::unwrap_used, missing_docs)] // test harness: a failed step should fail the test loudly
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` every 250 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Debian's `docker-registry` on a free port with its own storage.
+pub struct Registry {
+    pub host: String,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry must be installed (apt-get install docker-registry)");
+        let url = format!("http://{host}/v2/");
+        wait_for("the registry to answer", Duration::from_secs(20), || {
+            reqwest::blocking::get(&url).ok().filter(|r| r.status().is_success())
+        });
+        Self { host, child, _dir: dir }
+    }
+
+    /// The digest `repo:tag` points at, or `None` if the tag does not exist.
+    pub fn digest(&self, repo_tag: &str) -> Option<String> {
+        let (repo, tag) = repo_tag.rsplit_once(':').unwrap();
+        let resp = reqwest::blocking::Client::new()
+            .head(format!("http://{}/v2/{repo}/manifests/{tag}", self.host))
+            .header(
+                "Accept",
+                "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json",
+            )
+            .send()
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.headers()
+            .get("Docker-Content-Digest")
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    /// `skopeo list-tags`.
+    pub fn tags(&self, repo: &str) -> Vec<String> {
+        let out = run(Command::new("skopeo").args([
+            "list-tags",
+            "--tls-verify=false",
+            &format!("docker://{}/{repo}", self.host),
+        ]));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// `skopeo inspect --raw` (the manifest).
+    pub fn raw_manifest(&self, repo_tag: &str) -> Value {
+        let out = run(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/{repo_tag}", self.host),
+        ]));
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// `skopeo inspect` (digest, labels, ...).
+    pub fn inspect(&self, repo_tag: &str) -> Value {
+        let out = run(Command::new("skopeo").args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{}/{repo_tag}", self.host),
+        ]));
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Makes and pushes test base images: busybox plus a marker file.
+pub struct BaseMaker {
+    dir: TempDir,
+}
+
+impl Default for BaseMaker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BaseMaker {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn buildah(&self) -> Command {
+        let mut c = Command::new("buildah");
+        c.arg("--root")
+            .arg(self.dir.path().join("root"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("runroot"))
+            .arg("--storage-driver")
+            .arg("vfs");
+        c
+    }
+
+    /// Builds `FROM scratch` + busybox + `/marker` containing `marker`,
+    /// pushes it to `registry/repo_tag`, returns the pushed digest.
+    pub fn push(&self, registry: &Registry, repo_tag: &str, marker: &str) -> String {
+        let ctx = self.dir.path().join(format!("ctx-{marker}"));
+        fs::create_dir_all(&ctx).unwrap();
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .expect("busybox-static must be installed (apt-get install busybox-static)");
+        fs::copy(busybox, ctx.join("busybox")).unwrap();
+        fs::write(ctx.join("marker"), marker).unwrap();
+        fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\nCMD [\"/bin/busybox\", \"sh\"]\n",
+        )
+        .unwrap();
+        let local = format!("localhost/test-base:{marker}");
+        run(self
+            .buildah()
+            .args(["bud", "--isolation", "chroot", "-t", &local])
+            .arg(&ctx));
+        let digest_file = self.dir.path().join("digest");
+        run(self
+            .buildah()
+            .args(["push", "--tls-verify=false", "--digestfile"])
+            .arg(&digest_file)
+            .arg(&local)
+            .arg(format!("docker://{}/{repo_tag}", registry.host)));
+        fs::read_to_string(digest_file).unwrap().trim().to_owned()
+    }
+}
+
+/// The `rebased` binary built by this workspace.
+pub fn rebased_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/rebased
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("rebased");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        run(Command::new(cargo).args(["build", "-p", "rebased", "--bin", "rebased"]));
+    }
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
+
+/// A running `rebased run` daemon.
+pub struct Daemon {
+    child: Option<Child>,
+    pub api: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `rebased run --config config`, whose `daemon.listen` is `listen`,
+    /// and waits for the API.
+    pub fn start(config: &Path, listen: &str, log: &Path) -> Self {
+        let out = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(rebased_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info,rebased=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut d = Self {
+            child: Some(child),
+            api: format!("http://{listen}"),
+            config: config.to_owned(),
+            log: log.to_owned(),
+        };
+        let url = format!("{}/healthz", d.api);
+        wait_for("the daemon's API", Duration::from_secs(30), || {
+            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited early ({status}); log:\n{}", d.log_text());
+            }
+            reqwest::blocking::get(&url).ok().filter(|r| r.status().is_success())
+        });
+        d
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let resp = reqwest::blocking::get(format!("{}{path}", self.api)).unwrap();
+        let status = resp.status();
+        let body = resp.text().unwrap();
+        assert!(status.is_success(), "GET {path}: {status}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let start = Instant::now();
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "daemon exited with {status}; log:\n{}", self.log_text());
+                    return;
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    let _ = child.kill();
+                    panic!("daemon did not stop within 30 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The whole loop, end to end: base v1 -> 1.0.0, base v2 -> 1.0.1 with
+//! provenance and floating tags, supersession in the API, and a restart that
+//! publishes nothing.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::time::Duration;
+
+use rebased_e2e::{free_port, wait_for, BaseMaker, Daemon, Registry};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn current_version(d: &Daemon) -> Option<String> {
+    d.get("/v1/images/app")["current_version"].as_str().map(str::to_owned)
+}
+
+#[test]
+fn base_update_publishes_next_patch_and_restart_publishes_nothing() {
+    let registry = Registry::start();
+    let bases = BaseMaker::new();
+    let d1 = bases.push(&registry, "base:latest", "v1");
+
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("app");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("hello"), "hello\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}/base:latest AS runtime\nCOPY hello /hello\n", registry.host),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = work.path().join("rebased.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"[daemon]
+state_dir = "{state}"
+listen = "{listen}"
+poll = "*/1 * * * * *"
+
+[registries."{host}"]
+insecure = true
+
+[[image]]
+name = "app"
+context = "{ctx}"
+repository = "{host}/app"
+version = "1.0.0"
+tags = ["{{major}}.{{minor}}", "latest"]
+"#,
+            state = work.path().join("state").display(),
+            host = registry.host,
+            ctx = ctx.display(),
+        ),
+    )
+    .unwrap();
+    let log = work.path().join("daemon.log");
+
+    let mut daemon = Daemon::start(&config, &listen, &log);
+    wait_for("1.0.0 to be published", WAIT, || {
+        (current_version(&daemon).as_deref() == Some("1.0.0")).then_some(())
+    });
+    let v100 = registry.digest("app:1.0.0").expect("1.0.0 pushed");
+    assert_eq!(registry.digest("app:latest").as_deref(), Some(v100.as_str()));
+
+    // Upstream moves.
+    let d2 = bases.push(&registry, "base:latest", "v2");
+    assert_ne!(d1, d2, "the two bases must differ");
+    wait_for("1.0.1 to be published", WAIT, || {
+        (current_version(&daemon).as_deref() == Some("1.0.1")).then_some(())
+    });
+
+    // What was pushed, as skopeo sees it.
+    let manifest = registry.raw_manifest("app:1.0.1");
+    let ann = &manifest["annotations"];
+    assert_eq!(ann["org.opencontainers.image.base.digest"], Value::String(d2.clone()));
+    assert_eq!(
+        ann["org.opencontainers.image.base.name"],
+        Value::String(format!("{}/base:latest", registry.host))
+    );
+    assert_eq!(ann["org.opencontainers.image.version"], "1.0.1");
+    assert!(ann["org.opencontainers.image.created"].as_str().is_some_and(|c| c.contains('T')));
+    let recorded: Value = serde_json::from_str(ann["io.rebased.bases"].as_str().unwrap()).unwrap();
+    assert_eq!(recorded[format!("{}/base:latest", registry.host)], Value::String(d2.clone()));
+    let labels = &registry.inspect("app:1.0.1")["Labels"];
+    assert_eq!(labels["org.opencontainers.image.base.digest"], Value::String(d2.clone()));
+
+    let v101 = registry.digest("app:1.0.1").unwrap();
+    assert_ne!(v100, v101);
+    assert_eq!(registry.digest("app:latest").as_deref(), Some(v101.as_str()), "latest moved");
+    assert_eq!(registry.digest("app:1.0").as_deref(), Some(v101.as_str()), "1.0 moved");
+    assert_eq!(registry.digest("app:1.0.0").as_deref(), Some(v100.as_str()), "1.0.0 untouched");
+
+    // The ledger, through the API.
+    let image = daemon.get("/v1/images/app");
+    assert_eq!(image["state"], "fresh");
+    assert_eq!(image["current_digest"], Value::String(v101.clone()));
+    let versions = image["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{image:#}");
+    let old = &versions[0];
+    assert_eq!(old["version"], "1.0.0");
+    assert_eq!(old["digest"], Value::String(v100.clone()));
+    assert_eq!(old["superseded_by"], "1.0.1");
+    assert!(old["superseded_at"].as_str().is_some());
+    let change = &old["reason"]["bases"][0];
+    assert_eq!(change["before"], Value::String(d1.clone()));
+    assert_eq!(change["after"], Value::String(d2.clone()));
+    assert_eq!(old["reason"]["trigger"], "poll");
+    assert_eq!(versions[1]["version"], "1.0.1");
+    assert_eq!(versions[1]["superseded_by"], Value::Null);
+    let listed = daemon.get("/v1/images");
+    assert_eq!(listed[0]["name"], "app");
+    let status = daemon.get("/v1/status");
+    assert_eq!(status["images"], 1);
+
+    // Restart with nothing changed upstream: nothing new is published.
+    daemon.stop();
+    let daemon = Daemon::start(&config, &listen, &log);
+    let first = wait_for("a poll after restart", WAIT, || {
+        daemon.get("/v1/status")["last_poll"].as_str().map(str::to_owned)
+    });
+    wait_for("three more polls", WAIT, || {
+        let last = daemon.get("/v1/status")["last_poll"].as_str().map(str::to_owned)?;
+        (last.as_str() > first.as_str()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let tags = registry.tags("app");
+    assert!(!tags.contains(&"1.0.2".to_owned()), "restart published {tags:?}");
+    assert_eq!(current_version(&daemon).as_deref(), Some("1.0.1"));
+    assert_eq!(daemon.get("/v1/images/app")["versions"].as_array().unwrap().len(), 2);
+}
