@@ -17,7 +17,11 @@ use tempfile::TempDir;
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` every 250 ms until it returns `Some` or `timeout` passes.
@@ -27,14 +31,19 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
 
 /// Runs a command, panicking with its output if it fails.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -76,9 +85,15 @@ impl Registry {
             .expect("docker-registry must be installed (apt-get install docker-registry)");
         let url = format!("http://{host}/v2/");
         wait_for("the registry to answer", Duration::from_secs(20), || {
-            reqwest::blocking::get(&url).ok().filter(|r| r.status().is_success())
+            reqwest::blocking::get(&url)
+                .ok()
+                .filter(|r| r.status().is_success())
         });
-        Self { host, child, _dir: dir }
+        Self {
+            host,
+            child,
+            _dir: dir,
+        }
     }
 
     /// The digest `repo:tag` points at, or `None` if the tag does not exist.
@@ -232,7 +247,11 @@ impl Daemon {
     /// Starts `rebased run --config config`, whose `daemon.listen` is `listen`,
     /// and waits for the API.
     pub fn start(config: &Path, listen: &str, log: &Path) -> Self {
-        let out = fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(rebased_bin())
             .arg("run")
             .arg("--config")
@@ -254,7 +273,9 @@ impl Daemon {
             if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited early ({status}); log:\n{}", d.log_text());
             }
-            reqwest::blocking::get(&url).ok().filter(|r| r.status().is_success())
+            reqwest::blocking::get(&url)
+                .ok()
+                .filter(|r| r.status().is_success())
         });
         d
     }
@@ -274,11 +295,18 @@ impl Daemon {
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let start = Instant::now();
             loop {
                 if let Some(status) = child.try_wait().unwrap() {
-                    assert!(status.success(), "daemon exited with {status}; log:\n{}", self.log_text());
+                    assert!(
+                        status.success(),
+                        "daemon exited with {status}; log:\n{}",
+                        self.log_text()
+                    );
                     return;
                 }
                 if start.elapsed() > Duration::from_secs(30) {

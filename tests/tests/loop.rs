@@ -13,7 +13,9 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(120);
 
 fn current_version(d: &Daemon) -> Option<String> {
-    d.get("/v1/images/app")["current_version"].as_str().map(str::to_owned)
+    d.get("/v1/images/app")["current_version"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 #[test]
@@ -28,7 +30,10 @@ fn base_update_publishes_next_patch_and_restart_publishes_nothing() {
     fs::write(ctx.join("hello"), "hello\n").unwrap();
     fs::write(
         ctx.join("Dockerfile"),
-        format!("FROM {}/base:latest AS runtime\nCOPY hello /hello\n", registry.host),
+        format!(
+            "FROM {}/base:latest AS runtime\nCOPY hello /hello\n",
+            registry.host
+        ),
     )
     .unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
@@ -64,7 +69,10 @@ tags = ["{{major}}.{{minor}}", "latest"]
         (current_version(&daemon).as_deref() == Some("1.0.0")).then_some(())
     });
     let v100 = registry.digest("app:1.0.0").expect("1.0.0 pushed");
-    assert_eq!(registry.digest("app:latest").as_deref(), Some(v100.as_str()));
+    assert_eq!(
+        registry.digest("app:latest").as_deref(),
+        Some(v100.as_str())
+    );
 
     // Upstream moves.
     let d2 = bases.push(&registry, "base:latest", "v2");
@@ -76,23 +84,46 @@ tags = ["{{major}}.{{minor}}", "latest"]
     // What was pushed, as skopeo sees it.
     let manifest = registry.raw_manifest("app:1.0.1");
     let ann = &manifest["annotations"];
-    assert_eq!(ann["org.opencontainers.image.base.digest"], Value::String(d2.clone()));
+    assert_eq!(
+        ann["org.opencontainers.image.base.digest"],
+        Value::String(d2.clone())
+    );
     assert_eq!(
         ann["org.opencontainers.image.base.name"],
         Value::String(format!("{}/base:latest", registry.host))
     );
     assert_eq!(ann["org.opencontainers.image.version"], "1.0.1");
-    assert!(ann["org.opencontainers.image.created"].as_str().is_some_and(|c| c.contains('T')));
+    assert!(ann["org.opencontainers.image.created"]
+        .as_str()
+        .is_some_and(|c| c.contains('T')));
     let recorded: Value = serde_json::from_str(ann["io.rebased.bases"].as_str().unwrap()).unwrap();
-    assert_eq!(recorded[format!("{}/base:latest", registry.host)], Value::String(d2.clone()));
+    assert_eq!(
+        recorded[format!("{}/base:latest", registry.host)],
+        Value::String(d2.clone())
+    );
     let labels = &registry.inspect("app:1.0.1")["Labels"];
-    assert_eq!(labels["org.opencontainers.image.base.digest"], Value::String(d2.clone()));
+    assert_eq!(
+        labels["org.opencontainers.image.base.digest"],
+        Value::String(d2.clone())
+    );
 
     let v101 = registry.digest("app:1.0.1").unwrap();
     assert_ne!(v100, v101);
-    assert_eq!(registry.digest("app:latest").as_deref(), Some(v101.as_str()), "latest moved");
-    assert_eq!(registry.digest("app:1.0").as_deref(), Some(v101.as_str()), "1.0 moved");
-    assert_eq!(registry.digest("app:1.0.0").as_deref(), Some(v100.as_str()), "1.0.0 untouched");
+    assert_eq!(
+        registry.digest("app:latest").as_deref(),
+        Some(v101.as_str()),
+        "latest moved"
+    );
+    assert_eq!(
+        registry.digest("app:1.0").as_deref(),
+        Some(v101.as_str()),
+        "1.0 moved"
+    );
+    assert_eq!(
+        registry.digest("app:1.0.0").as_deref(),
+        Some(v100.as_str()),
+        "1.0.0 untouched"
+    );
 
     // The ledger, through the API.
     let image = daemon.get("/v1/images/app");
@@ -120,15 +151,28 @@ tags = ["{{major}}.{{minor}}", "latest"]
     daemon.stop();
     let daemon = Daemon::start(&config, &listen, &log);
     let first = wait_for("a poll after restart", WAIT, || {
-        daemon.get("/v1/status")["last_poll"].as_str().map(str::to_owned)
+        daemon.get("/v1/status")["last_poll"]
+            .as_str()
+            .map(str::to_owned)
     });
     wait_for("three more polls", WAIT, || {
-        let last = daemon.get("/v1/status")["last_poll"].as_str().map(str::to_owned)?;
+        let last = daemon.get("/v1/status")["last_poll"]
+            .as_str()
+            .map(str::to_owned)?;
         (last.as_str() > first.as_str()).then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
     let tags = registry.tags("app");
-    assert!(!tags.contains(&"1.0.2".to_owned()), "restart published {tags:?}");
+    assert!(
+        !tags.contains(&"1.0.2".to_owned()),
+        "restart published {tags:?}"
+    );
     assert_eq!(current_version(&daemon).as_deref(), Some("1.0.1"));
-    assert_eq!(daemon.get("/v1/images/app")["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        daemon.get("/v1/images/app")["versions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }

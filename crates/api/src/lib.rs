@@ -176,7 +176,10 @@ type Shared = Arc<dyn Backend>;
 /// The router over `backend`.
 pub fn router(backend: Shared) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
         .route("/v1/images", get(images))
@@ -206,7 +209,10 @@ async fn images(State(b): State<Shared>) -> Result<Json<Vec<ImageView>>, ApiErro
     Ok(Json(b.images()?))
 }
 
-async fn image(State(b): State<Shared>, Path(name): Path<String>) -> Result<Json<ImageView>, ApiError> {
+async fn image(
+    State(b): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<ImageView>, ApiError> {
     b.image(&name)?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("image {name:?}")))
@@ -248,7 +254,10 @@ pub async fn bind(listen: &str) -> Result<Listener, BindError> {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
         Ok(Listener::Unix(l, path))
     } else {
-        TcpListener::bind(listen).await.map(Listener::Tcp).map_err(err)
+        TcpListener::bind(listen)
+            .await
+            .map(Listener::Tcp)
+            .map_err(err)
     }
 }
 
@@ -256,14 +265,21 @@ impl Listener {
     /// A printable address.
     pub fn describe(&self) -> String {
         match self {
-            Self::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "tcp".to_owned()),
+            Self::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "tcp".to_owned()),
             Self::Unix(_, p) => format!("unix:{}", p.display()),
         }
     }
 }
 
 /// Serves the API until `shutdown` is cancelled.
-pub async fn serve(listener: Listener, backend: Shared, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: Listener,
+    backend: Shared,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = router(backend);
     info!(listen = %listener.describe(), "API listening");
     match listener {

@@ -59,22 +59,37 @@ impl Buildah {
     }
 
     /// Builds and pushes `req.target`; returns the pushed digest.
-    pub async fn build(&self, req: &BuildRequest, cancel: &CancellationToken) -> Result<BuildOutput, BuildError> {
+    pub async fn build(
+        &self,
+        req: &BuildRequest,
+        cancel: &CancellationToken,
+    ) -> Result<BuildOutput, BuildError> {
         let deadline = Instant::now() + self.timeout;
         let ws = |path: &Path| {
             let path = path.to_owned();
             move |source| BuildError::Workspace { path, source }
         };
-        tokio::fs::create_dir_all(&req.workdir).await.map_err(ws(&req.workdir))?;
-        let dockerfile = req.workdir.join("Dockerfile");
-        tokio::fs::write(&dockerfile, &req.dockerfile).await.map_err(ws(&dockerfile))?;
-        let registries_conf = req.workdir.join("registries.conf");
-        tokio::fs::write(&registries_conf, registries_conf_text(&req.insecure_registries))
+        tokio::fs::create_dir_all(&req.workdir)
             .await
-            .map_err(ws(&registries_conf))?;
+            .map_err(ws(&req.workdir))?;
+        let dockerfile = req.workdir.join("Dockerfile");
+        tokio::fs::write(&dockerfile, &req.dockerfile)
+            .await
+            .map_err(ws(&dockerfile))?;
+        let registries_conf = req.workdir.join("registries.conf");
+        tokio::fs::write(
+            &registries_conf,
+            registries_conf_text(&req.insecure_registries),
+        )
+        .await
+        .map_err(ws(&registries_conf))?;
         let digest_file = req.workdir.join("digest");
         let _ = tokio::fs::remove_file(&digest_file).await;
-        let local = format!("localhost/rebased-build/{}:{}", req.image.to_ascii_lowercase(), req.job);
+        let local = format!(
+            "localhost/rebased-build/{}:{}",
+            req.image.to_ascii_lowercase(),
+            req.job
+        );
 
         let mut log = String::new();
         let mut bud = self.command(&registries_conf);
@@ -117,8 +132,11 @@ impl Buildah {
             debug!(status = %out.status, "buildah rmi");
         }
         pushed?;
-        let text = tokio::fs::read_to_string(&digest_file).await.map_err(ws(&digest_file))?;
-        let digest = Digest::parse(text.trim()).map_err(|_| BuildError::BadDigest(text.trim().to_owned()))?;
+        let text = tokio::fs::read_to_string(&digest_file)
+            .await
+            .map_err(ws(&digest_file))?;
+        let digest = Digest::parse(text.trim())
+            .map_err(|_| BuildError::BadDigest(text.trim().to_owned()))?;
         Ok(BuildOutput { digest, log })
     }
 
@@ -189,23 +207,30 @@ fn append(log: &mut String, text: &str) {
     log.push_str(text);
     if log.len() > MAX_LOG {
         let cut = log.len() - MAX_LOG;
-        let cut = (cut..log.len()).find(|i| log.is_char_boundary(*i)).unwrap_or(log.len());
+        let cut = (cut..log.len())
+            .find(|i| log.is_char_boundary(*i))
+            .unwrap_or(log.len());
         log.replace_range(..cut, "[earlier output cut]\n");
     }
 }
 
 fn tail(log: &str, n: usize) -> String {
     let start = log.len().saturating_sub(n);
-    let start = (start..log.len()).find(|i| log.is_char_boundary(*i)).unwrap_or(log.len());
+    let start = (start..log.len())
+        .find(|i| log.is_char_boundary(*i))
+        .unwrap_or(log.len());
     log[start..].trim().to_owned()
 }
 
 /// A registries.conf that marks `insecure` hosts as plain http; every other
 /// registry keeps TLS verification.
 pub fn registries_conf_text(insecure: &[String]) -> String {
-    let mut s = String::from("# written by rebased for one build\nunqualified-search-registries = []\n");
+    let mut s =
+        String::from("# written by rebased for one build\nunqualified-search-registries = []\n");
     for host in insecure {
-        s.push_str(&format!("\n[[registry]]\nlocation = {host:?}\ninsecure = true\n"));
+        s.push_str(&format!(
+            "\n[[registry]]\nlocation = {host:?}\ninsecure = true\n"
+        ));
     }
     s
 }

@@ -107,7 +107,9 @@ impl BuildError {
     /// The log captured before the failure.
     pub fn log(&self) -> &str {
         match self {
-            Self::Failed { log, .. } | Self::Timeout { log, .. } | Self::Cancelled { log, .. } => log,
+            Self::Failed { log, .. } | Self::Timeout { log, .. } | Self::Cancelled { log, .. } => {
+                log
+            }
             _ => "",
         }
     }

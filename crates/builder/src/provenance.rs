@@ -29,15 +29,22 @@ pub fn annotations(
 ) -> BTreeMap<String, String> {
     let mut a = BTreeMap::new();
     a.insert(VERSION.to_owned(), version.to_string());
-    a.insert(CREATED.to_owned(), created.to_rfc3339_opts(SecondsFormat::Secs, true));
+    a.insert(
+        CREATED.to_owned(),
+        created.to_rfc3339_opts(SecondsFormat::Secs, true),
+    );
     if let Some((name, digest)) = primary {
         a.insert(BASE_NAME.to_owned(), name.to_string());
         a.insert(BASE_DIGEST.to_owned(), digest.to_string());
     }
-    let map: BTreeMap<String, String> = bases.iter().map(|(r, d)| (r.to_string(), d.to_string())).collect();
+    let map: BTreeMap<String, String> = bases
+        .iter()
+        .map(|(r, d)| (r.to_string(), d.to_string()))
+        .collect();
     a.insert(
         BASES.to_owned(),
-        serde_json::to_string(&map).unwrap_or_else(|_| unreachable!("a map of strings always serialises")),
+        serde_json::to_string(&map)
+            .unwrap_or_else(|_| unreachable!("a map of strings always serialises")),
     );
     if let Some(prev) = supersedes {
         a.insert(SUPERSEDES.to_owned(), prev.to_string());

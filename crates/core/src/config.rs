@@ -274,8 +274,13 @@ impl TryFrom<String> for ImageName {
         if s.is_empty() || s.len() > 128 {
             return Err(format!("image name {s:?} must be 1 to 128 characters"));
         }
-        if !s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            return Err(format!("image name {s:?} may only hold letters, digits, '.', '_' and '-'"));
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(format!(
+                "image name {s:?} may only hold letters, digits, '.', '_' and '-'"
+            ));
         }
         Ok(Self(s))
     }
@@ -351,7 +356,9 @@ impl TryFrom<String> for TagTemplate {
         let sample = Version::parse("10.20.30").unwrap_or_else(|_| unreachable!("valid literal"));
         let rendered = sample.render(&s);
         if rendered.contains(['{', '}']) {
-            return Err(format!("tag template {s:?}: only {{major}}, {{minor}} and {{patch}} may be substituted"));
+            return Err(format!(
+                "tag template {s:?}: only {{major}}, {{minor}} and {{patch}} may be substituted"
+            ));
         }
         validate_tag(&rendered).map_err(|e| format!("tag template {s:?}: {e}"))?;
         if Version::parse(&rendered).is_ok() {
@@ -386,7 +393,8 @@ impl CronSpec {
             6 | 7 => text.to_owned(),
             n => return Err(format!("cron {text:?} has {n} fields: expected 5, 6 or 7")),
         };
-        let schedule = cron::Schedule::from_str(&normalised).map_err(|e| format!("cron {text:?}: {e}"))?;
+        let schedule =
+            cron::Schedule::from_str(&normalised).map_err(|e| format!("cron {text:?}: {e}"))?;
         Ok(Self {
             text: text.to_owned(),
             schedule,
@@ -456,17 +464,30 @@ impl Config {
                 let mut e = located(
                     text,
                     offset,
-                    format!("image name {:?} is already used by image[{first}]", image.name.as_str()),
+                    format!(
+                        "image name {:?} is already used by image[{first}]",
+                        image.name.as_str()
+                    ),
                 );
                 e.key = Some(format!("image[{i}].name"));
                 return Err(e);
             }
         }
         if self.daemon.max_concurrent_builds == 0 {
-            return Err(key_error(text, "daemon", "max_concurrent_builds", "must be at least 1"));
+            return Err(key_error(
+                text,
+                "daemon",
+                "max_concurrent_builds",
+                "must be at least 1",
+            ));
         }
         if self.builder.max_attempts == 0 {
-            return Err(key_error(text, "builder", "max_attempts", "must be at least 1"));
+            return Err(key_error(
+                text,
+                "builder",
+                "max_attempts",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -511,7 +532,10 @@ fn located(text: &str, offset: usize, message: String) -> ConfigError {
         let t = l.trim();
         if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split(']').next()) {
             let name = name.trim().to_owned();
-            let n = array_index.entry(name.clone()).and_modify(|n| *n += 1).or_insert(0);
+            let n = array_index
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_insert(0);
             table = Some(format!("{name}[{n}]"));
         } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
             table = Some(name.trim().to_owned());
@@ -527,7 +551,8 @@ fn located(text: &str, offset: usize, message: String) -> ConfigError {
         })
         .or_else(|| {
             let t = line_text.trim();
-            t.starts_with('[').then(|| t.trim_matches(['[', ']']).trim().to_owned())
+            t.starts_with('[')
+                .then(|| t.trim_matches(['[', ']']).trim().to_owned())
         });
     ConfigError {
         line,
@@ -633,7 +658,11 @@ watch_context = false
         assert!(e.message.contains("unknown field"), "{e}");
 
         let e = err(&MINIMAL.replace("1.0.0", "1.0"));
-        assert_eq!((e.line, e.key.as_deref()), (6, Some("image[0].version")), "{e}");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (6, Some("image[0].version")),
+            "{e}"
+        );
 
         let e = err(&MINIMAL.replace("127.0.0.1:5000/app", "127.0.0.1:5000/App"));
         assert_eq!(e.key.as_deref(), Some("image[0].repository"), "{e}");
@@ -649,7 +678,11 @@ watch_context = false
     #[test]
     fn duplicate_names_refused() {
         let e = err(&format!("{MINIMAL}{MINIMAL}"));
-        assert_eq!((e.line, e.key.as_deref()), (9, Some("image[1].name")), "{e}");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (9, Some("image[1].name")),
+            "{e}"
+        );
     }
 
     #[test]

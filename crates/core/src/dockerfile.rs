@@ -13,8 +13,24 @@ use crate::digest::Digest;
 use crate::reference::ImageRef;
 
 const KNOWN: &[&str] = &[
-    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
-    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
 ];
 
 /// A bad Dockerfile: the line and the reason.
@@ -78,7 +94,10 @@ pub struct Dockerfile {
 impl Dockerfile {
     /// Parses `text`, substituting global `ARG` defaults overridden by
     /// `build_args` (only for `ARG`s the file declares, as BuildKit does).
-    pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Self, DockerfileError> {
+    pub fn parse(
+        text: &str,
+        build_args: &BTreeMap<String, String>,
+    ) -> Result<Self, DockerfileError> {
         let (escape, instructions) = split_instructions(text)?;
         let mut globals: HashMap<String, String> = HashMap::new();
         let mut stages: Vec<String> = Vec::new();
@@ -93,13 +112,22 @@ impl Dockerfile {
                 "ARG" if !seen_from => {
                     for word in split_words(&ins.args, escape) {
                         let (name, default) = match word.split_once('=') {
-                            Some((n, d)) => (n.to_owned(), Some(substitute(d, &globals, escape).map_err(err)?)),
+                            Some((n, d)) => (
+                                n.to_owned(),
+                                Some(substitute(d, &globals, escape).map_err(err)?),
+                            ),
                             None => (word.clone(), None),
                         };
-                        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        if name.is_empty()
+                            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        {
                             return Err(err(format!("invalid ARG name {name:?}")));
                         }
-                        let value = build_args.get(&name).cloned().or(default).unwrap_or_default();
+                        let value = build_args
+                            .get(&name)
+                            .cloned()
+                            .or(default)
+                            .unwrap_or_default();
                         globals.insert(name, value);
                     }
                 }
@@ -110,7 +138,9 @@ impl Dockerfile {
                     let mut rest = words.iter().peekable();
                     while let Some(flag) = rest.next_if(|w| w.starts_with("--")) {
                         match flag.split_once('=') {
-                            Some(("--platform", p)) => platform = Some(substitute(p, &globals, escape).map_err(err)?),
+                            Some(("--platform", p)) => {
+                                platform = Some(substitute(p, &globals, escape).map_err(err)?)
+                            }
                             _ => return Err(err(format!("unknown FROM flag {flag:?}"))),
                         }
                     }
@@ -119,8 +149,14 @@ impl Dockerfile {
                     };
                     let stage = match (rest.next(), rest.next(), rest.next()) {
                         (None, _, _) => None,
-                        (Some(kw), Some(name), None) if kw.eq_ignore_ascii_case("as") => Some(name.to_ascii_lowercase()),
-                        _ => return Err(err("FROM takes: [--platform=…] image [AS name]".to_owned())),
+                        (Some(kw), Some(name), None) if kw.eq_ignore_ascii_case("as") => {
+                            Some(name.to_ascii_lowercase())
+                        }
+                        _ => {
+                            return Err(
+                                err("FROM takes: [--platform=…] image [AS name]".to_owned()),
+                            )
+                        }
                     };
                     let image = substitute(image, &globals, escape).map_err(err)?;
                     if image.is_empty() {
@@ -152,9 +188,11 @@ impl Dockerfile {
                         if let Some(from) = word.strip_prefix("--from=") {
                             let from = substitute(from, &globals, escape).map_err(err)?;
                             let lower = from.to_ascii_lowercase();
-                            let is_index = !from.is_empty() && from.bytes().all(|b| b.is_ascii_digit());
+                            let is_index =
+                                !from.is_empty() && from.bytes().all(|b| b.is_ascii_digit());
                             if !is_index && !stages.contains(&lower) {
-                                let reference = ImageRef::parse(&from).map_err(|e| err(e.to_string()))?;
+                                let reference =
+                                    ImageRef::parse(&from).map_err(|e| err(e.to_string()))?;
                                 uses.push(BaseUse {
                                     instruction: idx,
                                     line: ins.line,
@@ -167,7 +205,9 @@ impl Dockerfile {
                     }
                 }
                 kw if !seen_from && kw != "ARG" => {
-                    return Err(err(format!("{kw} before the first FROM (only ARG may come first)")));
+                    return Err(err(format!(
+                        "{kw} before the first FROM (only ARG may come first)"
+                    )));
                 }
                 _ => {}
             }
@@ -350,7 +390,11 @@ fn split_instructions(text: &str) -> Result<(char, Vec<Instruction>), Dockerfile
                         reason: format!("heredoc <<{word} is not terminated"),
                     });
                 }
-                let l = if strip_tabs { lines[i].trim_start_matches('\t') } else { lines[i] };
+                let l = if strip_tabs {
+                    lines[i].trim_start_matches('\t')
+                } else {
+                    lines[i]
+                };
                 i += 1;
                 if l == word {
                     break;
@@ -386,7 +430,9 @@ fn heredoc_markers(args: &str) -> Vec<(String, bool)> {
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        if !word.is_empty() && (quoted || after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')) {
+        if !word.is_empty()
+            && (quoted || after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+        {
             rest = &body[word.len()..];
             out.push((word, strip));
         } else {
@@ -474,7 +520,11 @@ fn skip_words(args: &str, n: usize, escape: char) -> &str {
 
 /// Substitutes `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
 /// `${VAR:+alt}` and `${VAR+alt}`; `<escape>$` is a literal `$`.
-pub fn substitute(input: &str, vars: &HashMap<String, String>, escape: char) -> Result<String, String> {
+pub fn substitute(
+    input: &str,
+    vars: &HashMap<String, String>,
+    escape: char,
+) -> Result<String, String> {
     let mut out = String::new();
     let mut chars = input.chars().peekable();
     while let Some(c) = chars.next() {
@@ -525,16 +575,32 @@ pub fn substitute(input: &str, vars: &HashMap<String, String>, escape: char) -> 
                 let expanded = match op {
                     "" => value.cloned().unwrap_or_default(),
                     _ if op.starts_with(":-") => {
-                        if nonempty { value.cloned().unwrap_or_default() } else { substitute(&op[2..], vars, escape)? }
+                        if nonempty {
+                            value.cloned().unwrap_or_default()
+                        } else {
+                            substitute(&op[2..], vars, escape)?
+                        }
                     }
                     _ if op.starts_with('-') => {
-                        if set { value.cloned().unwrap_or_default() } else { substitute(&op[1..], vars, escape)? }
+                        if set {
+                            value.cloned().unwrap_or_default()
+                        } else {
+                            substitute(&op[1..], vars, escape)?
+                        }
                     }
                     _ if op.starts_with(":+") => {
-                        if nonempty { substitute(&op[2..], vars, escape)? } else { String::new() }
+                        if nonempty {
+                            substitute(&op[2..], vars, escape)?
+                        } else {
+                            String::new()
+                        }
                     }
                     _ if op.starts_with('+') => {
-                        if set { substitute(&op[1..], vars, escape)? } else { String::new() }
+                        if set {
+                            substitute(&op[1..], vars, escape)?
+                        } else {
+                            String::new()
+                        }
                     }
                     _ => return Err(format!("unsupported substitution ${{{body}}}")),
                 };
@@ -569,7 +635,10 @@ mod tests {
     }
 
     fn bases_with(text: &str, args: &[(&str, &str)]) -> Vec<String> {
-        let args = args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let args = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Dockerfile::parse(text, &args)
             .expect("parses")
             .bases()
@@ -584,7 +653,10 @@ mod tests {
 
     #[test]
     fn simple_from() {
-        assert_eq!(bases("FROM alpine\nCOPY a /a\n"), ["docker.io/library/alpine:latest"]);
+        assert_eq!(
+            bases("FROM alpine\nCOPY a /a\n"),
+            ["docker.io/library/alpine:latest"]
+        );
     }
 
     #[test]
@@ -596,17 +668,36 @@ mod tests {
     #[test]
     fn copy_from_external_image_is_a_base() {
         let text = "FROM alpine\nCOPY --chown=1:1 --from=busybox:1.36 /bin/busybox /bin/\n";
-        assert_eq!(bases(text), ["docker.io/library/alpine:latest", "docker.io/library/busybox:1.36"]);
+        assert_eq!(
+            bases(text),
+            [
+                "docker.io/library/alpine:latest",
+                "docker.io/library/busybox:1.36"
+            ]
+        );
     }
 
     #[test]
     fn global_args_and_build_args() {
-        let text = "ARG REG=127.0.0.1:5000\nARG TAG=1\nFROM ${REG}/base:${TAG:-9}\nFROM $REG/other\n";
-        assert_eq!(bases(text), ["127.0.0.1:5000/base:1", "127.0.0.1:5000/other:latest"]);
-        assert_eq!(bases_with(text, &[("TAG", "2")]), ["127.0.0.1:5000/base:2", "127.0.0.1:5000/other:latest"]);
+        let text =
+            "ARG REG=127.0.0.1:5000\nARG TAG=1\nFROM ${REG}/base:${TAG:-9}\nFROM $REG/other\n";
+        assert_eq!(
+            bases(text),
+            ["127.0.0.1:5000/base:1", "127.0.0.1:5000/other:latest"]
+        );
+        assert_eq!(
+            bases_with(text, &[("TAG", "2")]),
+            ["127.0.0.1:5000/base:2", "127.0.0.1:5000/other:latest"]
+        );
         // Undeclared build args do not apply.
-        assert_eq!(bases_with("FROM alpine:${V:-3}\n", &[("V", "4")]), ["docker.io/library/alpine:3"]);
-        assert_eq!(bases("ARG V\nFROM alpine${V:+:x}\n"), ["docker.io/library/alpine:latest"]);
+        assert_eq!(
+            bases_with("FROM alpine:${V:-3}\n", &[("V", "4")]),
+            ["docker.io/library/alpine:3"]
+        );
+        assert_eq!(
+            bases("ARG V\nFROM alpine${V:+:x}\n"),
+            ["docker.io/library/alpine:latest"]
+        );
     }
 
     #[test]
@@ -617,14 +708,24 @@ mod tests {
 
     #[test]
     fn escape_directive() {
-        let text = "# escape=`\nFROM mcr.microsoft.com/windows/servercore:ltsc2022 `\n  AS x\nCOPY a b\n";
-        assert_eq!(bases(text), ["mcr.microsoft.com/windows/servercore:ltsc2022"]);
+        let text =
+            "# escape=`\nFROM mcr.microsoft.com/windows/servercore:ltsc2022 `\n  AS x\nCOPY a b\n";
+        assert_eq!(
+            bases(text),
+            ["mcr.microsoft.com/windows/servercore:ltsc2022"]
+        );
     }
 
     #[test]
     fn heredocs_are_skipped() {
         let text = "FROM alpine\nRUN <<EOF\nFROM evil\nEOF\nCOPY <<-\"X\" /f\n\tFROM evil2\n\tX\nFROM busybox\n";
-        assert_eq!(bases(text), ["docker.io/library/alpine:latest", "docker.io/library/busybox:latest"]);
+        assert_eq!(
+            bases(text),
+            [
+                "docker.io/library/alpine:latest",
+                "docker.io/library/busybox:latest"
+            ]
+        );
     }
 
     #[test]
@@ -652,13 +753,23 @@ mod tests {
         let text = "ARG T=1\nFROM --platform=$TARGETPLATFORM \\\n  base:${T} AS b\nFROM b\nCOPY --from=tool:2 --chown=0:0 /x /y\n";
         let df = Dockerfile::parse(text, &BTreeMap::new()).expect("parses");
         let digest = Digest::parse(D).expect("digest");
-        let digests: BTreeMap<_, _> = df.bases().into_iter().map(|b| (b, digest.clone())).collect();
+        let digests: BTreeMap<_, _> = df
+            .bases()
+            .into_iter()
+            .map(|b| (b, digest.clone()))
+            .collect();
         let pinned = df.pin(text, &digests);
         let lines: Vec<&str> = pinned.lines().collect();
-        assert_eq!(lines[1], format!("FROM --platform=$TARGETPLATFORM docker.io/library/base@{D} AS b"));
+        assert_eq!(
+            lines[1],
+            format!("FROM --platform=$TARGETPLATFORM docker.io/library/base@{D} AS b")
+        );
         assert_eq!(lines[2], "");
         assert_eq!(lines[3], "FROM b");
-        assert_eq!(lines[4], format!("COPY --from=docker.io/library/tool@{D} --chown=0:0 /x /y"));
+        assert_eq!(
+            lines[4],
+            format!("COPY --from=docker.io/library/tool@{D} --chown=0:0 /x /y")
+        );
         let again = Dockerfile::parse(&pinned, &BTreeMap::new()).expect("pinned parses");
         assert!(again.bases().iter().all(|b| b.digest() == Some(&digest)));
     }

@@ -224,12 +224,16 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
     match chars.next() {
         None => return Err("empty tag".to_owned()),
         Some(c) if !word(c) => {
-            return Err(format!("tag {tag:?} must start with a letter, digit or '_'"))
+            return Err(format!(
+                "tag {tag:?} must start with a letter, digit or '_'"
+            ))
         }
         Some(_) => {}
     }
     if chars.any(|c| !(word(c) || c == '.' || c == '-')) {
-        return Err(format!("tag {tag:?} may only hold letters, digits, '_', '.' and '-'"));
+        return Err(format!(
+            "tag {tag:?} may only hold letters, digits, '_', '.' and '-'"
+        ));
     }
     if tag.len() > MAX_TAG_LEN {
         return Err(format!("tag {tag:?} is longer than 128 characters"));
@@ -324,7 +328,10 @@ mod tests {
         assert_eq!(norm("alpine:3.19"), "docker.io/library/alpine:3.19");
         assert_eq!(norm("library/alpine"), "docker.io/library/alpine:latest");
         assert_eq!(norm("acme/web"), "docker.io/acme/web:latest");
-        assert_eq!(norm("index.docker.io/alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(
+            norm("index.docker.io/alpine"),
+            "docker.io/library/alpine:latest"
+        );
         assert_eq!(norm("docker.io/alpine"), "docker.io/library/alpine:latest");
         assert_eq!(norm("localhost/app"), "localhost/app:latest");
         assert_eq!(norm("localhost:5000/app:1"), "localhost:5000/app:1");
@@ -346,8 +353,14 @@ mod tests {
 
     #[test]
     fn api_host_for_docker_hub() {
-        assert_eq!(ImageRef::parse("alpine").expect("valid").api_host(), "registry-1.docker.io");
-        assert_eq!(ImageRef::parse("quay.io/a/b").expect("valid").api_host(), "quay.io");
+        assert_eq!(
+            ImageRef::parse("alpine").expect("valid").api_host(),
+            "registry-1.docker.io"
+        );
+        assert_eq!(
+            ImageRef::parse("quay.io/a/b").expect("valid").api_host(),
+            "quay.io"
+        );
     }
 
     #[test]

@@ -34,7 +34,10 @@ impl Version {
             input: input.to_owned(),
         };
         let num = |s: &str| -> Result<u64, VersionError> {
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+            if s.is_empty()
+                || !s.bytes().all(|b| b.is_ascii_digit())
+                || (s.len() > 1 && s.starts_with('0'))
+            {
                 return Err(err());
             }
             s.parse().map_err(|_| err())
@@ -44,7 +47,9 @@ impl Version {
             None => (input, None),
         };
         let mut parts = core.split('.');
-        let (Some(a), Some(b), Some(c), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(a), Some(b), Some(c), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(err());
         };
         Ok(Self {
@@ -129,7 +134,18 @@ mod tests {
 
     #[test]
     fn refuses_non_versions() {
-        for bad in ["", "1", "1.2", "1.2.3.4", "v1.2.3", "01.2.3", "1.2.3-rc1", "1.2.3-r", "1.2.x", "latest"] {
+        for bad in [
+            "",
+            "1",
+            "1.2",
+            "1.2.3.4",
+            "v1.2.3",
+            "01.2.3",
+            "1.2.3-rc1",
+            "1.2.3-r",
+            "1.2.x",
+            "latest",
+        ] {
             assert!(Version::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -1,9 +1,12 @@
 //! The daemon's answers to the API, as the API's view types.
 
-use rebased_api::{ApiError, BaseChangeView, Backend, ImageBaseView, ImageView, ReasonView, StatusView, VersionView};
+use chrono::Utc;
+use rebased_api::{
+    ApiError, Backend, BaseChangeView, ImageBaseView, ImageView, ReasonView, StatusView,
+    VersionView,
+};
 use rebased_core::config::ImageConfig;
 use rebased_core::ImageState;
-use chrono::Utc;
 
 use crate::config;
 use crate::daemon::{lock, Daemon};
@@ -61,7 +64,10 @@ impl Daemon {
                     let key = r.to_string();
                     let rec = self.store.base(&key).ok().flatten();
                     ImageBaseView {
-                        digest: r.digest().cloned().or_else(|| rec.as_ref().and_then(|b| b.digest.clone())),
+                        digest: r
+                            .digest()
+                            .cloned()
+                            .or_else(|| rec.as_ref().and_then(|b| b.digest.clone())),
                         error: rec.and_then(|b| b.error),
                         reference: key,
                     }

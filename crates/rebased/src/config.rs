@@ -11,10 +11,17 @@ use rebased_core::ImageRef;
 
 /// Reads and validates the config; errors read `FILE:LINE:COLUMN: key K: why`.
 pub fn load(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
     Config::parse(&text).map_err(|e| {
         let key = e.key.map(|k| format!("key {k}: ")).unwrap_or_default();
-        anyhow!("{}:{}:{}: {key}{}", path.display(), e.line, e.column, e.message)
+        anyhow!(
+            "{}:{}:{}: {key}{}",
+            path.display(),
+            e.line,
+            e.column,
+            e.message
+        )
     })
 }
 
@@ -27,15 +34,22 @@ pub struct ParsedDockerfile {
 }
 
 /// Reads and parses `path` with `build_args`; errors read `FILE:LINE: why`.
-pub fn read_dockerfile(path: &Path, build_args: &BTreeMap<String, String>) -> Result<ParsedDockerfile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read Dockerfile {}", path.display()))?;
+pub fn read_dockerfile(
+    path: &Path,
+    build_args: &BTreeMap<String, String>,
+) -> Result<ParsedDockerfile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read Dockerfile {}", path.display()))?;
     let model = Dockerfile::parse(&text, build_args)
         .map_err(|e| anyhow!("{}:{}: {}", path.display(), e.line, e.reason))?;
     Ok(ParsedDockerfile { text, model })
 }
 
 /// The external bases of a Dockerfile.
-pub fn dockerfile_bases(path: &Path, build_args: &BTreeMap<String, String>) -> Result<Vec<ImageRef>> {
+pub fn dockerfile_bases(
+    path: &Path,
+    build_args: &BTreeMap<String, String>,
+) -> Result<Vec<ImageRef>> {
     Ok(read_dockerfile(path, build_args)?.model.bases())
 }
 

@@ -66,7 +66,10 @@ pub fn main(config_file: PathBuf, mode: Mode) -> ExitCode {
         }
     };
     init_logging(&cfg);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the async runtime: {e}");
@@ -90,7 +93,9 @@ fn init_logging(cfg: &Config) {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&cfg.daemon.log).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cfg.daemon.log_format {
         LogFormat::Json => builder.json().try_init(),
         _ => builder.try_init(),
@@ -108,7 +113,8 @@ async fn run(cfg: Config, config_file: PathBuf, mode: Mode) -> Result<ExitCode> 
         }
     }
     let state_dir = cfg.daemon.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
     let store = Store::open(&state_dir.join("db"))?;
     let registry = Arc::new(Registry::new(&cfg.registries));
     let buildah = Buildah::with_storage(&state_dir.join("containers"), cfg.builder.timeout.0);
@@ -138,7 +144,11 @@ async fn run(cfg: Config, config_file: PathBuf, mode: Mode) -> Result<ExitCode> 
 
     if mode == Mode::Once {
         let failures = daemon.cycle(Trigger::Poll, &shutdown, &builds).await;
-        return Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if failures == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
 
     let listener = rebased_api::bind(&daemon.config.daemon.listen).await?;
@@ -147,7 +157,11 @@ async fn run(cfg: Config, config_file: PathBuf, mode: Mode) -> Result<ExitCode> 
         Arc::clone(&daemon) as Arc<dyn rebased_api::Backend>,
         shutdown.clone(),
     ));
-    tokio::spawn(signals(shutdown.clone(), builds.clone(), daemon.config.daemon.stop_timeout.0));
+    tokio::spawn(signals(
+        shutdown.clone(),
+        builds.clone(),
+        daemon.config.daemon.stop_timeout.0,
+    ));
 
     loop {
         daemon.cycle(Trigger::Poll, &shutdown, &builds).await;
@@ -179,14 +193,24 @@ async fn run(cfg: Config, config_file: PathBuf, mode: Mode) -> Result<ExitCode> 
 
 /// First SIGTERM/SIGINT: stop starting work; running builds get
 /// `stop_timeout`. Second signal: cancel builds at once.
-async fn signals(shutdown: CancellationToken, builds: CancellationToken, stop_timeout: std::time::Duration) {
+async fn signals(
+    shutdown: CancellationToken,
+    builds: CancellationToken,
+    stop_timeout: std::time::Duration,
+) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("cannot install signal handlers");
         return;
     };
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    info!(stop_timeout_s = stop_timeout.as_secs(), "signal received: finishing running builds");
+    info!(
+        stop_timeout_s = stop_timeout.as_secs(),
+        "signal received: finishing running builds"
+    );
     shutdown.cancel();
     tokio::select! {
         _ = term.recv() => warn!("second signal: cancelling builds"),
@@ -211,19 +235,25 @@ struct Plan {
 impl Daemon {
     /// One cycle: check every unique base once, then decide and build each
     /// image. Returns the number of images whose build failed.
-    pub async fn cycle(&self, trigger: Trigger, shutdown: &CancellationToken, builds: &CancellationToken) -> usize {
+    pub async fn cycle(
+        &self,
+        trigger: Trigger,
+        shutdown: &CancellationToken,
+        builds: &CancellationToken,
+    ) -> usize {
         let started = Utc::now();
         let mut plans: BTreeMap<String, Result<Plan>> = BTreeMap::new();
         let mut wanted: Vec<ImageRef> = Vec::new();
         for image in &self.config.image {
-            let plan = config::read_dockerfile(&image.dockerfile_path(), &image.build_args).map(|p| {
-                let bases = p.model.bases();
-                Plan {
-                    text: p.text,
-                    model: p.model,
-                    bases,
-                }
-            });
+            let plan =
+                config::read_dockerfile(&image.dockerfile_path(), &image.build_args).map(|p| {
+                    let bases = p.model.bases();
+                    Plan {
+                        text: p.text,
+                        model: p.model,
+                        bases,
+                    }
+                });
             if let Ok(p) = &plan {
                 wanted.extend(p.bases.iter().filter(|b| b.digest().is_none()).cloned());
             }
@@ -268,9 +298,14 @@ impl Daemon {
                 break;
             }
             let name = image.name.to_string();
-            let Some(plan) = plans.remove(&name) else { continue };
+            let Some(plan) = plans.remove(&name) else {
+                continue;
+            };
             let span = info_span!("image", image = %name);
-            let result = self.reconcile(image, plan, &digests, trigger, builds).instrument(span).await;
+            let result = self
+                .reconcile(image, plan, &digests, trigger, builds)
+                .instrument(span)
+                .await;
             if let Err(e) = result {
                 failures += 1;
                 error!(image = %name, "{e:#}");
@@ -361,7 +396,10 @@ impl Daemon {
             self.mark(name, ImageState::Building, None);
             lock(&self.runtime).running.push(name.to_owned());
             let result = self
-                .build_and_publish(image, repo, &plan, &pins, &now, version, supersedes, trigger, &changes, &job, builds)
+                .build_and_publish(
+                    image, repo, &plan, &pins, &now, version, supersedes, trigger, &changes, &job,
+                    builds,
+                )
                 .await;
             lock(&self.runtime).running.retain(|n| n != name);
             result
@@ -410,8 +448,13 @@ impl Daemon {
                     .rev()
                     .find(|u| u.kind == BaseKind::From)
                     .and_then(|u| pins.get(&u.reference).map(|d| (&u.reference, d)));
-                let annotations =
-                    provenance::annotations(&version, Utc::now(), primary, pins, supersedes.as_ref());
+                let annotations = provenance::annotations(
+                    &version,
+                    Utc::now(),
+                    primary,
+                    pins,
+                    supersedes.as_ref(),
+                );
                 let workdir = self.config.daemon.state_dir.join("builds").join(job);
                 let request = BuildRequest {
                     image: name.to_owned(),

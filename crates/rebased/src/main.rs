@@ -55,7 +55,10 @@ fn main() -> ExitCode {
         Command::Run { config } => daemon::main(config, daemon::Mode::Run),
         Command::Once { config } => daemon::main(config, daemon::Mode::Once),
         Command::CheckConfig { config } => check_config(&config),
-        Command::Bases { dockerfile, build_args } => bases(&dockerfile, &build_args),
+        Command::Bases {
+            dockerfile,
+            build_args,
+        } => bases(&dockerfile, &build_args),
     }
 }
 
@@ -71,7 +74,13 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     println!("poll: {}", cfg.daemon.poll.as_str());
     let mut failed = false;
     for (i, image) in cfg.image.iter().enumerate() {
-        println!("{}. {} -> {} (first version {})", i + 1, image.name, image.repository, image.version);
+        println!(
+            "{}. {} -> {} (first version {})",
+            i + 1,
+            image.name,
+            image.repository,
+            image.version
+        );
         match config::image_bases(image) {
             Ok(bases) => {
                 for b in bases {

@@ -152,8 +152,8 @@ impl Registry {
             detail,
         };
         let digest = Digest::parse(&digest).map_err(|e| protocol(e.to_string()))?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| protocol(format!("manifest is not JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| protocol(format!("manifest is not JSON: {e}")))?;
         let media_type = match value.get("mediaType").and_then(|m| m.as_str()) {
             Some(m) => m.to_owned(),
             None if value.get("manifests").is_some() => MANIFEST_MEDIA_TYPES[0].to_owned(),
@@ -168,7 +168,12 @@ impl Registry {
 
     /// Points `repository:tag` at the manifest `digest` of the same
     /// repository, copying its bytes so the digest does not change.
-    pub async fn tag(&self, repository: &ImageRef, digest: &Digest, tag: &str) -> Result<(), RegistryError> {
+    pub async fn tag(
+        &self,
+        repository: &ImageRef,
+        digest: &Digest,
+        tag: &str,
+    ) -> Result<(), RegistryError> {
         let source = repository.pinned(digest);
         let manifest = self.manifest(&source).await?;
         let target = repository.with_tag(tag);
@@ -227,7 +232,9 @@ fn to_oci(r: &ImageRef) -> Reference {
     let registry = r.registry().to_owned();
     let repository = r.repository().to_owned();
     match (r.tag(), r.digest()) {
-        (Some(t), Some(d)) => Reference::with_tag_and_digest(registry, repository, t.to_owned(), d.to_string()),
+        (Some(t), Some(d)) => {
+            Reference::with_tag_and_digest(registry, repository, t.to_owned(), d.to_string())
+        }
         (None, Some(d)) => Reference::with_digest(registry, repository, d.to_string()),
         (t, None) => Reference::with_tag(registry, repository, t.unwrap_or("latest").to_owned()),
     }
@@ -235,9 +242,8 @@ fn to_oci(r: &ImageRef) -> Reference {
 
 fn classify(reference: &ImageRef, e: OciDistributionError) -> RegistryError {
     let kind = match &e {
-        OciDistributionError::AuthenticationFailure(_) | OciDistributionError::UnauthorizedError { .. } => {
-            ErrorKind::Unauthorized
-        }
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => ErrorKind::Unauthorized,
         OciDistributionError::ImageManifestNotFoundError(_) => ErrorKind::NotFound,
         OciDistributionError::ServerError { code, .. } => match code {
             401 | 403 => ErrorKind::Unauthorized,
@@ -250,7 +256,9 @@ fn classify(reference: &ImageRef, e: OciDistributionError) -> RegistryError {
             if codes.iter().any(|c| {
                 matches!(
                     c,
-                    OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
                 )
             }) {
                 ErrorKind::NotFound
@@ -259,13 +267,18 @@ fn classify(reference: &ImageRef, e: OciDistributionError) -> RegistryError {
                 .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
             {
                 ErrorKind::Unauthorized
-            } else if codes.iter().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
+            {
                 ErrorKind::RateLimited
             } else {
                 ErrorKind::Protocol
             }
         }
-        OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => ErrorKind::Unreachable,
+        OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
+            ErrorKind::Unreachable
+        }
         OciDistributionError::RequestError(_) => ErrorKind::Unreachable,
         _ => ErrorKind::Protocol,
     };

@@ -112,7 +112,12 @@ mod tests {
     fn nothing_published_builds_first_version() {
         let now = bases(&[("b", '1')]);
         match decide(None, &v("1.0.0"), Bump::Patch, &now, Trigger::Poll) {
-            Decision::Build { version, supersedes, trigger, changes } => {
+            Decision::Build {
+                version,
+                supersedes,
+                trigger,
+                changes,
+            } => {
                 assert_eq!(version, v("1.0.0"));
                 assert_eq!(supersedes, None);
                 assert_eq!(trigger, Trigger::Initial);
@@ -126,8 +131,20 @@ mod tests {
     fn same_digests_are_fresh() {
         let built = bases(&[("a", '1'), ("b", '2')]);
         let cur = v("1.0.3");
-        let p = Published { version: &cur, bases: &built };
-        assert_eq!(decide(Some(p), &v("1.0.0"), Bump::Patch, &built.clone(), Trigger::Poll), Decision::Fresh);
+        let p = Published {
+            version: &cur,
+            bases: &built,
+        };
+        assert_eq!(
+            decide(
+                Some(p),
+                &v("1.0.0"),
+                Bump::Patch,
+                &built.clone(),
+                Trigger::Poll
+            ),
+            Decision::Fresh
+        );
     }
 
     #[test]
@@ -135,16 +152,26 @@ mod tests {
         let built = bases(&[("a", '1'), ("b", '2')]);
         let now = bases(&[("a", '1'), ("b", '3')]);
         let cur = v("1.0.3");
-        let p = Published { version: &cur, bases: &built };
-        let Decision::Build { version, supersedes, trigger, changes } =
-            decide(Some(p), &v("1.0.0"), Bump::Patch, &now, Trigger::Webhook)
+        let p = Published {
+            version: &cur,
+            bases: &built,
+        };
+        let Decision::Build {
+            version,
+            supersedes,
+            trigger,
+            changes,
+        } = decide(Some(p), &v("1.0.0"), Bump::Patch, &now, Trigger::Webhook)
         else {
             panic!("must build");
         };
         assert_eq!(version, v("1.0.4"));
         assert_eq!(supersedes, Some(v("1.0.3")));
         assert_eq!(trigger, Trigger::Webhook);
-        let b = changes.iter().find(|c| c.reference == "b").expect("b listed");
+        let b = changes
+            .iter()
+            .find(|c| c.reference == "b")
+            .expect("b listed");
         assert_eq!((b.before.clone(), b.after.clone()), (Some(d('2')), d('3')));
     }
 
@@ -153,8 +180,13 @@ mod tests {
         let built = bases(&[("a", '1')]);
         let now = bases(&[("a", '2')]);
         let cur = v("1.4.2");
-        let p = Published { version: &cur, bases: &built };
-        let Decision::Build { version, .. } = decide(Some(p), &v("1.0.0"), Bump::Revision, &now, Trigger::Poll) else {
+        let p = Published {
+            version: &cur,
+            bases: &built,
+        };
+        let Decision::Build { version, .. } =
+            decide(Some(p), &v("1.0.0"), Bump::Revision, &now, Trigger::Poll)
+        else {
             panic!("must build");
         };
         assert_eq!(version, v("1.4.2-r1"));
@@ -165,16 +197,30 @@ mod tests {
         let built = bases(&[("a", '1')]);
         let now = bases(&[("a", '1'), ("c", '5')]);
         let cur = v("2.0.0");
-        let p = Published { version: &cur, bases: &built };
-        assert!(matches!(decide(Some(p), &v("1.0.0"), Bump::Patch, &now, Trigger::Poll), Decision::Build { .. }));
+        let p = Published {
+            version: &cur,
+            bases: &built,
+        };
+        assert!(matches!(
+            decide(Some(p), &v("1.0.0"), Bump::Patch, &now, Trigger::Poll),
+            Decision::Build { .. }
+        ));
     }
 
     #[test]
     fn cron_with_seconds_and_minutes() {
-        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.5Z").expect("valid").with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.5Z")
+            .expect("valid")
+            .with_timezone(&Utc);
         let every2 = CronSpec::parse("*/2 * * * * *").expect("valid");
-        assert_eq!(next_after(&every2, t0).map(|t| t.to_rfc3339()), Some("2026-01-01T00:00:02+00:00".to_owned()));
+        assert_eq!(
+            next_after(&every2, t0).map(|t| t.to_rfc3339()),
+            Some("2026-01-01T00:00:02+00:00".to_owned())
+        );
         let quarter = CronSpec::parse("*/15 * * * *").expect("valid");
-        assert_eq!(next_after(&quarter, t0).map(|t| t.to_rfc3339()), Some("2026-01-01T00:15:00+00:00".to_owned()));
+        assert_eq!(
+            next_after(&quarter, t0).map(|t| t.to_rfc3339()),
+            Some("2026-01-01T00:15:00+00:00".to_owned())
+        );
     }
 }

@@ -164,7 +164,11 @@ impl Store {
 
     /// The record of base `reference`.
     pub fn base(&self, reference: &str) -> Result<Option<BaseRecord>, StateError> {
-        get(&self.bases, reference.as_bytes(), &format!("base {reference}"))
+        get(
+            &self.bases,
+            reference.as_bytes(),
+            &format!("base {reference}"),
+        )
     }
 
     /// Every base record, ordered by reference.
@@ -174,7 +178,12 @@ impl Store {
 
     /// Stores a base record.
     pub fn put_base(&self, record: &BaseRecord) -> Result<(), StateError> {
-        put(&self.bases, record.reference.as_bytes(), record, &format!("base {}", record.reference))
+        put(
+            &self.bases,
+            record.reference.as_bytes(),
+            record,
+            &format!("base {}", record.reference),
+        )
     }
 
     /// The record of image `name`.
@@ -184,7 +193,12 @@ impl Store {
 
     /// Stores an image record.
     pub fn put_image(&self, record: &ImageRecord) -> Result<(), StateError> {
-        put(&self.images, record.name.as_bytes(), record, &format!("image {}", record.name))
+        put(
+            &self.images,
+            record.name.as_bytes(),
+            record,
+            &format!("image {}", record.name),
+        )
     }
 
     /// Every version of image `name`, oldest first.
@@ -205,23 +219,36 @@ impl Store {
     }
 
     /// One version of image `name`.
-    pub fn version(&self, name: &str, version: &Version) -> Result<Option<VersionRecord>, StateError> {
-        get(&self.versions, &version_key(name, version), &format!("version {name} {version}"))
+    pub fn version(
+        &self,
+        name: &str,
+        version: &Version,
+    ) -> Result<Option<VersionRecord>, StateError> {
+        get(
+            &self.versions,
+            &version_key(name, version),
+            &format!("version {name} {version}"),
+        )
     }
 
     /// Records `new` as published for image `name`, in one transaction: the
     /// version is stored, the previous current version (if any) is marked
     /// superseded by it with `reason`, and the image's current version moves.
     /// Refuses to overwrite an existing version with another digest.
-    pub fn publish(&self, name: &str, new: &VersionRecord, reason: Option<Reason>) -> Result<(), StateError> {
+    pub fn publish(
+        &self,
+        name: &str,
+        new: &VersionRecord,
+        reason: Option<Reason>,
+    ) -> Result<(), StateError> {
         let what = format!("publish {name} {}", new.version);
         let new_key = version_key(name, &new.version);
         let new_bytes = encode(new, &what)?;
         let result = (&self.images, &self.versions).transaction(|(images, versions)| {
             let abort = |reason: String| ConflictableTransactionError::Abort(reason);
             if let Some(existing) = versions.get(&new_key)? {
-                let existing: VersionRecord =
-                    serde_json::from_slice(&existing).map_err(|e| abort(format!("stored version does not decode: {e}")))?;
+                let existing: VersionRecord = serde_json::from_slice(&existing)
+                    .map_err(|e| abort(format!("stored version does not decode: {e}")))?;
                 if existing.digest != new.digest {
                     return Err(abort(format!(
                         "version {} is already recorded with digest {}",
@@ -230,14 +257,15 @@ impl Store {
                 }
             }
             let mut image: ImageRecord = match images.get(name.as_bytes())? {
-                Some(b) => serde_json::from_slice(&b).map_err(|e| abort(format!("image record does not decode: {e}")))?,
+                Some(b) => serde_json::from_slice(&b)
+                    .map_err(|e| abort(format!("image record does not decode: {e}")))?,
                 None => ImageRecord::new(name),
             };
             if let Some(prev) = image.current.filter(|p| *p != new.version) {
                 let prev_key = version_key(name, &prev);
                 if let Some(b) = versions.get(&prev_key)? {
-                    let mut prev_rec: VersionRecord =
-                        serde_json::from_slice(&b).map_err(|e| abort(format!("stored version does not decode: {e}")))?;
+                    let mut prev_rec: VersionRecord = serde_json::from_slice(&b)
+                        .map_err(|e| abort(format!("stored version does not decode: {e}")))?;
                     prev_rec.superseded_by = Some(new.version);
                     prev_rec.superseded_at = Some(new.built_at);
                     prev_rec.reason = reason.clone();
@@ -256,7 +284,9 @@ impl Store {
         });
         match result {
             Ok(()) => {}
-            Err(TransactionError::Abort(reason)) => return Err(StateError::Invariant { what, reason }),
+            Err(TransactionError::Abort(reason)) => {
+                return Err(StateError::Invariant { what, reason })
+            }
             Err(TransactionError::Storage(source)) => return Err(StateError::Db { what, source }),
         }
         self.flush(&what)
@@ -264,10 +294,13 @@ impl Store {
 
     /// Writes everything to disk.
     pub fn flush(&self, what: &str) -> Result<(), StateError> {
-        self.db.flush().map(|_| ()).map_err(|source| StateError::Db {
-            what: what.to_owned(),
-            source,
-        })
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|source| StateError::Db {
+                what: what.to_owned(),
+                source,
+            })
     }
 }
 
@@ -302,7 +335,11 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StateError
     })
 }
 
-fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8], what: &str) -> Result<Option<T>, StateError> {
+fn get<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &[u8],
+    what: &str,
+) -> Result<Option<T>, StateError> {
     match tree.get(key) {
         Ok(Some(v)) => decode(&v, what).map(Some),
         Ok(None) => Ok(None),
@@ -325,12 +362,19 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree, what: &str) -> Result<Vec<T>, Sta
         .collect()
 }
 
-fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T, what: &str) -> Result<(), StateError> {
+fn put<T: Serialize>(
+    tree: &sled::Tree,
+    key: &[u8],
+    value: &T,
+    what: &str,
+) -> Result<(), StateError> {
     let bytes = encode(value, what)?;
-    tree.insert(key, bytes).map(|_| ()).map_err(|source| StateError::Db {
-        what: what.to_owned(),
-        source,
-    })
+    tree.insert(key, bytes)
+        .map(|_| ())
+        .map_err(|source| StateError::Db {
+            what: what.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -359,7 +403,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let store = Store::open(dir.path()).expect("open");
-            store.publish("app", &version("1.0.0", 'a', '1'), None).expect("first");
+            store
+                .publish("app", &version("1.0.0", 'a', '1'), None)
+                .expect("first");
             let reason = Reason {
                 trigger: Trigger::Poll,
                 bases: vec![BaseChange {
@@ -372,13 +418,24 @@ mod tests {
                 .publish("app", &version("1.0.1", 'b', '2'), Some(reason.clone()))
                 .expect("second");
             // another image's versions do not mix in
-            store.publish("app2", &version("9.0.0", 'c', '2'), None).expect("other");
+            store
+                .publish("app2", &version("9.0.0", 'c', '2'), None)
+                .expect("other");
         }
         let store = Store::open(dir.path()).expect("reopen");
         let versions = store.versions("app").expect("versions");
         assert_eq!(versions.len(), 2);
-        assert_eq!(versions[0].superseded_by, Some(Version::parse("1.0.1").expect("v")));
-        assert_eq!(versions[0].reason.as_ref().map(|r| r.bases[0].after.clone()), Some(digest('2')));
+        assert_eq!(
+            versions[0].superseded_by,
+            Some(Version::parse("1.0.1").expect("v"))
+        );
+        assert_eq!(
+            versions[0]
+                .reason
+                .as_ref()
+                .map(|r| r.bases[0].after.clone()),
+            Some(digest('2'))
+        );
         assert_eq!(versions[1].superseded_by, None);
         let image = store.image("app").expect("get").expect("present");
         assert_eq!(image.current, Some(Version::parse("1.0.1").expect("v")));
@@ -390,9 +447,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         for v in ["1.0.9", "1.0.10", "1.0.10-r1", "1.0.2"] {
-            store.publish("x", &version(v, 'a', '1'), None).expect("publish");
+            store
+                .publish("x", &version(v, 'a', '1'), None)
+                .expect("publish");
         }
-        let got: Vec<String> = store.versions("x").expect("versions").iter().map(|v| v.version.to_string()).collect();
+        let got: Vec<String> = store
+            .versions("x")
+            .expect("versions")
+            .iter()
+            .map(|v| v.version.to_string())
+            .collect();
         assert_eq!(got, ["1.0.2", "1.0.9", "1.0.10", "1.0.10-r1"]);
     }
 
@@ -400,11 +464,17 @@ mod tests {
     fn refuses_to_overwrite_a_version_with_another_digest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        store.publish("app", &version("1.0.0", 'a', '1'), None).expect("first");
-        let err = store.publish("app", &version("1.0.0", 'b', '1'), None).expect_err("must refuse");
+        store
+            .publish("app", &version("1.0.0", 'a', '1'), None)
+            .expect("first");
+        let err = store
+            .publish("app", &version("1.0.0", 'b', '1'), None)
+            .expect_err("must refuse");
         assert!(err.to_string().contains("already recorded"), "{err}");
         // the same digest again is an idempotent re-record
-        store.publish("app", &version("1.0.0", 'a', '1'), None).expect("same digest");
+        store
+            .publish("app", &version("1.0.0", 'a', '1'), None)
+            .expect("same digest");
         assert_eq!(store.versions("app").expect("versions").len(), 1);
     }
 

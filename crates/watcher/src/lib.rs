@@ -21,7 +21,11 @@ pub struct Check {
 
 /// Checks every reference in `refs` once (duplicates collapse), at most
 /// `concurrency` at a time. The result is in reference order.
-pub async fn check_all(registry: Arc<Registry>, refs: impl IntoIterator<Item = ImageRef>, concurrency: usize) -> Vec<Check> {
+pub async fn check_all(
+    registry: Arc<Registry>,
+    refs: impl IntoIterator<Item = ImageRef>,
+    concurrency: usize,
+) -> Vec<Check> {
     let unique: BTreeSet<ImageRef> = refs.into_iter().collect();
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut set = JoinSet::new();

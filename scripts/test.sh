@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, installing what the tests need on Debian first:
+# docker-registry (the real registry), buildah (the real builder), skopeo (to
+# check what was pushed) and busybox-static (the test base images).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for pkg in docker-registry buildah skopeo busybox-static; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+exec cargo test --workspace --locked "$@"
