@@ -1,0 +1,104 @@
+//! The offline commands of the CLI: `bases` and `check-config`, and how they
+//! report bad input.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::process::{Command, Output};
+
+fn rebased(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rebased"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn bases_prints_normalised_references_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let df = dir.path().join("Dockerfile");
+    fs::write(
+        &df,
+        "ARG TAG=3.19\nFROM alpine:${TAG} AS build\nFROM build\nCOPY --from=build /a /a\nFROM scratch\nCOPY --from=ghcr.io/acme/tool:1 /t /t\nFROM alpine:${TAG}\n",
+    )
+    .unwrap();
+    let out = rebased(&["bases", df.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "docker.io/library/alpine:3.19\nghcr.io/acme/tool:1\n"
+    );
+
+    let out = rebased(&["bases", df.to_str().unwrap(), "--build-arg", "TAG=3.20"]);
+    assert_eq!(
+        text(&out.stdout),
+        "docker.io/library/alpine:3.20\nghcr.io/acme/tool:1\n"
+    );
+}
+
+#[test]
+fn bad_dockerfile_names_the_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let df = dir.path().join("Dockerfile");
+    fs::write(&df, "FROM alpine\n\nFROM Not/Valid\n").unwrap();
+    let out = rebased(&["bases", df.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("{}:3:", df.display())), "{err}");
+    assert!(err.contains("lowercase"), "{err}");
+
+    let out = rebased(&["bases", dir.path().join("missing").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read Dockerfile"));
+}
+
+#[test]
+fn bad_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rebased.toml");
+    fs::write(
+        &cfg,
+        "[daemon]\nlisten = \"127.0.0.1:1\"\npoll = \"every minute\"\n",
+    )
+    .unwrap();
+    for cmd in ["check-config", "run", "once"] {
+        let out = rebased(&[cmd, "--config", cfg.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("{}:3:", cfg.display())),
+            "{cmd}: {err}"
+        );
+        assert!(err.contains("key daemon.poll"), "{cmd}: {err}");
+    }
+}
+
+#[test]
+fn check_config_prints_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("app");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM 127.0.0.1:5000/base\nCOPY . /\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("rebased.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[[image]]\nname = \"app\"\ncontext = \"{}\"\nrepository = \"127.0.0.1:5000/app\"\nversion = \"1.0.0\"\n",
+            ctx.display()
+        ),
+    )
+    .unwrap();
+    let out = rebased(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan = text(&out.stdout);
+    assert!(plan.contains("app -> 127.0.0.1:5000/app"), "{plan}");
+    assert!(plan.contains("FROM 127.0.0.1:5000/base:latest"), "{plan}");
+}

@@ -1,0 +1,172 @@
+//! Bad inputs and unreachable registries get clear errors and lose nothing:
+//! one daemon, several images, each with its own problem, next to one that
+//! is fine.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rebased_e2e::{free_port, rebased_bin, wait_for, BaseMaker, Daemon, Registry};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn context(dir: &Path, name: &str, dockerfile: &str) -> String {
+    let ctx = dir.join(name);
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("hello"), "hello\n").unwrap();
+    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    ctx.display().to_string()
+}
+
+fn image(name: &str, ctx: &str, repo: &str) -> String {
+    format!("\n[[image]]\nname = \"{name}\"\ncontext = \"{ctx}\"\nrepository = \"{repo}\"\nversion = \"1.0.0\"\n")
+}
+
+#[test]
+fn faults_are_reported_per_image_and_nothing_is_overwritten() {
+    let registry = Registry::start();
+    let host = registry.host.clone();
+    let bases = BaseMaker::new();
+    bases.push(&registry, "base:latest", "v1");
+    // Someone else already pushed 1.0.0 of "taken": it must never be overwritten.
+    let foreign = bases.push(&registry, "taken:1.0.0", "foreign");
+
+    let work = tempfile::tempdir().unwrap();
+    let dead = format!("127.0.0.1:{}", free_port()); // nothing listens here
+    let good = context(
+        work.path(),
+        "good",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
+    let unreachable = context(
+        work.path(),
+        "unreachable",
+        &format!("FROM {dead}/base:latest\nCOPY hello /hello\n"),
+    );
+    let broken = context(
+        work.path(),
+        "broken",
+        &format!("FROM {host}/base:latest\nCOPY missing-file /x\n"),
+    );
+    let baddf = context(work.path(), "baddf", "FROM alpine\nFROBNICATE now\n");
+    let taken = context(
+        work.path(),
+        "taken",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
+
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cfg = format!(
+        "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\n\n[registries.\"{host}\"]\ninsecure = true\n[registries.\"{dead}\"]\ninsecure = true\n",
+        work.path().join("state").display()
+    );
+    cfg += &image("good", &good, &format!("{host}/good"));
+    cfg += &image("unreachable", &unreachable, &format!("{host}/unreachable"));
+    cfg += &image("broken", &broken, &format!("{host}/broken"));
+    cfg += &image("baddf", &baddf, &format!("{host}/baddf"));
+    cfg += &image("taken", &taken, &format!("{host}/taken"));
+    let config = work.path().join("rebased.toml");
+    fs::write(&config, cfg).unwrap();
+
+    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    wait_for("good to publish 1.0.0", WAIT, || {
+        (daemon.get("/v1/images/good")["current_version"] == "1.0.0").then_some(())
+    });
+    let state = |name: &str| daemon.get(&format!("/v1/images/{name}"));
+    wait_for("broken and taken to be failing", WAIT, || {
+        (state("broken")["state"] == "failing"
+            && state("taken")["state"] == "failing"
+            && state("baddf")["state"] == "failing")
+            .then_some(())
+    });
+
+    // An unreachable base: the error names the reference and the cause.
+    let u = state("unreachable");
+    let err = u["bases"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        err.contains(&format!("{dead}/base:latest")) && err.contains("unreachable"),
+        "{u:#}"
+    );
+    assert_eq!(u["current_version"], serde_json::Value::Null);
+
+    // A failing build: the reason is shown, nothing is pushed.
+    let b = state("broken");
+    let e = b["last_error"].as_str().unwrap();
+    assert!(e.contains("build") && e.contains("missing-file"), "{e}");
+    assert!(registry.digest("broken:1.0.0").is_none());
+
+    // A bad Dockerfile: file and line.
+    let e = state("baddf")["last_error"].as_str().unwrap().to_owned();
+    assert!(
+        e.contains("Dockerfile:2:") && e.contains("FROBNICATE"),
+        "{e}"
+    );
+
+    // A version tag that exists with other contents is never overwritten.
+    let e = state("taken")["last_error"].as_str().unwrap().to_owned();
+    assert!(e.contains("refusing to overwrite"), "{e}");
+    assert_eq!(
+        registry.digest("taken:1.0.0").as_deref(),
+        Some(foreign.as_str())
+    );
+    assert!(
+        registry.digest("taken:latest").is_none(),
+        "no floating tag may move"
+    );
+
+    // The daemon is still serving.
+    assert_eq!(daemon.get("/v1/status")["images"], 5);
+}
+
+#[test]
+fn once_publishes_and_exits() {
+    let registry = Registry::start();
+    let host = registry.host.clone();
+    BaseMaker::new().push(&registry, "base:latest", "v1");
+    let work = tempfile::tempdir().unwrap();
+    let ctx = context(
+        work.path(),
+        "app",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
+    let config = work.path().join("rebased.toml");
+    fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\n\n[registries.\"{host}\"]\ninsecure = true\n{}",
+            work.path().join("state").display(),
+            image("app", &ctx, &format!("{host}/app"))
+        ),
+    )
+    .unwrap();
+    let run_once = || {
+        Command::new(rebased_bin())
+            .args(["once", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = run_once();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = registry.digest("app:1.0.0").expect("1.0.0 pushed");
+    assert_eq!(
+        registry.digest("app:latest").as_deref(),
+        Some(first.as_str())
+    );
+    // Nothing changed upstream: a second run publishes nothing.
+    let out = run_once();
+    assert!(out.status.success());
+    let mut tags = registry.tags("app");
+    tags.sort();
+    assert_eq!(tags, ["1", "1.0", "1.0.0", "latest"]);
+}
