@@ -9,6 +9,7 @@ pub mod config;
 pub mod digest;
 pub mod dockerfile;
 pub mod duration;
+pub mod job;
 pub mod reference;
 pub mod status;
 pub mod trigger;
