@@ -1,1 +1,368 @@
-//! placeholder
+//! The dispatcher: owns the queue, starts due jobs within the concurrency
+//! bound, applies retries, and cascades a publish to the images built FROM
+//! the published image's repository.
+//!
+//! It talks to the rest of the daemon through a command channel (in) and the
+//! [`Executor`] trait (out); it never builds or reads a registry itself.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rebased_core::job::{Job, JobId, JobReason};
+use rebased_core::Trigger;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::graph::Graph;
+use crate::queue::{reason, Finished, Outcome, Queue};
+
+/// How many finished jobs are kept for the API.
+pub const KEEP_FINISHED: usize = 1000;
+
+/// What the dispatcher needs from the daemon.
+pub trait Executor: Send + Sync + 'static {
+    /// Runs one attempt of `job` (decide again, build, push, record).
+    fn execute(&self, job: Job) -> impl Future<Output = Outcome> + Send;
+    /// `job` changed; `finished` says how an attempt ended, if one did.
+    /// Persist it and update the image's state.
+    fn record(&self, job: &Job, finished: Option<&Finished>);
+    /// Finished jobs dropped from the queue (to drop from the store too).
+    fn forget(&self, ids: &[JobId]);
+}
+
+/// Commands to the dispatcher.
+#[derive(Debug)]
+pub enum Command {
+    /// Queue a build of `image` (or merge into its queued job).
+    Enqueue {
+        /// The image.
+        image: String,
+        /// Why.
+        reason: JobReason,
+    },
+    /// Drop the queued job of `image`, if any.
+    Cancel {
+        /// The image.
+        image: String,
+    },
+    /// A new dependency graph (config reload).
+    Graph(Graph),
+}
+
+/// Limits the dispatcher enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Builds at once.
+    pub max_concurrent: usize,
+    /// Attempts before giving up.
+    pub max_attempts: u32,
+}
+
+/// Wall-clock time that follows tokio's clock, so paused-time tests and the
+/// real daemon use one code path.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base_utc: DateTime<Utc>,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock reading `start` now.
+    pub fn starting_at(start: DateTime<Utc>) -> Self {
+        Self {
+            base_utc: start,
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The system clock.
+    pub fn system() -> Self {
+        Self::starting_at(Utc::now())
+    }
+
+    /// Now.
+    pub fn now(&self) -> DateTime<Utc> {
+        let elapsed = chrono::Duration::from_std(self.base.elapsed()).unwrap_or(chrono::Duration::zero());
+        self.base_utc + elapsed
+    }
+}
+
+/// The queue shared with readers (the API).
+pub type SharedQueue = Arc<Mutex<Queue>>;
+
+/// Locks the shared queue (a poisoned lock still holds usable data).
+pub fn lock(q: &SharedQueue) -> MutexGuard<'_, Queue> {
+    q.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The dispatcher.
+pub struct Dispatcher<E> {
+    queue: SharedQueue,
+    graph: Graph,
+    executor: Arc<E>,
+    limits: Limits,
+    clock: Clock,
+}
+
+impl<E: Executor> Dispatcher<E> {
+    /// A dispatcher over `queue` (as loaded from the store).
+    pub fn new(queue: SharedQueue, graph: Graph, executor: Arc<E>, limits: Limits, clock: Clock) -> Self {
+        Self {
+            queue,
+            graph,
+            executor,
+            limits,
+            clock,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled and every running job has ended,
+    /// or the command channel closes with nothing running.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut running: JoinSet<(JobId, Outcome)> = JoinSet::new();
+        let mut open = true;
+        loop {
+            if !shutdown.is_cancelled() {
+                self.start_due(&mut running);
+            }
+            if (shutdown.is_cancelled() || !open) && running.is_empty() {
+                break;
+            }
+            let now = self.clock.now();
+            let wait = lock(&self.queue)
+                .next_due(now)
+                .and_then(|t| (t - now).to_std().ok())
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                Some(done) = running.join_next(), if !running.is_empty() => match done {
+                    Ok((id, outcome)) => self.finish(id, outcome),
+                    Err(e) => warn!("build task failed: {e}"),
+                },
+                cmd = rx.recv(), if open && !shutdown.is_cancelled() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => open = false,
+                },
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {
+                    info!(running = running.len(), "dispatcher stopping: no new jobs start");
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Enqueue { image, reason } => self.enqueue(&image, reason),
+            Command::Cancel { image } => {
+                let cancelled = lock(&self.queue).cancel_image(&image, self.clock.now());
+                if let Some(job) = cancelled {
+                    self.executor.record(&job, None);
+                }
+            }
+            Command::Graph(g) => self.graph = g,
+        }
+    }
+
+    fn enqueue(&self, image: &str, reason: JobReason) {
+        let (job, merged) = lock(&self.queue).enqueue(image, reason);
+        debug!(image, job = job.id, merged, "enqueued");
+        self.executor.record(&job, None);
+    }
+
+    fn start_due(&self, running: &mut JoinSet<(JobId, Outcome)>) {
+        let now = self.clock.now();
+        let started: Vec<Job> = {
+            let mut q = lock(&self.queue);
+            let ids = q.runnable(now, self.limits.max_concurrent, &self.graph);
+            ids.into_iter().filter_map(|id| q.start(id, now)).collect()
+        };
+        for job in started {
+            info!(image = %job.image, job = job.id, attempt = job.attempts + 1, "job starting");
+            self.executor.record(&job, None);
+            let executor = Arc::clone(&self.executor);
+            let id = job.id;
+            running.spawn(async move { (id, executor.execute(job).await) });
+        }
+    }
+
+    fn finish(&self, id: JobId, outcome: Outcome) {
+        let now = self.clock.now();
+        let finished = lock(&self.queue).finish(id, &outcome, now, self.limits.max_attempts);
+        let Some((job, fin)) = finished else { return };
+        match &fin {
+            Finished::Retry(at) => warn!(image = %job.image, job = id, attempts = job.attempts, retry_at = %at, error = ?job.error, "job failed; will retry"),
+            Finished::GaveUp => warn!(image = %job.image, job = id, attempts = job.attempts, error = ?job.error, "job failed; giving up"),
+            Finished::Done => info!(image = %job.image, job = id, ?outcome, "job done"),
+            Finished::Requeued => info!(image = %job.image, job = id, "job interrupted; queued again"),
+        }
+        self.executor.record(&job, Some(&fin));
+        if let Outcome::Published(v) = &outcome {
+            for child in self.graph.children(&job.image) {
+                self.enqueue(
+                    child,
+                    reason(Trigger::Cascade, now, format!("{} published {v}", job.image)),
+                );
+            }
+        }
+        let dropped = lock(&self.queue).prune(KEEP_FINISHED);
+        if !dropped.is_empty() {
+            self.executor.forget(&dropped);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Node;
+    use rebased_core::job::JobState;
+    use rebased_core::Version;
+    use std::collections::BTreeMap;
+
+    /// Records what ran when; outcomes scripted per image.
+    #[derive(Default)]
+    struct Fake {
+        log: Mutex<Vec<(String, &'static str, u64)>>,
+        script: Mutex<BTreeMap<String, Vec<Outcome>>>,
+        build_secs: u64,
+        start: Mutex<Option<tokio::time::Instant>>,
+        concurrent: Mutex<(usize, usize)>,
+    }
+
+    impl Fake {
+        fn secs(&self) -> u64 {
+            let mut s = self.start.lock().expect("lock");
+            s.get_or_insert_with(tokio::time::Instant::now).elapsed().as_secs()
+        }
+        fn events(&self) -> Vec<(String, &'static str, u64)> {
+            self.log.lock().expect("lock").clone()
+        }
+    }
+
+    impl Executor for Fake {
+        async fn execute(&self, job: Job) -> Outcome {
+            {
+                let mut c = self.concurrent.lock().expect("lock");
+                c.0 += 1;
+                c.1 = c.1.max(c.0);
+            }
+            let t = self.secs();
+            self.log.lock().expect("lock").push((job.image.clone(), "start", t));
+            tokio::time::sleep(Duration::from_secs(self.build_secs)).await;
+            self.concurrent.lock().expect("lock").0 -= 1;
+            let next = self.script.lock().expect("lock").get_mut(&job.image).and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
+            next.unwrap_or(Outcome::Published(Version::parse("1.0.1").expect("v")))
+        }
+        fn record(&self, job: &Job, finished: Option<&Finished>) {
+            if let Some(Finished::GaveUp) = finished {
+                let t = self.secs();
+                self.log.lock().expect("lock").push((job.image.clone(), "gave-up", t));
+            }
+        }
+        fn forget(&self, _: &[JobId]) {}
+    }
+
+    fn graph(edges: &[(&str, &[&str])]) -> Graph {
+        let nodes: Vec<Node> = edges
+            .iter()
+            .map(|(n, b)| Node {
+                name: n.to_string(),
+                repository: format!("r/{n}"),
+                bases: b.iter().map(|x| format!("r/{x}")).collect(),
+            })
+            .collect();
+        Graph::new(&nodes).expect("acyclic")
+    }
+
+    async fn drive(fake: Arc<Fake>, g: Graph, limits: Limits, initial: &[&str], run_for: Duration) -> SharedQueue {
+        let queue: SharedQueue = Arc::new(Mutex::new(Queue::default()));
+        let clock = Clock::system();
+        let d = Dispatcher::new(Arc::clone(&queue), g, fake, limits, clock);
+        let (tx, rx) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(d.run(rx, shutdown.clone()));
+        for image in initial {
+            tx.send(Command::Enqueue {
+                image: image.to_string(),
+                reason: reason(Trigger::Poll, clock.now(), "test"),
+            })
+            .await
+            .expect("send");
+        }
+        tokio::time::sleep(run_for).await;
+        shutdown.cancel();
+        task.await.expect("dispatcher ends");
+        queue
+    }
+
+    const LIMITS: Limits = Limits {
+        max_concurrent: 2,
+        max_attempts: 5,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_is_bounded() {
+        let fake = Arc::new(Fake {
+            build_secs: 10,
+            ..Fake::default()
+        });
+        let g = graph(&[("a", &[]), ("b", &[]), ("c", &[]), ("d", &[]), ("e", &[])]);
+        drive(Arc::clone(&fake), g, LIMITS, &["a", "b", "c", "d", "e"], Duration::from_secs(100)).await;
+        let starts: Vec<u64> = fake.events().iter().filter(|e| e.1 == "start").map(|e| e.2).collect();
+        assert_eq!(starts, [0, 0, 10, 10, 20]);
+        assert_eq!(fake.concurrent.lock().expect("lock").1, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_then_give_up() {
+        let fake = Arc::new(Fake::default());
+        fake.script
+            .lock()
+            .expect("lock")
+            .insert("a".into(), (0..5).map(|_| Outcome::Failed("boom".into())).collect());
+        let q = drive(Arc::clone(&fake), graph(&[("a", &[])]), LIMITS, &["a"], Duration::from_secs(3 * 3600)).await;
+        let events = fake.events();
+        let starts: Vec<u64> = events.iter().filter(|e| e.1 == "start").map(|e| e.2).collect();
+        // attempts at 0, +1 min, +2, +4, +8
+        assert_eq!(starts, [0, 60, 180, 420, 900]);
+        assert_eq!(events.last().map(|e| e.1), Some("gave-up"));
+        let q = lock(&q);
+        let job = q.jobs().next().expect("job");
+        assert_eq!((job.state, job.attempts), (JobState::Failed, 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cascades_build_children_after_parents_once() {
+        let fake = Arc::new(Fake {
+            build_secs: 5,
+            ..Fake::default()
+        });
+        // x (upstream) -> a, b ; d FROM a and b ; e FROM d
+        let g = graph(&[("e", &["d"]), ("d", &["a", "b"]), ("a", &["x"]), ("b", &["x"])]);
+        let limits = Limits {
+            max_concurrent: 1,
+            max_attempts: 5,
+        };
+        let q = drive(Arc::clone(&fake), g, limits, &["a", "b"], Duration::from_secs(600)).await;
+        let order: Vec<String> = fake.events().iter().filter(|e| e.1 == "start").map(|e| e.0.clone()).collect();
+        assert_eq!(order, ["a", "b", "d", "e"], "d once after a and b, then e");
+        let q = lock(&q);
+        let d = q.jobs().find(|j| j.image == "d").expect("d job");
+        assert_eq!(d.reasons.len(), 2, "both parents' cascades merged: {:?}", d.reasons);
+        assert!(d.reasons.iter().all(|r| r.trigger == Trigger::Cascade));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fresh_publishes_do_not_cascade() {
+        let fake = Arc::new(Fake::default());
+        fake.script.lock().expect("lock").insert("a".into(), vec![Outcome::Fresh]);
+        let g = graph(&[("a", &[]), ("b", &["a"])]);
+        drive(Arc::clone(&fake), g, LIMITS, &["a"], Duration::from_secs(60)).await;
+        let order: Vec<String> = fake.events().iter().filter(|e| e.1 == "start").map(|e| e.0.clone()).collect();
+        assert_eq!(order, ["a"]);
+    }
+}
