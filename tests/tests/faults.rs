@@ -60,7 +60,7 @@ fn faults_are_reported_per_image_and_nothing_is_overwritten() {
 
     let listen = format!("127.0.0.1:{}", free_port());
     let mut cfg = format!(
-        "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\n\n[registries.\"{host}\"]\ninsecure = true\n[registries.\"{dead}\"]\ninsecure = true\n",
+        "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n\n[builder]\nmax_attempts = 1\n\n[registries.\"{host}\"]\ninsecure = true\n[registries.\"{dead}\"]\ninsecure = true\n",
         work.path().join("state").display()
     );
     cfg += &image("good", &good, &format!("{host}/good"));

@@ -45,6 +45,7 @@ fn base_update_publishes_next_patch_and_restart_publishes_nothing() {
 state_dir = "{state}"
 listen = "{listen}"
 poll = "*/1 * * * * *"
+settle = "2s"
 
 [registries."{host}"]
 insecure = true

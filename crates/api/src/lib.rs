@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use rebased_core::{Digest, ImageState, Trigger, Version};
@@ -119,6 +120,92 @@ pub struct ImageView {
     pub versions: Vec<VersionView>,
 }
 
+/// One reason merged into a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobReasonView {
+    /// What asked for the job.
+    pub trigger: Trigger,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Details (base and digests, parent image, who asked).
+    pub detail: String,
+}
+
+/// `GET /v1/jobs/{id}` (and each entry of `GET /v1/jobs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    /// The job's id.
+    pub id: u64,
+    /// The image it builds.
+    pub image: String,
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`.
+    pub state: String,
+    /// The first reason's trigger.
+    pub trigger: Trigger,
+    /// Every reason merged into it.
+    pub reasons: Vec<JobReasonView>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Not started before.
+    pub not_before: DateTime<Utc>,
+    /// Queued at.
+    pub created_at: DateTime<Utc>,
+    /// Latest attempt started at.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Finished at.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Latest error.
+    pub error: Option<String>,
+    /// The version it published.
+    pub published: Option<Version>,
+}
+
+/// A digest seen but not yet settled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingView {
+    /// The new digest.
+    pub digest: Digest,
+    /// Seen since.
+    pub since: DateTime<Utc>,
+}
+
+/// `GET /v1/bases` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaseView {
+    /// Normalised reference.
+    pub reference: String,
+    /// The settled digest.
+    pub digest: Option<Digest>,
+    /// A newer digest waiting to settle.
+    pub pending: Option<PendingView>,
+    /// For an index: platform -> child digest.
+    pub platforms: BTreeMap<String, Digest>,
+    /// Last checked.
+    pub last_checked: Option<DateTime<Utc>>,
+    /// Last changed.
+    pub last_changed: Option<DateTime<Utc>>,
+    /// The error of the last check.
+    pub error: Option<String>,
+    /// Images built from it.
+    pub dependents: Vec<String>,
+}
+
+/// The body of `POST /v1/check` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CheckRequest {
+    /// Check only this reference; every base when absent.
+    pub reference: Option<String>,
+}
+
+/// An accepted action.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Accepted {
+    /// `"accepted"`.
+    pub status: String,
+    /// What was done.
+    pub detail: String,
+}
+
 /// An API error body: `{"error": "...", "detail": ...}`.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 #[error("{error}")]
@@ -139,6 +226,24 @@ impl ApiError {
             error: format!("{what} not found"),
             detail: None,
             status: 404,
+        }
+    }
+
+    /// 400 with a reason.
+    pub fn bad_request(error: String) -> Self {
+        Self {
+            error,
+            detail: None,
+            status: 400,
+        }
+    }
+
+    /// 503 with a reason.
+    pub fn unavailable(error: String) -> Self {
+        Self {
+            error,
+            detail: None,
+            status: 503,
         }
     }
 
@@ -169,12 +274,26 @@ pub trait Backend: Send + Sync + 'static {
     fn image(&self, name: &str) -> Result<Option<ImageView>, ApiError>;
     /// Ready: state open and config loaded.
     fn ready(&self) -> bool;
+    /// Every job (newest last).
+    fn jobs(&self) -> Result<Vec<JobView>, ApiError>;
+    /// One job.
+    fn job(&self, id: u64) -> Result<Option<JobView>, ApiError>;
+    /// A job's build log, `None` if the job has none.
+    fn job_log(&self, id: u64) -> Result<Option<String>, ApiError>;
+    /// Every base.
+    fn bases(&self) -> Result<Vec<BaseView>, ApiError>;
+    /// Check bases now.
+    fn check(&self, req: CheckRequest) -> Result<Accepted, ApiError>;
+    /// Queue a rebuild of `name`, even if it is fresh or failing.
+    fn rebuild(&self, name: &str) -> Result<Accepted, ApiError>;
 }
 
 type Shared = Arc<dyn Backend>;
 
-/// The router over `backend`.
-pub fn router(backend: Shared) -> Router {
+/// The router over `backend`. With `token`, every POST needs
+/// `Authorization: Bearer <token>`.
+pub fn router(backend: Shared, token: Option<String>) -> Router {
+    let token = Arc::new(token);
     Router::new()
         .route(
             "/healthz",
@@ -184,8 +303,98 @@ pub fn router(backend: Shared) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/images", get(images))
         .route("/v1/images/{name}", get(image))
+        .route("/v1/images/{name}/rebuild", post(rebuild))
+        .route("/v1/jobs", get(jobs))
+        .route("/v1/jobs/{id}", get(job))
+        .route("/v1/jobs/{id}/log", get(job_log))
+        .route("/v1/bases", get(bases))
+        .route("/v1/check", post(check))
         .fallback(|| async { ApiError::not_found("route".to_owned()) })
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let token = Arc::clone(&token);
+                async move { authorize(token.as_deref(), req, next).await }
+            },
+        ))
         .with_state(backend)
+}
+
+async fn authorize(token: Option<&str>, req: Request, next: Next) -> Response {
+    if req.method() == Method::POST {
+        if let Some(want) = token {
+            let given = req
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            if !constant_time_eq(given.as_bytes(), want.as_bytes()) {
+                return ApiError {
+                    error: "unauthorized: this action needs Authorization: Bearer <api token>"
+                        .to_owned(),
+                    detail: None,
+                    status: 401,
+                }
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+async fn jobs(State(b): State<Shared>) -> Result<Json<Vec<JobView>>, ApiError> {
+    Ok(Json(b.jobs()?))
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("job id {id:?} is not a number")))
+}
+
+async fn job(State(b): State<Shared>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let id = parse_id(&id)?;
+    b.job(id)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")))
+}
+
+async fn job_log(State(b): State<Shared>, Path(id): Path<String>) -> Result<String, ApiError> {
+    let id = parse_id(&id)?;
+    b.job_log(id)?
+        .ok_or_else(|| ApiError::not_found(format!("log of job {id}")))
+}
+
+async fn bases(State(b): State<Shared>) -> Result<Json<Vec<BaseView>>, ApiError> {
+    Ok(Json(b.bases()?))
+}
+
+async fn check(
+    State(b): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let req: CheckRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CheckRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("bad check request: {e}")))?
+    };
+    Ok((StatusCode::ACCEPTED, Json(b.check(req)?)))
+}
+
+async fn rebuild(
+    State(b): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(b.rebuild(&name)?)))
 }
 
 async fn readyz(State(b): State<Shared>) -> Response {
@@ -278,9 +487,10 @@ impl Listener {
 pub async fn serve(
     listener: Listener,
     backend: Shared,
+    token: Option<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(backend);
+    let app = router(backend, token);
     info!(listen = %listener.describe(), "API listening");
     match listener {
         Listener::Tcp(l) => {

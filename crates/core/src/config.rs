@@ -473,6 +473,17 @@ impl Config {
                 return Err(e);
             }
         }
+        if self.daemon.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(key_error(
+                text,
+                "daemon",
+                "timezone",
+                &format!(
+                    "unknown time zone {:?}: use an IANA name such as UTC or Europe/Berlin",
+                    self.daemon.timezone
+                ),
+            ));
+        }
         if self.daemon.max_concurrent_builds == 0 {
             return Err(key_error(
                 text,
@@ -673,6 +684,20 @@ watch_context = false
 
         let e = err(&MINIMAL.replace("context = \"/srv/app\"\n", ""));
         assert!(e.message.contains("context"), "{e}");
+    }
+
+    #[test]
+    fn time_zone_checked() {
+        let e = err(&format!("[daemon]\ntimezone = \"Mars/Olympus\"\n{MINIMAL}"));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (2, Some("daemon.timezone")),
+            "{e}"
+        );
+        assert!(Config::parse(&format!(
+            "[daemon]\ntimezone = \"Europe/Berlin\"\n{MINIMAL}"
+        ))
+        .is_ok());
     }
 
     #[test]

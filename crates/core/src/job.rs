@@ -106,6 +106,9 @@ impl Job {
 
     /// True once it will not run again.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self.state,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 }

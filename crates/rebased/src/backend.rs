@@ -1,29 +1,72 @@
 //! The daemon's answers to the API, as the API's view types.
 
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use rebased_api::{
-    ApiError, Backend, BaseChangeView, ImageBaseView, ImageView, ReasonView, StatusView,
-    VersionView,
+    Accepted, ApiError, Backend, BaseChangeView, BaseView, CheckRequest, ImageBaseView, ImageView,
+    JobReasonView, JobView, PendingView, ReasonView, StatusView, VersionView,
 };
 use rebased_core::config::ImageConfig;
-use rebased_core::ImageState;
+use rebased_core::job::{Job, JobState};
+use rebased_core::{ImageRef, ImageState, Trigger};
+use rebased_scheduler::dispatch::{lock as lock_queue, Command};
+use rebased_scheduler::queue::reason;
 
-use crate::config;
 use crate::daemon::{lock, Daemon};
+use crate::poller;
+
+fn internal(e: rebased_state::StateError) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+fn job_view(j: &Job) -> JobView {
+    JobView {
+        id: j.id,
+        image: j.image.clone(),
+        state: j.state.to_string(),
+        trigger: j.trigger(),
+        reasons: j
+            .reasons
+            .iter()
+            .map(|r| JobReasonView {
+                trigger: r.trigger,
+                at: r.at,
+                detail: r.detail.clone(),
+            })
+            .collect(),
+        attempts: j.attempts,
+        not_before: j.not_before,
+        created_at: j.created_at,
+        started_at: j.started_at,
+        finished_at: j.finished_at,
+        error: j.error.clone(),
+        published: j.published,
+    }
+}
 
 impl Backend for Daemon {
     fn status(&self) -> StatusView {
+        let (queue_depth, running) = {
+            let q = lock_queue(&self.queue);
+            let running = q
+                .jobs()
+                .filter(|j| j.state == JobState::Running)
+                .map(|j| j.image.clone())
+                .collect();
+            (q.depth(), running)
+        };
         let rt = lock(&self.runtime);
         StatusView {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: rt.started_at,
             uptime_seconds: (Utc::now() - rt.started_at).num_seconds(),
-            config_file: self.config_file().display().to_string(),
+            config_file: self.config_file.display().to_string(),
             config_loaded_at: rt.config_loaded_at,
             config_error: rt.config_error.clone(),
             images: self.config.image.len(),
-            queue_depth: rt.queue_depth,
-            running: rt.running.clone(),
+            queue_depth,
+            running,
             last_poll: rt.last_poll,
             next_poll: rt.next_poll,
         }
@@ -34,35 +77,125 @@ impl Backend for Daemon {
     }
 
     fn image(&self, name: &str) -> Result<Option<ImageView>, ApiError> {
-        self.config
-            .image
-            .iter()
-            .find(|i| i.name.as_str() == name)
-            .map(|i| self.view(i))
-            .transpose()
+        self.image(name).map(|i| self.view(i)).transpose()
     }
 
     fn ready(&self) -> bool {
         true
+    }
+
+    fn jobs(&self) -> Result<Vec<JobView>, ApiError> {
+        Ok(lock_queue(&self.queue).jobs().map(job_view).collect())
+    }
+
+    fn job(&self, id: u64) -> Result<Option<JobView>, ApiError> {
+        Ok(lock_queue(&self.queue).get(id).map(job_view))
+    }
+
+    fn job_log(&self, id: u64) -> Result<Option<String>, ApiError> {
+        if lock_queue(&self.queue).get(id).is_none() {
+            return Ok(None);
+        }
+        match std::fs::read_to_string(self.log_path(id)) {
+            Ok(log) => Ok(Some(log)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ApiError::internal(format!("reading log of job {id}: {e}"))),
+        }
+    }
+
+    fn bases(&self) -> Result<Vec<BaseView>, ApiError> {
+        let mut dependents: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for image in &self.config.image {
+            if let Ok(plan) = self.plan(image) {
+                for b in plan.bases {
+                    dependents
+                        .entry(b.to_string())
+                        .or_default()
+                        .push(image.name.to_string());
+                }
+            }
+        }
+        let records = self.store.bases().map_err(internal)?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| Some((dependents.remove(&r.reference)?, r)))
+            .map(|(deps, r)| BaseView {
+                dependents: deps,
+                reference: r.reference,
+                digest: r.digest,
+                pending: r
+                    .pending
+                    .map(|(digest, since)| PendingView { digest, since }),
+                platforms: r.platforms,
+                last_checked: r.checked_at,
+                last_changed: r.changed_at,
+                error: r.error,
+            })
+            .collect())
+    }
+
+    fn check(&self, req: CheckRequest) -> Result<Accepted, ApiError> {
+        let references = match &req.reference {
+            Some(r) => Some(vec![
+                ImageRef::parse(r).map_err(|e| ApiError::bad_request(e.to_string()))?
+            ]),
+            None => None,
+        };
+        let detail = match &req.reference {
+            Some(r) => format!("checking {r}"),
+            None => "checking every base".to_owned(),
+        };
+        self.check_tx
+            .try_send(poller::CheckRequest {
+                references,
+                trigger: Trigger::Manual,
+            })
+            .map_err(|e| ApiError::unavailable(format!("cannot queue the check: {e}")))?;
+        Ok(Accepted {
+            status: "accepted".to_owned(),
+            detail,
+        })
+    }
+
+    fn rebuild(&self, name: &str) -> Result<Accepted, ApiError> {
+        if self.image(name).is_none() {
+            return Err(ApiError::not_found(format!("image {name:?}")));
+        }
+        self.jobs_tx
+            .try_send(Command::Enqueue {
+                image: name.to_owned(),
+                reason: reason(
+                    Trigger::Manual,
+                    Utc::now(),
+                    "rebuild requested through the API",
+                ),
+            })
+            .map_err(|e| ApiError::unavailable(format!("cannot queue the rebuild: {e}")))?;
+        Ok(Accepted {
+            status: "accepted".to_owned(),
+            detail: format!("rebuild of {name} queued"),
+        })
     }
 }
 
 impl Daemon {
     fn view(&self, image: &ImageConfig) -> Result<ImageView, ApiError> {
         let name = image.name.as_str();
-        let internal = |e: rebased_state::StateError| ApiError::internal(e.to_string());
         let record = self.store.image(name).map_err(internal)?;
         let versions = self.store.versions(name).map_err(internal)?;
         let current = record.as_ref().and_then(|r| r.current);
         let current_digest = current
             .and_then(|c| versions.iter().find(|v| v.version == c))
             .map(|v| v.digest.clone());
-        let bases = match config::image_bases(image) {
-            Ok(refs) => refs
+        let mut pending = false;
+        let bases = match self.plan(image) {
+            Ok(plan) => plan
+                .bases
                 .into_iter()
                 .map(|r| {
                     let key = r.to_string();
                     let rec = self.store.base(&key).ok().flatten();
+                    pending |= rec.as_ref().is_some_and(|b| b.pending.is_some());
                     ImageBaseView {
                         digest: r
                             .digest()
@@ -75,9 +208,19 @@ impl Daemon {
                 .collect(),
             Err(_) => Vec::new(),
         };
+        let active = lock_queue(&self.queue).active(name).map(|j| j.state);
+        let stored = record.as_ref().map_or(ImageState::Stale, |r| r.state);
+        let state = match (stored, active) {
+            (ImageState::Held, _) => ImageState::Held,
+            (_, Some(JobState::Running)) => ImageState::Building,
+            (_, Some(JobState::Queued)) => ImageState::Queued,
+            (ImageState::Fresh, _) if pending => ImageState::Stale,
+            (ImageState::Queued | ImageState::Building, None) => ImageState::Stale,
+            (s, _) => s,
+        };
         Ok(ImageView {
             name: name.to_owned(),
-            state: record.as_ref().map_or(ImageState::Stale, |r| r.state),
+            state,
             repository: image.repository.to_string(),
             current_version: current,
             current_digest,

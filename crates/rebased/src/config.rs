@@ -57,3 +57,28 @@ pub fn dockerfile_bases(
 pub fn image_bases(image: &ImageConfig) -> Result<Vec<ImageRef>> {
     dockerfile_bases(&image.dockerfile_path(), &image.build_args)
 }
+
+/// The dependency graph of the config's images (an image built FROM another
+/// managed image's repository depends on it). A cycle is an error naming
+/// the images on it. Images whose Dockerfile cannot be read have no edges.
+pub fn graph(cfg: &Config) -> Result<rebased_scheduler::graph::Graph> {
+    let nodes: Vec<rebased_scheduler::graph::Node> = cfg
+        .image
+        .iter()
+        .map(|i| rebased_scheduler::graph::Node {
+            name: i.name.to_string(),
+            repository: i.repository.to_string(),
+            bases: image_bases(i)
+                .map(|b| b.iter().map(ImageRef::name).collect())
+                .unwrap_or_default(),
+        })
+        .collect();
+    rebased_scheduler::graph::Graph::new(&nodes).map_err(|e| anyhow!("{e}"))
+}
+
+/// Reads the config and checks the image graph for cycles.
+pub fn load_checked(path: &Path) -> Result<(Config, rebased_scheduler::graph::Graph)> {
+    let cfg = load(path)?;
+    let graph = graph(&cfg).with_context(|| format!("{}", path.display()))?;
+    Ok((cfg, graph))
+}

@@ -3,6 +3,8 @@
 mod backend;
 mod config;
 mod daemon;
+mod executor;
+mod poller;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,7 +65,7 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
-    let cfg = match config::load(path) {
+    let (cfg, graph) = match config::load_checked(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -93,6 +95,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             }
         }
     }
+    println!("build order: {}", graph.order().join(", "));
     if failed {
         ExitCode::from(2)
     } else {

@@ -48,7 +48,8 @@ pub enum Decision {
 /// With nothing published, `first` is built. Otherwise the image is stale
 /// exactly when the set of bases or any base digest differs from what the
 /// current version was built from; then `bump` of the current version is
-/// built. `now` must hold a digest for every base of the image.
+/// built. A `Manual` trigger builds the next version even when nothing
+/// changed. `now` must hold a digest for every base of the image.
 pub fn decide(
     published: Option<Published<'_>>,
     first: &Version,
@@ -72,7 +73,7 @@ pub fn decide(
             trigger: Trigger::Initial,
             changes: changes_from(&BTreeMap::new()),
         },
-        Some(p) if p.bases == now => Decision::Fresh,
+        Some(p) if p.bases == now && trigger != Trigger::Manual => Decision::Fresh,
         Some(p) => Decision::Build {
             version: bump.next(p.version),
             supersedes: Some(*p.version),
@@ -163,6 +164,23 @@ mod tests {
             .find(|c| c.reference == "b")
             .expect("b listed");
         assert_eq!((b.before.clone(), b.after.clone()), (Some(d('2')), d('3')));
+    }
+
+    #[test]
+    fn manual_builds_even_when_fresh() {
+        let built = bases(&[("a", '1')]);
+        let cur = v("1.0.3");
+        let p = Published {
+            version: &cur,
+            bases: &built,
+        };
+        let Decision::Build {
+            version, trigger, ..
+        } = decide(Some(p), &v("1.0.0"), Bump::Patch, &built, Trigger::Manual)
+        else {
+            panic!("must build");
+        };
+        assert_eq!((version, trigger), (v("1.0.4"), Trigger::Manual));
     }
 
     #[test]

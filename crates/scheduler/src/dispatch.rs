@@ -86,7 +86,8 @@ impl Clock {
 
     /// Now.
     pub fn now(&self) -> DateTime<Utc> {
-        let elapsed = chrono::Duration::from_std(self.base.elapsed()).unwrap_or(chrono::Duration::zero());
+        let elapsed =
+            chrono::Duration::from_std(self.base.elapsed()).unwrap_or(chrono::Duration::zero());
         self.base_utc + elapsed
     }
 }
@@ -110,7 +111,13 @@ pub struct Dispatcher<E> {
 
 impl<E: Executor> Dispatcher<E> {
     /// A dispatcher over `queue` (as loaded from the store).
-    pub fn new(queue: SharedQueue, graph: Graph, executor: Arc<E>, limits: Limits, clock: Clock) -> Self {
+    pub fn new(
+        queue: SharedQueue,
+        graph: Graph,
+        executor: Arc<E>,
+        limits: Limits,
+        clock: Clock,
+    ) -> Self {
         Self {
             queue,
             graph,
@@ -122,14 +129,34 @@ impl<E: Executor> Dispatcher<E> {
 
     /// Runs until `shutdown` is cancelled and every running job has ended,
     /// or the command channel closes with nothing running.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+    pub async fn run(self, rx: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        self.run_inner(rx, shutdown, false).await;
+    }
+
+    /// Runs what is queued (and what it cascades to) until nothing is
+    /// running and nothing can start: the `once` mode.
+    pub async fn run_until_idle(self, rx: mpsc::Receiver<Command>) {
+        self.run_inner(rx, CancellationToken::new(), true).await;
+    }
+
+    async fn run_inner(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+        until_idle: bool,
+    ) {
         let mut running: JoinSet<(JobId, Outcome)> = JoinSet::new();
         let mut open = true;
         loop {
+            if until_idle {
+                while let Ok(cmd) = rx.try_recv() {
+                    self.command(cmd);
+                }
+            }
             if !shutdown.is_cancelled() {
                 self.start_due(&mut running);
             }
-            if (shutdown.is_cancelled() || !open) && running.is_empty() {
+            if (shutdown.is_cancelled() || !open || until_idle) && running.is_empty() {
                 break;
             }
             let now = self.clock.now();
@@ -194,17 +221,27 @@ impl<E: Executor> Dispatcher<E> {
         let finished = lock(&self.queue).finish(id, &outcome, now, self.limits.max_attempts);
         let Some((job, fin)) = finished else { return };
         match &fin {
-            Finished::Retry(at) => warn!(image = %job.image, job = id, attempts = job.attempts, retry_at = %at, error = ?job.error, "job failed; will retry"),
-            Finished::GaveUp => warn!(image = %job.image, job = id, attempts = job.attempts, error = ?job.error, "job failed; giving up"),
+            Finished::Retry(at) => {
+                warn!(image = %job.image, job = id, attempts = job.attempts, retry_at = %at, error = ?job.error, "job failed; will retry")
+            }
+            Finished::GaveUp => {
+                warn!(image = %job.image, job = id, attempts = job.attempts, error = ?job.error, "job failed; giving up")
+            }
             Finished::Done => info!(image = %job.image, job = id, ?outcome, "job done"),
-            Finished::Requeued => info!(image = %job.image, job = id, "job interrupted; queued again"),
+            Finished::Requeued => {
+                info!(image = %job.image, job = id, "job interrupted; queued again")
+            }
         }
         self.executor.record(&job, Some(&fin));
         if let Outcome::Published(v) = &outcome {
             for child in self.graph.children(&job.image) {
                 self.enqueue(
                     child,
-                    reason(Trigger::Cascade, now, format!("{} published {v}", job.image)),
+                    reason(
+                        Trigger::Cascade,
+                        now,
+                        format!("{} published {v}", job.image),
+                    ),
                 );
             }
         }
@@ -236,7 +273,9 @@ mod tests {
     impl Fake {
         fn secs(&self) -> u64 {
             let mut s = self.start.lock().expect("lock");
-            s.get_or_insert_with(tokio::time::Instant::now).elapsed().as_secs()
+            s.get_or_insert_with(tokio::time::Instant::now)
+                .elapsed()
+                .as_secs()
         }
         fn events(&self) -> Vec<(String, &'static str, u64)> {
             self.log.lock().expect("lock").clone()
@@ -251,16 +290,27 @@ mod tests {
                 c.1 = c.1.max(c.0);
             }
             let t = self.secs();
-            self.log.lock().expect("lock").push((job.image.clone(), "start", t));
+            self.log
+                .lock()
+                .expect("lock")
+                .push((job.image.clone(), "start", t));
             tokio::time::sleep(Duration::from_secs(self.build_secs)).await;
             self.concurrent.lock().expect("lock").0 -= 1;
-            let next = self.script.lock().expect("lock").get_mut(&job.image).and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
+            let next = self
+                .script
+                .lock()
+                .expect("lock")
+                .get_mut(&job.image)
+                .and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
             next.unwrap_or(Outcome::Published(Version::parse("1.0.1").expect("v")))
         }
         fn record(&self, job: &Job, finished: Option<&Finished>) {
             if let Some(Finished::GaveUp) = finished {
                 let t = self.secs();
-                self.log.lock().expect("lock").push((job.image.clone(), "gave-up", t));
+                self.log
+                    .lock()
+                    .expect("lock")
+                    .push((job.image.clone(), "gave-up", t));
             }
         }
         fn forget(&self, _: &[JobId]) {}
@@ -278,7 +328,13 @@ mod tests {
         Graph::new(&nodes).expect("acyclic")
     }
 
-    async fn drive(fake: Arc<Fake>, g: Graph, limits: Limits, initial: &[&str], run_for: Duration) -> SharedQueue {
+    async fn drive(
+        fake: Arc<Fake>,
+        g: Graph,
+        limits: Limits,
+        initial: &[&str],
+        run_for: Duration,
+    ) -> SharedQueue {
         let queue: SharedQueue = Arc::new(Mutex::new(Queue::default()));
         let clock = Clock::system();
         let d = Dispatcher::new(Arc::clone(&queue), g, fake, limits, clock);
@@ -311,8 +367,20 @@ mod tests {
             ..Fake::default()
         });
         let g = graph(&[("a", &[]), ("b", &[]), ("c", &[]), ("d", &[]), ("e", &[])]);
-        drive(Arc::clone(&fake), g, LIMITS, &["a", "b", "c", "d", "e"], Duration::from_secs(100)).await;
-        let starts: Vec<u64> = fake.events().iter().filter(|e| e.1 == "start").map(|e| e.2).collect();
+        drive(
+            Arc::clone(&fake),
+            g,
+            LIMITS,
+            &["a", "b", "c", "d", "e"],
+            Duration::from_secs(100),
+        )
+        .await;
+        let starts: Vec<u64> = fake
+            .events()
+            .iter()
+            .filter(|e| e.1 == "start")
+            .map(|e| e.2)
+            .collect();
         assert_eq!(starts, [0, 0, 10, 10, 20]);
         assert_eq!(fake.concurrent.lock().expect("lock").1, 2);
     }
@@ -320,13 +388,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn failures_back_off_then_give_up() {
         let fake = Arc::new(Fake::default());
-        fake.script
-            .lock()
-            .expect("lock")
-            .insert("a".into(), (0..5).map(|_| Outcome::Failed("boom".into())).collect());
-        let q = drive(Arc::clone(&fake), graph(&[("a", &[])]), LIMITS, &["a"], Duration::from_secs(3 * 3600)).await;
+        fake.script.lock().expect("lock").insert(
+            "a".into(),
+            (0..5).map(|_| Outcome::Failed("boom".into())).collect(),
+        );
+        let q = drive(
+            Arc::clone(&fake),
+            graph(&[("a", &[])]),
+            LIMITS,
+            &["a"],
+            Duration::from_secs(3 * 3600),
+        )
+        .await;
         let events = fake.events();
-        let starts: Vec<u64> = events.iter().filter(|e| e.1 == "start").map(|e| e.2).collect();
+        let starts: Vec<u64> = events
+            .iter()
+            .filter(|e| e.1 == "start")
+            .map(|e| e.2)
+            .collect();
         // attempts at 0, +1 min, +2, +4, +8
         assert_eq!(starts, [0, 60, 180, 420, 900]);
         assert_eq!(events.last().map(|e| e.1), Some("gave-up"));
@@ -342,27 +421,64 @@ mod tests {
             ..Fake::default()
         });
         // x (upstream) -> a, b ; d FROM a and b ; e FROM d
-        let g = graph(&[("e", &["d"]), ("d", &["a", "b"]), ("a", &["x"]), ("b", &["x"])]);
+        let g = graph(&[
+            ("e", &["d"]),
+            ("d", &["a", "b"]),
+            ("a", &["x"]),
+            ("b", &["x"]),
+        ]);
         let limits = Limits {
             max_concurrent: 1,
             max_attempts: 5,
         };
-        let q = drive(Arc::clone(&fake), g, limits, &["a", "b"], Duration::from_secs(600)).await;
-        let order: Vec<String> = fake.events().iter().filter(|e| e.1 == "start").map(|e| e.0.clone()).collect();
+        let q = drive(
+            Arc::clone(&fake),
+            g,
+            limits,
+            &["a", "b"],
+            Duration::from_secs(600),
+        )
+        .await;
+        let order: Vec<String> = fake
+            .events()
+            .iter()
+            .filter(|e| e.1 == "start")
+            .map(|e| e.0.clone())
+            .collect();
         assert_eq!(order, ["a", "b", "d", "e"], "d once after a and b, then e");
         let q = lock(&q);
         let d = q.jobs().find(|j| j.image == "d").expect("d job");
-        assert_eq!(d.reasons.len(), 2, "both parents' cascades merged: {:?}", d.reasons);
+        assert_eq!(
+            d.reasons.len(),
+            2,
+            "both parents' cascades merged: {:?}",
+            d.reasons
+        );
         assert!(d.reasons.iter().all(|r| r.trigger == Trigger::Cascade));
     }
 
     #[tokio::test(start_paused = true)]
     async fn fresh_publishes_do_not_cascade() {
         let fake = Arc::new(Fake::default());
-        fake.script.lock().expect("lock").insert("a".into(), vec![Outcome::Fresh]);
+        fake.script
+            .lock()
+            .expect("lock")
+            .insert("a".into(), vec![Outcome::Fresh]);
         let g = graph(&[("a", &[]), ("b", &["a"])]);
-        drive(Arc::clone(&fake), g, LIMITS, &["a"], Duration::from_secs(60)).await;
-        let order: Vec<String> = fake.events().iter().filter(|e| e.1 == "start").map(|e| e.0.clone()).collect();
+        drive(
+            Arc::clone(&fake),
+            g,
+            LIMITS,
+            &["a"],
+            Duration::from_secs(60),
+        )
+        .await;
+        let order: Vec<String> = fake
+            .events()
+            .iter()
+            .filter(|e| e.1 == "start")
+            .map(|e| e.0.clone())
+            .collect();
         assert_eq!(order, ["a"]);
     }
 }

@@ -100,21 +100,34 @@ impl Graph {
     /// Images built directly FROM `name`'s repository.
     pub fn children(&self, name: &str) -> Vec<&str> {
         self.index(name)
-            .map(|i| self.children[i].iter().map(|&c| self.names[c].as_str()).collect())
+            .map(|i| {
+                self.children[i]
+                    .iter()
+                    .map(|&c| self.names[c].as_str())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Managed images `name` is built FROM, directly.
     pub fn parents(&self, name: &str) -> Vec<&str> {
         self.index(name)
-            .map(|i| self.parents[i].iter().map(|&p| self.names[p].as_str()).collect())
+            .map(|i| {
+                self.parents[i]
+                    .iter()
+                    .map(|&p| self.names[p].as_str())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Every managed image `name` depends on, at any depth.
     pub fn ancestors(&self, name: &str) -> BTreeSet<&str> {
         let mut out = BTreeSet::new();
-        let mut stack: Vec<usize> = self.index(name).map(|i| self.parents[i].iter().copied().collect()).unwrap_or_default();
+        let mut stack: Vec<usize> = self
+            .index(name)
+            .map(|i| self.parents[i].iter().copied().collect())
+            .unwrap_or_default();
         while let Some(p) = stack.pop() {
             if out.insert(self.names[p].as_str()) {
                 stack.extend(self.parents[p].iter().copied());
@@ -163,7 +176,12 @@ mod tests {
     #[test]
     fn order_puts_parents_first() {
         // config order: c (FROM b), b (FROM a), a (FROM upstream)
-        let g = Graph::new(&[node("c", &["b"]), node("b", &["a"]), node("a", &["upstream"])]).expect("acyclic");
+        let g = Graph::new(&[
+            node("c", &["b"]),
+            node("b", &["a"]),
+            node("a", &["upstream"]),
+        ])
+        .expect("acyclic");
         assert_eq!(g.order(), ["a", "b", "c"]);
         assert_eq!(g.children("a"), ["b"]);
         assert_eq!(g.parents("c"), ["b"]);
@@ -172,18 +190,33 @@ mod tests {
 
     #[test]
     fn diamond() {
-        let g = Graph::new(&[node("d", &["b", "c"]), node("b", &["a"]), node("c", &["a"]), node("a", &["x"])])
-            .expect("acyclic");
+        let g = Graph::new(&[
+            node("d", &["b", "c"]),
+            node("b", &["a"]),
+            node("c", &["a"]),
+            node("a", &["x"]),
+        ])
+        .expect("acyclic");
         let order = g.order();
         let pos = |n: &str| order.iter().position(|x| *x == n).expect("present");
-        assert!(pos("a") < pos("b") && pos("a") < pos("c") && pos("b") < pos("d") && pos("c") < pos("d"));
+        assert!(
+            pos("a") < pos("b")
+                && pos("a") < pos("c")
+                && pos("b") < pos("d")
+                && pos("c") < pos("d")
+        );
         assert_eq!(g.ancestors("d").len(), 3);
     }
 
     #[test]
     fn cycles_are_spelled_out() {
-        let e = Graph::new(&[node("a", &["c"]), node("b", &["a"]), node("c", &["b"]), node("free", &[])])
-            .expect_err("cycle");
+        let e = Graph::new(&[
+            node("a", &["c"]),
+            node("b", &["a"]),
+            node("c", &["b"]),
+            node("free", &[]),
+        ])
+        .expect_err("cycle");
         assert_eq!(e.cycle.len(), 4);
         assert_eq!(e.cycle.first(), e.cycle.last());
         let text = e.to_string();

@@ -21,7 +21,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(3600);
 /// The delay before retry number `attempt` (1 = after the first failure):
 /// 1 min, 2, 4, ... capped at 1 h.
 pub fn backoff(attempt: u32) -> Duration {
-    let factor = 1u64.checked_shl(attempt.saturating_sub(1)).unwrap_or(u64::MAX);
+    let factor = 1u64
+        .checked_shl(attempt.saturating_sub(1))
+        .unwrap_or(u64::MAX);
     BACKOFF_START
         .checked_mul(u32::try_from(factor).unwrap_or(u32::MAX))
         .map_or(BACKOFF_MAX, |d| d.min(BACKOFF_MAX))
@@ -79,7 +81,12 @@ impl Queue {
         let mut first: BTreeMap<String, JobId> = BTreeMap::new();
         let ids: Vec<JobId> = q.jobs.keys().copied().collect();
         for id in ids {
-            let Some(job) = q.jobs.get(&id).filter(|j| j.state == JobState::Queued).cloned() else {
+            let Some(job) = q
+                .jobs
+                .get(&id)
+                .filter(|j| j.state == JobState::Queued)
+                .cloned()
+            else {
                 continue;
             };
             match first.get(&job.image) {
@@ -133,7 +140,13 @@ impl Queue {
     }
 
     /// Records how an attempt ended.
-    pub fn finish(&mut self, id: JobId, outcome: &Outcome, now: DateTime<Utc>, max_attempts: u32) -> Option<(Job, Finished)> {
+    pub fn finish(
+        &mut self,
+        id: JobId,
+        outcome: &Outcome,
+        now: DateTime<Utc>,
+        max_attempts: u32,
+    ) -> Option<(Job, Finished)> {
         let job = self.jobs.get_mut(&id)?;
         let result = match outcome {
             Outcome::Published(v) => {
@@ -161,8 +174,11 @@ impl Queue {
                     job.finished_at = Some(now);
                     Finished::GaveUp
                 } else {
-                    let delay = chrono::Duration::from_std(backoff(job.attempts)).unwrap_or(chrono::Duration::MAX);
-                    job.not_before = now.checked_add_signed(delay).unwrap_or(DateTime::<Utc>::MAX_UTC);
+                    let delay = chrono::Duration::from_std(backoff(job.attempts))
+                        .unwrap_or(chrono::Duration::MAX);
+                    job.not_before = now
+                        .checked_add_signed(delay)
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC);
                     job.state = JobState::Queued;
                     Finished::Retry(job.not_before)
                 }
@@ -252,7 +268,10 @@ impl Queue {
 
     /// Number of queued jobs.
     pub fn depth(&self) -> usize {
-        self.jobs.values().filter(|j| j.state == JobState::Queued).count()
+        self.jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued)
+            .count()
     }
 
     /// Every job, by id.
@@ -275,7 +294,12 @@ impl Queue {
 
     /// Drops finished jobs beyond the newest `keep`, returning their ids.
     pub fn prune(&mut self, keep: usize) -> Vec<JobId> {
-        let finished: Vec<JobId> = self.jobs.values().filter(|j| j.is_finished()).map(|j| j.id).collect();
+        let finished: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| j.is_finished())
+            .map(|j| j.id)
+            .collect();
         let excess = finished.len().saturating_sub(keep);
         let drop: Vec<JobId> = finished.into_iter().take(excess).collect();
         for id in &drop {
@@ -351,11 +375,17 @@ mod tests {
         for attempt in 1..=5 {
             assert_eq!(q.runnable(now, 1, &g), vec![job.id], "attempt {attempt}");
             q.start(job.id, now);
-            let (_, fin) = q.finish(job.id, &Outcome::Failed("boom".into()), now, 5).expect("job");
+            let (_, fin) = q
+                .finish(job.id, &Outcome::Failed("boom".into()), now, 5)
+                .expect("job");
             match fin {
                 Finished::Retry(t) => {
                     delays.push((t - now).num_minutes());
-                    assert!(q.runnable(t - chrono::Duration::seconds(1), 1, &g).is_empty(), "not before backoff");
+                    assert!(
+                        q.runnable(t - chrono::Duration::seconds(1), 1, &g)
+                            .is_empty(),
+                        "not before backoff"
+                    );
                     now = t;
                 }
                 Finished::GaveUp => {
@@ -409,10 +439,20 @@ mod tests {
         assert_eq!(r, vec![ja.id, jb.id], "d waits");
         q.start(ja.id, at(0));
         q.start(jb.id, at(0));
-        q.finish(ja.id, &Outcome::Published(rebased_core::Version::parse("1.0.1").expect("v")), at(1), 5);
+        q.finish(
+            ja.id,
+            &Outcome::Published(rebased_core::Version::parse("1.0.1").expect("v")),
+            at(1),
+            5,
+        );
         q.enqueue("d", reason(Trigger::Cascade, at(1), "a published"));
         assert!(q.runnable(at(1), 8, &g).is_empty(), "b still building");
-        q.finish(jb.id, &Outcome::Published(rebased_core::Version::parse("2.0.1").expect("v")), at(2), 5);
+        q.finish(
+            jb.id,
+            &Outcome::Published(rebased_core::Version::parse("2.0.1").expect("v")),
+            at(2),
+            5,
+        );
         let (j, merged) = q.enqueue("d", reason(Trigger::Cascade, at(2), "b published"));
         assert!(merged && j.id == jd.id && j.reasons.len() == 3);
         assert_eq!(q.runnable(at(2), 8, &g), vec![jd.id], "d once, after both");

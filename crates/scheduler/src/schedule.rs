@@ -33,7 +33,10 @@ pub fn next_after_in(spec: &CronSpec, tz: Tz, after: DateTime<Utc>) -> Option<Da
 /// The earliest next fire time over several schedules (a base used by
 /// images with different `poll`s is polled on the most frequent).
 pub fn next_of(specs: &[&CronSpec], tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    specs.iter().filter_map(|s| next_after_in(s, tz, after)).min()
+    specs
+        .iter()
+        .filter_map(|s| next_after_in(s, tz, after))
+        .min()
 }
 
 #[cfg(test)]
@@ -41,7 +44,9 @@ mod tests {
     use super::*;
 
     fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).expect("valid").with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s)
+            .expect("valid")
+            .with_timezone(&Utc)
     }
 
     fn c(s: &str) -> CronSpec {
@@ -51,15 +56,24 @@ mod tests {
     #[test]
     fn seconds_and_minutes() {
         let t0 = t("2026-01-01T00:00:00.5Z");
-        assert_eq!(next_after(&c("*/2 * * * * *"), t0), Some(t("2026-01-01T00:00:02Z")));
-        assert_eq!(next_after(&c("*/15 * * * *"), t0), Some(t("2026-01-01T00:15:00Z")));
+        assert_eq!(
+            next_after(&c("*/2 * * * * *"), t0),
+            Some(t("2026-01-01T00:00:02Z"))
+        );
+        assert_eq!(
+            next_after(&c("*/15 * * * *"), t0),
+            Some(t("2026-01-01T00:15:00Z"))
+        );
     }
 
     #[test]
     fn time_zone_applies() {
         // 09:00 in Berlin in winter is 08:00 UTC.
         let tz: Tz = "Europe/Berlin".parse().expect("zone");
-        assert_eq!(next_after_in(&c("0 9 * * *"), tz, t("2026-01-05T00:00:00Z")), Some(t("2026-01-05T08:00:00Z")));
+        assert_eq!(
+            next_after_in(&c("0 9 * * *"), tz, t("2026-01-05T00:00:00Z")),
+            Some(t("2026-01-05T08:00:00Z"))
+        );
     }
 
     #[test]
@@ -72,13 +86,20 @@ mod tests {
         let first = next_after_in(&c("30 2 * * *"), tz, t("2026-10-24T12:00:00Z")).expect("fires");
         assert_eq!(first, t("2026-10-25T00:30:00Z"));
         let second = next_after_in(&c("30 2 * * *"), tz, first).expect("fires");
-        assert_eq!(second, t("2026-10-26T01:30:00Z"), "not again in the repeated hour");
+        assert_eq!(
+            second,
+            t("2026-10-26T01:30:00Z"),
+            "not again in the repeated hour"
+        );
     }
 
     #[test]
     fn most_frequent_schedule_wins() {
         let a = c("0 * * * *");
         let b = c("*/5 * * * *");
-        assert_eq!(next_of(&[&a, &b], Tz::UTC, t("2026-01-01T00:01:00Z")), Some(t("2026-01-01T00:05:00Z")));
+        assert_eq!(
+            next_of(&[&a, &b], Tz::UTC, t("2026-01-01T00:01:00Z")),
+            Some(t("2026-01-01T00:05:00Z"))
+        );
     }
 }

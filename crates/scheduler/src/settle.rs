@@ -59,7 +59,9 @@ impl Watch {
             Some((d, since)) if d == seen => *since,
             _ => now,
         };
-        let due = since.checked_add_signed(settle).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let due = since
+            .checked_add_signed(settle)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if now >= due {
             let before = self.settled.replace(seen.clone());
             self.pending = None;
@@ -91,7 +93,10 @@ mod tests {
     #[test]
     fn first_sight_settles_at_once() {
         let mut w = Watch::default();
-        assert_eq!(w.observe(&d('1'), at(0), SETTLE), Observation::First(d('1')));
+        assert_eq!(
+            w.observe(&d('1'), at(0), SETTLE),
+            Observation::First(d('1'))
+        );
         assert_eq!(w.observe(&d('1'), at(5), SETTLE), Observation::Unchanged);
     }
 
@@ -99,8 +104,14 @@ mod tests {
     fn a_change_that_holds_settles_after_the_window() {
         let mut w = Watch::default();
         w.observe(&d('1'), at(0), SETTLE);
-        assert_eq!(w.observe(&d('2'), at(10), SETTLE), Observation::Waiting(at(40)));
-        assert_eq!(w.observe(&d('2'), at(20), SETTLE), Observation::Waiting(at(40)));
+        assert_eq!(
+            w.observe(&d('2'), at(10), SETTLE),
+            Observation::Waiting(at(40))
+        );
+        assert_eq!(
+            w.observe(&d('2'), at(20), SETTLE),
+            Observation::Waiting(at(40))
+        );
         assert_eq!(
             w.observe(&d('2'), at(40), SETTLE),
             Observation::Settled {
@@ -115,7 +126,10 @@ mod tests {
     fn a_flip_back_starts_nothing() {
         let mut w = Watch::default();
         w.observe(&d('1'), at(0), SETTLE);
-        assert!(matches!(w.observe(&d('2'), at(10), SETTLE), Observation::Waiting(_)));
+        assert!(matches!(
+            w.observe(&d('2'), at(10), SETTLE),
+            Observation::Waiting(_)
+        ));
         assert_eq!(w.observe(&d('1'), at(20), SETTLE), Observation::Reverted);
         assert_eq!(w.settled, Some(d('1')));
         assert_eq!(w.pending, None);
@@ -126,14 +140,23 @@ mod tests {
         let mut w = Watch::default();
         w.observe(&d('1'), at(0), SETTLE);
         w.observe(&d('2'), at(10), SETTLE);
-        assert_eq!(w.observe(&d('3'), at(35), SETTLE), Observation::Waiting(at(65)));
-        assert!(matches!(w.observe(&d('3'), at(65), SETTLE), Observation::Settled { .. }));
+        assert_eq!(
+            w.observe(&d('3'), at(35), SETTLE),
+            Observation::Waiting(at(65))
+        );
+        assert!(matches!(
+            w.observe(&d('3'), at(65), SETTLE),
+            Observation::Settled { .. }
+        ));
     }
 
     #[test]
     fn zero_settle_is_immediate() {
         let mut w = Watch::default();
         w.observe(&d('1'), at(0), Duration::ZERO);
-        assert!(matches!(w.observe(&d('2'), at(1), Duration::ZERO), Observation::Settled { .. }));
+        assert!(matches!(
+            w.observe(&d('2'), at(1), Duration::ZERO),
+            Observation::Settled { .. }
+        ));
     }
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use rebased_core::job::{Job, JobId};
 use rebased_core::{Digest, ImageState, Trigger, Version};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,27 @@ pub struct BaseRecord {
     pub changed_at: Option<DateTime<Utc>>,
     /// The error of the last check, if it failed.
     pub error: Option<String>,
+    /// A different digest seen but not yet settled, and since when.
+    #[serde(default)]
+    pub pending: Option<(Digest, DateTime<Utc>)>,
+    /// For an index: the child manifest digest of each platform (`os/arch[/variant]`).
+    #[serde(default)]
+    pub platforms: BTreeMap<String, Digest>,
+}
+
+impl BaseRecord {
+    /// A record for a base never checked.
+    pub fn new(reference: &str) -> Self {
+        Self {
+            reference: reference.to_owned(),
+            digest: None,
+            checked_at: None,
+            changed_at: None,
+            error: None,
+            pending: None,
+            platforms: BTreeMap::new(),
+        }
+    }
 }
 
 /// One image's standing.
@@ -80,6 +102,10 @@ pub struct ImageRecord {
     pub last_error: Option<String>,
     /// When this record last changed.
     pub updated_at: DateTime<Utc>,
+    /// The inputs (base -> digest) of the builds that gave up: a failing
+    /// image is not retried until its inputs differ.
+    #[serde(default)]
+    pub failed_inputs: Option<BTreeMap<String, Digest>>,
 }
 
 impl ImageRecord {
@@ -91,6 +117,7 @@ impl ImageRecord {
             state: ImageState::Stale,
             last_error: None,
             updated_at: Utc::now(),
+            failed_inputs: None,
         }
     }
 }
@@ -143,6 +170,7 @@ pub struct Store {
     bases: sled::Tree,
     images: sled::Tree,
     versions: sled::Tree,
+    jobs: sled::Tree,
 }
 
 impl Store {
@@ -158,6 +186,7 @@ impl Store {
             bases: tree("bases")?,
             images: tree("images")?,
             versions: tree("versions")?,
+            jobs: tree("jobs")?,
             db,
         })
     }
@@ -277,6 +306,7 @@ impl Store {
             image.current = Some(new.version);
             image.state = ImageState::Fresh;
             image.last_error = None;
+            image.failed_inputs = None;
             image.updated_at = Utc::now();
             let bytes = serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?;
             images.insert(name.as_bytes(), bytes)?;
@@ -290,6 +320,31 @@ impl Store {
             Err(TransactionError::Storage(source)) => return Err(StateError::Db { what, source }),
         }
         self.flush(&what)
+    }
+
+    /// Stores a job (queued jobs survive restarts), flushed before returning.
+    pub fn put_job(&self, job: &Job) -> Result<(), StateError> {
+        let what = format!("job {}", job.id);
+        put(&self.jobs, &job.id.to_be_bytes(), job, &what)?;
+        self.flush(&what)
+    }
+
+    /// Every stored job, oldest first.
+    pub fn jobs(&self) -> Result<Vec<Job>, StateError> {
+        all(&self.jobs, "jobs")
+    }
+
+    /// Forgets finished jobs.
+    pub fn delete_jobs(&self, ids: &[JobId]) -> Result<(), StateError> {
+        for id in ids {
+            self.jobs
+                .remove(id.to_be_bytes())
+                .map_err(|source| StateError::Db {
+                    what: format!("job {id}"),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Writes everything to disk.
@@ -479,16 +534,36 @@ mod tests {
     }
 
     #[test]
+    fn jobs_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reason = rebased_core::job::JobReason {
+            trigger: Trigger::Poll,
+            at: Utc::now(),
+            detail: "base moved".to_owned(),
+        };
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store
+                .put_job(&Job::new(7, "app", reason.clone()))
+                .expect("put");
+            store
+                .put_job(&Job::new(300, "other", reason.clone()))
+                .expect("put");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let ids: Vec<JobId> = store.jobs().expect("jobs").iter().map(|j| j.id).collect();
+        assert_eq!(ids, [7, 300], "numeric order");
+        store.delete_jobs(&[7]).expect("delete");
+        assert_eq!(store.jobs().expect("jobs").len(), 1);
+    }
+
+    #[test]
     fn bases_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        let rec = BaseRecord {
-            reference: "docker.io/library/alpine:latest".to_owned(),
-            digest: Some(digest('e')),
-            checked_at: Some(Utc::now()),
-            changed_at: None,
-            error: None,
-        };
+        let mut rec = BaseRecord::new("docker.io/library/alpine:latest");
+        rec.digest = Some(digest('e'));
+        rec.checked_at = Some(Utc::now());
         store.put_base(&rec).expect("put");
         assert_eq!(store.base(&rec.reference).expect("get"), Some(rec.clone()));
         assert_eq!(store.bases().expect("all"), vec![rec]);

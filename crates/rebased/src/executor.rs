@@ -1,0 +1,287 @@
+//! Running one job: decide again with the inputs of now (level-triggered, so
+//! a re-run after a crash or a merged trigger is idempotent), build pinned,
+//! push the version tag, record, then move the floating tags.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::Utc;
+use rebased_builder::{provenance, BuildRequest};
+use rebased_core::config::{ImageConfig, Repository};
+use rebased_core::dockerfile::BaseKind;
+use rebased_core::job::{Job, JobId, JobState};
+use rebased_core::{Digest, ImageRef, ImageState, Trigger, Version};
+use rebased_scheduler::dispatch::Executor;
+use rebased_scheduler::queue::{Finished, Outcome};
+use rebased_scheduler::{decide, Change, Decision, Published};
+use rebased_state::{BaseChange, BaseRecord, Reason, VersionRecord};
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::daemon::{lock, Daemon, Plan};
+use crate::poller::set_state;
+
+impl Executor for Daemon {
+    async fn execute(&self, job: Job) -> Outcome {
+        let Some(image) = self.image(&job.image) else {
+            warn!(image = %job.image, job = job.id, "image no longer configured; job dropped");
+            return Outcome::Fresh;
+        };
+        let span = info_span!("job", image = %job.image, job = job.id);
+        match self.run_job(image, &job).instrument(span).await {
+            Ok(Some(v)) => Outcome::Published(v),
+            Ok(None) => Outcome::Fresh,
+            Err(_) if self.builds.is_cancelled() => Outcome::Interrupted,
+            Err(e) => {
+                error!(image = %job.image, job = job.id, "{e:#}");
+                Outcome::Failed(format!("{e:#}"))
+            }
+        }
+    }
+
+    fn record(&self, job: &Job, finished: Option<&Finished>) {
+        if let Err(e) = self.store.put_job(job) {
+            error!(job = job.id, "cannot record job: {e}");
+        }
+        let name = job.image.as_str();
+        let held = self
+            .store
+            .image(name)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.state == ImageState::Held);
+        if held {
+            return;
+        }
+        match (job.state, finished) {
+            (JobState::Queued, Some(Finished::Retry(_))) => {
+                set_state(self, name, ImageState::Queued, job.error.clone())
+            }
+            (JobState::Queued, _) => set_state(self, name, ImageState::Queued, None),
+            (JobState::Running, _) => set_state(self, name, ImageState::Building, None),
+            (JobState::Failed, _) => {
+                set_state(self, name, ImageState::Failing, job.error.clone());
+                let inputs = lock(&self.failed_inputs).remove(name);
+                if let Ok(Some(mut rec)) = self.store.image(name) {
+                    rec.failed_inputs = Some(inputs.unwrap_or_default());
+                    if let Err(e) = self.store.put_image(&rec) {
+                        error!(image = %name, "cannot record failing inputs: {e}");
+                    }
+                }
+            }
+            (JobState::Succeeded, _) => {
+                if lock(&self.queue).active(name).is_none() {
+                    set_state(self, name, ImageState::Fresh, None);
+                }
+            }
+            (JobState::Cancelled, _) => {}
+        }
+    }
+
+    fn forget(&self, ids: &[JobId]) {
+        if let Err(e) = self.store.delete_jobs(ids) {
+            warn!("cannot drop old jobs: {e}");
+        }
+        for id in ids {
+            let _ = std::fs::remove_file(self.log_path(*id));
+        }
+    }
+}
+
+impl Daemon {
+    /// One attempt: `Some(version)` when a version was published.
+    async fn run_job(&self, image: &ImageConfig, job: &Job) -> Result<Option<Version>> {
+        let name = image.name.as_str();
+        let plan = self.plan(image)?;
+        let (now, pins) = self.inputs(&plan).await?;
+        lock(&self.failed_inputs).insert(name.to_owned(), now.clone());
+        let record = self.store.image(name)?;
+        let current = match record.as_ref().and_then(|r| r.current) {
+            Some(v) => self.store.version(name, &v)?,
+            None => None,
+        };
+        let published = current.as_ref().map(|c| Published {
+            version: &c.version,
+            bases: &c.bases,
+        });
+        let decision = decide(published, &image.version, image.bump, &now, job.trigger());
+        let Decision::Build {
+            version,
+            supersedes,
+            trigger,
+            changes,
+        } = decision
+        else {
+            info!("image is already fresh; nothing to build");
+            return Ok(None);
+        };
+        let Repository::Registry(repo) = &image.repository else {
+            bail!("only registry repositories are supported");
+        };
+        info!(%version, %trigger, supersedes = ?supersedes.map(|v| v.to_string()), "building");
+        self.build_and_publish(
+            image, repo, &plan, &pins, &now, version, supersedes, trigger, &changes, job.id,
+        )
+        .await?;
+        Ok(Some(version))
+    }
+
+    /// The digest of every base now: settled digests from the poller; bases
+    /// that are managed images (a cascade) or never checked are resolved now.
+    async fn inputs(
+        &self,
+        plan: &Plan,
+    ) -> Result<(BTreeMap<String, Digest>, BTreeMap<ImageRef, Digest>)> {
+        let mut now = BTreeMap::new();
+        let mut pins = BTreeMap::new();
+        for base in &plan.bases {
+            let digest = match base.digest() {
+                Some(d) => d.clone(),
+                None => {
+                    let key = base.to_string();
+                    let rec = self.store.base(&key)?;
+                    match rec.as_ref().and_then(|r| r.digest.clone()) {
+                        Some(d) if !self.is_managed(base) => d,
+                        _ => {
+                            let d = self
+                                .registry
+                                .resolve(base)
+                                .await
+                                .with_context(|| format!("resolving base {base}"))?;
+                            let mut rec = rec.unwrap_or_else(|| BaseRecord::new(&key));
+                            let t = Utc::now();
+                            if rec.digest.as_ref() != Some(&d) {
+                                rec.changed_at = Some(t);
+                            }
+                            rec.digest = Some(d.clone());
+                            rec.pending = None;
+                            rec.checked_at = Some(t);
+                            rec.error = None;
+                            self.store.put_base(&rec)?;
+                            d
+                        }
+                    }
+                }
+            };
+            now.insert(base.to_string(), digest.clone());
+            pins.insert(base.clone(), digest);
+        }
+        Ok((now, pins))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn build_and_publish(
+        &self,
+        image: &ImageConfig,
+        repo: &ImageRef,
+        plan: &Plan,
+        pins: &BTreeMap<ImageRef, Digest>,
+        now: &BTreeMap<String, Digest>,
+        version: Version,
+        supersedes: Option<Version>,
+        trigger: Trigger,
+        changes: &[Change],
+        job: JobId,
+    ) -> Result<()> {
+        let name = image.name.as_str();
+        let target = repo.with_tag(&version.to_string());
+        // Versions are immutable: look before pushing.
+        let existing = self.registry.lookup(&target).await?;
+        let digest = match existing {
+            Some(d) => {
+                let manifest = self.registry.manifest(&target).await?;
+                match provenance::bases_from(&manifest.annotations()) {
+                    Some(b) if &b == now => {
+                        info!(digest = %d, "version tag already pushed with the same inputs: adopting it");
+                        d
+                    }
+                    _ => bail!(
+                        "version tag {target} already exists ({d}) and was not built by rebased from the current bases; refusing to overwrite it"
+                    ),
+                }
+            }
+            None => {
+                let primary = plan
+                    .model
+                    .uses
+                    .iter()
+                    .rev()
+                    .find(|u| u.kind == BaseKind::From)
+                    .and_then(|u| pins.get(&u.reference).map(|d| (&u.reference, d)));
+                let annotations = provenance::annotations(
+                    &version,
+                    Utc::now(),
+                    primary,
+                    pins,
+                    supersedes.as_ref(),
+                );
+                let workdir = self
+                    .config
+                    .daemon
+                    .state_dir
+                    .join("builds")
+                    .join(job.to_string());
+                let request = BuildRequest {
+                    image: name.to_owned(),
+                    job: job.to_string(),
+                    context: image.context.clone(),
+                    dockerfile: plan.model.pin(&plan.text, pins),
+                    build_args: image.build_args.clone(),
+                    target: target.clone(),
+                    annotations,
+                    insecure_registries: self.insecure_registries(),
+                    workdir: workdir.clone(),
+                };
+                let outcome = self.buildah.build(&request, &self.builds).await;
+                let log = match &outcome {
+                    Ok(o) => o.log.clone(),
+                    Err(e) => e.log().to_owned(),
+                };
+                self.save_log(job, &log);
+                let _ = tokio::fs::remove_dir_all(&workdir).await;
+                let out = outcome.with_context(|| format!("build of {target} (job {job})"))?;
+                info!(digest = %out.digest, "pushed {target}");
+                out.digest
+            }
+        };
+        let record = VersionRecord {
+            version,
+            digest: digest.clone(),
+            built_at: Utc::now(),
+            bases: now.clone(),
+            trigger,
+            superseded_by: None,
+            superseded_at: None,
+            reason: None,
+        };
+        let reason = supersedes.map(|_| Reason {
+            trigger,
+            bases: changes
+                .iter()
+                .map(|c| BaseChange {
+                    reference: c.reference.clone(),
+                    before: c.before.clone(),
+                    after: c.after.clone(),
+                })
+                .collect(),
+        });
+        self.store
+            .publish(name, &record, reason)
+            .with_context(|| format!("recording {target} ({digest})"))?;
+        info!(%digest, "published {target}");
+        let mut tag_errors = Vec::new();
+        for template in &image.tags {
+            let tag = template.render(&version);
+            match self.registry.tag(repo, &digest, &tag).await {
+                Ok(()) => info!(tag = %tag, "moved floating tag"),
+                Err(e) => tag_errors.push(format!("{tag}: {e}")),
+            }
+        }
+        if !tag_errors.is_empty() {
+            return Err(anyhow!(
+                "{target} is published but floating tags did not move: {}",
+                tag_errors.join("; ")
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,324 @@
+//! The poller: every unique base on the most frequent schedule of the images
+//! that use it, one request per base per round; changes settle before they
+//! count; images a settled change makes stale are queued.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use rebased_core::config::CronSpec;
+use rebased_core::{Digest, ImageRef, ImageState, Trigger};
+use rebased_scheduler::dispatch::Command;
+use rebased_scheduler::queue::reason;
+use rebased_scheduler::schedule::next_of;
+use rebased_scheduler::settle::{Observation, Watch};
+use rebased_scheduler::{decide, Decision, Published};
+use rebased_state::{BaseRecord, ImageRecord};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::daemon::{lock, Daemon};
+
+/// An immediate check: of these references, or of every base.
+#[derive(Debug, Clone)]
+pub struct CheckRequest {
+    /// `None`: every base.
+    pub references: Option<Vec<ImageRef>>,
+    /// What asked (`Manual` for `POST /v1/check`, `Webhook`).
+    pub trigger: Trigger,
+}
+
+/// The poll loop, until `shutdown`.
+pub async fn run(
+    daemon: Arc<Daemon>,
+    mut checks: mpsc::Receiver<CheckRequest>,
+    shutdown: CancellationToken,
+) {
+    let tz: Tz = daemon.config.daemon.timezone.parse().unwrap_or(Tz::UTC);
+    let mut next: BTreeMap<ImageRef, DateTime<Utc>> = BTreeMap::new();
+    let mut first = true;
+    let mut trigger = Trigger::Poll;
+    let mut forced: Option<BTreeSet<ImageRef>> = None;
+    loop {
+        let now = Utc::now();
+        let specs = schedules(&daemon);
+        next.retain(|r, _| specs.contains_key(r));
+        for r in specs.keys() {
+            next.entry(r.clone()).or_insert(now);
+        }
+        let mut due: Vec<ImageRef> = next
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(r, _)| r.clone())
+            .collect();
+        if let Some(f) = forced.take() {
+            due.extend(f.into_iter().filter(|r| specs.contains_key(r)));
+            due.sort();
+            due.dedup();
+        }
+        if !due.is_empty() || first {
+            let rechecks = round(&daemon, Some((due.clone(), trigger)), first).await;
+            let after = Utc::now();
+            for r in &due {
+                let mut t = specs
+                    .get(r)
+                    .and_then(|s| next_of(&s.iter().collect::<Vec<_>>(), tz, after))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                if let Some(at) = rechecks.get(r) {
+                    t = t.min(*at);
+                }
+                next.insert(r.clone(), t);
+            }
+            first = false;
+            trigger = Trigger::Poll;
+        }
+        let wake = next.values().min().copied();
+        lock(&daemon.runtime).next_poll = wake;
+        let wait = wake
+            .map(|w| (w - Utc::now()).to_std().unwrap_or_default())
+            .unwrap_or(std::time::Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            req = checks.recv() => {
+                if let Some(req) = req {
+                    trigger = req.trigger;
+                    forced = Some(match req.references {
+                        Some(refs) => refs.into_iter().collect(),
+                        None => specs.keys().cloned().collect(),
+                    });
+                }
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// Each polled base and the schedules of the images using it.
+fn schedules(daemon: &Daemon) -> BTreeMap<ImageRef, Vec<CronSpec>> {
+    let mut out: BTreeMap<ImageRef, Vec<CronSpec>> = BTreeMap::new();
+    for image in &daemon.config.image {
+        let Ok(plan) = daemon.plan(image) else {
+            continue;
+        };
+        let spec = image
+            .poll
+            .clone()
+            .unwrap_or_else(|| daemon.config.daemon.poll.clone());
+        for base in plan.bases.into_iter().filter(|b| b.digest().is_none()) {
+            let specs = out.entry(base).or_default();
+            if !specs.contains(&spec) {
+                specs.push(spec.clone());
+            }
+        }
+    }
+    out
+}
+
+/// One round: check `due` (all polled bases when `None`), fold the results
+/// through settle, and queue the images that a settled change (or, with
+/// `all`, anything) makes stale. Returns the settle rechecks wanted.
+pub async fn round(
+    daemon: &Daemon,
+    due: Option<(Vec<ImageRef>, Trigger)>,
+    all: bool,
+) -> BTreeMap<ImageRef, DateTime<Utc>> {
+    let (due, trigger) =
+        due.unwrap_or_else(|| (schedules(daemon).into_keys().collect(), Trigger::Poll));
+    let started = Utc::now();
+    let checks = rebased_watcher::check_all(Arc::clone(&daemon.registry), due, 8).await;
+    let mut changed: BTreeMap<ImageRef, (Option<Digest>, Digest)> = BTreeMap::new();
+    let mut rechecks = BTreeMap::new();
+    for check in checks {
+        let key = check.reference.to_string();
+        let mut rec = daemon
+            .store
+            .base(&key)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| BaseRecord::new(&key));
+        let now = Utc::now();
+        rec.checked_at = Some(now);
+        match &check.result {
+            Ok(seen) => {
+                rec.error = None;
+                let mut watch = Watch {
+                    settled: rec.digest.clone(),
+                    pending: rec.pending.clone(),
+                };
+                match watch.observe(seen, now, daemon.settle) {
+                    Observation::Unchanged => {}
+                    Observation::First(d) => {
+                        rec.changed_at.get_or_insert(now);
+                        info!(base = %key, digest = %d, "base first seen");
+                    }
+                    Observation::Waiting(at) => {
+                        info!(base = %key, digest = %seen, settles_at = %at, "base changed; waiting for it to settle");
+                        rechecks.insert(check.reference.clone(), at);
+                    }
+                    Observation::Settled { before, after } => {
+                        info!(base = %key, from = ?before.as_ref().map(Digest::as_str), to = %after, "base changed and settled");
+                        rec.changed_at = Some(now);
+                        changed.insert(check.reference.clone(), (before, after));
+                    }
+                    Observation::Reverted => {
+                        info!(base = %key, "base flipped back before settling; nothing to do");
+                    }
+                }
+                rec.digest = watch.settled;
+                rec.pending = watch.pending;
+            }
+            Err(e) => rec.error = Some(e.to_string()),
+        }
+        if let Err(e) = daemon.store.put_base(&rec) {
+            error!(base = %key, "cannot record base: {e}");
+        }
+    }
+    lock(&daemon.runtime).last_poll = Some(started);
+
+    for image in &daemon.config.image {
+        let name = image.name.as_str();
+        let plan = match daemon.plan(image) {
+            Ok(p) => p,
+            Err(e) => {
+                mark_failing(daemon, name, &format!("{e:#}"));
+                continue;
+            }
+        };
+        let touched: Vec<&ImageRef> = plan
+            .bases
+            .iter()
+            .filter(|b| changed.contains_key(*b))
+            .collect();
+        let was_bad_plan = daemon
+            .store
+            .image(name)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.state == ImageState::Failing && r.failed_inputs.is_none());
+        if !all && touched.is_empty() && !was_bad_plan {
+            continue;
+        }
+        let detail = if touched.is_empty() {
+            "check".to_owned()
+        } else {
+            touched
+                .iter()
+                .filter_map(|b| changed.get(*b).map(|(from, to)| (b, from, to)))
+                .map(|(b, from, to)| {
+                    format!(
+                        "{b}: {} -> {to}",
+                        from.as_ref().map_or("none".to_owned(), ToString::to_string)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        evaluate(daemon, image, &plan.bases, trigger, &detail).await;
+    }
+    rechecks
+}
+
+/// Queues a build of `image` if it is stale now (settled digests).
+pub async fn evaluate(
+    daemon: &Daemon,
+    image: &rebased_core::config::ImageConfig,
+    bases: &[ImageRef],
+    trigger: Trigger,
+    detail: &str,
+) {
+    let name = image.name.as_str();
+    let mut now: BTreeMap<String, Digest> = BTreeMap::new();
+    for base in bases {
+        let digest = match base.digest() {
+            Some(d) => Some(d.clone()),
+            None => daemon
+                .store
+                .base(&base.to_string())
+                .ok()
+                .flatten()
+                .and_then(|b| b.digest),
+        };
+        match digest {
+            Some(d) => {
+                now.insert(base.to_string(), d);
+            }
+            None => {
+                warn!(image = %name, base = %base, "base digest unknown; image not decided this round");
+                return;
+            }
+        }
+    }
+    let record = daemon.store.image(name).ok().flatten();
+    if let Some(r) = &record {
+        if r.state == ImageState::Held {
+            return;
+        }
+        if r.state == ImageState::Failing && r.failed_inputs.as_ref() == Some(&now) {
+            return;
+        }
+    }
+    let current = record
+        .as_ref()
+        .and_then(|r| r.current)
+        .and_then(|v| daemon.store.version(name, &v).ok().flatten());
+    let published = current.as_ref().map(|c| Published {
+        version: &c.version,
+        bases: &c.bases,
+    });
+    match decide(published, &image.version, image.bump, &now, trigger) {
+        Decision::Fresh => {
+            if record.as_ref().is_none_or(|r| r.state != ImageState::Fresh)
+                && lock(&daemon.queue).active(name).is_none()
+            {
+                set_state(daemon, name, ImageState::Fresh, None);
+            }
+        }
+        Decision::Build {
+            version, trigger, ..
+        } => {
+            info!(image = %name, %version, %trigger, detail, "image is stale: queueing a build");
+            let cmd = Command::Enqueue {
+                image: name.to_owned(),
+                reason: reason(trigger, Utc::now(), detail),
+            };
+            if daemon.jobs_tx.send(cmd).await.is_err() {
+                warn!(image = %name, "dispatcher gone; build not queued");
+            }
+        }
+    }
+}
+
+fn mark_failing(daemon: &Daemon, name: &str, error: &str) {
+    let current = daemon.store.image(name).ok().flatten();
+    if current
+        .as_ref()
+        .is_some_and(|r| r.state == ImageState::Failing && r.last_error.as_deref() == Some(error))
+    {
+        return;
+    }
+    error!(image = %name, "{error}");
+    set_state(daemon, name, ImageState::Failing, Some(error.to_owned()));
+}
+
+/// Sets an image's state (and error), keeping the rest of its record.
+pub fn set_state(daemon: &Daemon, name: &str, state: ImageState, error: Option<String>) {
+    let mut rec = match daemon.store.image(name) {
+        Ok(Some(r)) => r,
+        Ok(None) => ImageRecord::new(name),
+        Err(e) => {
+            error!(image = %name, "cannot read image record: {e}");
+            return;
+        }
+    };
+    rec.state = state;
+    rec.last_error = error;
+    if state != ImageState::Failing {
+        rec.failed_inputs = None;
+    }
+    rec.updated_at = Utc::now();
+    if let Err(e) = daemon.store.put_image(&rec) {
+        error!(image = %name, "cannot record image state: {e}");
+    }
+}
