@@ -102,3 +102,63 @@ fn check_config_prints_the_plan() {
     assert!(plan.contains("app -> 127.0.0.1:5000/app"), "{plan}");
     assert!(plan.contains("FROM 127.0.0.1:5000/base:latest"), "{plan}");
 }
+
+fn write_images(dir: &std::path::Path, images: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut cfg = String::new();
+    for (name, from) in images {
+        let ctx = dir.join(name);
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(ctx.join("Dockerfile"), format!("FROM {from}\n")).unwrap();
+        cfg += &format!(
+            "[[image]]\nname = \"{name}\"\ncontext = \"{}\"\nrepository = \"127.0.0.1:5000/{name}\"\nversion = \"1.0.0\"\n\n",
+            ctx.display()
+        );
+    }
+    let path = dir.join("rebased.toml");
+    fs::write(&path, cfg).unwrap();
+    path
+}
+
+#[test]
+fn check_config_prints_the_build_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_images(
+        dir.path(),
+        &[
+            ("app", "127.0.0.1:5000/runtime:latest"),
+            ("runtime", "127.0.0.1:5000/os:1"),
+            ("os", "debian:12"),
+        ],
+    );
+    let out = rebased(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("build order: os, runtime, app"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_dependency_cycle_is_refused_and_spelled_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_images(
+        dir.path(),
+        &[
+            ("a", "127.0.0.1:5000/b:latest"),
+            ("b", "127.0.0.1:5000/a:1.0"),
+            ("c", "alpine"),
+        ],
+    );
+    for cmd in ["check-config", "run"] {
+        let out = rebased(&[cmd, "--config", cfg.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("dependency cycle: a -> b -> a")
+                || err.contains("dependency cycle: b -> a -> b"),
+            "{err}"
+        );
+        assert!(err.contains(&cfg.display().to_string()), "{err}");
+    }
+}
