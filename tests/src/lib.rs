@@ -192,6 +192,62 @@ impl BaseMaker {
     /// Builds `FROM scratch` + busybox + `/marker` containing `marker`,
     /// pushes it to `registry/repo_tag`, returns the pushed digest.
     pub fn push(&self, registry: &Registry, repo_tag: &str, marker: &str) -> String {
+        self.push_platform(registry, repo_tag, marker, None)
+    }
+
+    /// Makes an index (`buildah manifest`) of already pushed manifests of
+    /// `repo` (by digest), pushes it as `repo_tag`, returns the index digest.
+    pub fn push_index(
+        &self,
+        registry: &Registry,
+        repo: &str,
+        children: &[&str],
+        repo_tag: &str,
+    ) -> String {
+        let list = format!(
+            "localhost/test-index-{}",
+            children
+                .join("-")
+                .replace("sha256:", "")
+                .chars()
+                .take(24)
+                .collect::<String>()
+        );
+        let _ = self.buildah().args(["manifest", "rm", &list]).output();
+        run(self.buildah().args(["manifest", "create", &list]));
+        for child in children {
+            run(self.buildah().args([
+                "manifest",
+                "add",
+                "--tls-verify=false",
+                &list,
+                &format!("docker://{}/{repo}@{child}", registry.host),
+            ]));
+        }
+        let digest_file = self.dir.path().join("index-digest");
+        run(self
+            .buildah()
+            .args([
+                "manifest",
+                "push",
+                "--all",
+                "--tls-verify=false",
+                "--digestfile",
+            ])
+            .arg(&digest_file)
+            .arg(&list)
+            .arg(format!("docker://{}/{repo_tag}", registry.host)));
+        fs::read_to_string(digest_file).unwrap().trim().to_owned()
+    }
+
+    /// Like [`BaseMaker::push`], for one platform (`linux/arm64`).
+    pub fn push_platform(
+        &self,
+        registry: &Registry,
+        repo_tag: &str,
+        marker: &str,
+        platform: Option<&str>,
+    ) -> String {
         let ctx = self.dir.path().join(format!("ctx-{marker}"));
         fs::create_dir_all(&ctx).unwrap();
         let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -207,10 +263,12 @@ impl BaseMaker {
         )
         .unwrap();
         let local = format!("localhost/test-base:{marker}");
-        run(self
-            .buildah()
-            .args(["bud", "--isolation", "chroot", "-t", &local])
-            .arg(&ctx));
+        let mut bud = self.buildah();
+        bud.args(["bud", "--isolation", "chroot", "-t", &local]);
+        if let Some(p) = platform {
+            bud.args(["--platform", p]);
+        }
+        run(bud.arg(&ctx));
         let digest_file = self.dir.path().join("digest");
         run(self
             .buildah()

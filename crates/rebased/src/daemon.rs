@@ -24,7 +24,9 @@ use rebased_registry::Registry;
 use rebased_scheduler::dispatch::{Clock, Command, Dispatcher, Limits, SharedQueue};
 use rebased_scheduler::graph::Graph;
 use rebased_scheduler::queue::Queue;
+use rebased_scheduler::{select_platforms, Inputs};
 use rebased_state::Store;
+use rebased_state::VersionRecord;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -304,6 +306,35 @@ impl Daemon {
         })
     }
 
+    /// An image's inputs from the settled base digests in the store; `Err`
+    /// names a base whose digest is not known yet.
+    pub fn stored_inputs(
+        &self,
+        image: &ImageConfig,
+        bases: &[ImageRef],
+    ) -> std::result::Result<Inputs, ImageRef> {
+        let mut inputs = Inputs::default();
+        for base in bases {
+            let key = base.to_string();
+            let rec = self.store.base(&key).ok().flatten();
+            let digest = match base.digest() {
+                Some(d) => d.clone(),
+                None => rec
+                    .as_ref()
+                    .and_then(|r| r.digest.clone())
+                    .ok_or_else(|| base.clone())?,
+            };
+            if let Some(r) = rec.filter(|r| base.digest().is_none() && !r.platforms.is_empty()) {
+                inputs.platforms.insert(
+                    key.clone(),
+                    select_platforms(&r.platforms, &image.platforms),
+                );
+            }
+            inputs.digests.insert(key, digest);
+        }
+        Ok(inputs)
+    }
+
     /// True when `base` is the repository of a managed image.
     pub fn is_managed(&self, base: &ImageRef) -> bool {
         let name = base.name();
@@ -339,5 +370,13 @@ impl Daemon {
             .state_dir
             .join("logs")
             .join(format!("{job}.log"))
+    }
+}
+
+/// What a published version was built from.
+pub fn version_inputs(v: &VersionRecord) -> Inputs {
+    Inputs {
+        digests: v.bases.clone(),
+        platforms: v.platforms.clone(),
     }
 }

@@ -13,11 +13,11 @@ use rebased_core::job::{Job, JobId, JobState};
 use rebased_core::{Digest, ImageRef, ImageState, Trigger, Version};
 use rebased_scheduler::dispatch::Executor;
 use rebased_scheduler::queue::{Finished, Outcome};
-use rebased_scheduler::{decide, Change, Decision, Published};
+use rebased_scheduler::{decide, Change, Decision, Inputs, Published};
 use rebased_state::{BaseChange, BaseRecord, Reason, VersionRecord};
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::daemon::{lock, Daemon, Plan};
+use crate::daemon::{lock, version_inputs, Daemon, Plan};
 use crate::poller::set_state;
 
 impl Executor for Daemon {
@@ -92,17 +92,21 @@ impl Daemon {
     async fn run_job(&self, image: &ImageConfig, job: &Job) -> Result<Option<Version>> {
         let name = image.name.as_str();
         let plan = self.plan(image)?;
-        let (now, pins) = self.inputs(&plan).await?;
-        lock(&self.failed_inputs).insert(name.to_owned(), now.clone());
+        let (now, pins) = self.inputs(image, &plan).await?;
+        lock(&self.failed_inputs).insert(name.to_owned(), now.digests.clone());
         let record = self.store.image(name)?;
         let current = match record.as_ref().and_then(|r| r.current) {
             Some(v) => self.store.version(name, &v)?,
             None => None,
         };
-        let published = current.as_ref().map(|c| Published {
-            version: &c.version,
-            bases: &c.bases,
-        });
+        let built = current.as_ref().map(version_inputs);
+        let published = current
+            .as_ref()
+            .zip(built.as_ref())
+            .map(|(c, inputs)| Published {
+                version: &c.version,
+                inputs,
+            });
         let decision = decide(published, &image.version, image.bump, &now, job.trigger());
         let Decision::Build {
             version,
@@ -125,47 +129,54 @@ impl Daemon {
         Ok(Some(version))
     }
 
-    /// The digest of every base now: settled digests from the poller; bases
-    /// that are managed images (a cascade) or never checked are resolved now.
+    /// The inputs of now: settled digests from the poller; bases that are
+    /// managed images (a cascade) or never checked are resolved now.
     async fn inputs(
         &self,
+        image: &ImageConfig,
         plan: &Plan,
-    ) -> Result<(BTreeMap<String, Digest>, BTreeMap<ImageRef, Digest>)> {
-        let mut now = BTreeMap::new();
-        let mut pins = BTreeMap::new();
-        for base in &plan.bases {
-            let digest = match base.digest() {
-                Some(d) => d.clone(),
-                None => {
-                    let key = base.to_string();
-                    let rec = self.store.base(&key)?;
-                    match rec.as_ref().and_then(|r| r.digest.clone()) {
-                        Some(d) if !self.is_managed(base) => d,
-                        _ => {
-                            let d = self
-                                .registry
-                                .resolve(base)
-                                .await
-                                .with_context(|| format!("resolving base {base}"))?;
-                            let mut rec = rec.unwrap_or_else(|| BaseRecord::new(&key));
-                            let t = Utc::now();
-                            if rec.digest.as_ref() != Some(&d) {
-                                rec.changed_at = Some(t);
-                            }
-                            rec.digest = Some(d.clone());
-                            rec.pending = None;
-                            rec.checked_at = Some(t);
-                            rec.error = None;
-                            self.store.put_base(&rec)?;
-                            d
-                        }
-                    }
-                }
-            };
-            now.insert(base.to_string(), digest.clone());
-            pins.insert(base.clone(), digest);
+    ) -> Result<(Inputs, BTreeMap<ImageRef, Digest>)> {
+        for base in plan.bases.iter().filter(|b| b.digest().is_none()) {
+            let key = base.to_string();
+            let rec = self.store.base(&key)?;
+            if rec.as_ref().is_some_and(|r| r.digest.is_some()) && !self.is_managed(base) {
+                continue;
+            }
+            let d = self
+                .registry
+                .resolve(base)
+                .await
+                .with_context(|| format!("resolving base {base}"))?;
+            let mut rec = rec.unwrap_or_else(|| BaseRecord::new(&key));
+            let t = Utc::now();
+            if rec.digest.as_ref() != Some(&d) {
+                rec.changed_at = Some(t);
+                rec.platforms = self
+                    .registry
+                    .platforms(&base.pinned(&d))
+                    .await
+                    .unwrap_or_default();
+            }
+            rec.digest = Some(d);
+            rec.pending = None;
+            rec.checked_at = Some(t);
+            rec.error = None;
+            self.store.put_base(&rec)?;
         }
-        Ok((now, pins))
+        let inputs = self
+            .stored_inputs(image, &plan.bases)
+            .map_err(|base| anyhow!("digest of base {base} unknown"))?;
+        let pins = plan
+            .bases
+            .iter()
+            .filter_map(|b| {
+                inputs
+                    .digests
+                    .get(&b.to_string())
+                    .map(|d| (b.clone(), d.clone()))
+            })
+            .collect();
+        Ok((inputs, pins))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -175,7 +186,7 @@ impl Daemon {
         repo: &ImageRef,
         plan: &Plan,
         pins: &BTreeMap<ImageRef, Digest>,
-        now: &BTreeMap<String, Digest>,
+        now: &Inputs,
         version: Version,
         supersedes: Option<Version>,
         trigger: Trigger,
@@ -190,7 +201,7 @@ impl Daemon {
             Some(d) => {
                 let manifest = self.registry.manifest(&target).await?;
                 match provenance::bases_from(&manifest.annotations()) {
-                    Some(b) if &b == now => {
+                    Some(b) if b == now.digests => {
                         info!(digest = %d, "version tag already pushed with the same inputs: adopting it");
                         d
                     }
@@ -247,7 +258,8 @@ impl Daemon {
             version,
             digest: digest.clone(),
             built_at: Utc::now(),
-            bases: now.clone(),
+            bases: now.digests.clone(),
+            platforms: now.platforms.clone(),
             trigger,
             superseded_by: None,
             superseded_at: None,

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::daemon::{lock, Daemon};
+use crate::daemon::{lock, version_inputs, Daemon};
 
 /// An immediate check: of these references, or of every base.
 #[derive(Debug, Clone)]
@@ -166,8 +166,21 @@ pub async fn round(
                         info!(base = %key, "base flipped back before settling; nothing to do");
                     }
                 }
+                let moved = rec.digest != watch.settled;
                 rec.digest = watch.settled;
                 rec.pending = watch.pending;
+                if moved {
+                    if let Some(d) = &rec.digest {
+                        rec.platforms =
+                            match daemon.registry.platforms(&check.reference.pinned(d)).await {
+                                Ok(p) => p,
+                                Err(e) => {
+                                    warn!(base = %key, "cannot read the index's platforms: {e}");
+                                    BTreeMap::new()
+                                }
+                            };
+                    }
+                }
             }
             Err(e) => rec.error = Some(e.to_string()),
         }
@@ -229,33 +242,19 @@ pub async fn evaluate(
     detail: &str,
 ) {
     let name = image.name.as_str();
-    let mut now: BTreeMap<String, Digest> = BTreeMap::new();
-    for base in bases {
-        let digest = match base.digest() {
-            Some(d) => Some(d.clone()),
-            None => daemon
-                .store
-                .base(&base.to_string())
-                .ok()
-                .flatten()
-                .and_then(|b| b.digest),
-        };
-        match digest {
-            Some(d) => {
-                now.insert(base.to_string(), d);
-            }
-            None => {
-                warn!(image = %name, base = %base, "base digest unknown; image not decided this round");
-                return;
-            }
+    let now = match daemon.stored_inputs(image, bases) {
+        Ok(i) => i,
+        Err(base) => {
+            warn!(image = %name, base = %base, "base digest unknown; image not decided this round");
+            return;
         }
-    }
+    };
     let record = daemon.store.image(name).ok().flatten();
     if let Some(r) = &record {
         if r.state == ImageState::Held {
             return;
         }
-        if r.state == ImageState::Failing && r.failed_inputs.as_ref() == Some(&now) {
+        if r.state == ImageState::Failing && r.failed_inputs.as_ref() == Some(&now.digests) {
             return;
         }
     }
@@ -263,10 +262,14 @@ pub async fn evaluate(
         .as_ref()
         .and_then(|r| r.current)
         .and_then(|v| daemon.store.version(name, &v).ok().flatten());
-    let published = current.as_ref().map(|c| Published {
-        version: &c.version,
-        bases: &c.bases,
-    });
+    let built = current.as_ref().map(version_inputs);
+    let published = current
+        .as_ref()
+        .zip(built.as_ref())
+        .map(|(c, inputs)| Published {
+            version: &c.version,
+            inputs,
+        });
     match decide(published, &image.version, image.bump, &now, trigger) {
         Decision::Fresh => {
             if record.as_ref().is_none_or(|r| r.state != ImageState::Fresh)

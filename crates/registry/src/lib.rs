@@ -166,6 +166,18 @@ impl Registry {
         })
     }
 
+    /// For an index (or Docker manifest list): each platform
+    /// (`os/architecture[/variant]`) and its child manifest digest. Empty for
+    /// a single-platform manifest. Pass a reference pinned by digest to read
+    /// exactly the index that was resolved.
+    pub async fn platforms(
+        &self,
+        reference: &ImageRef,
+    ) -> Result<BTreeMap<String, Digest>, RegistryError> {
+        let manifest = self.manifest(reference).await?;
+        Ok(index_platforms(&manifest.bytes))
+    }
+
     /// Points `repository:tag` at the manifest `digest` of the same
     /// repository, copying its bytes so the digest does not change.
     pub async fn tag(
@@ -226,6 +238,40 @@ impl Registry {
         }
         Ok(tags)
     }
+}
+
+/// The platform -> child digest map of an index's bytes (empty if the bytes
+/// are not an index). Entries without a platform or a valid digest, and
+/// attestation entries (`unknown/unknown`), are skipped.
+pub fn index_platforms(bytes: &[u8]) -> BTreeMap<String, Digest> {
+    let mut out = BTreeMap::new();
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return out;
+    };
+    let Some(manifests) = value.get("manifests").and_then(|m| m.as_array()) else {
+        return out;
+    };
+    for m in manifests {
+        let Some(p) = m.get("platform") else { continue };
+        let field = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+        let (os, arch, variant) = (field("os"), field("architecture"), field("variant"));
+        if os.is_empty() || arch.is_empty() || os == "unknown" || arch == "unknown" {
+            continue;
+        }
+        let key = if variant.is_empty() {
+            format!("{os}/{arch}")
+        } else {
+            format!("{os}/{arch}/{variant}")
+        };
+        if let Some(d) = m
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .and_then(|d| Digest::parse(d).ok())
+        {
+            out.entry(key).or_insert(d);
+        }
+    }
+    out
 }
 
 fn to_oci(r: &ImageRef) -> Reference {
@@ -294,5 +340,34 @@ fn classify(reference: &ImageRef, e: OciDistributionError) -> RegistryError {
         reference: reference.to_string(),
         kind,
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_platforms_reads_children() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let c = format!("sha256:{}", "c".repeat(64));
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": a, "platform": {"os": "linux", "architecture": "amd64"}},
+                {"digest": b, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                {"digest": c, "platform": {"os": "unknown", "architecture": "unknown"}},
+                {"digest": "not-a-digest", "platform": {"os": "linux", "architecture": "s390x"}},
+                {"digest": c}
+            ]
+        });
+        let p = index_platforms(index.to_string().as_bytes());
+        assert_eq!(p.len(), 2);
+        assert_eq!(p["linux/amd64"].as_str(), a);
+        assert_eq!(p["linux/arm64/v8"].as_str(), b);
+        assert!(index_platforms(b"{\"layers\": []}").is_empty());
+        assert!(index_platforms(b"garbage").is_empty());
     }
 }

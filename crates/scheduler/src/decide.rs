@@ -5,13 +5,69 @@ use std::collections::BTreeMap;
 use rebased_core::config::Bump;
 use rebased_core::{Digest, Trigger, Version};
 
+/// An image's inputs: each base's digest and, for a base that is an index,
+/// the child digests of the platforms the image builds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    /// Base reference -> digest (the index digest for an index).
+    pub digests: BTreeMap<String, Digest>,
+    /// Base reference -> platform -> child digest (only the image's platforms).
+    pub platforms: BTreeMap<String, BTreeMap<String, Digest>>,
+}
+
+impl Inputs {
+    /// Inputs without platform detail.
+    pub fn from_digests(digests: BTreeMap<String, Digest>) -> Self {
+        Self {
+            digests,
+            platforms: BTreeMap::new(),
+        }
+    }
+
+    /// Whether an image built from `self` is still fresh with `now`: the
+    /// same bases, and for each, the same child digests of the image's
+    /// platforms when both sides know them, else the same digest.
+    pub fn same_as(&self, now: &Inputs) -> bool {
+        if self.digests.len() != now.digests.len() {
+            return false;
+        }
+        now.digests.iter().all(|(base, digest)| {
+            let Some(before) = self.digests.get(base) else {
+                return false;
+            };
+            match (self.platforms.get(base), now.platforms.get(base)) {
+                (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => a == b,
+                _ => before == digest,
+            }
+        })
+    }
+}
+
+/// Keeps the entries of `all` (platform -> digest) that `wanted` platforms
+/// select: `linux/arm64` selects `linux/arm64` and `linux/arm64/v8`.
+pub fn select_platforms(
+    all: &BTreeMap<String, Digest>,
+    wanted: &[String],
+) -> BTreeMap<String, Digest> {
+    all.iter()
+        .filter(|(k, _)| {
+            wanted.iter().any(|w| {
+                *k == w
+                    || k.strip_prefix(w.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// What an image was last published as.
 #[derive(Debug, Clone, Copy)]
 pub struct Published<'a> {
     /// The current version.
     pub version: &'a Version,
-    /// The base digests it was built from.
-    pub bases: &'a BTreeMap<String, Digest>,
+    /// What it was built from.
+    pub inputs: &'a Inputs,
 }
 
 /// One base's move.
@@ -54,11 +110,12 @@ pub fn decide(
     published: Option<Published<'_>>,
     first: &Version,
     bump: Bump,
-    now: &BTreeMap<String, Digest>,
+    now: &Inputs,
     trigger: Trigger,
 ) -> Decision {
     let changes_from = |before: &BTreeMap<String, Digest>| -> Vec<Change> {
-        now.iter()
+        now.digests
+            .iter()
             .map(|(r, d)| Change {
                 reference: r.clone(),
                 before: before.get(r).cloned(),
@@ -73,12 +130,12 @@ pub fn decide(
             trigger: Trigger::Initial,
             changes: changes_from(&BTreeMap::new()),
         },
-        Some(p) if p.bases == now && trigger != Trigger::Manual => Decision::Fresh,
+        Some(p) if p.inputs.same_as(now) && trigger != Trigger::Manual => Decision::Fresh,
         Some(p) => Decision::Build {
             version: bump.next(p.version),
             supersedes: Some(*p.version),
             trigger,
-            changes: changes_from(p.bases),
+            changes: changes_from(&p.inputs.digests),
         },
     }
 }
@@ -95,8 +152,8 @@ mod tests {
         Version::parse(s).expect("valid")
     }
 
-    fn bases(pairs: &[(&str, char)]) -> BTreeMap<String, Digest> {
-        pairs.iter().map(|(r, c)| (r.to_string(), d(*c))).collect()
+    fn bases(pairs: &[(&str, char)]) -> Inputs {
+        Inputs::from_digests(pairs.iter().map(|(r, c)| (r.to_string(), d(*c))).collect())
     }
 
     #[test]
@@ -124,7 +181,7 @@ mod tests {
         let cur = v("1.0.3");
         let p = Published {
             version: &cur,
-            bases: &built,
+            inputs: &built,
         };
         assert_eq!(
             decide(
@@ -145,7 +202,7 @@ mod tests {
         let cur = v("1.0.3");
         let p = Published {
             version: &cur,
-            bases: &built,
+            inputs: &built,
         };
         let Decision::Build {
             version,
@@ -172,7 +229,7 @@ mod tests {
         let cur = v("1.0.3");
         let p = Published {
             version: &cur,
-            bases: &built,
+            inputs: &built,
         };
         let Decision::Build {
             version, trigger, ..
@@ -184,13 +241,62 @@ mod tests {
     }
 
     #[test]
+    fn only_the_image_platforms_count_for_an_index() {
+        let plat = |amd: char, arm: char| -> BTreeMap<String, Digest> {
+            BTreeMap::from([
+                ("linux/amd64".to_owned(), d(amd)),
+                ("linux/arm64/v8".to_owned(), d(arm)),
+            ])
+        };
+        let wanted = vec!["linux/amd64".to_owned()];
+        let inputs = |index: char, amd: char, arm: char| Inputs {
+            digests: BTreeMap::from([("b".to_owned(), d(index))]),
+            platforms: BTreeMap::from([(
+                "b".to_owned(),
+                select_platforms(&plat(amd, arm), &wanted),
+            )]),
+        };
+        let built = inputs('1', 'a', 'c');
+        let cur = v("1.0.0");
+        let p = Published {
+            version: &cur,
+            inputs: &built,
+        };
+        // arm64 moved, index digest moved: still fresh for an amd64-only image
+        assert_eq!(
+            decide(
+                Some(p),
+                &cur,
+                Bump::Patch,
+                &inputs('2', 'a', 'e'),
+                Trigger::Poll
+            ),
+            Decision::Fresh
+        );
+        // amd64 moved: stale
+        assert!(matches!(
+            decide(
+                Some(p),
+                &cur,
+                Bump::Patch,
+                &inputs('3', 'b', 'e'),
+                Trigger::Poll
+            ),
+            Decision::Build { .. }
+        ));
+        // a variant is selected by its platform
+        let sel = select_platforms(&plat('a', 'c'), &["linux/arm64".to_owned()]);
+        assert_eq!(sel.keys().collect::<Vec<_>>(), ["linux/arm64/v8"]);
+    }
+
+    #[test]
     fn revision_bump() {
         let built = bases(&[("a", '1')]);
         let now = bases(&[("a", '2')]);
         let cur = v("1.4.2");
         let p = Published {
             version: &cur,
-            bases: &built,
+            inputs: &built,
         };
         let Decision::Build { version, .. } =
             decide(Some(p), &v("1.0.0"), Bump::Revision, &now, Trigger::Poll)
@@ -207,7 +313,7 @@ mod tests {
         let cur = v("2.0.0");
         let p = Published {
             version: &cur,
-            bases: &built,
+            inputs: &built,
         };
         assert!(matches!(
             decide(Some(p), &v("1.0.0"), Bump::Patch, &now, Trigger::Poll),

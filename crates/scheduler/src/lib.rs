@@ -19,5 +19,5 @@ pub mod queue;
 pub mod schedule;
 pub mod settle;
 
-pub use decide::{decide, Change, Decision, Published};
+pub use decide::{decide, select_platforms, Change, Decision, Inputs, Published};
 pub use schedule::next_after;

@@ -153,6 +153,10 @@ pub struct VersionRecord {
     pub built_at: DateTime<Utc>,
     /// Its inputs: every base reference and the digest it was built from.
     pub bases: BTreeMap<String, Digest>,
+    /// For bases that are indexes: base -> platform -> child digest, for
+    /// the platforms the image builds.
+    #[serde(default)]
+    pub platforms: BTreeMap<String, BTreeMap<String, Digest>>,
     /// What caused the build.
     pub trigger: Trigger,
     /// The version that replaced it.
@@ -446,6 +450,7 @@ mod tests {
             digest: digest(d),
             built_at: Utc::now(),
             bases: BTreeMap::from([("docker.io/library/base:latest".to_owned(), digest(base))]),
+            platforms: BTreeMap::new(),
             trigger: Trigger::Poll,
             superseded_by: None,
             superseded_at: None,

@@ -1,0 +1,103 @@
+//! Multi-arch bases: an image is stale only when the child digest of a
+//! platform it builds changed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::time::Duration;
+
+use rebased_e2e::{free_port, wait_for, BaseMaker, Daemon, Registry};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(180);
+
+#[test]
+fn only_a_change_of_the_built_platform_rebuilds() {
+    let registry = Registry::start();
+    let host = registry.host.clone();
+    let maker = BaseMaker::new();
+    let amd1 = maker.push_platform(&registry, "parts:amd64-v1", "amd64-v1", Some("linux/amd64"));
+    let arm1 = maker.push_platform(&registry, "parts:arm64-v1", "arm64-v1", Some("linux/arm64"));
+    let index1 = maker.push_index(&registry, "parts", &[&amd1, &arm1], "base:latest");
+
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("app");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("hello"), "hello\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = work.path().join("rebased.toml");
+    fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"1s\"\n\n[registries.\"{host}\"]\ninsecure = true\n\n[[image]]\nname = \"app\"\ncontext = \"{}\"\nrepository = \"{host}/app\"\nversion = \"1.0.0\"\nplatforms = [\"linux/amd64\"]\n",
+            work.path().join("state").display(),
+            ctx.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    let current = || {
+        daemon.get("/v1/images/app")["current_version"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    wait_for("1.0.0", WAIT, || {
+        (current().as_deref() == Some("1.0.0")).then_some(())
+    });
+    let base = |d: &Daemon| {
+        d.get("/v1/bases")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["reference"] == format!("{host}/base:latest"))
+            .cloned()
+            .unwrap()
+    };
+    let b = base(&daemon);
+    assert_eq!(b["digest"], Value::String(index1.clone()));
+    assert_eq!(b["platforms"]["linux/arm64"], Value::String(arm1.clone()));
+    assert_eq!(b["platforms"]["linux/amd64"], Value::String(amd1.clone()));
+    let v = &daemon.get("/v1/images/app")["versions"][0];
+    assert_eq!(
+        v["bases"][format!("{host}/base:latest")],
+        Value::String(index1.clone())
+    );
+
+    // Only arm64 moves upstream: recorded, nothing built.
+    let arm2 = maker.push_platform(&registry, "parts:arm64-v2", "arm64-v2", Some("linux/arm64"));
+    let index2 = maker.push_index(&registry, "parts", &[&amd1, &arm2], "base:latest");
+    assert_ne!(index1, index2);
+    wait_for("the new index to settle", WAIT, || {
+        let b = base(&daemon);
+        (b["digest"] == Value::String(index2.clone()) && b["pending"].is_null()).then_some(())
+    });
+    assert_eq!(
+        base(&daemon)["platforms"]["linux/arm64"],
+        Value::String(arm2.clone())
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        current().as_deref(),
+        Some("1.0.0"),
+        "an arm64-only change must not rebuild an amd64 image"
+    );
+    assert!(!registry.tags("app").contains(&"1.0.1".to_owned()));
+    assert_eq!(daemon.get("/v1/images/app")["state"], "fresh");
+
+    // amd64 moves: rebuilt, pinned to the new index.
+    let amd2 = maker.push_platform(&registry, "parts:amd64-v2", "amd64-v2", Some("linux/amd64"));
+    let index3 = maker.push_index(&registry, "parts", &[&amd2, &arm2], "base:latest");
+    wait_for("1.0.1", WAIT, || {
+        (current().as_deref() == Some("1.0.1")).then_some(())
+    });
+    let ann = &registry.raw_manifest("app:1.0.1")["annotations"];
+    assert_eq!(
+        ann["org.opencontainers.image.base.digest"],
+        Value::String(index3)
+    );
+}
