@@ -59,9 +59,12 @@ fn faults_are_reported_per_image_and_nothing_is_overwritten() {
     );
 
     let listen = format!("127.0.0.1:{}", free_port());
+    let token_file = work.path().join("api-token");
+    fs::write(&token_file, "s3cret\n").unwrap();
     let mut cfg = format!(
-        "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n\n[builder]\nmax_attempts = 1\n\n[registries.\"{host}\"]\ninsecure = true\n[registries.\"{dead}\"]\ninsecure = true\n",
-        work.path().join("state").display()
+        "[daemon]\nstate_dir = \"{}\"\napi_token_file = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n\n[builder]\nmax_attempts = 1\n\n[registries.\"{host}\"]\ninsecure = true\n[registries.\"{dead}\"]\ninsecure = true\n",
+        work.path().join("state").display(),
+        token_file.display()
     );
     cfg += &image("good", &good, &format!("{host}/good"));
     cfg += &image("unreachable", &unreachable, &format!("{host}/unreachable"));
@@ -73,7 +76,8 @@ fn faults_are_reported_per_image_and_nothing_is_overwritten() {
 
     let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
     wait_for("good to publish 1.0.0", WAIT, || {
-        (daemon.get("/v1/images/good")["current_version"] == "1.0.0").then_some(())
+        let g = daemon.get("/v1/images/good");
+        (g["current_version"] == "1.0.0" && g["state"] == "fresh").then_some(())
     });
     let state = |name: &str| daemon.get(&format!("/v1/images/{name}"));
     wait_for("broken and taken to be failing", WAIT, || {
@@ -122,6 +126,58 @@ fn faults_are_reported_per_image_and_nothing_is_overwritten() {
 
     // The daemon is still serving.
     assert_eq!(daemon.get("/v1/status")["images"], 5);
+
+    // A failing image is not retried while its inputs stay the same...
+    let broken_jobs = || {
+        daemon
+            .get("/v1/jobs")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["image"] == "broken")
+            .count()
+    };
+    let before = broken_jobs();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        broken_jobs(),
+        before,
+        "no retry of a failing image with unchanged inputs"
+    );
+    let job = daemon
+        .get("/v1/jobs")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["image"] == "broken")
+        .cloned()
+        .unwrap();
+    assert_eq!(job["state"], "failed");
+    let log = reqwest::blocking::get(format!("{}/v1/jobs/{}/log", daemon.api, job["id"]))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(log.contains("missing-file"), "the build log is kept: {log}");
+
+    // ...until someone asks: POSTs need the API token.
+    fs::write(Path::new(&broken).join("missing-file"), "now here\n").unwrap();
+    assert_eq!(daemon.post("/v1/images/broken/rebuild", None), 401);
+    assert_eq!(daemon.post("/v1/images/broken/rebuild", Some("wrong")), 401);
+    assert_eq!(
+        daemon.post("/v1/images/nosuch/rebuild", Some("s3cret")),
+        404
+    );
+    assert_eq!(
+        daemon.post("/v1/images/broken/rebuild", Some("s3cret")),
+        202
+    );
+    wait_for("broken to publish after the rebuild", WAIT, || {
+        let b = state("broken");
+        (b["current_version"] == "1.0.0" && b["state"] == "fresh").then_some(())
+    });
+    assert_eq!(state("broken")["state"], "fresh");
+    assert!(registry.digest("broken:1.0.0").is_some());
+    assert_eq!(daemon.post("/v1/check", Some("s3cret")), 202);
 }
 
 #[test]

@@ -31,10 +31,13 @@ fn daemon_section(work: &Path, listen: &str, host: &str, extra: &str) -> String 
     )
 }
 
+/// The current version, once the image is fresh (its job done).
 fn current(d: &Daemon, name: &str) -> Option<String> {
-    d.get(&format!("/v1/images/{name}"))["current_version"]
-        .as_str()
-        .map(str::to_owned)
+    let image = d.get(&format!("/v1/images/{name}"));
+    if image["state"] != "fresh" {
+        return None;
+    }
+    image["current_version"].as_str().map(str::to_owned)
 }
 
 fn jobs_of(d: &Daemon, name: &str) -> Vec<Value> {
