@@ -152,6 +152,8 @@ pub async fn round(
                     Observation::First(d) => {
                         rec.changed_at.get_or_insert(now);
                         info!(base = %key, digest = %d, "base first seen");
+                        // A new base of an image (e.g. an edited Dockerfile) is a change for it.
+                        changed.insert(check.reference.clone(), (None, d));
                     }
                     Observation::Waiting(at) => {
                         info!(base = %key, digest = %seen, settles_at = %at, "base changed; waiting for it to settle");

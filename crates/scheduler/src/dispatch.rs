@@ -458,6 +458,65 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn triggers_arriving_meanwhile_merge_into_one_run() {
+        let fake = Arc::new(Fake {
+            build_secs: 30,
+            ..Fake::default()
+        });
+        let queue: SharedQueue = Arc::new(Mutex::new(Queue::default()));
+        let clock = Clock::system();
+        let d = Dispatcher::new(
+            Arc::clone(&queue),
+            graph(&[("a", &[])]),
+            Arc::clone(&fake),
+            LIMITS,
+            clock,
+        );
+        let (tx, rx) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(d.run(rx, shutdown.clone()));
+        let send = |trigger| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Command::Enqueue {
+                    image: "a".into(),
+                    reason: reason(trigger, clock.now(), "t"),
+                })
+                .await
+                .expect("send");
+            }
+        };
+        send(Trigger::Poll).await;
+        tokio::time::sleep(Duration::from_secs(5)).await; // first run is building
+        send(Trigger::Webhook).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        send(Trigger::Manual).await;
+        send(Trigger::Poll).await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        shutdown.cancel();
+        task.await.expect("ends");
+        let starts: Vec<u64> = fake
+            .events()
+            .iter()
+            .filter(|e| e.1 == "start")
+            .map(|e| e.2)
+            .collect();
+        assert_eq!(
+            starts,
+            [0, 30],
+            "one run, then one more for everything that came meanwhile"
+        );
+        let q = lock(&queue);
+        let second = q.jobs().nth(1).expect("second job");
+        let triggers: Vec<Trigger> = second.reasons.iter().map(|r| r.trigger).collect();
+        assert_eq!(
+            triggers,
+            [Trigger::Webhook, Trigger::Manual, Trigger::Poll],
+            "every reason kept"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn fresh_publishes_do_not_cascade() {
         let fake = Arc::new(Fake::default());
         fake.script
