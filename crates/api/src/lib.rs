@@ -97,6 +97,28 @@ pub struct VersionView {
     pub superseded_at: Option<DateTime<Utc>>,
     /// Why.
     pub reason: Option<ReasonView>,
+    /// The version it replaced.
+    pub supersedes: Option<Version>,
+}
+
+/// A rollback of an image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackView {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The version that was current.
+    pub from: Option<Version>,
+    /// The version the floating tags point at again.
+    pub to: Version,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+/// The body of `POST /v1/images/{name}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    /// The version to go back to.
+    pub to: String,
 }
 
 /// `GET /v1/images/{name}` (and each entry of `GET /v1/images`).
@@ -118,6 +140,8 @@ pub struct ImageView {
     pub last_error: Option<String>,
     /// Every version, oldest first.
     pub versions: Vec<VersionView>,
+    /// Every rollback, oldest first.
+    pub rollbacks: Vec<RollbackView>,
 }
 
 /// One reason merged into a job.
@@ -286,7 +310,18 @@ pub trait Backend: Send + Sync + 'static {
     fn check(&self, req: CheckRequest) -> Result<Accepted, ApiError>;
     /// Queue a rebuild of `name`, even if it is fresh or failing.
     fn rebuild(&self, name: &str) -> Result<Accepted, ApiError>;
+    /// Roll `name` back to version `to` and hold it.
+    fn rollback<'a>(
+        &'a self,
+        name: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<RollbackView, ApiError>>;
+    /// End the hold of `name`.
+    fn resume<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Accepted, ApiError>>;
 }
+
+/// A boxed future, for the backend's async actions.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 type Shared = Arc<dyn Backend>;
 
@@ -304,6 +339,8 @@ pub fn router(backend: Shared, token: Option<String>) -> Router {
         .route("/v1/images", get(images))
         .route("/v1/images/{name}", get(image))
         .route("/v1/images/{name}/rebuild", post(rebuild))
+        .route("/v1/images/{name}/rollback", post(rollback))
+        .route("/v1/images/{name}/resume", post(resume))
         .route("/v1/jobs", get(jobs))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/log", get(job_log))
@@ -388,6 +425,26 @@ async fn check(
             .map_err(|e| ApiError::bad_request(format!("bad check request: {e}")))?
     };
     Ok((StatusCode::ACCEPTED, Json(b.check(req)?)))
+}
+
+async fn rollback(
+    State(b): State<Shared>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<RollbackView>, ApiError> {
+    let req: RollbackRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "bad rollback request (expected {{\"to\": \"VERSION\"}}): {e}"
+        ))
+    })?;
+    Ok(Json(b.rollback(&name, &req.to).await?))
+}
+
+async fn resume(
+    State(b): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Accepted>, ApiError> {
+    Ok(Json(b.resume(&name).await?))
 }
 
 async fn rebuild(

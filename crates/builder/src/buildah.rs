@@ -85,11 +85,7 @@ impl Buildah {
         .map_err(ws(&registries_conf))?;
         let digest_file = req.workdir.join("digest");
         let _ = tokio::fs::remove_file(&digest_file).await;
-        let local = format!(
-            "localhost/rebased-build/{}:{}",
-            req.image.to_ascii_lowercase(),
-            req.job
-        );
+        let local = format!("localhost/rebased-build/job-{}:latest", sanitize(&req.job));
 
         let mut log = String::new();
         let mut bud = self.command(&registries_conf);
@@ -193,6 +189,19 @@ impl Buildah {
             })
         }
     }
+}
+
+/// Lowercase alphanumerics and `-` only: safe inside a local image name.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 async fn read_all<R: AsyncRead + Unpin>(r: Option<R>) -> String {

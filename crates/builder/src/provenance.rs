@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rebased_core::{Digest, ImageRef, Version};
+use rebased_core::{Digest, ImageRef, Trigger, Version};
 
 /// `org.opencontainers.image.version`.
 pub const VERSION: &str = "org.opencontainers.image.version";
@@ -17,6 +17,87 @@ pub const BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 pub const BASES: &str = "io.rebased.bases";
 /// `io.rebased.supersedes`: the version this one replaces.
 pub const SUPERSEDES: &str = "io.rebased.supersedes";
+/// `io.rebased.trigger`: what caused the build.
+pub const TRIGGER: &str = "io.rebased.trigger";
+/// `io.rebased.platforms`: for index bases, base -> platform -> child digest.
+pub const PLATFORMS: &str = "io.rebased.platforms";
+
+/// Everything a version is annotated with.
+#[derive(Debug, Clone)]
+pub struct Provenance<'a> {
+    /// The version.
+    pub version: &'a Version,
+    /// Build time.
+    pub created: DateTime<Utc>,
+    /// The base of the final stage.
+    pub primary: Option<(&'a ImageRef, &'a Digest)>,
+    /// Every base and its digest.
+    pub bases: &'a BTreeMap<ImageRef, Digest>,
+    /// Child digests of index bases, for the image's platforms.
+    pub platforms: &'a BTreeMap<String, BTreeMap<String, Digest>>,
+    /// The version replaced.
+    pub supersedes: Option<&'a Version>,
+    /// What caused the build.
+    pub trigger: Trigger,
+}
+
+impl Provenance<'_> {
+    /// The annotation map.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        let mut a = annotations(
+            self.version,
+            self.created,
+            self.primary,
+            self.bases,
+            self.supersedes,
+        );
+        a.insert(TRIGGER.to_owned(), self.trigger.to_string());
+        if !self.platforms.is_empty() {
+            a.insert(
+                PLATFORMS.to_owned(),
+                serde_json::to_string(self.platforms)
+                    .unwrap_or_else(|_| unreachable!("maps of strings always serialise")),
+            );
+        }
+        a
+    }
+}
+
+/// What the registry alone says about a version (from its annotations).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// `io.rebased.bases`, when present and well-formed.
+    pub bases: Option<BTreeMap<String, Digest>>,
+    /// `io.rebased.platforms`.
+    pub platforms: BTreeMap<String, BTreeMap<String, Digest>>,
+    /// `org.opencontainers.image.created`.
+    pub created: Option<DateTime<Utc>>,
+    /// `io.rebased.supersedes`.
+    pub supersedes: Option<Version>,
+    /// `io.rebased.trigger`.
+    pub trigger: Option<Trigger>,
+}
+
+/// Reads the annotations back; anything malformed is treated as absent.
+pub fn recorded(annotations: &BTreeMap<String, String>) -> Recorded {
+    Recorded {
+        bases: bases_from(annotations),
+        platforms: annotations
+            .get(PLATFORMS)
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or_default(),
+        created: annotations
+            .get(CREATED)
+            .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+            .map(|c| c.with_timezone(&Utc)),
+        supersedes: annotations
+            .get(SUPERSEDES)
+            .and_then(|v| Version::parse(v).ok()),
+        trigger: annotations
+            .get(TRIGGER)
+            .and_then(|t| serde_json::from_value(serde_json::Value::String(t.clone())).ok()),
+    }
+}
 
 /// Builds the annotation map. `primary` is the base of the final stage
 /// (`base.name`/`base.digest`); `bases` holds every base and its digest.
@@ -76,5 +157,40 @@ mod tests {
         assert!(a[CREATED].ends_with('Z'));
         let back = bases_from(&a).expect("decodes");
         assert_eq!(back.get("127.0.0.1:5000/base:latest"), Some(&d));
+    }
+
+    #[test]
+    fn recorded_reads_everything_back() {
+        let r = ImageRef::parse("127.0.0.1:5000/base").expect("valid");
+        let d = Digest::parse(&format!("sha256:{}", "a".repeat(64))).expect("valid");
+        let bases = BTreeMap::from([(r.clone(), d.clone())]);
+        let platforms = BTreeMap::from([(
+            r.to_string(),
+            BTreeMap::from([("linux/amd64".to_owned(), d.clone())]),
+        )]);
+        let v = Version::parse("1.0.1").expect("valid");
+        let prev = Version::parse("1.0.0").expect("valid");
+        let p = Provenance {
+            version: &v,
+            created: Utc::now(),
+            primary: Some((&r, &d)),
+            bases: &bases,
+            platforms: &platforms,
+            supersedes: Some(&prev),
+            trigger: Trigger::Cascade,
+        };
+        let back = recorded(&p.annotations());
+        assert_eq!(back.supersedes, Some(prev));
+        assert_eq!(back.trigger, Some(Trigger::Cascade));
+        assert_eq!(back.platforms, platforms);
+        assert!(back.created.is_some());
+        assert_eq!(back.bases.map(|b| b.len()), Some(1));
+        // foreign images: nothing
+        assert_eq!(recorded(&BTreeMap::new()), Recorded::default());
+        let junk = BTreeMap::from([
+            (BASES.to_owned(), "{not json".to_owned()),
+            (SUPERSEDES.to_owned(), "x".to_owned()),
+        ]);
+        assert_eq!(recorded(&junk), Recorded::default());
     }
 }

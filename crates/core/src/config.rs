@@ -377,27 +377,49 @@ impl From<TagTemplate> for String {
 }
 
 /// A cron expression: 5 fields (minute resolution) or 6/7 with seconds.
+///
+/// Five fields read as standard (Vixie) cron: day of week `0`-`7` with `0`
+/// and `7` both Sunday, and when both day of month and day of week are
+/// restricted, either matching fires. Six or seven fields read as the `cron`
+/// crate does: a leading seconds field (and an optional trailing year), day
+/// of week `1`-`7` from Sunday, and both day fields must match.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct CronSpec {
     text: String,
-    schedule: cron::Schedule,
+    schedules: Vec<cron::Schedule>,
 }
 
 impl CronSpec {
-    /// Parses and validates; 5-field input gets a leading `0` seconds field.
+    /// Parses and validates.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let fields = text.split_whitespace().count();
-        let normalised = match fields {
-            5 => format!("0 {text}"),
-            6 | 7 => text.to_owned(),
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let bad = |e: &dyn fmt::Display| format!("cron {text:?}: {e}");
+        let exprs: Vec<String> = match fields.len() {
+            5 => {
+                let dow = standard_dow(fields[4]).map_err(|e| bad(&e))?;
+                let (min, hour, dom, mon) = (fields[0], fields[1], fields[2], fields[3]);
+                let restricted = |f: &str| f != "*" && f != "?";
+                if restricted(dom) && restricted(fields[4]) {
+                    // Standard cron: either day field matching fires.
+                    vec![
+                        format!("0 {min} {hour} {dom} {mon} *"),
+                        format!("0 {min} {hour} * {mon} {dow}"),
+                    ]
+                } else {
+                    vec![format!("0 {min} {hour} {dom} {mon} {dow}")]
+                }
+            }
+            6 | 7 => vec![text.to_owned()],
             n => return Err(format!("cron {text:?} has {n} fields: expected 5, 6 or 7")),
         };
-        let schedule =
-            cron::Schedule::from_str(&normalised).map_err(|e| format!("cron {text:?}: {e}"))?;
+        let schedules = exprs
+            .iter()
+            .map(|e| cron::Schedule::from_str(e).map_err(|err| bad(&err)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             text: text.to_owned(),
-            schedule,
+            schedules,
         })
     }
 
@@ -406,10 +428,60 @@ impl CronSpec {
         &self.text
     }
 
-    /// The parsed schedule.
-    pub fn schedule(&self) -> &cron::Schedule {
-        &self.schedule
+    /// The schedules it stands for (two for standard cron's day-of-month
+    /// or day-of-week); it fires at the earliest of them.
+    pub fn schedules(&self) -> &[cron::Schedule] {
+        &self.schedules
     }
+}
+
+/// Standard cron's day-of-week field (0-7, 0 and 7 Sunday) in day names,
+/// which the `cron` crate reads unambiguously.
+fn standard_dow(field: &str) -> Result<String, String> {
+    const NAMES: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
+    let day = |s: &str| -> Result<String, String> {
+        if s.chars().all(|c| c.is_ascii_alphabetic()) {
+            return Ok(s.to_ascii_uppercase());
+        }
+        s.parse::<usize>()
+            .ok()
+            .and_then(|n| NAMES.get(n))
+            .map(|n| (*n).to_owned())
+            .ok_or_else(|| format!("day of week {s:?} is not 0-7 or a name"))
+    };
+    let mut out = Vec::new();
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (item, None),
+        };
+        let mapped = match range {
+            "*" | "?" => range.to_owned(),
+            r => {
+                match r.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b) = (day(a)?, day(b)?);
+                        if b == "SUN" && a != "SUN" {
+                            // 7 (Sunday) closing a range: SUN sorts first for the crate.
+                            if step.is_some() {
+                                return Err(format!("day of week {item:?}: write the range with names, e.g. MON-SAT"));
+                            }
+                            out.push(format!("{a}-SAT"));
+                            out.push("SUN".to_owned());
+                            continue;
+                        }
+                        format!("{a}-{b}")
+                    }
+                    None => day(r)?,
+                }
+            }
+        };
+        out.push(match step {
+            Some(s) => format!("{mapped}/{s}"),
+            None => mapped,
+        });
+    }
+    Ok(out.join(","))
 }
 
 impl PartialEq for CronSpec {
@@ -470,6 +542,20 @@ impl Config {
                     ),
                 );
                 e.key = Some(format!("image[{i}].name"));
+                return Err(e);
+            }
+        }
+        let mut repos: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, image) in self.image.iter().enumerate() {
+            let repo = image.repository.to_string();
+            if let Some(first) = repos.insert(repo.clone(), i) {
+                let offset = nth_key_offset(text, "repository", &repo, 1).unwrap_or(0);
+                let mut e = located(
+                    text,
+                    offset,
+                    format!("repository {repo} is already used by image[{first}]: two images cannot publish to one repository"),
+                );
+                e.key = Some(format!("image[{i}].repository"));
                 return Err(e);
             }
         }
@@ -649,6 +735,36 @@ watch_context = false
     }
 
     #[test]
+    fn standard_cron_days() {
+        use chrono::{Datelike, TimeZone, Utc};
+        let next = |expr: &str| {
+            let c = CronSpec::parse(expr).expect(expr);
+            // 2026-01-01 is a Thursday.
+            let t0 = Utc
+                .with_ymd_and_hms(2026, 1, 1, 12, 0, 0)
+                .single()
+                .expect("valid");
+            c.schedules()
+                .iter()
+                .filter_map(|s| s.after(&t0).next())
+                .min()
+                .expect("fires")
+        };
+        assert_eq!(
+            next("0 3 * * 1-5").weekday(),
+            chrono::Weekday::Fri,
+            "1-5 is Monday to Friday"
+        );
+        assert_eq!(next("0 3 * * 0").weekday(), chrono::Weekday::Sun);
+        assert_eq!(next("0 3 * * 7").weekday(), chrono::Weekday::Sun);
+        assert_eq!(next("0 3 * * 6-7").weekday(), chrono::Weekday::Sat);
+        // day of month 15 OR Monday: the Monday (Jan 5) comes first
+        let t = next("0 3 15 * 1");
+        assert_eq!((t.day(), t.weekday()), (5, chrono::Weekday::Mon));
+        assert!(CronSpec::parse("0 3 * * 8").is_err());
+    }
+
+    #[test]
     fn seconds_cron_accepted() {
         let text = format!("[daemon]\npoll = \"*/2 * * * * *\"\n{MINIMAL}");
         assert!(Config::parse(&text).is_ok());
@@ -698,6 +814,14 @@ watch_context = false
             "[daemon]\ntimezone = \"Europe/Berlin\"\n{MINIMAL}"
         ))
         .is_ok());
+    }
+
+    #[test]
+    fn duplicate_repositories_refused() {
+        let second = MINIMAL.replace("name = \"app\"", "name = \"other\"");
+        let e = err(&format!("{MINIMAL}{second}"));
+        assert_eq!(e.key.as_deref(), Some("image[1].repository"), "{e}");
+        assert_eq!(e.line, 11, "{e}");
     }
 
     #[test]

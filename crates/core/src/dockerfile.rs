@@ -380,8 +380,13 @@ fn split_instructions(text: &str) -> Result<(char, Vec<Instruction>), Dockerfile
                 reason: format!("{keyword} requires at least one argument"),
             });
         }
-        // Heredocs (`<<EOF`, `<<-EOF`, `<<"EOF"`): skip their bodies.
-        for marker in heredoc_markers(args) {
+        // Heredocs (`<<EOF`, `<<-EOF`, `<<"EOF"`) of RUN, COPY and ADD: skip their bodies.
+        let markers = if matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") {
+            heredoc_markers(args)
+        } else {
+            Vec::new()
+        };
+        for marker in markers {
             let (word, strip_tabs) = marker;
             loop {
                 if i >= lines.len() {
@@ -411,32 +416,39 @@ fn split_instructions(text: &str) -> Result<(char, Vec<Instruction>), Dockerfile
     Ok((escape, out))
 }
 
+/// Heredoc markers: whitespace-separated words that start with `<<` (not
+/// `<<<`), like `<<EOF`, `<<-EOF`, `<<"EOF"`, `<<'EOF'`.
 fn heredoc_markers(args: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
-    let mut rest = args;
-    while let Some(p) = rest.find("<<") {
-        let after = &rest[p + 2..];
+    for word in args.split_whitespace() {
+        let Some(after) = word.strip_prefix("<<") else {
+            continue;
+        };
         if after.starts_with('<') {
-            rest = after.trim_start_matches('<');
             continue;
         }
         let (strip, after) = match after.strip_prefix('-') {
             Some(a) => (true, a),
             None => (false, after),
         };
-        let quoted = after.starts_with(['"', '\'']);
-        let body = after.trim_start_matches(['"', '\'']);
-        let word: String = body
+        let quote = after.chars().next().filter(|c| *c == '"' || *c == '\'');
+        let body = match quote {
+            Some(q) => after[1..].split(q).next().unwrap_or_default(),
+            None => after,
+        };
+        let name: String = body
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        if !word.is_empty()
-            && (quoted || after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
-        {
-            rest = &body[word.len()..];
-            out.push((word, strip));
-        } else {
-            rest = after;
+        let starts_well = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        let whole = quote.is_some()
+            || name.len() == body.len()
+            || !body[name.len()..].starts_with(['$', '{']);
+        if starts_well && whole {
+            out.push((name, strip));
         }
     }
     out
@@ -719,6 +731,26 @@ mod tests {
     #[test]
     fn heredocs_are_skipped() {
         let text = "FROM alpine\nRUN <<EOF\nFROM evil\nEOF\nCOPY <<-\"X\" /f\n\tFROM evil2\n\tX\nFROM busybox\n";
+        assert_eq!(
+            bases(text),
+            [
+                "docker.io/library/alpine:latest",
+                "docker.io/library/busybox:latest"
+            ]
+        );
+    }
+
+    #[test]
+    fn shifts_and_other_instructions_are_not_heredocs() {
+        let text = "FROM alpine\nRUN echo $((1<<BITS))\nLABEL note=\"a<<b\"\nFROM busybox\n";
+        assert_eq!(
+            bases(text),
+            [
+                "docker.io/library/alpine:latest",
+                "docker.io/library/busybox:latest"
+            ]
+        );
+        let text = "FROM alpine\nRUN cat <<EOF > /x && echo hi\nFROM evil\nEOF\nFROM busybox\n";
         assert_eq!(
             bases(text),
             [

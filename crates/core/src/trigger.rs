@@ -20,6 +20,10 @@ pub enum Trigger {
     Manual,
     /// The build context changed.
     Context,
+    /// An operator rolled the image back to an earlier version.
+    Rollback,
+    /// Recorded from the registry (state rebuilt); the original trigger was not annotated.
+    Recovered,
 }
 
 impl fmt::Display for Trigger {
@@ -31,6 +35,8 @@ impl fmt::Display for Trigger {
             Self::Cascade => "cascade",
             Self::Manual => "manual",
             Self::Context => "context",
+            Self::Rollback => "rollback",
+            Self::Recovered => "recovered",
         })
     }
 }

@@ -4,11 +4,13 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use rebased_api::{
-    Accepted, ApiError, Backend, BaseChangeView, BaseView, CheckRequest, ImageBaseView, ImageView,
-    JobReasonView, JobView, PendingView, ReasonView, StatusView, VersionView,
+    Accepted, ApiError, Backend, BaseChangeView, BaseView, BoxFuture, CheckRequest, ImageBaseView,
+    ImageView, JobReasonView, JobView, PendingView, ReasonView, RollbackView, StatusView,
+    VersionView,
 };
 use rebased_core::config::ImageConfig;
 use rebased_core::job::{Job, JobState};
+use rebased_core::Version;
 use rebased_core::{ImageRef, ImageState, Trigger};
 use rebased_scheduler::dispatch::{lock as lock_queue, Command};
 use rebased_scheduler::queue::reason;
@@ -148,7 +150,8 @@ impl Backend for Daemon {
         self.check_tx
             .try_send(poller::CheckRequest {
                 references,
-                trigger: Trigger::Manual,
+                // A check only looks; a build it causes is due to the base change.
+                trigger: Trigger::Poll,
             })
             .map_err(|e| ApiError::unavailable(format!("cannot queue the check: {e}")))?;
         Ok(Accepted {
@@ -175,6 +178,51 @@ impl Backend for Daemon {
             status: "accepted".to_owned(),
             detail: format!("rebuild of {name} queued"),
         })
+    }
+
+    fn rollback<'a>(
+        &'a self,
+        name: &'a str,
+        to: &'a str,
+    ) -> BoxFuture<'a, Result<RollbackView, ApiError>> {
+        Box::pin(async move {
+            let to = Version::parse(to).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let event = Daemon::rollback(self, name, &to)
+                .await
+                .map_err(action_error)?;
+            Ok(RollbackView {
+                at: event.at,
+                from: event.from,
+                to: event.to,
+                digest: event.digest,
+            })
+        })
+    }
+
+    fn resume<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Accepted, ApiError>> {
+        Box::pin(async move {
+            Daemon::resume(self, name).await.map_err(action_error)?;
+            Ok(Accepted {
+                status: "resumed".to_owned(),
+                detail: format!("{name} builds automatically again"),
+            })
+        })
+    }
+}
+
+fn action_error(e: anyhow::Error) -> ApiError {
+    let text = format!("{e:#}");
+    let status = if text.contains("no image") || text.contains("has no version") {
+        404
+    } else if text.contains("is building") || text.contains("is not held") {
+        409
+    } else {
+        502
+    };
+    ApiError {
+        error: text,
+        detail: None,
+        status,
     }
 }
 
@@ -218,7 +266,20 @@ impl Daemon {
             (ImageState::Queued | ImageState::Building, None) => ImageState::Stale,
             (s, _) => s,
         };
+        let rollbacks = self
+            .store
+            .rollbacks(name)
+            .map_err(internal)?
+            .into_iter()
+            .map(|r| RollbackView {
+                at: r.at,
+                from: r.from,
+                to: r.to,
+                digest: r.digest,
+            })
+            .collect();
         Ok(ImageView {
+            rollbacks,
             name: name.to_owned(),
             state,
             repository: image.repository.to_string(),
@@ -236,6 +297,7 @@ impl Daemon {
                     bases: v.bases,
                     superseded_by: v.superseded_by,
                     superseded_at: v.superseded_at,
+                    supersedes: v.supersedes,
                     reason: v.reason.map(|r| ReasonView {
                         trigger: r.trigger,
                         bases: r

@@ -146,9 +146,10 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
     if queue.depth() > 0 {
         info!(queued = queue.depth(), "resuming queued jobs");
     }
+    let first_new_job = queue.next_id();
     let queue: SharedQueue = Arc::new(Mutex::new(queue));
 
-    let (jobs_tx, jobs_rx) = mpsc::channel(1024);
+    let (jobs_tx, jobs_rx) = mpsc::channel(1 << 16);
     let (check_tx, check_rx) = mpsc::channel(64);
     let now = Utc::now();
     let limits = Limits {
@@ -190,12 +191,17 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
     let dispatcher = Dispatcher::new(queue, graph, Arc::clone(&daemon), limits, Clock::system());
 
     if mode == Mode::Once {
+        for image in &daemon.config.image {
+            if let Err(e) = daemon.ensure_ledger(image).await {
+                warn!(image = %image.name, "cannot read the ledger back from the registry: {e:#}");
+            }
+        }
         poller::round(&daemon, None, true).await;
         dispatcher.run_until_idle(jobs_rx).await;
         daemon.store.flush("exit")?;
         let failed = rebased_scheduler::dispatch::lock(&daemon.queue)
             .jobs()
-            .filter(|j| j.state == rebased_core::job::JobState::Failed)
+            .filter(|j| j.id >= first_new_job && j.state == rebased_core::job::JobState::Failed)
             .count();
         return Ok(if failed == 0 {
             ExitCode::SUCCESS
@@ -227,6 +233,12 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         daemon.config.daemon.stop_timeout.0,
     ));
     let dispatch = tokio::spawn(dispatcher.run(jobs_rx, shutdown.clone()));
+    // Read back what the registries already hold before deciding anything.
+    for image in &daemon.config.image {
+        if let Err(e) = daemon.ensure_ledger(image).await {
+            warn!(image = %image.name, "cannot read the ledger back from the registry yet: {e:#}");
+        }
+    }
     let poll = tokio::spawn(poller::run(Arc::clone(&daemon), check_rx, shutdown.clone()));
 
     shutdown.cancelled().await;

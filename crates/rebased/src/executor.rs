@@ -18,6 +18,7 @@ use rebased_state::{BaseChange, BaseRecord, Reason, VersionRecord};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::daemon::{lock, version_inputs, Daemon, Plan};
+use crate::ledger::failpoint;
 use crate::poller::set_state;
 
 impl Executor for Daemon {
@@ -59,13 +60,14 @@ impl Executor for Daemon {
             (JobState::Queued, _) => set_state(self, name, ImageState::Queued, None),
             (JobState::Running, _) => set_state(self, name, ImageState::Building, None),
             (JobState::Failed, _) => {
-                set_state(self, name, ImageState::Failing, job.error.clone());
-                let inputs = lock(&self.failed_inputs).remove(name);
-                if let Ok(Some(mut rec)) = self.store.image(name) {
-                    rec.failed_inputs = Some(inputs.unwrap_or_default());
-                    if let Err(e) = self.store.put_image(&rec) {
-                        error!(image = %name, "cannot record failing inputs: {e}");
-                    }
+                let inputs = lock(&self.failed_inputs).remove(name).unwrap_or_default();
+                let result = self.store.update_image(name, |rec| {
+                    rec.state = ImageState::Failing;
+                    rec.last_error = job.error.clone();
+                    rec.failed_inputs = Some(inputs.clone());
+                });
+                if let Err(e) = result {
+                    error!(image = %name, "cannot record failing state: {e}");
                 }
             }
             (JobState::Succeeded, _) => {
@@ -91,6 +93,15 @@ impl Daemon {
     /// One attempt: `Some(version)` when a version was published.
     async fn run_job(&self, image: &ImageConfig, job: &Job) -> Result<Option<Version>> {
         let name = image.name.as_str();
+        self.ensure_ledger(image).await?;
+        if self
+            .store
+            .image(name)?
+            .is_some_and(|r| r.state == ImageState::Held)
+        {
+            info!("image is held (rolled back); not building");
+            return Ok(None);
+        }
         let plan = self.plan(image)?;
         let (now, pins) = self.inputs(image, &plan).await?;
         lock(&self.failed_inputs).insert(name.to_owned(), now.digests.clone());
@@ -100,14 +111,23 @@ impl Daemon {
             None => None,
         };
         let built = current.as_ref().map(version_inputs);
+        let highest = self.highest(name)?;
         let published = current
             .as_ref()
             .zip(built.as_ref())
-            .map(|(c, inputs)| Published {
+            .zip(highest.as_ref())
+            .map(|((c, inputs), highest)| Published {
                 version: &c.version,
                 inputs,
+                highest,
             });
-        let decision = decide(published, &image.version, image.bump, &now, job.trigger());
+        // A rebuild request merged into the job forces a build.
+        let trigger = if job.is_manual() {
+            Trigger::Manual
+        } else {
+            job.trigger()
+        };
+        let decision = decide(published, &image.version, image.bump, &now, trigger);
         let Decision::Build {
             version,
             supersedes,
@@ -116,6 +136,11 @@ impl Daemon {
         } = decision
         else {
             info!("image is already fresh; nothing to build");
+            // A crash may have cut the floating tags' move short: finish it.
+            if let Some(c) = &current {
+                self.ensure_floating_tags(image, &c.version, &c.digest)
+                    .await?;
+            }
             return Ok(None);
         };
         let Repository::Registry(repo) = &image.repository else {
@@ -251,6 +276,7 @@ impl Daemon {
                 let _ = tokio::fs::remove_dir_all(&workdir).await;
                 let out = outcome.with_context(|| format!("build of {target} (job {job})"))?;
                 info!(digest = %out.digest, "pushed {target}");
+                failpoint("after-version-push");
                 out.digest
             }
         };
@@ -264,6 +290,7 @@ impl Daemon {
             superseded_by: None,
             superseded_at: None,
             reason: None,
+            supersedes,
         };
         let reason = supersedes.map(|_| Reason {
             trigger,
@@ -280,19 +307,39 @@ impl Daemon {
             .publish(name, &record, reason)
             .with_context(|| format!("recording {target} ({digest})"))?;
         info!(%digest, "published {target}");
+        if self
+            .store
+            .image(name)?
+            .is_some_and(|r| r.state == ImageState::Held)
+        {
+            info!("image was rolled back meanwhile: floating tags stay where they are");
+            return Ok(());
+        }
         let mut tag_errors = Vec::new();
         for template in &image.tags {
             let tag = template.render(&version);
             match self.registry.tag(repo, &digest, &tag).await {
-                Ok(()) => info!(tag = %tag, "moved floating tag"),
+                Ok(()) => {
+                    info!(tag = %tag, "moved floating tag");
+                    failpoint("after-first-floating-tag");
+                }
                 Err(e) => tag_errors.push(format!("{tag}: {e}")),
             }
         }
         if !tag_errors.is_empty() {
-            return Err(anyhow!(
+            // The version is published (and cascades); the tags are finished
+            // by the image's next job.
+            let msg = format!(
                 "{target} is published but floating tags did not move: {}",
                 tag_errors.join("; ")
-            ));
+            );
+            error!("{msg}");
+            if let Err(e) = self
+                .store
+                .update_image(name, |r| r.last_error = Some(msg.clone()))
+            {
+                error!("cannot record the error: {e}");
+            }
         }
         Ok(())
     }

@@ -1,9 +1,11 @@
 //! The `rebased` binary: CLI, config loading, signals, logging, wiring.
 
 mod backend;
+mod client;
 mod config;
 mod daemon;
 mod executor;
+mod ledger;
 mod poller;
 
 use std::collections::BTreeMap;
@@ -41,6 +43,59 @@ enum Command {
         #[arg(long, short, default_value = "/etc/rebased/rebased.toml")]
         config: PathBuf,
     },
+    /// Show the daemon's status.
+    Status {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// List the managed images.
+    Images {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Show one image's history: versions, supersession, rollbacks.
+    Image {
+        /// The image's name.
+        name: String,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// List jobs.
+    Jobs {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Print a job's build log.
+    Log {
+        /// The job's id.
+        job: u64,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Queue a rebuild of an image now.
+    Rebuild {
+        /// The image's name.
+        name: String,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Point an image's floating tags at an earlier version and hold it.
+    Rollback {
+        /// The image's name.
+        name: String,
+        /// The version to go back to.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// End a hold: the image builds automatically again.
+    Resume {
+        /// The image's name.
+        name: String,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// Print a Dockerfile's external bases, one normalised reference a line.
     Bases {
         /// The Dockerfile.
@@ -61,6 +116,32 @@ fn main() -> ExitCode {
             dockerfile,
             build_args,
         } => bases(&dockerfile, &build_args),
+        Command::Status { api } => client_cmd(&api, client::status),
+        Command::Images { api } => client_cmd(&api, client::images),
+        Command::Image { name, api } => client_cmd(&api, |c| client::image(c, &name)),
+        Command::Jobs { api } => client_cmd(&api, client::jobs),
+        Command::Log { job, api } => client_cmd(&api, |c| client::log(c, job)),
+        Command::Rebuild { name, api } => client_cmd(&api, |c| client::rebuild(c, &name)),
+        Command::Rollback { name, to, api } => {
+            client_cmd(&api, |c| client::rollback(c, &name, &to))
+        }
+        Command::Resume { name, api } => client_cmd(&api, |c| client::resume(c, &name)),
+    }
+}
+
+fn client_cmd(
+    args: &client::ApiArgs,
+    f: impl FnOnce(&client::Client) -> anyhow::Result<String>,
+) -> ExitCode {
+    match client::Client::new(args).and_then(|c| f(&c)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use rebased_scheduler::queue::reason;
 use rebased_scheduler::schedule::next_of;
 use rebased_scheduler::settle::{Observation, Watch};
 use rebased_scheduler::{decide, Decision, Published};
-use rebased_state::{BaseRecord, ImageRecord};
+use rebased_state::BaseRecord;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -26,7 +26,8 @@ use crate::daemon::{lock, version_inputs, Daemon};
 pub struct CheckRequest {
     /// `None`: every base.
     pub references: Option<Vec<ImageRef>>,
-    /// What asked (`Manual` for `POST /v1/check`, `Webhook`).
+    /// What asked (`Poll` for `POST /v1/check`, `Webhook`); recorded as the
+    /// reason of any build it causes.
     pub trigger: Trigger,
 }
 
@@ -265,12 +266,15 @@ pub async fn evaluate(
         .and_then(|r| r.current)
         .and_then(|v| daemon.store.version(name, &v).ok().flatten());
     let built = current.as_ref().map(version_inputs);
+    let highest = daemon.highest(name).ok().flatten();
     let published = current
         .as_ref()
         .zip(built.as_ref())
-        .map(|(c, inputs)| Published {
+        .zip(highest.as_ref())
+        .map(|((c, inputs), highest)| Published {
             version: &c.version,
             inputs,
+            highest,
         });
     match decide(published, &image.version, image.bump, &now, trigger) {
         Decision::Fresh => {
@@ -309,21 +313,14 @@ fn mark_failing(daemon: &Daemon, name: &str, error: &str) {
 
 /// Sets an image's state (and error), keeping the rest of its record.
 pub fn set_state(daemon: &Daemon, name: &str, state: ImageState, error: Option<String>) {
-    let mut rec = match daemon.store.image(name) {
-        Ok(Some(r)) => r,
-        Ok(None) => ImageRecord::new(name),
-        Err(e) => {
-            error!(image = %name, "cannot read image record: {e}");
-            return;
+    let result = daemon.store.update_image(name, |rec| {
+        rec.state = state;
+        rec.last_error = error.clone();
+        if state != ImageState::Failing {
+            rec.failed_inputs = None;
         }
-    };
-    rec.state = state;
-    rec.last_error = error;
-    if state != ImageState::Failing {
-        rec.failed_inputs = None;
-    }
-    rec.updated_at = Utc::now();
-    if let Err(e) = daemon.store.put_image(&rec) {
+    });
+    if let Err(e) = result {
         error!(image = %name, "cannot record image state: {e}");
     }
 }

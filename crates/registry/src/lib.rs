@@ -228,10 +228,11 @@ impl Registry {
                     return Err(e);
                 }
             };
-            let n = page.tags.len();
+            // Some registries cap pages below `n`: read until a page is empty
+            // or repeats.
             let next = page.tags.last().cloned();
             tags.extend(page.tags);
-            if n < 1000 || next.is_none() || next == last {
+            if next.is_none() || next == last {
                 break;
             }
             last = next;

@@ -64,10 +64,13 @@ pub fn select_platforms(
 /// What an image was last published as.
 #[derive(Debug, Clone, Copy)]
 pub struct Published<'a> {
-    /// The current version.
+    /// The current version (what the floating tags point at).
     pub version: &'a Version,
     /// What it was built from.
     pub inputs: &'a Inputs,
+    /// The highest version ever published (above `version` after a
+    /// rollback): the next version is bumped from it, so no version is reused.
+    pub highest: &'a Version,
 }
 
 /// One base's move.
@@ -132,7 +135,7 @@ pub fn decide(
         },
         Some(p) if p.inputs.same_as(now) && trigger != Trigger::Manual => Decision::Fresh,
         Some(p) => Decision::Build {
-            version: bump.next(p.version),
+            version: bump.next(p.highest.max(p.version)),
             supersedes: Some(*p.version),
             trigger,
             changes: changes_from(&p.inputs.digests),
@@ -182,6 +185,7 @@ mod tests {
         let p = Published {
             version: &cur,
             inputs: &built,
+            highest: &cur,
         };
         assert_eq!(
             decide(
@@ -203,6 +207,7 @@ mod tests {
         let p = Published {
             version: &cur,
             inputs: &built,
+            highest: &cur,
         };
         let Decision::Build {
             version,
@@ -230,6 +235,7 @@ mod tests {
         let p = Published {
             version: &cur,
             inputs: &built,
+            highest: &cur,
         };
         let Decision::Build {
             version, trigger, ..
@@ -261,6 +267,7 @@ mod tests {
         let p = Published {
             version: &cur,
             inputs: &built,
+            highest: &cur,
         };
         // arm64 moved, index digest moved: still fresh for an amd64-only image
         assert_eq!(
@@ -290,6 +297,28 @@ mod tests {
     }
 
     #[test]
+    fn after_a_rollback_the_next_version_follows_the_highest() {
+        let built = bases(&[("a", '1')]);
+        let now = bases(&[("a", '2')]);
+        let cur = v("1.0.0");
+        let highest = v("1.0.5");
+        let p = Published {
+            version: &cur,
+            inputs: &built,
+            highest: &highest,
+        };
+        let Decision::Build {
+            version,
+            supersedes,
+            ..
+        } = decide(Some(p), &v("1.0.0"), Bump::Patch, &now, Trigger::Poll)
+        else {
+            panic!("must build");
+        };
+        assert_eq!((version, supersedes), (v("1.0.6"), Some(v("1.0.0"))));
+    }
+
+    #[test]
     fn revision_bump() {
         let built = bases(&[("a", '1')]);
         let now = bases(&[("a", '2')]);
@@ -297,6 +326,7 @@ mod tests {
         let p = Published {
             version: &cur,
             inputs: &built,
+            highest: &cur,
         };
         let Decision::Build { version, .. } =
             decide(Some(p), &v("1.0.0"), Bump::Revision, &now, Trigger::Poll)
@@ -314,6 +344,7 @@ mod tests {
         let p = Published {
             version: &cur,
             inputs: &built,
+            highest: &cur,
         };
         assert!(matches!(
             decide(Some(p), &v("1.0.0"), Bump::Patch, &now, Trigger::Poll),

@@ -62,35 +62,51 @@ pub struct Limits {
     pub max_attempts: u32,
 }
 
-/// Wall-clock time that follows tokio's clock, so paused-time tests and the
-/// real daemon use one code path.
+/// The dispatcher's clock: the system's wall clock (what the rest of the
+/// daemon stamps times with), or, in tests, one that follows tokio's
+/// (pausable) clock from a start time.
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    base_utc: DateTime<Utc>,
-    base: tokio::time::Instant,
+pub enum Clock {
+    /// `Utc::now()`.
+    System,
+    /// `start` plus the tokio time elapsed since `base`.
+    Tokio {
+        /// Wall-clock reading at `base`.
+        start: DateTime<Utc>,
+        /// When the clock was made.
+        base: tokio::time::Instant,
+    },
 }
 
 impl Clock {
-    /// A clock reading `start` now.
+    /// A clock reading `start` now and following tokio's clock.
     pub fn starting_at(start: DateTime<Utc>) -> Self {
-        Self {
-            base_utc: start,
+        Self::Tokio {
+            start,
             base: tokio::time::Instant::now(),
         }
     }
 
     /// The system clock.
     pub fn system() -> Self {
-        Self::starting_at(Utc::now())
+        Self::System
     }
 
     /// Now.
     pub fn now(&self) -> DateTime<Utc> {
-        let elapsed =
-            chrono::Duration::from_std(self.base.elapsed()).unwrap_or(chrono::Duration::zero());
-        self.base_utc + elapsed
+        match self {
+            Self::System => Utc::now(),
+            Self::Tokio { start, base } => {
+                *start
+                    + chrono::Duration::from_std(base.elapsed()).unwrap_or(chrono::Duration::zero())
+            }
+        }
     }
 }
+
+/// The dispatcher re-checks at least this often (a wall-clock jump cannot
+/// leave a due job waiting for long).
+const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 /// The queue shared with readers (the API).
 pub type SharedQueue = Arc<Mutex<Queue>>;
@@ -146,6 +162,8 @@ impl<E: Executor> Dispatcher<E> {
         until_idle: bool,
     ) {
         let mut running: JoinSet<(JobId, Outcome)> = JoinSet::new();
+        let mut tasks: std::collections::HashMap<tokio::task::Id, JobId> =
+            std::collections::HashMap::new();
         let mut open = true;
         loop {
             if until_idle {
@@ -154,20 +172,35 @@ impl<E: Executor> Dispatcher<E> {
                 }
             }
             if !shutdown.is_cancelled() {
-                self.start_due(&mut running);
+                self.start_due(&mut running, &mut tasks);
             }
             if (shutdown.is_cancelled() || !open || until_idle) && running.is_empty() {
+                // Commands that arrived while stopping are kept for the next start.
+                while let Ok(cmd) = rx.try_recv() {
+                    if let Command::Enqueue { .. } = cmd {
+                        self.command(cmd);
+                    }
+                }
                 break;
             }
             let now = self.clock.now();
             let wait = lock(&self.queue)
                 .next_due(now)
                 .and_then(|t| (t - now).to_std().ok())
-                .unwrap_or(Duration::from_secs(3600));
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
             tokio::select! {
-                Some(done) = running.join_next(), if !running.is_empty() => match done {
-                    Ok((id, outcome)) => self.finish(id, outcome),
-                    Err(e) => warn!("build task failed: {e}"),
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => match done {
+                    Ok((task, (id, outcome))) => {
+                        tasks.remove(&task);
+                        self.finish(id, outcome);
+                    }
+                    Err(e) => {
+                        warn!("build task failed: {e}");
+                        if let Some(id) = tasks.remove(&e.id()) {
+                            self.finish(id, Outcome::Failed(format!("the build task failed: {e}")));
+                        }
+                    }
                 },
                 cmd = rx.recv(), if open && !shutdown.is_cancelled() => match cmd {
                     Some(cmd) => self.command(cmd),
@@ -200,7 +233,11 @@ impl<E: Executor> Dispatcher<E> {
         self.executor.record(&job, None);
     }
 
-    fn start_due(&self, running: &mut JoinSet<(JobId, Outcome)>) {
+    fn start_due(
+        &self,
+        running: &mut JoinSet<(JobId, Outcome)>,
+        tasks: &mut std::collections::HashMap<tokio::task::Id, JobId>,
+    ) {
         let now = self.clock.now();
         let started: Vec<Job> = {
             let mut q = lock(&self.queue);
@@ -212,7 +249,8 @@ impl<E: Executor> Dispatcher<E> {
             self.executor.record(&job, None);
             let executor = Arc::clone(&self.executor);
             let id = job.id;
-            running.spawn(async move { (id, executor.execute(job).await) });
+            let handle = running.spawn(async move { (id, executor.execute(job).await) });
+            tasks.insert(handle.id(), id);
         }
     }
 
@@ -336,7 +374,7 @@ mod tests {
         run_for: Duration,
     ) -> SharedQueue {
         let queue: SharedQueue = Arc::new(Mutex::new(Queue::default()));
-        let clock = Clock::system();
+        let clock = Clock::starting_at(Utc::now());
         let d = Dispatcher::new(Arc::clone(&queue), g, fake, limits, clock);
         let (tx, rx) = mpsc::channel(16);
         let shutdown = CancellationToken::new();
@@ -464,7 +502,7 @@ mod tests {
             ..Fake::default()
         });
         let queue: SharedQueue = Arc::new(Mutex::new(Queue::default()));
-        let clock = Clock::system();
+        let clock = Clock::starting_at(Utc::now());
         let d = Dispatcher::new(
             Arc::clone(&queue),
             graph(&[("a", &[])]),

@@ -266,6 +266,11 @@ impl Queue {
             .min()
     }
 
+    /// The id the next new job gets.
+    pub fn next_id(&self) -> JobId {
+        self.next_id
+    }
+
     /// Number of queued jobs.
     pub fn depth(&self) -> usize {
         self.jobs

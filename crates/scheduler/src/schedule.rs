@@ -11,14 +11,24 @@ use rebased_core::config::CronSpec;
 
 /// The next time `spec` fires strictly after `after`, with `spec` read in UTC.
 pub fn next_after(spec: &CronSpec, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    spec.schedule().after(&after).next()
+    spec.schedules()
+        .iter()
+        .filter_map(|s| s.after(&after).next())
+        .min()
 }
 
 /// The next time `spec` fires strictly after `after`, with `spec` read in `tz`.
 pub fn next_after_in(spec: &CronSpec, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    spec.schedules()
+        .iter()
+        .filter_map(|s| next_in(s, tz, after))
+        .min()
+}
+
+fn next_in(schedule: &cron::Schedule, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let local = after.with_timezone(&tz);
     let mut last: Option<DateTime<Utc>> = None;
-    for t in spec.schedule().after(&local).take(4) {
+    for t in schedule.after(&local).take(4) {
         let utc = t.with_timezone(&Utc);
         // A repeated local hour yields the same wall-clock time twice; the
         // first occurrence wins, and nothing at or before `after` counts.

@@ -43,6 +43,16 @@ pub enum StateError {
         /// The cause.
         source: serde_json::Error,
     },
+    /// The database was written by another schema version.
+    #[error("state database {path} has schema version {found}; this rebased reads version {expected}: move it aside to rebuild the ledger from the registry")]
+    Schema {
+        /// The database directory.
+        path: PathBuf,
+        /// The version found.
+        found: String,
+        /// The version this build reads.
+        expected: u32,
+    },
     /// A write was refused because it would break an invariant.
     #[error("state {what}: {reason}")]
     Invariant {
@@ -106,6 +116,10 @@ pub struct ImageRecord {
     /// image is not retried until its inputs differ.
     #[serde(default)]
     pub failed_inputs: Option<BTreeMap<String, Digest>>,
+    /// The ledger was read from the registry (or found empty there): the
+    /// registry's versions need not be imported again.
+    #[serde(default)]
+    pub ledger_synced: bool,
 }
 
 impl ImageRecord {
@@ -118,6 +132,7 @@ impl ImageRecord {
             last_error: None,
             updated_at: Utc::now(),
             failed_inputs: None,
+            ledger_synced: false,
         }
     }
 }
@@ -165,6 +180,22 @@ pub struct VersionRecord {
     pub superseded_at: Option<DateTime<Utc>>,
     /// Why it was replaced.
     pub reason: Option<Reason>,
+    /// The version it replaced (`io.rebased.supersedes`).
+    #[serde(default)]
+    pub supersedes: Option<Version>,
+}
+
+/// An operator moved an image's floating tags back to an earlier version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackEvent {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The version that was current.
+    pub from: Option<Version>,
+    /// The version the floating tags point at again.
+    pub to: Version,
+    /// Its digest.
+    pub digest: Digest,
 }
 
 /// The store.
@@ -175,7 +206,11 @@ pub struct Store {
     images: sled::Tree,
     versions: sled::Tree,
     jobs: sled::Tree,
+    rollbacks: sled::Tree,
 }
+
+/// The layout version of the database; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`.
@@ -186,7 +221,26 @@ impl Store {
         };
         let db = sled::Config::new().path(dir).open().map_err(open_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
+        let meta = tree("meta")?;
+        match meta.get("schema").map_err(open_err)? {
+            None => {
+                meta.insert("schema", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(open_err)?;
+            }
+            Some(v) if v.as_ref() == SCHEMA_VERSION.to_be_bytes() => {}
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(|b| u32::from_be_bytes(b).to_string())
+                    .unwrap_or_else(|_| format!("{:?}", v.as_ref()));
+                return Err(StateError::Schema {
+                    path: dir.to_owned(),
+                    found,
+                    expected: SCHEMA_VERSION,
+                });
+            }
+        }
         Ok(Self {
+            rollbacks: tree("rollbacks")?,
             bases: tree("bases")?,
             images: tree("images")?,
             versions: tree("versions")?,
@@ -222,6 +276,45 @@ impl Store {
     /// The record of image `name`.
     pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StateError> {
         get(&self.images, name.as_bytes(), &format!("image {name}"))
+    }
+
+    /// Changes image `name`'s record atomically (a fresh record if none),
+    /// so concurrent writers (a publish, a state change) never undo each other.
+    pub fn update_image(
+        &self,
+        name: &str,
+        f: impl Fn(&mut ImageRecord),
+    ) -> Result<ImageRecord, StateError> {
+        let what = format!("image {name}");
+        let mut decode_error = None;
+        let new = self
+            .images
+            .update_and_fetch(name.as_bytes(), |old| {
+                let mut rec = match old.map(serde_json::from_slice::<ImageRecord>) {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
+                        decode_error = Some(e);
+                        return old.map(<[u8]>::to_vec);
+                    }
+                    None => ImageRecord::new(name),
+                };
+                f(&mut rec);
+                rec.updated_at = Utc::now();
+                serde_json::to_vec(&rec)
+                    .ok()
+                    .or_else(|| old.map(<[u8]>::to_vec))
+            })
+            .map_err(|source| StateError::Db {
+                what: what.clone(),
+                source,
+            })?;
+        if let Some(source) = decode_error {
+            return Err(StateError::Decode { what, source });
+        }
+        match new {
+            Some(bytes) => decode(&bytes, &what),
+            None => Ok(ImageRecord::new(name)),
+        }
     }
 
     /// Stores an image record.
@@ -308,7 +401,10 @@ impl Store {
             }
             versions.insert(new_key.clone(), new_bytes.clone())?;
             image.current = Some(new.version);
-            image.state = ImageState::Fresh;
+            image.ledger_synced = true;
+            if image.state != ImageState::Held {
+                image.state = ImageState::Fresh;
+            }
             image.last_error = None;
             image.failed_inputs = None;
             image.updated_at = Utc::now();
@@ -349,6 +445,122 @@ impl Store {
                 })?;
         }
         Ok(())
+    }
+
+    /// Records a rollback: the image's current version becomes `event.to`,
+    /// the version rolled away from is superseded by it (trigger
+    /// `rollback`), and the image is held.
+    pub fn rollback(&self, name: &str, event: &RollbackEvent) -> Result<(), StateError> {
+        let what = format!("rollback {name} to {}", event.to);
+        let mut key = name.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&event.at.timestamp_micros().to_be_bytes());
+        let event_bytes = encode(event, &what)?;
+        let result = (&self.images, &self.versions, &self.rollbacks).transaction(
+            |(images, versions, rollbacks)| {
+                let abort = |reason: String| ConflictableTransactionError::Abort(reason);
+                if versions.get(version_key(name, &event.to))?.is_none() {
+                    return Err(abort(format!("version {} is not in the ledger", event.to)));
+                }
+                let mut image: ImageRecord = match images.get(name.as_bytes())? {
+                    Some(b) => serde_json::from_slice(&b)
+                        .map_err(|e| abort(format!("image record does not decode: {e}")))?,
+                    None => return Err(abort("image has no ledger".to_owned())),
+                };
+                if let Some(from) = event.from.filter(|f| *f != event.to) {
+                    let k = version_key(name, &from);
+                    if let Some(b) = versions.get(&k)? {
+                        let mut rec: VersionRecord = serde_json::from_slice(&b)
+                            .map_err(|e| abort(format!("stored version does not decode: {e}")))?;
+                        rec.superseded_by = Some(event.to);
+                        rec.superseded_at = Some(event.at);
+                        rec.reason = Some(Reason {
+                            trigger: Trigger::Rollback,
+                            bases: Vec::new(),
+                        });
+                        versions.insert(
+                            k,
+                            serde_json::to_vec(&rec).map_err(|e| abort(e.to_string()))?,
+                        )?;
+                    }
+                }
+                image.current = Some(event.to);
+                image.state = ImageState::Held;
+                image.last_error = None;
+                image.updated_at = event.at;
+                images.insert(
+                    name.as_bytes(),
+                    serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?,
+                )?;
+                rollbacks.insert(key.clone(), event_bytes.clone())?;
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => self.flush(&what),
+            Err(TransactionError::Abort(reason)) => Err(StateError::Invariant { what, reason }),
+            Err(TransactionError::Storage(source)) => Err(StateError::Db { what, source }),
+        }
+    }
+
+    /// Every rollback of image `name`, oldest first.
+    pub fn rollbacks(&self, name: &str) -> Result<Vec<RollbackEvent>, StateError> {
+        let what = format!("rollbacks of {name}");
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        self.rollbacks
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (_, v) = kv.map_err(|source| StateError::Db {
+                    what: what.clone(),
+                    source,
+                })?;
+                decode(&v, &what)
+            })
+            .collect()
+    }
+
+    /// Replaces the ledger of image `name` with `versions` read from the
+    /// registry (recovery, or first sight of a repository that already
+    /// holds versions); `current` becomes its current version.
+    pub fn import(
+        &self,
+        name: &str,
+        versions: &[VersionRecord],
+        current: Option<Version>,
+    ) -> Result<(), StateError> {
+        let what = format!("import ledger of {name}");
+        let result = (&self.images, &self.versions).transaction(|(images, vtree)| {
+            let abort = |reason: String| ConflictableTransactionError::Abort(reason);
+            for v in versions {
+                // What the ledger already knows is kept: it is more exact.
+                let key = version_key(name, &v.version);
+                if vtree.get(&key)?.is_none() {
+                    let bytes = serde_json::to_vec(v).map_err(|e| abort(e.to_string()))?;
+                    vtree.insert(key, bytes)?;
+                }
+            }
+            let mut image: ImageRecord = match images.get(name.as_bytes())? {
+                Some(b) => serde_json::from_slice(&b)
+                    .map_err(|e| abort(format!("image record does not decode: {e}")))?,
+                None => ImageRecord::new(name),
+            };
+            if image.current.is_none() {
+                image.current = current;
+            }
+            image.ledger_synced = true;
+            image.updated_at = Utc::now();
+            images.insert(
+                name.as_bytes(),
+                serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?,
+            )?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => self.flush(&what),
+            Err(TransactionError::Abort(reason)) => Err(StateError::Invariant { what, reason }),
+            Err(TransactionError::Storage(source)) => Err(StateError::Db { what, source }),
+        }
     }
 
     /// Writes everything to disk.
@@ -455,7 +667,76 @@ mod tests {
             superseded_by: None,
             superseded_at: None,
             reason: None,
+            supersedes: None,
         }
+    }
+
+    #[test]
+    fn schema_version_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::open(dir.path()).expect("new db gets the schema"));
+        drop(Store::open(dir.path()).expect("same schema reopens"));
+        {
+            let db = sled::open(dir.path()).expect("raw");
+            db.open_tree("meta")
+                .expect("meta")
+                .insert("schema", &7u32.to_be_bytes())
+                .expect("write");
+            db.flush().expect("flush");
+        }
+        let err = Store::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("schema version 7"), "{err}");
+    }
+
+    #[test]
+    fn rollback_holds_and_supersedes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store
+            .publish("app", &version("1.0.0", 'a', '1'), None)
+            .expect("1.0.0");
+        store
+            .publish("app", &version("1.0.1", 'b', '2'), None)
+            .expect("1.0.1");
+        let event = RollbackEvent {
+            at: Utc::now(),
+            from: Some(Version::parse("1.0.1").expect("v")),
+            to: Version::parse("1.0.0").expect("v"),
+            digest: digest('a'),
+        };
+        store.rollback("app", &event).expect("rollback");
+        let image = store.image("app").expect("get").expect("present");
+        assert_eq!(
+            (image.state, image.current),
+            (ImageState::Held, Some(event.to))
+        );
+        let v101 = store
+            .version("app", &Version::parse("1.0.1").expect("v"))
+            .expect("get")
+            .expect("present");
+        assert_eq!(v101.superseded_by, Some(event.to));
+        assert_eq!(v101.reason.map(|r| r.trigger), Some(Trigger::Rollback));
+        assert_eq!(store.rollbacks("app").expect("events"), vec![event.clone()]);
+        let bad = RollbackEvent {
+            to: Version::parse("9.9.9").expect("v"),
+            ..event
+        };
+        assert!(
+            store.rollback("app", &bad).is_err(),
+            "only versions in the ledger"
+        );
+    }
+
+    #[test]
+    fn import_replaces_the_ledger() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let v = [version("1.0.0", 'a', '1'), version("1.0.1", 'b', '2')];
+        store.import("app", &v, Some(v[1].version)).expect("import");
+        let image = store.image("app").expect("get").expect("present");
+        assert!(image.ledger_synced);
+        assert_eq!(image.current, Some(v[1].version));
+        assert_eq!(store.versions("app").expect("versions").len(), 2);
     }
 
     #[test]
