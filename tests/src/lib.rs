@@ -305,6 +305,11 @@ impl Daemon {
     /// Starts `rebased run --config config`, whose `daemon.listen` is `listen`,
     /// and waits for the API.
     pub fn start(config: &Path, listen: &str, log: &Path) -> Self {
+        Self::start_with_env(config, listen, log, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(config: &Path, listen: &str, log: &Path, env: &[(&str, &str)]) -> Self {
         let out = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -314,6 +319,7 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,rebased=debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -348,6 +354,41 @@ impl Daemon {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the daemon to exit by itself (e.g. at a failpoint).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                panic!(
+                    "daemon did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs a CLI client command against this daemon; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(rebased_bin())
+            .args(args)
+            .arg("--api")
+            .arg(&self.api)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rebased {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// SIGKILL: a crash at whatever point the daemon is at.

@@ -140,6 +140,11 @@ impl Daemon {
             if let Some(c) = &current {
                 self.ensure_floating_tags(image, &c.version, &c.digest)
                     .await?;
+                if c.job == Some(job.id) {
+                    // This job published it before a crash: it still counts
+                    // as its publish (and cascades).
+                    return Ok(Some(c.version));
+                }
             }
             return Ok(None);
         };
@@ -243,13 +248,16 @@ impl Daemon {
                     .rev()
                     .find(|u| u.kind == BaseKind::From)
                     .and_then(|u| pins.get(&u.reference).map(|d| (&u.reference, d)));
-                let annotations = provenance::annotations(
-                    &version,
-                    Utc::now(),
+                let annotations = provenance::Provenance {
+                    version: &version,
+                    created: Utc::now(),
                     primary,
-                    pins,
-                    supersedes.as_ref(),
-                );
+                    bases: pins,
+                    platforms: &now.platforms,
+                    supersedes: supersedes.as_ref(),
+                    trigger,
+                }
+                .annotations();
                 let workdir = self
                     .config
                     .daemon
@@ -291,6 +299,7 @@ impl Daemon {
             superseded_at: None,
             reason: None,
             supersedes,
+            job: Some(job),
         };
         let reason = supersedes.map(|_| Reason {
             trigger,

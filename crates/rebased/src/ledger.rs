@@ -81,6 +81,7 @@ impl Daemon {
                     superseded_at: None,
                     reason: None,
                     supersedes: rec.supersedes,
+                    job: None,
                 },
             );
         }

@@ -183,6 +183,9 @@ pub struct VersionRecord {
     /// The version it replaced (`io.rebased.supersedes`).
     #[serde(default)]
     pub supersedes: Option<Version>,
+    /// The job that published it (absent for versions read back from the registry).
+    #[serde(default)]
+    pub job: Option<JobId>,
 }
 
 /// An operator moved an image's floating tags back to an earlier version.
@@ -668,6 +671,7 @@ mod tests {
             superseded_at: None,
             reason: None,
             supersedes: None,
+            job: None,
         }
     }
 

@@ -1,0 +1,287 @@
+//! Versions are never lost or overwritten: foreign tags, crashes at the
+//! worst moments, rollback and hold, and a lost state directory.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rebased_e2e::{free_port, wait_for, BaseMaker, Daemon, Registry};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(180);
+
+struct Setup {
+    registry: Registry,
+    bases: BaseMaker,
+    work: tempfile::TempDir,
+    config: PathBuf,
+    listen: String,
+    log: PathBuf,
+}
+
+fn setup(extra_daemon: &str) -> Setup {
+    let registry = Registry::start();
+    let host = registry.host.clone();
+    let bases = BaseMaker::new();
+    bases.push(&registry, "base:latest", "v1");
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("app");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("hello"), "hello\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = work.path().join("rebased.toml");
+    fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n{extra_daemon}\n[builder]\nmax_attempts = 1\n\n[registries.\"{host}\"]\ninsecure = true\n\n[[image]]\nname = \"app\"\ncontext = \"{}\"\nrepository = \"{host}/app\"\nversion = \"1.0.0\"\ntags = [\"{{major}}.{{minor}}\", \"{{major}}\", \"latest\"]\n",
+            work.path().join("state").display(),
+            ctx.display()
+        ),
+    )
+    .unwrap();
+    let log = work.path().join("daemon.log");
+    Setup {
+        registry,
+        bases,
+        work,
+        config,
+        listen,
+        log,
+    }
+}
+
+impl Setup {
+    fn start(&self) -> Daemon {
+        Daemon::start(&self.config, &self.listen, &self.log)
+    }
+}
+
+fn image(d: &Daemon) -> Value {
+    d.get("/v1/images/app")
+}
+
+/// The current version once the image is fresh.
+fn fresh_at(d: &Daemon) -> Option<String> {
+    let i = image(d);
+    (i["state"] == "fresh")
+        .then(|| i["current_version"].as_str().map(str::to_owned))
+        .flatten()
+}
+
+fn wait_version(d: &Daemon, v: &str) {
+    wait_for(&format!("app at {v}"), WAIT, || {
+        (fresh_at(d).as_deref() == Some(v)).then_some(())
+    });
+}
+
+fn floating_on(s: &Setup, digest: &str) -> bool {
+    ["1.0", "1", "latest"]
+        .iter()
+        .all(|t| s.registry.digest(&format!("app:{t}")).as_deref() == Some(digest))
+}
+
+#[test]
+fn a_foreign_image_at_the_next_version_is_never_overwritten() {
+    let s = setup("");
+    let daemon = s.start();
+    wait_version(&daemon, "1.0.0");
+    // Someone pushes something else as 1.0.1 by hand.
+    let foreign = s.bases.push(&s.registry, "app:1.0.1", "foreign");
+    s.bases.push(&s.registry, "base:latest", "v2");
+    wait_for("the job to fail", WAIT, || {
+        (image(&daemon)["state"] == "failing").then_some(())
+    });
+    let err = image(&daemon)["last_error"].as_str().unwrap().to_owned();
+    assert!(
+        err.contains(&format!("{}/app:1.0.1", s.registry.host))
+            && err.contains("refusing to overwrite"),
+        "{err}"
+    );
+    assert_eq!(
+        s.registry.digest("app:1.0.1").as_deref(),
+        Some(foreign.as_str()),
+        "1.0.1 untouched"
+    );
+    let v100 = s.registry.digest("app:1.0.0").unwrap();
+    assert!(floating_on(&s, &v100), "floating tags stay on 1.0.0");
+    assert_eq!(image(&daemon)["current_version"], "1.0.0");
+}
+
+fn crash_at(failpoint: &str) {
+    let s = setup("");
+    let daemon = s.start();
+    wait_version(&daemon, "1.0.0");
+    drop(daemon);
+    // Run with the failpoint armed: the base moves, the daemon dies mid-publish.
+    let mut daemon = Daemon::start_with_env(
+        &s.config,
+        &s.listen,
+        &s.log,
+        &[("REBASED_FAILPOINT", failpoint)],
+    );
+    s.bases.push(&s.registry, "base:latest", "v2");
+    let status = daemon.wait_exit(WAIT);
+    assert!(!status.success(), "the failpoint aborts the daemon");
+    assert!(
+        s.registry.digest("app:1.0.1").is_some(),
+        "1.0.1 was pushed before the crash"
+    );
+
+    let daemon = s.start();
+    wait_version(&daemon, "1.0.1");
+    std::thread::sleep(Duration::from_secs(3));
+    let v101 = s.registry.digest("app:1.0.1").unwrap();
+    assert!(
+        floating_on(&s, &v101),
+        "floating tags end on the newest version"
+    );
+    let tags = s.registry.tags("app");
+    assert!(!tags.contains(&"1.0.2".to_owned()), "{tags:?}");
+    let img = image(&daemon);
+    let versions = img["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{img:#}");
+    assert_eq!(
+        versions[1]["digest"],
+        Value::String(v101.clone()),
+        "the ledger agrees with the registry"
+    );
+    assert_eq!(versions[0]["superseded_by"], "1.0.1");
+    let jobs = daemon.get("/v1/jobs");
+    let published = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["published"] == "1.0.1")
+        .count();
+    assert_eq!(published, 1, "one job published 1.0.1");
+}
+
+#[test]
+fn a_crash_after_the_version_push_is_adopted_after_restart() {
+    crash_at("after-version-push");
+}
+
+#[test]
+fn a_crash_after_the_first_floating_tag_is_finished_after_restart() {
+    crash_at("after-first-floating-tag");
+}
+
+#[test]
+fn rollback_holds_until_resume_then_the_next_version_supersedes_the_held_one() {
+    let s = setup("");
+    let daemon = s.start();
+    wait_version(&daemon, "1.0.0");
+    let v100 = s.registry.digest("app:1.0.0").unwrap();
+    s.bases.push(&s.registry, "base:latest", "v2");
+    wait_version(&daemon, "1.0.1");
+
+    let out = daemon.cli(&["rollback", "app", "--to", "1.0.0"]);
+    assert!(out.contains("rolled back from 1.0.1 to 1.0.0"), "{out}");
+    assert!(floating_on(&s, &v100), "floating tags back on 1.0.0");
+    assert_eq!(image(&daemon)["state"], "held");
+
+    // Held: a base update builds nothing.
+    s.bases.push(&s.registry, "base:latest", "v3");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!s.registry.tags("app").contains(&"1.0.2".to_owned()));
+    assert_eq!(image(&daemon)["state"], "held");
+    assert!(floating_on(&s, &v100));
+
+    let table = daemon.cli(&["image", "app"]);
+    assert!(table.contains("app: held, current 1.0.0"), "{table}");
+    assert!(
+        table.contains("rollbacks:") && table.contains("1.0.1  1.0.0"),
+        "{table}"
+    );
+
+    daemon.cli(&["resume", "app"]);
+    wait_version(&daemon, "1.0.2");
+    let v102 = s.registry.digest("app:1.0.2").unwrap();
+    assert!(floating_on(&s, &v102));
+    let img = image(&daemon);
+    let versions = img["versions"].as_array().unwrap();
+    let v = |name: &str| {
+        versions
+            .iter()
+            .find(|v| v["version"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        v("1.0.2")["supersedes"],
+        "1.0.0",
+        "the new version supersedes the held one"
+    );
+    assert_eq!(v("1.0.0")["superseded_by"], "1.0.2");
+    assert_eq!(v("1.0.1")["superseded_by"], "1.0.0");
+    assert_eq!(v("1.0.1")["reason"]["trigger"], "rollback");
+    assert_eq!(
+        s.registry.raw_manifest("app:1.0.2")["annotations"]["io.rebased.supersedes"],
+        "1.0.0"
+    );
+    assert_eq!(img["rollbacks"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_lost_state_directory_is_rebuilt_from_the_registry() {
+    let s = setup("");
+    let mut daemon = s.start();
+    wait_version(&daemon, "1.0.0");
+    s.bases.push(&s.registry, "base:latest", "v2");
+    wait_version(&daemon, "1.0.1");
+    let before = image(&daemon);
+    daemon.stop();
+
+    fs::remove_dir_all(s.work.path().join("state")).unwrap();
+    let daemon = s.start();
+    wait_for("a poll after restart", WAIT, || {
+        daemon.get("/v1/status")["last_poll"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let after = image(&daemon);
+    assert_eq!(after["current_version"], "1.0.1");
+    assert_eq!(after["state"], "fresh", "{after:#}");
+    let strip = |v: &Value| -> Vec<(Value, Value, Value, Value)> {
+        v["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["version"].clone(),
+                    x["digest"].clone(),
+                    x["bases"].clone(),
+                    x["superseded_by"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        strip(&after),
+        strip(&before),
+        "the ledger comes back from tags and annotations"
+    );
+    assert_eq!(after["versions"][1]["trigger"], "poll");
+    assert_eq!(
+        after["versions"][0]["reason"]["bases"][0]["after"],
+        before["versions"][0]["reason"]["bases"][0]["after"]
+    );
+    let tags = s.registry.tags("app");
+    assert!(
+        !tags.contains(&"1.0.2".to_owned()),
+        "nothing rebuilt: {tags:?}"
+    );
+    assert!(
+        daemon.get("/v1/jobs").as_array().unwrap().is_empty(),
+        "no job at all"
+    );
+}
