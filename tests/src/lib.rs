@@ -63,6 +63,17 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A registry whose notifications go to `url` with a bearer `token`.
+    pub fn start_notifying(url: &str, token: &str) -> Self {
+        Self::start_with(Some(format!(
+            "notifications:\n  endpoints:\n    - name: rebased\n      url: {url}\n      headers:\n        Authorization: [\"Bearer {token}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n"
+        )))
+    }
+
+    fn start_with(extra: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
@@ -70,8 +81,9 @@ impl Registry {
         fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
-                dir.path().join("data").display()
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{}",
+                dir.path().join("data").display(),
+                extra.unwrap_or_default()
             ),
         )
         .unwrap();

@@ -4,6 +4,9 @@
 //! answers in terms of the view types below; the JSON field names of the API
 //! are the serde names of these types, and nothing else.
 
+mod hooks;
+pub mod metrics;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -230,6 +233,17 @@ pub struct Accepted {
     pub detail: String,
 }
 
+/// The answer to a webhook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookReply {
+    /// `accepted` (a check was started) or `ignored` (no watched reference).
+    pub status: String,
+    /// The normalised references that will be checked now.
+    pub references: Vec<String>,
+    /// References named but not watched (or not valid), with why.
+    pub ignored: Vec<String>,
+}
+
 /// An API error body: `{"error": "...", "detail": ...}`.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 #[error("{error}")]
@@ -318,18 +332,39 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<RollbackView, ApiError>>;
     /// End the hold of `name`.
     fn resume<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Accepted, ApiError>>;
+    /// A webhook named these references: check the watched ones now.
+    fn webhook(&self, source: &str, references: Vec<String>) -> Result<WebhookReply, ApiError>;
+    /// The daemon's metrics.
+    fn metrics(&self) -> &metrics::Metrics;
 }
+
+/// Secrets the router checks.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    /// Bearer token for every POST except webhooks.
+    pub api_token: Option<String>,
+    /// Token for webhooks: bearer, `?token=`, or GitHub's HMAC key.
+    pub webhook_token: Option<String>,
+}
+
+/// Largest webhook body accepted.
+pub const WEBHOOK_BODY_LIMIT: usize = 1 << 20;
 
 /// A boxed future, for the backend's async actions.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-type Shared = Arc<dyn Backend>;
+pub(crate) type Shared = Arc<dyn Backend>;
 
-/// The router over `backend`. With `token`, every POST needs
-/// `Authorization: Bearer <token>`.
-pub fn router(backend: Shared, token: Option<String>) -> Router {
-    let token = Arc::new(token);
+/// The router over `backend`. With an API token, every POST but webhooks
+/// needs `Authorization: Bearer <token>`.
+pub fn router(backend: Shared, secrets: Secrets) -> Router {
+    let token = Arc::new(secrets.api_token.clone());
+    let hooks = Router::new()
+        .route("/v1/webhooks/{source}", post(hooks::webhook))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state((Arc::clone(&backend), Arc::new(secrets.webhook_token)));
     Router::new()
+        .route("/metrics", get(hooks::metrics))
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -354,10 +389,11 @@ pub fn router(backend: Shared, token: Option<String>) -> Router {
             },
         ))
         .with_state(backend)
+        .merge(hooks)
 }
 
 async fn authorize(token: Option<&str>, req: Request, next: Next) -> Response {
-    if req.method() == Method::POST {
+    if req.method() == Method::POST && !req.uri().path().starts_with("/v1/webhooks/") {
         if let Some(want) = token {
             let given = req
                 .headers()
@@ -380,7 +416,7 @@ async fn authorize(token: Option<&str>, req: Request, next: Next) -> Response {
 }
 
 /// Compares without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for (i, x) in a.iter().enumerate() {
         diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
@@ -544,10 +580,10 @@ impl Listener {
 pub async fn serve(
     listener: Listener,
     backend: Shared,
-    token: Option<String>,
+    secrets: Secrets,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(backend, token);
+    let app = router(backend, secrets);
     info!(listen = %listener.describe(), "API listening");
     match listener {
         Listener::Tcp(l) => {

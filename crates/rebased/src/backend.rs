@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
+use rebased_api::WebhookReply;
 use rebased_api::{
     Accepted, ApiError, Backend, BaseChangeView, BaseView, BoxFuture, CheckRequest, ImageBaseView,
     ImageView, JobReasonView, JobView, PendingView, ReasonView, RollbackView, StatusView,
@@ -197,6 +198,48 @@ impl Backend for Daemon {
                 digest: event.digest,
             })
         })
+    }
+
+    fn webhook(&self, source: &str, references: Vec<String>) -> Result<WebhookReply, ApiError> {
+        let watched = poller::watched(self);
+        let mut check = Vec::new();
+        let mut ignored = Vec::new();
+        for r in references {
+            match ImageRef::parse(&r) {
+                Ok(parsed) if watched.contains(&parsed) => {
+                    if !check.contains(&parsed) {
+                        check.push(parsed);
+                    }
+                }
+                Ok(parsed) => ignored.push(format!("{parsed}: not a base of any image")),
+                Err(e) => ignored.push(e.to_string()),
+            }
+        }
+        let status = if check.is_empty() {
+            "ignored"
+        } else {
+            "accepted"
+        };
+        if !check.is_empty() {
+            tracing::info!(source, references = ?check.iter().map(ToString::to_string).collect::<Vec<_>>(), "webhook: checking now");
+            self.check_tx
+                .try_send(poller::CheckRequest {
+                    references: Some(check.clone()),
+                    trigger: Trigger::Webhook,
+                })
+                .map_err(|e| ApiError::unavailable(format!("cannot queue the check: {e}")))?;
+        }
+        Ok(WebhookReply {
+            status: status.to_owned(),
+            references: check.iter().map(ToString::to_string).collect(),
+            ignored,
+        })
+    }
+
+    fn metrics(&self) -> &rebased_api::metrics::Metrics {
+        self.metrics
+            .set_queue_depth(lock_queue(&self.queue).depth());
+        &self.metrics
     }
 
     fn resume<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Accepted, ApiError>> {

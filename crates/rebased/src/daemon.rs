@@ -71,6 +71,8 @@ pub struct Daemon {
     pub failed_inputs: Mutex<BTreeMap<String, BTreeMap<String, Digest>>>,
     /// Settle time in force (0 in `once` mode).
     pub settle: std::time::Duration,
+    /// Counters for `GET /metrics`.
+    pub metrics: rebased_api::metrics::Metrics,
 }
 
 /// Entry point of `run` and `once`.
@@ -183,6 +185,7 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         builds: CancellationToken::new(),
         failed_inputs: Mutex::new(BTreeMap::new()),
         settle,
+        metrics: rebased_api::metrics::Metrics::default(),
         config: cfg,
     });
     info!(config = %config_file.display(), images = daemon.config.image.len(), order = ?graph.order(), "rebased starting");
@@ -210,21 +213,35 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         });
     }
 
-    let token = match &daemon.config.daemon.api_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read daemon.api_token_file {}", path.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
+    let read_secret = |path: &Option<PathBuf>, key: &str| -> Result<Option<String>> {
+        match path {
+            Some(path) => {
+                let t = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {key} {}", path.display()))?
+                    .trim()
+                    .to_owned();
+                if t.is_empty() {
+                    bail!("{key} {} is empty", path.display());
+                }
+                Ok(Some(t))
+            }
+            None => Ok(None),
+        }
     };
+    let secrets = rebased_api::Secrets {
+        api_token: read_secret(
+            &daemon.config.daemon.api_token_file,
+            "daemon.api_token_file",
+        )?,
+        webhook_token: read_secret(&daemon.config.webhooks.token_file, "webhooks.token_file")?,
+    };
+    refuse_open_listener(&daemon.config.daemon.listen, secrets.api_token.is_some())?;
     let listener = rebased_api::bind(&daemon.config.daemon.listen).await?;
     let api_shutdown = CancellationToken::new();
     let api = tokio::spawn(rebased_api::serve(
         listener,
         Arc::clone(&daemon) as Arc<dyn rebased_api::Backend>,
-        token,
+        secrets,
         api_shutdown.clone(),
     ));
     tokio::spawn(signals(
@@ -258,6 +275,22 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
     daemon.store.flush("shutdown")?;
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A TCP listener reachable from other hosts needs an API token.
+fn refuse_open_listener(listen: &str, has_token: bool) -> Result<()> {
+    if listen.starts_with("unix:") || has_token {
+        return Ok(());
+    }
+    let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(listen)
+        .with_context(|| format!("daemon.listen {listen:?} is not HOST:PORT or unix:/path"))?
+        .collect();
+    if addrs.iter().any(|a| !a.ip().is_loopback()) {
+        bail!(
+            "daemon.listen = {listen:?} is reachable from other hosts: set daemon.api_token_file, or listen on 127.0.0.1 or a unix socket"
+        );
+    }
+    Ok(())
 }
 
 /// First SIGTERM/SIGINT: stop starting work; running builds get

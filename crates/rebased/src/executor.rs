@@ -28,15 +28,34 @@ impl Executor for Daemon {
             return Outcome::Fresh;
         };
         let span = info_span!("job", image = %job.image, job = job.id);
-        match self.run_job(image, &job).instrument(span).await {
-            Ok(Some(v)) => Outcome::Published(v),
+        let started = std::time::Instant::now();
+        let outcome = match self.run_job(image, &job).instrument(span).await {
+            Ok(Some(v)) => {
+                self.metrics.inc(
+                    "rebased_versions_published_total",
+                    &[("image", job.image.as_str())],
+                );
+                Outcome::Published(v)
+            }
             Ok(None) => Outcome::Fresh,
             Err(_) if self.builds.is_cancelled() => Outcome::Interrupted,
             Err(e) => {
                 error!(image = %job.image, job = job.id, "{e:#}");
                 Outcome::Failed(format!("{e:#}"))
             }
+        };
+        let label = match &outcome {
+            Outcome::Published(_) => "published",
+            Outcome::Fresh => "fresh",
+            Outcome::Failed(_) => "failed",
+            Outcome::Interrupted => "interrupted",
+        };
+        self.metrics
+            .inc("rebased_builds_total", &[("outcome", label)]);
+        if !matches!(outcome, Outcome::Fresh) {
+            self.metrics.observe_build(started.elapsed().as_secs_f64());
         }
+        outcome
     }
 
     fn record(&self, job: &Job, finished: Option<&Finished>) {

@@ -96,6 +96,11 @@ pub async fn run(
     }
 }
 
+/// Every polled base reference.
+pub fn watched(daemon: &Daemon) -> BTreeSet<ImageRef> {
+    schedules(daemon).into_keys().collect()
+}
+
 /// Each polled base and the schedules of the images using it.
 fn schedules(daemon: &Daemon) -> BTreeMap<ImageRef, Vec<CronSpec>> {
     let mut out: BTreeMap<ImageRef, Vec<CronSpec>> = BTreeMap::new();
@@ -141,6 +146,16 @@ pub async fn round(
             .unwrap_or_else(|| BaseRecord::new(&key));
         let now = Utc::now();
         rec.checked_at = Some(now);
+        let registry = check.reference.registry().to_owned();
+        daemon.metrics.inc(
+            "rebased_registry_requests_total",
+            &[("registry", &registry)],
+        );
+        let outcome = if check.result.is_ok() { "ok" } else { "error" };
+        daemon.metrics.inc(
+            "rebased_polls_total",
+            &[("registry", &registry), ("outcome", outcome)],
+        );
         match &check.result {
             Ok(seen) => {
                 rec.error = None;

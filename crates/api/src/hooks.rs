@@ -1,0 +1,246 @@
+//! `POST /v1/webhooks/{source}` and `GET /metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rebased_watcher::webhook::SOURCES;
+
+use crate::{constant_time_eq, ApiError, Shared, WEBHOOK_BODY_LIMIT};
+
+pub(crate) async fn metrics(State(b): State<Shared>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        b.metrics().render(),
+    )
+        .into_response()
+}
+
+pub(crate) type HookState = (Shared, Arc<Option<String>>);
+
+pub(crate) async fn webhook(
+    State((b, token)): State<HookState>,
+    Path(source): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let count = |outcome: &str| {
+        b.metrics().inc(
+            "rebased_webhook_deliveries_total",
+            &[("source", source.as_str()), ("outcome", outcome)],
+        );
+    };
+    if !SOURCES.contains(&source.as_str()) {
+        count("unknown_source");
+        return ApiError::not_found(format!(
+            "webhook source {source:?} (known: {})",
+            SOURCES.join(", ")
+        ))
+        .into_response();
+    }
+    let bytes = match axum::body::to_bytes(body, WEBHOOK_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => {
+            count("too_large");
+            return ApiError {
+                error: format!("webhook body larger than {WEBHOOK_BODY_LIMIT} bytes"),
+                detail: None,
+                status: 413,
+            }
+            .into_response();
+        }
+    };
+    if let Some(want) = token.as_deref() {
+        if !authorized(want, query.as_deref(), &headers, &bytes) {
+            count("unauthorized");
+            return ApiError {
+                error: "unauthorized: send the webhook token as Authorization: Bearer, ?token=, or sign with X-Hub-Signature-256".to_owned(),
+                detail: None,
+                status: 401,
+            }
+            .into_response();
+        }
+    }
+    let event = headers.get("x-github-event").and_then(|v| v.to_str().ok());
+    let references = match rebased_watcher::webhook::parse(&source, event, &bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            count("malformed");
+            return ApiError::bad_request(format!("malformed {source} payload: {e}"))
+                .into_response();
+        }
+    };
+    match b.webhook(&source, references) {
+        Ok(reply) => {
+            count(&reply.status);
+            (StatusCode::ACCEPTED, Json(reply)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The webhook token as bearer, as `?token=`, or as the HMAC key of GitHub's
+/// `X-Hub-Signature-256` over the raw body; all compared in constant time.
+pub(crate) fn authorized(
+    want: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> bool {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_some_and(|t| constant_time_eq(t.as_bytes(), want.as_bytes())) {
+        return true;
+    }
+    let from_query = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| percent_decode(v))
+    });
+    if from_query.is_some_and(|t| constant_time_eq(t.as_bytes(), want.as_bytes())) {
+        return true;
+    }
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+        .and_then(hex_decode);
+    let Some(sig) = signature else { return false };
+    use hmac::{KeyInit, Mac};
+    match hmac::Hmac::<sha2::Sha256>::new_from_slice(want.as_bytes()) {
+        Ok(mut mac) => {
+            mac.update(body);
+            mac.verify_slice(&sig).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| s.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(key: &str, body: &[u8]) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("any key");
+        mac.update(body);
+        let bytes = mac.finalize().into_bytes();
+        format!(
+            "sha256={}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().expect("header"));
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_query_and_hmac() {
+        let body = br#"{"reference": "x"}"#;
+        assert!(authorized(
+            "s3cret",
+            None,
+            &headers(&[("authorization", "Bearer s3cret")]),
+            body
+        ));
+        assert!(!authorized(
+            "s3cret",
+            None,
+            &headers(&[("authorization", "Bearer nope")]),
+            body
+        ));
+        assert!(authorized(
+            "s3 cret",
+            Some("a=1&token=s3%20cret"),
+            &HeaderMap::new(),
+            body
+        ));
+        assert!(!authorized(
+            "s3cret",
+            Some("token=s3cre"),
+            &HeaderMap::new(),
+            body
+        ));
+        let good = sign("s3cret", body);
+        assert!(authorized(
+            "s3cret",
+            None,
+            &headers(&[("x-hub-signature-256", &good)]),
+            body
+        ));
+        assert!(
+            !authorized(
+                "s3cret",
+                None,
+                &headers(&[("x-hub-signature-256", &good)]),
+                b"{}"
+            ),
+            "body changed"
+        );
+        let wrong_key = sign("other", body);
+        assert!(!authorized(
+            "s3cret",
+            None,
+            &headers(&[("x-hub-signature-256", &wrong_key)]),
+            body
+        ));
+        assert!(!authorized(
+            "s3cret",
+            None,
+            &headers(&[("x-hub-signature-256", "sha256=zz")]),
+            body
+        ));
+        assert!(!authorized("s3cret", None, &HeaderMap::new(), body));
+    }
+}

@@ -1,0 +1,191 @@
+//! Webhooks: the registry's own notifications trigger a rebuild with polling
+//! set to once a year; and what the endpoint does with bad deliveries.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::time::Duration;
+
+use rebased_e2e::{free_port, wait_for, BaseMaker, Daemon, Registry};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+const TOKEN: &str = "hook-s3cret";
+
+fn post(d: &Daemon, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
+    let mut req = reqwest::blocking::Client::new()
+        .post(format!("{}{path}", d.api))
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn sign(body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+#[test]
+fn registry_notifications_trigger_a_rebuild_and_bad_deliveries_change_nothing() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let registry =
+        Registry::start_notifying(&format!("http://{listen}/v1/webhooks/distribution"), TOKEN);
+    let host = registry.host.clone();
+    let bases = BaseMaker::new();
+    bases.push(&registry, "base:latest", "v1");
+
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("app");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("hello"), "hello\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    )
+    .unwrap();
+    let token_file = work.path().join("webhook-token");
+    fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let config = work.path().join("rebased.toml");
+    fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"0 0 0 1 1 *\"\nsettle = \"0s\"\n\n[webhooks]\ntoken_file = \"{}\"\n\n[registries.\"{host}\"]\ninsecure = true\n\n[[image]]\nname = \"app\"\ncontext = \"{}\"\nrepository = \"{host}/app\"\nversion = \"1.0.0\"\n",
+            work.path().join("state").display(),
+            token_file.display(),
+            ctx.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    let current = || {
+        let i = daemon.get("/v1/images/app");
+        (i["state"] == "fresh")
+            .then(|| i["current_version"].as_str().map(str::to_owned))
+            .flatten()
+    };
+    wait_for("1.0.0 (the check at start)", WAIT, || {
+        (current().as_deref() == Some("1.0.0")).then_some(())
+    });
+
+    // Bad deliveries: refused with a reason, nothing happens.
+    let generic = br#"{"reference": "BASE"}"#.to_vec();
+    let generic = String::from_utf8(generic)
+        .unwrap()
+        .replace("BASE", &format!("{host}/base:latest"))
+        .into_bytes();
+    let (s, body) = post(&daemon, "/v1/webhooks/generic", &[], generic.clone());
+    assert_eq!(s, 401, "no token: {body}");
+    let (s, _) = post(
+        &daemon,
+        "/v1/webhooks/generic",
+        &[("authorization", "Bearer wrong")],
+        generic.clone(),
+    );
+    assert_eq!(s, 401);
+    let (s, _) = post(
+        &daemon,
+        "/v1/webhooks/github",
+        &[("x-hub-signature-256", "sha256=00ff")],
+        generic.clone(),
+    );
+    assert_eq!(s, 401, "wrong signature");
+    let (s, body) = post(
+        &daemon,
+        "/v1/webhooks/nosuch?token=hook-s3cret",
+        &[],
+        generic.clone(),
+    );
+    assert_eq!(s, 404, "{body}");
+    let (s, body) = post(
+        &daemon,
+        "/v1/webhooks/distribution?token=hook-s3cret",
+        &[],
+        b"{\"events\": [".to_vec(),
+    );
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not valid JSON"),
+        "{body}"
+    );
+    let big = vec![b' '; 2 << 20];
+    let (s, _) = post(&daemon, "/v1/webhooks/generic?token=hook-s3cret", &[], big);
+    assert_eq!(s, 413, "2 MiB body");
+    let other = br#"{"reference": "docker.io/library/nginx:latest"}"#.to_vec();
+    let (s, body) = post(
+        &daemon,
+        "/v1/webhooks/generic?token=hook-s3cret",
+        &[],
+        other,
+    );
+    assert_eq!(
+        (s, body["status"].as_str()),
+        (202, Some("ignored")),
+        "{body}"
+    );
+    // A signed GitHub ping is fine and names nothing.
+    let ping = br#"{"zen": "Keep it logically awesome."}"#.to_vec();
+    let sig = sign(&ping);
+    let (s, body) = post(
+        &daemon,
+        "/v1/webhooks/github",
+        &[("x-hub-signature-256", &sig), ("x-github-event", "ping")],
+        ping,
+    );
+    assert_eq!(
+        (s, body["status"].as_str()),
+        (202, Some("ignored")),
+        "{body}"
+    );
+    // A good generic delivery is accepted (nothing changed upstream: no build).
+    let (s, body) = post(
+        &daemon,
+        "/v1/webhooks/generic",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        generic,
+    );
+    assert_eq!(
+        (s, body["status"].as_str()),
+        (202, Some("accepted")),
+        "{body}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(current().as_deref(), Some("1.0.0"));
+
+    // The real registry's notification of a new base: rebuilt without polling.
+    bases.push(&registry, "base:latest", "v2");
+    wait_for("1.0.1 from the registry's notification", WAIT, || {
+        (current().as_deref() == Some("1.0.1")).then_some(())
+    });
+    let img = daemon.get("/v1/images/app");
+    assert_eq!(img["versions"][1]["trigger"], "webhook", "{img:#}");
+
+    let metrics = reqwest::blocking::get(format!("{}/metrics", daemon.api))
+        .unwrap()
+        .text()
+        .unwrap();
+    for needle in [
+        "rebased_webhook_deliveries_total{source=\"distribution\",outcome=\"accepted\"}",
+        "rebased_webhook_deliveries_total{source=\"generic\",outcome=\"unauthorized\"} 2",
+        "rebased_webhook_deliveries_total{source=\"generic\",outcome=\"too_large\"} 1",
+        "rebased_versions_published_total{image=\"app\"} 2",
+        "rebased_builds_total{outcome=\"published\"} 2",
+        "rebased_build_duration_seconds_count 2",
+        "rebased_queue_depth 0",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
+    }
+}
