@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, installing what the tests need on Debian first:
 # docker-registry (the real registry), buildah (the real builder), skopeo (to
-# check what was pushed) and busybox-static (the test base images).
+# check what was pushed), busybox-static (the test base images), and
+# schemathesis from PyPI (API fuzzing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,12 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# schemathesis (PyPI) fuzzes the live API against its OpenAPI document.
+if ! python3 -m schemathesis.cli --version >/dev/null 2>&1; then
+  echo "installing: schemathesis (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis
 fi
 
 exec cargo test --workspace --locked "$@"

@@ -10,6 +10,8 @@ use rebased_watcher::webhook::SOURCES;
 
 use crate::{constant_time_eq, ApiError, Shared, WEBHOOK_BODY_LIMIT};
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub(crate) async fn metrics(State(b): State<Shared>) -> Response {
     (
         [(
@@ -23,6 +25,23 @@ pub(crate) async fn metrics(State(b): State<Shared>) -> Response {
 
 pub(crate) type HookState = (Shared, Arc<Option<String>>);
 
+/// A registry webhook: checks the watched references it names, now.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{source}",
+    params(
+        ("source" = String, Path, description = "distribution, dockerhub, harbor, quay, github, acr or generic"),
+        ("token" = Option<String>, Query, description = "The webhook token, if not sent as a bearer token or HMAC")
+    ),
+    request_body(content = Object, description = "The registry's payload (at most 1 MiB)"),
+    responses(
+        (status = 202, description = "Accepted or ignored", body = crate::WebhookReply),
+        (status = 400, description = "Malformed payload", body = ApiError),
+        (status = 401, description = "Bad token or signature", body = ApiError),
+        (status = 404, description = "Unknown source", body = ApiError),
+        (status = 413, description = "Body over 1 MiB", body = ApiError)
+    )
+)]
 pub(crate) async fn webhook(
     State((b, token)): State<HookState>,
     Path(source): Path<String>,

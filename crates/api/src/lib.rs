@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 /// `GET /v1/status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusView {
     /// rebased's version.
     pub version: String,
@@ -51,91 +51,107 @@ pub struct StatusView {
 }
 
 /// A base of an image, as the image uses it now.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageBaseView {
     /// Normalised reference.
     pub reference: String,
     /// Its digest at the last check.
+    #[schema(value_type = Option<String>)]
     pub digest: Option<Digest>,
     /// The error of the last check.
     pub error: Option<String>,
 }
 
 /// How one base moved.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BaseChangeView {
     /// The base.
     pub reference: String,
     /// Digest in the superseded version.
+    #[schema(value_type = Option<String>)]
     pub before: Option<Digest>,
     /// Digest in the new version.
+    #[schema(value_type = String)]
     pub after: Digest,
 }
 
 /// Why a version was superseded.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReasonView {
     /// What caused the new build.
+    #[schema(value_type = String)]
     pub trigger: Trigger,
     /// Every base, before and after.
     pub bases: Vec<BaseChangeView>,
 }
 
 /// One published version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionView {
     /// The version.
+    #[schema(value_type = String)]
     pub version: Version,
     /// Manifest digest.
+    #[schema(value_type = String)]
     pub digest: Digest,
     /// When it was built.
     pub built_at: DateTime<Utc>,
     /// What caused the build.
+    #[schema(value_type = String)]
     pub trigger: Trigger,
     /// Base reference -> digest it was built from.
+    #[schema(value_type = BTreeMap<String, String>)]
     pub bases: BTreeMap<String, Digest>,
     /// The version that replaced it.
+    #[schema(value_type = Option<String>)]
     pub superseded_by: Option<Version>,
     /// When.
     pub superseded_at: Option<DateTime<Utc>>,
     /// Why.
     pub reason: Option<ReasonView>,
     /// The version it replaced.
+    #[schema(value_type = Option<String>)]
     pub supersedes: Option<Version>,
 }
 
 /// A rollback of an image.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RollbackView {
     /// When.
     pub at: DateTime<Utc>,
     /// The version that was current.
+    #[schema(value_type = Option<String>)]
     pub from: Option<Version>,
     /// The version the floating tags point at again.
+    #[schema(value_type = String)]
     pub to: Version,
     /// Its digest.
+    #[schema(value_type = String)]
     pub digest: Digest,
 }
 
 /// The body of `POST /v1/images/{name}/rollback`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RollbackRequest {
     /// The version to go back to.
     pub to: String,
 }
 
 /// `GET /v1/images/{name}` (and each entry of `GET /v1/images`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageView {
     /// The image's name.
     pub name: String,
     /// Where it stands.
+    #[schema(value_type = String)]
     pub state: ImageState,
     /// Where versions are pushed.
     pub repository: String,
     /// Current version.
+    #[schema(value_type = Option<String>)]
     pub current_version: Option<Version>,
     /// Its digest.
+    #[schema(value_type = Option<String>)]
     pub current_digest: Option<Digest>,
     /// Its bases now.
     pub bases: Vec<ImageBaseView>,
@@ -148,9 +164,10 @@ pub struct ImageView {
 }
 
 /// One reason merged into a job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobReasonView {
     /// What asked for the job.
+    #[schema(value_type = String)]
     pub trigger: Trigger,
     /// When.
     pub at: DateTime<Utc>,
@@ -159,7 +176,7 @@ pub struct JobReasonView {
 }
 
 /// `GET /v1/jobs/{id}` (and each entry of `GET /v1/jobs`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobView {
     /// The job's id.
     pub id: u64,
@@ -168,6 +185,7 @@ pub struct JobView {
     /// `queued`, `running`, `succeeded`, `failed`, `cancelled`.
     pub state: String,
     /// The first reason's trigger.
+    #[schema(value_type = String)]
     pub trigger: Trigger,
     /// Every reason merged into it.
     pub reasons: Vec<JobReasonView>,
@@ -184,28 +202,32 @@ pub struct JobView {
     /// Latest error.
     pub error: Option<String>,
     /// The version it published.
+    #[schema(value_type = Option<String>)]
     pub published: Option<Version>,
 }
 
 /// A digest seen but not yet settled.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PendingView {
     /// The new digest.
+    #[schema(value_type = String)]
     pub digest: Digest,
     /// Seen since.
     pub since: DateTime<Utc>,
 }
 
 /// `GET /v1/bases` entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BaseView {
     /// Normalised reference.
     pub reference: String,
     /// The settled digest.
+    #[schema(value_type = Option<String>)]
     pub digest: Option<Digest>,
     /// A newer digest waiting to settle.
     pub pending: Option<PendingView>,
     /// For an index: platform -> child digest.
+    #[schema(value_type = BTreeMap<String, String>)]
     pub platforms: BTreeMap<String, Digest>,
     /// Last checked.
     pub last_checked: Option<DateTime<Utc>>,
@@ -218,14 +240,14 @@ pub struct BaseView {
 }
 
 /// The body of `POST /v1/check` (optional).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckRequest {
     /// Check only this reference; every base when absent.
     pub reference: Option<String>,
 }
 
 /// An accepted action.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Accepted {
     /// `"accepted"`.
     pub status: String,
@@ -234,7 +256,7 @@ pub struct Accepted {
 }
 
 /// The answer to a webhook.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookReply {
     /// `accepted` (a check was started) or `ignored` (no watched reference).
     pub status: String,
@@ -245,12 +267,13 @@ pub struct WebhookReply {
 }
 
 /// An API error body: `{"error": "...", "detail": ...}`.
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error, utoipa::ToSchema)]
 #[error("{error}")]
 pub struct ApiError {
     /// What went wrong.
     pub error: String,
     /// More, when there is more.
+    #[schema(value_type = Option<Object>)]
     pub detail: Option<serde_json::Value>,
     /// The HTTP status.
     #[serde(skip)]
@@ -365,10 +388,8 @@ pub fn router(backend: Shared, secrets: Secrets) -> Router {
         .with_state((Arc::clone(&backend), Arc::new(secrets.webhook_token)));
     Router::new()
         .route("/metrics", get(hooks::metrics))
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
         .route("/v1/images", get(images))
@@ -424,6 +445,7 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+#[utoipa::path(get, path = "/v1/jobs", responses((status = 200, description = "Every job", body = Vec<JobView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn jobs(State(b): State<Shared>) -> Result<Json<Vec<JobView>>, ApiError> {
     Ok(Json(b.jobs()?))
 }
@@ -433,6 +455,7 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("job id {id:?} is not a number")))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "Job id")), responses((status = 200, description = "The job", body = JobView), (status = 400, description = "Malformed request", body = ApiError), (status = 404, description = "No such thing", body = ApiError)))]
 async fn job(State(b): State<Shared>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
     b.job(id)?
@@ -440,16 +463,19 @@ async fn job(State(b): State<Shared>, Path(id): Path<String>) -> Result<Json<Job
         .ok_or_else(|| ApiError::not_found(format!("job {id}")))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/log", params(("id" = u64, Path, description = "Job id")), responses((status = 200, description = "The captured build log", body = String, content_type = "text/plain"), (status = 400, description = "Malformed request", body = ApiError), (status = 404, description = "No such thing", body = ApiError)))]
 async fn job_log(State(b): State<Shared>, Path(id): Path<String>) -> Result<String, ApiError> {
     let id = parse_id(&id)?;
     b.job_log(id)?
         .ok_or_else(|| ApiError::not_found(format!("log of job {id}")))
 }
 
+#[utoipa::path(get, path = "/v1/bases", responses((status = 200, description = "Every base", body = Vec<BaseView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn bases(State(b): State<Shared>) -> Result<Json<Vec<BaseView>>, ApiError> {
     Ok(Json(b.bases()?))
 }
 
+#[utoipa::path(post, path = "/v1/check", request_body(content = Option<CheckRequest>, description = "Optional: one reference to check"), responses((status = 202, description = "Check queued", body = Accepted), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
 async fn check(
     State(b): State<Shared>,
     body: axum::body::Bytes,
@@ -463,6 +489,7 @@ async fn check(
     Ok((StatusCode::ACCEPTED, Json(b.check(req)?)))
 }
 
+#[utoipa::path(post, path = "/v1/images/{name}/rollback", params(("name" = String, Path, description = "Image name")), request_body = RollbackRequest, responses((status = 200, description = "Rolled back and held", body = RollbackView), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is building", body = ApiError), (status = 502, description = "Registry refused", body = ApiError)), security(("bearer" = [])))]
 async fn rollback(
     State(b): State<Shared>,
     Path(name): Path<String>,
@@ -476,6 +503,7 @@ async fn rollback(
     Ok(Json(b.rollback(&name, &req.to).await?))
 }
 
+#[utoipa::path(post, path = "/v1/images/{name}/resume", params(("name" = String, Path, description = "Image name")), responses((status = 200, description = "Resumed", body = Accepted), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is not held", body = ApiError)), security(("bearer" = [])))]
 async fn resume(
     State(b): State<Shared>,
     Path(name): Path<String>,
@@ -483,6 +511,7 @@ async fn resume(
     Ok(Json(b.resume(&name).await?))
 }
 
+#[utoipa::path(post, path = "/v1/images/{name}/rebuild", params(("name" = String, Path, description = "Image name")), responses((status = 202, description = "Rebuild queued", body = Accepted), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
 async fn rebuild(
     State(b): State<Shared>,
     Path(name): Path<String>,
@@ -490,6 +519,7 @@ async fn rebuild(
     Ok((StatusCode::ACCEPTED, Json(b.rebuild(&name)?)))
 }
 
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Ready"), (status = 503, description = "Not ready", body = ApiError)))]
 async fn readyz(State(b): State<Shared>) -> Response {
     if b.ready() {
         Json(serde_json::json!({"status": "ready"})).into_response()
@@ -503,14 +533,17 @@ async fn readyz(State(b): State<Shared>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/v1/status", responses((status = 200, description = "Daemon status", body = StatusView)))]
 async fn status(State(b): State<Shared>) -> Json<StatusView> {
     Json(b.status())
 }
 
+#[utoipa::path(get, path = "/v1/images", responses((status = 200, description = "Every image", body = Vec<ImageView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn images(State(b): State<Shared>) -> Result<Json<Vec<ImageView>>, ApiError> {
     Ok(Json(b.images()?))
 }
 
+#[utoipa::path(get, path = "/v1/images/{name}", params(("name" = String, Path, description = "Image name")), responses((status = 200, description = "The image and its history", body = ImageView), (status = 404, description = "No such thing", body = ApiError)))]
 async fn image(
     State(b): State<Shared>,
     Path(name): Path<String>,
@@ -599,4 +632,46 @@ pub async fn serve(
             r
         }
     }
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "The OpenAPI document")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi_document())
+}
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "rebased", description = "The local API of rebased: images, versions, bases, jobs, webhooks."),
+    paths(
+        healthz, readyz, openapi, status, images, image, rebuild, rollback, resume, jobs, job, job_log, bases, check,
+        hooks::webhook, hooks::metrics
+    ),
+    modifiers(&BearerScheme)
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of every route.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    ApiDoc::openapi()
 }

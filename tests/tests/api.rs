@@ -1,0 +1,171 @@
+//! The API as a whole: its OpenAPI document covers every route, schemathesis
+//! finds no server error against the live daemon, and each CLI client
+//! subcommand prints what the API holds.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use rebased_e2e::{free_port, rebased_bin, wait_for, BaseMaker, Daemon, Registry};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn start() -> (Registry, Daemon, tempfile::TempDir) {
+    let registry = Registry::start();
+    let host = registry.host.clone();
+    BaseMaker::new().push(&registry, "base:latest", "v1");
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("app");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("hello"), "hello\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = work.path().join("rebased.toml");
+    fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"0 0 0 1 1 *\"\nsettle = \"0s\"\n\n[registries.\"{host}\"]\ninsecure = true\n\n[[image]]\nname = \"app\"\ncontext = \"{}\"\nrepository = \"{host}/app\"\nversion = \"1.0.0\"\n",
+            work.path().join("state").display(),
+            ctx.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    wait_for("1.0.0", WAIT, || {
+        let i = daemon.get("/v1/images/app");
+        (i["state"] == "fresh" && i["current_version"] == "1.0.0").then_some(())
+    });
+    (registry, daemon, work)
+}
+
+#[test]
+fn openapi_covers_every_route_and_schemathesis_finds_no_server_error() {
+    let (_registry, daemon, _work) = start();
+    let doc = daemon.get("/openapi.json");
+    let paths = doc["paths"].as_object().unwrap();
+    for route in [
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/metrics",
+        "/v1/status",
+        "/v1/images",
+        "/v1/images/{name}",
+        "/v1/images/{name}/rebuild",
+        "/v1/images/{name}/rollback",
+        "/v1/images/{name}/resume",
+        "/v1/bases",
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/log",
+        "/v1/check",
+        "/v1/webhooks/{source}",
+    ] {
+        assert!(
+            paths.contains_key(route),
+            "{route} missing from /openapi.json"
+        );
+    }
+    assert!(doc["components"]["schemas"]["ImageView"].is_object());
+
+    let out = Command::new("python3")
+        .args(["-m", "schemathesis.cli", "run"])
+        .arg(format!("{}/openapi.json", daemon.api))
+        .args([
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--request-timeout",
+            "10",
+        ])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .expect("schemathesis must be installed (scripts/test.sh installs it with pip)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("passed"), "{text}");
+    // The daemon survived it.
+    assert_eq!(daemon.get("/healthz")["status"], "ok");
+}
+
+fn cli(daemon: &Daemon, args: &[&str]) -> String {
+    daemon.cli(args)
+}
+
+#[test]
+fn cli_clients_print_what_the_api_holds() {
+    let (_registry, daemon, _work) = start();
+    let status = cli(&daemon, &["status"]);
+    assert!(
+        status.contains("images: 1") && status.contains("queue: 0 queued"),
+        "{status}"
+    );
+    let images = cli(&daemon, &["images"]);
+    let line = images
+        .lines()
+        .find(|l| l.starts_with("app "))
+        .unwrap_or_else(|| panic!("{images}"));
+    assert!(line.contains("fresh") && line.contains("1.0.0"), "{images}");
+    let image = cli(&daemon, &["image", "app"]);
+    assert!(image.contains("app: fresh, current 1.0.0"), "{image}");
+    assert!(
+        image
+            .lines()
+            .any(|l| l.starts_with("1.0.0 ") && l.contains("initial")),
+        "{image}"
+    );
+    let jobs = cli(&daemon, &["jobs"]);
+    let job_line = jobs
+        .lines()
+        .find(|l| l.contains(" app "))
+        .unwrap_or_else(|| panic!("{jobs}"));
+    assert!(
+        job_line.contains("succeeded") && job_line.contains("1.0.0"),
+        "{jobs}"
+    );
+    let id = job_line.split_whitespace().next().unwrap().to_owned();
+    let log = cli(&daemon, &["log", &id]);
+    assert!(
+        log.contains("buildah bud") || log.contains("$ buildah"),
+        "{log}"
+    );
+    let json: Value = serde_json::from_str(&cli(&daemon, &["image", "app", "--json"])).unwrap();
+    assert_eq!(json["current_version"], "1.0.0");
+
+    let out = cli(&daemon, &["rebuild", "app"]);
+    assert!(out.contains("rebuild of app queued"), "{out}");
+    wait_for("the manual rebuild to publish 1.0.1", WAIT, || {
+        let i = daemon.get("/v1/images/app");
+        (i["state"] == "fresh" && i["current_version"] == "1.0.1").then_some(())
+    });
+    assert_eq!(
+        daemon.get("/v1/images/app")["versions"][1]["trigger"],
+        "manual"
+    );
+
+    // Errors go to stderr with a non-zero status.
+    let out = Command::new(rebased_bin())
+        .args(["image", "nosuch", "--api", &daemon.api])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let out = Command::new(rebased_bin())
+        .args(["status", "--api", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the API"));
+}
