@@ -73,6 +73,10 @@ pub struct Daemon {
     pub settle: std::time::Duration,
     /// Counters for `GET /metrics`.
     pub metrics: rebased_api::metrics::Metrics,
+    /// systemd notifications.
+    pub notifier: crate::notify::Notifier,
+    /// When the poll loop last went round (unix seconds): the watchdog's pulse.
+    pub heartbeat: std::sync::atomic::AtomicI64,
 }
 
 /// Entry point of `run` and `once`.
@@ -186,6 +190,8 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         failed_inputs: Mutex::new(BTreeMap::new()),
         settle,
         metrics: rebased_api::metrics::Metrics::default(),
+        notifier: crate::notify::Notifier::from_env(),
+        heartbeat: std::sync::atomic::AtomicI64::new(Utc::now().timestamp()),
         config: cfg,
     });
     info!(config = %config_file.display(), images = daemon.config.image.len(), order = ?graph.order(), "rebased starting");
@@ -250,6 +256,12 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         daemon.config.daemon.stop_timeout.0,
     ));
     let dispatch = tokio::spawn(dispatcher.run(jobs_rx, shutdown.clone()));
+    // State open, config loaded, API bound.
+    daemon.notifier.send("READY=1");
+    daemon.report_status();
+    if let Some(every) = crate::notify::watchdog_interval() {
+        tokio::spawn(watchdog(Arc::clone(&daemon), every, shutdown.clone()));
+    }
     // Read back what the registries already hold before deciding anything.
     for image in &daemon.config.image {
         if let Err(e) = daemon.ensure_ledger(image).await {
@@ -259,6 +271,7 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
     let poll = tokio::spawn(poller::run(Arc::clone(&daemon), check_rx, shutdown.clone()));
 
     shutdown.cancelled().await;
+    daemon.notifier.send("STOPPING=1");
     info!("stopping: no new jobs; running builds may finish");
     if let Err(e) = poll.await {
         warn!("poller: {e}");
@@ -275,6 +288,28 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
     daemon.store.flush("shutdown")?;
     info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sends `WATCHDOG=1` every `every` while the poll loop keeps going round
+/// (it wakes at least that often when the watchdog is on).
+async fn watchdog(daemon: Arc<Daemon>, every: std::time::Duration, shutdown: CancellationToken) {
+    let limit = chrono::Duration::from_std(every * 4).unwrap_or(chrono::Duration::MAX);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let beat = daemon.heartbeat.load(std::sync::atomic::Ordering::Relaxed);
+        let age = Utc::now() - DateTime::<Utc>::from_timestamp(beat, 0).unwrap_or_default();
+        if age <= limit {
+            daemon.notifier.send("WATCHDOG=1");
+        } else {
+            warn!(
+                stalled_s = age.num_seconds(),
+                "poll loop stalled: not feeding the watchdog"
+            );
+        }
+    }
 }
 
 /// A TCP listener reachable from other hosts needs an API token.
@@ -406,6 +441,25 @@ impl Daemon {
         if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, log)) {
             warn!(path = %path.display(), "cannot save build log: {e}");
         }
+    }
+
+    /// Tells systemd (`STATUS=`) what the daemon is doing, in one line.
+    pub fn report_status(&self) {
+        let (queued, building) = {
+            let q = rebased_scheduler::dispatch::lock(&self.queue);
+            let building = q
+                .jobs()
+                .filter(|j| j.state == rebased_core::job::JobState::Running)
+                .count();
+            (q.depth(), building)
+        };
+        let last = lock(&self.runtime)
+            .last_poll
+            .map_or("never".to_owned(), |t| t.format("%H:%M:%S").to_string());
+        self.notifier.status(&format!(
+            "{} images, {queued} queued, {building} building, last poll {last}",
+            self.config.image.len()
+        ));
     }
 
     /// The path of a job's build log.

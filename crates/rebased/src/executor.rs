@@ -62,6 +62,7 @@ impl Executor for Daemon {
         if let Err(e) = self.store.put_job(job) {
             error!(job = job.id, "cannot record job: {e}");
         }
+        self.report_status();
         let name = job.image.as_str();
         let held = self
             .store

@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod executor;
 mod ledger;
+mod notify;
 mod poller;
 
 use std::collections::BTreeMap;

@@ -42,6 +42,7 @@ pub async fn run(
     let mut first = true;
     let mut trigger = Trigger::Poll;
     let mut forced: Option<BTreeSet<ImageRef>> = None;
+    let pulse = crate::notify::watchdog_interval().unwrap_or(std::time::Duration::from_secs(3600));
     loop {
         let now = Utc::now();
         let specs = schedules(&daemon);
@@ -77,9 +78,15 @@ pub async fn run(
         }
         let wake = next.values().min().copied();
         lock(&daemon.runtime).next_poll = wake;
+        daemon
+            .heartbeat
+            .store(Utc::now().timestamp(), std::sync::atomic::Ordering::Relaxed);
+        daemon.report_status();
         let wait = wake
             .map(|w| (w - Utc::now()).to_std().unwrap_or_default())
-            .unwrap_or(std::time::Duration::from_secs(3600));
+            .unwrap_or(std::time::Duration::from_secs(3600))
+            // Go round at least as often as the watchdog wants a pulse.
+            .min(pulse);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             req = checks.recv() => {
