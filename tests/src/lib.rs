@@ -364,8 +364,22 @@ impl Daemon {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// GET, `None` on any error status.
+    pub fn try_get(&self, path: &str) -> Option<Value> {
+        let resp = reqwest::blocking::get(format!("{}{path}", self.api)).ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().ok()
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Waits for the daemon to exit by itself (e.g. at a failpoint).

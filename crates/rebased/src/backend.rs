@@ -67,7 +67,7 @@ impl Backend for Daemon {
             config_file: self.config_file.display().to_string(),
             config_loaded_at: rt.config_loaded_at,
             config_error: rt.config_error.clone(),
-            images: self.config.image.len(),
+            images: self.cfg().image.len(),
             queue_depth,
             running,
             last_poll: rt.last_poll,
@@ -76,11 +76,11 @@ impl Backend for Daemon {
     }
 
     fn images(&self) -> Result<Vec<ImageView>, ApiError> {
-        self.config.image.iter().map(|i| self.view(i)).collect()
+        self.cfg().image.iter().map(|i| self.view(i)).collect()
     }
 
     fn image(&self, name: &str) -> Result<Option<ImageView>, ApiError> {
-        self.image(name).map(|i| self.view(i)).transpose()
+        self.image(name).map(|i| self.view(&i)).transpose()
     }
 
     fn ready(&self) -> bool {
@@ -108,7 +108,7 @@ impl Backend for Daemon {
 
     fn bases(&self) -> Result<Vec<BaseView>, ApiError> {
         let mut dependents: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for image in &self.config.image {
+        for image in &self.cfg().image {
             if let Ok(plan) = self.plan(image) {
                 for b in plan.bases {
                     dependents
@@ -153,6 +153,7 @@ impl Backend for Daemon {
                 references,
                 // A check only looks; a build it causes is due to the base change.
                 trigger: Trigger::Poll,
+                all: false,
             })
             .map_err(|e| ApiError::unavailable(format!("cannot queue the check: {e}")))?;
         Ok(Accepted {
@@ -226,6 +227,7 @@ impl Backend for Daemon {
                 .try_send(poller::CheckRequest {
                     references: Some(check.clone()),
                     trigger: Trigger::Webhook,
+                    all: false,
                 })
                 .map_err(|e| ApiError::unavailable(format!("cannot queue the check: {e}")))?;
         }

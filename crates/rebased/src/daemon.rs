@@ -54,11 +54,12 @@ pub struct Runtime {
 
 /// The wired daemon, shared by its tasks.
 pub struct Daemon {
-    pub config: Config,
+    /// The config in force (replaced whole on a reload).
+    config: std::sync::RwLock<Arc<Config>>,
     pub config_file: PathBuf,
     pub store: Store,
-    pub registry: Arc<Registry>,
-    pub buildah: Buildah,
+    registry: std::sync::RwLock<Arc<Registry>>,
+    buildah: std::sync::RwLock<Arc<Buildah>>,
     pub runtime: Mutex<Runtime>,
     pub queue: SharedQueue,
     /// Commands to the dispatcher.
@@ -110,19 +111,61 @@ pub fn main(config_file: PathBuf, mode: Mode) -> ExitCode {
 }
 
 fn init_logging(cfg: &Config) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&cfg.daemon.log).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.daemon.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        _ => builder.try_init(),
+    let format = match cfg.daemon.log_format {
+        LogFormat::Auto if stderr_is_journal() => LogFormat::Journald,
+        LogFormat::Auto => LogFormat::Text,
+        f => f,
     };
+    let registry = tracing_subscriber::registry().with(filter);
+    let text = || tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(j) => registry
+                .with(j.with_syslog_identifier("rebased".to_owned()))
+                .try_init(),
+            Err(e) => {
+                eprintln!("journald unavailable ({e}); logging text to stderr");
+                registry.with(text()).try_init()
+            }
+        },
+        _ => registry.with(text()).try_init(),
+    };
+}
+
+/// True when systemd connected stderr to the journal: `JOURNAL_STREAM` is
+/// `DEVICE:INODE` of that stream.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    journal_stream_matches(&stream, meta.dev(), meta.ino())
+}
+
+/// Parses `JOURNAL_STREAM` (`DEV:INO`) and compares.
+fn journal_stream_matches(stream: &str, dev: u64, ino: u64) -> bool {
+    match stream.split_once(':') {
+        Some((d, i)) => d.trim().parse() == Ok(dev) && i.trim().parse() == Ok(ino),
+        None => false,
+    }
 }
 
 async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Result<ExitCode> {
@@ -174,8 +217,8 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
     let daemon = Arc::new(Daemon {
         config_file: config_file.clone(),
         store,
-        registry,
-        buildah,
+        registry: std::sync::RwLock::new(registry),
+        buildah: std::sync::RwLock::new(Arc::new(buildah)),
         runtime: Mutex::new(Runtime {
             started_at: now,
             config_loaded_at: now,
@@ -192,15 +235,15 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         metrics: rebased_api::metrics::Metrics::default(),
         notifier: crate::notify::Notifier::from_env(),
         heartbeat: std::sync::atomic::AtomicI64::new(Utc::now().timestamp()),
-        config: cfg,
+        config: std::sync::RwLock::new(Arc::new(cfg)),
     });
-    info!(config = %config_file.display(), images = daemon.config.image.len(), order = ?graph.order(), "rebased starting");
+    info!(config = %config_file.display(), images = daemon.cfg().image.len(), order = ?graph.order(), "rebased starting");
 
     let shutdown = CancellationToken::new();
     let dispatcher = Dispatcher::new(queue, graph, Arc::clone(&daemon), limits, Clock::system());
 
     if mode == Mode::Once {
-        for image in &daemon.config.image {
+        for image in &daemon.cfg().image {
             if let Err(e) = daemon.ensure_ledger(image).await {
                 warn!(image = %image.name, "cannot read the ledger back from the registry: {e:#}");
             }
@@ -235,14 +278,11 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         }
     };
     let secrets = rebased_api::Secrets {
-        api_token: read_secret(
-            &daemon.config.daemon.api_token_file,
-            "daemon.api_token_file",
-        )?,
-        webhook_token: read_secret(&daemon.config.webhooks.token_file, "webhooks.token_file")?,
+        api_token: read_secret(&daemon.cfg().daemon.api_token_file, "daemon.api_token_file")?,
+        webhook_token: read_secret(&daemon.cfg().webhooks.token_file, "webhooks.token_file")?,
     };
-    refuse_open_listener(&daemon.config.daemon.listen, secrets.api_token.is_some())?;
-    let listener = rebased_api::bind(&daemon.config.daemon.listen).await?;
+    refuse_open_listener(&daemon.cfg().daemon.listen, secrets.api_token.is_some())?;
+    let listener = rebased_api::bind(&daemon.cfg().daemon.listen).await?;
     let api_shutdown = CancellationToken::new();
     let api = tokio::spawn(rebased_api::serve(
         listener,
@@ -253,7 +293,7 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
     tokio::spawn(signals(
         shutdown.clone(),
         daemon.builds.clone(),
-        daemon.config.daemon.stop_timeout.0,
+        daemon.cfg().daemon.stop_timeout.0,
     ));
     let dispatch = tokio::spawn(dispatcher.run(jobs_rx, shutdown.clone()));
     // State open, config loaded, API bound.
@@ -263,12 +303,13 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         tokio::spawn(watchdog(Arc::clone(&daemon), every, shutdown.clone()));
     }
     // Read back what the registries already hold before deciding anything.
-    for image in &daemon.config.image {
+    for image in &daemon.cfg().image {
         if let Err(e) = daemon.ensure_ledger(image).await {
             warn!(image = %image.name, "cannot read the ledger back from the registry yet: {e:#}");
         }
     }
     let poll = tokio::spawn(poller::run(Arc::clone(&daemon), check_rx, shutdown.clone()));
+    tokio::spawn(crate::reload::run(Arc::clone(&daemon), shutdown.clone()));
 
     shutdown.cancelled().await;
     daemon.notifier.send("STOPPING=1");
@@ -370,9 +411,40 @@ pub struct Plan {
 }
 
 impl Daemon {
+    /// The config in force.
+    pub fn cfg(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The registry client of the config in force.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The builder of the config in force.
+    pub fn buildah(&self) -> Arc<Buildah> {
+        Arc::clone(&self.buildah.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// The image called `name`.
-    pub fn image(&self, name: &str) -> Option<&ImageConfig> {
-        self.config.image.iter().find(|i| i.name.as_str() == name)
+    pub fn image(&self, name: &str) -> Option<ImageConfig> {
+        self.cfg()
+            .image
+            .iter()
+            .find(|i| i.name.as_str() == name)
+            .cloned()
+    }
+
+    /// Swaps in a new config (and what is built from it).
+    pub fn install_config(&self, cfg: Config) {
+        let registry = Arc::new(Registry::new(&cfg.registries));
+        let buildah = Arc::new(Buildah::with_storage(
+            &cfg.daemon.state_dir.join("containers"),
+            cfg.builder.timeout.0,
+        ));
+        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
+        *self.buildah.write().unwrap_or_else(|p| p.into_inner()) = buildah;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
     }
 
     /// Reads and parses an image's Dockerfile.
@@ -418,7 +490,7 @@ impl Daemon {
     /// True when `base` is the repository of a managed image.
     pub fn is_managed(&self, base: &ImageRef) -> bool {
         let name = base.name();
-        self.config
+        self.cfg()
             .image
             .iter()
             .any(|i| i.repository.to_string() == name)
@@ -426,7 +498,7 @@ impl Daemon {
 
     /// Registries reached over plain http.
     pub fn insecure_registries(&self) -> Vec<String> {
-        self.config
+        self.cfg()
             .registries
             .iter()
             .filter(|(_, r)| r.insecure)
@@ -436,7 +508,7 @@ impl Daemon {
 
     /// Saves a build log under `state_dir/logs`.
     pub fn save_log(&self, job: u64, log: &str) {
-        let dir = self.config.daemon.state_dir.join("logs");
+        let dir = self.cfg().daemon.state_dir.join("logs");
         let path = dir.join(format!("{job}.log"));
         if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, log)) {
             warn!(path = %path.display(), "cannot save build log: {e}");
@@ -458,13 +530,13 @@ impl Daemon {
             .map_or("never".to_owned(), |t| t.format("%H:%M:%S").to_string());
         self.notifier.status(&format!(
             "{} images, {queued} queued, {building} building, last poll {last}",
-            self.config.image.len()
+            self.cfg().image.len()
         ));
     }
 
     /// The path of a job's build log.
     pub fn log_path(&self, job: u64) -> PathBuf {
-        self.config
+        self.cfg()
             .daemon
             .state_dir
             .join("logs")
@@ -477,5 +549,18 @@ pub fn version_inputs(v: &VersionRecord) -> Inputs {
     Inputs {
         digests: v.bases.clone(),
         platforms: v.platforms.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_parsing() {
+        assert!(journal_stream_matches("8:12345", 8, 12345));
+        assert!(!journal_stream_matches("8:12345", 8, 1));
+        assert!(!journal_stream_matches("garbage", 8, 12345));
+        assert!(!journal_stream_matches("", 0, 0));
     }
 }

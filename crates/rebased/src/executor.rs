@@ -29,7 +29,7 @@ impl Executor for Daemon {
         };
         let span = info_span!("job", image = %job.image, job = job.id);
         let started = std::time::Instant::now();
-        let outcome = match self.run_job(image, &job).instrument(span).await {
+        let outcome = match self.run_job(&image, &job).instrument(span).await {
             Ok(Some(v)) => {
                 self.metrics.inc(
                     "rebased_versions_published_total",
@@ -193,7 +193,7 @@ impl Daemon {
                 continue;
             }
             let d = self
-                .registry
+                .registry()
                 .resolve(base)
                 .await
                 .with_context(|| format!("resolving base {base}"))?;
@@ -202,7 +202,7 @@ impl Daemon {
             if rec.digest.as_ref() != Some(&d) {
                 rec.changed_at = Some(t);
                 rec.platforms = self
-                    .registry
+                    .registry()
                     .platforms(&base.pinned(&d))
                     .await
                     .unwrap_or_default();
@@ -246,10 +246,10 @@ impl Daemon {
         let name = image.name.as_str();
         let target = repo.with_tag(&version.to_string());
         // Versions are immutable: look before pushing.
-        let existing = self.registry.lookup(&target).await?;
+        let existing = self.registry().lookup(&target).await?;
         let digest = match existing {
             Some(d) => {
-                let manifest = self.registry.manifest(&target).await?;
+                let manifest = self.registry().manifest(&target).await?;
                 match provenance::bases_from(&manifest.annotations()) {
                     Some(b) if b == now.digests => {
                         info!(digest = %d, "version tag already pushed with the same inputs: adopting it");
@@ -279,7 +279,7 @@ impl Daemon {
                 }
                 .annotations();
                 let workdir = self
-                    .config
+                    .cfg()
                     .daemon
                     .state_dir
                     .join("builds")
@@ -295,7 +295,7 @@ impl Daemon {
                     insecure_registries: self.insecure_registries(),
                     workdir: workdir.clone(),
                 };
-                let outcome = self.buildah.build(&request, &self.builds).await;
+                let outcome = self.buildah().build(&request, &self.builds).await;
                 let log = match &outcome {
                     Ok(o) => o.log.clone(),
                     Err(e) => e.log().to_owned(),
@@ -347,7 +347,7 @@ impl Daemon {
         let mut tag_errors = Vec::new();
         for template in &image.tags {
             let tag = template.render(&version);
-            match self.registry.tag(repo, &digest, &tag).await {
+            match self.registry().tag(repo, &digest, &tag).await {
                 Ok(()) => {
                     info!(tag = %tag, "moved floating tag");
                     failpoint("after-first-floating-tag");

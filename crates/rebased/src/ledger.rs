@@ -48,7 +48,7 @@ impl Daemon {
         }
         let repo = repository(image)?;
         let tags = self
-            .registry
+            .registry()
             .list_tags(repo)
             .await
             .with_context(|| format!("listing the tags of {}", repo.name()))?;
@@ -63,7 +63,7 @@ impl Daemon {
         for v in &versions {
             let tagged = repo.with_tag(&v.to_string());
             let manifest = self
-                .registry
+                .registry()
                 .manifest(&tagged)
                 .await
                 .with_context(|| format!("reading {tagged}"))?;
@@ -137,7 +137,7 @@ impl Daemon {
         for template in &image.tags {
             let tag = template.render(version);
             let target = repo.with_tag(&tag);
-            match self.registry.lookup(&target).await {
+            match self.registry().lookup(&target).await {
                 Ok(Some(d)) if &d == digest => continue,
                 Ok(_) => {}
                 Err(e) => {
@@ -145,7 +145,7 @@ impl Daemon {
                     continue;
                 }
             }
-            match self.registry.tag(repo, digest, &tag).await {
+            match self.registry().tag(repo, digest, &tag).await {
                 Ok(()) => info!(image = %image.name, tag = %tag, %version, "moved floating tag"),
                 Err(e) => errors.push(format!("{tag}: {e}")),
             }
@@ -170,7 +170,7 @@ impl Daemon {
         {
             bail!("{name} is building; roll back when the build is done");
         }
-        self.ensure_ledger(image).await?;
+        self.ensure_ledger(&image).await?;
         let target = self
             .store
             .version(name, to)?
@@ -186,7 +186,7 @@ impl Daemon {
                 image: name.to_owned(),
             })
             .await;
-        match self.move_back(image, name, to, from, &target.digest).await {
+        match self.move_back(&image, name, to, from, &target.digest).await {
             Ok(event) => Ok(event),
             Err(e) => {
                 let restore = before
@@ -214,7 +214,7 @@ impl Daemon {
         tags.sort();
         tags.dedup();
         for tag in &tags {
-            self.registry
+            self.registry()
                 .tag(repo, digest, tag)
                 .await
                 .with_context(|| format!("pointing {tag} at {to}"))?;
@@ -247,10 +247,10 @@ impl Daemon {
             }
         })?;
         info!(image = %name, "resumed");
-        let plan = self.plan(image)?;
+        let plan = self.plan(&image)?;
         crate::poller::evaluate(
             self,
-            image,
+            &image,
             &plan.bases,
             Trigger::Poll,
             "resumed after a rollback",

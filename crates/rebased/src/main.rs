@@ -8,6 +8,7 @@ mod executor;
 mod ledger;
 mod notify;
 mod poller;
+mod reload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

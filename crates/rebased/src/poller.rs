@@ -29,6 +29,8 @@ pub struct CheckRequest {
     /// What asked (`Poll` for `POST /v1/check`, `Webhook`); recorded as the
     /// reason of any build it causes.
     pub trigger: Trigger,
+    /// Decide every image afterwards, changed or not (after a reload).
+    pub all: bool,
 }
 
 /// The poll loop, until `shutdown`.
@@ -37,14 +39,15 @@ pub async fn run(
     mut checks: mpsc::Receiver<CheckRequest>,
     shutdown: CancellationToken,
 ) {
-    let tz: Tz = daemon.config.daemon.timezone.parse().unwrap_or(Tz::UTC);
     let mut next: BTreeMap<ImageRef, DateTime<Utc>> = BTreeMap::new();
     let mut first = true;
     let mut trigger = Trigger::Poll;
     let mut forced: Option<BTreeSet<ImageRef>> = None;
+    let mut evaluate_all = false;
     let pulse = crate::notify::watchdog_interval().unwrap_or(std::time::Duration::from_secs(3600));
     loop {
         let now = Utc::now();
+        let tz: Tz = daemon.cfg().daemon.timezone.parse().unwrap_or(Tz::UTC);
         let specs = schedules(&daemon);
         next.retain(|r, _| specs.contains_key(r));
         for r in specs.keys() {
@@ -60,8 +63,10 @@ pub async fn run(
             due.sort();
             due.dedup();
         }
-        if !due.is_empty() || first {
-            let rechecks = round(&daemon, Some((due.clone(), trigger)), first).await;
+        if !due.is_empty() || first || evaluate_all {
+            let rechecks =
+                round(&daemon, Some((due.clone(), trigger)), first || evaluate_all).await;
+            evaluate_all = false;
             let after = Utc::now();
             for r in &due {
                 let mut t = specs
@@ -92,6 +97,7 @@ pub async fn run(
             req = checks.recv() => {
                 if let Some(req) = req {
                     trigger = req.trigger;
+                    evaluate_all |= req.all;
                     forced = Some(match req.references {
                         Some(refs) => refs.into_iter().collect(),
                         None => specs.keys().cloned().collect(),
@@ -111,14 +117,14 @@ pub fn watched(daemon: &Daemon) -> BTreeSet<ImageRef> {
 /// Each polled base and the schedules of the images using it.
 fn schedules(daemon: &Daemon) -> BTreeMap<ImageRef, Vec<CronSpec>> {
     let mut out: BTreeMap<ImageRef, Vec<CronSpec>> = BTreeMap::new();
-    for image in &daemon.config.image {
+    for image in &daemon.cfg().image {
         let Ok(plan) = daemon.plan(image) else {
             continue;
         };
         let spec = image
             .poll
             .clone()
-            .unwrap_or_else(|| daemon.config.daemon.poll.clone());
+            .unwrap_or_else(|| daemon.cfg().daemon.poll.clone());
         for base in plan.bases.into_iter().filter(|b| b.digest().is_none()) {
             let specs = out.entry(base).or_default();
             if !specs.contains(&spec) {
@@ -140,7 +146,7 @@ pub async fn round(
     let (due, trigger) =
         due.unwrap_or_else(|| (schedules(daemon).into_keys().collect(), Trigger::Poll));
     let started = Utc::now();
-    let checks = rebased_watcher::check_all(Arc::clone(&daemon.registry), due, 8).await;
+    let checks = rebased_watcher::check_all(daemon.registry(), due, 8).await;
     let mut changed: BTreeMap<ImageRef, (Option<Digest>, Digest)> = BTreeMap::new();
     let mut rechecks = BTreeMap::new();
     for check in checks {
@@ -196,14 +202,17 @@ pub async fn round(
                 rec.pending = watch.pending;
                 if moved {
                     if let Some(d) = &rec.digest {
-                        rec.platforms =
-                            match daemon.registry.platforms(&check.reference.pinned(d)).await {
-                                Ok(p) => p,
-                                Err(e) => {
-                                    warn!(base = %key, "cannot read the index's platforms: {e}");
-                                    BTreeMap::new()
-                                }
-                            };
+                        rec.platforms = match daemon
+                            .registry()
+                            .platforms(&check.reference.pinned(d))
+                            .await
+                        {
+                            Ok(p) => p,
+                            Err(e) => {
+                                warn!(base = %key, "cannot read the index's platforms: {e}");
+                                BTreeMap::new()
+                            }
+                        };
                     }
                 }
             }
@@ -215,7 +224,7 @@ pub async fn round(
     }
     lock(&daemon.runtime).last_poll = Some(started);
 
-    for image in &daemon.config.image {
+    for image in &daemon.cfg().image {
         let name = image.name.as_str();
         let plan = match daemon.plan(image) {
             Ok(p) => p,
@@ -236,6 +245,11 @@ pub async fn round(
             .flatten()
             .is_some_and(|r| r.state == ImageState::Failing && r.failed_inputs.is_none());
         if !all && touched.is_empty() && !was_bad_plan {
+            continue;
+        }
+        // A queued or running job decides with the inputs of its start: with
+        // no change seen, it covers this image already.
+        if touched.is_empty() && lock(&daemon.queue).active(name).is_some() {
             continue;
         }
         let detail = if touched.is_empty() {

@@ -51,6 +51,8 @@ pub enum Command {
     },
     /// A new dependency graph (config reload).
     Graph(Graph),
+    /// New limits (config reload); running jobs are not affected.
+    Limits(Limits),
 }
 
 /// Limits the dispatcher enforces.
@@ -224,6 +226,7 @@ impl<E: Executor> Dispatcher<E> {
                 }
             }
             Command::Graph(g) => self.graph = g,
+            Command::Limits(l) => self.limits = l,
         }
     }
 
