@@ -165,7 +165,26 @@ fn sigterm_during_build(stop_timeout: &str, expect_finished_before_exit: bool) {
             .any(|j| j["state"] == "running")
             .then_some(())
     });
-    daemon.stop(); // SIGTERM; asserts exit status 0
+    signal(&daemon, "-TERM");
+    if expect_finished_before_exit {
+        // While the build finishes, new work is refused.
+        let code = wait_for("the API to refuse new work", WAIT, || {
+            let c = reqwest::blocking::Client::new()
+                .post(format!("{}/v1/check", daemon.api))
+                .send()
+                .ok()?
+                .status()
+                .as_u16();
+            (c == 503).then_some(c)
+        });
+        assert_eq!(code, 503);
+    }
+    let status = daemon.wait_exit(WAIT);
+    assert!(
+        status.success(),
+        "exit status 0 after SIGTERM, got {status}:\n{}",
+        daemon.log_text()
+    );
     let pushed = registry.digest("slow:1.0.0").is_some();
     if expect_finished_before_exit {
         assert!(

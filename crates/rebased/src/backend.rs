@@ -138,6 +138,7 @@ impl Backend for Daemon {
     }
 
     fn check(&self, req: CheckRequest) -> Result<Accepted, ApiError> {
+        refuse_if_stopping(self)?;
         let references = match &req.reference {
             Some(r) => Some(vec![
                 ImageRef::parse(r).map_err(|e| ApiError::bad_request(e.to_string()))?
@@ -163,6 +164,7 @@ impl Backend for Daemon {
     }
 
     fn rebuild(&self, name: &str) -> Result<Accepted, ApiError> {
+        refuse_if_stopping(self)?;
         if self.image(name).is_none() {
             return Err(ApiError::not_found(format!("image {name:?}")));
         }
@@ -202,6 +204,7 @@ impl Backend for Daemon {
     }
 
     fn webhook(&self, source: &str, references: Vec<String>) -> Result<WebhookReply, ApiError> {
+        refuse_if_stopping(self)?;
         let watched = poller::watched(self);
         let mut check = Vec::new();
         let mut ignored = Vec::new();
@@ -253,6 +256,16 @@ impl Backend for Daemon {
             })
         })
     }
+}
+
+/// 503 while stopping: new work is not taken.
+fn refuse_if_stopping(d: &Daemon) -> Result<(), ApiError> {
+    if d.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::unavailable(
+            "rebased is stopping: no new checks, builds or webhooks are taken".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 fn action_error(e: anyhow::Error) -> ApiError {

@@ -78,6 +78,8 @@ pub struct Daemon {
     pub notifier: crate::notify::Notifier,
     /// When the poll loop last went round (unix seconds): the watchdog's pulse.
     pub heartbeat: std::sync::atomic::AtomicI64,
+    /// Set on SIGTERM: no new jobs, checks or webhooks are taken.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Entry point of `run` and `once`.
@@ -235,6 +237,7 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         metrics: rebased_api::metrics::Metrics::default(),
         notifier: crate::notify::Notifier::from_env(),
         heartbeat: std::sync::atomic::AtomicI64::new(Utc::now().timestamp()),
+        stopping: std::sync::atomic::AtomicBool::new(false),
         config: std::sync::RwLock::new(Arc::new(cfg)),
     });
     info!(config = %config_file.display(), images = daemon.cfg().image.len(), order = ?graph.order(), "rebased starting");
@@ -312,6 +315,9 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
     tokio::spawn(crate::reload::run(Arc::clone(&daemon), shutdown.clone()));
 
     shutdown.cancelled().await;
+    daemon
+        .stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     daemon.notifier.send("STOPPING=1");
     info!("stopping: no new jobs; running builds may finish");
     if let Err(e) = poll.await {
