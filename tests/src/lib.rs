@@ -469,3 +469,42 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A build context `dir/name` holding a `hello` file and `dockerfile`.
+pub fn app_context(dir: &Path, name: &str, dockerfile: &str) -> PathBuf {
+    let ctx = dir.join(name);
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("hello"), format!("hello from {name}\n")).unwrap();
+    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    ctx
+}
+
+/// An `[[image]]` table with version 1.0.0 and `extra` lines.
+pub fn image_table(name: &str, ctx: &Path, repository: &str, extra: &str) -> String {
+    format!(
+        "\n[[image]]\nname = \"{name}\"\ncontext = \"{}\"\nrepository = \"{repository}\"\nversion = \"1.0.0\"\n{extra}",
+        ctx.display()
+    )
+}
+
+/// Writes `work/rebased.toml`: `[daemon]` with its state in `work/state`,
+/// `listen`, and `daemon_extra` lines; the registry `host` over plain http;
+/// then `rest` (image tables, other sections). Returns its path.
+pub fn write_config(
+    work: &Path,
+    listen: &str,
+    host: &str,
+    daemon_extra: &str,
+    rest: &str,
+) -> PathBuf {
+    let path = work.join("rebased.toml");
+    fs::write(
+        &path,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\n{daemon_extra}\n[registries.\"{host}\"]\ninsecure = true\n{rest}",
+            work.join("state").display()
+        ),
+    )
+    .unwrap();
+    path
+}

@@ -4,11 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use rebased_e2e::{free_port, rebased_bin, wait_for, BaseMaker, Daemon, Registry};
+use rebased_e2e::{
+    app_context, free_port, image_table, rebased_bin, wait_for, write_config, BaseMaker, Daemon,
+    Registry,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -18,25 +20,19 @@ fn start() -> (Registry, Daemon, tempfile::TempDir) {
     let host = registry.host.clone();
     BaseMaker::new().push(&registry, "base:latest", "v1");
     let work = tempfile::tempdir().unwrap();
-    let ctx = work.path().join("app");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("hello"), "hello\n").unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
-    )
-    .unwrap();
+    let ctx = app_context(
+        work.path(),
+        "app",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
     let listen = format!("127.0.0.1:{}", free_port());
-    let config = work.path().join("rebased.toml");
-    fs::write(
-        &config,
-        format!(
-            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"0 0 0 1 1 *\"\nsettle = \"0s\"\n\n[registries.\"{host}\"]\ninsecure = true\n\n[[image]]\nname = \"app\"\ncontext = \"{}\"\nrepository = \"{host}/app\"\nversion = \"1.0.0\"\n",
-            work.path().join("state").display(),
-            ctx.display()
-        ),
-    )
-    .unwrap();
+    let config = write_config(
+        work.path(),
+        &listen,
+        &host,
+        "poll = \"0 0 0 1 1 *\"\nsettle = \"0s\"",
+        &image_table("app", &ctx, &format!("{host}/app"), ""),
+    );
     let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
     wait_for("1.0.0", WAIT, || {
         let i = daemon.get("/v1/images/app");

@@ -3,10 +3,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::fs;
 use std::time::Duration;
 
-use rebased_e2e::{free_port, wait_for, BaseMaker, Daemon, Registry};
+use rebased_e2e::{
+    app_context, free_port, image_table, wait_for, write_config, BaseMaker, Daemon, Registry,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -21,25 +22,24 @@ fn only_a_change_of_the_built_platform_rebuilds() {
     let index1 = maker.push_index(&registry, "parts", &[&amd1, &arm1], "base:latest");
 
     let work = tempfile::tempdir().unwrap();
-    let ctx = work.path().join("app");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("hello"), "hello\n").unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
-    )
-    .unwrap();
+    let ctx = app_context(
+        work.path(),
+        "app",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
     let listen = format!("127.0.0.1:{}", free_port());
-    let config = work.path().join("rebased.toml");
-    fs::write(
-        &config,
-        format!(
-            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"1s\"\n\n[registries.\"{host}\"]\ninsecure = true\n\n[[image]]\nname = \"app\"\ncontext = \"{}\"\nrepository = \"{host}/app\"\nversion = \"1.0.0\"\nplatforms = [\"linux/amd64\"]\n",
-            work.path().join("state").display(),
-            ctx.display()
+    let config = write_config(
+        work.path(),
+        &listen,
+        &host,
+        "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
+        &image_table(
+            "app",
+            &ctx,
+            &format!("{host}/app"),
+            "platforms = [\"linux/amd64\"]\n",
         ),
-    )
-    .unwrap();
+    );
     let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
     let current = || {
         daemon.get("/v1/images/app")["current_version"]

@@ -7,7 +7,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rebased_e2e::{free_port, wait_for, BaseMaker, Daemon, Registry};
+use rebased_e2e::{
+    app_context, free_port, image_table, wait_for, write_config, BaseMaker, Daemon, Registry,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -27,25 +29,24 @@ fn setup(extra_daemon: &str) -> Setup {
     let bases = BaseMaker::new();
     bases.push(&registry, "base:latest", "v1");
     let work = tempfile::tempdir().unwrap();
-    let ctx = work.path().join("app");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("hello"), "hello\n").unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
-    )
-    .unwrap();
+    let ctx = app_context(
+        work.path(),
+        "app",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
     let listen = format!("127.0.0.1:{}", free_port());
-    let config = work.path().join("rebased.toml");
-    fs::write(
-        &config,
-        format!(
-            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n{extra_daemon}\n[builder]\nmax_attempts = 1\n\n[registries.\"{host}\"]\ninsecure = true\n\n[[image]]\nname = \"app\"\ncontext = \"{}\"\nrepository = \"{host}/app\"\nversion = \"1.0.0\"\ntags = [\"{{major}}.{{minor}}\", \"{{major}}\", \"latest\"]\n",
-            work.path().join("state").display(),
-            ctx.display()
+    let config = write_config(
+        work.path(),
+        &listen,
+        &host,
+        &format!("poll = \"*/1 * * * * *\"\nsettle = \"0s\"\n{extra_daemon}\n[builder]\nmax_attempts = 1"),
+        &image_table(
+            "app",
+            &ctx,
+            &format!("{host}/app"),
+            "tags = [\"{major}.{minor}\", \"{major}\", \"latest\"]\n",
         ),
-    )
-    .unwrap();
+    );
     let log = work.path().join("daemon.log");
     Setup {
         registry,

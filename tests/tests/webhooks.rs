@@ -6,7 +6,9 @@
 use std::fs;
 use std::time::Duration;
 
-use rebased_e2e::{free_port, wait_for, BaseMaker, Daemon, Registry};
+use rebased_e2e::{
+    app_context, free_port, image_table, wait_for, write_config, BaseMaker, Daemon, Registry,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -49,27 +51,24 @@ fn registry_notifications_trigger_a_rebuild_and_bad_deliveries_change_nothing() 
     bases.push(&registry, "base:latest", "v1");
 
     let work = tempfile::tempdir().unwrap();
-    let ctx = work.path().join("app");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("hello"), "hello\n").unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
-    )
-    .unwrap();
+    let ctx = app_context(
+        work.path(),
+        "app",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
     let token_file = work.path().join("webhook-token");
     fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let config = work.path().join("rebased.toml");
-    fs::write(
-        &config,
-        format!(
-            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"0 0 0 1 1 *\"\nsettle = \"0s\"\n\n[webhooks]\ntoken_file = \"{}\"\n\n[registries.\"{host}\"]\ninsecure = true\n\n[[image]]\nname = \"app\"\ncontext = \"{}\"\nrepository = \"{host}/app\"\nversion = \"1.0.0\"\n",
-            work.path().join("state").display(),
+    let config = write_config(
+        work.path(),
+        &listen,
+        &host,
+        "poll = \"0 0 0 1 1 *\"\nsettle = \"0s\"",
+        &format!(
+            "\n[webhooks]\ntoken_file = \"{}\"\n{}",
             token_file.display(),
-            ctx.display()
+            image_table("app", &ctx, &format!("{host}/app"), "")
         ),
-    )
-    .unwrap();
+    );
     let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
     let current = || {
         let i = daemon.get("/v1/images/app");
