@@ -237,6 +237,8 @@ pub struct BaseView {
     pub error: Option<String>,
     /// Images built from it.
     pub dependents: Vec<String>,
+    /// The registry's `ratelimit-remaining` at the last check, when it said.
+    pub rate_limit_remaining: Option<u64>,
 }
 
 /// The body of `POST /v1/check` (optional).

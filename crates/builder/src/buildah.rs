@@ -83,6 +83,26 @@ impl Buildah {
         )
         .await
         .map_err(ws(&registries_conf))?;
+        // Credentials and CAs for this build only.
+        let mut extra: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(json) = &req.auth_json {
+            let path = req.workdir.join("auth.json");
+            write_private(&path, json.as_bytes())
+                .await
+                .map_err(ws(&path))?;
+            extra.push("--authfile".into());
+            extra.push(path.into_os_string());
+        }
+        if !req.ca_files.is_empty() {
+            let dir = req.workdir.join("certs");
+            tokio::fs::create_dir_all(&dir).await.map_err(ws(&dir))?;
+            for (i, ca) in req.ca_files.iter().enumerate() {
+                let to = dir.join(format!("ca-{i}.crt"));
+                tokio::fs::copy(ca, &to).await.map_err(ws(ca))?;
+            }
+            extra.push("--cert-dir".into());
+            extra.push(dir.into_os_string());
+        }
         let digest_file = req.workdir.join("digest");
         let _ = tokio::fs::remove_file(&digest_file).await;
         let local = format!("localhost/rebased-build/job-{}:latest", sanitize(&req.job));
@@ -90,6 +110,7 @@ impl Buildah {
         let mut log = String::new();
         let mut bud = self.command(&registries_conf);
         bud.arg("bud")
+            .args(&extra)
             .arg("--isolation")
             .arg("chroot")
             .arg("--layers=false")
@@ -112,6 +133,7 @@ impl Buildah {
             Ok(()) => {
                 let mut push = self.command(&registries_conf);
                 push.arg("push")
+                    .args(&extra)
                     .arg("--digestfile")
                     .arg(&digest_file)
                     .arg(&local)
@@ -189,6 +211,25 @@ impl Buildah {
             })
         }
     }
+}
+
+/// Writes a file readable by its owner only.
+async fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = path.to_owned();
+    let data = data.to_vec();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(&data)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Lowercase alphanumerics and `-` only: safe inside a local image name.

@@ -38,6 +38,12 @@ pub struct BuildRequest {
     pub insecure_registries: Vec<String>,
     /// A scratch directory for this build; created if missing.
     pub workdir: PathBuf,
+    /// Contents of a containers auth file (`{"auths": {...}}`) for the
+    /// registries this build pulls from and pushes to; written 0600 into the
+    /// workdir for the build only.
+    pub auth_json: Option<String>,
+    /// Extra CA certificates (PEM files) trusted for this build.
+    pub ca_files: Vec<PathBuf>,
 }
 
 /// A successful build.

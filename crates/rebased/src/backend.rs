@@ -130,6 +130,7 @@ impl Backend for Daemon {
                     .pending
                     .map(|(digest, since)| PendingView { digest, since }),
                 platforms: r.platforms,
+                rate_limit_remaining: r.rate_limit_remaining,
                 last_checked: r.checked_at,
                 last_changed: r.changed_at,
                 error: r.error,

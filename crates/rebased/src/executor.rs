@@ -110,6 +110,30 @@ impl Executor for Daemon {
 }
 
 impl Daemon {
+    /// An auth file for buildah: credentials of every registry the build
+    /// pulls from or pushes to (none when all are anonymous).
+    fn auth_json<'a>(
+        &self,
+        target: &ImageRef,
+        bases: impl Iterator<Item = &'a ImageRef>,
+    ) -> Result<Option<String>> {
+        let mut hosts: Vec<String> = bases.map(|b| b.registry().to_owned()).collect();
+        hosts.push(target.registry().to_owned());
+        hosts.sort();
+        hosts.dedup();
+        let registry = self.registry();
+        let mut auths = serde_json::Map::new();
+        for host in hosts {
+            let creds = registry
+                .credentials(&host)
+                .map_err(|e| anyhow!("credentials for {host}: {e}"))?;
+            if let Some(c) = creds {
+                auths.insert(host, serde_json::json!({ "auth": c.basic() }));
+            }
+        }
+        Ok((!auths.is_empty()).then(|| serde_json::json!({ "auths": auths }).to_string()))
+    }
+
     /// One attempt: `Some(version)` when a version was published.
     async fn run_job(&self, image: &ImageConfig, job: &Job) -> Result<Option<Version>> {
         let name = image.name.as_str();
@@ -293,6 +317,13 @@ impl Daemon {
                     target: target.clone(),
                     annotations,
                     insecure_registries: self.insecure_registries(),
+                    auth_json: self.auth_json(repo, pins.keys())?,
+                    ca_files: self
+                        .cfg()
+                        .registries
+                        .values()
+                        .filter_map(|r| r.ca_file.clone())
+                        .collect(),
                     workdir: workdir.clone(),
                 };
                 let outcome = self.buildah().build(&request, &self.builds).await;

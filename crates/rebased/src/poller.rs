@@ -165,6 +165,10 @@ pub async fn round(
             &[("registry", &registry)],
         );
         let outcome = if check.result.is_ok() { "ok" } else { "error" };
+        if let Some(left) = check.rate_limit_remaining {
+            daemon.metrics.set_rate_limit_remaining(&registry, left);
+            rec.rate_limit_remaining = Some(left);
+        }
         daemon.metrics.inc(
             "rebased_polls_total",
             &[("registry", &registry), ("outcome", outcome)],

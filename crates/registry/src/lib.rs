@@ -5,7 +5,11 @@
 //! lists tags, and points a tag at an existing manifest (the way `crane tag`
 //! does: the manifest bytes are copied unchanged, so the digest stays).
 
+pub mod auth;
+mod http;
+
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -88,44 +92,134 @@ impl RawManifest {
 /// A client for every registry rebased talks to, configured per host.
 pub struct Registry {
     client: Client,
+    config: BTreeMap<String, RegistryConfig>,
+    /// Per-host HTTP clients (plain http, extra CA); `Err` says why a host's
+    /// TLS setup failed, reported on every request to it.
+    http: BTreeMap<String, Result<reqwest::Client, String>>,
+    default_http: reqwest::Client,
+    tokens: http::TokenCache,
+    limits: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+pub use http::{parse_challenge, parse_rate_limit, Challenge, Head};
+
+fn http_client(
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .timeout(timeout)
+        .user_agent(concat!("rebased/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build().map_err(|e| format!("HTTP client: {e}"))
 }
 
 impl Registry {
-    /// A client honouring `[registries."HOST"]` (`insecure` means plain http).
+    /// A client honouring `[registries."HOST"]`: `insecure` (plain http),
+    /// `ca_file`, `concurrency`, and credentials.
     pub fn new(registries: &BTreeMap<String, RegistryConfig>) -> Self {
+        Self::with_timeout(registries, Duration::from_secs(30))
+    }
+
+    /// Like [`Registry::new`], with `timeout` per request (tests use short ones).
+    pub fn with_timeout(registries: &BTreeMap<String, RegistryConfig>, timeout: Duration) -> Self {
         let insecure: Vec<String> = registries
             .iter()
             .filter(|(_, c)| c.insecure)
             .map(|(h, _)| h.clone())
             .collect();
+        let extra_roots: Vec<oci_client::client::Certificate> = registries
+            .values()
+            .filter_map(|c| c.ca_file.as_ref())
+            .filter_map(|p| std::fs::read(p).ok())
+            .map(|data| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data,
+            })
+            .collect();
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure),
             connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(timeout),
+            extra_root_certificates: extra_roots,
             ..Default::default()
         };
+        let http = registries
+            .iter()
+            .map(|(h, c)| (h.clone(), http_client(c.ca_file.as_deref(), timeout)))
+            .collect();
         Self {
             client: Client::new(config),
+            config: registries.clone(),
+            http,
+            default_http: http_client(None, timeout).unwrap_or_default(),
+            tokens: http::TokenCache::default(),
+            limits: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// The digest `reference` points at now (one `HEAD`; a `GET` only when the
-    /// registry sends no `Docker-Content-Digest`). For an index this is the
-    /// index digest.
-    pub async fn resolve(&self, reference: &ImageRef) -> Result<Digest, RegistryError> {
-        let oci = to_oci(reference);
-        let digest = self
-            .client
-            .fetch_manifest_digest(&oci, &RegistryAuth::Anonymous)
-            .await
-            .map_err(|e| classify(reference, e))?;
-        debug!(%reference, %digest, "resolved");
-        Digest::parse(&digest).map_err(|e| RegistryError {
-            registry: reference.registry().to_owned(),
+    /// Credentials for `host`, from the config, Docker's config.json or a
+    /// credential helper; `None` for anonymous access.
+    pub fn credentials(&self, host: &str) -> Result<Option<auth::Credentials>, String> {
+        auth::credentials(host, self.config.get(host))
+    }
+
+    fn oci_auth(&self, r: &ImageRef) -> Result<RegistryAuth, RegistryError> {
+        match self.credentials(r.registry()) {
+            Ok(Some(c)) => Ok(RegistryAuth::Basic(c.username, c.secret)),
+            Ok(None) => Ok(RegistryAuth::Anonymous),
+            Err(detail) => Err(RegistryError {
+                registry: r.registry().to_owned(),
+                reference: r.to_string(),
+                kind: ErrorKind::Unauthorized,
+                detail,
+            }),
+        }
+    }
+
+    fn permit_pool(&self, host: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.config.get(host).map_or(8, |c| c.concurrency.max(1));
+        Arc::clone(
+            l.entry(host.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(n))),
+        )
+    }
+
+    /// One `HEAD` of `reference` (a `GET` only when the registry sends no
+    /// `Docker-Content-Digest`), within the host's concurrency bound, with
+    /// retries and rate-limit handling. For an index this is the index digest.
+    pub async fn head(&self, reference: &ImageRef) -> Result<Head, RegistryError> {
+        let host = reference.registry();
+        let fail = |kind, detail: String| RegistryError {
+            registry: host.to_owned(),
             reference: reference.to_string(),
-            kind: ErrorKind::Protocol,
-            detail: e.to_string(),
-        })
+            kind,
+            detail,
+        };
+        let creds = self
+            .credentials(host)
+            .map_err(|d| fail(ErrorKind::Unauthorized, d))?;
+        let http = match self.http.get(host) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(fail(ErrorKind::Unreachable, format!("TLS setup: {e}"))),
+            None => &self.default_http,
+        };
+        let insecure = self.config.get(host).is_some_and(|c| c.insecure);
+        let pool = self.permit_pool(host);
+        let _permit = pool.acquire().await;
+        http::head(http, &self.tokens, reference, insecure, creds.as_ref()).await
+    }
+
+    /// The digest `reference` points at now (see [`Registry::head`]).
+    pub async fn resolve(&self, reference: &ImageRef) -> Result<Digest, RegistryError> {
+        self.head(reference).await.map(|h| h.digest)
     }
 
     /// Like [`Registry::resolve`], but a missing tag is `Ok(None)`.
@@ -142,7 +236,7 @@ impl Registry {
         let oci = to_oci(reference);
         let (bytes, digest) = self
             .client
-            .pull_manifest_raw(&oci, &RegistryAuth::Anonymous, MANIFEST_MEDIA_TYPES)
+            .pull_manifest_raw(&oci, &self.oci_auth(reference)?, MANIFEST_MEDIA_TYPES)
             .await
             .map_err(|e| classify(reference, e))?;
         let protocol = |detail: String| RegistryError {
@@ -197,7 +291,7 @@ impl Registry {
             detail: format!("bad media type {:?}", manifest.media_type),
         })?;
         self.client
-            .auth(&oci, &RegistryAuth::Anonymous, RegistryOperation::Push)
+            .auth(&oci, &self.oci_auth(&target)?, RegistryOperation::Push)
             .await
             .map_err(|e| classify(&target, e))?;
         self.client
@@ -211,12 +305,13 @@ impl Registry {
     /// Every tag of `repository` (following pagination).
     pub async fn list_tags(&self, repository: &ImageRef) -> Result<Vec<String>, RegistryError> {
         let oci = to_oci(&repository.with_tag("latest"));
+        let auth = self.oci_auth(repository)?;
         let mut tags: Vec<String> = Vec::new();
         let mut last: Option<String> = None;
         loop {
             let page = match self
                 .client
-                .list_tags(&oci, &RegistryAuth::Anonymous, Some(1000), last.as_deref())
+                .list_tags(&oci, &auth, Some(1000), last.as_deref())
                 .await
             {
                 Ok(p) => p,

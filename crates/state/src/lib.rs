@@ -82,6 +82,9 @@ pub struct BaseRecord {
     /// For an index: the child manifest digest of each platform (`os/arch[/variant]`).
     #[serde(default)]
     pub platforms: BTreeMap<String, Digest>,
+    /// The registry's `ratelimit-remaining` at the last check, when it said.
+    #[serde(default)]
+    pub rate_limit_remaining: Option<u64>,
 }
 
 impl BaseRecord {
@@ -95,6 +98,7 @@ impl BaseRecord {
             error: None,
             pending: None,
             platforms: BTreeMap::new(),
+            rate_limit_remaining: None,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct Check {
     pub reference: ImageRef,
     /// Its digest now, or why it could not be had.
     pub result: Result<Digest, RegistryError>,
+    /// The registry's `ratelimit-remaining`, when it said.
+    pub rate_limit_remaining: Option<u64>,
 }
 
 /// Checks every reference in `refs` once (duplicates collapse), at most
@@ -36,12 +38,18 @@ pub async fn check_all(
         let permits = Arc::clone(&permits);
         set.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let result = registry.resolve(&reference).await;
+            let head = registry.head(&reference).await;
+            let rate_limit_remaining = head.as_ref().ok().and_then(|h| h.rate_limit_remaining);
+            let result = head.map(|h| h.digest);
             match &result {
                 Ok(d) => debug!(base = %reference, digest = %d, "checked"),
                 Err(e) => warn!(base = %reference, error = %e, "check failed"),
             }
-            Check { reference, result }
+            Check {
+                reference,
+                result,
+                rate_limit_remaining,
+            }
         });
     }
     let mut out = Vec::new();

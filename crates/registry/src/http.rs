@@ -1,0 +1,490 @@
+//! Manifest HEAD (and GET when the digest header is missing) spoken directly:
+//! the bearer-token and basic challenge flows, a token cache, retries with
+//! backoff on connection errors and 5xx, `429` with `Retry-After`, and the
+//! `ratelimit-remaining` header Docker Hub sends.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rebased_core::{Digest, ImageRef};
+use sha2::Digest as _;
+use tracing::debug;
+
+use crate::auth::Credentials;
+use crate::{ErrorKind, RegistryError, MANIFEST_MEDIA_TYPES};
+
+/// Attempts per request (the first plus retries).
+const ATTEMPTS: u32 = 4;
+/// Longest `Retry-After` honoured before giving up for this round.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Largest manifest read into memory.
+const MAX_MANIFEST: usize = 4 << 20;
+
+/// What a manifest HEAD tells.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// The digest.
+    pub digest: Digest,
+    /// Docker Hub's `ratelimit-remaining`, when sent.
+    pub rate_limit_remaining: Option<u64>,
+}
+
+/// A cached bearer token.
+struct Token {
+    value: String,
+    until: Instant,
+}
+
+/// Tokens by (registry, scope).
+#[derive(Default)]
+pub struct TokenCache {
+    tokens: Mutex<HashMap<(String, String), Token>>,
+}
+
+impl TokenCache {
+    fn get(&self, key: &(String, String)) -> Option<String> {
+        let t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        t.get(key)
+            .filter(|t| t.until > Instant::now())
+            .map(|t| t.value.clone())
+    }
+
+    fn put(&self, key: (String, String), value: String, ttl: Duration) {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        t.insert(
+            key,
+            Token {
+                value,
+                until: Instant::now() + ttl,
+            },
+        );
+    }
+}
+
+fn err(r: &ImageRef, kind: ErrorKind, detail: impl Into<String>) -> RegistryError {
+    RegistryError {
+        registry: r.registry().to_owned(),
+        reference: r.to_string(),
+        kind,
+        detail: detail.into(),
+    }
+}
+
+/// `ratelimit-remaining: 76;w=21600` -> 76.
+pub fn parse_rate_limit(v: &str) -> Option<u64> {
+    v.split(';').next()?.trim().parse().ok()
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// `Bearer realm=..., service=..., scope=...`.
+    Bearer {
+        /// Token endpoint.
+        realm: String,
+        /// `service` parameter.
+        service: Option<String>,
+        /// `scope` parameter, if the registry names one.
+        scope: Option<String>,
+    },
+    /// `Basic realm=...`.
+    Basic,
+}
+
+/// Parses a `WWW-Authenticate` header; `None` for anything else.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let (scheme, rest) = header
+        .trim()
+        .split_once(char::is_whitespace)
+        .unwrap_or((header.trim(), ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut params: HashMap<String, String> = HashMap::new();
+    let mut s = rest.trim();
+    while !s.is_empty() {
+        let (key, after) = s.split_once('=')?;
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"')?;
+            (q[..end].to_owned(), &q[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_owned(), &after[end..])
+        };
+        params.insert(key, value);
+        s = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(Challenge::Bearer {
+        realm: params.remove("realm")?,
+        service: params.remove("service"),
+        scope: params.remove("scope"),
+    })
+}
+
+/// The URL of a manifest.
+pub fn manifest_url(r: &ImageRef, insecure: bool) -> String {
+    let scheme = if insecure { "http" } else { "https" };
+    let reference = match (r.digest(), r.tag()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_owned(),
+        (None, None) => "latest".to_owned(),
+    };
+    format!(
+        "{scheme}://{}/v2/{}/manifests/{reference}",
+        r.api_host(),
+        r.repository()
+    )
+}
+
+/// Resolves `r` to a digest with one HEAD (plus a GET if the registry sends
+/// no digest header), authenticating as challenged.
+pub async fn head(
+    http: &reqwest::Client,
+    tokens: &TokenCache,
+    r: &ImageRef,
+    insecure: bool,
+    creds: Option<&Credentials>,
+) -> Result<Head, RegistryError> {
+    let url = manifest_url(r, insecure);
+    let scope = format!("repository:{}:pull", r.repository());
+    let key = (r.registry().to_owned(), scope.clone());
+    let mut auth: Option<String> = tokens.get(&key).map(|t| format!("Bearer {t}"));
+    let mut challenged = false;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut req = http
+            .head(&url)
+            .header("Accept", MANIFEST_MEDIA_TYPES.join(", "));
+        if let Some(a) = &auth {
+            req = req.header("Authorization", a);
+        }
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if attempt < ATTEMPTS {
+                    backoff(attempt).await;
+                    continue;
+                }
+                let what = if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "cannot connect"
+                };
+                return Err(err(
+                    r,
+                    ErrorKind::Unreachable,
+                    format!("{what}: {}", chain(&e)),
+                ));
+            }
+        };
+        let status = resp.status();
+        let rate = resp
+            .headers()
+            .get("ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_rate_limit);
+        match status.as_u16() {
+            200..=299 => {
+                let header = resp
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let digest = match header {
+                    Some(d) => {
+                        Digest::parse(&d).map_err(|e| err(r, ErrorKind::Protocol, e.to_string()))?
+                    }
+                    None => get_digest(http, &url, auth.as_deref(), r).await?,
+                };
+                debug!(reference = %r, %digest, "HEAD manifest");
+                return Ok(Head {
+                    digest,
+                    rate_limit_remaining: rate,
+                });
+            }
+            401 if !challenged => {
+                challenged = true;
+                let header = resp
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                match parse_challenge(&header) {
+                    Some(Challenge::Bearer {
+                        realm,
+                        service,
+                        scope: s,
+                    }) => {
+                        let scope = s.unwrap_or(scope.clone());
+                        let (token, ttl) =
+                            fetch_token(http, r, &realm, service.as_deref(), &scope, creds).await?;
+                        tokens.put(key.clone(), token.clone(), ttl);
+                        auth = Some(format!("Bearer {token}"));
+                    }
+                    Some(Challenge::Basic) => match creds {
+                        Some(c) => auth = Some(format!("Basic {}", c.basic())),
+                        None => return Err(err(
+                            r,
+                            ErrorKind::Unauthorized,
+                            "the registry wants credentials (basic auth) and none are configured",
+                        )),
+                    },
+                    None => {
+                        return Err(err(
+                            r,
+                            ErrorKind::Unauthorized,
+                            format!("401 with an unusable challenge {header:?}"),
+                        ))
+                    }
+                }
+                attempt -= 1; // the challenge round does not count
+            }
+            401 | 403 => {
+                let why = if creds.is_some() {
+                    "credentials refused"
+                } else {
+                    "access denied to anonymous requests"
+                };
+                return Err(err(r, ErrorKind::Unauthorized, format!("{status}: {why}")));
+            }
+            404 => {
+                return Err(err(
+                    r,
+                    ErrorKind::NotFound,
+                    format!("{status}: no such manifest"),
+                ))
+            }
+            429 => {
+                let wait = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                match wait {
+                    Some(w) if w <= MAX_RETRY_AFTER && attempt < ATTEMPTS => {
+                        debug!(reference = %r, wait_s = w.as_secs(), "429: waiting as Retry-After says");
+                        tokio::time::sleep(w).await;
+                    }
+                    _ => {
+                        let after = wait.map_or("no Retry-After".to_owned(), |w| {
+                            format!("retry after {} s", w.as_secs())
+                        });
+                        return Err(err(
+                            r,
+                            ErrorKind::RateLimited,
+                            format!("429 too many requests ({after})"),
+                        ));
+                    }
+                }
+            }
+            500..=599 if attempt < ATTEMPTS => backoff(attempt).await,
+            _ => {
+                return Err(err(
+                    r,
+                    ErrorKind::Protocol,
+                    format!("unexpected status {status}"),
+                ))
+            }
+        }
+    }
+}
+
+async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+async fn get_digest(
+    http: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+    r: &ImageRef,
+) -> Result<Digest, RegistryError> {
+    let mut req = http
+        .get(url)
+        .header("Accept", MANIFEST_MEDIA_TYPES.join(", "));
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| err(r, ErrorKind::Unreachable, chain(&e)))?;
+    if !resp.status().is_success() {
+        return Err(err(
+            r,
+            ErrorKind::Protocol,
+            format!("GET manifest: {}", resp.status()),
+        ));
+    }
+    if resp
+        .content_length()
+        .is_some_and(|l| l as usize > MAX_MANIFEST)
+    {
+        return Err(err(r, ErrorKind::Protocol, "manifest larger than 4 MiB"));
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| err(r, ErrorKind::Unreachable, chain(&e)))?;
+    if body.len() > MAX_MANIFEST {
+        return Err(err(r, ErrorKind::Protocol, "manifest larger than 4 MiB"));
+    }
+    let hex: String = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Digest::parse(&format!("sha256:{hex}")).map_err(|e| err(r, ErrorKind::Protocol, e.to_string()))
+}
+
+async fn fetch_token(
+    http: &reqwest::Client,
+    r: &ImageRef,
+    realm: &str,
+    service: Option<&str>,
+    scope: &str,
+    creds: Option<&Credentials>,
+) -> Result<(String, Duration), RegistryError> {
+    let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
+    if let Some(s) = service {
+        query.push(("service", s));
+    }
+    let mut req = http.get(realm).query(&query);
+    if let Some(c) = creds {
+        req = req.header("Authorization", format!("Basic {}", c.basic()));
+    }
+    let resp = req.send().await.map_err(|e| {
+        err(
+            r,
+            ErrorKind::Unauthorized,
+            format!("token endpoint {realm}: {}", chain(&e)),
+        )
+    })?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(err(
+            r,
+            ErrorKind::Unauthorized,
+            format!("token endpoint {realm} answered {status}"),
+        ));
+    }
+    let body = resp.bytes().await.map_err(|e| {
+        err(
+            r,
+            ErrorKind::Unauthorized,
+            format!("token endpoint {realm}: {}", chain(&e)),
+        )
+    })?;
+    if body.len() > 1 << 20 {
+        return Err(err(
+            r,
+            ErrorKind::Unauthorized,
+            format!("token endpoint {realm}: response over 1 MiB"),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        err(
+            r,
+            ErrorKind::Unauthorized,
+            format!("token endpoint {realm}: not JSON: {e}"),
+        )
+    })?;
+    let token = v
+        .get("token")
+        .or_else(|| v.get("access_token"))
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            err(
+                r,
+                ErrorKind::Unauthorized,
+                format!("token endpoint {realm}: no token in the response"),
+            )
+        })?;
+    let ttl = v
+        .get("expires_in")
+        .and_then(|e| e.as_u64())
+        .unwrap_or(60)
+        .max(10);
+    // Renew a little early.
+    Ok((token.to_owned(), Duration::from_secs(ttl.saturating_sub(5))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/alpine:pull".into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Bearer realm="https://ghcr.io/token", service="ghcr.io""#),
+            Some(Challenge::Bearer {
+                realm: "https://ghcr.io/token".into(),
+                service: Some("ghcr.io".into()),
+                scope: None
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge("Negotiate"), None);
+        assert_eq!(parse_challenge(r#"Bearer service="x""#), None, "no realm");
+        assert_eq!(parse_challenge(r#"Bearer realm="unterminated"#), None);
+        assert_eq!(parse_challenge(""), None);
+    }
+
+    #[test]
+    fn rate_limit_header() {
+        assert_eq!(parse_rate_limit("76;w=21600"), Some(76));
+        assert_eq!(parse_rate_limit("100"), Some(100));
+        assert_eq!(parse_rate_limit("x"), None);
+    }
+
+    #[test]
+    fn urls() {
+        let r = ImageRef::parse("alpine:3").expect("valid");
+        assert_eq!(
+            manifest_url(&r, false),
+            "https://registry-1.docker.io/v2/library/alpine/manifests/3"
+        );
+        let r = ImageRef::parse("127.0.0.1:5000/a/b").expect("valid");
+        assert_eq!(
+            manifest_url(&r, true),
+            "http://127.0.0.1:5000/v2/a/b/manifests/latest"
+        );
+    }
+}

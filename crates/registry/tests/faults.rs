@@ -1,0 +1,247 @@
+//! Fault injection against a stub registry (the real one cannot be made to
+//! misbehave on cue): 5xx then success, 429 with Retry-After, a hanging
+//! server, a failing token endpoint, the bearer flow and rate-limit headers.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rebased_core::config::RegistryConfig;
+use rebased_core::ImageRef;
+use rebased_registry::{ErrorKind, Registry};
+
+const DIGEST: &str = "sha256:ee3a7427e984f3d47ef6b31962b8255b59b97c4a79dc6804134da3986c55288a";
+
+/// Serves `respond(n, request_line)` for the n-th request (0-based);
+/// `None` never answers (the connection hangs). Returns host and a counter.
+fn stub(
+    respond: impl Fn(usize, &str) -> Option<String> + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&count);
+    let respond = Arc::new(respond);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let respond = Arc::clone(&respond);
+            let c = Arc::clone(&c);
+            std::thread::spawn(move || loop {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                match respond(n, line.trim()) {
+                    Some(resp) => {
+                        if stream.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    None => {
+                        std::thread::sleep(Duration::from_secs(30));
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (host, count)
+}
+
+fn ok(extra: &str) -> String {
+    format!("HTTP/1.1 200 OK\r\nDocker-Content-Digest: {DIGEST}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 0\r\n{extra}\r\n")
+}
+
+fn status(code: &str, extra: &str) -> String {
+    format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n{extra}\r\n")
+}
+
+fn registry(host: &str) -> Registry {
+    let cfg = RegistryConfig {
+        insecure: true,
+        ..RegistryConfig::default()
+    };
+    Registry::with_timeout(
+        &BTreeMap::from([(host.to_owned(), cfg)]),
+        Duration::from_secs(2),
+    )
+}
+
+fn reference(host: &str) -> ImageRef {
+    ImageRef::parse(&format!("{host}/base:latest")).unwrap()
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_succeed() {
+    let (host, count) = stub(|n, _| {
+        Some(if n < 2 {
+            status("503 Service Unavailable", "")
+        } else {
+            ok("")
+        })
+    });
+    let head = registry(&host).head(&reference(&host)).await.unwrap();
+    assert_eq!(head.digest.as_str(), DIGEST);
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn persistent_server_errors_give_a_clear_error() {
+    let (host, count) = stub(|_, _| Some(status("500 Internal Server Error", "")));
+    let e = registry(&host).head(&reference(&host)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Protocol);
+    assert!(
+        e.to_string().contains(&format!("{host}/base:latest")) && e.to_string().contains("500"),
+        "{e}"
+    );
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        4,
+        "a bounded number of attempts"
+    );
+}
+
+#[tokio::test]
+async fn too_many_requests_waits_as_told() {
+    let (host, _) = stub(|n, _| {
+        Some(if n == 0 {
+            status("429 Too Many Requests", "Retry-After: 1\r\n")
+        } else {
+            ok("")
+        })
+    });
+    let start = Instant::now();
+    registry(&host).head(&reference(&host)).await.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+
+    let (host, count) = stub(|_, _| Some(status("429 Too Many Requests", "Retry-After: 3600\r\n")));
+    let e = registry(&host).head(&reference(&host)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RateLimited);
+    assert!(e.to_string().contains("retry after 3600 s"), "{e}");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "no hammering past a long Retry-After"
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_server_times_out() {
+    let (host, _) = stub(|_, _| None);
+    let start = Instant::now();
+    let e = registry(&host).head(&reference(&host)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unreachable);
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "bounded: {:?}",
+        start.elapsed()
+    );
+}
+
+/// A stub registry with a token endpoint at `/token`: manifests need
+/// `Bearer t0k3n`; `token_status` is what the token endpoint answers.
+fn token_registry(token_status: &'static str) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let (a, t) = (addr.clone(), Arc::clone(&tokens));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (a, t) = (a.clone(), Arc::clone(&t));
+            std::thread::spawn(move || loop {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut authorized = false;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    authorized |= h
+                        .to_ascii_lowercase()
+                        .starts_with("authorization: bearer t0k3n");
+                }
+                let resp = if line.starts_with("GET /token") {
+                    t.fetch_add(1, Ordering::SeqCst);
+                    if token_status.starts_with("200") {
+                        let body = r#"{"token": "t0k3n", "expires_in": 300}"#;
+                        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                    } else {
+                        status(token_status, "")
+                    }
+                } else if authorized {
+                    ok("ratelimit-remaining: 76;w=21600\r\n")
+                } else {
+                    status(
+                        "401 Unauthorized",
+                        &format!("Www-Authenticate: Bearer realm=\"http://{a}/token\",service=\"stub\"\r\n"),
+                    )
+                };
+                if stream.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    (addr, tokens)
+}
+
+#[tokio::test]
+async fn bearer_flow_caches_the_token_and_reads_the_rate_limit() {
+    let (addr, tokens) = token_registry("200 OK");
+    let reg = registry(&addr);
+    let head = reg.head(&reference(&addr)).await.unwrap();
+    assert_eq!(head.rate_limit_remaining, Some(76));
+    reg.head(&reference(&addr)).await.unwrap();
+    assert_eq!(
+        tokens.load(Ordering::SeqCst),
+        1,
+        "token cached until expiry"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_token_endpoint_is_an_auth_error() {
+    let (addr, _) = token_registry("500 Internal Server Error");
+    let e = registry(&addr).head(&reference(&addr)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unauthorized);
+    assert!(
+        e.to_string().contains("token endpoint") && e.to_string().contains("500"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn basic_challenge_without_credentials() {
+    let (host, _) = stub(|_, _| {
+        Some(status(
+            "401 Unauthorized",
+            "Www-Authenticate: Basic realm=\"Registry\"\r\n",
+        ))
+    });
+    let e = registry(&host).head(&reference(&host)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unauthorized);
+    assert!(e.to_string().contains("credentials"), "{e}");
+}
