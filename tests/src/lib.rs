@@ -59,6 +59,7 @@ pub struct Registry {
     pub host: String,
     child: Child,
     _dir: TempDir,
+    _keep: Option<TempDir>,
 }
 
 impl Registry {
@@ -73,7 +74,86 @@ impl Registry {
         )))
     }
 
+    /// A registry over TLS (certificate signed by a CA made here) that wants
+    /// `user`/`password` (htpasswd, bcrypt). Returns it and the CA's PEM path.
+    pub fn start_secure(user: &str, password: &str) -> (Self, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            run(Command::new("openssl").current_dir(d).args(args));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rebased test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "req.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "req.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let htpasswd = run(Command::new("htpasswd").args(["-Bbn", user, password]));
+        fs::write(d.join("htpasswd"), htpasswd).unwrap();
+        let extra = format!(
+            "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: rebased-test\n    path: {}\n",
+            d.join("cert.pem").display(),
+            d.join("key.pem").display(),
+            d.join("htpasswd").display()
+        );
+        let ca = d.join("ca.pem");
+        let reg = Self::start_inner(Some(extra), true, Some(dir));
+        (reg, ca)
+    }
+
+    /// The registry's own log (with its access log).
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()
+    }
+
     fn start_with(extra: Option<String>) -> Self {
+        Self::start_inner(extra, false, None)
+    }
+
+    fn start_inner(extra: Option<String>, tls: bool, keep: Option<TempDir>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
@@ -95,16 +175,23 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("docker-registry must be installed (apt-get install docker-registry)");
-        let url = format!("http://{host}/v2/");
-        wait_for("the registry to answer", Duration::from_secs(20), || {
-            reqwest::blocking::get(&url)
-                .ok()
-                .filter(|r| r.status().is_success())
-        });
+        if tls {
+            wait_for("the registry to listen", Duration::from_secs(20), || {
+                std::net::TcpStream::connect(&host).ok()
+            });
+        } else {
+            let url = format!("http://{host}/v2/");
+            wait_for("the registry to answer", Duration::from_secs(20), || {
+                reqwest::blocking::get(&url)
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            });
+        }
         Self {
             host,
             child,
             _dir: dir,
+            _keep: keep,
         }
     }
 
@@ -260,6 +347,45 @@ impl BaseMaker {
         marker: &str,
         platform: Option<&str>,
     ) -> String {
+        self.build_and_push(
+            registry,
+            repo_tag,
+            marker,
+            platform,
+            &["--tls-verify=false"],
+        )
+    }
+
+    /// Like [`BaseMaker::push`], to a registry over TLS that wants credentials.
+    pub fn push_secure(
+        &self,
+        registry: &Registry,
+        repo_tag: &str,
+        marker: &str,
+        ca: &Path,
+        creds: &str,
+    ) -> String {
+        let certs = self.dir.path().join("certs");
+        fs::create_dir_all(&certs).unwrap();
+        fs::copy(ca, certs.join("ca.crt")).unwrap();
+        let certs = certs.display().to_string();
+        self.build_and_push(
+            registry,
+            repo_tag,
+            marker,
+            None,
+            &["--cert-dir", &certs, "--creds", creds],
+        )
+    }
+
+    fn build_and_push(
+        &self,
+        registry: &Registry,
+        repo_tag: &str,
+        marker: &str,
+        platform: Option<&str>,
+        push_flags: &[&str],
+    ) -> String {
         let ctx = self.dir.path().join(format!("ctx-{marker}"));
         fs::create_dir_all(&ctx).unwrap();
         let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -284,7 +410,9 @@ impl BaseMaker {
         let digest_file = self.dir.path().join("digest");
         run(self
             .buildah()
-            .args(["push", "--tls-verify=false", "--digestfile"])
+            .arg("push")
+            .args(push_flags)
+            .arg("--digestfile")
             .arg(&digest_file)
             .arg(&local)
             .arg(format!("docker://{}/{repo_tag}", registry.host)));

@@ -1,0 +1,197 @@
+//! Registries as users have them: TLS with a private CA and htpasswd
+//! credentials from the config, from Docker's config.json, and from a
+//! credential helper; and politeness: one manifest request per base per
+//! cycle however many images share it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::time::Duration;
+
+use rebased_e2e::{
+    app_context, free_port, image_table, wait_for, write_config, BaseMaker, Daemon, Registry,
+};
+
+const WAIT: Duration = Duration::from_secs(120);
+const USER: &str = "bot";
+const PASSWORD: &str = "s3cret-pass";
+
+enum Creds {
+    Config,
+    DockerConfig,
+    Helper,
+}
+
+fn detect_update_through(creds: Creds) {
+    let (registry, ca) = Registry::start_secure(USER, PASSWORD);
+    let host = registry.host.clone();
+    let bases = BaseMaker::new();
+    let login = format!("{USER}:{PASSWORD}");
+    bases.push_secure(&registry, "base:latest", "v1", &ca, &login);
+
+    let work = tempfile::tempdir().unwrap();
+    let ctx = app_context(
+        work.path(),
+        "app",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut env: Vec<(String, String)> = Vec::new();
+    let registry_section = match creds {
+        Creds::Config => {
+            let pw = work.path().join("password");
+            fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+            format!(
+                "username = \"{USER}\"\npassword_file = \"{}\"\n",
+                pw.display()
+            )
+        }
+        Creds::DockerConfig | Creds::Helper => {
+            let docker = work.path().join("docker");
+            fs::create_dir_all(&docker).unwrap();
+            let json = match creds {
+                Creds::DockerConfig => {
+                    use base64::Engine;
+                    let auth = base64::engine::general_purpose::STANDARD.encode(&login);
+                    format!(r#"{{"auths": {{"{host}": {{"auth": "{auth}"}}}}}}"#)
+                }
+                _ => {
+                    // A helper script on PATH, as docker-credential-* helpers are.
+                    let bin = work.path().join("bin");
+                    fs::create_dir_all(&bin).unwrap();
+                    let script = bin.join("docker-credential-rebtest");
+                    fs::write(
+                        &script,
+                        format!(
+                            "#!/bin/sh\nread server\nif [ \"$server\" = \"{host}\" ]; then\n  printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n"
+                        ),
+                    )
+                    .unwrap();
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+                    let path = format!(
+                        "{}:{}",
+                        bin.display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    );
+                    env.push(("PATH".into(), path));
+                    format!(r#"{{"credHelpers": {{"{host}": "rebtest"}}}}"#)
+                }
+            };
+            fs::write(docker.join("config.json"), json).unwrap();
+            env.push(("DOCKER_CONFIG".into(), docker.display().to_string()));
+            String::new()
+        }
+    };
+    let config = work.path().join("rebased.toml");
+    fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n\n[builder]\nmax_attempts = 1\n\n[registries.\"{host}\"]\nca_file = \"{}\"\n{registry_section}{}",
+            work.path().join("state").display(),
+            ca.display(),
+            image_table("app", &ctx, &format!("{host}/app"), "")
+        ),
+    )
+    .unwrap();
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let daemon =
+        Daemon::start_with_env(&config, &listen, &work.path().join("daemon.log"), &env_refs);
+    let at = |v: &str| {
+        let i = daemon.get("/v1/images/app");
+        if i["state"] == "failing" {
+            panic!("image failing: {}\n{}", i["last_error"], daemon.log_text());
+        }
+        (i["state"] == "fresh" && i["current_version"] == v).then_some(())
+    };
+    wait_for("1.0.0 through TLS and credentials", WAIT, || at("1.0.0"));
+    bases.push_secure(&registry, "base:latest", "v2", &ca, &login);
+    wait_for("1.0.1 after the base update", WAIT, || at("1.0.1"));
+    let log = daemon.log_text();
+    assert!(
+        !log.contains(PASSWORD),
+        "the password must not appear in logs"
+    );
+}
+
+#[test]
+fn tls_and_credentials_from_the_config() {
+    detect_update_through(Creds::Config);
+}
+
+#[test]
+fn credentials_from_docker_config_json() {
+    detect_update_through(Creds::DockerConfig);
+}
+
+#[test]
+fn credentials_from_a_credential_helper() {
+    detect_update_through(Creds::Helper);
+}
+
+#[test]
+fn one_manifest_request_per_base_per_cycle_for_200_images() {
+    let registry = Registry::start();
+    let host = registry.host.clone();
+    let bases = BaseMaker::new();
+    for b in 0..3 {
+        bases.push(&registry, &format!("base{b}:latest"), &format!("b{b}"));
+    }
+    let work = tempfile::tempdir().unwrap();
+    // Versions go to a registry that is down: every job fails at once, so
+    // the only traffic to the real registry is the polling.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let mut images = String::new();
+    for i in 0..200 {
+        let ctx = app_context(
+            work.path(),
+            &format!("img{i}"),
+            &format!("FROM {host}/base{}:latest\nCOPY hello /hello\n", i % 3),
+        );
+        images += &image_table(&format!("img{i}"), &ctx, &format!("{dead}/img{i}"), "");
+    }
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        work.path(),
+        &listen,
+        &host,
+        "poll = \"0 0 0 1 1 *\"\nsettle = \"0s\"\n\n[builder]\nmax_attempts = 1",
+        &format!("[registries.\"{dead}\"]\ninsecure = true\n{images}"),
+    );
+    let heads = |r: &Registry| -> Vec<usize> {
+        let log = r.log_text();
+        (0..3)
+            .map(|b| {
+                log.matches(&format!("\"HEAD /v2/base{b}/manifests/latest "))
+                    .count()
+            })
+            .collect()
+    };
+    let before = heads(&registry);
+    assert_eq!(before, [0, 0, 0]);
+    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    wait_for("the first cycle", WAIT, || {
+        daemon.get("/v1/status")["last_poll"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    wait_for("every image decided", WAIT, || {
+        let imgs = daemon.get("/v1/images");
+        imgs.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "failing")
+            .then_some(())
+    });
+    assert_eq!(
+        heads(&registry),
+        [1, 1, 1],
+        "one HEAD per base for 200 images"
+    );
+    assert_eq!(daemon.post("/v1/check", None), 202);
+    wait_for("the second cycle", WAIT, || {
+        (heads(&registry) != [1, 1, 1]).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(heads(&registry), [2, 2, 2], "again one HEAD per base");
+}
