@@ -245,3 +245,23 @@ async fn basic_challenge_without_credentials() {
     assert_eq!(e.kind, ErrorKind::Unauthorized);
     assert!(e.to_string().contains("credentials"), "{e}");
 }
+
+#[tokio::test]
+async fn without_a_digest_header_the_manifest_is_hashed() {
+    let body = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+    let (host, count) = stub(move |_, line| {
+        Some(if line.starts_with("HEAD") {
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
+        } else {
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        })
+    });
+    let head = registry(&host).head(&reference(&host)).await.unwrap();
+    use sha2::Digest as _;
+    let want: String = sha2::Sha256::digest(body.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(head.digest.as_str(), format!("sha256:{want}"));
+    assert_eq!(count.load(Ordering::SeqCst), 2, "one HEAD, then one GET");
+}
