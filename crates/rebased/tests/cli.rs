@@ -162,3 +162,70 @@ fn a_dependency_cycle_is_refused_and_spelled_out() {
         assert!(err.contains(&cfg.display().to_string()), "{err}");
     }
 }
+
+#[test]
+fn an_open_tcp_listener_without_a_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rebased.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nlisten = \"0.0.0.0:0\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = rebased(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("reachable from other hosts") && err.contains("api_token_file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_api_listens_on_a_unix_socket_with_mode_0660() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let cfg = dir.path().join("rebased.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nlisten = \"unix:{}\"\n",
+            dir.path().join("state").display(),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rebased"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !sock.exists() && start.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mode = fs::metadata(&sock).map(|m| m.permissions().mode() & 0o777);
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--unix-socket",
+            sock.to_str().unwrap(),
+            "http://localhost/v1/status",
+        ])
+        .output()
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert_eq!(mode.ok(), Some(0o660));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["images"], 0);
+    assert!(status.success());
+    assert!(!sock.exists(), "socket removed on exit");
+}
