@@ -152,7 +152,7 @@ fn from_docker_config(
     };
     if let Some(token) = &entry.identitytoken {
         return Ok(Some(Credentials {
-            username: "<token>".to_owned(),
+            username: crate::http::IDENTITY_TOKEN_USER.to_owned(),
             secret: token.clone(),
         }));
     }

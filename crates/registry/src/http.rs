@@ -360,6 +360,20 @@ async fn get_digest(
     Digest::parse(&format!("sha256:{hex}")).map_err(|e| err(r, ErrorKind::Protocol, e.to_string()))
 }
 
+/// The user name Docker's config uses for an identity (refresh) token.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
+fn form_escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 async fn fetch_token(
     http: &reqwest::Client,
     r: &ImageRef,
@@ -368,14 +382,40 @@ async fn fetch_token(
     scope: &str,
     creds: Option<&Credentials>,
 ) -> Result<(String, Duration), RegistryError> {
-    let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
-    if let Some(s) = service {
-        query.push(("service", s));
-    }
-    let mut req = http.get(realm).query(&query);
-    if let Some(c) = creds {
-        req = req.header("Authorization", format!("Basic {}", c.basic()));
-    }
+    let req = match creds {
+        // An identity token (`docker login` with OAuth2) is a refresh token:
+        // exchange it at the token endpoint, as the Docker client does.
+        Some(c) if c.username == IDENTITY_TOKEN_USER => {
+            let mut form: Vec<(&str, &str)> = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &c.secret),
+                ("client_id", "rebased"),
+                ("scope", scope),
+            ];
+            if let Some(s) = service {
+                form.push(("service", s));
+            }
+            let body: String = form
+                .iter()
+                .map(|(k, v)| format!("{k}={}", form_escape(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            http.post(realm)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body)
+        }
+        _ => {
+            let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
+            if let Some(s) = service {
+                query.push(("service", s));
+            }
+            let mut req = http.get(realm).query(&query);
+            if let Some(c) = creds {
+                req = req.header("Authorization", format!("Basic {}", c.basic()));
+            }
+            req
+        }
+    };
     let resp = req.send().await.map_err(|e| {
         err(
             r,
@@ -465,6 +505,15 @@ mod tests {
         assert_eq!(parse_challenge(r#"Bearer service="x""#), None, "no realm");
         assert_eq!(parse_challenge(r#"Bearer realm="unterminated"#), None);
         assert_eq!(parse_challenge(""), None);
+    }
+
+    #[test]
+    fn form_values_are_escaped() {
+        assert_eq!(
+            form_escape("repository:a/b:pull"),
+            "repository%3Aa%2Fb%3Apull"
+        );
+        assert_eq!(form_escape("ab-._~"), "ab-._~");
     }
 
     #[test]

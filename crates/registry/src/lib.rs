@@ -172,6 +172,9 @@ impl Registry {
 
     fn oci_auth(&self, r: &ImageRef) -> Result<RegistryAuth, RegistryError> {
         match self.credentials(r.registry()) {
+            Ok(Some(c)) if c.username == http::IDENTITY_TOKEN_USER => {
+                Ok(RegistryAuth::Bearer(c.secret))
+            }
             Ok(Some(c)) => Ok(RegistryAuth::Basic(c.username, c.secret)),
             Ok(None) => Ok(RegistryAuth::Anonymous),
             Err(detail) => Err(RegistryError {
