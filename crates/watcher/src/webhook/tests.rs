@@ -129,3 +129,27 @@ fn malformed_payloads_say_why() {
     assert!(parse("distribution", None, br#"{"events": 5}"#).is_err());
     assert!(parse("nosuch", None, b"{}").is_err());
 }
+
+mod properties {
+    use super::super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, .. ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512), source in prop::sample::select(SOURCES.to_vec())) {
+            let _ = parse(source, Some("package"), &body);
+        }
+
+        #[test]
+        fn any_json_shape_never_panics(
+            key in prop::sample::select(vec!["events", "push_data", "repository", "event_data", "data", "updated_tags", "package", "registry_package", "target", "reference", "action"]),
+            value in prop::sample::select(vec!["null", "1", "\"s\"", "[]", "{}", "[{}]", "[1,\"a\"]", "{\"tag\": 5}", "[{\"action\":\"push\",\"target\":{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"tag\":1}}]"]),
+            source in prop::sample::select(SOURCES.to_vec()),
+        ) {
+            let body = format!("{{\"{key}\": {value}, \"specversion\": \"1.0\", \"type\": \"harbor.artifact.pushed\"}}");
+            let _ = parse(source, None, body.as_bytes());
+        }
+    }
+}
