@@ -49,10 +49,16 @@ pub(crate) async fn webhook(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
+    // Unknown sources share one label: the path segment is the caller's.
+    let label = if SOURCES.contains(&source.as_str()) {
+        source.as_str()
+    } else {
+        "unknown"
+    };
     let count = |outcome: &str| {
         b.metrics().inc(
             "rebased_webhook_deliveries_total",
-            &[("source", source.as_str()), ("outcome", outcome)],
+            &[("source", label), ("outcome", outcome)],
         );
     };
     if !SOURCES.contains(&source.as_str()) {

@@ -54,6 +54,8 @@ impl Buildah {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so cancelling kills the build steps too.
+            .process_group(0)
             .kill_on_drop(true);
         c
     }
@@ -176,29 +178,41 @@ impl Buildah {
         let stderr = child.stderr.take();
         let out_task = tokio::spawn(read_all(stdout));
         let err_task = tokio::spawn(read_all(stderr));
+        // Output readers may outlive a killed engine (its children hold the
+        // pipes): wait for them only briefly.
+        let collect = |log: &mut String, out: String, err: String| {
+            append(log, &out);
+            append(log, &err);
+        };
+        async fn join(task: tokio::task::JoinHandle<String>) -> String {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+                Ok(Ok(s)) => s,
+                _ => "[output reader did not finish]\n".to_owned(),
+            }
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let status = tokio::select! {
             s = child.wait() => Some(s),
             _ = tokio::time::sleep(remaining) => None,
             _ = cancel.cancelled() => {
-                let _ = child.kill().await;
-                append(log, &out_task.await.unwrap_or_default());
-                append(log, &err_task.await.unwrap_or_default());
+                kill_group(&mut child).await;
+                let (out, err) = (join(out_task).await, join(err_task).await);
+                collect(log, out, err);
                 return Err(BuildError::Cancelled { step, log: log.clone() });
             }
         };
         let Some(status) = status else {
-            let _ = child.kill().await;
-            append(log, &out_task.await.unwrap_or_default());
-            append(log, &err_task.await.unwrap_or_default());
+            kill_group(&mut child).await;
+            let (out, err) = (join(out_task).await, join(err_task).await);
+            collect(log, out, err);
             return Err(BuildError::Timeout {
                 step,
                 seconds: self.timeout.as_secs(),
                 log: log.clone(),
             });
         };
-        append(log, &out_task.await.unwrap_or_default());
-        append(log, &err_task.await.unwrap_or_default());
+        let (out, err) = (join(out_task).await, join(err_task).await);
+        collect(log, out, err);
         let status = status.map_err(|source| BuildError::Spawn { program, source })?;
         if status.success() {
             Ok(())
@@ -211,6 +225,21 @@ impl Buildah {
             })
         }
     }
+}
+
+/// Kills the engine and everything in its process group.
+async fn kill_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // `--` matters: without it procps' kill reads `-PID` as an option.
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--"])
+            .arg(format!("-{pid}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+    let _ = child.kill().await;
 }
 
 /// Writes a file readable by its owner only.

@@ -134,7 +134,7 @@ pub enum Backend {
 }
 
 /// `[registries."HOST"]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Plain http.

@@ -70,8 +70,8 @@ pub struct Daemon {
     pub builds: CancellationToken,
     /// The inputs of each image's latest failed attempt (for `failing`).
     pub failed_inputs: Mutex<BTreeMap<String, BTreeMap<String, Digest>>>,
-    /// Settle time in force (0 in `once` mode).
-    pub settle: std::time::Duration,
+    /// `rebased once`: no settle delay.
+    pub once: bool,
     /// Counters for `GET /metrics`.
     pub metrics: rebased_api::metrics::Metrics,
     /// systemd notifications.
@@ -211,11 +211,6 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
             cfg.builder.max_attempts
         },
     };
-    let settle = if mode == Mode::Once {
-        std::time::Duration::ZERO
-    } else {
-        cfg.daemon.settle.0
-    };
     let daemon = Arc::new(Daemon {
         config_file: config_file.clone(),
         store,
@@ -233,7 +228,7 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         check_tx,
         builds: CancellationToken::new(),
         failed_inputs: Mutex::new(BTreeMap::new()),
-        settle,
+        once: mode == Mode::Once,
         metrics: rebased_api::metrics::Metrics::default(),
         notifier: crate::notify::Notifier::from_env(),
         heartbeat: std::sync::atomic::AtomicI64::new(Utc::now().timestamp()),
@@ -284,7 +279,10 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         api_token: read_secret(&daemon.cfg().daemon.api_token_file, "daemon.api_token_file")?,
         webhook_token: read_secret(&daemon.cfg().webhooks.token_file, "webhooks.token_file")?,
     };
-    refuse_open_listener(&daemon.cfg().daemon.listen, secrets.api_token.is_some())?;
+    refuse_open_listener(
+        &daemon.cfg().daemon.listen,
+        secrets.api_token.is_some() && secrets.webhook_token.is_some(),
+    )?;
     let listener = rebased_api::bind(&daemon.cfg().daemon.listen).await?;
     let api_shutdown = CancellationToken::new();
     let api = tokio::spawn(rebased_api::serve(
@@ -369,7 +367,7 @@ fn refuse_open_listener(listen: &str, has_token: bool) -> Result<()> {
         .collect();
     if addrs.iter().any(|a| !a.ip().is_loopback()) {
         bail!(
-            "daemon.listen = {listen:?} is reachable from other hosts: set daemon.api_token_file, or listen on 127.0.0.1 or a unix socket"
+            "daemon.listen = {listen:?} is reachable from other hosts: set daemon.api_token_file and webhooks.token_file, or listen on 127.0.0.1 or a unix socket"
         );
     }
     Ok(())
@@ -396,12 +394,24 @@ async fn signals(
         "signal received: finishing running builds"
     );
     shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => warn!("second signal: cancelling builds"),
-        _ = int.recv() => warn!("second signal: cancelling builds"),
-        _ = tokio::time::sleep(stop_timeout) => warn!("stop_timeout reached: cancelling builds"),
+    let second = tokio::select! {
+        _ = term.recv() => true,
+        _ = int.recv() => true,
+        _ = tokio::time::sleep(stop_timeout) => false,
+    };
+    if !second {
+        warn!("stop_timeout reached: cancelling builds");
+        builds.cancel();
+        // Then a further signal still means "now".
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     }
+    // Second signal: kill running engines and exit at once. Every state
+    // write is its own flushed transaction, and interrupted jobs are still
+    // stored as running, so the next start runs them again.
+    warn!("second signal: exiting now");
     builds.cancel();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    std::process::exit(0);
 }
 
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -420,6 +430,15 @@ impl Daemon {
     /// The config in force.
     pub fn cfg(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The settle time in force (none in `once` mode).
+    pub fn settle(&self) -> std::time::Duration {
+        if self.once {
+            std::time::Duration::ZERO
+        } else {
+            self.cfg().daemon.settle.0
+        }
     }
 
     /// The registry client of the config in force.
@@ -443,12 +462,16 @@ impl Daemon {
 
     /// Swaps in a new config (and what is built from it).
     pub fn install_config(&self, cfg: Config) {
-        let registry = Arc::new(Registry::new(&cfg.registries));
+        // The registry client keeps its token cache and concurrency pools
+        // unless the registry settings changed.
+        if cfg.registries != self.cfg().registries {
+            let registry = Arc::new(Registry::new(&cfg.registries));
+            *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
+        }
         let buildah = Arc::new(Buildah::with_storage(
             &cfg.daemon.state_dir.join("containers"),
             cfg.builder.timeout.0,
         ));
-        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
         *self.buildah.write().unwrap_or_else(|p| p.into_inner()) = buildah;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
     }

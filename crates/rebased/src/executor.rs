@@ -128,7 +128,12 @@ impl Daemon {
                 .credentials(&host)
                 .map_err(|e| anyhow!("credentials for {host}: {e}"))?;
             if let Some(c) = creds {
-                auths.insert(host, serde_json::json!({ "auth": c.basic() }));
+                let entry = if c.is_identity_token() {
+                    serde_json::json!({ "identitytoken": c.secret })
+                } else {
+                    serde_json::json!({ "auth": c.basic() })
+                };
+                auths.insert(host, entry);
             }
         }
         Ok((!auths.is_empty()).then(|| serde_json::json!({ "auths": auths }).to_string()))

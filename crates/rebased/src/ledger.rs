@@ -189,9 +189,7 @@ impl Daemon {
         match self.move_back(&image, name, to, from, &target.digest).await {
             Ok(event) => Ok(event),
             Err(e) => {
-                let restore = before
-                    .filter(|s| *s != ImageState::Held)
-                    .unwrap_or(ImageState::Fresh);
+                let restore = before.unwrap_or(ImageState::Fresh);
                 self.store.update_image(name, |r| r.state = restore)?;
                 Err(e)
             }

@@ -64,8 +64,11 @@ pub async fn run(
             due.dedup();
         }
         if !due.is_empty() || first || evaluate_all {
-            let rechecks =
-                round(&daemon, Some((due.clone(), trigger)), first || evaluate_all).await;
+            // A round against a slow registry must not hold up a stop.
+            let rechecks = tokio::select! {
+                r = round(&daemon, Some((due.clone(), trigger)), first || evaluate_all) => r,
+                _ = shutdown.cancelled() => break,
+            };
             evaluate_all = false;
             let after = Utc::now();
             for r in &due {
@@ -159,6 +162,10 @@ pub async fn round(
             .unwrap_or_else(|| BaseRecord::new(&key));
         let now = Utc::now();
         rec.checked_at = Some(now);
+        // Each answer is a sign of life for the watchdog, however long the round.
+        daemon
+            .heartbeat
+            .store(now.timestamp(), std::sync::atomic::Ordering::Relaxed);
         let registry = check.reference.registry().to_owned();
         daemon.metrics.inc(
             "rebased_registry_requests_total",
@@ -180,7 +187,7 @@ pub async fn round(
                     settled: rec.digest.clone(),
                     pending: rec.pending.clone(),
                 };
-                match watch.observe(seen, now, daemon.settle) {
+                match watch.observe(seen, now, daemon.settle()) {
                     Observation::Unchanged => {}
                     Observation::First(d) => {
                         rec.changed_at.get_or_insert(now);

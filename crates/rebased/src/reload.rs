@@ -102,6 +102,12 @@ pub async fn reload(daemon: &Daemon, why: &str) {
             {
                 kept.push("token files");
             }
+            if cfg.daemon.stop_timeout != old.daemon.stop_timeout {
+                kept.push("daemon.stop_timeout");
+            }
+            if cfg.daemon.log != old.daemon.log || cfg.daemon.log_format != old.daemon.log_format {
+                kept.push("daemon.log, daemon.log_format");
+            }
             if !kept.is_empty() {
                 warn!(keys = ?kept, "these settings apply only at start: restart to change them");
             }

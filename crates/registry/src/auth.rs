@@ -35,6 +35,11 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// True for an identity (refresh) token from `docker login` with OAuth2.
+    pub fn is_identity_token(&self) -> bool {
+        self.username == crate::http::IDENTITY_TOKEN_USER
+    }
+
     /// `user:secret` in base64, as `auth` fields and Basic headers carry it.
     pub fn basic(&self) -> String {
         base64::engine::general_purpose::STANDARD
@@ -129,16 +134,22 @@ fn from_docker_config(
     cfg: &DockerConfig,
     path: &Path,
 ) -> Result<Option<Credentials>, String> {
+    // Docker keeps Hub credentials under its v1 index URL.
+    let server = if host == "docker.io" {
+        "https://index.docker.io/v1/"
+    } else {
+        host
+    };
     if let Some(helper) = cfg
         .cred_helpers
         .iter()
         .find(|(k, _)| key_host(k) == host)
         .map(|(_, v)| v)
     {
-        return helper_get(helper, host);
+        return helper_get(helper, server);
     }
     if let Some(store) = &cfg.creds_store {
-        if let Some(c) = helper_get(store, host)? {
+        if let Some(c) = helper_get(store, server)? {
             return Ok(Some(c));
         }
     }
@@ -195,6 +206,9 @@ struct HelperReply {
     secret: String,
 }
 
+/// How long a credential helper may take.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `docker-credential-NAME get` with the host on stdin.
 fn helper_get(name: &str, host: &str) -> Result<Option<Credentials>, String> {
     let program = format!("docker-credential-{name}");
@@ -207,6 +221,25 @@ fn helper_get(name: &str, host: &str) -> Result<Option<Credentials>, String> {
         .map_err(|e| format!("credential helper {program}: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(host.as_bytes());
+    }
+    // A helper waiting for a keyring or a PIN must not hang the daemon.
+    let start = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if start.elapsed() < HELPER_TIMEOUT => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "credential helper {program} did not answer within {} s",
+                    HELPER_TIMEOUT.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("credential helper {program}: {e}")),
+        }
     }
     let out = child
         .wait_with_output()

@@ -30,6 +30,9 @@ pub struct Head {
     pub rate_limit_remaining: Option<u64>,
 }
 
+/// The cache key under which "this registry wants basic auth" is remembered.
+const BASIC: &str = "*basic*";
+
 /// A cached bearer token.
 struct Token {
     value: String,
@@ -158,7 +161,15 @@ pub async fn head(
     let url = manifest_url(r, insecure);
     let scope = format!("repository:{}:pull", r.repository());
     let key = (r.registry().to_owned(), scope.clone());
-    let mut auth: Option<String> = tokens.get(&key).map(|t| format!("Bearer {t}"));
+    // A registry that wanted basic credentials once gets them up front, so a
+    // check stays one request.
+    let basic_key = (r.registry().to_owned(), BASIC.to_owned());
+    let mut auth: Option<String> = tokens.get(&key).map(|t| format!("Bearer {t}")).or_else(|| {
+        tokens
+            .get(&basic_key)
+            .and(creds)
+            .map(|c| format!("Basic {}", c.basic()))
+    });
     let mut challenged = false;
     let mut attempt = 0;
     loop {
@@ -234,7 +245,10 @@ pub async fn head(
                         auth = Some(format!("Bearer {token}"));
                     }
                     Some(Challenge::Basic) => match creds {
-                        Some(c) => auth = Some(format!("Basic {}", c.basic())),
+                        Some(c) => {
+                            tokens.put(basic_key.clone(), String::new(), Duration::from_secs(3600));
+                            auth = Some(format!("Basic {}", c.basic()));
+                        }
                         None => return Err(err(
                             r,
                             ErrorKind::Unauthorized,

@@ -99,7 +99,13 @@ pub struct Registry {
     default_http: reqwest::Client,
     tokens: http::TokenCache,
     limits: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Semaphore>>>,
+    creds: std::sync::Mutex<BTreeMap<String, (std::time::Instant, CredsResult)>>,
 }
+
+type CredsResult = Result<Option<auth::Credentials>, String>;
+
+/// How long credentials are reused before they are looked up again.
+const CREDS_TTL: Duration = Duration::from_secs(60);
 
 pub use http::{parse_challenge, parse_rate_limit, Challenge, Head};
 
@@ -161,13 +167,35 @@ impl Registry {
             default_http: http_client(None, timeout).unwrap_or_default(),
             tokens: http::TokenCache::default(),
             limits: std::sync::Mutex::new(BTreeMap::new()),
+            creds: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Credentials for `host`, from the config, Docker's config.json or a
     /// credential helper; `None` for anonymous access.
     pub fn credentials(&self, host: &str) -> Result<Option<auth::Credentials>, String> {
-        auth::credentials(host, self.config.get(host))
+        if let Some(c) = self.cached_credentials(host) {
+            return c;
+        }
+        let c = auth::credentials(host, self.config.get(host));
+        self.remember_credentials(host, &c);
+        c
+    }
+
+    fn cached_credentials(&self, host: &str) -> Option<CredsResult> {
+        self.creds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .filter(|(at, _)| at.elapsed() < CREDS_TTL)
+            .map(|(_, c)| c.clone())
+    }
+
+    fn remember_credentials(&self, host: &str, c: &CredsResult) {
+        self.creds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_owned(), (std::time::Instant::now(), c.clone()));
     }
 
     fn oci_auth(&self, r: &ImageRef) -> Result<RegistryAuth, RegistryError> {
@@ -206,9 +234,19 @@ impl Registry {
             kind,
             detail,
         };
-        let creds = self
-            .credentials(host)
-            .map_err(|d| fail(ErrorKind::Unauthorized, d))?;
+        // Credential helpers are programs: run them off the async workers.
+        let creds = match self.cached_credentials(host) {
+            Some(c) => c,
+            None => {
+                let (h, config) = (host.to_owned(), self.config.get(host).cloned());
+                let c = tokio::task::spawn_blocking(move || auth::credentials(&h, config.as_ref()))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("credential lookup failed: {e}")));
+                self.remember_credentials(host, &c);
+                c
+            }
+        }
+        .map_err(|d| fail(ErrorKind::Unauthorized, d))?;
         let http = match self.http.get(host) {
             Some(Ok(c)) => c,
             Some(Err(e)) => return Err(fail(ErrorKind::Unreachable, format!("TLS setup: {e}"))),
