@@ -316,6 +316,19 @@ pub async fn head(
     }
 }
 
+/// Reads a body chunk by chunk, refusing it once it passes `cap` bytes (a
+/// hostile or broken server cannot make us buffer without bound).
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| chain(&e))? {
+        if buf.len() + chunk.len() > cap {
+            return Err(format!("response larger than {cap} bytes"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
 async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
 }
@@ -360,13 +373,9 @@ async fn get_digest(
     {
         return Err(err(r, ErrorKind::Protocol, "manifest larger than 4 MiB"));
     }
-    let body = resp
-        .bytes()
+    let body = read_capped(resp, MAX_MANIFEST)
         .await
-        .map_err(|e| err(r, ErrorKind::Unreachable, chain(&e)))?;
-    if body.len() > MAX_MANIFEST {
-        return Err(err(r, ErrorKind::Protocol, "manifest larger than 4 MiB"));
-    }
+        .map_err(|e| err(r, ErrorKind::Protocol, format!("manifest: {e}")))?;
     let hex: String = sha2::Sha256::digest(&body)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -445,11 +454,11 @@ async fn fetch_token(
             format!("token endpoint {realm} answered {status}"),
         ));
     }
-    let body = resp.bytes().await.map_err(|e| {
+    let body = read_capped(resp, 1 << 20).await.map_err(|e| {
         err(
             r,
             ErrorKind::Unauthorized,
-            format!("token endpoint {realm}: {}", chain(&e)),
+            format!("token endpoint {realm}: {e}"),
         )
     })?;
     if body.len() > 1 << 20 {
