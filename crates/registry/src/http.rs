@@ -79,6 +79,19 @@ pub fn parse_rate_limit(v: &str) -> Option<u64> {
     v.split(';').next()?.trim().parse().ok()
 }
 
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110).
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
 /// A parsed `WWW-Authenticate` challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
@@ -285,8 +298,7 @@ pub async fn head(
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                    .and_then(parse_retry_after);
                 match wait {
                     Some(w) if w <= MAX_RETRY_AFTER && attempt < ATTEMPTS => {
                         debug!(reference = %r, wait_s = w.as_secs(), "429: waiting as Retry-After says");
@@ -537,6 +549,23 @@ mod tests {
             "repository%3Aa%2Fb%3Apull"
         );
         assert_eq!(form_escape("ab-._~"), "ab-._~");
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
+        let d = parse_retry_after(&httpdate::fmt_http_date(soon)).expect("date");
+        assert!(
+            d <= Duration::from_secs(30) && d >= Duration::from_secs(28),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "past dates: now"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]
