@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use rebased_builder::Buildah;
 use rebased_core::config::{Config, ImageConfig, LogFormat, Repository};
-use rebased_core::{Digest, ImageRef};
+use rebased_core::ImageRef;
 use rebased_registry::Registry;
 use rebased_scheduler::dispatch::{Clock, Command, Dispatcher, Limits, SharedQueue};
 use rebased_scheduler::graph::Graph;
@@ -69,7 +69,7 @@ pub struct Daemon {
     /// Cancels running builds (after `stop_timeout` on shutdown).
     pub builds: CancellationToken,
     /// The inputs of each image's latest failed attempt (for `failing`).
-    pub failed_inputs: Mutex<BTreeMap<String, BTreeMap<String, Digest>>>,
+    pub failed_inputs: Mutex<BTreeMap<String, Inputs>>,
     /// `rebased once`: no settle delay.
     pub once: bool,
     /// Counters for `GET /metrics`.

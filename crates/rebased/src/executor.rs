@@ -84,7 +84,8 @@ impl Executor for Daemon {
                 let result = self.store.update_image(name, |rec| {
                     rec.state = ImageState::Failing;
                     rec.last_error = job.error.clone();
-                    rec.failed_inputs = Some(inputs.clone());
+                    rec.failed_inputs = Some(inputs.digests.clone());
+                    rec.failed_platforms = inputs.platforms.clone();
                 });
                 if let Err(e) = result {
                     error!(image = %name, "cannot record failing state: {e}");
@@ -153,7 +154,7 @@ impl Daemon {
         }
         let plan = self.plan(image)?;
         let (now, pins) = self.inputs(image, &plan).await?;
-        lock(&self.failed_inputs).insert(name.to_owned(), now.digests.clone());
+        lock(&self.failed_inputs).insert(name.to_owned(), now.clone());
         let record = self.store.image(name)?;
         let current = match record.as_ref().and_then(|r| r.current) {
             Some(v) => self.store.version(name, &v)?,

@@ -13,7 +13,7 @@ use rebased_scheduler::dispatch::Command;
 use rebased_scheduler::queue::reason;
 use rebased_scheduler::schedule::next_of;
 use rebased_scheduler::settle::{Observation, Watch};
-use rebased_scheduler::{decide, Decision, Published};
+use rebased_scheduler::{decide, Decision, Inputs, Published};
 use rebased_state::BaseRecord;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -304,7 +304,11 @@ pub async fn evaluate(
         if r.state == ImageState::Held {
             return;
         }
-        if r.state == ImageState::Failing && r.failed_inputs.as_ref() == Some(&now.digests) {
+        let failed_with = r.failed_inputs.as_ref().map(|d| Inputs {
+            digests: d.clone(),
+            platforms: r.failed_platforms.clone(),
+        });
+        if r.state == ImageState::Failing && failed_with.is_some_and(|f| f.same_as(&now)) {
             return;
         }
     }
@@ -365,6 +369,7 @@ pub fn set_state(daemon: &Daemon, name: &str, state: ImageState, error: Option<S
         rec.last_error = error.clone();
         if state != ImageState::Failing {
             rec.failed_inputs = None;
+            rec.failed_platforms.clear();
         }
     });
     if let Err(e) = result {

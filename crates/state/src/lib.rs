@@ -120,6 +120,10 @@ pub struct ImageRecord {
     /// image is not retried until its inputs differ.
     #[serde(default)]
     pub failed_inputs: Option<BTreeMap<String, Digest>>,
+    /// With `failed_inputs`: the index bases' child digests of the image's
+    /// platforms (a new architecture upstream does not retry a failing image).
+    #[serde(default)]
+    pub failed_platforms: BTreeMap<String, BTreeMap<String, Digest>>,
     /// The ledger was read from the registry (or found empty there): the
     /// registry's versions need not be imported again.
     #[serde(default)]
@@ -136,6 +140,7 @@ impl ImageRecord {
             last_error: None,
             updated_at: Utc::now(),
             failed_inputs: None,
+            failed_platforms: BTreeMap::new(),
             ledger_synced: false,
         }
     }
@@ -414,6 +419,7 @@ impl Store {
             }
             image.last_error = None;
             image.failed_inputs = None;
+            image.failed_platforms.clear();
             image.updated_at = Utc::now();
             let bytes = serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?;
             images.insert(name.as_bytes(), bytes)?;
