@@ -265,3 +265,43 @@ async fn without_a_digest_header_the_manifest_is_hashed() {
     assert_eq!(head.digest.as_str(), format!("sha256:{want}"));
     assert_eq!(count.load(Ordering::SeqCst), 2, "one HEAD, then one GET");
 }
+
+#[tokio::test]
+async fn requests_to_one_registry_are_bounded_by_its_concurrency() {
+    // A slow registry that records how many requests it serves at once.
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (n2, p2) = (Arc::clone(&now), Arc::clone(&peak));
+    let (host, count) = stub(move |_, _| {
+        let inflight = n2.fetch_add(1, Ordering::SeqCst) + 1;
+        p2.fetch_max(inflight, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        n2.fetch_sub(1, Ordering::SeqCst);
+        Some(ok(""))
+    });
+    let cfg = RegistryConfig {
+        insecure: true,
+        concurrency: 2,
+        ..RegistryConfig::default()
+    };
+    let reg = Arc::new(Registry::with_timeout(
+        &BTreeMap::from([(host.clone(), cfg)]),
+        Duration::from_secs(5),
+    ));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (reg, r) = (
+            Arc::clone(&reg),
+            ImageRef::parse(&format!("{host}/base{i}:latest")).unwrap(),
+        );
+        tasks.push(tokio::spawn(async move { reg.head(&r).await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 8);
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "at most `concurrency` requests in flight"
+    );
+}
