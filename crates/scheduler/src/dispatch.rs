@@ -296,7 +296,7 @@ impl<E: Executor> Dispatcher<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::Node;
+    use crate::graph::test_graph as graph;
     use rebased_core::job::JobState;
     use rebased_core::Version;
     use std::collections::BTreeMap;
@@ -355,18 +355,6 @@ mod tests {
             }
         }
         fn forget(&self, _: &[JobId]) {}
-    }
-
-    fn graph(edges: &[(&str, &[&str])]) -> Graph {
-        let nodes: Vec<Node> = edges
-            .iter()
-            .map(|(n, b)| Node {
-                name: n.to_string(),
-                repository: format!("r/{n}"),
-                bases: b.iter().map(|x| format!("r/{x}")).collect(),
-            })
-            .collect();
-        Graph::new(&nodes).expect("acyclic")
     }
 
     async fn drive(

@@ -161,6 +161,20 @@ fn find_cycle(parents: &[BTreeSet<usize>], indegree: &[usize]) -> Vec<usize> {
     }
 }
 
+/// A graph from `(image, [parent images])`, repositories `r/NAME` (tests).
+#[cfg(test)]
+pub(crate) fn test_graph(edges: &[(&str, &[&str])]) -> Graph {
+    let nodes: Vec<Node> = edges
+        .iter()
+        .map(|(n, b)| Node {
+            name: n.to_string(),
+            repository: format!("r/{n}"),
+            bases: b.iter().map(|x| format!("r/{x}")).collect(),
+        })
+        .collect();
+    Graph::new(&nodes).expect("acyclic")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

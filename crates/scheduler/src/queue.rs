@@ -326,22 +326,10 @@ pub fn reason(trigger: Trigger, at: DateTime<Utc>, detail: impl Into<String>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::Node;
+    use crate::graph::test_graph as graph;
 
     fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + s, 0).expect("valid")
-    }
-
-    fn graph(edges: &[(&str, &[&str])]) -> Graph {
-        let nodes: Vec<Node> = edges
-            .iter()
-            .map(|(n, b)| Node {
-                name: n.to_string(),
-                repository: format!("r/{n}"),
-                bases: b.iter().map(|x| format!("r/{x}")).collect(),
-            })
-            .collect();
-        Graph::new(&nodes).expect("acyclic")
     }
 
     #[test]

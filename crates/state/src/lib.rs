@@ -425,14 +425,7 @@ impl Store {
             images.insert(name.as_bytes(), bytes)?;
             Ok(())
         });
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Abort(reason)) => {
-                return Err(StateError::Invariant { what, reason })
-            }
-            Err(TransactionError::Storage(source)) => return Err(StateError::Db { what, source }),
-        }
-        self.flush(&what)
+        self.committed(result, what)
     }
 
     /// Stores a job (queued jobs survive restarts), flushed before returning.
@@ -509,11 +502,7 @@ impl Store {
                 Ok(())
             },
         );
-        match result {
-            Ok(()) => self.flush(&what),
-            Err(TransactionError::Abort(reason)) => Err(StateError::Invariant { what, reason }),
-            Err(TransactionError::Storage(source)) => Err(StateError::Db { what, source }),
-        }
+        self.committed(result, what)
     }
 
     /// Every rollback of image `name`, oldest first.
@@ -569,6 +558,16 @@ impl Store {
             )?;
             Ok(())
         });
+        self.committed(result, what)
+    }
+
+    /// Ends a transaction: flushed on success, else the abort reason or the
+    /// storage error, named by `what`.
+    fn committed(
+        &self,
+        result: Result<(), TransactionError<String>>,
+        what: String,
+    ) -> Result<(), StateError> {
         match result {
             Ok(()) => self.flush(&what),
             Err(TransactionError::Abort(reason)) => Err(StateError::Invariant { what, reason }),
