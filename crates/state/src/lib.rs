@@ -329,16 +329,6 @@ impl Store {
         }
     }
 
-    /// Stores an image record.
-    pub fn put_image(&self, record: &ImageRecord) -> Result<(), StateError> {
-        put(
-            &self.images,
-            record.name.as_bytes(),
-            record,
-            &format!("image {}", record.name),
-        )
-    }
-
     /// Every version of image `name`, oldest first.
     pub fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StateError> {
         let what = format!("versions of {name}");
