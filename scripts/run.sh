@@ -1,15 +1,9 @@
 #!/usr/bin/env bash
-# Runs the daemon on the default config (config/rebased.toml), installing the
-# buildah builder first if it is missing. Run as root (buildah with vfs
-# storage and chroot isolation, state in /var/lib/rebased).
+# Runs the daemon on the default config (config/rebased.toml): the example
+# image is built by the native backend into an OCI layout under
+# /var/lib/rebased, so no registry and no build engine are needed. Run as
+# root (the state directory is /var/lib/rebased). A config with RUN steps
+# needs buildah, podman or docker installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-if ! command -v buildah >/dev/null; then
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends buildah
-fi
-
 exec cargo run --release --locked -p rebased -- run --config "${1:-config/rebased.toml}"

@@ -396,8 +396,18 @@ impl BaseMaker {
         fs::copy(busybox, ctx.join("busybox")).unwrap();
         fs::write(ctx.join("marker"), marker).unwrap();
         fs::write(
+            ctx.join("passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:app:/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            ctx.join("group"),
+            "root:x:0:\napp:x:1001:\nstaff:x:50:app\n",
+        )
+        .unwrap();
+        fs::write(
             ctx.join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\nCMD [\"/bin/busybox\", \"sh\"]\n",
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY passwd group /etc/\nCOPY marker /marker\nENV PATH=/bin HOME=/root\nCMD [\"/bin/busybox\", \"sh\"]\n",
         )
         .unwrap();
         let local = format!("localhost/test-base:{marker}");

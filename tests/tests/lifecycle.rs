@@ -39,7 +39,7 @@ fn config(
     images: &[(&str, &str)],
 ) -> String {
     let mut cfg = format!(
-        "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n{daemon_extra}\n[registries.\"{host}\"]\ninsecure = true\n",
+        "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n{daemon_extra}\n[builder]\n# buildah: a build long enough to be interrupted\nbackend = \"buildah\"\n[registries.\"{host}\"]\ninsecure = true\n",
         work.join("state").display()
     );
     for (name, ctx) in images {

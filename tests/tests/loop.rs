@@ -1,6 +1,7 @@
 //! The whole loop, end to end: base v1 -> 1.0.0, base v2 -> 1.0.1 with
 //! provenance and floating tags, supersession in the API, and a restart that
-//! publishes nothing.
+//! publishes nothing. Built with buildah here; `native.rs` runs the native
+//! backend through the same kind of update.
 
 #![allow(clippy::unwrap_used)]
 
@@ -46,6 +47,9 @@ state_dir = "{state}"
 listen = "{listen}"
 poll = "*/1 * * * * *"
 settle = "2s"
+
+[builder]
+backend = "buildah"
 
 [registries."{host}"]
 insecure = true

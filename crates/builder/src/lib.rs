@@ -7,7 +7,8 @@
 //! builder's business: the caller does it through the registry once the
 //! version tag is recorded.
 
-pub mod buildah;
+pub mod engine;
+pub mod native;
 pub mod provenance;
 
 use std::collections::BTreeMap;
@@ -15,7 +16,8 @@ use std::path::PathBuf;
 
 use rebased_core::{Digest, ImageRef};
 
-pub use buildah::Buildah;
+pub use engine::{installed_engine, Engine, EngineKind};
+pub use native::Native;
 
 /// Everything one build needs.
 #[derive(Debug, Clone)]
@@ -30,8 +32,15 @@ pub struct BuildRequest {
     pub dockerfile: String,
     /// `--build-arg`s.
     pub build_args: BTreeMap<String, String>,
-    /// Where to push: `repository:version`.
-    pub target: ImageRef,
+    /// Where to publish the version.
+    pub target: Target,
+    /// Platforms to build (`os/arch[/variant]`); empty: the base's, or the
+    /// host's from a multi-platform base. Only the native backend builds
+    /// several.
+    pub platforms: Vec<String>,
+    /// `SOURCE_DATE_EPOCH`: layer mtimes and the config's `created` (else 0
+    /// for mtimes and now for `created`).
+    pub source_date_epoch: Option<i64>,
     /// Manifest annotations, also set as config labels.
     pub annotations: BTreeMap<String, String>,
     /// Registries reached over plain http.
@@ -46,11 +55,47 @@ pub struct BuildRequest {
     pub ca_files: Vec<PathBuf>,
 }
 
+/// Where a build is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `repository:version` in a registry.
+    Registry(ImageRef),
+    /// An OCI image layout directory and the version's tag in it.
+    Layout {
+        /// The layout directory.
+        path: PathBuf,
+        /// The tag (`org.opencontainers.image.ref.name`).
+        tag: String,
+    },
+}
+
+impl Target {
+    /// The containers-transport name (`docker://REF`, `oci:PATH:TAG`), as
+    /// buildah, podman and skopeo take it.
+    pub fn transport(&self) -> String {
+        match self {
+            Self::Registry(r) => format!("docker://{r}"),
+            Self::Layout { path, tag } => format!("oci:{}:{tag}", path.display()),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Registry(r) => write!(f, "{r}"),
+            Self::Layout { path, tag } => write!(f, "oci:{}:{tag}", path.display()),
+        }
+    }
+}
+
 /// A successful build.
 #[derive(Debug, Clone)]
 pub struct BuildOutput {
     /// Digest of the manifest pushed under the version tag.
-    pub digest: Digest,
+    /// `None` when the engine does not report it (docker-compatible CLIs
+    /// that print no digest): the caller reads the version tag back.
+    pub digest: Option<Digest>,
     /// The engine's output.
     pub log: String,
 }
@@ -104,6 +149,28 @@ pub enum BuildError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The Dockerfile asks for something this backend does not do; nothing
+    /// was fetched or pushed.
+    #[error("Dockerfile line {line}: {reason}")]
+    Refused {
+        /// 1-based line.
+        line: usize,
+        /// Why, with a hint.
+        reason: String,
+    },
+    /// A step of a native build failed.
+    #[error("{step}: {reason}")]
+    Native {
+        /// Which step (`context`, `base`, `push`, ...).
+        step: String,
+        /// What went wrong.
+        reason: String,
+        /// The log so far.
+        log: String,
+    },
+    /// The backend cannot publish this request.
+    #[error("{0}")]
+    Unsupported(String),
     /// The engine reported a digest we cannot parse.
     #[error("engine reported an invalid digest {0:?}")]
     BadDigest(String),
@@ -113,9 +180,10 @@ impl BuildError {
     /// The log captured before the failure.
     pub fn log(&self) -> &str {
         match self {
-            Self::Failed { log, .. } | Self::Timeout { log, .. } | Self::Cancelled { log, .. } => {
-                log
-            }
+            Self::Failed { log, .. }
+            | Self::Timeout { log, .. }
+            | Self::Cancelled { log, .. }
+            | Self::Native { log, .. } => log,
             _ => "",
         }
     }

@@ -518,6 +518,30 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// Makes every relative path of the config relative to `dir` (the
+    /// directory of the config file), as users of such files expect.
+    pub fn resolve_paths(&mut self, dir: &std::path::Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.daemon.state_dir);
+        self.daemon.api_token_file.iter_mut().for_each(fix);
+        self.webhooks.token_file.iter_mut().for_each(fix);
+        for r in self.registries.values_mut() {
+            r.password_file.iter_mut().for_each(fix);
+            r.ca_file.iter_mut().for_each(fix);
+        }
+        for i in &mut self.image {
+            fix(&mut i.context);
+            i.secrets.values_mut().for_each(fix);
+            if let Repository::OciLayout(p) = &mut i.repository {
+                fix(p);
+            }
+        }
+    }
+
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
@@ -681,6 +705,44 @@ version = "1.0.0"
         let tags: Vec<_> = img.tags.iter().map(|t| t.render(&img.version)).collect();
         assert_eq!(tags, ["1.0", "1", "latest"]);
         assert_eq!(img.platforms, ["linux/amd64"]);
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_directory() {
+        let mut c = Config::parse(
+            r#"
+[daemon]
+state_dir = "state"
+[registries."r.io"]
+password_file = "/abs/pw"
+ca_file = "ca.pem"
+[[image]]
+name = "app"
+context = "app"
+repository = "oci:images/app"
+version = "1.0.0"
+secrets = { npm = "npm-token" }
+"#,
+        )
+        .expect("valid");
+        c.resolve_paths(std::path::Path::new("/etc/rebased"));
+        assert_eq!(c.daemon.state_dir, PathBuf::from("/etc/rebased/state"));
+        let r = &c.registries["r.io"];
+        assert_eq!(
+            r.password_file.as_deref(),
+            Some(std::path::Path::new("/abs/pw"))
+        );
+        assert_eq!(
+            r.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/rebased/ca.pem"))
+        );
+        let i = &c.image[0];
+        assert_eq!(i.context, PathBuf::from("/etc/rebased/app"));
+        assert_eq!(i.secrets["npm"], PathBuf::from("/etc/rebased/npm-token"));
+        assert_eq!(
+            i.repository,
+            Repository::OciLayout(PathBuf::from("/etc/rebased/images/app"))
+        );
     }
 
     #[test]

@@ -56,6 +56,14 @@ pub struct Instruction {
     pub args: String,
 }
 
+impl Instruction {
+    /// Whether a `RUN`, `COPY` or `ADD` carries a heredoc (`<<EOF`).
+    pub fn has_heredoc(&self) -> bool {
+        matches!(self.keyword.as_str(), "RUN" | "COPY" | "ADD")
+            && !heredoc_markers(&self.args).is_empty()
+    }
+}
+
 /// How an external image is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BaseKind {
@@ -455,8 +463,9 @@ fn heredoc_markers(args: &str) -> Vec<(String, bool)> {
 }
 
 /// Splits arguments on whitespace, honouring quotes and the escape character
-/// (quotes are removed, as the shell-word parser in BuildKit does).
-fn split_words(args: &str, escape: char) -> Vec<String> {
+/// (quotes are removed, as the shell-word parser in BuildKit does; escape
+/// sequences are kept for [`substitute`] to resolve).
+pub fn split_words(args: &str, escape: char) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;

@@ -13,7 +13,7 @@ use rebased_core::ImageRef;
 pub fn load(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
-    Config::parse(&text).map_err(|e| {
+    let mut cfg = Config::parse(&text).map_err(|e| {
         let key = e.key.map(|k| format!("key {k}: ")).unwrap_or_default();
         anyhow!(
             "{}:{}:{}: {key}{}",
@@ -22,7 +22,14 @@ pub fn load(path: &Path) -> Result<Config> {
             e.column,
             e.message
         )
-    })
+    })?;
+    // Relative paths in the file are relative to the file's directory.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    cfg.resolve_paths(dir);
+    Ok(cfg)
 }
 
 /// A Dockerfile read and parsed, with its text.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
-use rebased_builder::Buildah;
+use rebased_builder::{Engine, EngineKind, Native};
 use rebased_core::config::{Config, ImageConfig, LogFormat, Repository};
 use rebased_core::ImageRef;
 use rebased_registry::Registry;
@@ -59,7 +59,6 @@ pub struct Daemon {
     pub config_file: PathBuf,
     pub store: Store,
     registry: std::sync::RwLock<Arc<Registry>>,
-    buildah: std::sync::RwLock<Arc<Buildah>>,
     pub runtime: Mutex<Runtime>,
     pub queue: SharedQueue,
     /// Commands to the dispatcher.
@@ -185,7 +184,6 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
     let store = Store::open(&state_dir.join("db"))?;
     let registry = Arc::new(Registry::new(&cfg.registries));
-    let buildah = Buildah::with_storage(&state_dir.join("containers"), cfg.builder.timeout.0);
 
     // The queue as it was: jobs running at a crash run again.
     let (mut queue, changed) = Queue::load(store.jobs()?);
@@ -215,7 +213,6 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         config_file: config_file.clone(),
         store,
         registry: std::sync::RwLock::new(registry),
-        buildah: std::sync::RwLock::new(Arc::new(buildah)),
         runtime: Mutex::new(Runtime {
             started_at: now,
             config_loaded_at: now,
@@ -446,9 +443,22 @@ impl Daemon {
         Arc::clone(&self.registry.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// The builder of the config in force.
-    pub fn buildah(&self) -> Arc<Buildah> {
-        Arc::clone(&self.buildah.read().unwrap_or_else(|p| p.into_inner()))
+    /// An engine of the config in force, with its storage in the state
+    /// directory.
+    pub fn engine(&self, kind: EngineKind) -> Engine {
+        let cfg = self.cfg();
+        Engine::with_storage(
+            kind,
+            &cfg.daemon.state_dir.join("containers"),
+            cfg.builder.timeout.0,
+        )
+    }
+
+    /// The native builder of the config in force.
+    pub fn native(&self) -> Native {
+        Native {
+            timeout: self.cfg().builder.timeout.0,
+        }
     }
 
     /// The image called `name`.
@@ -468,11 +478,6 @@ impl Daemon {
             let registry = Arc::new(Registry::new(&cfg.registries));
             *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
         }
-        let buildah = Arc::new(Buildah::with_storage(
-            &cfg.daemon.state_dir.join("containers"),
-            cfg.builder.timeout.0,
-        ));
-        *self.buildah.write().unwrap_or_else(|p| p.into_inner()) = buildah;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
     }
 

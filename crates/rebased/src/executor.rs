@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::Utc;
-use rebased_builder::{provenance, BuildRequest};
-use rebased_core::config::{ImageConfig, Repository};
+use rebased_builder::{installed_engine, provenance, BuildRequest, EngineKind};
+use rebased_core::config::{Backend, ImageConfig};
 use rebased_core::dockerfile::BaseKind;
 use rebased_core::job::{Job, JobId, JobState};
 use rebased_core::{Digest, ImageRef, ImageState, Trigger, Version};
@@ -18,6 +18,7 @@ use rebased_state::{BaseChange, BaseRecord, Reason, VersionRecord};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::daemon::{lock, version_inputs, Daemon, Plan};
+use crate::destination::Destination;
 use crate::ledger::failpoint;
 use crate::poller::set_state;
 
@@ -115,11 +116,11 @@ impl Daemon {
     /// pulls from or pushes to (none when all are anonymous).
     fn auth_json<'a>(
         &self,
-        target: &ImageRef,
+        target: Option<&ImageRef>,
         bases: impl Iterator<Item = &'a ImageRef>,
     ) -> Result<Option<String>> {
         let mut hosts: Vec<String> = bases.map(|b| b.registry().to_owned()).collect();
-        hosts.push(target.registry().to_owned());
+        hosts.extend(target.map(|t| t.registry().to_owned()));
         hosts.sort();
         hosts.dedup();
         let registry = self.registry();
@@ -198,12 +199,10 @@ impl Daemon {
             }
             return Ok(None);
         };
-        let Repository::Registry(repo) = &image.repository else {
-            bail!("only registry repositories are supported");
-        };
+        let repo = Destination::from(&image.repository);
         info!(%version, %trigger, supersedes = ?supersedes.map(|v| v.to_string()), "building");
         self.build_and_publish(
-            image, repo, &plan, &pins, &now, version, supersedes, trigger, &changes, job.id,
+            image, &repo, &plan, &pins, &now, version, supersedes, trigger, &changes, job.id,
         )
         .await?;
         Ok(Some(version))
@@ -263,7 +262,7 @@ impl Daemon {
     async fn build_and_publish(
         &self,
         image: &ImageConfig,
-        repo: &ImageRef,
+        repo: &Destination,
         plan: &Plan,
         pins: &BTreeMap<ImageRef, Digest>,
         now: &Inputs,
@@ -274,12 +273,13 @@ impl Daemon {
         job: JobId,
     ) -> Result<()> {
         let name = image.name.as_str();
-        let target = repo.with_tag(&version.to_string());
+        let target = repo.target(&version.to_string());
+        let registry = self.registry();
         // Versions are immutable: look before pushing.
-        let existing = self.registry().lookup(&target).await?;
+        let existing = repo.lookup(&registry, &version.to_string()).await?;
         let digest = match existing {
             Some(d) => {
-                let manifest = self.registry().manifest(&target).await?;
+                let manifest = repo.manifest(&registry, &version.to_string()).await?;
                 match provenance::bases_from(&manifest.annotations()) {
                     Some(b) if b == now.digests => {
                         info!(digest = %d, "version tag already pushed with the same inputs: adopting it");
@@ -323,7 +323,7 @@ impl Daemon {
                     target: target.clone(),
                     annotations,
                     insecure_registries: self.insecure_registries(),
-                    auth_json: self.auth_json(repo, pins.keys())?,
+                    auth_json: self.auth_json(repo.registry(), pins.keys())?,
                     ca_files: self
                         .cfg()
                         .registries
@@ -331,8 +331,31 @@ impl Daemon {
                         .filter_map(|r| r.ca_file.clone())
                         .collect(),
                     workdir: workdir.clone(),
+                    platforms: image.platforms.clone(),
+                    source_date_epoch: source_date_epoch(),
                 };
-                let outcome = self.buildah().build(&request, &self.builds).await;
+                let engine = match self.cfg().builder.backend {
+                    Backend::Native => None,
+                    Backend::Auto if !plan.model.instructions.iter().any(|i| i.keyword == "RUN") => {
+                        None
+                    }
+                    Backend::Auto => Some(installed_engine().ok_or_else(|| {
+                        anyhow!("the Dockerfile has RUN steps and none of buildah, podman or docker is installed")
+                    })?),
+                    Backend::Buildah => Some(EngineKind::Buildah),
+                    Backend::Podman => Some(EngineKind::Podman),
+                    Backend::Docker => Some(EngineKind::Docker),
+                };
+                let outcome = match engine {
+                    None => {
+                        info!(backend = "native", "building");
+                        self.native().build(&request, &registry, &self.builds).await
+                    }
+                    Some(kind) => {
+                        info!(backend = kind.program(), "building");
+                        self.engine(kind).build(&request, &self.builds).await
+                    }
+                };
                 let log = match &outcome {
                     Ok(o) => o.log.clone(),
                     Err(e) => e.log().to_owned(),
@@ -340,9 +363,16 @@ impl Daemon {
                 self.save_log(job, &log);
                 let _ = tokio::fs::remove_dir_all(&workdir).await;
                 let out = outcome.with_context(|| format!("build of {target} (job {job})"))?;
-                info!(digest = %out.digest, "pushed {target}");
+                let digest = match out.digest {
+                    Some(d) => d,
+                    None => repo
+                        .lookup(&registry, &version.to_string())
+                        .await?
+                        .ok_or_else(|| anyhow!("{target} is missing after the push"))?,
+                };
+                info!(%digest, "pushed {target}");
                 failpoint("after-version-push");
-                out.digest
+                digest
             }
         };
         let record = VersionRecord {
@@ -384,7 +414,7 @@ impl Daemon {
         let mut tag_errors = Vec::new();
         for template in &image.tags {
             let tag = template.render(&version);
-            match self.registry().tag(repo, &digest, &tag).await {
+            match repo.tag(&registry, &digest, &tag).await {
                 Ok(()) => {
                     info!(tag = %tag, "moved floating tag");
                     failpoint("after-first-floating-tag");
@@ -409,4 +439,11 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, if set to a number.
+fn source_date_epoch() -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
 }

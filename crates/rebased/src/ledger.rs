@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::Utc;
 use rebased_builder::provenance;
-use rebased_core::config::{ImageConfig, Repository};
-use rebased_core::{Digest, ImageRef, ImageState, Trigger, Version};
+use rebased_core::config::ImageConfig;
+use rebased_core::{Digest, ImageState, Trigger, Version};
 use rebased_scheduler::dispatch::{lock as lock_queue, Command};
 use rebased_state::{BaseChange, Reason, RollbackEvent, VersionRecord};
 use tracing::{info, warn};
 
 use crate::daemon::Daemon;
+use crate::destination::Destination;
 
 /// At most this many versions are read back from a repository.
 const MAX_IMPORT: usize = 200;
@@ -27,14 +28,8 @@ pub fn failpoint(name: &str) {
     }
 }
 
-fn repository(image: &ImageConfig) -> Result<&ImageRef> {
-    match &image.repository {
-        Repository::Registry(r) => Ok(r),
-        Repository::OciLayout(p) => Err(anyhow!(
-            "oci:{} repositories are not supported",
-            p.display()
-        )),
-    }
+fn repository(image: &ImageConfig) -> Destination {
+    Destination::from(&image.repository)
 }
 
 impl Daemon {
@@ -46,12 +41,9 @@ impl Daemon {
         if self.store.image(name)?.is_some_and(|r| r.ledger_synced) {
             return Ok(());
         }
-        let repo = repository(image)?;
-        let tags = self
-            .registry()
-            .list_tags(repo)
-            .await
-            .with_context(|| format!("listing the tags of {}", repo.name()))?;
+        let repo = repository(image);
+        let registry = self.registry();
+        let tags = repo.list_tags(&registry).await?;
         let mut versions: Vec<Version> =
             tags.iter().filter_map(|t| Version::parse(t).ok()).collect();
         versions.sort();
@@ -61,12 +53,7 @@ impl Daemon {
         }
         let mut records: BTreeMap<Version, VersionRecord> = BTreeMap::new();
         for v in &versions {
-            let tagged = repo.with_tag(&v.to_string());
-            let manifest = self
-                .registry()
-                .manifest(&tagged)
-                .await
-                .with_context(|| format!("reading {tagged}"))?;
+            let manifest = repo.manifest(&registry, &v.to_string()).await?;
             let rec = provenance::recorded(&manifest.annotations());
             records.insert(
                 *v,
@@ -132,12 +119,12 @@ impl Daemon {
         version: &Version,
         digest: &Digest,
     ) -> Result<()> {
-        let repo = repository(image)?;
+        let repo = repository(image);
+        let registry = self.registry();
         let mut errors = Vec::new();
         for template in &image.tags {
             let tag = template.render(version);
-            let target = repo.with_tag(&tag);
-            match self.registry().lookup(&target).await {
+            match repo.lookup(&registry, &tag).await {
                 Ok(Some(d)) if &d == digest => continue,
                 Ok(_) => {}
                 Err(e) => {
@@ -145,7 +132,7 @@ impl Daemon {
                     continue;
                 }
             }
-            match self.registry().tag(repo, digest, &tag).await {
+            match repo.tag(&registry, digest, &tag).await {
                 Ok(()) => info!(image = %image.name, tag = %tag, %version, "moved floating tag"),
                 Err(e) => errors.push(format!("{tag}: {e}")),
             }
@@ -204,7 +191,8 @@ impl Daemon {
         from: Option<Version>,
         digest: &Digest,
     ) -> Result<RollbackEvent> {
-        let repo = repository(image)?;
+        let repo = repository(image);
+        let registry = self.registry();
         let mut tags: Vec<String> = image.tags.iter().map(|t| t.render(to)).collect();
         if let Some(f) = &from {
             tags.extend(image.tags.iter().map(|t| t.render(f)));
@@ -212,8 +200,7 @@ impl Daemon {
         tags.sort();
         tags.dedup();
         for tag in &tags {
-            self.registry()
-                .tag(repo, digest, tag)
+            repo.tag(&registry, digest, tag)
                 .await
                 .with_context(|| format!("pointing {tag} at {to}"))?;
         }

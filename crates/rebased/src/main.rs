@@ -4,6 +4,7 @@ mod backend;
 mod client;
 mod config;
 mod daemon;
+mod destination;
 mod executor;
 mod ledger;
 mod notify;

@@ -4,9 +4,16 @@
 //! manifest media type in `Accept`), reads manifests and their annotations,
 //! lists tags, and points a tag at an existing manifest (the way `crane tag`
 //! does: the manifest bytes are copied unchanged, so the digest stays).
+//!
+//! It also moves blobs (existence checks, cross-repository mounts, uploads,
+//! streamed copies between registries, bounded reads) and pushes manifests,
+//! for the native builder; [`layout`] writes the same content into an OCI
+//! image layout directory instead of a registry.
 
 pub mod auth;
+mod blobs;
 mod http;
+pub mod layout;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -108,6 +115,7 @@ type CredsResult = Result<Option<auth::Credentials>, String>;
 const CREDS_TTL: Duration = Duration::from_secs(60);
 
 pub use http::{parse_challenge, parse_rate_limit, Challenge, Head};
+pub use layout::{BlobWriter, Layout, LayoutError, Platform};
 
 fn http_client(
     ca_file: Option<&std::path::Path>,
@@ -198,20 +206,27 @@ impl Registry {
             .insert(host.to_owned(), (std::time::Instant::now(), c.clone()));
     }
 
-    fn oci_auth(&self, r: &ImageRef) -> Result<RegistryAuth, RegistryError> {
-        match self.credentials(r.registry()) {
-            Ok(Some(c)) if c.username == http::IDENTITY_TOKEN_USER => {
-                Ok(RegistryAuth::Bearer(c.secret))
-            }
-            Ok(Some(c)) => Ok(RegistryAuth::Basic(c.username, c.secret)),
-            Ok(None) => Ok(RegistryAuth::Anonymous),
-            Err(detail) => Err(RegistryError {
-                registry: r.registry().to_owned(),
-                reference: r.to_string(),
-                kind: ErrorKind::Unauthorized,
-                detail,
-            }),
+    /// Like [`Registry::credentials`], but a credential helper (a program)
+    /// runs off the async workers.
+    async fn credentials_async(&self, host: &str) -> CredsResult {
+        if let Some(c) = self.cached_credentials(host) {
+            return c;
         }
+        let (h, config) = (host.to_owned(), self.config.get(host).cloned());
+        let c = tokio::task::spawn_blocking(move || auth::credentials(&h, config.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(format!("credential lookup failed: {e}")));
+        self.remember_credentials(host, &c);
+        c
+    }
+
+    fn oci_auth(&self, r: &ImageRef) -> Result<RegistryAuth, RegistryError> {
+        to_registry_auth(r, self.credentials(r.registry()))
+    }
+
+    /// [`Registry::oci_auth`] without blocking an async worker on a helper.
+    async fn oci_auth_async(&self, r: &ImageRef) -> Result<RegistryAuth, RegistryError> {
+        to_registry_auth(r, self.credentials_async(r.registry()).await)
     }
 
     fn permit_pool(&self, host: &str) -> Arc<tokio::sync::Semaphore> {
@@ -234,19 +249,10 @@ impl Registry {
             kind,
             detail,
         };
-        // Credential helpers are programs: run them off the async workers.
-        let creds = match self.cached_credentials(host) {
-            Some(c) => c,
-            None => {
-                let (h, config) = (host.to_owned(), self.config.get(host).cloned());
-                let c = tokio::task::spawn_blocking(move || auth::credentials(&h, config.as_ref()))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("credential lookup failed: {e}")));
-                self.remember_credentials(host, &c);
-                c
-            }
-        }
-        .map_err(|d| fail(ErrorKind::Unauthorized, d))?;
+        let creds = self
+            .credentials_async(host)
+            .await
+            .map_err(|d| fail(ErrorKind::Unauthorized, d))?;
         let http = match self.http.get(host) {
             Some(Ok(c)) => c,
             Some(Err(e)) => return Err(fail(ErrorKind::Unreachable, format!("TLS setup: {e}"))),
@@ -287,13 +293,8 @@ impl Registry {
             detail,
         };
         let digest = Digest::parse(&digest).map_err(|e| protocol(e.to_string()))?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| protocol(format!("manifest is not JSON: {e}")))?;
-        let media_type = match value.get("mediaType").and_then(|m| m.as_str()) {
-            Some(m) => m.to_owned(),
-            None if value.get("manifests").is_some() => MANIFEST_MEDIA_TYPES[0].to_owned(),
-            None => MANIFEST_MEDIA_TYPES[2].to_owned(),
-        };
+        let media_type = declared_media_type(&bytes)
+            .ok_or_else(|| protocol("manifest is not a JSON object".to_owned()))?;
         Ok(RawManifest {
             bytes: bytes.to_vec(),
             digest,
@@ -411,6 +412,35 @@ pub fn index_platforms(bytes: &[u8]) -> BTreeMap<String, Digest> {
     out
 }
 
+fn to_registry_auth(r: &ImageRef, creds: CredsResult) -> Result<RegistryAuth, RegistryError> {
+    match creds {
+        Ok(Some(c)) if c.username == http::IDENTITY_TOKEN_USER => {
+            Ok(RegistryAuth::Bearer(c.secret))
+        }
+        Ok(Some(c)) => Ok(RegistryAuth::Basic(c.username, c.secret)),
+        Ok(None) => Ok(RegistryAuth::Anonymous),
+        Err(detail) => Err(RegistryError {
+            registry: r.registry().to_owned(),
+            reference: r.to_string(),
+            kind: ErrorKind::Unauthorized,
+            detail,
+        }),
+    }
+}
+
+/// The media type a manifest's bytes declare; without a `mediaType` field,
+/// an index when it has `manifests`, else an OCI image manifest. `None` when
+/// the bytes are not a JSON object.
+pub(crate) fn declared_media_type(bytes: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let object = value.as_object()?;
+    Some(match object.get("mediaType").and_then(|m| m.as_str()) {
+        Some(m) => m.to_owned(),
+        None if object.contains_key("manifests") => MANIFEST_MEDIA_TYPES[0].to_owned(),
+        None => MANIFEST_MEDIA_TYPES[2].to_owned(),
+    })
+}
+
 fn to_oci(r: &ImageRef) -> Reference {
     let registry = r.registry().to_owned();
     let repository = r.repository().to_owned();
@@ -440,6 +470,7 @@ fn classify(reference: &ImageRef, e: OciDistributionError) -> RegistryError {
                 matches!(
                     c,
                     OciErrorCode::ManifestUnknown
+                        | OciErrorCode::BlobUnknown
                         | OciErrorCode::NameUnknown
                         | OciErrorCode::NotFound
                 )
@@ -459,10 +490,14 @@ fn classify(reference: &ImageRef, e: OciDistributionError) -> RegistryError {
                 ErrorKind::Protocol
             }
         }
-        OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
-            ErrorKind::Unreachable
-        }
-        OciDistributionError::RequestError(_) => ErrorKind::Unreachable,
+        // `error_for_status` (as in oci-client's blob HEAD) carries the status.
+        OciDistributionError::RequestError(r) => match r.status().map(|s| s.as_u16()) {
+            Some(401 | 403) => ErrorKind::Unauthorized,
+            Some(404) => ErrorKind::NotFound,
+            Some(429) => ErrorKind::RateLimited,
+            Some(_) => ErrorKind::Protocol,
+            None => ErrorKind::Unreachable,
+        },
         _ => ErrorKind::Protocol,
     };
     let mut detail = e.to_string();

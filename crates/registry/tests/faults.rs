@@ -1,6 +1,7 @@
 //! Fault injection against a stub registry (the real one cannot be made to
 //! misbehave on cue): 5xx then success, 429 with Retry-After, a hanging
-//! server, a failing token endpoint, the bearer flow and rate-limit headers.
+//! server, a failing token endpoint, the bearer flow and rate-limit headers,
+//! a blob that does not match its digest, a refused blob HEAD.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -304,4 +305,46 @@ async fn requests_to_one_registry_are_bounded_by_its_concurrency() {
         2,
         "at most `concurrency` requests in flight"
     );
+}
+
+/// Answers `GET /v2/` with 200 and everything else with `other`.
+fn blob_stub(other: &'static str) -> String {
+    let (host, _) = stub(move |_, line| {
+        Some(if line.starts_with("GET /v2/ ") {
+            status("200 OK", "")
+        } else {
+            other.to_owned()
+        })
+    });
+    host
+}
+
+#[tokio::test]
+async fn a_blob_that_does_not_match_its_digest_is_refused() {
+    let host = blob_stub("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil");
+    let r = registry(&host);
+    let digest = rebased_core::Digest::parse(DIGEST).unwrap();
+    let e = r.blob(&reference(&host), &digest, 100).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Protocol, "{e}");
+    assert!(e.reference.ends_with(DIGEST), "{e}");
+    let mut out = Vec::new();
+    let e = r
+        .blob_to_writer(&reference(&host), &digest, &mut out)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Protocol, "{e}");
+    // Refused from Content-Length alone, before the body is read.
+    let e = r.blob(&reference(&host), &digest, 3).await.unwrap_err();
+    assert!(e.detail.contains("limit of 3 bytes"), "{e}");
+}
+
+#[tokio::test]
+async fn a_refused_blob_head_is_an_auth_error() {
+    let host = blob_stub("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+    let digest = rebased_core::Digest::parse(DIGEST).unwrap();
+    let e = registry(&host)
+        .blob_exists(&reference(&host), &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unauthorized, "{e}");
 }

@@ -1,6 +1,8 @@
-//! The `buildah` backend: `buildah bud` with vfs storage and chroot isolation,
-//! then `buildah push --digestfile`. No shell is involved: every argument is
-//! passed as is.
+//! The engine backends: `buildah`, `podman` and `docker`. buildah and
+//! podman build with vfs storage and chroot isolation under the state
+//! directory, then `push --digestfile`; docker builds in its daemon, pushes,
+//! and reads the pushed digest back with `image inspect`. No shell is
+//! involved: every argument is passed as is.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,15 +14,47 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::{BuildError, BuildOutput, BuildRequest};
+use crate::{BuildError, BuildOutput, BuildRequest, Target};
 
 /// Keep at most this much of a log (the tail) in memory.
 const MAX_LOG: usize = 1 << 20;
 
-/// How to run buildah.
+/// Which engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// `buildah bud`.
+    Buildah,
+    /// `podman build`.
+    Podman,
+    /// `docker build` (a daemon; its own storage and registry settings).
+    Docker,
+}
+
+impl EngineKind {
+    /// The program's usual name.
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::Buildah => "buildah",
+            Self::Podman => "podman",
+            Self::Docker => "docker",
+        }
+    }
+}
+
+/// The first of buildah, podman and docker found on `PATH`.
+pub fn installed_engine() -> Option<EngineKind> {
+    let path = std::env::var_os("PATH")?;
+    [EngineKind::Buildah, EngineKind::Podman, EngineKind::Docker]
+        .into_iter()
+        .find(|k| std::env::split_paths(&path).any(|dir| dir.join(k.program()).is_file()))
+}
+
+/// How to run an engine.
 #[derive(Debug, Clone)]
-pub struct Buildah {
-    /// The program (`buildah`).
+pub struct Engine {
+    /// Which engine.
+    pub kind: EngineKind,
+    /// The program (`buildah`, `podman`, `docker`).
     pub program: PathBuf,
     /// Container storage root (`--root`).
     pub root: PathBuf,
@@ -30,11 +64,13 @@ pub struct Buildah {
     pub timeout: Duration,
 }
 
-impl Buildah {
-    /// Storage under `dir` (`dir/root`, `dir/runroot`).
-    pub fn with_storage(dir: &Path, timeout: Duration) -> Self {
+impl Engine {
+    /// `kind`, with storage under `dir` (`dir/root`, `dir/runroot`) for
+    /// buildah and podman.
+    pub fn with_storage(kind: EngineKind, dir: &Path, timeout: Duration) -> Self {
         Self {
-            program: PathBuf::from("buildah"),
+            kind,
+            program: PathBuf::from(kind.program()),
             root: dir.join("root"),
             runroot: dir.join("runroot"),
             timeout,
@@ -43,15 +79,17 @@ impl Buildah {
 
     fn command(&self, registries_conf: &Path) -> Command {
         let mut c = Command::new(&self.program);
-        c.arg("--root")
-            .arg(&self.root)
-            .arg("--runroot")
-            .arg(&self.runroot)
-            .arg("--storage-driver")
-            .arg("vfs")
-            .env("CONTAINERS_REGISTRIES_CONF", registries_conf)
-            .env("BUILDAH_ISOLATION", "chroot")
-            .stdin(Stdio::null())
+        if self.kind != EngineKind::Docker {
+            c.arg("--root")
+                .arg(&self.root)
+                .arg("--runroot")
+                .arg(&self.runroot)
+                .arg("--storage-driver")
+                .arg("vfs")
+                .env("CONTAINERS_REGISTRIES_CONF", registries_conf)
+                .env("BUILDAH_ISOLATION", "chroot");
+        }
+        c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group, so cancelling kills the build steps too.
@@ -67,6 +105,14 @@ impl Buildah {
         cancel: &CancellationToken,
     ) -> Result<BuildOutput, BuildError> {
         let deadline = Instant::now() + self.timeout;
+        let docker = self.kind == EngineKind::Docker;
+        if docker {
+            if let Target::Layout { .. } = req.target {
+                return Err(BuildError::Unsupported(
+                    "the docker backend pushes to registries only; use native, buildah or podman for an oci: repository".to_owned(),
+                ));
+            }
+        }
         let ws = |path: &Path| {
             let path = path.to_owned();
             move |source| BuildError::Workspace { path, source }
@@ -87,15 +133,27 @@ impl Buildah {
         .map_err(ws(&registries_conf))?;
         // Credentials and CAs for this build only.
         let mut extra: Vec<std::ffi::OsString> = Vec::new();
+        // docker reads credentials from $DOCKER_CONFIG/config.json (same format).
+        let mut docker_config: Option<PathBuf> = None;
         if let Some(json) = &req.auth_json {
-            let path = req.workdir.join("auth.json");
-            write_private(&path, json.as_bytes())
-                .await
-                .map_err(ws(&path))?;
-            extra.push("--authfile".into());
-            extra.push(path.into_os_string());
+            if docker {
+                let dir = req.workdir.join("docker-config");
+                tokio::fs::create_dir_all(&dir).await.map_err(ws(&dir))?;
+                let path = dir.join("config.json");
+                write_private(&path, json.as_bytes())
+                    .await
+                    .map_err(ws(&path))?;
+                docker_config = Some(dir);
+            } else {
+                let path = req.workdir.join("auth.json");
+                write_private(&path, json.as_bytes())
+                    .await
+                    .map_err(ws(&path))?;
+                extra.push("--authfile".into());
+                extra.push(path.into_os_string());
+            }
         }
-        if !req.ca_files.is_empty() {
+        if !req.ca_files.is_empty() && !docker {
             let dir = req.workdir.join("certs");
             tokio::fs::create_dir_all(&dir).await.map_err(ws(&dir))?;
             for (i, ca) in req.ca_files.iter().enumerate() {
@@ -107,40 +165,60 @@ impl Buildah {
         }
         let digest_file = req.workdir.join("digest");
         let _ = tokio::fs::remove_file(&digest_file).await;
-        let local = format!("localhost/rebased-build/job-{}:latest", sanitize(&req.job));
+        // docker pushes an image by its name: build it as the target.
+        let local = match (&req.target, docker) {
+            (Target::Registry(r), true) => r.to_string(),
+            _ => format!("localhost/rebased-build/job-{}:latest", sanitize(&req.job)),
+        };
+        let with_env = |mut c: Command| {
+            if let Some(dir) = &docker_config {
+                c.env("DOCKER_CONFIG", dir);
+            }
+            c
+        };
 
         let mut log = String::new();
-        let mut bud = self.command(&registries_conf);
-        bud.arg("bud")
-            .args(&extra)
-            .arg("--isolation")
-            .arg("chroot")
-            .arg("--layers=false")
-            .arg("-f")
-            .arg(&dockerfile)
-            .arg("-t")
-            .arg(&local);
+        let mut bud = with_env(self.command(&registries_conf));
+        match self.kind {
+            EngineKind::Buildah => {
+                bud.arg("bud");
+            }
+            EngineKind::Podman | EngineKind::Docker => {
+                bud.arg("build");
+            }
+        }
+        bud.args(&extra);
+        if !docker {
+            bud.arg("--isolation").arg("chroot").arg("--layers=false");
+        }
+        bud.arg("-f").arg(&dockerfile).arg("-t").arg(&local);
         for (k, v) in &req.annotations {
-            bud.arg("--annotation").arg(format!("{k}={v}"));
+            if !docker {
+                bud.arg("--annotation").arg(format!("{k}={v}"));
+            }
             bud.arg("--label").arg(format!("{k}={v}"));
         }
         for (k, v) in &req.build_args {
             bud.arg("--build-arg").arg(format!("{k}={v}"));
         }
         bud.arg(&req.context);
-        info!(image = %req.image, job = %req.job, target = %req.target, "buildah bud");
+        info!(image = %req.image, job = %req.job, target = %req.target, engine = self.kind.program(), "build");
         let built = self.run("build", bud, deadline, cancel, &mut log).await;
 
         let pushed = match built {
             Ok(()) => {
-                let mut push = self.command(&registries_conf);
-                push.arg("push")
-                    .args(&extra)
-                    .arg("--digestfile")
-                    .arg(&digest_file)
-                    .arg(&local)
-                    .arg(format!("docker://{}", req.target));
-                info!(image = %req.image, job = %req.job, target = %req.target, "buildah push");
+                let mut push = with_env(self.command(&registries_conf));
+                push.arg("push");
+                if docker {
+                    push.arg(&local);
+                } else {
+                    push.args(&extra)
+                        .arg("--digestfile")
+                        .arg(&digest_file)
+                        .arg(&local)
+                        .arg(req.target.transport());
+                }
+                info!(image = %req.image, job = %req.job, target = %req.target, engine = self.kind.program(), "push");
                 self.run("push", push, deadline, cancel, &mut log).await
             }
             Err(e) => Err(e),
@@ -149,14 +227,21 @@ impl Buildah {
         let mut rmi = self.command(&registries_conf);
         rmi.arg("rmi").arg("-f").arg(&local);
         if let Ok(out) = rmi.output().await {
-            debug!(status = %out.status, "buildah rmi");
+            debug!(status = %out.status, engine = self.kind.program(), "rmi");
         }
         pushed?;
-        let text = tokio::fs::read_to_string(&digest_file)
-            .await
-            .map_err(ws(&digest_file))?;
-        let digest = Digest::parse(text.trim())
-            .map_err(|_| BuildError::BadDigest(text.trim().to_owned()))?;
+        let digest = if docker {
+            // docker has no --digestfile; it prints `TAG: digest: sha256:... size: N`.
+            pushed_digest(&log)
+        } else {
+            let text = tokio::fs::read_to_string(&digest_file)
+                .await
+                .map_err(ws(&digest_file))?;
+            Some(
+                Digest::parse(text.trim())
+                    .map_err(|_| BuildError::BadDigest(text.trim().to_owned()))?,
+            )
+        };
         Ok(BuildOutput { digest, log })
     }
 
@@ -225,6 +310,15 @@ impl Buildah {
             })
         }
     }
+}
+
+/// The last `digest: sha256:...` that `docker push` printed.
+fn pushed_digest(log: &str) -> Option<Digest> {
+    log.lines()
+        .rev()
+        .filter_map(|l| l.split_once("digest: ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .find_map(|d| Digest::parse(d).ok())
 }
 
 /// Kills the engine and everything in its process group.
@@ -323,6 +417,16 @@ mod tests {
         let text = registries_conf_text(&["127.0.0.1:5000".to_owned()]);
         assert!(text.contains("location = \"127.0.0.1:5000\"\ninsecure = true"));
         assert!(registries_conf_text(&[]).contains("unqualified-search-registries = []"));
+    }
+
+    #[test]
+    fn docker_push_output_gives_the_digest() {
+        let log = "The push refers to repository [r/app]\n5f70bf18a086: Pushed\n1.0.0: digest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef size: 528\n";
+        assert_eq!(
+            pushed_digest(log).map(|d| d.to_string()).as_deref(),
+            Some("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        );
+        assert!(pushed_digest("Writing manifest to image destination\n").is_none());
     }
 
     #[test]

@@ -1,0 +1,799 @@
+//! The image config the native backend writes: the base's config carried
+//! over as Docker does, each instruction applied to it, a history entry per
+//! instruction and the new layers' diff ids appended.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use rebased_core::dockerfile::{split_words, substitute};
+use serde_json::{json, Map, Value};
+
+use super::plan::{copy_args, declare, json_array, Step};
+
+/// OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image config.
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// OCI gzip layer.
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// `os/architecture[/variant]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Platform {
+    /// `linux`.
+    pub os: String,
+    /// `amd64`, `arm64`, ...
+    pub architecture: String,
+    /// `v8`, `v7`, ...
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Parses `os/arch[/variant]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Self {
+                os: (*os).to_owned(),
+                architecture: (*arch).to_owned(),
+                variant: None,
+            }),
+            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(Self {
+                os: (*os).to_owned(),
+                architecture: (*arch).to_owned(),
+                variant: Some((*v).to_owned()),
+            }),
+            _ => Err(format!(
+                "bad platform {s:?}: expected os/architecture[/variant]"
+            )),
+        }
+    }
+
+    /// The platform this process runs on, named as Go names it.
+    pub fn host() -> Self {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Self {
+            os: "linux".to_owned(),
+            architecture: architecture.to_owned(),
+            variant: None,
+        }
+    }
+
+    /// The platform of an image config or index entry (`os`, `architecture`,
+    /// `variant`).
+    pub fn of(v: &Value) -> Option<Self> {
+        let field = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+        Some(Self {
+            os: field("os")?.to_owned(),
+            architecture: field("architecture")?.to_owned(),
+            variant: field("variant").map(str::to_owned),
+        })
+    }
+
+    /// Whether `other` (as found in a base) satisfies this requested
+    /// platform: a request without a variant takes any variant.
+    pub fn matches(&self, other: &Platform) -> bool {
+        self.os == other.os
+            && self.architecture == other.architecture
+            && (self.variant.is_none() || self.variant == other.variant)
+    }
+
+    /// The `platform` object of an index entry.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("architecture".into(), json!(self.architecture));
+        m.insert("os".into(), json!(self.os));
+        if let Some(v) = &self.variant {
+            m.insert("variant".into(), json!(v));
+        }
+        Value::Object(m)
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A `COPY`/`ADD` after substitution, ready to become a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyStep {
+    /// Sources, relative to the context.
+    pub sources: Vec<String>,
+    /// Absolute destination; a trailing `/` means a directory.
+    pub dest: String,
+    /// `--chown` as written (after substitution).
+    pub chown: Option<String>,
+    /// `--chmod` bits.
+    pub chmod: Option<u32>,
+    /// `ADD` (local archives are unpacked).
+    pub add: bool,
+    /// The history text.
+    pub created_by: String,
+}
+
+/// The config being built for one platform.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    image: Map<String, Value>,
+    vars: HashMap<String, String>,
+    globals: HashMap<String, String>,
+    escape: char,
+    cmd_set: bool,
+    created: String,
+}
+
+fn obj<'a>(m: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+    let slot = m.entry(key.to_owned()).or_insert_with(|| json!({}));
+    if !slot.is_object() {
+        *slot = json!({});
+    }
+    match slot {
+        Value::Object(o) => o,
+        _ => unreachable!("just made an object"),
+    }
+}
+
+fn arr<'a>(m: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
+    let slot = m.entry(key.to_owned()).or_insert_with(|| json!([]));
+    if !slot.is_array() {
+        *slot = json!([]);
+    }
+    match slot {
+        Value::Array(a) => a,
+        _ => unreachable!("just made an array"),
+    }
+}
+
+impl Stage {
+    /// Starts from the base's config (`None` for `scratch`), keeping what
+    /// Docker carries over: platform fields, `config`, `rootfs` and
+    /// `history`.
+    pub fn new(
+        base: Option<&Value>,
+        platform: &Platform,
+        globals: &HashMap<String, String>,
+        escape: char,
+        created: String,
+    ) -> Self {
+        let mut image = Map::new();
+        if let Some(Value::Object(b)) = base {
+            for key in [
+                "architecture",
+                "os",
+                "os.version",
+                "os.features",
+                "variant",
+                "config",
+                "rootfs",
+                "history",
+            ] {
+                if let Some(v) = b.get(key) {
+                    image.insert(key.to_owned(), v.clone());
+                }
+            }
+        }
+        image.insert("architecture".into(), json!(platform.architecture));
+        image.insert("os".into(), json!(platform.os));
+        match &platform.variant {
+            Some(v) => {
+                image.insert("variant".into(), json!(v));
+            }
+            None => {
+                image.remove("variant");
+            }
+        }
+        // The base's ONBUILD triggers are not inherited.
+        obj(&mut image, "config").remove("OnBuild");
+        let rootfs = obj(&mut image, "rootfs");
+        rootfs.insert("type".into(), json!("layers"));
+        arr(rootfs, "diff_ids");
+        arr(&mut image, "history");
+        Self {
+            image,
+            vars: HashMap::new(),
+            globals: globals.clone(),
+            escape,
+            cmd_set: false,
+            created,
+        }
+    }
+
+    fn config(&mut self) -> &mut Map<String, Value> {
+        obj(&mut self.image, "config")
+    }
+
+    /// The config's `Env` as a map.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.image
+            .get("config")
+            .and_then(|c| c.get("Env"))
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        (k.to_owned(), v.to_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The variables for substitution: `ARG`s, overridden by `ENV`.
+    fn scope(&self) -> HashMap<String, String> {
+        let mut vars = self.vars.clone();
+        vars.extend(self.env());
+        vars
+    }
+
+    fn sub(&self, text: &str) -> Result<String, String> {
+        substitute(text, &self.scope(), self.escape)
+    }
+
+    fn workdir(&self) -> String {
+        self.image
+            .get("config")
+            .and_then(|c| c.get("WorkingDir"))
+            .and_then(Value::as_str)
+            .filter(|w| !w.is_empty())
+            .unwrap_or("/")
+            .to_owned()
+    }
+
+    fn shell(&self) -> Vec<Value> {
+        self.image
+            .get("config")
+            .and_then(|c| c.get("Shell"))
+            .and_then(Value::as_array)
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_else(|| vec![json!("/bin/sh"), json!("-c")])
+    }
+
+    fn history(&mut self, created_by: String, empty: bool) {
+        let mut h = Map::new();
+        h.insert("created".into(), json!(self.created));
+        h.insert("created_by".into(), json!(created_by));
+        if empty {
+            h.insert("empty_layer".into(), json!(true));
+        }
+        arr(&mut self.image, "history").push(Value::Object(h));
+    }
+
+    /// Applies one instruction to the config. A `COPY`/`ADD` is returned for
+    /// the caller to turn into a layer (then [`Stage::add_layer`]); every
+    /// other instruction is done here.
+    pub fn apply(
+        &mut self,
+        step: &Step,
+        build_args: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<CopyStep>, String> {
+        let args = step.args.trim();
+        let created_by = format!("{} {}", step.keyword, args);
+        match step.keyword.as_str() {
+            "COPY" | "ADD" => return self.copy(step, args).map(Some),
+            "ARG" => {
+                let mut vars = std::mem::take(&mut self.vars);
+                let r = declare(&mut vars, args, self.escape, build_args, &self.globals);
+                self.vars = vars;
+                r?;
+            }
+            "ENV" => {
+                for (k, v) in self.pairs("ENV", args)? {
+                    let env = arr(self.config(), "Env");
+                    let prefix = format!("{k}=");
+                    let entry = json!(format!("{k}={v}"));
+                    match env
+                        .iter_mut()
+                        .find(|e| e.as_str().is_some_and(|s| s.starts_with(&prefix)))
+                    {
+                        Some(slot) => *slot = entry,
+                        None => env.push(entry),
+                    }
+                }
+            }
+            "LABEL" => {
+                for (k, v) in self.pairs("LABEL", args)? {
+                    obj(self.config(), "Labels").insert(k, json!(v));
+                }
+            }
+            "MAINTAINER" => {
+                self.image.insert("author".into(), json!(args));
+            }
+            "WORKDIR" => {
+                let dir = self.sub(args)?;
+                let joined = if dir.starts_with('/') {
+                    dir
+                } else {
+                    format!("{}/{dir}", self.workdir())
+                };
+                let clean = clean_path(&joined);
+                self.config().insert("WorkingDir".into(), json!(clean));
+            }
+            "USER" => {
+                let user = self.sub(args)?;
+                self.config().insert("User".into(), json!(user));
+            }
+            "STOPSIGNAL" => {
+                let sig = self.sub(args)?;
+                self.config().insert("StopSignal".into(), json!(sig));
+            }
+            "EXPOSE" => {
+                let mut ports = Vec::new();
+                for w in split_words(args, self.escape) {
+                    ports.extend(expose(&self.sub(&w)?)?);
+                }
+                let exposed = obj(self.config(), "ExposedPorts");
+                for p in ports {
+                    exposed.insert(p, json!({}));
+                }
+            }
+            "VOLUME" => {
+                let list = match json_array(args) {
+                    Some(l) => l,
+                    None => split_words(args, self.escape),
+                };
+                let mut paths = Vec::new();
+                for v in list {
+                    let v = self.sub(&v)?;
+                    if v.trim().is_empty() {
+                        return Err("VOLUME specified can not be an empty string".to_owned());
+                    }
+                    paths.push(v);
+                }
+                let volumes = obj(self.config(), "Volumes");
+                for p in paths {
+                    volumes.insert(p, json!({}));
+                }
+            }
+            "CMD" => {
+                let cmd = self.command(args);
+                self.config().insert("Cmd".into(), cmd);
+                self.cmd_set = true;
+            }
+            "ENTRYPOINT" => {
+                let ep = self.command(args);
+                let cmd_set = self.cmd_set;
+                let config = self.config();
+                config.insert("Entrypoint".into(), ep);
+                if !cmd_set {
+                    // An inherited CMD is reset when ENTRYPOINT is set.
+                    config.insert("Cmd".into(), Value::Null);
+                }
+            }
+            "SHELL" => {
+                let shell = json_array(args)
+                    .filter(|s| !s.is_empty())
+                    .ok_or("SHELL requires the arguments to be in JSON form")?;
+                self.config().insert("Shell".into(), json!(shell));
+            }
+            "HEALTHCHECK" => {
+                let hc = healthcheck(args)?;
+                self.config().insert("Healthcheck".into(), hc);
+            }
+            "ONBUILD" => {
+                arr(self.config(), "OnBuild").push(json!(args));
+            }
+            other => return Err(format!("{other} is not supported by the native backend")),
+        }
+        self.history(created_by, true);
+        Ok(None)
+    }
+
+    fn command(&self, args: &str) -> Value {
+        match json_array(args) {
+            Some(list) => json!(list),
+            None => {
+                let mut cmd = self.shell();
+                cmd.push(json!(args));
+                Value::Array(cmd)
+            }
+        }
+    }
+
+    /// `K=V ...` or the legacy `K V` form of `ENV` and `LABEL`, substituted.
+    fn pairs(&self, kw: &str, args: &str) -> Result<Vec<(String, String)>, String> {
+        let words = split_words(args, self.escape);
+        let Some(first) = words.first() else {
+            return Err(format!("{kw} requires at least one argument"));
+        };
+        if !first.contains('=') {
+            let (name, value) = args
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| format!("{kw} {first} needs a value"))?;
+            return Ok(vec![(name.to_owned(), self.sub(value.trim())?)]);
+        }
+        let mut out = Vec::new();
+        for w in words {
+            let (k, v) = w
+                .split_once('=')
+                .ok_or_else(|| format!("{kw}: {w:?} is not NAME=VALUE"))?;
+            let k = self.sub(k)?;
+            if k.is_empty() {
+                return Err(format!("{kw} names can not be blank"));
+            }
+            out.push((k, self.sub(v)?));
+        }
+        Ok(out)
+    }
+
+    fn copy(&self, step: &Step, args: &str) -> Result<CopyStep, String> {
+        let kw = step.keyword.as_str();
+        let parsed = copy_args(args, self.escape).map_err(|e| format!("{kw}: {e}"))?;
+        let mut operands = Vec::new();
+        for o in &parsed.operands {
+            operands.push(self.sub(o)?);
+        }
+        let dest_raw = operands.pop().unwrap_or_default();
+        let dir = dest_raw.ends_with('/') || dest_raw == "." || dest_raw.ends_with("/.");
+        let joined = if dest_raw.starts_with('/') {
+            dest_raw.clone()
+        } else {
+            format!("{}/{dest_raw}", self.workdir())
+        };
+        let mut dest = clean_path(&joined);
+        if dir && !dest.ends_with('/') {
+            dest.push('/');
+        }
+        let chmod = match &parsed.chmod {
+            Some(m) => Some(
+                u32::from_str_radix(&self.sub(m)?, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| format!("{kw} --chmod={m}: only octal modes are supported"))?,
+            ),
+            None => None,
+        };
+        let chown = match &parsed.chown {
+            Some(c) => Some(self.sub(c)?),
+            None => None,
+        };
+        Ok(CopyStep {
+            sources: operands,
+            dest,
+            chown,
+            chmod,
+            add: kw == "ADD",
+            created_by: format!("{kw} {args} # rebased"),
+        })
+    }
+
+    /// Records a layer made for a `COPY`/`ADD`.
+    pub fn add_layer(&mut self, diff_id: &str, created_by: String) {
+        let rootfs = obj(&mut self.image, "rootfs");
+        arr(rootfs, "diff_ids").push(json!(diff_id));
+        self.history(created_by, false);
+    }
+
+    /// The finished config, with `labels` added to the config's `Labels`.
+    pub fn finish(mut self, labels: &std::collections::BTreeMap<String, String>) -> Value {
+        if !labels.is_empty() {
+            let l = obj(self.config(), "Labels");
+            for (k, v) in labels {
+                l.insert(k.clone(), json!(v));
+            }
+        }
+        let created = self.created.clone();
+        self.image.insert("created".into(), json!(created));
+        Value::Object(self.image)
+    }
+}
+
+/// Lexically cleans an absolute path (`.`, `..`, repeated `/`).
+pub fn clean_path(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// `80`, `80/udp`, `8000-8002/tcp` as config keys.
+fn expose(spec: &str) -> Result<Vec<String>, String> {
+    let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    let proto = proto.to_ascii_lowercase();
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!("EXPOSE {spec}: unknown protocol {proto:?}"));
+    }
+    let bad = || format!("EXPOSE {spec}: invalid port");
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, b)) => (
+            a.parse::<u16>().map_err(|_| bad())?,
+            b.parse::<u16>().map_err(|_| bad())?,
+        ),
+        None => {
+            let p = ports.parse::<u16>().map_err(|_| bad())?;
+            (p, p)
+        }
+    };
+    if lo > hi || hi - lo > 1024 {
+        return Err(bad());
+    }
+    Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// `HEALTHCHECK [flags] CMD ...` or `HEALTHCHECK NONE`, as the config's
+/// `Healthcheck` (durations in nanoseconds).
+fn healthcheck(args: &str) -> Result<Value, String> {
+    let mut rest = args.trim();
+    let mut hc = Map::new();
+    while let Some(flag_text) = rest.strip_prefix("--") {
+        let end = flag_text
+            .find(char::is_whitespace)
+            .unwrap_or(flag_text.len());
+        let flag = &flag_text[..end];
+        rest = flag_text[end..].trim_start();
+        let (name, value) = flag
+            .split_once('=')
+            .ok_or_else(|| format!("HEALTHCHECK --{flag} needs a value"))?;
+        let key = match name {
+            "interval" => "Interval",
+            "timeout" => "Timeout",
+            "start-period" => "StartPeriod",
+            "start-interval" => "StartInterval",
+            "retries" => {
+                let n: u64 = value
+                    .parse()
+                    .map_err(|_| format!("HEALTHCHECK --retries={value}: not a number"))?;
+                hc.insert("Retries".into(), json!(n));
+                continue;
+            }
+            other => return Err(format!("HEALTHCHECK: unknown flag --{other}")),
+        };
+        let ns = go_duration(value)
+            .ok_or_else(|| format!("HEALTHCHECK --{name}={value}: not a duration"))?;
+        hc.insert(key.into(), json!(ns));
+    }
+    let (kind, cmd) = match rest.split_once(char::is_whitespace) {
+        Some((k, c)) => (k.to_ascii_uppercase(), c.trim()),
+        None => (rest.to_ascii_uppercase(), ""),
+    };
+    match kind.as_str() {
+        "NONE" if cmd.is_empty() => return Ok(json!({ "Test": ["NONE"] })),
+        "NONE" => return Err("HEALTHCHECK NONE takes no arguments".to_owned()),
+        "CMD" if !cmd.is_empty() => {}
+        _ => return Err("HEALTHCHECK needs NONE or CMD followed by a command".to_owned()),
+    }
+    let test = match json_array(cmd) {
+        Some(list) => {
+            let mut t = vec!["CMD".to_owned()];
+            t.extend(list);
+            t
+        }
+        None => vec!["CMD-SHELL".to_owned(), cmd.to_owned()],
+    };
+    hc.insert("Test".into(), json!(test));
+    Ok(Value::Object(hc))
+}
+
+/// A Go duration (`1h30m`, `30s`, `500ms`, `1.5s`) in nanoseconds.
+fn go_duration(s: &str) -> Option<u64> {
+    if s == "0" {
+        return Some(0);
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += n * scale;
+    }
+    (total.is_finite() && total < 1.8e19).then_some(total as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn step(line: usize, text: &str) -> Step {
+        let (kw, args) = text.split_once(' ').unwrap_or((text, ""));
+        Step {
+            line,
+            keyword: kw.to_owned(),
+            args: args.to_owned(),
+        }
+    }
+
+    fn base() -> Value {
+        json!({
+            "architecture": "amd64", "os": "linux", "container": "abc",
+            "config": {"Env": ["PATH=/usr/bin", "HOME=/root"], "Cmd": ["sh"], "OnBuild": ["RUN x"]},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:aaa"]},
+            "history": [{"created_by": "base"}]
+        })
+    }
+
+    fn run(lines: &[&str]) -> Result<(Value, Vec<CopyStep>), String> {
+        let mut s = Stage::new(
+            Some(&base()),
+            &Platform::host(),
+            &HashMap::from([("G".to_owned(), "global".to_owned())]),
+            '\\',
+            "1970-01-01T00:00:00Z".to_owned(),
+        );
+        let mut copies = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            if let Some(c) = s.apply(&step(i + 2, l), &BTreeMap::new())? {
+                s.add_layer("sha256:bbb", c.created_by.clone());
+                copies.push(c);
+            }
+        }
+        Ok((
+            s.finish(&BTreeMap::from([("l".to_owned(), "v".to_owned())])),
+            copies,
+        ))
+    }
+
+    #[test]
+    fn config_instructions_as_docker_writes_them() {
+        let (c, _) = run(&[
+            "ENV APP=/app PATH=$PATH:/app/bin",
+            "ENV LEGACY some value",
+            "LABEL a=b \"c d\"=e",
+            "WORKDIR $APP",
+            "WORKDIR sub/../data",
+            "USER 1000:1000",
+            "EXPOSE 80 53/udp 8000-8001",
+            "VOLUME [\"/data\", \"/cache\"]",
+            "STOPSIGNAL SIGINT",
+            "SHELL [\"/bin/bash\", \"-c\"]",
+            "CMD echo $HOME",
+            "HEALTHCHECK --interval=30s --retries=3 CMD [\"check\", \"-q\"]",
+            "ONBUILD COPY . /x",
+        ])
+        .expect("applies");
+        let cfg = &c["config"];
+        assert_eq!(
+            cfg["Env"],
+            json!([
+                "PATH=/usr/bin:/app/bin",
+                "HOME=/root",
+                "APP=/app",
+                "LEGACY=some value"
+            ])
+        );
+        assert_eq!(cfg["Labels"], json!({"a": "b", "c d": "e", "l": "v"}));
+        assert_eq!(cfg["WorkingDir"], json!("/app/data"));
+        assert_eq!(cfg["User"], json!("1000:1000"));
+        assert_eq!(
+            cfg["ExposedPorts"],
+            json!({"80/tcp": {}, "53/udp": {}, "8000/tcp": {}, "8001/tcp": {}})
+        );
+        assert_eq!(cfg["Volumes"], json!({"/data": {}, "/cache": {}}));
+        assert_eq!(cfg["StopSignal"], json!("SIGINT"));
+        assert_eq!(cfg["Cmd"], json!(["/bin/bash", "-c", "echo $HOME"]));
+        assert_eq!(
+            cfg["Healthcheck"],
+            json!({"Test": ["CMD", "check", "-q"], "Interval": 30_000_000_000u64, "Retries": 3})
+        );
+        assert_eq!(cfg["OnBuild"], json!(["COPY . /x"]));
+        assert!(c.get("container").is_none(), "legacy fields dropped");
+        let history = c["history"].as_array().expect("history");
+        assert_eq!(history.len(), 14);
+        assert_eq!(
+            history[1]["created_by"],
+            json!("ENV APP=/app PATH=$PATH:/app/bin")
+        );
+        assert_eq!(history[1]["empty_layer"], json!(true));
+        assert_eq!(c["rootfs"]["diff_ids"], json!(["sha256:aaa"]));
+    }
+
+    #[test]
+    fn entrypoint_resets_an_inherited_cmd_but_not_its_own() {
+        let (c, _) = run(&["ENTRYPOINT [\"/app\"]"]).expect("ok");
+        assert_eq!(c["config"]["Entrypoint"], json!(["/app"]));
+        assert_eq!(c["config"]["Cmd"], Value::Null);
+        let (c, _) = run(&["CMD [\"--help\"]", "ENTRYPOINT /app run"]).expect("ok");
+        assert_eq!(c["config"]["Cmd"], json!(["--help"]));
+        assert_eq!(
+            c["config"]["Entrypoint"],
+            json!(["/bin/sh", "-c", "/app run"])
+        );
+        assert!(
+            c["config"].get("OnBuild").is_none(),
+            "base ONBUILD is not inherited"
+        );
+    }
+
+    #[test]
+    fn copy_destinations_follow_workdir_and_args() {
+        let (c, copies) = run(&[
+            "ARG DIR=srv",
+            "ARG G",
+            "WORKDIR /w",
+            "COPY --chown=app --chmod=0640 a b ./",
+            "COPY x $DIR/y",
+            "ADD [\"t.tar\", \"/opt/$G/\"]",
+            "COPY z .",
+        ])
+        .expect("ok");
+        assert_eq!(copies[0].dest, "/w/");
+        assert_eq!(copies[0].sources, ["a", "b"]);
+        assert_eq!(copies[0].chown.as_deref(), Some("app"));
+        assert_eq!(copies[0].chmod, Some(0o640));
+        assert_eq!(copies[1].dest, "/w/srv/y");
+        assert_eq!(copies[2].dest, "/opt/global/");
+        assert!(copies[2].add);
+        assert_eq!(copies[3].dest, "/w/");
+        let diff_ids = c["rootfs"]["diff_ids"].as_array().expect("ids");
+        assert_eq!(diff_ids.len(), 5);
+        let last = c["history"].as_array().and_then(|h| h.last()).expect("h");
+        assert!(last.get("empty_layer").is_none());
+    }
+
+    #[test]
+    fn bad_instructions_are_errors_not_panics() {
+        for bad in [
+            "EXPOSE 99999",
+            "EXPOSE 80/xyz",
+            "SHELL /bin/bash",
+            "HEALTHCHECK --interval=forever CMD x",
+            "HEALTHCHECK CMD",
+            "HEALTHCHECK --bogus=1 CMD x",
+            "COPY --chmod=u+x a /b",
+            "ENV =x",
+            "ENV ONLYNAME",
+            "VOLUME [\"\"]",
+            "WORKDIR ${unterminated",
+        ] {
+            assert!(run(&[bad]).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn scratch_gets_the_requested_platform() {
+        let p = Platform::parse("linux/arm64/v8").expect("platform");
+        let s = Stage::new(None, &p, &HashMap::new(), '\\', "t".to_owned());
+        let c = s.finish(&BTreeMap::new());
+        assert_eq!(c["architecture"], json!("arm64"));
+        assert_eq!(c["variant"], json!("v8"));
+        assert_eq!(c["rootfs"], json!({"type": "layers", "diff_ids": []}));
+        assert!(Platform::parse("linux").is_err());
+        assert_eq!(go_duration("1m30s"), Some(90_000_000_000));
+        assert_eq!(go_duration("500ms"), Some(500_000_000));
+        assert_eq!(go_duration("1.5s"), Some(1_500_000_000));
+        assert_eq!(go_duration("x"), None);
+    }
+}

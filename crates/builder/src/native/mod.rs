@@ -1,0 +1,745 @@
+//! The `native` backend: pure Rust, no daemon, no root.
+//!
+//! It builds one stage of `FROM`, `COPY`/`ADD` of local files and the
+//! instructions that only change the config ([`plan`] refuses anything else
+//! before any IO). Its own layers are made from the context alone
+//! ([`context`], [`layer`]: sorted entries, fixed mtimes, numeric owners,
+//! gzip without timestamps), so they do not depend on the base: a rebuild
+//! after a base update uploads no layer bytes. Base layers are never
+//! downloaded for a registry target: they are mounted across repositories,
+//! or streamed registry to registry when a mount is declined. Every platform
+//! of the request is built from one run, sharing the layers.
+
+pub mod context;
+pub mod image;
+pub mod layer;
+pub mod passwd;
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rebased_core::dockerfile::Dockerfile;
+use rebased_core::{Digest, ImageRef};
+use rebased_registry::layout::Layout;
+use rebased_registry::Registry;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{BuildError, BuildOutput, BuildRequest, Target};
+use context::{Context, CopySpec};
+use image::{CopyStep, Platform, Stage, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST};
+use plan::Plan;
+
+/// A base's config is read whole; refuse more.
+const MAX_CONFIG: u64 = 4 << 20;
+/// A base layer read for `/etc/passwd`: compressed and decompressed limits.
+const MAX_LAYER_READ: u64 = 1 << 30;
+const MAX_LAYER_UNPACKED: u64 = 4 << 30;
+
+/// How to run the native backend.
+#[derive(Debug, Clone)]
+pub struct Native {
+    /// Time limit for the whole build and push.
+    pub timeout: Duration,
+}
+
+/// The log of one build, readable after a timeout or cancellation.
+#[derive(Debug, Default, Clone)]
+struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    fn line(&self, text: impl AsRef<str>) {
+        let mut l = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        l.push_str(text.as_ref());
+        l.push('\n');
+    }
+
+    fn text(&self) -> String {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A failure inside a native build, before the log is attached.
+#[derive(Debug)]
+enum Fail {
+    Refused(rebased_core::dockerfile::DockerfileError),
+    Step(String, String),
+}
+
+fn step_err(step: &str) -> impl Fn(String) -> Fail + '_ {
+    move |reason| Fail::Step(step.to_owned(), reason)
+}
+
+/// A base as resolved for one platform.
+struct BasePlatform {
+    platform: Platform,
+    config: Option<Value>,
+    layers: Vec<Value>,
+}
+
+/// One platform's result, ready to publish.
+struct Built {
+    platform: Platform,
+    config: Vec<u8>,
+    config_digest: Digest,
+    manifest: Vec<u8>,
+    manifest_digest: Digest,
+    /// Base layer descriptors (digest, size) then own layers.
+    base_layers: Vec<(Digest, u64)>,
+    own_layers: Vec<Digest>,
+}
+
+fn sha256(bytes: &[u8]) -> Digest {
+    let hex: String = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Digest::parse(&format!("sha256:{hex}"))
+        .unwrap_or_else(|_| unreachable!("a sha256 hex digest is always valid"))
+}
+
+impl Native {
+    /// Builds `req` and publishes it to its target, reading bases through
+    /// `registry`.
+    pub async fn build(
+        &self,
+        req: &BuildRequest,
+        registry: &Registry,
+        cancel: &CancellationToken,
+    ) -> Result<BuildOutput, BuildError> {
+        let log = Log::default();
+        let run = self.run(req, registry, &log);
+        let outcome = tokio::select! {
+            r = run => r,
+            _ = tokio::time::sleep(self.timeout) => {
+                return Err(BuildError::Timeout { step: "native build", seconds: self.timeout.as_secs(), log: log.text() });
+            }
+            _ = cancel.cancelled() => {
+                return Err(BuildError::Cancelled { step: "native build", log: log.text() });
+            }
+        };
+        match outcome {
+            Ok(digest) => Ok(BuildOutput {
+                digest: Some(digest),
+                log: log.text(),
+            }),
+            Err(Fail::Refused(e)) => {
+                log.line(format!("refused: {e}"));
+                Err(BuildError::Refused {
+                    line: e.line,
+                    reason: e.reason,
+                })
+            }
+            Err(Fail::Step(step, reason)) => {
+                log.line(format!("error: {step}: {reason}"));
+                Err(BuildError::Native {
+                    step,
+                    reason,
+                    log: log.text(),
+                })
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        req: &BuildRequest,
+        registry: &Registry,
+        log: &Log,
+    ) -> Result<Digest, Fail> {
+        let df = Dockerfile::parse(&req.dockerfile, &req.build_args).map_err(Fail::Refused)?;
+        let plan = Plan::new(&df, &req.build_args).map_err(Fail::Refused)?;
+        let ctx = Arc::new(
+            Context::open(&req.context)
+                .map_err(|e| Fail::Step("context".to_owned(), e.to_string()))?,
+        );
+        let requested = req
+            .platforms
+            .iter()
+            .map(|p| Platform::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(step_err("platforms"))?;
+        match &plan.base {
+            Some(b) => log.line(format!("FROM {b}")),
+            None => log.line("FROM scratch"),
+        }
+        let bases = resolve_base(registry, plan.base.as_ref(), &requested).await?;
+        let created_at = match req.source_date_epoch {
+            Some(t) => chrono::DateTime::from_timestamp(t, 0).unwrap_or_default(),
+            None => chrono::Utc::now(),
+        };
+        let created = created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mtime = req.source_date_epoch.unwrap_or(0).max(0) as u64;
+
+        let mut layers: HashMap<String, layer::Layer> = HashMap::new();
+        let mut built = Vec::new();
+        for base in &bases {
+            let mut stage = Stage::new(
+                base.config.as_ref(),
+                &base.platform,
+                &plan.globals,
+                plan.escape,
+                created.clone(),
+            );
+            let mut users: Option<(Option<String>, Option<String>)> = None;
+            let mut own = Vec::new();
+            for step in &plan.steps {
+                let refuse = |reason: String| {
+                    Fail::Refused(rebased_core::dockerfile::DockerfileError {
+                        line: step.line,
+                        reason,
+                    })
+                };
+                let Some(copy) = stage.apply(step, &req.build_args).map_err(refuse)? else {
+                    continue;
+                };
+                let owner = match &copy.chown {
+                    None => (0, 0),
+                    Some(spec) => {
+                        if passwd::needs_lookup(spec) && users.is_none() {
+                            users =
+                                Some(read_users(registry, plan.base.as_ref(), base, log).await?);
+                        }
+                        let (p, g) = users.clone().unwrap_or_default();
+                        passwd::resolve_chown(spec, p.as_deref(), g.as_deref())
+                            .map_err(|e| refuse(format!("--chown={spec}: {e}")))?
+                    }
+                };
+                let key = format!("{copy:?}{owner:?}");
+                if !layers.contains_key(&key) {
+                    let made = make_layer(ctx.clone(), &copy, owner, mtime)
+                        .await
+                        .map_err(refuse)?;
+                    log.line(format!(
+                        "line {}: {} -> layer {} ({} files, {} bytes)",
+                        step.line,
+                        copy.created_by.trim_end_matches(" # rebased"),
+                        made.digest,
+                        made.files,
+                        made.blob.len()
+                    ));
+                    layers.insert(key.clone(), made);
+                }
+                let l = layers
+                    .get(&key)
+                    .ok_or_else(|| refuse("layer vanished".into()))?;
+                stage.add_layer(l.diff_id.as_str(), copy.created_by.clone());
+                own.push((l.digest.clone(), l.blob.len() as u64));
+            }
+            let config = serde_json::to_vec(&stage.finish(&req.annotations))
+                .map_err(|e| Fail::Step("config".to_owned(), e.to_string()))?;
+            let config_digest = sha256(&config);
+            let mut descriptors: Vec<Value> = base.layers.clone();
+            descriptors.extend(own.iter().map(|(d, size)| {
+                json!({"mediaType": OCI_LAYER_GZIP, "digest": d.as_str(), "size": size})
+            }));
+            let manifest = serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": config_digest.as_str(), "size": config.len()},
+                "layers": descriptors,
+                "annotations": req.annotations,
+            }))
+            .map_err(|e| Fail::Step("manifest".to_owned(), e.to_string()))?;
+            let base_layers = base
+                .layers
+                .iter()
+                .filter_map(|d| {
+                    Some((
+                        Digest::parse(d.get("digest")?.as_str()?).ok()?,
+                        d.get("size")?.as_u64()?,
+                    ))
+                })
+                .collect();
+            built.push(Built {
+                platform: base.platform.clone(),
+                manifest_digest: sha256(&manifest),
+                config_digest,
+                config,
+                manifest,
+                base_layers,
+                own_layers: own.into_iter().map(|(d, _)| d).collect(),
+            });
+        }
+        let own_blobs: HashMap<Digest, bytes::Bytes> = layers
+            .into_values()
+            .map(|l| (l.digest, bytes::Bytes::from(l.blob)))
+            .collect();
+        let index = (built.len() > 1).then(|| index_bytes(&built, &req.annotations));
+        match &req.target {
+            Target::Registry(target) => {
+                publish_registry(
+                    registry,
+                    plan.base.as_ref(),
+                    target,
+                    &built,
+                    &own_blobs,
+                    index,
+                    log,
+                )
+                .await
+            }
+            Target::Layout { path, tag } => {
+                publish_layout(
+                    registry,
+                    plan.base.as_ref(),
+                    path,
+                    tag,
+                    &built,
+                    &own_blobs,
+                    index,
+                    log,
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// The index of a multi-platform result.
+fn index_bytes(built: &[Built], annotations: &BTreeMap<String, String>) -> Vec<u8> {
+    let manifests: Vec<Value> = built
+        .iter()
+        .map(|b| {
+            json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": b.manifest_digest.as_str(),
+                "size": b.manifest.len(),
+                "platform": b.platform.to_json(),
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+        "annotations": annotations,
+    }))
+    .unwrap_or_default()
+}
+
+/// Docker media types of base layers, as OCI names them (same bytes).
+fn oci_layer(mut d: Value) -> Value {
+    let mapped = match d.get("mediaType").and_then(Value::as_str) {
+        Some("application/vnd.docker.image.rootfs.diff.tar.gzip") => OCI_LAYER_GZIP,
+        Some("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip") => {
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        }
+        _ => return d,
+    };
+    if let Some(o) = d.as_object_mut() {
+        o.insert("mediaType".into(), json!(mapped));
+    }
+    d
+}
+
+/// The base for each platform to build: the requested ones (or the host's)
+/// from an index, or the single manifest's own platform.
+async fn resolve_base(
+    registry: &Registry,
+    base: Option<&ImageRef>,
+    requested: &[Platform],
+) -> Result<Vec<BasePlatform>, Fail> {
+    let err = step_err("base");
+    let Some(base) = base else {
+        let platforms = if requested.is_empty() {
+            vec![Platform::host()]
+        } else {
+            requested.to_vec()
+        };
+        return Ok(platforms
+            .into_iter()
+            .map(|platform| BasePlatform {
+                platform,
+                config: None,
+                layers: Vec::new(),
+            })
+            .collect());
+    };
+    let top = registry
+        .manifest(base)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let value: Value = serde_json::from_slice(&top.bytes)
+        .map_err(|e| err(format!("manifest of {base} is not JSON: {e}")))?;
+    let mut out = Vec::new();
+    if let Some(entries) = value.get("manifests").and_then(Value::as_array) {
+        let wanted = if requested.is_empty() {
+            vec![Platform::host()]
+        } else {
+            requested.to_vec()
+        };
+        for want in wanted {
+            let entry = entries.iter().find(|e| {
+                e.get("platform")
+                    .and_then(Platform::of)
+                    .is_some_and(|p| want.matches(&p))
+            });
+            let Some(entry) = entry else {
+                let have: Vec<String> = entries
+                    .iter()
+                    .filter_map(|e| e.get("platform").and_then(Platform::of))
+                    .map(|p| p.to_string())
+                    .collect();
+                return Err(err(format!(
+                    "{base} has no {want} image (it has {})",
+                    have.join(", ")
+                )));
+            };
+            let digest = entry
+                .get("digest")
+                .and_then(Value::as_str)
+                .and_then(|d| Digest::parse(d).ok())
+                .ok_or_else(|| err(format!("{base}: index entry without a valid digest")))?;
+            let child = registry
+                .manifest(&base.pinned(&digest))
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let child: Value = serde_json::from_slice(&child.bytes)
+                .map_err(|e| err(format!("manifest {digest} of {base} is not JSON: {e}")))?;
+            let (config, layers) = manifest_parts(registry, base, &child).await?;
+            let platform = config
+                .as_ref()
+                .and_then(Platform::of)
+                .map_or(want.clone(), |mut p| {
+                    if p.variant.is_none() {
+                        p.variant = want.variant.clone();
+                    }
+                    p
+                });
+            out.push(BasePlatform {
+                platform,
+                config,
+                layers,
+            });
+        }
+    } else {
+        let (config, layers) = manifest_parts(registry, base, &value).await?;
+        let platform = config
+            .as_ref()
+            .and_then(Platform::of)
+            .unwrap_or_else(Platform::host);
+        if let Some(other) = requested.iter().find(|r| !r.matches(&platform)) {
+            return Err(err(format!(
+                "{base} is a single-platform image for {platform}; {other} was asked for"
+            )));
+        }
+        out.push(BasePlatform {
+            platform,
+            config,
+            layers,
+        });
+    }
+    Ok(out)
+}
+
+/// A base manifest's config (fetched) and layer descriptors (OCI types).
+async fn manifest_parts(
+    registry: &Registry,
+    base: &ImageRef,
+    manifest: &Value,
+) -> Result<(Option<Value>, Vec<Value>), Fail> {
+    let err = step_err("base");
+    let config_digest = manifest
+        .get("config")
+        .and_then(|c| c.get("digest"))
+        .and_then(Value::as_str)
+        .and_then(|d| Digest::parse(d).ok())
+        .ok_or_else(|| err(format!("{base}: manifest has no config digest")))?;
+    let bytes = registry
+        .blob(base, &config_digest, MAX_CONFIG)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let config: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| err(format!("config {config_digest} of {base} is not JSON: {e}")))?;
+    let layers = manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(oci_layer)
+        .collect();
+    Ok((Some(config), layers))
+}
+
+/// `/etc/passwd` and `/etc/group` of a base platform, read from its layers
+/// top down (only for `--chown` by name).
+async fn read_users(
+    registry: &Registry,
+    base: Option<&ImageRef>,
+    bp: &BasePlatform,
+    log: &Log,
+) -> Result<(Option<String>, Option<String>), Fail> {
+    let Some(base) = base else {
+        return Ok((None, None));
+    };
+    let err = step_err("base users");
+    let mut passwd: Option<Option<String>> = None;
+    let mut group: Option<Option<String>> = None;
+    for d in bp.layers.iter().rev() {
+        if passwd.is_some() && group.is_some() {
+            break;
+        }
+        let Some(digest) = d
+            .get("digest")
+            .and_then(Value::as_str)
+            .and_then(|s| Digest::parse(s).ok())
+        else {
+            continue;
+        };
+        log.line(format!(
+            "reading /etc/passwd and /etc/group from base layer {digest}"
+        ));
+        let blob = registry
+            .blob(base, &digest, MAX_LAYER_READ)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        for (slot, path) in [(&mut passwd, "etc/passwd"), (&mut group, "etc/group")] {
+            if slot.is_some() {
+                continue;
+            }
+            match layer::find_file(&blob, path, MAX_LAYER_UNPACKED)
+                .map_err(|e| err(format!("layer {digest}: {e}")))?
+            {
+                layer::Lookup::Found(bytes) => {
+                    *slot = Some(Some(String::from_utf8_lossy(&bytes).into_owned()))
+                }
+                layer::Lookup::Whiteout => *slot = Some(None),
+                layer::Lookup::Absent => {}
+            }
+        }
+    }
+    Ok((passwd.flatten(), group.flatten()))
+}
+
+/// Builds one `COPY`/`ADD` layer off the async threads.
+async fn make_layer(
+    ctx: Arc<Context>,
+    copy: &CopyStep,
+    owner: (u32, u32),
+    mtime: u64,
+) -> Result<layer::Layer, String> {
+    let spec = CopySpec {
+        sources: copy.sources.clone(),
+        dest: copy.dest.clone(),
+        owner,
+        chmod: copy.chmod,
+        extract_archives: copy.add,
+    };
+    tokio::task::spawn_blocking(move || {
+        let entries = ctx.entries(&spec).map_err(|e| e.to_string())?;
+        layer::build(&entries, mtime).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("layer task failed: {e}"))?
+}
+
+/// Publishes to a registry repository: base layers mounted (or streamed),
+/// own layers and configs uploaded unless present, manifests pushed, the
+/// tag last.
+async fn publish_registry(
+    registry: &Registry,
+    base: Option<&ImageRef>,
+    target: &ImageRef,
+    built: &[Built],
+    own: &HashMap<Digest, bytes::Bytes>,
+    index: Option<Vec<u8>>,
+    log: &Log,
+) -> Result<Digest, Fail> {
+    let err = step_err("push");
+    let repo = ImageRef::parse_repository(&target.name()).map_err(|e| err(e.to_string()))?;
+    let mut uploaded: u64 = 0;
+    let mut done: Vec<Digest> = Vec::new();
+    for b in built {
+        for (d, size) in &b.base_layers {
+            if done.contains(d) {
+                continue;
+            }
+            done.push(d.clone());
+            if registry
+                .blob_exists(&repo, d)
+                .await
+                .map_err(|e| err(e.to_string()))?
+            {
+                log.line(format!("base layer {d}: already in {repo}"));
+                continue;
+            }
+            let Some(base) = base else { continue };
+            let same_registry = base.registry() == repo.registry();
+            let mounted = same_registry
+                && registry
+                    .mount_blob(&repo, base, d)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+            if mounted {
+                log.line(format!("base layer {d}: mounted from {}", base.name()));
+            } else {
+                let n = registry
+                    .copy_blob(base, &repo, d)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                log.line(format!(
+                    "base layer {d}: copied {n} of {size} bytes from {}",
+                    base.name()
+                ));
+            }
+        }
+        for d in &b.own_layers {
+            if done.contains(d) {
+                continue;
+            }
+            done.push(d.clone());
+            if registry
+                .blob_exists(&repo, d)
+                .await
+                .map_err(|e| err(e.to_string()))?
+            {
+                log.line(format!("layer {d}: already in {repo}, not uploaded"));
+                continue;
+            }
+            let data = own
+                .get(d)
+                .cloned()
+                .ok_or_else(|| err(format!("layer {d} was not built")))?;
+            uploaded += data.len() as u64;
+            registry
+                .push_blob(&repo, data, d)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            log.line(format!("layer {d}: uploaded"));
+        }
+        if !registry
+            .blob_exists(&repo, &b.config_digest)
+            .await
+            .map_err(|e| err(e.to_string()))?
+        {
+            registry
+                .push_blob(
+                    &repo,
+                    bytes::Bytes::from(b.config.clone()),
+                    &b.config_digest,
+                )
+                .await
+                .map_err(|e| err(e.to_string()))?;
+        }
+        log.line(format!(
+            "config {} ({}): uploaded",
+            b.config_digest, b.platform
+        ));
+    }
+    let tag = target.tag().unwrap_or("latest");
+    let digest = match index {
+        None => {
+            let b = built
+                .first()
+                .ok_or_else(|| err("nothing was built".to_owned()))?;
+            registry
+                .push_manifest(&repo.with_tag(tag), b.manifest.clone(), OCI_MANIFEST)
+                .await
+                .map_err(|e| err(e.to_string()))?
+        }
+        Some(index) => {
+            for b in built {
+                registry
+                    .push_manifest(
+                        &repo.pinned(&b.manifest_digest),
+                        b.manifest.clone(),
+                        OCI_MANIFEST,
+                    )
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                log.line(format!("manifest {} ({})", b.manifest_digest, b.platform));
+            }
+            registry
+                .push_manifest(&repo.with_tag(tag), index, OCI_INDEX)
+                .await
+                .map_err(|e| err(e.to_string()))?
+        }
+    };
+    log.line(format!(
+        "pushed {repo}:{tag} {digest}; layer bytes uploaded: {uploaded}"
+    ));
+    info!(target = %target, %digest, uploaded, "native build pushed");
+    Ok(digest)
+}
+
+/// Publishes into an OCI image layout: every blob is stored in it (base
+/// layers downloaded once), the tag is an `index.json` entry.
+#[allow(clippy::too_many_arguments)]
+async fn publish_layout(
+    registry: &Registry,
+    base: Option<&ImageRef>,
+    path: &std::path::Path,
+    tag: &str,
+    built: &[Built],
+    own: &HashMap<Digest, bytes::Bytes>,
+    index: Option<Vec<u8>>,
+    log: &Log,
+) -> Result<Digest, Fail> {
+    let err = step_err("oci layout");
+    let layout = Layout::open(path).map_err(|e| err(e.to_string()))?;
+    for b in built {
+        for (d, _) in &b.base_layers {
+            if layout.has_blob(d) {
+                continue;
+            }
+            let Some(base) = base else { continue };
+            let mut w = layout.blob_writer(d).map_err(|e| err(e.to_string()))?;
+            registry
+                .blob_to_writer(base, d, &mut w)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let n = w.commit().await.map_err(|e| err(e.to_string()))?;
+            log.line(format!(
+                "base layer {d}: downloaded {n} bytes into {}",
+                path.display()
+            ));
+        }
+        for d in &b.own_layers {
+            if !layout.has_blob(d) {
+                let data = own
+                    .get(d)
+                    .ok_or_else(|| err(format!("layer {d} was not built")))?;
+                layout.put_blob(data).map_err(|e| err(e.to_string()))?;
+                log.line(format!("layer {d}: written"));
+            }
+        }
+        layout.put_blob(&b.config).map_err(|e| err(e.to_string()))?;
+    }
+    let digest = match index {
+        None => {
+            let b = built
+                .first()
+                .ok_or_else(|| err("nothing was built".to_owned()))?;
+            layout
+                .put_manifest(&b.manifest, OCI_MANIFEST, tag)
+                .map_err(|e| err(e.to_string()))?
+        }
+        Some(index) => {
+            for b in built {
+                layout
+                    .put_blob(&b.manifest)
+                    .map_err(|e| err(e.to_string()))?;
+            }
+            layout
+                .put_manifest(&index, OCI_INDEX, tag)
+                .map_err(|e| err(e.to_string()))?
+        }
+    };
+    let mut text = String::new();
+    let _ = write!(text, "wrote {}:{tag} {digest}", path.display());
+    log.line(text);
+    Ok(digest)
+}

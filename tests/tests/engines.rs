@@ -1,0 +1,130 @@
+//! The podman and docker backends with a Dockerfile that has a `RUN`. No
+//! Docker engine runs here, so the docker backend's command lines are run by
+//! podman under the name `docker` (its CLI is docker-compatible), with the
+//! storage and insecure-registry settings a docker daemon would hold given
+//! through podman's environment.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use rebased_e2e::{free_port, image_table, wait_for, write_config, BaseMaker, Daemon, Registry};
+
+const WAIT: Duration = Duration::from_secs(180);
+
+fn publishes_with(backend: &str, env: &[(&str, &str)], work: &Path, registry: &Registry) {
+    let ctx = work.join("app");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("hello"), "hello\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/base:latest\nCOPY hello /hello\nRUN [\"/bin/busybox\", \"cp\", \"/hello\", \"/copied\"]\n",
+            registry.host
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        work,
+        &listen,
+        &registry.host,
+        "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
+        &format!(
+            "[builder]\nbackend = \"{backend}\"\nmax_attempts = 1\n{}",
+            image_table(
+                "app",
+                &ctx,
+                &format!("{}/app", registry.host),
+                "tags = [\"latest\"]"
+            )
+        ),
+    );
+    let daemon = Daemon::start_with_env(&config, &listen, &work.join("daemon.log"), env);
+    wait_for(&format!("1.0.0 built by {backend}"), WAIT, || {
+        let i = daemon.get("/v1/images/app");
+        if i["state"] == "failing" {
+            panic!(
+                "{backend} build failed: {}\n{}",
+                i["last_error"],
+                daemon.log_text()
+            );
+        }
+        (i["current_version"] == "1.0.0").then_some(())
+    });
+    let pushed = registry.digest("app:1.0.0").expect("pushed");
+    let recorded = daemon.get("/v1/images/app")["current_digest"].clone();
+    assert_eq!(
+        recorded,
+        pushed.as_str(),
+        "the ledger records what the registry holds"
+    );
+    let labels = &registry.inspect("app:1.0.0")["Labels"];
+    assert_eq!(labels["org.opencontainers.image.version"], "1.0.0");
+    assert_eq!(
+        registry.digest("app:latest").as_deref(),
+        Some(pushed.as_str())
+    );
+    let jobs = daemon.get("/v1/jobs");
+    let id = jobs[0]["id"].as_u64().unwrap();
+    let log = daemon.cli(&["log", &id.to_string()]);
+    assert!(log.contains("$ "), "the engine's output is captured: {log}");
+}
+
+#[test]
+fn podman_backend_builds_a_run_step() {
+    let registry = Registry::start();
+    BaseMaker::new().push(&registry, "base:latest", "v1");
+    let work = tempfile::tempdir().unwrap();
+    publishes_with("podman", &[], work.path(), &registry);
+}
+
+#[test]
+fn docker_backend_command_lines_run_through_podman() {
+    let registry = Registry::start();
+    BaseMaker::new().push(&registry, "base:latest", "v1");
+    let work = tempfile::tempdir().unwrap();
+    // What a docker daemon would hold: its storage and insecure registries.
+    let shim = work.path().join("bin");
+    fs::create_dir_all(&shim).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/podman", shim.join("docker")).unwrap();
+    let storage = work.path().join("storage.conf");
+    fs::write(
+        &storage,
+        format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            work.path().join("docker-root").display(),
+            work.path().join("docker-run").display()
+        ),
+    )
+    .unwrap();
+    let registries = work.path().join("registries.conf");
+    fs::write(
+        &registries,
+        format!(
+            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+            registry.host
+        ),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        shim.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let storage = storage.display().to_string();
+    let registries = registries.display().to_string();
+    publishes_with(
+        "docker",
+        &[
+            ("PATH", path.as_str()),
+            ("CONTAINERS_STORAGE_CONF", storage.as_str()),
+            ("CONTAINERS_REGISTRIES_CONF", registries.as_str()),
+            ("BUILDAH_ISOLATION", "chroot"),
+        ],
+        work.path(),
+        &registry,
+    );
+}
