@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use rebased_builder::{Engine, EngineKind, Native};
-use rebased_core::config::{Config, ImageConfig, LogFormat, Repository};
+use rebased_core::config::{Config, ImageConfig, LogFormat};
 use rebased_core::ImageRef;
 use rebased_registry::Registry;
 use rebased_scheduler::dispatch::{Clock, Command, Dispatcher, Limits, SharedQueue};
@@ -170,15 +170,6 @@ fn journal_stream_matches(stream: &str, dev: u64, ino: u64) -> bool {
 }
 
 async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Result<ExitCode> {
-    for image in &cfg.image {
-        if let Repository::OciLayout(p) = &image.repository {
-            bail!(
-                "image {}: repository oci:{} is not supported yet; push to a registry",
-                image.name,
-                p.display()
-            );
-        }
-    }
     let state_dir = cfg.daemon.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
