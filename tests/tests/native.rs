@@ -203,6 +203,30 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
         "answer=42\n"
     );
 
+    // buildah takes the image and runs a program from it.
+    let storage = work.path().join("buildah");
+    let buildah = |args: &[&str]| {
+        run(Command::new("buildah")
+            .arg("--root")
+            .arg(storage.join("root"))
+            .arg("--runroot")
+            .arg(storage.join("runroot"))
+            .args(["--storage-driver", "vfs"])
+            .args(args))
+    };
+    let ctr = buildah(&["from", "--tls-verify=false", &r]);
+    let out = buildah(&[
+        "run",
+        "--isolation",
+        "chroot",
+        ctr.trim(),
+        "/bin/busybox",
+        "cat",
+        "/srv/app/conf/app.conf",
+    ]);
+    assert_eq!(out, "answer=42\n");
+    buildah(&["rm", ctr.trim()]);
+
     // A base update: the rebuild's own layer is identical and only the
     // config is uploaded (besides manifests); base layers are mounted.
     let mark = registry.log_text().len();
@@ -402,6 +426,66 @@ fn an_oci_layout_repository_is_readable_by_skopeo() {
     assert_eq!(names, ["1.0.0", "1.0.1", "latest"]);
     let versions = daemon.get("/v1/images/local")["versions"].clone();
     assert_eq!(versions[0]["superseded_by"], "1.0.1");
+}
+
+#[test]
+fn a_base_on_another_registry_is_streamed_not_mounted() {
+    let upstream = Registry::start();
+    let registry = Registry::start();
+    let bases = BaseMaker::new();
+    bases.push(&upstream, "base:latest", "v1");
+    let work = tempfile::tempdir().unwrap();
+    let ctx = context(
+        work.path(),
+        &format!("FROM {}/base:latest\nCOPY app /app\n", upstream.host),
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        work.path(),
+        &listen,
+        &registry.host,
+        "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
+        &format!(
+            "[registries.\"{}\"]\ninsecure = true\n{}",
+            upstream.host,
+            image_table("app", &ctx, &format!("{}/app", registry.host), "")
+        ),
+    );
+    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    wait_version(&daemon, "app", "1.0.0");
+    let m = registry.raw_manifest("app:1.0.0");
+    let base = upstream.raw_manifest("base:latest");
+    let log = registry.log_text();
+    assert!(
+        !log.contains("mount="),
+        "no mount across registries:\n{log}"
+    );
+    for layer in base["layers"].as_array().unwrap() {
+        let d = layer["digest"].as_str().unwrap();
+        assert!(
+            m["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["digest"] == d),
+            "{d} reused"
+        );
+        assert!(
+            log.contains(&format!(
+                "digest=sha256%3A{}",
+                d.trim_start_matches("sha256:")
+            )),
+            "{d} streamed into the target registry:\n{log}"
+        );
+    }
+    // The image is complete in its own registry.
+    let out = work.path().join("copy");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/app:1.0.0", registry.host),
+        &format!("oci:{}:x", out.display()),
+    ]);
 }
 
 #[test]

@@ -149,14 +149,16 @@ pub enum BuildError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The Dockerfile asks for something this backend does not do; nothing
-    /// was fetched or pushed.
+    /// The Dockerfile asks for something this backend does not do, or a
+    /// `COPY`/`ADD` cannot be carried out; nothing was pushed.
     #[error("Dockerfile line {line}: {reason}")]
     Refused {
         /// 1-based line.
         line: usize,
         /// Why, with a hint.
         reason: String,
+        /// The log so far.
+        log: String,
     },
     /// A step of a native build failed.
     #[error("{step}: {reason}")]
@@ -183,6 +185,7 @@ impl BuildError {
             Self::Failed { log, .. }
             | Self::Timeout { log, .. }
             | Self::Cancelled { log, .. }
+            | Self::Refused { log, .. }
             | Self::Native { log, .. } => log,
             _ => "",
         }

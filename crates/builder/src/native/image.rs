@@ -202,10 +202,28 @@ impl Stage {
         rootfs.insert("type".into(), json!("layers"));
         arr(rootfs, "diff_ids");
         arr(&mut image, "history");
+        // BuildKit's automatic platform ARGs, for `ARG TARGETARCH` and kin.
+        let mut globals = globals.clone();
+        let host = Platform::host();
+        for (k, v) in [
+            ("TARGETPLATFORM", platform.to_string()),
+            ("TARGETOS", platform.os.clone()),
+            ("TARGETARCH", platform.architecture.clone()),
+            (
+                "TARGETVARIANT",
+                platform.variant.clone().unwrap_or_default(),
+            ),
+            ("BUILDPLATFORM", host.to_string()),
+            ("BUILDOS", host.os.clone()),
+            ("BUILDARCH", host.architecture.clone()),
+            ("BUILDVARIANT", String::new()),
+        ] {
+            globals.entry(k.to_owned()).or_insert(v);
+        }
         Self {
             image,
             vars: HashMap::new(),
-            globals: globals.clone(),
+            globals,
             escape,
             cmd_set: false,
             created,
@@ -780,6 +798,28 @@ mod tests {
         ] {
             assert!(run(&[bad]).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn platform_args_name_the_platform_being_built() {
+        let p = Platform::parse("linux/arm64/v8").expect("platform");
+        let mut s = Stage::new(None, &p, &HashMap::new(), '\\', "t".to_owned());
+        s.apply(&step(2, "ARG TARGETARCH TARGETPLATFORM"), &BTreeMap::new())
+            .expect("arg");
+        let copy = s
+            .apply(
+                &step(3, "COPY bin/app-${TARGETARCH} /usr/bin/app"),
+                &BTreeMap::new(),
+            )
+            .expect("copy")
+            .expect("a layer step");
+        assert_eq!(copy.sources, ["bin/app-arm64"]);
+        let label = s
+            .apply(&step(4, "LABEL p=$TARGETPLATFORM"), &BTreeMap::new())
+            .expect("label");
+        assert!(label.is_none());
+        let c = s.finish(&BTreeMap::new());
+        assert_eq!(c["config"]["Labels"]["p"], json!("linux/arm64/v8"));
     }
 
     #[test]

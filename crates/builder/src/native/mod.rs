@@ -139,6 +139,7 @@ impl Native {
                 Err(BuildError::Refused {
                     line: e.line,
                     reason: e.reason,
+                    log: log.text(),
                 })
             }
             Err(Fail::Step(step, reason)) => {
@@ -620,11 +621,13 @@ async fn publish_registry(
                 .map_err(|e| err(e.to_string()))?;
             log.line(format!("layer {d}: uploaded"));
         }
-        if !registry
+        let config_state = if registry
             .blob_exists(&repo, &b.config_digest)
             .await
             .map_err(|e| err(e.to_string()))?
         {
+            "already there"
+        } else {
             registry
                 .push_blob(
                     &repo,
@@ -633,9 +636,10 @@ async fn publish_registry(
                 )
                 .await
                 .map_err(|e| err(e.to_string()))?;
-        }
+            "uploaded"
+        };
         log.line(format!(
-            "config {} ({}): uploaded",
+            "config {} ({}): {config_state}",
             b.config_digest, b.platform
         ));
     }
