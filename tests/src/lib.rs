@@ -144,6 +144,32 @@ impl Registry {
         (reg, ca)
     }
 
+    /// Stops the registry (SIGKILL) and starts it again on the same port
+    /// with the same storage: a registry restart in the middle of whatever
+    /// it was doing.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = self._dir.path();
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("registry.log"))
+            .unwrap();
+        self.child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let url = format!("http://{}/v2/", self.host);
+        wait_for("the registry to answer again", Duration::from_secs(20), || {
+            reqwest::blocking::get(&url)
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+    }
+
     /// The registry's own log (with its access log).
     pub fn log_text(&self) -> String {
         fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()

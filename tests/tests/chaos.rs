@@ -1,0 +1,357 @@
+//! The chaos harness: over many iterations, a base moves and something
+//! breaks while rebased reacts: the daemon is `kill -9`ed at a random
+//! moment (during a build, between the version push and the floating tags,
+//! during state writes), it aborts itself at a failpoint, the registry is
+//! restarted mid-push, or the build engine is killed. After each iteration
+//! the invariants are checked against the registry and the ledger:
+//!
+//! - no version tag ever points at two digests;
+//! - every base change led to exactly one new version of each image, built
+//!   from that base digest;
+//! - floating tags end on the newest version;
+//! - the ledger matches the registry;
+//! - no job is lost (nothing left queued or running, every version has its
+//!   job) or duplicated (no version without a base change).
+//!
+//! `REBASED_CHAOS_ITERATIONS` (default 4, one of each fault kind) and
+//! `REBASED_CHAOS_SEED` choose the run; figures are printed at the end
+//! (`cargo test -p rebased-e2e --test chaos -- --nocapture`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rebased_e2e::{free_port, image_table, wait_for, write_config, BaseMaker, Daemon, Registry};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(180);
+const IMAGES: [&str; 2] = ["fast", "engine"];
+
+/// xorshift64*: reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    /// SIGKILL of the daemon at a random moment.
+    KillDaemon,
+    /// The daemon aborts at a failpoint (after the version push, or after
+    /// the first floating tag), then starts again.
+    Failpoint,
+    /// The registry is restarted at a random moment.
+    RestartRegistry,
+    /// The build engine (buildah) is killed mid-build.
+    KillBuilder,
+}
+
+const FAULTS: [Fault; 4] = [
+    Fault::KillDaemon,
+    Fault::Failpoint,
+    Fault::RestartRegistry,
+    Fault::KillBuilder,
+];
+
+fn contexts(dir: &Path, host: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let fast = dir.join("fast");
+    fs::create_dir_all(&fast).unwrap();
+    fs::write(fast.join("hello"), "fast\n").unwrap();
+    fs::write(
+        fast.join("Dockerfile"),
+        format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    )
+    .unwrap();
+    // A RUN: built by buildah (backend auto), so there is an engine to kill.
+    let engine = dir.join("engine");
+    fs::create_dir_all(&engine).unwrap();
+    fs::write(engine.join("hello"), "engine\n").unwrap();
+    fs::write(
+        engine.join("Dockerfile"),
+        format!(
+            "FROM {host}/base:latest\nCOPY hello /hello\nRUN [\"/bin/busybox\", \"cp\", \"/hello\", \"/copied\"]\n"
+        ),
+    )
+    .unwrap();
+    (fast, engine)
+}
+
+/// Direct children of `pid` whose command is `name`.
+fn children_named(pid: u32, name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) && comm == name {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn start(config: &Path, listen: &str, log: &Path, failpoint: Option<&str>) -> Daemon {
+    match failpoint {
+        Some(f) => Daemon::start_with_env(config, listen, log, &[("REBASED_FAILPOINT", f)]),
+        None => Daemon::start(config, listen, log),
+    }
+}
+
+/// Semver tags of `repo` and their digests, as the registry holds them.
+fn registry_versions(registry: &Registry, repo: &str) -> BTreeMap<String, String> {
+    registry
+        .tags(repo)
+        .into_iter()
+        .filter(|t| t.split('.').count() == 3)
+        .map(|t| {
+            let d = registry.digest(&format!("{repo}:{t}")).unwrap();
+            (t, d)
+        })
+        .collect()
+}
+
+/// Waits until every image is fresh at `want` versions. A daemon that is
+/// gone (a failpoint abort) is started again. A build that failed because
+/// of the fault backs off for a minute; when its version is not in the
+/// registry and nothing is building it, a rebuild request runs it now (it
+/// cannot duplicate a version: the version tag is absent).
+fn settle(
+    daemon: &mut Daemon,
+    config: &Path,
+    listen: &str,
+    log: &Path,
+    registry: &Registry,
+    want: usize,
+) -> Duration {
+    let started = Instant::now();
+    let mut nudged: BTreeMap<String, Instant> = BTreeMap::new();
+    wait_for("every image fresh at the new version", WAIT, || {
+        let Some(all) = daemon.try_get("/v1/images") else {
+            daemon.kill_hard();
+            *daemon = start(config, listen, log, None);
+            return None;
+        };
+        let jobs = daemon.try_get("/v1/jobs")?;
+        let mut done = true;
+        for i in all.as_array()? {
+            let name = i["name"].as_str()?;
+            let fresh = i["state"] == "fresh"
+                && i["versions"].as_array().is_some_and(|v| v.len() == want);
+            if fresh {
+                continue;
+            }
+            done = false;
+            let running = jobs
+                .as_array()?
+                .iter()
+                .any(|j| j["image"] == name && j["state"] == "running");
+            let next = format!("{name}:1.0.{}", want - 1);
+            let recent = nudged
+                .get(name)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+            if i["last_error"].is_string()
+                && !running
+                && !recent
+                && registry.digest(&next).is_none()
+            {
+                println!("  rebuild of {name} requested after: {}", i["last_error"]);
+                daemon.post(&format!("/v1/images/{name}/rebuild"), None);
+                nudged.insert(name.to_owned(), Instant::now());
+            }
+        }
+        done.then_some(())
+    });
+    started.elapsed()
+}
+
+#[test]
+fn invariants_hold_through_crashes_and_faults() {
+    let iterations: usize = std::env::var("REBASED_CHAOS_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let seed: u64 = std::env::var("REBASED_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    println!("chaos: {iterations} iterations, seed {seed}");
+    let mut rng = Rng(seed);
+
+    let mut registry = Registry::start();
+    let bases = BaseMaker::new();
+    let mut base_digests = vec![bases.push(&registry, "base:latest", "v0")];
+    let work = tempfile::tempdir().unwrap();
+    let (fast, engine) = contexts(work.path(), &registry.host);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        work.path(),
+        &listen,
+        &registry.host,
+        "poll = \"*/1 * * * * *\"\nsettle = \"0s\"\nstop_timeout = \"0s\"",
+        &format!(
+            "{}{}",
+            image_table(
+                "fast",
+                &fast,
+                &format!("{}/fast", registry.host),
+                "tags = [\"latest\"]"
+            ),
+            image_table(
+                "engine",
+                &engine,
+                &format!("{}/engine", registry.host),
+                "tags = [\"latest\"]"
+            ),
+        ),
+    );
+    let log = work.path().join("daemon.log");
+    let mut daemon = start(&config, &listen, &log, None);
+    settle(&mut daemon, &config, &listen, &log, &registry, 1);
+
+    // Every version tag ever seen, with its digest.
+    let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut counts: BTreeMap<Fault, usize> = BTreeMap::new();
+    let mut recoveries = Vec::new();
+    let kinds_offset = rng.below(FAULTS.len() as u64) as usize;
+    for i in 1..=iterations {
+        // Every kind once per round of four, in a seeded order.
+        let fault = if i <= FAULTS.len() {
+            FAULTS[(i - 1 + kinds_offset) % FAULTS.len()]
+        } else {
+            FAULTS[rng.below(FAULTS.len() as u64) as usize]
+        };
+        *counts.entry(fault).or_default() += 1;
+        let delay = Duration::from_millis(rng.below(3000));
+        println!("iteration {i}: {fault:?} after {delay:?}");
+        match fault {
+            Fault::Failpoint => {
+                let point = if rng.below(2) == 0 {
+                    "after-version-push"
+                } else {
+                    "after-first-floating-tag"
+                };
+                daemon.stop();
+                daemon = start(&config, &listen, &log, Some(point));
+                base_digests.push(bases.push(&registry, "base:latest", &format!("v{i}")));
+            }
+            Fault::KillDaemon => {
+                base_digests.push(bases.push(&registry, "base:latest", &format!("v{i}")));
+                std::thread::sleep(delay);
+                daemon.kill_hard();
+                daemon = start(&config, &listen, &log, None);
+            }
+            Fault::RestartRegistry => {
+                base_digests.push(bases.push(&registry, "base:latest", &format!("v{i}")));
+                std::thread::sleep(delay);
+                registry.restart();
+            }
+            Fault::KillBuilder => {
+                base_digests.push(bases.push(&registry, "base:latest", &format!("v{i}")));
+                let pid = daemon.pid();
+                let killed = wait_for("buildah to run", WAIT, || {
+                    let found = children_named(pid, "buildah");
+                    for p in &found {
+                        let _ = std::process::Command::new("kill")
+                            .args(["-s", "KILL", &p.to_string()])
+                            .status();
+                    }
+                    (!found.is_empty()).then_some(found.len())
+                });
+                println!("  killed {killed} buildah process(es)");
+            }
+        }
+        let took = settle(&mut daemon, &config, &listen, &log, &registry, i + 1);
+        recoveries.push(took);
+
+        // The invariants.
+        let newest = format!("1.0.{i}");
+        for name in IMAGES {
+            let versions = registry_versions(&registry, name);
+            for (tag, digest) in &versions {
+                let key = (name.to_owned(), tag.clone());
+                if let Some(before) = seen.insert(key, digest.clone()) {
+                    assert_eq!(&before, digest, "{name}:{tag} moved (iteration {i}, {fault:?})");
+                }
+            }
+            let expected: Vec<String> = (0..=i).map(|n| format!("1.0.{n}")).collect();
+            let mut got: Vec<String> = versions.keys().cloned().collect();
+            got.sort_by_key(|v| v.rsplit('.').next().and_then(|p| p.parse::<u32>().ok()));
+            assert_eq!(got, expected, "{name}: one version per base change");
+            assert_eq!(
+                registry.digest(&format!("{name}:latest")),
+                versions.get(&newest).cloned(),
+                "{name}: latest on the newest version"
+            );
+            let image = daemon.get(&format!("/v1/images/{name}"));
+            let ledger: BTreeMap<String, String> = image["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    (
+                        v["version"].as_str().unwrap().to_owned(),
+                        v["digest"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            assert_eq!(ledger, versions, "{name}: the ledger matches the registry");
+            // Each version was built from its base change.
+            for (n, base) in base_digests.iter().enumerate() {
+                let v = image["versions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|v| v["version"] == format!("1.0.{n}"))
+                    .unwrap();
+                let bases: Vec<&Value> = v["bases"].as_object().unwrap().values().collect();
+                assert_eq!(bases, [&Value::String(base.clone())], "{name} 1.0.{n}");
+            }
+        }
+        let jobs = daemon.get("/v1/jobs");
+        for j in jobs.as_array().unwrap() {
+            assert!(
+                j["state"] != "queued" && j["state"] != "running",
+                "a job left behind: {j}"
+            );
+        }
+    }
+    daemon.stop();
+    let total: Duration = recoveries.iter().sum();
+    let worst = recoveries.iter().max().copied().unwrap_or_default();
+    println!(
+        "chaos figures: {iterations} iterations, faults {counts:?}, {} versions checked, recovery to fresh: mean {:?}, worst {worst:?}",
+        seen.len(),
+        total / iterations.max(1) as u32,
+    );
+}
