@@ -128,3 +128,98 @@ fn docker_backend_command_lines_run_through_podman() {
         &registry,
     );
 }
+
+/// Everything in an image, as bytes: its config, history and the unpacked
+/// contents of every layer (read through `skopeo copy` to a layout).
+fn image_bytes(registry: &Registry, repo_tag: &str, dir: &Path) -> Vec<u8> {
+    let layout = dir.join("layout");
+    rebased_e2e::run(std::process::Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/{repo_tag}", registry.host),
+        &format!("oci:{}:x", layout.display()),
+    ]));
+    let mut all = Vec::new();
+    for blob in fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let path = blob.unwrap().path();
+        let bytes = fs::read(&path).unwrap();
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            let out = rebased_e2e::run(
+                std::process::Command::new("busybox")
+                    .args(["zcat"])
+                    .arg(&path),
+            );
+            all.extend(out.into_bytes());
+        } else {
+            all.extend(bytes);
+        }
+    }
+    all
+}
+
+#[test]
+fn build_secrets_reach_run_steps_and_nothing_else() {
+    const SECRET: &str = "s3cret-TOKEN-9f8e7d";
+    let registry = Registry::start();
+    BaseMaker::new().push(&registry, "base:latest", "v1");
+    let work = tempfile::tempdir().unwrap();
+    let secret_file = work.path().join("token");
+    fs::write(&secret_file, SECRET).unwrap();
+    let ctx = work.path().join("app");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/base:latest\nRUN --mount=type=secret,id=token [\"/bin/busybox\", \"sha256sum\", \"/run/secrets/token\"]\n",
+            registry.host
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        work.path(),
+        &listen,
+        &registry.host,
+        "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
+        &format!(
+            "[builder]\nmax_attempts = 1\n{}",
+            image_table(
+                "app",
+                &ctx,
+                &format!("{}/app", registry.host),
+                &format!("secrets = {{ token = \"{}\" }}", secret_file.display())
+            )
+        ),
+    );
+    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    wait_for("1.0.0 built with the secret", WAIT, || {
+        let i = daemon.get("/v1/images/app");
+        if i["state"] == "failing" {
+            panic!("build failed: {}\n{}", i["last_error"], daemon.log_text());
+        }
+        (i["current_version"] == "1.0.0").then_some(())
+    });
+    let jobs = daemon.get("/v1/jobs");
+    let id = jobs[0]["id"].as_u64().unwrap();
+    let log = daemon.cli(&["log", &id.to_string()]);
+    // The RUN step read it: its hash is in the build output...
+    let digest = rebased_e2e::run(
+        std::process::Command::new("busybox")
+            .arg("sha256sum")
+            .arg(&secret_file),
+    );
+    let hash = digest.split_whitespace().next().unwrap();
+    assert!(log.contains(hash), "the RUN step saw the secret: {log}");
+    // ...but the secret itself is nowhere: not in the image (config,
+    // history, layers), not in the logs, not in the API.
+    let image = image_bytes(&registry, "app:1.0.0", work.path());
+    assert!(!image.is_empty());
+    let found = image.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
+    assert!(!found, "the secret leaked into the image");
+    assert!(!log.contains(SECRET), "the secret leaked into the job log");
+    assert!(!daemon.log_text().contains(SECRET), "the secret leaked into the daemon log");
+    let api = format!("{}{}", daemon.get("/v1/images/app"), daemon.get("/v1/jobs"));
+    assert!(!api.contains(SECRET), "the secret leaked into the API");
+    let history = registry.inspect("app:1.0.0").to_string();
+    assert!(!history.contains(SECRET));
+}

@@ -188,3 +188,68 @@ fn registry_notifications_trigger_a_rebuild_and_bad_deliveries_change_nothing() 
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }
 }
+
+#[test]
+fn webhook_deliveries_in_flight_are_bounded() {
+    use std::io::Write;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let work = tempfile::tempdir().unwrap();
+    let ctx = app_context(work.path(), "app", "FROM 127.0.0.1:1/base:latest\nCOPY hello /hello\n");
+    let token_file = work.path().join("webhook-token");
+    fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let config = write_config(
+        work.path(),
+        &listen,
+        "127.0.0.1:1",
+        "poll = \"0 0 0 1 1 *\"",
+        &format!(
+            "\n[webhooks]\ntoken_file = \"{}\"\n{}",
+            token_file.display(),
+            image_table("app", &ctx, "127.0.0.1:1/app", "")
+        ),
+    );
+    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    // Slow senders: headers and a little of a 4 KiB body, then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut s = std::net::TcpStream::connect(&listen).unwrap();
+        write!(
+            s,
+            "POST /v1/webhooks/generic HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n{{\"references\": ["
+        )
+        .unwrap();
+        s.flush().unwrap();
+        slow.push(s);
+    }
+    let body = br#"{"reference": "127.0.0.1:1/base:latest"}"#.to_vec();
+    let auth = format!("Bearer {TOKEN}");
+    let (status, reply) = wait_for("deliveries past the bound to be turned away", WAIT, || {
+        let (status, reply) = post(
+            &daemon,
+            "/v1/webhooks/generic",
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            body.clone(),
+        );
+        (status == 503).then_some((status, reply))
+    });
+    assert_eq!(status, 503, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("in flight"), "{reply}");
+    // Other endpoints still answer.
+    assert_eq!(daemon.get("/v1/status")["images"], 1);
+    // Once the slow senders go, deliveries are taken again.
+    drop(slow);
+    wait_for("deliveries to be taken again", WAIT, || {
+        let (status, _) = post(
+            &daemon,
+            "/v1/webhooks/generic",
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            body.clone(),
+        );
+        (status == 202).then_some(())
+    });
+    let metrics = reqwest::blocking::get(format!("{}/metrics", daemon.api))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(metrics.contains("outcome=\"busy\""), "{metrics}");
+}

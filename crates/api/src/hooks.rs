@@ -26,6 +26,10 @@ pub(crate) async fn metrics(State(b): State<Shared>) -> Response {
 pub(crate) type HookState = (Shared, Arc<Option<String>>);
 
 /// A registry webhook: checks the watched references it names, now.
+/// Webhook deliveries handled at once; more get 503 with `Retry-After`.
+pub const MAX_IN_FLIGHT: usize = 32;
+static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_IN_FLIGHT);
+
 #[utoipa::path(
     post,
     path = "/v1/webhooks/{source}",
@@ -39,7 +43,8 @@ pub(crate) type HookState = (Shared, Arc<Option<String>>);
         (status = 400, description = "Malformed payload", body = ApiError),
         (status = 401, description = "Bad token or signature", body = ApiError),
         (status = 404, description = "Unknown source", body = ApiError),
-        (status = 413, description = "Body over 1 MiB", body = ApiError)
+        (status = 413, description = "Body over 1 MiB", body = ApiError),
+        (status = 503, description = "Too many deliveries in flight, or stopping", body = ApiError)
     )
 )]
 pub(crate) async fn webhook(
@@ -60,6 +65,17 @@ pub(crate) async fn webhook(
             "rebased_webhook_deliveries_total",
             &[("source", label), ("outcome", outcome)],
         );
+    };
+    // Bounded deliveries in flight (each may hold up to the body limit).
+    let Ok(_permit) = IN_FLIGHT.try_acquire() else {
+        count("busy");
+        let mut r = ApiError::unavailable(format!(
+            "more than {MAX_IN_FLIGHT} webhook deliveries in flight; retry shortly"
+        ))
+        .into_response();
+        r.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        return r;
     };
     if !SOURCES.contains(&source.as_str()) {
         count("unknown_source");

@@ -198,6 +198,11 @@ impl Engine {
             }
             bud.arg("--label").arg(format!("{k}={v}"));
         }
+        for (id, path) in &req.secrets {
+            let mut spec = std::ffi::OsString::from(format!("id={id},src="));
+            spec.push(path);
+            bud.arg("--secret").arg(spec);
+        }
         for (k, v) in &req.build_args {
             bud.arg("--build-arg").arg(format!("{k}={v}"));
         }
@@ -376,15 +381,31 @@ async fn read_all<R: AsyncRead + Unpin>(r: Option<R>) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// The marker that starts a cut log: `[N bytes of earlier output cut]`.
+const CUT_SUFFIX: &str = " bytes of earlier output cut]\n";
+
+/// Appends to a log kept to its last `MAX_LOG` bytes; the first line then
+/// says how many bytes were cut in all.
 fn append(log: &mut String, text: &str) {
     log.push_str(text);
-    if log.len() > MAX_LOG {
-        let cut = log.len() - MAX_LOG;
-        let cut = (cut..log.len())
-            .find(|i| log.is_char_boundary(*i))
-            .unwrap_or(log.len());
-        log.replace_range(..cut, "[earlier output cut]\n");
+    if log.len() <= MAX_LOG {
+        return;
     }
+    let (already, body_start) = match log
+        .strip_prefix('[')
+        .and_then(|rest| rest.split_once(CUT_SUFFIX))
+        .and_then(|(n, _)| Some((n.parse::<usize>().ok()?, 1 + n.len() + CUT_SUFFIX.len())))
+    {
+        Some((n, start)) => (n, start),
+        None => (0, 0),
+    };
+    let body_len = log.len() - body_start;
+    let cut = (log.len() - MAX_LOG..log.len())
+        .find(|i| *i >= body_start && log.is_char_boundary(*i))
+        .unwrap_or(log.len());
+    let total = already + (cut - body_start);
+    debug_assert!(cut - body_start <= body_len);
+    log.replace_range(..cut, &format!("[{total}{CUT_SUFFIX}"));
 }
 
 fn tail(log: &str, n: usize) -> String {
@@ -435,7 +456,15 @@ mod tests {
         append(&mut log, &"a".repeat(MAX_LOG));
         append(&mut log, "the end");
         assert!(log.len() <= MAX_LOG + 40);
-        assert!(log.starts_with("[earlier output cut]"));
+        assert!(
+            log.starts_with(&format!("[7{CUT_SUFFIX}")),
+            "{}",
+            &log[..40]
+        );
         assert!(log.ends_with("the end"));
+        // Cut again: the count adds up.
+        append(&mut log, &"b".repeat(100));
+        assert!(log.starts_with(&format!("[107{CUT_SUFFIX}")), "{}", &log[..40]);
+        assert!(log.len() <= MAX_LOG + 40);
     }
 }

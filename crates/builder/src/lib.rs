@@ -51,6 +51,10 @@ pub struct BuildRequest {
     /// registries this build pulls from and pushes to; written 0600 into the
     /// workdir for the build only.
     pub auth_json: Option<String>,
+    /// Build secrets: id -> file, given to the engine as build secrets
+    /// (`RUN --mount=type=secret,id=ID`), never as build arguments, so they
+    /// appear nowhere in the image.
+    pub secrets: BTreeMap<String, PathBuf>,
     /// Extra CA certificates (PEM files) trusted for this build.
     pub ca_files: Vec<PathBuf>,
 }

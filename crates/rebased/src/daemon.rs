@@ -173,6 +173,12 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
     let state_dir = cfg.daemon.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
+    // The ledger, build scratch (auth files) and logs are rebased's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict state_dir {}", state_dir.display()))?;
+    }
     let store = Store::open(&state_dir.join("db"))?;
     let registry = Arc::new(Registry::new(&cfg.registries));
 

@@ -314,6 +314,12 @@ impl Daemon {
                     .state_dir
                     .join("builds")
                     .join(job.to_string());
+                // A missing secret file is the image's config error, said plainly
+                // (the path only: never the contents).
+                for (id, path) in &image.secrets {
+                    std::fs::metadata(path)
+                        .with_context(|| format!("build secret {id}: {}", path.display()))?;
+                }
                 let request = BuildRequest {
                     image: name.to_owned(),
                     job: job.to_string(),
@@ -332,6 +338,7 @@ impl Daemon {
                         .collect(),
                     workdir: workdir.clone(),
                     platforms: image.platforms.clone(),
+                    secrets: image.secrets.clone(),
                     source_date_epoch: source_date_epoch(),
                 };
                 let engine = match self.cfg().builder.backend {

@@ -221,6 +221,12 @@ pub struct Store {
     rollbacks: sled::Tree,
 }
 
+/// Versions kept in the ledger per image; older ones are dropped (the
+/// registry keeps them). The highest and the current are always kept.
+pub const KEEP_VERSIONS: usize = 1000;
+/// Rollback events kept per image.
+pub const KEEP_ROLLBACKS: usize = 100;
+
 /// The layout version of the database; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -415,7 +421,48 @@ impl Store {
             images.insert(name.as_bytes(), bytes)?;
             Ok(())
         });
-        self.committed(result, what)
+        self.committed(result, what)?;
+        self.trim(&self.versions, name, KEEP_VERSIONS, Some(new.version))
+    }
+
+    /// Drops the oldest entries of image `name` in `tree` beyond `keep`
+    /// (never the version `spare`), then flushes.
+    fn trim(
+        &self,
+        tree: &sled::Tree,
+        name: &str,
+        keep: usize,
+        spare: Option<Version>,
+    ) -> Result<(), StateError> {
+        let what = format!("trimming the history of {name}");
+        let db = |source| StateError::Db {
+            what: what.clone(),
+            source,
+        };
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        let keys: Vec<sled::IVec> = tree
+            .scan_prefix(&prefix)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
+        let excess = keys.len().saturating_sub(keep);
+        if excess == 0 {
+            return Ok(());
+        }
+        let spare = spare.map(|v| version_key(name, &v));
+        let current = self
+            .image(name)?
+            .and_then(|i| i.current)
+            .map(|v| version_key(name, &v));
+        for k in keys.iter().take(excess) {
+            let k = k.as_ref();
+            if Some(k) == spare.as_deref() || Some(k) == current.as_deref() {
+                continue;
+            }
+            tree.remove(k).map_err(db)?;
+        }
+        self.flush(&what)
     }
 
     /// Stores a job (queued jobs survive restarts), flushed before returning.
@@ -492,7 +539,8 @@ impl Store {
                 Ok(())
             },
         );
-        self.committed(result, what)
+        self.committed(result, what)?;
+        self.trim(&self.rollbacks, name, KEEP_ROLLBACKS, None)
     }
 
     /// Every rollback of image `name`, oldest first.
