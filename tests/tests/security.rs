@@ -1,0 +1,300 @@
+//! Security checks: secrets (registry password, API token, webhook token)
+//! appear in no log, API answer, job log or error message; no shell is ever
+//! run and untrusted strings stay arguments; `COPY` cannot reach outside the
+//! context; the state directory and the API socket are private.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rebased_e2e::{
+    free_port, image_table, rebased_bin, wait_for, write_config, BaseMaker, Daemon, Registry,
+};
+
+const WAIT: Duration = Duration::from_secs(120);
+const PASSWORD: &str = "reg-PW-4b1d9e";
+const WRONG_PASSWORD: &str = "unreach-PW-77c2aa";
+const API_TOKEN: &str = "api-TOKEN-5e0f13";
+const HOOK_TOKEN: &str = "hook-TOKEN-a93c07";
+
+fn context(dir: &Path, name: &str, dockerfile: &str) -> std::path::PathBuf {
+    let ctx = dir.join(name);
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("hello"), "hello\n").unwrap();
+    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    ctx
+}
+
+#[test]
+fn secrets_appear_in_no_log_answer_or_error() {
+    let (registry, ca) = Registry::start_secure("bot", PASSWORD);
+    let host = registry.host.clone();
+    BaseMaker::new().push_secure(&registry, "base:latest", "v1", &ca, &format!("bot:{PASSWORD}"));
+    let work = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = work.path().join(name);
+        fs::write(&p, format!("{text}\n")).unwrap();
+        p
+    };
+    let pw = write("pw", PASSWORD);
+    let wrong = write("wrong-pw", WRONG_PASSWORD);
+    let api = write("api-token", API_TOKEN);
+    let hook = write("hook-token", HOOK_TOKEN);
+    let good = context(work.path(), "good", &format!("FROM {host}/base:latest\nCOPY hello /hello\n"));
+    // A registry that is not there, with credentials: its errors are shown.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let bad = context(work.path(), "bad", &format!("FROM {dead}/base:latest\nCOPY hello /hello\n"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = work.path().join("rebased.toml");
+    fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{state}\"\nlisten = \"{listen}\"\napi_token_file = \"{api}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n\n[builder]\nmax_attempts = 1\n\n[registries.\"{host}\"]\nusername = \"bot\"\npassword_file = \"{pw}\"\nca_file = \"{ca}\"\n\n[registries.\"{dead}\"]\nusername = \"bot\"\npassword_file = \"{wrong}\"\n\n[webhooks]\ntoken_file = \"{hook}\"\n{}{}",
+            image_table("good", &good, &format!("{host}/good"), ""),
+            image_table("bad", &bad, &format!("{dead}/bad"), ""),
+            state = work.path().join("state").display(),
+            api = api.display(),
+            pw = pw.display(),
+            ca = ca.display(),
+            wrong = wrong.display(),
+            hook = hook.display(),
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    wait_for("good published and bad's base in error", WAIT, || {
+        let good = daemon.get("/v1/images/good");
+        let bad = daemon.get("/v1/images/bad");
+        (good["state"] == "fresh" && bad["bases"][0]["error"].is_string()).then_some(())
+    });
+    // Wrong tokens: refused, and the answers do not echo the real ones.
+    let client = reqwest::blocking::Client::new();
+    let mut answers = String::new();
+    for (path, token) in [
+        ("/v1/check", "wrong"),
+        ("/v1/webhooks/generic", "wrong"),
+        ("/v1/webhooks/generic?token=wrong", ""),
+    ] {
+        let r = client
+            .post(format!("{}{path}", daemon.api))
+            .bearer_auth(token)
+            .body(r#"{"reference": "x"}"#)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+        answers += &r.text().unwrap();
+    }
+    // Everything the daemon says.
+    for path in [
+        "/v1/status",
+        "/v1/images",
+        "/v1/bases",
+        "/v1/jobs",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        answers += &reqwest::blocking::get(format!("{}{path}", daemon.api))
+            .unwrap()
+            .text()
+            .unwrap();
+    }
+    for job in daemon.get("/v1/jobs").as_array().unwrap() {
+        answers += &reqwest::blocking::get(format!("{}/v1/jobs/{}/log", daemon.api, job["id"]))
+            .unwrap()
+            .text()
+            .unwrap();
+    }
+    let bad_error = daemon.get("/v1/images/bad")["bases"][0]["error"].to_string();
+    assert!(bad_error.contains(&dead), "the error names the registry: {bad_error}");
+    answers += &bad_error;
+    let log = daemon.log_text();
+    // The state directory (ledger, logs, build scratch) holds none either.
+    let mut state = Vec::new();
+    collect_files(&work.path().join("state"), &mut state);
+    for secret in [PASSWORD, WRONG_PASSWORD, API_TOKEN, HOOK_TOKEN] {
+        assert!(!answers.contains(secret), "{secret} in an API answer");
+        assert!(!log.contains(secret), "{secret} in the daemon log");
+        assert!(
+            !state.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} in the state directory"
+        );
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<u8>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            // buildah's image storage holds base images, not our secrets.
+            if !p.ends_with("containers") {
+                collect_files(&p, out);
+            }
+        } else if let Ok(bytes) = fs::read(&p) {
+            out.extend(bytes);
+        }
+    }
+}
+
+#[test]
+fn no_shell_runs_and_untrusted_strings_stay_arguments() {
+    // The daemon's source never starts a shell (the benchmark harness,
+    // which runs the shell-loop peer on purpose, is not the daemon).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
+    let mut sources = Vec::new();
+    collect_rs(&root, &mut sources);
+    sources.retain(|(p, _)| !p.components().any(|c| c.as_os_str() == "bench"));
+    assert!(sources.len() > 20);
+    for (path, text) in &sources {
+        for shell in [
+            "Command::new(\"sh\")",
+            "Command::new(\"bash\")",
+            "Command::new(\"/bin/sh\")",
+            ".arg(\"-c\")",
+            "[\"-c\",",
+        ] {
+            assert!(!text.contains(shell), "{} starts a shell ({shell})", path.display());
+        }
+    }
+    // A build argument and a file name made to look like shell: they reach
+    // the engine as one argument each and run nothing on the host.
+    let registry = Registry::start();
+    BaseMaker::new().push(&registry, "base:latest", "v1");
+    let work = tempfile::tempdir().unwrap();
+    let marker = work.path().join("pwned");
+    let evil = format!("$(touch {}); `touch {}`", marker.display(), marker.display());
+    let ctx = context(
+        work.path(),
+        "app",
+        &format!(
+            "FROM {}/base:latest\nARG EVIL\nCOPY hello /hello\nRUN [\"/bin/busybox\", \"true\"]\nLABEL evil=$EVIL\n",
+            registry.host
+        ),
+    );
+    fs::write(ctx.join("$(touch pwned2);x"), "odd name\n").unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        work.path(),
+        &listen,
+        &registry.host,
+        "poll = \"*/1 * * * * *\"\nsettle = \"0s\"",
+        &format!(
+            "[builder]\nmax_attempts = 1\n{}",
+            image_table(
+                "app",
+                &ctx,
+                &format!("{}/app", registry.host),
+                &format!("build_args = {{ EVIL = {evil:?} }}")
+            )
+        ),
+    );
+    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    wait_for("the build", WAIT, || {
+        let i = daemon.get("/v1/images/app");
+        if i["state"] == "failing" {
+            panic!("{}", i["last_error"]);
+        }
+        (i["current_version"] == "1.0.0").then_some(())
+    });
+    assert_eq!(registry.inspect("app:1.0.0")["Labels"]["evil"], evil.as_str());
+    assert!(!marker.exists(), "a build argument ran on the host");
+    assert!(!ctx.join("pwned2").exists() && !Path::new("pwned2").exists());
+}
+
+fn collect_rs(dir: &Path, out: &mut Vec<(std::path::PathBuf, String)>) {
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect_rs(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push((p.clone(), fs::read_to_string(&p).unwrap()));
+        }
+    }
+}
+
+#[test]
+fn copy_cannot_reach_outside_the_context() {
+    let registry = Registry::start();
+    BaseMaker::new().push(&registry, "base:latest", "v1");
+    let work = tempfile::tempdir().unwrap();
+    let outside = work.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("secret"), "host file\n").unwrap();
+    let cases = [
+        ("dotdot", "COPY ../outside/secret /x\n"),
+        ("abslink", "COPY abs /x\n"),
+        ("parentlink", "COPY dir/secret /x\n"),
+    ];
+    let mut tables = String::new();
+    for (name, copy) in cases {
+        let ctx = context(work.path(), name, &format!("FROM {}/base:latest\n{copy}", registry.host));
+        std::os::unix::fs::symlink(outside.join("secret"), ctx.join("abs")).unwrap();
+        std::os::unix::fs::symlink(&outside, ctx.join("dir")).unwrap();
+        tables += &image_table(name, &ctx, &format!("{}/{name}", registry.host), "");
+    }
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(
+        work.path(),
+        &listen,
+        &registry.host,
+        "poll = \"*/1 * * * * *\"\nsettle = \"0s\"",
+        &format!("[builder]\nbackend = \"native\"\nmax_attempts = 1\n{tables}"),
+    );
+    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    for (name, _) in cases {
+        let error = wait_for(&format!("{name} refused"), WAIT, || {
+            let i = daemon.get(&format!("/v1/images/{name}"));
+            (i["state"] == "failing").then(|| i["last_error"].as_str().unwrap_or_default().to_owned())
+        });
+        assert!(
+            error.contains("line 2") && (error.contains("escape") || error.contains("outside")),
+            "{name}: {error}"
+        );
+        assert!(registry.digest(&format!("{name}:1.0.0")).is_none(), "{name} pushed");
+    }
+}
+
+#[test]
+fn state_directory_and_api_socket_are_private() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let socket = work.path().join("api.sock");
+    let ctx = context(work.path(), "app", "FROM 127.0.0.1:1/base:latest\nCOPY hello /hello\n");
+    let config = work.path().join("rebased.toml");
+    fs::write(
+        &config,
+        format!(
+            "[daemon]\nstate_dir = \"{}\"\nlisten = \"unix:{}\"\npoll = \"0 0 0 1 1 *\"\n{}",
+            state.display(),
+            socket.display(),
+            image_table("app", &ctx, "127.0.0.1:1/app", "")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(rebased_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the socket", WAIT, || socket.exists().then_some(()));
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "state directory");
+    assert_eq!(mode(&socket), 0o660, "API socket");
+    let answer = wait_for("an answer on the socket", WAIT, || {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).ok()?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    });
+    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
