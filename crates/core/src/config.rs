@@ -583,6 +583,28 @@ impl Config {
                 return Err(e);
             }
         }
+        for (i, image) in self.image.iter().enumerate() {
+            let bad = image.platforms.iter().find(|p| {
+                let parts: Vec<&str> = p.split('/').collect();
+                !(2..=3).contains(&parts.len())
+                    || parts.iter().any(|part| {
+                        part.is_empty()
+                            || !part
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+                    })
+            });
+            if let Some(p) = bad {
+                let offset = nth_key_offset(text, "platforms", p, 0).unwrap_or(0);
+                let mut e = located(
+                    text,
+                    offset,
+                    format!("platform {p:?} is not os/architecture[/variant], e.g. linux/arm64"),
+                );
+                e.key = Some(format!("image[{i}].platforms"));
+                return Err(e);
+            }
+        }
         if self.daemon.timezone.parse::<chrono_tz::Tz>().is_err() {
             return Err(key_error(
                 text,
@@ -884,6 +906,19 @@ watch_context = false
         let e = err(&format!("{MINIMAL}{second}"));
         assert_eq!(e.key.as_deref(), Some("image[1].repository"), "{e}");
         assert_eq!(e.line, 11, "{e}");
+    }
+
+    #[test]
+    fn platforms_must_be_os_and_architecture() {
+        let e = err(&format!(
+            "{MINIMAL}platforms = [\"linux/amd64\", \"arm64\"]\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("image[0].platforms"), "{e}");
+        assert!(e.message.contains("\"arm64\""), "{e}");
+        assert!(err(&format!("{MINIMAL}platforms = [\"linux//v8\"]\n"))
+            .message
+            .contains("linux//v8"));
+        assert!(Config::parse(&format!("{MINIMAL}platforms = [\"linux/arm64/v8\"]\n")).is_ok());
     }
 
     #[test]
