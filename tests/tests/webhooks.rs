@@ -194,7 +194,11 @@ fn webhook_deliveries_in_flight_are_bounded() {
     use std::io::Write;
     let listen = format!("127.0.0.1:{}", free_port());
     let work = tempfile::tempdir().unwrap();
-    let ctx = app_context(work.path(), "app", "FROM 127.0.0.1:1/base:latest\nCOPY hello /hello\n");
+    let ctx = app_context(
+        work.path(),
+        "app",
+        "FROM 127.0.0.1:1/base:latest\nCOPY hello /hello\n",
+    );
     let token_file = work.path().join("webhook-token");
     fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let config = write_config(
@@ -209,7 +213,35 @@ fn webhook_deliveries_in_flight_are_bounded() {
         ),
     );
     let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    // Slow senders: headers and a little of a 4 KiB body, then nothing.
+    let body = br#"{"reference": "127.0.0.1:1/base:latest"}"#.to_vec();
+    let auth = format!("Bearer {TOKEN}");
+    // Slow senders without the token hold nothing: they are refused before
+    // their body is read.
+    let mut strangers = Vec::new();
+    for _ in 0..40 {
+        let mut s = std::net::TcpStream::connect(&listen).unwrap();
+        write!(
+            s,
+            "POST /v1/webhooks/generic HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n{{"
+        )
+        .unwrap();
+        strangers.push(s);
+    }
+    wait_for("a delivery to be taken despite the strangers", WAIT, || {
+        let (status, _) = post(
+            &daemon,
+            "/v1/webhooks/generic",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.clone(),
+        );
+        (status == 202).then_some(())
+    });
+    drop(strangers);
+    // Slow senders with the token: headers and a little of a 4 KiB body,
+    // then nothing.
     let mut slow = Vec::new();
     for _ in 0..40 {
         let mut s = std::net::TcpStream::connect(&listen).unwrap();
@@ -221,19 +253,23 @@ fn webhook_deliveries_in_flight_are_bounded() {
         s.flush().unwrap();
         slow.push(s);
     }
-    let body = br#"{"reference": "127.0.0.1:1/base:latest"}"#.to_vec();
-    let auth = format!("Bearer {TOKEN}");
     let (status, reply) = wait_for("deliveries past the bound to be turned away", WAIT, || {
         let (status, reply) = post(
             &daemon,
             "/v1/webhooks/generic",
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             body.clone(),
         );
         (status == 503).then_some((status, reply))
     });
     assert_eq!(status, 503, "{reply}");
-    assert!(reply["error"].as_str().unwrap().contains("in flight"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("in flight"),
+        "{reply}"
+    );
     // Other endpoints still answer.
     assert_eq!(daemon.get("/v1/status")["images"], 1);
     // Once the slow senders go, deliveries are taken again.
@@ -242,7 +278,10 @@ fn webhook_deliveries_in_flight_are_bounded() {
         let (status, _) = post(
             &daemon,
             "/v1/webhooks/generic",
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
             body.clone(),
         );
         (status == 202).then_some(())

@@ -26,6 +26,18 @@ pub(crate) async fn metrics(State(b): State<Shared>) -> Response {
 pub(crate) type HookState = (Shared, Arc<Option<String>>);
 
 /// A registry webhook: checks the watched references it names, now.
+/// How long a delivery may take to send its body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn unauthorized() -> Response {
+    ApiError {
+        error: "unauthorized: send the webhook token as Authorization: Bearer, ?token=, or sign with X-Hub-Signature-256".to_owned(),
+        detail: None,
+        status: 401,
+    }
+    .into_response()
+}
+
 /// Webhook deliveries handled at once; more get 503 with `Retry-After`.
 pub const MAX_IN_FLIGHT: usize = 32;
 static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_IN_FLIGHT);
@@ -43,6 +55,7 @@ static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX
         (status = 400, description = "Malformed payload", body = ApiError),
         (status = 401, description = "Bad token or signature", body = ApiError),
         (status = 404, description = "Unknown source", body = ApiError),
+        (status = 408, description = "Body not sent within 10 s", body = ApiError),
         (status = 413, description = "Body over 1 MiB", body = ApiError),
         (status = 503, description = "Too many deliveries in flight, or stopping", body = ApiError)
     )
@@ -66,6 +79,15 @@ pub(crate) async fn webhook(
             &[("source", label), ("outcome", outcome)],
         );
     };
+    // Without a signature to check, the token is checked before the body is
+    // read, so unauthenticated senders hold nothing.
+    if let Some(want) = token.as_deref() {
+        let signed = headers.contains_key("x-hub-signature-256");
+        if !signed && !authorized(want, query.as_deref(), &headers, b"") {
+            count("unauthorized");
+            return unauthorized();
+        }
+    }
     // Bounded deliveries in flight (each may hold up to the body limit).
     let Ok(_permit) = IN_FLIGHT.try_acquire() else {
         count("busy");
@@ -85,9 +107,23 @@ pub(crate) async fn webhook(
         ))
         .into_response();
     }
-    let bytes = match axum::body::to_bytes(body, WEBHOOK_BODY_LIMIT).await {
-        Ok(b) => b,
+    let read =
+        tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, WEBHOOK_BODY_LIMIT)).await;
+    let bytes = match read {
+        Ok(Ok(b)) => b,
         Err(_) => {
+            count("timeout");
+            return ApiError {
+                error: format!(
+                    "webhook body not received within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+                detail: None,
+                status: 408,
+            }
+            .into_response();
+        }
+        Ok(Err(_)) => {
             count("too_large");
             return ApiError {
                 error: format!("webhook body larger than {WEBHOOK_BODY_LIMIT} bytes"),
@@ -100,12 +136,7 @@ pub(crate) async fn webhook(
     if let Some(want) = token.as_deref() {
         if !authorized(want, query.as_deref(), &headers, &bytes) {
             count("unauthorized");
-            return ApiError {
-                error: "unauthorized: send the webhook token as Authorization: Bearer, ?token=, or sign with X-Hub-Signature-256".to_owned(),
-                detail: None,
-                status: 401,
-            }
-            .into_response();
+            return unauthorized();
         }
     }
     let event = headers.get("x-github-event").and_then(|v| v.to_str().ok());

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use rebased_core::config::{Config, ImageConfig};
+use rebased_core::config::{Config, ImageConfig, Repository};
 use rebased_core::dockerfile::Dockerfile;
 use rebased_core::ImageRef;
 
@@ -29,8 +29,48 @@ pub fn load(path: &Path) -> Result<Config> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     cfg.resolve_paths(dir);
+    check_layouts(&cfg).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(cfg)
 }
+
+/// Two images cannot share an OCI layout, however its path is written; and
+/// a layout path cannot hold `:` (engines take `oci:PATH:TAG`).
+fn check_layouts(cfg: &Config) -> std::result::Result<(), String> {
+    let mut seen: BTreeMap<std::path::PathBuf, &str> = BTreeMap::new();
+    for image in &cfg.image {
+        let Repository::OciLayout(p) = &image.repository else {
+            continue;
+        };
+        let name = image.name.as_str();
+        if p.to_string_lossy().contains(':') {
+            return Err(format!(
+                "image {name}: repository oci:{} has a ':' in its path",
+                p.display()
+            ));
+        }
+        let key = std::fs::canonicalize(p).unwrap_or_else(|_| {
+            p.components()
+                .fold(std::path::PathBuf::new(), |mut acc, c| {
+                    match c {
+                        std::path::Component::CurDir => {}
+                        std::path::Component::ParentDir => {
+                            acc.pop();
+                        }
+                        other => acc.push(other),
+                    }
+                    acc
+                })
+        });
+        if let Some(first) = seen.insert(key, name) {
+            return Err(format!(
+                "image {name}: repository oci:{} is image {first}'s layout too: two images cannot publish to one layout",
+                p.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 
 /// A Dockerfile read and parsed, with its text.
 pub struct ParsedDockerfile {
@@ -88,4 +128,45 @@ pub fn load_checked(path: &Path) -> Result<(Config, rebased_scheduler::graph::Gr
     let cfg = load(path)?;
     let graph = graph(&cfg).with_context(|| format!("{}", path.display()))?;
     Ok((cfg, graph))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_layout_per_image_however_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("rebased.toml");
+        let table = |name: &str, repo: &str| {
+            format!("[[image]]\nname = \"{name}\"\ncontext = \".\"\nrepository = \"{repo}\"\nversion = \"1.0.0\"\n")
+        };
+        std::fs::write(
+            &file,
+            format!(
+                "{}{}",
+                table("a", "oci:images/app"),
+                table("b", "oci:./images/x/../app/")
+            ),
+        )
+        .expect("write");
+        let e = load(&file).expect_err("shared layout refused").to_string();
+        assert!(
+            e.contains("image b") && e.contains("image a's layout"),
+            "{e}"
+        );
+        std::fs::write(&file, table("a", "oci:images/a:b")).expect("write");
+        let e = load(&file).expect_err("colon refused").to_string();
+        assert!(e.contains("':'"), "{e}");
+        std::fs::write(
+            &file,
+            format!(
+                "{}{}",
+                table("a", "oci:images/a"),
+                table("b", "oci:images/b")
+            ),
+        )
+        .expect("write");
+        assert!(load(&file).is_ok());
+    }
 }

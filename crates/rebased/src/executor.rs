@@ -343,12 +343,19 @@ impl Daemon {
                 };
                 let engine = match self.cfg().builder.backend {
                     Backend::Native => None,
-                    Backend::Auto if !plan.model.instructions.iter().any(|i| i.keyword == "RUN") => {
+                    // Native when it can build the file (no RUN, one stage, no
+                    // COPY --from ...), else the first engine installed; with
+                    // none, native says why it cannot.
+                    Backend::Auto
+                        if rebased_builder::native::plan::Plan::new(
+                            &plan.model,
+                            &image.build_args,
+                        )
+                        .is_ok() =>
+                    {
                         None
                     }
-                    Backend::Auto => Some(installed_engine().ok_or_else(|| {
-                        anyhow!("the Dockerfile has RUN steps and none of buildah, podman or docker is installed")
-                    })?),
+                    Backend::Auto => installed_engine(),
                     Backend::Buildah => Some(EngineKind::Buildah),
                     Backend::Podman => Some(EngineKind::Podman),
                     Backend::Docker => Some(EngineKind::Docker),

@@ -249,19 +249,16 @@ impl Context {
         for source in sources {
             match source.kind {
                 SourceKind::Dir => {
-                    out.put_dest();
                     self.copy_dir(&mut out, &source, spec)?;
                 }
                 SourceKind::File { mode } => {
                     if spec.extract_archives {
                         if let Some(gzip) = sniff_archive(&source.real)? {
-                            out.put_dest();
                             unpack(&mut out, &source.real, gzip, limit, &mut unpacked)?;
                             continue;
                         }
                     }
                     let path = if several || dest_is_dir {
-                        out.put_dest();
                         let base = source.name.last().map(String::as_str).unwrap_or_default();
                         join(&dest, base)
                     } else {
@@ -631,20 +628,6 @@ struct Entries {
 }
 
 impl Entries {
-    /// The destination directory itself, unless it is the root.
-    fn put_dest(&mut self) {
-        if self.dest.is_empty() {
-            return;
-        }
-        self.put(Entry {
-            path: self.dest.clone(),
-            kind: EntryKind::Dir,
-            mode: self.dir_mode,
-            uid: self.owner.0,
-            gid: self.owner.1,
-        });
-    }
-
     /// Inserts `entry`, replacing an entry at the same path and whatever was
     /// below it if it is not a directory, and making its parents
     /// directories.
@@ -667,27 +650,28 @@ impl Entries {
         self.map.insert(entry.path.clone(), entry);
     }
 
+    /// A directory below the destination that no source entry names (the
+    /// parents of unpacked archive members). The destination and its
+    /// ancestors get no entry: they belong to the base (or are created by
+    /// the runtime when it unpacks the layer), and an entry would overwrite
+    /// the base's mode, owner or symlink (`/bin -> usr/bin`, `/tmp` 1777).
     fn ensure_dir(&mut self, path: &str) {
-        if self.map.get(path).is_some_and(|e| e.kind == EntryKind::Dir) {
+        let at_or_above_dest = self.dest == path
+            || self
+                .dest
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('/'));
+        if at_or_above_dest || self.map.get(path).is_some_and(|e| e.kind == EntryKind::Dir) {
             return;
         }
-        let above_dest = self
-            .dest
-            .strip_prefix(path)
-            .is_some_and(|rest| rest.starts_with('/'));
-        let (mode, uid, gid) = if above_dest {
-            (0o755, 0, 0)
-        } else {
-            (self.dir_mode, self.owner.0, self.owner.1)
-        };
         self.map.insert(
             path.to_owned(),
             Entry {
                 path: path.to_owned(),
                 kind: EntryKind::Dir,
-                mode,
-                uid,
-                gid,
+                mode: self.dir_mode,
+                uid: self.owner.0,
+                gid: self.owner.1,
             },
         );
     }
@@ -1250,15 +1234,9 @@ mod tests {
             .expect("entries");
         assert_eq!(
             paths(&e),
-            [
-                "srv",
-                "srv/README.md",
-                "srv/lib",
-                "srv/lib/util.go",
-                "srv/main.go"
-            ]
+            ["srv/README.md", "srv/lib", "srv/lib/util.go", "srv/main.go"]
         );
-        assert_eq!(get(&e, "srv").mode, 0o755);
+        // The destination itself is left to the base (no entry).
         assert_eq!(get(&e, "srv/lib").mode, 0o700);
         assert_eq!(
             get(&e, "srv/main.go").kind,
@@ -1294,19 +1272,31 @@ mod tests {
         let e = open(&dir)
             .entries(&spec(&["run.sh"], "/usr/local/bin/start"))
             .expect("entries");
-        assert_eq!(
-            paths(&e),
-            ["usr", "usr/local", "usr/local/bin", "usr/local/bin/start"]
-        );
+        assert_eq!(paths(&e), ["usr/local/bin/start"]);
         let f = get(&e, "usr/local/bin/start");
         assert_eq!(f.mode, 0o750);
-        for parent in ["usr", "usr/local", "usr/local/bin"] {
-            let p = get(&e, parent);
-            assert_eq!(
-                (p.kind.clone(), p.mode, p.uid, p.gid),
-                (EntryKind::Dir, 0o755, 0, 0)
-            );
-        }
+        // No parent entries: they would overwrite the base's (a symlinked
+        // /bin, a 1777 /tmp, an owner).
+    }
+
+    #[test]
+    fn copy_into_system_directories_writes_no_entry_for_them() {
+        // Regression: entries for /bin, /tmp or /etc would replace a
+        // symlinked /bin (usr-merge), the 1777 of /tmp, or the owner of /etc.
+        let dir = fixture();
+        let mut s = spec(&["run.sh"], "/bin/tool");
+        s.owner = (1000, 1000);
+        s.chmod = Some(0o644);
+        let e = open(&dir).entries(&s).expect("entries");
+        assert_eq!(paths(&e), ["bin/tool"]);
+        let e = open(&dir)
+            .entries(&spec(&["run.sh"], "/tmp/"))
+            .expect("entries");
+        assert_eq!(paths(&e), ["tmp/run.sh"]);
+        let mut s = spec(&["app"], "/etc/");
+        s.owner = (1000, 1000);
+        let e = open(&dir).entries(&s).expect("entries");
+        assert!(!paths(&e).contains(&"etc".to_owned()), "{:?}", paths(&e));
     }
 
     #[test]
@@ -1316,11 +1306,7 @@ mod tests {
         s.owner = (1000, 1001);
         s.chmod = Some(0o700);
         let e = open(&dir).entries(&s).expect("entries");
-        assert_eq!(paths(&e), ["opt", "opt/app", "opt/app/run.sh"]);
-        let opt = get(&e, "opt");
-        assert_eq!((opt.mode, opt.uid, opt.gid), (0o755, 0, 0));
-        let app = get(&e, "opt/app");
-        assert_eq!((app.mode, app.uid, app.gid), (0o700, 1000, 1001));
+        assert_eq!(paths(&e), ["opt/app/run.sh"]);
         let f = get(&e, "opt/app/run.sh");
         assert_eq!((f.mode, f.uid, f.gid), (0o700, 1000, 1001));
     }
@@ -1347,11 +1333,11 @@ mod tests {
         let dir = fixture();
         let ctx = open(&dir);
         let e = ctx.entries(&spec(&["app/*.go"], "/x/")).expect("entries");
-        assert_eq!(paths(&e), ["x", "x/main.go"]);
+        assert_eq!(paths(&e), ["x/main.go"]);
         let e = ctx
             .entries(&spec(&["app/?ain.g[a-z]"], "/x/"))
             .expect("entries");
-        assert_eq!(paths(&e), ["x", "x/main.go"]);
+        assert_eq!(paths(&e), ["x/main.go"]);
         let e = ctx
             .entries(&spec(&["*.sh"], "/x"))
             .expect("one match renames");
@@ -1370,11 +1356,11 @@ mod tests {
         let e = open(&dir)
             .entries(&spec(&["**/*.go"], "/src/"))
             .expect("entries");
-        assert_eq!(paths(&e), ["src", "src/main.go", "src/util.go"]);
+        assert_eq!(paths(&e), ["src/main.go", "src/util.go"]);
         let e = open(&dir)
             .entries(&spec(&["app/**/util.go"], "/src/"))
             .expect("entries");
-        assert_eq!(paths(&e), ["src", "src/util.go"]);
+        assert_eq!(paths(&e), ["src/util.go"]);
     }
 
     #[test]
@@ -1395,7 +1381,7 @@ mod tests {
         let e = ctx
             .entries(&spec(&["run.sh", "app/main.go"], "/x/"))
             .expect("entries");
-        assert_eq!(paths(&e), ["x", "x/main.go", "x/run.sh"]);
+        assert_eq!(paths(&e), ["x/main.go", "x/run.sh"]);
     }
 
     #[test]
@@ -1419,7 +1405,7 @@ mod tests {
         let e = open(&dir)
             .entries(&spec(&["app", "f"], "/x/"))
             .expect("entries");
-        assert_eq!(paths(&e), ["x", "x/README.md", "x/lib", "x/main.go"]);
+        assert_eq!(paths(&e), ["x/README.md", "x/lib", "x/main.go"]);
     }
 
     #[test]
@@ -1466,7 +1452,7 @@ mod tests {
         write(dir.path(), ".dockerignore", "app/lib\n");
         let ctx = open(&dir);
         let e = ctx.entries(&spec(&["app"], "/x/")).expect("entries");
-        assert_eq!(paths(&e), ["x", "x/README.md", "x/main.go"]);
+        assert_eq!(paths(&e), ["x/README.md", "x/main.go"]);
         let err = ctx
             .entries(&spec(&["app/lib/util.go"], "/x"))
             .expect_err("ignored");
@@ -1502,7 +1488,7 @@ mod tests {
         // The excluded directory is visible as a source through what is
         // included again.
         let e = ctx.entries(&spec(&["app"], "/x/")).expect("entries");
-        assert_eq!(paths(&e), ["x", "x/README.md", "x/lib", "x/lib/util.go"]);
+        assert_eq!(paths(&e), ["x/README.md", "x/lib", "x/lib/util.go"]);
         // Last rule wins.
         write(dir.path(), ".dockerignore", "!run.sh\nrun.sh\n");
         let err = open(&dir)
@@ -1587,7 +1573,7 @@ mod tests {
         symlink(outside.path().join("secret"), dir.path().join("leak")).expect("symlink");
         let ctx = open(&dir);
         let e = ctx.entries(&spec(&["alias"], "/bin/")).expect("inside");
-        assert_eq!(paths(&e), ["bin", "bin/alias"]);
+        assert_eq!(paths(&e), ["bin/alias"]);
         assert_eq!(get(&e, "bin/alias").mode, 0o750);
         let err = ctx.entries(&spec(&["leak"], "/x")).expect_err("outside");
         assert!(matches!(err, ContextError::Escapes(_)), "{err}");
@@ -1611,7 +1597,7 @@ mod tests {
         assert!(matches!(e, Err(ContextError::Escapes(_))), "{e:?}");
         // A glob over the other directories passes the link by.
         let e = ctx.entries(&spec(&["*/*.go"], "/x/")).expect("entries");
-        assert_eq!(paths(&e), ["x", "x/main.go"]);
+        assert_eq!(paths(&e), ["x/main.go"]);
     }
 
     #[test]
@@ -1669,7 +1655,7 @@ mod tests {
         let e = open(&dir).entries(&s).expect("entries");
         assert_eq!(
             paths(&e),
-            ["opt", "opt/bin", "opt/bin/tool", "opt/etc", "opt/etc/conf"]
+            ["opt/bin", "opt/bin/tool", "opt/etc", "opt/etc/conf"]
         );
         assert_eq!(get(&e, "opt/bin").mode, 0o711);
         let tool = get(&e, "opt/bin/tool");
@@ -1699,7 +1685,7 @@ mod tests {
         let mut s = spec(&["a.tar", "notes.gz", "run.sh"], "/d/");
         s.extract_archives = true;
         let e = open(&dir).entries(&s).expect("entries");
-        assert_eq!(paths(&e), ["d", "d/f", "d/notes.gz", "d/run.sh"]);
+        assert_eq!(paths(&e), ["d/f", "d/notes.gz", "d/run.sh"]);
     }
 
     #[test]

@@ -198,6 +198,13 @@ impl Stage {
         }
         // The base's ONBUILD triggers are not inherited.
         obj(&mut image, "config").remove("OnBuild");
+        if base.is_none() {
+            // What BuildKit gives `FROM scratch`.
+            obj(&mut image, "config").insert(
+                "Env".into(),
+                json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]),
+            );
+        }
         let rootfs = obj(&mut image, "rootfs");
         rootfs.insert("type".into(), json!("layers"));
         arr(rootfs, "diff_ids");
@@ -218,7 +225,9 @@ impl Stage {
             ("BUILDARCH", host.architecture.clone()),
             ("BUILDVARIANT", String::new()),
         ] {
-            globals.entry(k.to_owned()).or_insert(v);
+            // The builder's values, even over a global `ARG TARGETARCH`
+            // declared without one.
+            globals.insert(k.to_owned(), v);
         }
         Self {
             image,
@@ -306,10 +315,15 @@ impl Stage {
         match step.keyword.as_str() {
             "COPY" | "ADD" => return self.copy(step, args).map(Some),
             "ARG" => {
-                let mut vars = std::mem::take(&mut self.vars);
-                let r = declare(&mut vars, args, self.escape, build_args, &self.globals);
-                self.vars = vars;
-                r?;
+                // Defaults see ENV as well as earlier ARGs.
+                let mut scope = self.scope();
+                declare(&mut scope, args, self.escape, build_args, &self.globals)?;
+                for word in split_words(args, self.escape) {
+                    let name = word.split_once('=').map_or(word.as_str(), |(n, _)| n);
+                    if let Some(v) = scope.get(name) {
+                        self.vars.insert(name.to_owned(), v.clone());
+                    }
+                }
             }
             "ENV" => {
                 for (k, v) in self.pairs("ENV", args)? {
@@ -820,6 +834,30 @@ mod tests {
         assert!(label.is_none());
         let c = s.finish(&BTreeMap::new());
         assert_eq!(c["config"]["Labels"]["p"], json!("linux/arm64/v8"));
+    }
+
+    #[test]
+    fn a_global_platform_arg_gets_the_platform_and_arg_defaults_see_env() {
+        // Regression: `ARG TARGETARCH` before FROM stored "" and won.
+        let p = Platform::parse("linux/arm64").expect("platform");
+        let globals = HashMap::from([("TARGETARCH".to_owned(), String::new())]);
+        let mut s = Stage::new(Some(&base()), &p, &globals, '\\', "t".to_owned());
+        s.apply(&step(2, "ARG TARGETARCH"), &BTreeMap::new())
+            .expect("arg");
+        s.apply(&step(3, "ARG H=$HOME/x"), &BTreeMap::new())
+            .expect("arg");
+        let copy = s
+            .apply(&step(4, "COPY app-$TARGETARCH $H"), &BTreeMap::new())
+            .expect("copy")
+            .expect("layer");
+        assert_eq!(copy.sources, ["app-arm64"]);
+        assert_eq!(copy.dest, "/root/x");
+        let scratch = Stage::new(None, &p, &HashMap::new(), '\\', "t".to_owned());
+        let c = scratch.finish(&BTreeMap::new());
+        assert_eq!(
+            c["config"]["Env"],
+            json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+        );
     }
 
     #[test]

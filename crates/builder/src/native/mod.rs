@@ -176,6 +176,28 @@ impl Native {
             None => log.line("FROM scratch"),
         }
         let bases = resolve_base(registry, plan.base.as_ref(), &requested).await?;
+        // BuildKit runs the base's ONBUILD triggers; refuse rather than
+        // silently build something else.
+        for b in &bases {
+            let triggers = b
+                .config
+                .as_ref()
+                .and_then(|c| c.get("config"))
+                .and_then(|c| c.get("OnBuild"))
+                .and_then(Value::as_array)
+                .filter(|t| !t.is_empty());
+            if let Some(t) = triggers {
+                let list: Vec<&str> = t.iter().filter_map(Value::as_str).collect();
+                return Err(Fail::Refused(rebased_core::dockerfile::DockerfileError {
+                    line: plan.from_line,
+                    reason: format!(
+                        "the base has ONBUILD triggers ({}), which the native backend does not run; {}",
+                        list.join("; "),
+                        plan::HINT
+                    ),
+                }));
+            }
+        }
         let created_at = match req.source_date_epoch {
             Some(t) => chrono::DateTime::from_timestamp(t, 0).unwrap_or_default(),
             None => chrono::Utc::now(),
@@ -217,6 +239,24 @@ impl Native {
                             .map_err(|e| refuse(format!("--chown={spec}: {e}")))?
                     }
                 };
+                if copy.sources.len() == 1
+                    && !copy.dest.ends_with('/')
+                    && !copy.sources.iter().any(|s| s.contains(['*', '?', '[']))
+                {
+                    let base_name = copy.sources[0].rsplit('/').next().unwrap_or_default();
+                    let dest_name = copy.dest.rsplit('/').next().unwrap_or_default();
+                    if base_name != dest_name
+                        && ctx
+                            .root()
+                            .join(copy.sources[0].trim_start_matches('/'))
+                            .is_file()
+                    {
+                        log.line(format!(
+                            "line {}: {} is written as the file {} (base layers are not read); if that is a directory in the base, end the destination with /",
+                            step.line, copy.sources[0], copy.dest
+                        ));
+                    }
+                }
                 let key = format!("{copy:?}{owner:?}");
                 if !layers.contains_key(&key) {
                     let made = make_layer(ctx.clone(), &copy, owner, mtime)
