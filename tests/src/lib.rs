@@ -163,11 +163,15 @@ impl Registry {
             .spawn()
             .unwrap();
         let url = format!("http://{}/v2/", self.host);
-        wait_for("the registry to answer again", Duration::from_secs(20), || {
-            reqwest::blocking::get(&url)
-                .ok()
-                .filter(|r| r.status().is_success())
-        });
+        wait_for(
+            "the registry to answer again",
+            Duration::from_secs(20),
+            || {
+                reqwest::blocking::get(&url)
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            },
+        );
     }
 
     /// The registry's own log (with its access log).

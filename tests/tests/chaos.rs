@@ -107,7 +107,10 @@ fn children_named(pid: u32, name: &str) -> Vec<u32> {
             continue;
         };
         let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
-        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
         if ppid == Some(pid) && comm == name {
             out.push(child);
         }
@@ -160,8 +163,8 @@ fn settle(
         let mut done = true;
         for i in all.as_array()? {
             let name = i["name"].as_str()?;
-            let fresh = i["state"] == "fresh"
-                && i["versions"].as_array().is_some_and(|v| v.len() == want);
+            let fresh =
+                i["state"] == "fresh" && i["versions"].as_array().is_some_and(|v| v.len() == want);
             if fresh {
                 continue;
             }
@@ -301,7 +304,10 @@ fn invariants_hold_through_crashes_and_faults() {
             for (tag, digest) in &versions {
                 let key = (name.to_owned(), tag.clone());
                 if let Some(before) = seen.insert(key, digest.clone()) {
-                    assert_eq!(&before, digest, "{name}:{tag} moved (iteration {i}, {fault:?})");
+                    assert_eq!(
+                        &before, digest,
+                        "{name}:{tag} moved (iteration {i}, {fault:?})"
+                    );
                 }
             }
             let expected: Vec<String> = (0..=i).map(|n| format!("1.0.{n}")).collect();

@@ -217,7 +217,10 @@ fn build_secrets_reach_run_steps_and_nothing_else() {
     let found = image.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
     assert!(!found, "the secret leaked into the image");
     assert!(!log.contains(SECRET), "the secret leaked into the job log");
-    assert!(!daemon.log_text().contains(SECRET), "the secret leaked into the daemon log");
+    assert!(
+        !daemon.log_text().contains(SECRET),
+        "the secret leaked into the daemon log"
+    );
     let api = format!("{}{}", daemon.get("/v1/images/app"), daemon.get("/v1/jobs"));
     assert!(!api.contains(SECRET), "the secret leaked into the API");
     let history = registry.inspect("app:1.0.0").to_string();

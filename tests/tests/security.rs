@@ -34,7 +34,13 @@ fn context(dir: &Path, name: &str, dockerfile: &str) -> std::path::PathBuf {
 fn secrets_appear_in_no_log_answer_or_error() {
     let (registry, ca) = Registry::start_secure("bot", PASSWORD);
     let host = registry.host.clone();
-    BaseMaker::new().push_secure(&registry, "base:latest", "v1", &ca, &format!("bot:{PASSWORD}"));
+    BaseMaker::new().push_secure(
+        &registry,
+        "base:latest",
+        "v1",
+        &ca,
+        &format!("bot:{PASSWORD}"),
+    );
     let work = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| {
         let p = work.path().join(name);
@@ -45,10 +51,18 @@ fn secrets_appear_in_no_log_answer_or_error() {
     let wrong = write("wrong-pw", WRONG_PASSWORD);
     let api = write("api-token", API_TOKEN);
     let hook = write("hook-token", HOOK_TOKEN);
-    let good = context(work.path(), "good", &format!("FROM {host}/base:latest\nCOPY hello /hello\n"));
+    let good = context(
+        work.path(),
+        "good",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
     // A registry that is not there, with credentials: its errors are shown.
     let dead = format!("127.0.0.1:{}", free_port());
-    let bad = context(work.path(), "bad", &format!("FROM {dead}/base:latest\nCOPY hello /hello\n"));
+    let bad = context(
+        work.path(),
+        "bad",
+        &format!("FROM {dead}/base:latest\nCOPY hello /hello\n"),
+    );
     let listen = format!("127.0.0.1:{}", free_port());
     let config = work.path().join("rebased.toml");
     fs::write(
@@ -110,7 +124,10 @@ fn secrets_appear_in_no_log_answer_or_error() {
             .unwrap();
     }
     let bad_error = daemon.get("/v1/images/bad")["bases"][0]["error"].to_string();
-    assert!(bad_error.contains(&dead), "the error names the registry: {bad_error}");
+    assert!(
+        bad_error.contains(&dead),
+        "the error names the registry: {bad_error}"
+    );
     answers += &bad_error;
     let log = daemon.log_text();
     // The state directory (ledger, logs, build scratch) holds none either.
@@ -127,7 +144,9 @@ fn secrets_appear_in_no_log_answer_or_error() {
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<u8>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -158,7 +177,11 @@ fn no_shell_runs_and_untrusted_strings_stay_arguments() {
             ".arg(\"-c\")",
             "[\"-c\",",
         ] {
-            assert!(!text.contains(shell), "{} starts a shell ({shell})", path.display());
+            assert!(
+                !text.contains(shell),
+                "{} starts a shell ({shell})",
+                path.display()
+            );
         }
     }
     // A build argument and a file name made to look like shell: they reach
@@ -167,7 +190,11 @@ fn no_shell_runs_and_untrusted_strings_stay_arguments() {
     BaseMaker::new().push(&registry, "base:latest", "v1");
     let work = tempfile::tempdir().unwrap();
     let marker = work.path().join("pwned");
-    let evil = format!("$(touch {}); `touch {}`", marker.display(), marker.display());
+    let evil = format!(
+        "$(touch {}); `touch {}`",
+        marker.display(),
+        marker.display()
+    );
     let ctx = context(
         work.path(),
         "app",
@@ -201,7 +228,10 @@ fn no_shell_runs_and_untrusted_strings_stay_arguments() {
         }
         (i["current_version"] == "1.0.0").then_some(())
     });
-    assert_eq!(registry.inspect("app:1.0.0")["Labels"]["evil"], evil.as_str());
+    assert_eq!(
+        registry.inspect("app:1.0.0")["Labels"]["evil"],
+        evil.as_str()
+    );
     assert!(!marker.exists(), "a build argument ran on the host");
     assert!(!ctx.join("pwned2").exists() && !Path::new("pwned2").exists());
 }
@@ -232,7 +262,11 @@ fn copy_cannot_reach_outside_the_context() {
     ];
     let mut tables = String::new();
     for (name, copy) in cases {
-        let ctx = context(work.path(), name, &format!("FROM {}/base:latest\n{copy}", registry.host));
+        let ctx = context(
+            work.path(),
+            name,
+            &format!("FROM {}/base:latest\n{copy}", registry.host),
+        );
         std::os::unix::fs::symlink(outside.join("secret"), ctx.join("abs")).unwrap();
         std::os::unix::fs::symlink(&outside, ctx.join("dir")).unwrap();
         tables += &image_table(name, &ctx, &format!("{}/{name}", registry.host), "");
@@ -249,13 +283,17 @@ fn copy_cannot_reach_outside_the_context() {
     for (name, _) in cases {
         let error = wait_for(&format!("{name} refused"), WAIT, || {
             let i = daemon.get(&format!("/v1/images/{name}"));
-            (i["state"] == "failing").then(|| i["last_error"].as_str().unwrap_or_default().to_owned())
+            (i["state"] == "failing")
+                .then(|| i["last_error"].as_str().unwrap_or_default().to_owned())
         });
         assert!(
             error.contains("line 2") && (error.contains("escape") || error.contains("outside")),
             "{name}: {error}"
         );
-        assert!(registry.digest(&format!("{name}:1.0.0")).is_none(), "{name} pushed");
+        assert!(
+            registry.digest(&format!("{name}:1.0.0")).is_none(),
+            "{name} pushed"
+        );
     }
 }
 
@@ -264,7 +302,11 @@ fn state_directory_and_api_socket_are_private() {
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
     let socket = work.path().join("api.sock");
-    let ctx = context(work.path(), "app", "FROM 127.0.0.1:1/base:latest\nCOPY hello /hello\n");
+    let ctx = context(
+        work.path(),
+        "app",
+        "FROM 127.0.0.1:1/base:latest\nCOPY hello /hello\n",
+    );
     let config = work.path().join("rebased.toml");
     fs::write(
         &config,
@@ -289,12 +331,16 @@ fn state_directory_and_api_socket_are_private() {
     assert_eq!(mode(&socket), 0o660, "API socket");
     let answer = wait_for("an answer on the socket", WAIT, || {
         let mut s = std::os::unix::net::UnixStream::connect(&socket).ok()?;
-        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+            .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         Some(out)
     });
-    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -464,7 +464,11 @@ mod tests {
         assert!(log.ends_with("the end"));
         // Cut again: the count adds up.
         append(&mut log, &"b".repeat(100));
-        assert!(log.starts_with(&format!("[107{CUT_SUFFIX}")), "{}", &log[..40]);
+        assert!(
+            log.starts_with(&format!("[107{CUT_SUFFIX}")),
+            "{}",
+            &log[..40]
+        );
         assert!(log.len() <= MAX_LOG + 40);
     }
 }

@@ -34,7 +34,10 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let versions = args.first().copied().unwrap_or(10_000);
     let jobs = args.get(1).copied().unwrap_or(100_000);
     let dir = tempfile::tempdir()?;

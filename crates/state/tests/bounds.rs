@@ -21,13 +21,18 @@ fn record(patch: u64) -> VersionRecord {
         version: Version::parse(&format!("1.0.{patch}")).unwrap(),
         digest: digest(patch),
         built_at: Utc::now(),
-        bases: BTreeMap::from([("docker.io/library/base:latest".to_owned(), digest(patch + 1))]),
+        bases: BTreeMap::from([(
+            "docker.io/library/base:latest".to_owned(),
+            digest(patch + 1),
+        )]),
         platforms: BTreeMap::new(),
         trigger: Trigger::Poll,
         superseded_by: None,
         superseded_at: None,
         reason: None,
-        supersedes: patch.checked_sub(1).map(|p| Version::parse(&format!("1.0.{p}")).unwrap()),
+        supersedes: patch
+            .checked_sub(1)
+            .map(|p| Version::parse(&format!("1.0.{p}")).unwrap()),
         job: Some(patch),
     }
 }
@@ -57,7 +62,11 @@ fn history_per_image_is_trimmed_to_the_newest() {
     }
     let versions = store.versions("app").unwrap();
     assert_eq!(versions.len(), KEEP_VERSIONS);
-    assert_eq!(versions[0].version.to_string(), "1.0.50", "the oldest went first");
+    assert_eq!(
+        versions[0].version.to_string(),
+        "1.0.50",
+        "the oldest went first"
+    );
     let newest = versions.last().unwrap();
     assert_eq!(newest.version.to_string(), format!("1.0.{}", total - 1));
     let image = store.image("app").unwrap().unwrap();
