@@ -14,7 +14,14 @@ use rebased_e2e::{free_port, image_table, wait_for, write_config, BaseMaker, Dae
 
 const WAIT: Duration = Duration::from_secs(180);
 
-fn publishes_with(backend: &str, env: &[(&str, &str)], work: &Path, registry: &Registry) {
+/// Builds 1.0.0 with `backend`; returns the daemon, its config and listen
+/// address.
+fn publishes_with(
+    backend: &str,
+    env: &[(&str, &str)],
+    work: &Path,
+    registry: &Registry,
+) -> (Daemon, std::path::PathBuf, String) {
     let ctx = work.join("app");
     fs::create_dir_all(&ctx).unwrap();
     fs::write(ctx.join("hello"), "hello\n").unwrap();
@@ -71,6 +78,7 @@ fn publishes_with(backend: &str, env: &[(&str, &str)], work: &Path, registry: &R
     let id = jobs[0]["id"].as_u64().unwrap();
     let log = daemon.cli(&["log", &id.to_string()]);
     assert!(log.contains("$ "), "the engine's output is captured: {log}");
+    (daemon, config, listen)
 }
 
 #[test]
@@ -78,7 +86,7 @@ fn podman_backend_builds_a_run_step() {
     let registry = Registry::start();
     BaseMaker::new().push(&registry, "base:latest", "v1");
     let work = tempfile::tempdir().unwrap();
-    publishes_with("podman", &[], work.path(), &registry);
+    let _ = publishes_with("podman", &[], work.path(), &registry);
 }
 
 #[test]
@@ -116,16 +124,39 @@ fn docker_backend_command_lines_run_through_podman() {
     );
     let storage = storage.display().to_string();
     let registries = registries.display().to_string();
-    publishes_with(
-        "docker",
-        &[
-            ("PATH", path.as_str()),
-            ("CONTAINERS_STORAGE_CONF", storage.as_str()),
-            ("CONTAINERS_REGISTRIES_CONF", registries.as_str()),
-            ("BUILDAH_ISOLATION", "chroot"),
-        ],
-        work.path(),
-        &registry,
+    let env = [
+        ("PATH", path.as_str()),
+        ("CONTAINERS_STORAGE_CONF", storage.as_str()),
+        ("CONTAINERS_REGISTRIES_CONF", registries.as_str()),
+        ("BUILDAH_ISOLATION", "chroot"),
+    ];
+    let (mut daemon, config, listen) = publishes_with("docker", &env, work.path(), &registry);
+    // docker writes labels, not manifest annotations: a crash right after
+    // the version push is still recovered by adopting the pushed tag (its
+    // labels say which bases it was built from).
+    daemon.stop();
+    let log = work.path().join("daemon.log");
+    let mut with_failpoint = env.to_vec();
+    with_failpoint.push(("REBASED_FAILPOINT", "after-version-push"));
+    let mut daemon = Daemon::start_with_env(&config, &listen, &log, &with_failpoint);
+    BaseMaker::new().push(&registry, "base:latest", "v2");
+    let status = daemon.wait_exit(WAIT);
+    assert!(!status.success(), "aborted at the failpoint");
+    let pushed = registry
+        .digest("app:1.0.1")
+        .expect("1.0.1 pushed before the crash");
+    let daemon = Daemon::start_with_env(&config, &listen, &log, &env);
+    wait_for("1.0.1 adopted", WAIT, || {
+        let i = daemon.get("/v1/images/app");
+        if i["state"] == "failing" {
+            panic!("not adopted: {}", i["last_error"]);
+        }
+        (i["current_version"] == "1.0.1").then(|| i["current_digest"].clone())
+    });
+    assert_eq!(
+        daemon.get("/v1/images/app")["current_digest"],
+        pushed.as_str(),
+        "the pushed tag was adopted, not rebuilt"
     );
 }
 

@@ -2,6 +2,7 @@
 //! layout directory (`repository = "oci:PATH"`). The ledger and the executor
 //! read and move tags through this, whichever it is.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -11,6 +12,9 @@ use rebased_core::config::Repository;
 use rebased_core::{Digest, ImageRef};
 use rebased_registry::layout::Layout;
 use rebased_registry::{RawManifest, Registry};
+
+/// An image config is read whole; refuse more.
+const MAX_CONFIG: u64 = 4 << 20;
 
 /// An image's repository.
 #[derive(Debug, Clone)]
@@ -111,6 +115,42 @@ impl Destination {
                 .manifest(tag)
                 .with_context(|| format!("reading oci:{}:{tag}", p.display())),
         }
+    }
+
+    /// What rebased recorded on a version: the manifest's annotations,
+    /// completed by its config's labels (engines such as docker write
+    /// labels only). An index has no config: its annotations alone.
+    pub async fn provenance(
+        &self,
+        registry: &Registry,
+        manifest: &RawManifest,
+    ) -> BTreeMap<String, String> {
+        let mut found = manifest.annotations();
+        if found.contains_key(rebased_builder::provenance::BASES) {
+            return found;
+        }
+        let config = serde_json::from_slice::<serde_json::Value>(&manifest.bytes)
+            .ok()
+            .and_then(|m| m.get("config")?.get("digest")?.as_str().map(str::to_owned))
+            .and_then(|d| Digest::parse(&d).ok());
+        let Some(config) = config else {
+            return found;
+        };
+        let bytes = match self {
+            Self::Registry(r) => registry.blob(r, &config, MAX_CONFIG).await.ok(),
+            Self::Layout(p) => Layout::open(p)
+                .ok()
+                .and_then(|l| l.blob(&config, MAX_CONFIG).ok()),
+        };
+        let labels: BTreeMap<String, String> = bytes
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| c.get("config")?.get("Labels").cloned())
+            .and_then(|l| serde_json::from_value(l).ok())
+            .unwrap_or_default();
+        for (k, v) in labels {
+            found.entry(k).or_insert(v);
+        }
+        found
     }
 
     /// Points `tag` at the manifest `digest`, which the destination holds.

@@ -280,7 +280,7 @@ impl Daemon {
         let digest = match existing {
             Some(d) => {
                 let manifest = repo.manifest(&registry, &version.to_string()).await?;
-                match provenance::bases_from(&manifest.annotations()) {
+                match provenance::bases_from(&repo.provenance(&registry, &manifest).await) {
                     Some(b) if b == now.digests => {
                         info!(digest = %d, "version tag already pushed with the same inputs: adopting it");
                         d

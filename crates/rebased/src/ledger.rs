@@ -54,7 +54,7 @@ impl Daemon {
         let mut records: BTreeMap<Version, VersionRecord> = BTreeMap::new();
         for v in &versions {
             let manifest = repo.manifest(&registry, &v.to_string()).await?;
-            let rec = provenance::recorded(&manifest.annotations());
+            let rec = provenance::recorded(&repo.provenance(&registry, &manifest).await);
             records.insert(
                 *v,
                 VersionRecord {
