@@ -171,6 +171,23 @@ impl Native {
             .map(|p| Platform::parse(p))
             .collect::<Result<Vec<_>, _>>()
             .map_err(step_err("platforms"))?;
+        // Everything that can be checked without the base is checked before
+        // anything is fetched: instruction arguments, chmod, ports, flags.
+        let mut dry = Stage::new(
+            None,
+            &Platform::host(),
+            &plan.globals,
+            plan.escape,
+            String::new(),
+        );
+        for step in &plan.steps {
+            dry.apply(step, &req.build_args).map_err(|reason| {
+                Fail::Refused(rebased_core::dockerfile::DockerfileError {
+                    line: step.line,
+                    reason,
+                })
+            })?;
+        }
         match &plan.base {
             Some(b) => log.line(format!("FROM {b}")),
             None => log.line("FROM scratch"),
