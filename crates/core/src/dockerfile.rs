@@ -84,6 +84,10 @@ pub struct BaseUse {
     pub reference: ImageRef,
     /// `FROM` or `COPY --from`.
     pub kind: BaseKind,
+    /// Which word of the instruction's arguments (as [`split_words`] counts
+    /// them) names the image: the image of a `FROM`, the `--from=` flag of
+    /// a `COPY`.
+    pub word: usize,
     /// The `--platform` flag after substitution, if any.
     pub platform: Option<String>,
 }
@@ -144,7 +148,9 @@ impl Dockerfile {
                     let words = split_words(&ins.args, escape);
                     let mut platform = None;
                     let mut rest = words.iter().peekable();
+                    let mut flags = 0;
                     while let Some(flag) = rest.next_if(|w| w.starts_with("--")) {
+                        flags += 1;
                         match flag.split_once('=') {
                             Some(("--platform", p)) => {
                                 platform = Some(substitute(p, &globals, escape).map_err(err)?)
@@ -178,6 +184,7 @@ impl Dockerfile {
                             line: ins.line,
                             reference,
                             kind: BaseKind::From,
+                            word: flags,
                             platform,
                         });
                     }
@@ -189,7 +196,7 @@ impl Dockerfile {
                     if !seen_from {
                         return Err(err(format!("{} before the first FROM", ins.keyword)));
                     }
-                    for word in split_words(&ins.args, escape) {
+                    for (n, word) in split_words(&ins.args, escape).into_iter().enumerate() {
                         if !word.starts_with("--") {
                             break;
                         }
@@ -206,6 +213,7 @@ impl Dockerfile {
                                     line: ins.line,
                                     reference,
                                     kind: BaseKind::CopyFrom,
+                                    word: n,
                                     platform: None,
                                 });
                             }
@@ -245,59 +253,48 @@ impl Dockerfile {
     }
 
     /// Rewrites `text` (the text this model was parsed from) so that every
-    /// base found in `digests` is used as `name@digest`. Flags, stage names
-    /// and line numbers are kept: a rewritten instruction sits on its first
-    /// line and its continuation lines become empty.
+    /// base found in `digests` is used as `name@digest`. Only the word that
+    /// names the image changes: flags, quotes, stage names and line numbers
+    /// are kept. A rewritten instruction sits on its first line and its
+    /// continuation lines become empty; heredoc bodies stay as they are.
     pub fn pin(&self, text: &str, digests: &BTreeMap<ImageRef, Digest>) -> String {
-        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        let source: Vec<&str> = text.lines().collect();
+        let mut lines: Vec<String> = source.iter().map(|l| (*l).to_owned()).collect();
+        // The replacements, by instruction: (word index, new word).
+        let mut edits: BTreeMap<usize, Vec<(usize, String)>> = BTreeMap::new();
         for u in &self.uses {
             let Some(digest) = digests.get(&u.reference) else {
                 continue;
             };
             let pinned = u.reference.pinned(digest).to_string();
-            let ins = &self.instructions[u.instruction];
-            let words = split_words(&ins.args, self.escape);
-            let rewritten: Vec<String> = match u.kind {
-                BaseKind::From => {
-                    let mut done = false;
-                    words
-                        .into_iter()
-                        .map(|w| {
-                            if !done && !w.starts_with("--") {
-                                done = true;
-                                pinned.clone()
-                            } else {
-                                w
-                            }
-                        })
-                        .collect()
-                }
-                BaseKind::CopyFrom => {
-                    // Only the --from flag changes; the rest keeps its text.
-                    let flags: Vec<String> = words
-                        .iter()
-                        .take_while(|w| w.starts_with("--"))
-                        .map(|w| {
-                            if w.starts_with("--from=") {
-                                format!("--from={pinned}")
-                            } else {
-                                w.clone()
-                            }
-                        })
-                        .collect();
-                    let rest = skip_words(&ins.args, flags.len(), self.escape);
-                    let mut v = flags;
-                    v.push(rest.to_owned());
-                    v
-                }
+            let word = match u.kind {
+                BaseKind::From => pinned,
+                BaseKind::CopyFrom => format!("--from={pinned}"),
             };
+            edits.entry(u.instruction).or_default().push((u.word, word));
+        }
+        for (idx, replacements) in edits {
+            let Some(ins) = self.instructions.get(idx) else {
+                continue;
+            };
+            // Each word as written (quotes and all), one space apart.
+            let args: Vec<&str> = words(&ins.args, self.escape)
+                .iter()
+                .enumerate()
+                .map(|(n, w)| match replacements.iter().find(|(k, _)| *k == n) {
+                    Some((_, new)) => new.as_str(),
+                    None => &ins.args[w.start..w.end],
+                })
+                .collect();
+            let args = args.join(" ");
             let first = ins.line - 1;
             if first >= lines.len() {
                 continue;
             }
-            lines[first] = format!("{} {}", ins.keyword, rewritten.join(" "));
-            let end = ins.end_line.min(lines.len());
-            for l in lines.iter_mut().take(end).skip(first + 1) {
+            lines[first] = format!("{} {args}", ins.keyword);
+            // The continuation lines, not a heredoc's body.
+            let (_, next) = logical_line(&source, first, self.escape);
+            for l in lines.iter_mut().take(next).skip(first + 1) {
                 l.clear();
             }
         }
@@ -305,6 +302,32 @@ impl Dockerfile {
         out.push('\n');
         out
     }
+}
+
+/// The logical line starting at `lines[start]`: its lines joined (without
+/// the escape characters that continue them; comment and empty lines inside
+/// it skipped), and the index of the line after it.
+fn logical_line(lines: &[&str], start: usize, escape: char) -> (String, usize) {
+    let mut logical = String::new();
+    let mut i = start;
+    while i < lines.len() {
+        let cur = lines[i].trim_end();
+        let Some(body) = cur.strip_suffix(escape) else {
+            logical.push_str(lines[i]);
+            i += 1;
+            break;
+        };
+        logical.push_str(body);
+        i += 1;
+        // Skip comment and empty lines inside a continuation.
+        while i < lines.len() && {
+            let t = lines[i].trim_start();
+            t.starts_with('#') || t.is_empty()
+        } {
+            i += 1;
+        }
+    }
+    (logical, i)
 }
 
 /// Splits the text into instructions, handling parser directives, comments,
@@ -348,28 +371,8 @@ fn split_instructions(text: &str) -> Result<(char, Vec<Instruction>), Dockerfile
             continue;
         }
         let start = i;
-        let mut logical = String::new();
-        loop {
-            let cur = lines[i].trim_end();
-            if let Some(body) = cur.strip_suffix(escape) {
-                logical.push_str(body);
-                i += 1;
-                // Skip comment and empty lines inside a continuation.
-                while i < lines.len() && {
-                    let t = lines[i].trim_start();
-                    t.starts_with('#') || t.is_empty()
-                } {
-                    i += 1;
-                }
-                if i >= lines.len() {
-                    break;
-                }
-            } else {
-                logical.push_str(lines[i]);
-                i += 1;
-                break;
-            }
-        }
+        let (logical, next) = logical_line(&lines, i, escape);
+        i = next;
         let logical = logical.trim();
         let (kw, args) = match logical.find(char::is_whitespace) {
             Some(p) => (&logical[..p], logical[p..].trim()),
@@ -466,16 +469,30 @@ fn heredoc_markers(args: &str) -> Vec<(String, bool)> {
 /// (quotes are removed, as the shell-word parser in BuildKit does; escape
 /// sequences are kept for [`substitute`] to resolve).
 pub fn split_words(args: &str, escape: char) -> Vec<String> {
+    words(args, escape).into_iter().map(|w| w.text).collect()
+}
+
+/// One word of [`split_words`] and where it stands in the arguments.
+struct Word {
+    /// Byte offset of its first character.
+    start: usize,
+    /// Byte offset just past its last character.
+    end: usize,
+    /// Its text, quotes removed.
+    text: String,
+}
+
+fn words(args: &str, escape: char) -> Vec<Word> {
     let mut out = Vec::new();
     let mut cur = String::new();
-    let mut in_word = false;
+    let mut start = None;
     let mut quote: Option<char> = None;
-    let mut chars = args.chars();
-    while let Some(c) = chars.next() {
+    let mut chars = args.char_indices();
+    while let Some((i, c)) = chars.next() {
         match quote {
             Some(q) if c == q => quote = None,
             Some(_) if c == escape => {
-                if let Some(n) = chars.next() {
+                if let Some((_, n)) = chars.next() {
                     cur.push(c);
                     cur.push(n);
                 }
@@ -483,61 +500,43 @@ pub fn split_words(args: &str, escape: char) -> Vec<String> {
             Some(_) => cur.push(c),
             None if c == '"' || c == '\'' => {
                 quote = Some(c);
-                in_word = true;
+                start.get_or_insert(i);
             }
             None if c.is_whitespace() => {
-                if in_word {
-                    out.push(std::mem::take(&mut cur));
-                    in_word = false;
+                if let Some(s) = start.take() {
+                    out.push(Word {
+                        start: s,
+                        end: i,
+                        text: std::mem::take(&mut cur),
+                    });
                 }
             }
             None if c == escape => {
-                in_word = true;
+                start.get_or_insert(i);
                 cur.push(c);
-                if let Some(n) = chars.next() {
+                if let Some((_, n)) = chars.next() {
                     cur.push(n);
                 }
             }
             None => {
-                in_word = true;
+                start.get_or_insert(i);
                 cur.push(c);
             }
         }
     }
-    if in_word {
-        out.push(cur);
+    if let Some(s) = start {
+        out.push(Word {
+            start: s,
+            end: args.len(),
+            text: cur,
+        });
     }
     out
 }
 
-/// The text after the first `n` whitespace-separated words.
-fn skip_words(args: &str, n: usize, escape: char) -> &str {
-    let mut rest = args.trim_start();
-    for _ in 0..n {
-        let mut end = rest.len();
-        let mut quote = None;
-        let mut prev_escape = false;
-        for (i, c) in rest.char_indices() {
-            if prev_escape {
-                prev_escape = false;
-                continue;
-            }
-            match quote {
-                Some(q) if c == q => quote = None,
-                Some(_) => {}
-                None if c == '"' || c == '\'' => quote = Some(c),
-                None if c == escape => prev_escape = true,
-                None if c.is_whitespace() => {
-                    end = i;
-                    break;
-                }
-                None => {}
-            }
-        }
-        rest = rest[end..].trim_start();
-    }
-    rest
-}
+/// How deep `${A:-${B:-...}}` may nest: each level is a recursive call, and
+/// a build runs on a thread with a small stack.
+const MAX_SUBSTITUTION_DEPTH: usize = 32;
 
 /// Substitutes `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
 /// `${VAR:+alt}` and `${VAR+alt}`; `<escape>$` is a literal `$`.
@@ -546,6 +545,20 @@ pub fn substitute(
     vars: &HashMap<String, String>,
     escape: char,
 ) -> Result<String, String> {
+    substitute_at(input, vars, escape, 0)
+}
+
+fn substitute_at(
+    input: &str,
+    vars: &HashMap<String, String>,
+    escape: char,
+    depth: usize,
+) -> Result<String, String> {
+    if depth > MAX_SUBSTITUTION_DEPTH {
+        return Err(format!(
+            "substitutions nested more than {MAX_SUBSTITUTION_DEPTH} deep"
+        ));
+    }
     let mut out = String::new();
     let mut chars = input.chars().peekable();
     while let Some(c) = chars.next() {
@@ -564,17 +577,17 @@ pub fn substitute(
             Some('{') => {
                 chars.next();
                 let mut body = String::new();
-                let mut depth = 1;
+                let mut braces = 1;
                 loop {
                     match chars.next() {
                         None => return Err(format!("unterminated ${{ in {input:?}")),
                         Some('{') => {
-                            depth += 1;
+                            braces += 1;
                             body.push('{');
                         }
                         Some('}') => {
-                            depth -= 1;
-                            if depth == 0 {
+                            braces -= 1;
+                            if braces == 0 {
                                 break;
                             }
                             body.push('}');
@@ -599,26 +612,26 @@ pub fn substitute(
                         if nonempty {
                             value.cloned().unwrap_or_default()
                         } else {
-                            substitute(&op[2..], vars, escape)?
+                            substitute_at(&op[2..], vars, escape, depth + 1)?
                         }
                     }
                     _ if op.starts_with('-') => {
                         if set {
                             value.cloned().unwrap_or_default()
                         } else {
-                            substitute(&op[1..], vars, escape)?
+                            substitute_at(&op[1..], vars, escape, depth + 1)?
                         }
                     }
                     _ if op.starts_with(":+") => {
                         if nonempty {
-                            substitute(&op[2..], vars, escape)?
+                            substitute_at(&op[2..], vars, escape, depth + 1)?
                         } else {
                             String::new()
                         }
                     }
                     _ if op.starts_with('+') => {
                         if set {
-                            substitute(&op[1..], vars, escape)?
+                            substitute_at(&op[1..], vars, escape, depth + 1)?
                         } else {
                             String::new()
                         }
@@ -813,5 +826,92 @@ mod tests {
         );
         let again = Dockerfile::parse(&pinned, &BTreeMap::new()).expect("pinned parses");
         assert!(again.bases().iter().all(|b| b.digest() == Some(&digest)));
+    }
+
+    /// Pins every base of `text` to [`D`] and parses the result again.
+    fn pin_all(text: &str) -> (String, Dockerfile) {
+        let df = Dockerfile::parse(text, &BTreeMap::new()).expect("parses");
+        let digest = Digest::parse(D).expect("digest");
+        let digests = df
+            .bases()
+            .into_iter()
+            .map(|b| (b, digest.clone()))
+            .collect();
+        let pinned = df.pin(text, &digests);
+        let again = match Dockerfile::parse(&pinned, &BTreeMap::new()) {
+            Ok(again) => again,
+            Err(e) => panic!("pinned text does not parse: {e}\n{pinned}"),
+        };
+        assert_eq!(pinned.lines().count(), text.lines().count());
+        let keywords = |d: &Dockerfile| {
+            d.instructions
+                .iter()
+                .map(|i| (i.line, i.keyword.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keywords(&again), keywords(&df));
+        assert!(again.bases().iter().all(|b| b.digest() == Some(&digest)));
+        (pinned, again)
+    }
+
+    /// Pinning cleared every line after a `COPY --from=image <<EOF`, the
+    /// heredoc's body and terminator included: the pinned file no longer
+    /// parsed.
+    #[test]
+    fn pin_keeps_the_heredoc_body_of_copy_from() {
+        let text = "FROM a\nCOPY --from=b <<EOF /x\nhello\nEOF\nFROM c\n";
+        let (pinned, again) = pin_all(text);
+        let lines: Vec<&str> = pinned.lines().collect();
+        assert_eq!(lines[2..4], ["hello", "EOF"]);
+        assert_eq!(again.bases().len(), 3);
+        let text = "FROM a\nCOPY --from=b \\\n  <<EOF /x\nhello\nEOF\n";
+        let (pinned, _) = pin_all(text);
+        let lines: Vec<&str> = pinned.lines().collect();
+        assert_eq!(lines[2..], ["", "hello", "EOF"]);
+    }
+
+    /// Pinning rebuilt the instruction from its unquoted words, so a quoted
+    /// word holding a space fell apart: `AS "x y"` became `AS x y` (which
+    /// does not parse) and `--chown="a b"` pushed `--from` out of the flags.
+    #[test]
+    fn pin_keeps_quoted_words_quoted() {
+        let (pinned, _) = pin_all("FROM \"a\" AS \"x y\"\n");
+        assert_eq!(pinned, format!("FROM docker.io/library/a@{D} AS \"x y\"\n"));
+        let (pinned, again) = pin_all("FROM a\nCOPY --chown=\"a b\" --from=b /x /y\n");
+        assert!(
+            pinned.contains(&format!(
+                "COPY --chown=\"a b\" --from=docker.io/library/b@{D} /x /y"
+            )),
+            "{pinned}"
+        );
+        assert_eq!(again.bases().len(), 2);
+    }
+
+    /// With two `--from=` flags, pinning wrote the last base into both.
+    #[test]
+    fn pin_rewrites_each_copy_from_flag_to_its_own_base() {
+        let (pinned, again) = pin_all("FROM a\nCOPY --from=b --from=c /x /y\n");
+        assert!(pinned.contains("library/b@"), "{pinned}");
+        assert!(pinned.contains("library/c@"), "{pinned}");
+        assert_eq!(again.bases().len(), 3);
+    }
+
+    /// Each nested `${A:-...}` was a recursive call without a bound: a
+    /// deeply nested default overflowed the stack (an abort, not an error).
+    #[test]
+    fn substitute_refuses_deep_nesting_instead_of_overflowing_the_stack() {
+        let depth = 20_000;
+        let text = format!("{}x{}", "${A:-".repeat(depth), "}".repeat(depth));
+        let e = substitute(&text, &HashMap::new(), '\\').expect_err("too deep");
+        assert!(e.contains("nested"), "{e}");
+        let e =
+            Dockerfile::parse(&format!("FROM {text}\n"), &BTreeMap::new()).expect_err("too deep");
+        assert_eq!(e.line, 1);
+        // Shallow nesting still works.
+        let shallow = format!("{}x{}", "${A:-".repeat(8), "}".repeat(8));
+        assert_eq!(
+            substitute(&shallow, &HashMap::new(), '\\').as_deref(),
+            Ok("x")
+        );
     }
 }

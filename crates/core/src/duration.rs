@@ -57,7 +57,10 @@ impl ConfigDuration {
 impl fmt::Display for ConfigDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if ms % 1000 != 0 && u64::try_from(ms).is_err() {
+            // Too many milliseconds for one number `parse` reads back.
+            write!(f, "{}s{}ms", ms / 1000, ms % 1000)
+        } else if ms % 1000 != 0 {
             write!(f, "{ms}ms")
         } else if ms % 3_600_000 == 0 && ms > 0 {
             write!(f, "{}h", ms / 3_600_000)
@@ -100,6 +103,18 @@ mod tests {
     fn refuses_garbage() {
         for bad in ["", "30", "s", "5 m", "1y", "-1s", "1.5s"] {
             assert!(ConfigDuration::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// `18446744073709551615s1ms` parsed, but printed as one number of
+    /// milliseconds too big for `parse` to read back: a config written out
+    /// (serde) did not load again.
+    #[test]
+    fn display_of_a_huge_duration_parses_back() {
+        for s in ["18446744073709551615s1ms", "8092126544273195273s934ms"] {
+            let d = ConfigDuration::parse(s).expect(s);
+            assert_eq!(d.to_string(), s);
+            assert_eq!(ConfigDuration::parse(&d.to_string()), Ok(d));
         }
     }
 

@@ -91,9 +91,6 @@ impl ImageRef {
         if name.is_empty() {
             return Err(err("empty name"));
         }
-        if name.len() > MAX_NAME_LEN {
-            return Err(err("name longer than 255 characters"));
-        }
         let (registry, path) = match name.split_once('/') {
             Some((first, path))
                 if first.contains(['.', ':'])
@@ -121,6 +118,12 @@ impl ImageRef {
         } else {
             path
         };
+        // Measured on the normalised name, as `distribution/reference` does:
+        // `alpine` is `docker.io/library/alpine`, and what is printed must
+        // parse again.
+        if registry.len() + 1 + repository.len() > MAX_NAME_LEN {
+            return Err(err("name longer than 255 characters"));
+        }
         Ok(Self {
             registry,
             repository,
@@ -361,6 +364,26 @@ mod tests {
             ImageRef::parse("quay.io/a/b").expect("valid").api_host(),
             "quay.io"
         );
+    }
+
+    /// The 255-character limit was measured on the name as written, so a
+    /// 250-character `a-...-0` parsed, printed as
+    /// `docker.io/library/a-...-0` (268 characters), and that did not parse
+    /// again. Found by the `reference` fuzz target.
+    #[test]
+    fn name_length_is_measured_after_normalisation() {
+        let long = "a".repeat(250);
+        assert!(
+            ImageRef::parse(&long).is_err(),
+            "docker.io/library/ + 250 > 255"
+        );
+        let fits = "a".repeat(255 - "docker.io/library/".len());
+        let r = ImageRef::parse(&fits).expect("fits");
+        assert_eq!(ImageRef::parse(&r.to_string()), Ok(r));
+        // `index.docker.io/` is shortened to `docker.io/`.
+        let path = format!("x/{}", "a".repeat(255 - "docker.io/x/".len()));
+        let r = ImageRef::parse(&format!("index.docker.io/{path}")).expect("fits once normalised");
+        assert_eq!(ImageRef::parse(&r.to_string()), Ok(r));
     }
 
     #[test]

@@ -61,18 +61,26 @@ impl Version {
     }
 
     /// `1.4.2` -> `1.4.3` (any revision dropped).
+    ///
+    /// A patch of `u64::MAX` (a tag anyone may push) does not overflow: the
+    /// version stays as it is, whose tag exists, so the build is refused
+    /// instead of publishing a lower version.
     pub fn next_patch(&self) -> Self {
-        Self {
-            patch: self.patch + 1,
-            revision: None,
-            ..*self
+        match self.patch.checked_add(1) {
+            Some(patch) => Self {
+                patch,
+                revision: None,
+                ..*self
+            },
+            None => *self,
         }
     }
 
-    /// `1.4.2` -> `1.4.2-r1` -> `1.4.2-r2`.
+    /// `1.4.2` -> `1.4.2-r1` -> `1.4.2-r2` (saturating, as
+    /// [`Version::next_patch`]).
     pub fn next_revision(&self) -> Self {
         Self {
-            revision: Some(self.revision.map_or(1, |r| r + 1)),
+            revision: Some(self.revision.map_or(1, |r| r.saturating_add(1))),
             ..*self
         }
     }
@@ -156,6 +164,20 @@ mod tests {
         assert_eq!(v("1.4.2-r3").next_patch(), v("1.4.3"));
         assert_eq!(v("1.4.2").next_revision(), v("1.4.2-r1"));
         assert_eq!(v("1.4.2-r1").next_revision(), v("1.4.2-r2"));
+    }
+
+    /// `0.0.18446744073709551615`, a tag anyone can push, made the bump
+    /// overflow: a panic in debug builds, a wrap to `0.0.0` in release.
+    #[test]
+    fn next_version_does_not_overflow_at_u64_max() {
+        let max = u64::MAX;
+        let top = v(&format!("1.2.{max}"));
+        assert_eq!(top.next_patch(), top);
+        // Dropping the revision would go back: 1.2.MAX < 1.2.MAX-r3.
+        let top = v(&format!("1.2.{max}-r3"));
+        assert_eq!(top.next_patch(), top);
+        let top = v(&format!("1.2.3-r{max}"));
+        assert_eq!(top.next_revision(), top);
     }
 
     #[test]

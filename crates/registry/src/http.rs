@@ -54,14 +54,13 @@ impl TokenCache {
     }
 
     fn put(&self, key: (String, String), value: String, ttl: Duration) {
+        // `Instant + Duration` panics on overflow: a TTL past what the clock
+        // can represent is simply not cached.
+        let Some(until) = Instant::now().checked_add(ttl) else {
+            return;
+        };
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        t.insert(
-            key,
-            Token {
-                value,
-                until: Instant::now() + ttl,
-            },
-        );
+        t.insert(key, Token { value, until });
     }
 }
 
@@ -480,32 +479,38 @@ async fn fetch_token(
             format!("token endpoint {realm}: response over 1 MiB"),
         ));
     }
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+    parse_token_response(&body).map_err(|e| {
         err(
             r,
             ErrorKind::Unauthorized,
-            format!("token endpoint {realm}: not JSON: {e}"),
+            format!("token endpoint {realm}: {e}"),
         )
-    })?;
+    })
+}
+
+/// Longest a bearer token is cached, whatever `expires_in` says.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// A token endpoint's JSON answer: the token (`token`, else `access_token`)
+/// and how long to cache it (`expires_in`, default 60 s, at least 10 s and
+/// at most an hour, less 5 s to renew a little early).
+pub fn parse_token_response(body: &[u8]) -> Result<(String, Duration), String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let token = v
         .get("token")
         .or_else(|| v.get("access_token"))
         .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            err(
-                r,
-                ErrorKind::Unauthorized,
-                format!("token endpoint {realm}: no token in the response"),
-            )
-        })?;
+        .ok_or_else(|| "no token in the response".to_owned())?;
     let ttl = v
         .get("expires_in")
         .and_then(|e| e.as_u64())
         .unwrap_or(60)
         .max(10);
     // Renew a little early.
-    Ok((token.to_owned(), Duration::from_secs(ttl.saturating_sub(5))))
+    let ttl = Duration::from_secs(ttl.saturating_sub(5)).min(MAX_TOKEN_TTL);
+    Ok((token.to_owned(), ttl))
 }
 
 #[cfg(test)]
@@ -566,6 +571,36 @@ mod tests {
             "past dates: now"
         );
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    /// `expires_in` near `u64::MAX` made `Instant::now() + ttl` overflow
+    /// and panic in the token cache.
+    #[test]
+    fn token_cache_survives_huge_expires_in() {
+        let body = br#"{"token":"t","expires_in":18446744073709551615}"#;
+        let (token, ttl) = parse_token_response(body).expect("parses");
+        assert_eq!(ttl, MAX_TOKEN_TTL);
+        let cache = TokenCache::default();
+        let key = ("r".to_owned(), "s".to_owned());
+        cache.put(key.clone(), token, ttl);
+        assert_eq!(cache.get(&key).as_deref(), Some("t"));
+        let other = ("r".to_owned(), "other".to_owned());
+        cache.put(other.clone(), "u".to_owned(), Duration::MAX);
+        assert_eq!(
+            cache.get(&other),
+            None,
+            "an unrepresentable expiry is not cached"
+        );
+    }
+
+    #[test]
+    fn token_responses() {
+        let (t, ttl) = parse_token_response(br#"{"access_token":"a"}"#).expect("parses");
+        assert_eq!((t.as_str(), ttl), ("a", Duration::from_secs(55)));
+        let (_, ttl) = parse_token_response(br#"{"token":"a","expires_in":1}"#).expect("parses");
+        assert_eq!(ttl, Duration::from_secs(5));
+        assert!(parse_token_response(br#"{"token":""}"#).is_err());
+        assert!(parse_token_response(b"[").is_err());
     }
 
     #[test]

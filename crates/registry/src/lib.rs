@@ -114,7 +114,9 @@ type CredsResult = Result<Option<auth::Credentials>, String>;
 /// How long credentials are reused before they are looked up again.
 const CREDS_TTL: Duration = Duration::from_secs(60);
 
-pub use http::{parse_challenge, parse_rate_limit, Challenge, Head};
+pub use http::{
+    parse_challenge, parse_rate_limit, parse_retry_after, parse_token_response, Challenge, Head,
+};
 pub use layout::{BlobWriter, Layout, LayoutError, Platform};
 
 fn http_client(

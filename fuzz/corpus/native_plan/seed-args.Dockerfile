@@ -1,0 +1,7 @@
+ARG REGISTRY=127.0.0.1:5000
+ARG VARIANT
+ARG TAG=3.20
+FROM ${REGISTRY}/base:${TAG}${VARIANT:+-$VARIANT} AS one
+ARG TAG=ignored-after-from
+FROM $REGISTRY/tools:${MISSING:-fallback}
+FROM one

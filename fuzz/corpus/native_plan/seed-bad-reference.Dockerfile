@@ -1,0 +1,2 @@
+ARG REG=Registry.Example.com
+FROM ${REG}/Team/App

@@ -1,0 +1,4 @@
+FROM scratch
+COPY hello.txt /
+CMD ["/hello"]
+HEALTHCHECK NONE
