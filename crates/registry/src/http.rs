@@ -170,6 +170,42 @@ pub async fn head(
     insecure: bool,
     creds: Option<&Credentials>,
 ) -> Result<Head, RegistryError> {
+    request(http, tokens, r, insecure, creds, false)
+        .await
+        .map(|(h, _)| h)
+}
+
+/// A manifest as fetched: its bytes (at most 4 MiB) and `Content-Type`.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The bytes, as served.
+    pub bytes: Vec<u8>,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+}
+
+/// GETs the manifest `r` names (bytes capped at 4 MiB, digest checked when
+/// `r` is pinned), authenticating as [`head`] does.
+pub async fn get_manifest(
+    http: &reqwest::Client,
+    tokens: &TokenCache,
+    r: &ImageRef,
+    insecure: bool,
+    creds: Option<&Credentials>,
+) -> Result<(Head, Fetched), RegistryError> {
+    let (head, fetched) = request(http, tokens, r, insecure, creds, true).await?;
+    let fetched = fetched.ok_or_else(|| err(r, ErrorKind::Protocol, "GET manifest: no body"))?;
+    Ok((head, fetched))
+}
+
+async fn request(
+    http: &reqwest::Client,
+    tokens: &TokenCache,
+    r: &ImageRef,
+    insecure: bool,
+    creds: Option<&Credentials>,
+    get: bool,
+) -> Result<(Head, Option<Fetched>), RegistryError> {
     let url = manifest_url(r, insecure);
     let scope = format!("repository:{}:pull", r.repository());
     let key = (r.registry().to_owned(), scope.clone());
@@ -186,8 +222,7 @@ pub async fn head(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut req = http
-            .head(&url)
+        let mut req = if get { http.get(&url) } else { http.head(&url) }
             .header("Accept", MANIFEST_MEDIA_TYPES.join(", "));
         if let Some(a) = &auth {
             req = req.header("Authorization", a);
@@ -218,6 +253,43 @@ pub async fn head(
             .and_then(|v| v.to_str().ok())
             .and_then(parse_rate_limit);
         match status.as_u16() {
+            200..=299 if get => {
+                let content_type = resp
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                if resp
+                    .content_length()
+                    .is_some_and(|l| l as usize > MAX_MANIFEST)
+                {
+                    return Err(err(r, ErrorKind::Protocol, "manifest larger than 4 MiB"));
+                }
+                let bytes = read_capped(resp, MAX_MANIFEST)
+                    .await
+                    .map_err(|e| err(r, ErrorKind::Protocol, format!("manifest: {e}")))?;
+                let digest = sha256_digest(&bytes, r)?;
+                if let Some(want) = r.digest() {
+                    if want.algorithm() == "sha256" && want != &digest {
+                        return Err(err(
+                            r,
+                            ErrorKind::Protocol,
+                            format!("the registry served a manifest with digest {digest}"),
+                        ));
+                    }
+                }
+                debug!(reference = %r, %digest, "GET manifest");
+                return Ok((
+                    Head {
+                        digest,
+                        rate_limit_remaining: rate,
+                    },
+                    Some(Fetched {
+                        bytes,
+                        content_type,
+                    }),
+                ));
+            }
             200..=299 => {
                 let header = resp
                     .headers()
@@ -231,10 +303,13 @@ pub async fn head(
                     None => get_digest(http, &url, auth.as_deref(), r).await?,
                 };
                 debug!(reference = %r, %digest, "HEAD manifest");
-                return Ok(Head {
-                    digest,
-                    rate_limit_remaining: rate,
-                });
+                return Ok((
+                    Head {
+                        digest,
+                        rate_limit_remaining: rate,
+                    },
+                    None,
+                ));
             }
             401 if !challenged => {
                 challenged = true;
@@ -387,7 +462,11 @@ async fn get_digest(
     let body = read_capped(resp, MAX_MANIFEST)
         .await
         .map_err(|e| err(r, ErrorKind::Protocol, format!("manifest: {e}")))?;
-    let hex: String = sha2::Sha256::digest(&body)
+    sha256_digest(&body, r)
+}
+
+fn sha256_digest(bytes: &[u8], r: &ImageRef) -> Result<Digest, RegistryError> {
+    let hex: String = sha2::Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();

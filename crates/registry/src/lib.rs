@@ -282,24 +282,42 @@ impl Registry {
 
     /// The manifest `reference` points at, bytes unchanged.
     pub async fn manifest(&self, reference: &ImageRef) -> Result<RawManifest, RegistryError> {
-        let oci = to_oci(reference);
-        let (bytes, digest) = self
-            .client
-            .pull_manifest_raw(&oci, &self.oci_auth(reference)?, MANIFEST_MEDIA_TYPES)
-            .await
-            .map_err(|e| classify(reference, e))?;
-        let protocol = |detail: String| RegistryError {
-            registry: reference.registry().to_owned(),
+        let host = reference.registry();
+        let fail = |kind, detail: String| RegistryError {
+            registry: host.to_owned(),
             reference: reference.to_string(),
-            kind: ErrorKind::Protocol,
+            kind,
             detail,
         };
-        let digest = Digest::parse(&digest).map_err(|e| protocol(e.to_string()))?;
-        let media_type = declared_media_type(&bytes)
-            .ok_or_else(|| protocol("manifest is not a JSON object".to_owned()))?;
+        let creds = self
+            .credentials_async(host)
+            .await
+            .map_err(|d| fail(ErrorKind::Unauthorized, d))?;
+        let http = match self.http.get(host) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(fail(ErrorKind::Unreachable, format!("TLS setup: {e}"))),
+            None => &self.default_http,
+        };
+        let insecure = self.config.get(host).is_some_and(|c| c.insecure);
+        let pool = self.permit_pool(host);
+        let _permit = pool.acquire().await;
+        // Our own GET: the body is read up to 4 MiB, never without bound.
+        let (head, fetched) =
+            http::get_manifest(http, &self.tokens, reference, insecure, creds.as_ref()).await?;
+        let media_type = declared_media_type(&fetched.bytes)
+            .or(fetched.content_type)
+            .ok_or_else(|| {
+                fail(
+                    ErrorKind::Protocol,
+                    "manifest is not a JSON object".to_owned(),
+                )
+            })?;
+        if serde_json::from_slice::<serde_json::Value>(&fetched.bytes).is_err() {
+            return Err(fail(ErrorKind::Protocol, "manifest is not JSON".to_owned()));
+        }
         Ok(RawManifest {
-            bytes: bytes.to_vec(),
-            digest,
+            bytes: fetched.bytes,
+            digest: head.digest,
             media_type,
         })
     }

@@ -348,3 +348,50 @@ async fn a_refused_blob_head_is_an_auth_error() {
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unauthorized, "{e}");
 }
+
+#[tokio::test]
+async fn a_manifest_over_4_mib_is_refused_not_buffered() {
+    // Declared too large, and too large without a Content-Length.
+    let big = format!(
+        "{{\"schemaVersion\": 2, \"pad\": \"{}\"}}",
+        "x".repeat(5 << 20)
+    );
+    let (host, _) = stub(move |n, _| {
+        Some(if n % 2 == 0 {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n{big}",
+                big.len()
+            )
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n{big}"
+            )
+        })
+    });
+    let r = registry(&host);
+    for _ in 0..2 {
+        let e = r.manifest(&reference(&host)).await.expect_err("too large");
+        assert_eq!(e.kind, ErrorKind::Protocol, "{e}");
+        assert!(
+            e.to_string().contains("4 MiB") || e.to_string().contains("larger than"),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pinned_manifest_must_hash_to_its_digest() {
+    let (host, _) = stub(|_, _| {
+        let body = r#"{"schemaVersion": 2}"#;
+        Some(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    });
+    let pinned = ImageRef::parse(&format!("{host}/base@{DIGEST}")).unwrap();
+    let e = registry(&host)
+        .manifest(&pinned)
+        .await
+        .expect_err("mismatch");
+    assert!(e.to_string().contains("digest"), "{e}");
+}
