@@ -244,6 +244,17 @@ impl Registry {
     /// `Docker-Content-Digest`), within the host's concurrency bound, with
     /// retries and rate-limit handling. For an index this is the index digest.
     pub async fn head(&self, reference: &ImageRef) -> Result<Head, RegistryError> {
+        let (creds, http, insecure) = self.endpoint(reference).await?;
+        let _permit = self.permit_pool(reference.registry()).acquire_owned().await;
+        http::head(http, &self.tokens, reference, insecure, creds.as_ref()).await
+    }
+
+    /// What our own requests to `reference`'s registry use: its
+    /// credentials, its HTTP client (CA, TLS) and whether it is plain http.
+    async fn endpoint(
+        &self,
+        reference: &ImageRef,
+    ) -> Result<(Option<auth::Credentials>, &reqwest::Client, bool), RegistryError> {
         let host = reference.registry();
         let fail = |kind, detail: String| RegistryError {
             registry: host.to_owned(),
@@ -261,9 +272,7 @@ impl Registry {
             None => &self.default_http,
         };
         let insecure = self.config.get(host).is_some_and(|c| c.insecure);
-        let pool = self.permit_pool(host);
-        let _permit = pool.acquire().await;
-        http::head(http, &self.tokens, reference, insecure, creds.as_ref()).await
+        Ok((creds, http, insecure))
     }
 
     /// The digest `reference` points at now (see [`Registry::head`]).
@@ -289,18 +298,8 @@ impl Registry {
             kind,
             detail,
         };
-        let creds = self
-            .credentials_async(host)
-            .await
-            .map_err(|d| fail(ErrorKind::Unauthorized, d))?;
-        let http = match self.http.get(host) {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => return Err(fail(ErrorKind::Unreachable, format!("TLS setup: {e}"))),
-            None => &self.default_http,
-        };
-        let insecure = self.config.get(host).is_some_and(|c| c.insecure);
-        let pool = self.permit_pool(host);
-        let _permit = pool.acquire().await;
+        let (creds, http, insecure) = self.endpoint(reference).await?;
+        let _permit = self.permit_pool(host).acquire_owned().await;
         // Our own GET: the body is read up to 4 MiB, never without bound.
         let (head, fetched) =
             http::get_manifest(http, &self.tokens, reference, insecure, creds.as_ref()).await?;

@@ -622,16 +622,7 @@ async fn publish_registry(
     let mut done: Vec<Digest> = Vec::new();
     for b in built {
         for (d, size) in &b.base_layers {
-            if done.contains(d) {
-                continue;
-            }
-            done.push(d.clone());
-            if registry
-                .blob_exists(&repo, d)
-                .await
-                .map_err(|e| err(e.to_string()))?
-            {
-                log.line(format!("base layer {d}: already in {repo}"));
+            if !missing(registry, &repo, d, &mut done, log).await? {
                 continue;
             }
             let Some(base) = base else { continue };
@@ -655,16 +646,7 @@ async fn publish_registry(
             }
         }
         for d in &b.own_layers {
-            if done.contains(d) {
-                continue;
-            }
-            done.push(d.clone());
-            if registry
-                .blob_exists(&repo, d)
-                .await
-                .map_err(|e| err(e.to_string()))?
-            {
-                log.line(format!("layer {d}: already in {repo}, not uploaded"));
+            if !missing(registry, &repo, d, &mut done, log).await? {
                 continue;
             }
             let data = own
@@ -734,6 +716,29 @@ async fn publish_registry(
     ));
     info!(target = %target, %digest, uploaded, "native build pushed");
     Ok(digest)
+}
+
+/// Whether blob `d` still has to reach `repo`: not met earlier in this
+/// publish (platforms share layers) and not already there.
+async fn missing(
+    registry: &Registry,
+    repo: &ImageRef,
+    d: &Digest,
+    done: &mut Vec<Digest>,
+    log: &Log,
+) -> Result<bool, Fail> {
+    if done.contains(d) {
+        return Ok(false);
+    }
+    done.push(d.clone());
+    let there = registry
+        .blob_exists(repo, d)
+        .await
+        .map_err(|e| Fail::Step("push".to_owned(), e.to_string()))?;
+    if there {
+        log.line(format!("layer {d}: already in {repo}, not uploaded"));
+    }
+    Ok(!there)
 }
 
 /// Publishes into an OCI image layout: every blob is stored in it (base
