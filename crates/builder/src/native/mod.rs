@@ -196,23 +196,8 @@ impl Native {
         // BuildKit runs the base's ONBUILD triggers; refuse rather than
         // silently build something else.
         for b in &bases {
-            let triggers = b
-                .config
-                .as_ref()
-                .and_then(|c| c.get("config"))
-                .and_then(|c| c.get("OnBuild"))
-                .and_then(Value::as_array)
-                .filter(|t| !t.is_empty());
-            if let Some(t) = triggers {
-                let list: Vec<&str> = t.iter().filter_map(Value::as_str).collect();
-                return Err(Fail::Refused(rebased_core::dockerfile::DockerfileError {
-                    line: plan.from_line,
-                    reason: format!(
-                        "the base has ONBUILD triggers ({}), which the native backend does not run; {}",
-                        list.join("; "),
-                        plan::HINT
-                    ),
-                }));
+            if let Some(e) = onbuild_refusal(b.config.as_ref(), plan.from_line) {
+                return Err(Fail::Refused(e));
             }
         }
         let created_at = match req.source_date_epoch {
@@ -385,6 +370,28 @@ fn index_bytes(built: &[Built], annotations: &BTreeMap<String, String>) -> Vec<u
         "annotations": annotations,
     }))
     .unwrap_or_default()
+}
+
+/// The refusal of a base whose config has `ONBUILD` triggers (BuildKit
+/// would run them; the native backend cannot).
+fn onbuild_refusal(
+    config: Option<&Value>,
+    from_line: usize,
+) -> Option<rebased_core::dockerfile::DockerfileError> {
+    let triggers = config?
+        .get("config")?
+        .get("OnBuild")?
+        .as_array()
+        .filter(|t| !t.is_empty())?;
+    let list: Vec<&str> = triggers.iter().filter_map(Value::as_str).collect();
+    Some(rebased_core::dockerfile::DockerfileError {
+        line: from_line,
+        reason: format!(
+            "the base has ONBUILD triggers ({}), which the native backend does not run; {}",
+            list.join("; "),
+            plan::HINT
+        ),
+    })
 }
 
 /// Docker media types of base layers, as OCI names them (same bytes).
@@ -808,4 +815,37 @@ async fn publish_layout(
     let _ = write!(text, "wrote {}:{tag} {digest}", path.display());
     log.line(text);
     Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_with_onbuild_triggers_is_refused_at_its_from_line() {
+        let with = json!({"config": {"OnBuild": ["RUN npm ci", "COPY . /app"]}});
+        let e = onbuild_refusal(Some(&with), 3).expect("refused");
+        assert_eq!(e.line, 3);
+        assert!(e.reason.contains("RUN npm ci; COPY . /app"), "{}", e.reason);
+        assert!(e.reason.contains("buildah"), "{}", e.reason);
+        for fine in [
+            json!({"config": {"OnBuild": []}}),
+            json!({"config": {"OnBuild": null}}),
+            json!({"config": {}}),
+        ] {
+            assert!(onbuild_refusal(Some(&fine), 1).is_none(), "{fine}");
+        }
+        assert!(onbuild_refusal(None, 1).is_none());
+    }
+
+    #[test]
+    fn docker_layer_types_are_named_as_oci_names_them() {
+        let d = oci_layer(
+            json!({"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": "sha256:x", "size": 1}),
+        );
+        assert_eq!(d["mediaType"], OCI_LAYER_GZIP);
+        assert_eq!(d["digest"], "sha256:x");
+        let z = json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd"});
+        assert_eq!(oci_layer(z.clone()), z);
+    }
 }
