@@ -2,14 +2,15 @@
 # Runs the whole test suite, installing what the tests need on Debian first:
 # docker-registry (the real registry), buildah and podman (the real
 # builders; podman also stands in for the docker CLI), skopeo (to check what
-# was pushed), busybox-static (the test base images), and
-# systemd (systemd-analyze checks the unit), and schemathesis from PyPI
+# was pushed), busybox-static (the test base images),
+# systemd (systemd-analyze checks the unit), wrk (the benchmark harness's
+# quick run loads the API), and schemathesis from PyPI
 # (API fuzzing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for pkg in docker-registry buildah podman skopeo busybox-static systemd; do
+for pkg in docker-registry buildah podman skopeo busybox-static systemd wrk; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -109,8 +109,8 @@ impl Backend for Daemon {
     fn bases(&self) -> Result<Vec<BaseView>, ApiError> {
         let mut dependents: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for image in &self.cfg().image {
-            if let Ok(plan) = self.plan(image) {
-                for b in plan.bases {
+            if let Ok(bases) = self.image_bases(image) {
+                for b in bases.iter() {
                     dependents
                         .entry(b.to_string())
                         .or_default()
@@ -295,10 +295,9 @@ impl Daemon {
             .and_then(|c| versions.iter().find(|v| v.version == c))
             .map(|v| v.digest.clone());
         let mut pending = false;
-        let bases = match self.plan(image) {
-            Ok(plan) => plan
-                .bases
-                .into_iter()
+        let bases = match self.image_bases(image) {
+            Ok(bases) => bases
+                .iter()
                 .map(|r| {
                     let key = r.to_string();
                     let rec = self.store.base(&key).ok().flatten();

@@ -71,7 +71,6 @@ fn check_layouts(cfg: &Config) -> std::result::Result<(), String> {
     Ok(())
 }
 
-
 /// A Dockerfile read and parsed, with its text.
 pub struct ParsedDockerfile {
     /// The text as read.

@@ -79,6 +79,63 @@ pub struct Daemon {
     pub heartbeat: std::sync::atomic::AtomicI64,
     /// Set on SIGTERM: no new jobs, checks or webhooks are taken.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// The bases of each Dockerfile, reused while the file is unchanged.
+    plans: Mutex<PlanCache>,
+    /// Images whose Dockerfile could not be read or parsed at the last look
+    /// (marked failing for that): a round decides them again once it can.
+    /// The first round after a start or a reload decides every image.
+    pub bad_plans: Mutex<std::collections::HashSet<String>>,
+}
+
+/// The bases of each image's Dockerfile, by image name (within one config
+/// an image names one Dockerfile and one set of build args; a reload
+/// empties the cache), each with the file's identity (inode, size, mtime,
+/// ctime) when it was read: a poll cycle, a webhook and `GET /v1/images`
+/// look at every image's bases, and re-reading and re-parsing thousands of
+/// unchanged files each time was most of their cost. A changed file is
+/// read again. Equal base lists are shared (`interned`): thousands of
+/// images usually have a few dozen distinct bases.
+#[derive(Default)]
+struct PlanCache {
+    entries: std::collections::HashMap<String, CachedBases>,
+    interned: std::collections::HashSet<Arc<[ImageRef]>>,
+}
+
+/// One Dockerfile's bases, the file's stamp, and when the stamp was last
+/// compared with the file.
+struct CachedBases {
+    stamp: FileStamp,
+    verified: std::time::Instant,
+    bases: Arc<[ImageRef]>,
+}
+
+/// A cached entry younger than this is used without looking at the file:
+/// one poll round (its schedule, then its decisions) or one API request
+/// looks at each file once, not several times.
+const PLAN_VERIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What tells a file changed without reading it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    dev: u64,
+    len: u64,
+    mtime: Option<std::time::SystemTime>,
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            ino: m.ino(),
+            dev: m.dev(),
+            len: m.len(),
+            mtime: m.modified().ok(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 /// Entry point of `run` and `once`.
@@ -227,6 +284,8 @@ async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Res
         notifier: crate::notify::Notifier::from_env(),
         heartbeat: std::sync::atomic::AtomicI64::new(Utc::now().timestamp()),
         stopping: std::sync::atomic::AtomicBool::new(false),
+        plans: Mutex::new(PlanCache::default()),
+        bad_plans: Mutex::new(std::collections::HashSet::new()),
         config: std::sync::RwLock::new(Arc::new(cfg)),
     });
     info!(config = %config_file.display(), images = daemon.cfg().image.len(), order = ?graph.order(), "rebased starting");
@@ -476,9 +535,10 @@ impl Daemon {
             *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
         }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+        *lock(&self.plans) = PlanCache::default();
     }
 
-    /// Reads and parses an image's Dockerfile.
+    /// Reads and parses an image's Dockerfile (for a build: always read now).
     pub fn plan(&self, image: &ImageConfig) -> Result<Plan> {
         let p = config::read_dockerfile(&image.dockerfile_path(), &image.build_args)?;
         let bases = p.model.bases();
@@ -487,6 +547,52 @@ impl Daemon {
             model: p.model,
             bases,
         })
+    }
+
+    /// An image's bases (`FROM`s and `COPY --from`s of external images):
+    /// from the cache while its Dockerfile is unchanged (same inode, size,
+    /// mtime and ctime; looked at once per [`PLAN_VERIFY_EVERY`]), else read
+    /// and parsed now. Errors are not cached.
+    pub fn image_bases(&self, image: &ImageConfig) -> Result<Arc<[ImageRef]>> {
+        let name = image.name.as_str();
+        if let Some(c) = lock(&self.plans).entries.get(name) {
+            if c.verified.elapsed() < PLAN_VERIFY_EVERY {
+                return Ok(Arc::clone(&c.bases));
+            }
+        }
+        let path = image.dockerfile_path();
+        let stamp = FileStamp::of(&path);
+        if let Some(stamp) = stamp {
+            if let Some(c) = lock(&self.plans).entries.get_mut(name) {
+                if c.stamp == stamp {
+                    c.verified = std::time::Instant::now();
+                    return Ok(Arc::clone(&c.bases));
+                }
+            }
+        }
+        let p = config::read_dockerfile(&path, &image.build_args)?;
+        let bases = p.model.bases();
+        let mut cache = lock(&self.plans);
+        let bases = match cache.interned.get(bases.as_slice()) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<[ImageRef]> = bases.into();
+                cache.interned.insert(Arc::clone(&shared));
+                shared
+            }
+        };
+        // Stamped before the read: a write during the read is seen next time.
+        if let Some(stamp) = stamp {
+            cache.entries.insert(
+                name.to_owned(),
+                CachedBases {
+                    stamp,
+                    verified: std::time::Instant::now(),
+                    bases: Arc::clone(&bases),
+                },
+            );
+        }
+        Ok(bases)
     }
 
     /// An image's inputs from the settled base digests in the store; `Err`

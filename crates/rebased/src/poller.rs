@@ -21,6 +21,14 @@ use tracing::{error, info, warn};
 
 use crate::daemon::{lock, version_inputs, Daemon};
 
+/// How long a webhook's check waits for the registry to finish writing
+/// the tag it announced (and for further deliveries to join the round).
+const WEBHOOK_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// When a webhook's check still finds the digest unchanged, the reference
+/// is checked once more after this long.
+const WEBHOOK_RECHECK: chrono::Duration = chrono::Duration::milliseconds(250);
+
 /// An immediate check: of these references, or of every base.
 #[derive(Debug, Clone)]
 pub struct CheckRequest {
@@ -46,6 +54,7 @@ pub async fn run(
     let mut evaluate_all = false;
     let pulse = crate::notify::watchdog_interval().unwrap_or(std::time::Duration::from_secs(3600));
     loop {
+        let began = std::time::Instant::now();
         let now = Utc::now();
         let tz: Tz = daemon.cfg().daemon.timezone.parse().unwrap_or(Tz::UTC);
         let specs = schedules(&daemon);
@@ -83,6 +92,12 @@ pub async fn run(
             }
             first = false;
             trigger = Trigger::Poll;
+            info!(
+                bases = due.len(),
+                images = daemon.cfg().image.len(),
+                elapsed_ms = began.elapsed().as_secs_f64() * 1000.0,
+                "poll round finished"
+            );
         }
         let wake = next.values().min().copied();
         lock(&daemon.runtime).next_poll = wake;
@@ -99,12 +114,31 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             req = checks.recv() => {
                 if let Some(req) = req {
-                    trigger = req.trigger;
-                    evaluate_all |= req.all;
-                    forced = Some(match req.references {
-                        Some(refs) => refs.into_iter().collect(),
-                        None => specs.keys().cloned().collect(),
-                    });
+                    let mut reqs = vec![req];
+                    if reqs[0].trigger == Trigger::Webhook {
+                        // distribution notifies before it has written the tag
+                        // (and a multi-platform push notifies many times):
+                        // give the registry a moment, and take whatever else
+                        // arrives meanwhile into the same round.
+                        tokio::time::sleep(WEBHOOK_DELAY).await;
+                        while let Ok(more) = checks.try_recv() {
+                            reqs.push(more);
+                        }
+                    }
+                    trigger = reqs
+                        .iter()
+                        .map(|r| r.trigger)
+                        .find(|t| *t == Trigger::Webhook)
+                        .unwrap_or(reqs[0].trigger);
+                    let mut refs: BTreeSet<ImageRef> = BTreeSet::new();
+                    for req in reqs {
+                        evaluate_all |= req.all;
+                        match req.references {
+                            Some(r) => refs.extend(r),
+                            None => refs.extend(specs.keys().cloned()),
+                        }
+                    }
+                    forced = Some(refs);
                 }
             }
             _ = shutdown.cancelled() => break,
@@ -121,14 +155,14 @@ pub fn watched(daemon: &Daemon) -> BTreeSet<ImageRef> {
 fn schedules(daemon: &Daemon) -> BTreeMap<ImageRef, Vec<CronSpec>> {
     let mut out: BTreeMap<ImageRef, Vec<CronSpec>> = BTreeMap::new();
     for image in &daemon.cfg().image {
-        let Ok(plan) = daemon.plan(image) else {
+        let Ok(bases) = daemon.image_bases(image) else {
             continue;
         };
         let spec = image
             .poll
             .clone()
             .unwrap_or_else(|| daemon.cfg().daemon.poll.clone());
-        for base in plan.bases.into_iter().filter(|b| b.digest().is_none()) {
+        for base in bases.iter().filter(|b| b.digest().is_none()).cloned() {
             let specs = out.entry(base).or_default();
             if !specs.contains(&spec) {
                 specs.push(spec.clone());
@@ -188,6 +222,12 @@ pub async fn round(
                     pending: rec.pending.clone(),
                 };
                 match watch.observe(seen, now, daemon.settle()) {
+                    Observation::Unchanged if trigger == Trigger::Webhook => {
+                        // A registry may notify before it has moved the tag
+                        // (distribution emits the push event, then writes the
+                        // tag): look once more shortly.
+                        rechecks.insert(check.reference.clone(), now + WEBHOOK_RECHECK);
+                    }
                     Observation::Unchanged => {}
                     Observation::First(d) => {
                         rec.changed_at.get_or_insert(now);
@@ -237,24 +277,16 @@ pub async fn round(
 
     for image in &daemon.cfg().image {
         let name = image.name.as_str();
-        let plan = match daemon.plan(image) {
-            Ok(p) => p,
+        let bases = match daemon.image_bases(image) {
+            Ok(b) => b,
             Err(e) => {
                 mark_failing(daemon, name, &format!("{e:#}"));
                 continue;
             }
         };
-        let touched: Vec<&ImageRef> = plan
-            .bases
-            .iter()
-            .filter(|b| changed.contains_key(*b))
-            .collect();
-        let was_bad_plan = daemon
-            .store
-            .image(name)
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.state == ImageState::Failing && r.failed_inputs.is_none());
+        let touched: Vec<&ImageRef> = bases.iter().filter(|b| changed.contains_key(*b)).collect();
+        // Its Dockerfile could not be read before and can now: decide it.
+        let was_bad_plan = lock(&daemon.bad_plans).remove(name);
         if !all && touched.is_empty() && !was_bad_plan {
             continue;
         }
@@ -278,7 +310,7 @@ pub async fn round(
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        evaluate(daemon, image, &plan.bases, trigger, &detail).await;
+        evaluate(daemon, image, &bases, trigger, &detail).await;
     }
     rechecks
 }
@@ -351,6 +383,7 @@ pub async fn evaluate(
 }
 
 fn mark_failing(daemon: &Daemon, name: &str, error: &str) {
+    lock(&daemon.bad_plans).insert(name.to_owned());
     let current = daemon.store.image(name).ok().flatten();
     if current
         .as_ref()

@@ -1,0 +1,221 @@
+//! `rebased-bench`: the cost of watching and rebuilding, measured against
+//! the simplest peer (issue 9). It starts Debian's real `docker-registry`
+//! and the real `rebased` release binary (`target/release/rebased`, or
+//! `$REBASED_BIN`) and runs six scenarios:
+//!
+//! 1. `fanin`: fan-in polling over fleets of images sharing bases;
+//! 2. `peer`: the same images checked by a shell loop of `skopeo inspect`;
+//! 3. `webhook`: the registry's notification -> the job running;
+//! 4. `rebuild`: a rebuild after a base update, native vs buildah;
+//! 5. `api`: `GET /v1/status` and `/v1/images` under `wrk`;
+//! 6. `idle`: CPU and RSS of a daemon with nothing changing.
+//!
+//! Each figure is printed with its method; `--json FILE` writes them all.
+
+mod fleet;
+mod harness;
+mod scenarios;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use serde_json::{json, Value};
+
+/// Every scenario, in the order they run.
+const SCENARIOS: &[&str] = &["fanin", "peer", "webhook", "rebuild", "api", "idle"];
+
+/// The benchmark harness of rebased.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// CI sizes: every scenario in seconds, not minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Scenarios to run, comma-separated (fanin, peer, webhook, rebuild,
+    /// api, idle); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// The peer loop runs over at most this many images per fleet and is
+    /// scaled to the fleet (default: 1000; --quick: every image).
+    #[arg(long)]
+    peer_sample: Option<usize>,
+    /// Fleets as IMAGESxBASES, comma-separated (default: 1000x10,
+    /// 1000x100, 10000x10, 10000x100; --quick: 100x5).
+    #[arg(long, value_delimiter = ',')]
+    fleets: Vec<String>,
+    /// Poll cycles measured per fleet (default 5; --quick: 2).
+    #[arg(long)]
+    cycles: Option<usize>,
+    /// Webhook pushes (default 200; --quick: 5).
+    #[arg(long)]
+    pushes: Option<usize>,
+    /// Idle window in seconds (default 60; --quick: 3).
+    #[arg(long)]
+    idle_seconds: Option<u64>,
+}
+
+/// The sizes of one run.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// (images, bases) of each fan-in fleet.
+    pub fleets: Vec<(usize, usize)>,
+    /// Poll cycles measured per fleet.
+    pub cycles: usize,
+    /// Images of the peer loop per fleet, at most.
+    pub peer_sample: usize,
+    /// Webhook pushes.
+    pub pushes: usize,
+    /// Rebuild context: (files, bytes).
+    pub payload: (usize, usize),
+    /// Rebuilds per backend.
+    pub rebuilds: usize,
+    /// Images for the API scenario.
+    pub api_images: usize,
+    /// wrk duration per path.
+    pub wrk_seconds: u64,
+    /// wrk connections.
+    pub wrk_connections: u32,
+    /// Images for the idle scenario.
+    pub idle_images: usize,
+    /// The idle window.
+    pub idle_seconds: u64,
+}
+
+impl Sizes {
+    fn full() -> Self {
+        Self {
+            fleets: vec![(1000, 10), (1000, 100), (10_000, 10), (10_000, 100)],
+            cycles: 5,
+            peer_sample: 1000,
+            pushes: 200,
+            payload: (2000, 50 << 20),
+            rebuilds: 3,
+            api_images: 1000,
+            wrk_seconds: 10,
+            wrk_connections: 32,
+            idle_images: 1000,
+            idle_seconds: 60,
+        }
+    }
+
+    fn quick() -> Self {
+        Self {
+            fleets: vec![(100, 5)],
+            cycles: 2,
+            peer_sample: usize::MAX,
+            pushes: 5,
+            payload: (50, 2 << 20),
+            rebuilds: 1,
+            api_images: 100,
+            wrk_seconds: 1,
+            wrk_connections: 8,
+            idle_images: 100,
+            idle_seconds: 3,
+        }
+    }
+}
+
+fn parse_fleet(s: &str) -> Result<(usize, usize)> {
+    let Some((i, b)) = s.split_once('x') else {
+        bail!("a fleet is IMAGESxBASES, not {s:?}");
+    };
+    let (i, b): (usize, usize) = (i.trim().parse()?, b.trim().parse()?);
+    if i == 0 || b == 0 {
+        bail!("a fleet needs images and bases: {s:?}");
+    }
+    Ok((i, b))
+}
+
+fn run(args: Args) -> Result<Value> {
+    let mut sizes = if args.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    if !args.fleets.is_empty() {
+        sizes.fleets = args
+            .fleets
+            .iter()
+            .map(|f| parse_fleet(f))
+            .collect::<Result<_>>()?;
+    }
+    if let Some(n) = args.peer_sample {
+        sizes.peer_sample = n;
+    }
+    if let Some(n) = args.cycles {
+        sizes.cycles = n.max(1);
+    }
+    if let Some(n) = args.pushes {
+        sizes.pushes = n.max(1);
+    }
+    if let Some(n) = args.idle_seconds {
+        sizes.idle_seconds = n.max(1);
+    }
+    let selected: BTreeSet<String> = if args.only.is_empty() {
+        SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        args.only.iter().map(|s| s.trim().to_owned()).collect()
+    };
+    if let Some(bad) = selected.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+        bail!("unknown scenario {bad:?}; known: {}", SCENARIOS.join(", "));
+    }
+    let bin = harness::rebased_bin()?;
+    let machine = harness::machine();
+    println!("rebased-bench: {}", bin.display());
+    println!(
+        "machine: {} cores, {} GiB, {}, load average {}",
+        machine["nproc"], machine["memory_gib"], machine["cpu"], machine["load_average_at_start"]
+    );
+    let mut results = serde_json::Map::new();
+    results.insert("machine".to_owned(), machine);
+    results.insert("quick".to_owned(), json!(args.quick));
+    let has = |s: &str| selected.contains(s);
+    if has("fanin") || has("peer") {
+        let v = scenarios::fan_in(&sizes, has("fanin"), has("peer"))?;
+        results.insert("fanin".to_owned(), v);
+    }
+    if has("webhook") {
+        results.insert("webhook".to_owned(), scenarios::webhook(&sizes)?);
+    }
+    if has("rebuild") {
+        results.insert("rebuild".to_owned(), scenarios::rebuild(&sizes)?);
+    }
+    if has("api") {
+        results.insert("api".to_owned(), scenarios::api(&sizes)?);
+    }
+    if has("idle") {
+        results.insert("idle".to_owned(), scenarios::idle(&sizes)?);
+    }
+    results.insert(
+        "load_average_at_end".to_owned(),
+        json!(harness::load_average()),
+    );
+    Ok(Value::Object(results))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let json_path = args.json.clone();
+    match run(args) {
+        Ok(results) => {
+            if let Some(path) = json_path {
+                let text = serde_json::to_string_pretty(&results).unwrap_or_default();
+                if let Err(e) = std::fs::write(&path, text) {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The harness cannot rot: `rebased-bench --quick` runs every scenario at
+//! CI sizes against the real registry and the real binary, and each
+//! scenario must produce its figures. Timings are not asserted; behaviour
+//! is (one manifest request per base per cycle, no layer bytes uploaded by
+//! a native rebuild, one build per webhook push).
+
+#![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The `rebased` binary of this build (built if missing).
+fn rebased_bin() -> PathBuf {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_rebased-bench"));
+    let bin = bench.parent().unwrap().join("rebased");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "rebased", "--bin", "rebased"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build -p rebased failed");
+    }
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
+
+fn finite(v: &Value) -> bool {
+    v.as_f64().is_some_and(f64::is_finite)
+}
+
+#[test]
+fn every_scenario_produces_its_figures() {
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("bench.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_rebased-bench"))
+        .arg("--quick")
+        .arg("--json")
+        .arg(&json)
+        .env("REBASED_BIN", rebased_bin())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "rebased-bench --quick failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+
+    // 1. Fan-in: exactly one manifest request per base per cycle.
+    let fleet = &r["fanin"][0];
+    let bases = fleet["bases"].as_u64().unwrap();
+    let images = fleet["images"].as_u64().unwrap();
+    let per_cycle = fleet["manifest_requests_per_cycle"].as_array().unwrap();
+    assert!(!per_cycle.is_empty(), "{fleet}");
+    for n in per_cycle {
+        assert_eq!(
+            n.as_u64(),
+            Some(bases),
+            "manifest requests per cycle: {fleet}"
+        );
+    }
+    assert!(finite(&fleet["cycle_wall_ms_median"]), "{fleet}");
+    assert!(fleet["peak_rss_mib"].as_f64().unwrap() > 0.0, "{fleet}");
+
+    // 2. The peer: one skopeo inspect per image, at least a manifest each.
+    let peer = &fleet["peer"];
+    assert!(
+        peer["manifest_requests_per_cycle"].as_f64().unwrap() >= images as f64,
+        "{peer}"
+    );
+    assert!(
+        finite(&peer["wall_s"]) && finite(&peer["requests_ratio"]),
+        "{peer}"
+    );
+
+    // 3. Webhook: every push became one successful build, each measured.
+    let hook = &r["webhook"];
+    assert_eq!(hook["jobs_measured"], hook["pushes"], "{hook}");
+    assert_eq!(hook["failed_builds"].as_u64(), Some(0), "{hook}");
+    assert!(finite(&hook["p50_ms"]) && finite(&hook["p99_ms"]), "{hook}");
+
+    // 4. Rebuild: the native backend uploads no layer bytes; both publish.
+    let rebuild = &r["rebuild"];
+    for run in rebuild["native"]["rebuilds"].as_array().unwrap() {
+        assert_eq!(run["new_layer_bytes"].as_u64(), Some(0), "{rebuild}");
+        assert_eq!(
+            run["log_layer_bytes_uploaded"].as_u64(),
+            Some(0),
+            "{rebuild}"
+        );
+    }
+    for backend in ["native", "buildah"] {
+        assert!(
+            finite(&rebuild[backend]["decision_to_published_s_median"]),
+            "{rebuild}"
+        );
+    }
+
+    // 5. API: both paths answered under load, without errors.
+    for path in ["/v1/status", "/v1/images"] {
+        let a = &r["api"][path];
+        assert!(a["requests_per_s"].as_f64().unwrap() > 0.0, "{a}");
+        assert_eq!(a["errors"].as_u64(), Some(0), "{path}: {a}");
+        assert!(finite(&a["p99_ms"]), "{a}");
+    }
+
+    // 6. Idle: CPU and RSS measured.
+    let idle = &r["idle"];
+    assert!(finite(&idle["cpu_percent"]), "{idle}");
+    assert!(idle["rss_mib_max"].as_f64().unwrap() > 0.0, "{idle}");
+}
