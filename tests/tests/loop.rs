@@ -74,10 +74,10 @@ tags = ["{{major}}.{{minor}}", "latest"]
         (current_version(&daemon).as_deref() == Some("1.0.0")).then_some(())
     });
     let v100 = registry.digest("app:1.0.0").expect("1.0.0 pushed");
-    assert_eq!(
-        registry.digest("app:latest").as_deref(),
-        Some(v100.as_str())
-    );
+    // Floating tags move right after the version is recorded.
+    wait_for("latest on 1.0.0", WAIT, || {
+        (registry.digest("app:latest").as_deref() == Some(v100.as_str())).then_some(())
+    });
 
     // Upstream moves.
     let d2 = bases.push(&registry, "base:latest", "v2");
@@ -114,11 +114,10 @@ tags = ["{{major}}.{{minor}}", "latest"]
 
     let v101 = registry.digest("app:1.0.1").unwrap();
     assert_ne!(v100, v101);
-    assert_eq!(
-        registry.digest("app:latest").as_deref(),
-        Some(v101.as_str()),
-        "latest moved"
-    );
+    // `latest` is the last floating tag to move.
+    wait_for("latest moved to 1.0.1", WAIT, || {
+        (registry.digest("app:latest").as_deref() == Some(v101.as_str())).then_some(())
+    });
     assert_eq!(
         registry.digest("app:1.0").as_deref(),
         Some(v101.as_str()),
