@@ -337,19 +337,7 @@ impl Store {
 
     /// Every version of image `name`, oldest first.
     pub fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, StateError> {
-        let what = format!("versions of {name}");
-        let mut prefix = name.as_bytes().to_vec();
-        prefix.push(0);
-        self.versions
-            .scan_prefix(&prefix)
-            .map(|kv| {
-                let (_, v) = kv.map_err(|source| StateError::Db {
-                    what: what.clone(),
-                    source,
-                })?;
-                decode(&v, &what)
-            })
-            .collect()
+        of_image(&self.versions, name, &format!("versions of {name}"))
     }
 
     /// One version of image `name`.
@@ -439,10 +427,8 @@ impl Store {
             what: what.clone(),
             source,
         };
-        let mut prefix = name.as_bytes().to_vec();
-        prefix.push(0);
         let keys: Vec<sled::IVec> = tree
-            .scan_prefix(&prefix)
+            .scan_prefix(image_prefix(name))
             .keys()
             .collect::<Result<_, _>>()
             .map_err(db)?;
@@ -495,8 +481,7 @@ impl Store {
     /// `rollback`), and the image is held.
     pub fn rollback(&self, name: &str, event: &RollbackEvent) -> Result<(), StateError> {
         let what = format!("rollback {name} to {}", event.to);
-        let mut key = name.as_bytes().to_vec();
-        key.push(0);
+        let mut key = image_prefix(name);
         key.extend_from_slice(&event.at.timestamp_micros().to_be_bytes());
         let event_bytes = encode(event, &what)?;
         let result = (&self.images, &self.versions, &self.rollbacks).transaction(
@@ -545,19 +530,7 @@ impl Store {
 
     /// Every rollback of image `name`, oldest first.
     pub fn rollbacks(&self, name: &str) -> Result<Vec<RollbackEvent>, StateError> {
-        let what = format!("rollbacks of {name}");
-        let mut prefix = name.as_bytes().to_vec();
-        prefix.push(0);
-        self.rollbacks
-            .scan_prefix(&prefix)
-            .map(|kv| {
-                let (_, v) = kv.map_err(|source| StateError::Db {
-                    what: what.clone(),
-                    source,
-                })?;
-                decode(&v, &what)
-            })
-            .collect()
+        of_image(&self.rollbacks, name, &format!("rollbacks of {name}"))
     }
 
     /// Replaces the ledger of image `name` with `versions` read from the
@@ -626,9 +599,33 @@ impl Store {
 }
 
 /// Keys sort by image, then numerically by version.
-fn version_key(name: &str, v: &Version) -> Vec<u8> {
+/// Keys of an image's entries (versions, rollbacks) start with its name
+/// and a NUL.
+fn image_prefix(name: &str) -> Vec<u8> {
     let mut k = name.as_bytes().to_vec();
     k.push(0);
+    k
+}
+
+/// Every entry of image `name` in `tree`, in key order.
+fn of_image<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &str,
+    what: &str,
+) -> Result<Vec<T>, StateError> {
+    tree.scan_prefix(image_prefix(name))
+        .map(|kv| {
+            let (_, v) = kv.map_err(|source| StateError::Db {
+                what: what.to_owned(),
+                source,
+            })?;
+            decode(&v, what)
+        })
+        .collect()
+}
+
+fn version_key(name: &str, v: &Version) -> Vec<u8> {
+    let mut k = image_prefix(name);
     k.extend_from_slice(&v.major.to_be_bytes());
     k.extend_from_slice(&v.minor.to_be_bytes());
     k.extend_from_slice(&v.patch.to_be_bytes());
