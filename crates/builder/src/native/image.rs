@@ -8,7 +8,7 @@ use std::fmt;
 use rebased_core::dockerfile::{split_words, substitute};
 use serde_json::{json, Map, Value};
 
-use super::plan::{copy_args, declare, json_array, Step};
+use super::plan::{copy_args, declare, json_array, leading_flags, Step};
 
 /// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -568,17 +568,10 @@ fn expose(spec: &str) -> Result<Vec<String>, String> {
 /// `HEALTHCHECK [flags] CMD ...` or `HEALTHCHECK NONE`, as the config's
 /// `Healthcheck` (durations in nanoseconds).
 fn healthcheck(args: &str) -> Result<Value, String> {
-    let mut rest = args.trim();
+    let (flags, rest) = leading_flags(args);
     let mut hc = Map::new();
-    while let Some(flag_text) = rest.strip_prefix("--") {
-        let end = flag_text
-            .find(char::is_whitespace)
-            .unwrap_or(flag_text.len());
-        let flag = &flag_text[..end];
-        rest = flag_text[end..].trim_start();
-        let (name, value) = flag
-            .split_once('=')
-            .ok_or_else(|| format!("HEALTHCHECK --{flag} needs a value"))?;
+    for (name, value) in flags {
+        let value = value.ok_or_else(|| format!("HEALTHCHECK --{name} needs a value"))?;
         let key = match name {
             "interval" => "Interval",
             "timeout" => "Timeout",

@@ -46,26 +46,6 @@ fn refuse(line: usize, reason: impl std::fmt::Display) -> DockerfileError {
     }
 }
 
-/// The instructions the native backend carries out.
-const SUPPORTED: &[&str] = &[
-    "ADD",
-    "ARG",
-    "CMD",
-    "COPY",
-    "ENTRYPOINT",
-    "ENV",
-    "EXPOSE",
-    "HEALTHCHECK",
-    "LABEL",
-    "MAINTAINER",
-    "ONBUILD",
-    "SHELL",
-    "STOPSIGNAL",
-    "USER",
-    "VOLUME",
-    "WORKDIR",
-];
-
 impl Plan {
     /// Checks that `df` (parsed from `text` with `build_args`) is something the
     /// native backend builds; the error names the first line it cannot.
@@ -135,12 +115,6 @@ impl Plan {
                     "RUN is not supported by the native backend",
                 ));
             }
-            if !SUPPORTED.contains(&kw) {
-                return Err(refuse(
-                    ins.line,
-                    format!("{kw} is not supported by the native backend"),
-                ));
-            }
             if ins.has_heredoc() {
                 return Err(refuse(
                     ins.line,
@@ -181,16 +155,11 @@ pub struct CopyArgs {
 
 /// Splits a `COPY`/`ADD` into flags and operands.
 pub fn copy_args(args: &str, escape: char) -> Result<CopyArgs, String> {
-    let mut rest = args.trim();
+    let (flags, rest) = leading_flags(args);
     let mut chown = None;
     let mut chmod = None;
-    while let Some(flag_text) = rest.strip_prefix("--") {
-        let end = flag_text
-            .find(char::is_whitespace)
-            .unwrap_or(flag_text.len());
-        let flag = &flag_text[..end];
-        rest = flag_text[end..].trim_start();
-        let (name, value) = flag.split_once('=').unwrap_or((flag, ""));
+    for (name, value) in flags {
+        let value = value.unwrap_or_default();
         match name {
             "chown" => chown = Some(value.to_owned()),
             "chmod" => chmod = Some(value.to_owned()),
@@ -238,6 +207,25 @@ fn is_remote(source: &str) -> bool {
         || source.starts_with("https://")
         || source.starts_with("git@")
         || source.starts_with("git://")
+}
+
+/// The `--name[=value]` flags at the start of an instruction's arguments,
+/// and the text after them.
+pub fn leading_flags(args: &str) -> (Vec<(&str, Option<&str>)>, &str) {
+    let mut rest = args.trim();
+    let mut flags = Vec::new();
+    while let Some(flag_text) = rest.strip_prefix("--") {
+        let end = flag_text
+            .find(char::is_whitespace)
+            .unwrap_or(flag_text.len());
+        let flag = &flag_text[..end];
+        rest = flag_text[end..].trim_start();
+        flags.push(match flag.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (flag, None),
+        });
+    }
+    (flags, rest)
 }
 
 /// `["a", "b"]` as a list of strings; `None` when `text` is not a JSON array
