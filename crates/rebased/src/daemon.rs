@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
+use rebased_builder::native::cache::LayerCache;
 use rebased_builder::{Engine, EngineKind, Native};
 use rebased_core::config::{Config, ImageConfig, LogFormat};
 use rebased_core::ImageRef;
@@ -512,8 +513,10 @@ impl Daemon {
 
     /// The native builder of the config in force.
     pub fn native(&self) -> Native {
+        let cfg = self.cfg();
         Native {
-            timeout: self.cfg().builder.timeout.0,
+            timeout: cfg.builder.timeout.0,
+            layer_cache: Some(LayerCache::new(cfg.daemon.state_dir.join("layers"))),
         }
     }
 

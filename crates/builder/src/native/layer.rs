@@ -139,20 +139,7 @@ pub fn build(entries: &[Entry], mtime: u64) -> Result<Layer, LayerError> {
     let gz = GzBuilder::new()
         .mtime(0)
         .write(Vec::new(), Compression::default());
-    let mut tar = tar::Builder::new(Hashing::new(gz));
-    let mut files = 0;
-    for entry in entries {
-        append(&mut tar, entry, mtime)?;
-        if matches!(entry.kind, EntryKind::File(_)) {
-            files += 1;
-        }
-    }
-    let end_err = |source| LayerError::Write {
-        path: String::new(),
-        source,
-    };
-    let hashing = tar.into_inner().map_err(end_err)?;
-    let (gz, diff) = hashing.finish();
+    let (gz, diff, files) = write_tar(entries, mtime, gz)?;
     let blob = gz.finish().map_err(end_err)?;
     let digest = sha256_digest(Sha256::digest(&blob).as_slice())?;
     let diff_id = sha256_digest(diff.as_slice())?;
@@ -162,6 +149,39 @@ pub fn build(entries: &[Entry], mtime: u64) -> Result<Layer, LayerError> {
         diff_id,
         files,
     })
+}
+
+/// The diff_id [`build`] would give these entries, without compressing or
+/// keeping anything: the files are read and hashed once.
+pub fn diff_id(entries: &[Entry], mtime: u64) -> Result<Digest, LayerError> {
+    let (_, diff, _) = write_tar(entries, mtime, io::sink())?;
+    Ok(sha256_digest(diff.as_slice())?)
+}
+
+fn end_err(source: io::Error) -> LayerError {
+    LayerError::Write {
+        path: String::new(),
+        source,
+    }
+}
+
+/// Writes the tar of `entries` into `out`: what is left of `out`, the
+/// sha256 of the tar, and how many regular files it holds.
+fn write_tar<W: Write>(
+    entries: &[Entry],
+    mtime: u64,
+    out: W,
+) -> Result<(W, sha2::digest::Output<Sha256>, usize), LayerError> {
+    let mut tar = tar::Builder::new(Hashing::new(out));
+    let mut files = 0;
+    for entry in entries {
+        append(&mut tar, entry, mtime)?;
+        if matches!(entry.kind, EntryKind::File(_)) {
+            files += 1;
+        }
+    }
+    let (out, diff) = tar.into_inner().map_err(end_err)?.finish();
+    Ok((out, diff, files))
 }
 
 fn append<W: Write>(

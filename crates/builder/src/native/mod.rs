@@ -10,6 +10,7 @@
 //! or streamed registry to registry when a mount is declined. Every platform
 //! of the request is built from one run, sharing the layers.
 
+pub mod cache;
 pub mod context;
 pub mod image;
 pub mod layer;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{BuildError, BuildOutput, BuildRequest, Target};
+use cache::{Known, LayerCache};
 use context::{Context, CopySpec};
 use image::{CopyStep, Platform, Stage, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST};
 use plan::Plan;
@@ -46,6 +48,9 @@ const MAX_LAYER_UNPACKED: u64 = 4 << 30;
 pub struct Native {
     /// Time limit for the whole build and push.
     pub timeout: Duration,
+    /// Where own layers are remembered between builds ([`cache`]); none:
+    /// every build tars and gzips its sources.
+    pub layer_cache: Option<LayerCache>,
 }
 
 /// The log of one build, readable after a timeout or cancellation.
@@ -207,7 +212,8 @@ impl Native {
         let created = created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mtime = req.source_date_epoch.unwrap_or(0).max(0) as u64;
 
-        let mut layers: HashMap<String, layer::Layer> = HashMap::new();
+        let target = Presence::of(&req.target, registry);
+        let mut layers: HashMap<String, OwnLayer> = HashMap::new();
         let mut built = Vec::new();
         for base in &bases {
             let mut stage = Stage::new(
@@ -261,24 +267,33 @@ impl Native {
                 }
                 let key = format!("{copy:?}{owner:?}");
                 if !layers.contains_key(&key) {
-                    let made = make_layer(ctx.clone(), &copy, owner, mtime)
-                        .await
-                        .map_err(refuse)?;
+                    let made = own_layer(
+                        ctx.clone(),
+                        &copy,
+                        owner,
+                        mtime,
+                        self.layer_cache.as_ref(),
+                        &target,
+                        log,
+                    )
+                    .await
+                    .map_err(refuse)?;
                     log.line(format!(
-                        "line {}: {} -> layer {} ({} files, {} bytes)",
+                        "line {}: {} -> layer {} ({} files, {} bytes){}",
                         step.line,
                         copy.created_by.trim_end_matches(" # rebased"),
-                        made.digest,
-                        made.files,
-                        made.blob.len()
+                        made.known.digest,
+                        made.known.files,
+                        made.known.size,
+                        made.how
                     ));
                     layers.insert(key.clone(), made);
                 }
                 let l = layers
                     .get(&key)
                     .ok_or_else(|| refuse("layer vanished".into()))?;
-                stage.add_layer(l.diff_id.as_str(), copy.created_by.clone());
-                own.push((l.digest.clone(), l.blob.len() as u64));
+                stage.add_layer(l.known.diff_id.as_str(), copy.created_by.clone());
+                own.push((l.known.digest.clone(), l.known.size));
             }
             let config = serde_json::to_vec(&stage.finish(&req.annotations))
                 .map_err(|e| Fail::Step("config".to_owned(), e.to_string()))?;
@@ -317,7 +332,7 @@ impl Native {
         }
         let own_blobs: HashMap<Digest, bytes::Bytes> = layers
             .into_values()
-            .map(|l| (l.digest, bytes::Bytes::from(l.blob)))
+            .filter_map(|l| Some((l.known.digest, bytes::Bytes::from(l.blob?))))
             .collect();
         let index = (built.len() > 1).then(|| index_bytes(&built, &req.annotations));
         match &req.target {
@@ -589,13 +604,67 @@ async fn read_users(
     Ok((passwd.flatten(), group.flatten()))
 }
 
-/// Builds one `COPY`/`ADD` layer off the async threads.
-async fn make_layer(
+/// One own layer of a build: its blob when it was built now, none when an
+/// earlier build's blob is already at the target.
+struct OwnLayer {
+    known: Known,
+    blob: Option<Vec<u8>>,
+    /// How it was had, for the log ("" when built).
+    how: &'static str,
+}
+
+/// Where a build publishes, asked whether a blob is already there.
+enum Presence<'a> {
+    Registry(&'a Registry, ImageRef),
+    Layout(Layout),
+    Unknown,
+}
+
+impl<'a> Presence<'a> {
+    fn of(target: &Target, registry: &'a Registry) -> Presence<'a> {
+        let found = match target {
+            Target::Registry(t) => ImageRef::parse_repository(&t.name())
+                .ok()
+                .map(|repo| Presence::Registry(registry, repo)),
+            Target::Layout { path, .. } => Layout::open(path).ok().map(Presence::Layout),
+        };
+        found.unwrap_or(Presence::Unknown)
+    }
+
+    /// Whether `d` is there; an error answers no (the build then makes the
+    /// blob, and publishing reports the error if it persists).
+    async fn has(&self, d: &Digest) -> bool {
+        match self {
+            Presence::Registry(registry, repo) => {
+                registry.blob_exists(repo, d).await.unwrap_or(false)
+            }
+            Presence::Layout(layout) => layout.has_blob(d),
+            Presence::Unknown => false,
+        }
+    }
+}
+
+/// Runs `f` off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("layer task failed: {e}"))?
+}
+
+/// One `COPY`/`ADD` layer: from the cache when its sources are unchanged
+/// (or their contents are) and the blob is already at the target, else
+/// built.
+async fn own_layer(
     ctx: Arc<Context>,
     copy: &CopyStep,
     owner: (u32, u32),
     mtime: u64,
-) -> Result<layer::Layer, String> {
+    cache: Option<&LayerCache>,
+    target: &Presence<'_>,
+    log: &Log,
+) -> Result<OwnLayer, String> {
     let spec = CopySpec {
         sources: copy.sources.clone(),
         dest: copy.dest.clone(),
@@ -603,12 +672,68 @@ async fn make_layer(
         chmod: copy.chmod,
         extract_archives: copy.add,
     };
-    tokio::task::spawn_blocking(move || {
-        let entries = ctx.entries(&spec).map_err(|e| e.to_string())?;
-        layer::build(&entries, mtime).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| format!("layer task failed: {e}"))?
+    let entries = Arc::new(blocking(move || ctx.entries(&spec).map_err(|e| e.to_string())).await?);
+    let Some(cache) = cache else {
+        let e = entries.clone();
+        let made = blocking(move || layer::build(&e, mtime).map_err(|e| e.to_string())).await?;
+        return Ok(built(made));
+    };
+    let e = entries.clone();
+    let stamp = match blocking(move || cache::stamp(&e, mtime).map_err(|e| e.to_string())).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log.line(format!(
+                "layer cache: cannot stat the sources ({e}); building"
+            ));
+            None
+        }
+    };
+    if let Some(known) = stamp.as_ref().and_then(|(s, _)| cache.by_stamp(s)) {
+        if target.has(&known.digest).await {
+            return Ok(OwnLayer {
+                known,
+                blob: None,
+                how: "; sources unchanged since an earlier build, not rebuilt",
+            });
+        }
+    }
+    let e = entries.clone();
+    let diff_id = blocking(move || layer::diff_id(&e, mtime).map_err(|e| e.to_string())).await?;
+    let remember = |known: &Known| {
+        if let Err(e) = cache.remember(stamp.as_ref().map(|(s, n)| (s, *n)), known) {
+            log.line(format!(
+                "layer cache: cannot record layer {}: {e}",
+                known.digest
+            ));
+        }
+    };
+    if let Some(known) = cache.by_diff_id(&diff_id) {
+        if target.has(&known.digest).await {
+            remember(&known);
+            return Ok(OwnLayer {
+                known,
+                blob: None,
+                how: "; same contents as an earlier build, not recompressed",
+            });
+        }
+    }
+    let made = blocking(move || layer::build(&entries, mtime).map_err(|e| e.to_string())).await?;
+    let made = built(made);
+    remember(&made.known);
+    Ok(made)
+}
+
+fn built(l: layer::Layer) -> OwnLayer {
+    OwnLayer {
+        known: Known {
+            size: l.blob.len() as u64,
+            digest: l.digest,
+            diff_id: l.diff_id,
+            files: l.files,
+        },
+        blob: Some(l.blob),
+        how: "",
+    }
 }
 
 /// Publishes to a registry repository: base layers mounted (or streamed),

@@ -1,0 +1,393 @@
+//! What the native backend's own layers came to last time, so a rebuild
+//! whose sources have not changed neither tars nor gzips them again.
+//!
+//! Two maps, one small JSON file per entry under the cache directory:
+//!
+//! - `meta/<key>`: the key hashes the entries as the layer writes them
+//!   (path, kind, permission bits, owner, link target), each source file's
+//!   identity and times (device, inode, size, mtime and ctime in
+//!   nanoseconds), the layer mtime and the cache format. A hit costs one
+//!   `stat` per file.
+//! - `content/<diff_id>`: a gzip of that tar, by digest and size. It is used
+//!   when the metadata changed but the contents did not (a fresh checkout, a
+//!   `touch`), after the files are read and hashed once, which is much
+//!   cheaper than compressing them.
+//!
+//! A metadata hit whose files changed less than [`RACY_NS`] before the `stat`s
+//! that made the entry is not trusted (git calls such files "racily
+//! clean"): a write within the same timestamp tick would not show. Those
+//! layers are checked by content instead.
+//!
+//! The cache keeps no blob bytes: the caller uses a hit only when the blob
+//! is already where it publishes to. The cache is an optimisation: an entry
+//! that cannot be read is a miss, and one that cannot be written is logged
+//! by the caller and the build goes on.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rebased_core::Digest;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::context::{Entry, EntryKind, FileData};
+
+/// Changes to the files this close to the `stat`s of an entry make the
+/// entry untrusted (covers filesystems with coarse timestamps), in
+/// nanoseconds.
+pub const RACY_NS: i128 = 2_000_000_000;
+
+/// How many entries each map keeps; the oldest written go first.
+const MAX_ENTRIES: usize = 4096;
+
+/// Bumped when what a key covers, or the layer format, changes.
+const FORMAT: &str = "rebased native layer cache v1";
+
+/// A layer known from an earlier build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// sha256 of the gzip blob.
+    pub digest: Digest,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Size of the blob in bytes.
+    pub size: u64,
+    /// Regular files in the layer.
+    pub files: usize,
+}
+
+/// The identity of a layer's sources as seen now.
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    key: String,
+    /// When the `stat`s began, nanoseconds since the epoch.
+    taken_ns: i128,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    digest: String,
+    diff_id: String,
+    size: u64,
+    files: usize,
+    /// The [`Stamp`] time of the build that wrote this record.
+    taken_ns: i128,
+    /// The newest mtime or ctime among the files then.
+    newest_ns: i128,
+}
+
+/// The cache in one directory (created on first write).
+#[derive(Debug, Clone)]
+pub struct LayerCache {
+    dir: PathBuf,
+    racy_ns: i128,
+    max_entries: usize,
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Feeds one length-prefixed field, so fields cannot run into each other.
+fn field(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+/// Stamps the sources of `entries` (one `stat` per file, following
+/// symlinks as the layer's reads do) for a layer written with `mtime`.
+/// Also returns the newest mtime or ctime seen.
+pub fn stamp(entries: &[Entry], mtime: u64) -> io::Result<(Stamp, i128)> {
+    let taken_ns = now_ns();
+    let mut h = Sha256::new();
+    field(&mut h, FORMAT.as_bytes());
+    field(&mut h, &mtime.to_le_bytes());
+    let mut newest: i128 = 0;
+    for e in entries {
+        field(&mut h, e.path.as_bytes());
+        field(&mut h, &e.mode.to_le_bytes());
+        field(&mut h, &e.uid.to_le_bytes());
+        field(&mut h, &e.gid.to_le_bytes());
+        match &e.kind {
+            EntryKind::Dir => field(&mut h, b"dir"),
+            EntryKind::Symlink(target) => {
+                field(&mut h, b"symlink");
+                field(&mut h, target.as_bytes());
+            }
+            EntryKind::File(FileData::Bytes(data)) => {
+                field(&mut h, b"bytes");
+                field(&mut h, &Sha256::digest(data));
+            }
+            EntryKind::File(FileData::Path(path)) => {
+                let m = fs::metadata(path)?;
+                let mtime_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+                let ctime_ns = i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec());
+                newest = newest.max(mtime_ns).max(ctime_ns);
+                field(&mut h, b"file");
+                field(&mut h, path.as_os_str().as_encoded_bytes());
+                for n in [m.dev(), m.ino(), m.size()] {
+                    field(&mut h, &n.to_le_bytes());
+                }
+                for n in [mtime_ns, ctime_ns] {
+                    field(&mut h, &n.to_le_bytes());
+                }
+            }
+        }
+    }
+    let key = hex(&h.finalize());
+    Ok((Stamp { key, taken_ns }, newest))
+}
+
+impl LayerCache {
+    /// The cache kept in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> LayerCache {
+        LayerCache {
+            dir: dir.into(),
+            racy_ns: RACY_NS,
+            max_entries: MAX_ENTRIES,
+        }
+    }
+
+    /// The same cache trusting files changed at least `window` before an
+    /// entry's `stat`s (default [`RACY_NS`]; shorter only where timestamps
+    /// are known to be fine-grained, as in tests).
+    pub fn racy_window(self, window: std::time::Duration) -> LayerCache {
+        LayerCache {
+            racy_ns: window.as_nanos() as i128,
+            ..self
+        }
+    }
+
+    /// The layer last built from sources with this stamp, unless they
+    /// changed too close to that build to be sure.
+    pub fn by_stamp(&self, stamp: &Stamp) -> Option<Known> {
+        let r = read(&self.dir.join("meta").join(&stamp.key))?;
+        if r.newest_ns + self.racy_ns > r.taken_ns {
+            return None;
+        }
+        r.known()
+    }
+
+    /// A layer with this diff_id built earlier.
+    pub fn by_diff_id(&self, diff_id: &Digest) -> Option<Known> {
+        read(&self.dir.join("content").join(content_name(diff_id)))?.known()
+    }
+
+    /// Records `known` as what sources with `stamp` (if they could be
+    /// stamped; `newest` from [`stamp`]) and its contents give.
+    pub fn remember(&self, stamp: Option<(&Stamp, i128)>, known: &Known) -> io::Result<()> {
+        let record = |taken_ns, newest_ns| Record {
+            digest: known.digest.to_string(),
+            diff_id: known.diff_id.to_string(),
+            size: known.size,
+            files: known.files,
+            taken_ns,
+            newest_ns,
+        };
+        let now = now_ns();
+        self.write("content", &content_name(&known.diff_id), &record(now, 0))?;
+        if let Some((s, newest)) = stamp {
+            self.write("meta", &s.key, &record(s.taken_ns, newest))?;
+        }
+        Ok(())
+    }
+}
+
+impl Record {
+    fn known(&self) -> Option<Known> {
+        Some(Known {
+            digest: Digest::parse(&self.digest).ok()?,
+            diff_id: Digest::parse(&self.diff_id).ok()?,
+            size: self.size,
+            files: self.files,
+        })
+    }
+}
+
+/// `sha256-<hex>`: a file name for a digest.
+fn content_name(d: &Digest) -> String {
+    format!("{}-{}", d.algorithm(), d.encoded())
+}
+
+fn read(path: &Path) -> Option<Record> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+impl LayerCache {
+    /// Writes `name` in the map `map` whole (a temporary file renamed over
+    /// it; a record torn by a crash reads as a miss), then trims the map.
+    fn write(&self, map: &str, name: &str, record: &Record) -> io::Result<()> {
+        let dir = self.dir.join(map);
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        fs::write(&tmp, serde_json::to_vec(record).map_err(io::Error::other)?)?;
+        fs::rename(&tmp, dir.join(name))?;
+        self.trim(&dir)
+    }
+
+    /// Keeps at most `max_entries` records in `dir`: past that, the oldest
+    /// written go until a quarter of the room is free again.
+    fn trim(&self, dir: &Path) -> io::Result<()> {
+        let mut entries: Vec<(SystemTime, PathBuf)> = fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        if entries.len() <= self.max_entries {
+            return Ok(());
+        }
+        entries.sort();
+        let excess = entries.len() - self.max_entries * 3 / 4;
+        for (_, path) in entries.into_iter().take(excess) {
+            // Another build may have removed it already.
+            let _ = fs::remove_file(path);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::time::Duration;
+
+    fn file(path: &Path, mode: u32, uid: u32) -> Entry {
+        Entry {
+            path: "app/data".to_owned(),
+            kind: EntryKind::File(FileData::Path(path.to_owned())),
+            mode,
+            uid,
+            gid: 0,
+        }
+    }
+
+    fn known(n: u8) -> Known {
+        let d = |c: u8| Digest::parse(&format!("sha256:{}", hex(&[c; 32]))).unwrap();
+        Known {
+            digest: d(n),
+            diff_id: d(n.wrapping_add(100)),
+            size: 10 + u64::from(n),
+            files: 1,
+        }
+    }
+
+    fn key(entries: &[Entry], mtime: u64) -> String {
+        stamp(entries, mtime).unwrap().0.key
+    }
+
+    #[test]
+    fn the_key_follows_what_the_layer_depends_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("data");
+        fs::write(&f, "aaaa").unwrap();
+        let base = key(&[file(&f, 0o644, 0)], 0);
+        assert_eq!(base, key(&[file(&f, 0o644, 0)], 0), "stable");
+        assert_ne!(base, key(&[file(&f, 0o600, 0)], 0), "mode");
+        assert_ne!(base, key(&[file(&f, 0o644, 1000)], 0), "owner");
+        assert_ne!(base, key(&[file(&f, 0o644, 0)], 1), "layer mtime");
+        let mut renamed = file(&f, 0o644, 0);
+        renamed.path = "app/other".to_owned();
+        assert_ne!(base, key(&[renamed], 0), "path in the layer");
+        let link = |t: &str| Entry {
+            path: "l".to_owned(),
+            kind: EntryKind::Symlink(t.to_owned()),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+        };
+        assert_ne!(key(&[link("a")], 0), key(&[link("b")], 0), "link target");
+        let bytes = |b: &[u8]| Entry {
+            path: "x".to_owned(),
+            kind: EntryKind::File(FileData::Bytes(b.to_vec())),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        };
+        assert_ne!(key(&[bytes(b"a")], 0), key(&[bytes(b"b")], 0), "bytes");
+    }
+
+    #[test]
+    fn a_rewrite_that_keeps_size_and_mtime_changes_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("data");
+        fs::write(&f, "aaaa").unwrap();
+        let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+        let before = key(&[file(&f, 0o644, 0)], 0);
+        // Past the kernel's timestamp tick, then as `cp -p` would: same
+        // size, mtime put back. Only the ctime tells.
+        std::thread::sleep(Duration::from_millis(50));
+        fs::write(&f, "bbbb").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(fs::metadata(&f).unwrap().modified().unwrap(), mtime);
+        assert_ne!(before, key(&[file(&f, 0o644, 0)], 0));
+    }
+
+    #[test]
+    fn fresh_files_are_not_trusted_by_their_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("data");
+        fs::write(&f, "aaaa").unwrap();
+        let entries = [file(&f, 0o644, 0)];
+        let cache = LayerCache::new(dir.path().join("cache"));
+        let (s, newest) = stamp(&entries, 0).unwrap();
+        cache.remember(Some((&s, newest)), &known(1)).unwrap();
+        assert_eq!(cache.by_stamp(&s), None, "changed within the window");
+        assert_eq!(cache.by_diff_id(&known(1).diff_id), Some(known(1)));
+        let trusting = cache.racy_window(Duration::ZERO);
+        assert_eq!(trusting.by_stamp(&s), Some(known(1)));
+        let (other, _) = stamp(&[file(&f, 0o600, 0)], 0).unwrap();
+        assert_eq!(trusting.by_stamp(&other), None);
+    }
+
+    #[test]
+    fn unreadable_records_are_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayerCache::new(dir.path());
+        cache.remember(None, &known(2)).unwrap();
+        let name = content_name(&known(2).diff_id);
+        fs::write(dir.path().join("content").join(&name), "{\"digest\": 3").unwrap();
+        assert_eq!(cache.by_diff_id(&known(2).diff_id), None);
+        fs::write(
+            dir.path().join("content").join(&name),
+            r#"{"digest":"md5:x","diff_id":"sha256:00","size":1,"files":1,"taken_ns":0,"newest_ns":0}"#,
+        )
+        .unwrap();
+        assert_eq!(cache.by_diff_id(&known(2).diff_id), None);
+    }
+
+    #[test]
+    fn each_map_is_trimmed_to_its_bound_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayerCache {
+            max_entries: 8,
+            ..LayerCache::new(dir.path())
+        };
+        for n in 0..9 {
+            cache.remember(None, &known(n)).unwrap();
+            // Distinct mtimes, so "oldest" is well defined.
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        let left = fs::read_dir(dir.path().join("content")).unwrap().count();
+        assert_eq!(left, 6);
+        assert_eq!(cache.by_diff_id(&known(0).diff_id), None, "oldest gone");
+        assert_eq!(cache.by_diff_id(&known(8).diff_id), Some(known(8)));
+    }
+}
