@@ -436,21 +436,32 @@ pub fn rebuild(sizes: &Sizes) -> Result<Value> {
                 .sum();
             let version = job["published"].as_str().unwrap_or("1.0.0").to_owned();
             let layers = new_layer_bytes(&registry, "app", &version, &before)?;
-            let log_line =
+            let job_log =
                 reqwest::blocking::get(format!("{}/v1/jobs/{}/log", daemon.api, last.unwrap_or(0)))
                     .ok()
                     .and_then(|r| r.text().ok())
-                    .and_then(|t| {
-                        t.lines()
-                            .find_map(|l| l.split("layer bytes uploaded: ").nth(1))
-                            .and_then(|n| n.trim().parse::<u64>().ok())
-                    });
+                    .unwrap_or_default();
+            let log_line = job_log
+                .lines()
+                .find_map(|l| l.split("layer bytes uploaded: ").nth(1))
+                .and_then(|n| n.trim().parse::<u64>().ok());
+            // How the native backend had its COPY layer (its job log says).
+            let layer_cache = if job_log.contains("sources unchanged since an earlier build") {
+                "stat"
+            } else if job_log.contains("same contents as an earlier build") {
+                "content"
+            } else if job_log.contains("-> layer sha256:") {
+                "built"
+            } else {
+                "n/a"
+            };
             runs.push(json!({
                 "version": version,
                 "decision_to_published_s": span_s(&job, "created_at", "finished_at"),
                 "new_blob_bytes": new,
                 "new_layer_bytes": layers,
                 "log_layer_bytes_uploaded": log_line,
+                "layer_cache": layer_cache,
             }));
         }
         let mut times: Vec<f64> = runs
@@ -485,6 +496,18 @@ pub fn rebuild(sizes: &Sizes) -> Result<Value> {
             ),
             "new files under the registry's blobs/ (layers, config, manifest)",
         );
+        if backend == "native" {
+            figure(
+                "own layer per rebuild",
+                format!(
+                    "{:?}",
+                    runs.iter()
+                        .map(|r| r["layer_cache"].as_str().unwrap_or("?"))
+                        .collect::<Vec<_>>()
+                ),
+                "job log: stat = layer cache hit by the sources' stat, content = by their tar's sha256, built = tarred and gzipped",
+            );
+        }
         figure(
             "first build (s)",
             round2(first_s),

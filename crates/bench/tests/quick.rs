@@ -92,6 +92,9 @@ fn every_scenario_produces_its_figures() {
             Some(0),
             "{rebuild}"
         );
+        // The layer cache was used: the sources were not gzipped again.
+        let how = run["layer_cache"].as_str().unwrap();
+        assert!(how == "stat" || how == "content", "{rebuild}");
     }
     for backend in ["native", "buildah"] {
         assert!(
