@@ -626,7 +626,12 @@ impl<'a> Presence<'a> {
             Target::Registry(t) => ImageRef::parse_repository(&t.name())
                 .ok()
                 .map(|repo| Presence::Registry(registry, repo)),
-            Target::Layout { path, .. } => Layout::open(path).ok().map(Presence::Layout),
+            // Not created here: a layout that is not there yet holds nothing.
+            Target::Layout { path, .. } => path
+                .join("oci-layout")
+                .is_file()
+                .then(|| Layout::open(path).ok().map(Presence::Layout))
+                .flatten(),
         };
         found.unwrap_or(Presence::Unknown)
     }
