@@ -127,8 +127,8 @@ async fn fresh_or_touched_sources_are_hashed_not_compressed() {
     let (log2, l2) = s.build(cache(), "1.0.1").await;
     assert!(log2.contains(NOT_RECOMPRESSED), "{log2}");
     assert_eq!(l1, l2);
-    // Touched: new mtimes, same bytes.
-    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    // Touched: another mtime, same bytes.
+    let later = std::time::SystemTime::now() - Duration::from_secs(600);
     fs::File::options()
         .write(true)
         .open(s.ctx().join("files/data"))
@@ -197,4 +197,32 @@ async fn without_a_cache_every_build_makes_its_layer() {
         "{log2}"
     );
     assert_eq!(l1, l2);
+}
+
+#[tokio::test]
+async fn a_broken_cache_never_fails_a_build() {
+    let s = Setup::new();
+    // The cache directory cannot be made: the build goes on and says so.
+    let blocked = s.dir.path().join("blocked");
+    fs::write(&blocked, "a file, not a directory").unwrap();
+    let (log1, l1) = s.build(Some(LayerCache::new(&blocked)), "1.0.0").await;
+    assert!(log1.contains("layer cache: cannot record layer"), "{log1}");
+    // Records that are not what the cache wrote are misses.
+    let dir = s.dir.path().join("cache");
+    let cache = || Some(LayerCache::new(&dir).racy_window(Duration::ZERO));
+    s.build(cache(), "1.0.1").await;
+    for map in ["meta", "content"] {
+        for e in fs::read_dir(dir.join(map)).unwrap() {
+            fs::write(e.unwrap().path(), "{\"digest\": [").unwrap();
+        }
+    }
+    let (log3, l3) = s.build(cache(), "1.0.2").await;
+    assert!(
+        !log3.contains(NOT_REBUILT) && !log3.contains(NOT_RECOMPRESSED),
+        "{log3}"
+    );
+    assert_eq!(l1, l3);
+    // And the records written over them serve the next build.
+    let (log4, _) = s.build(cache(), "1.0.3").await;
+    assert!(log4.contains(NOT_REBUILT), "{log4}");
 }

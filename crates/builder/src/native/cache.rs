@@ -8,15 +8,19 @@
 //!   identity and times (device, inode, size, mtime and ctime in
 //!   nanoseconds), the layer mtime and the cache format. A hit costs one
 //!   `stat` per file.
-//! - `content/<diff_id>`: a gzip of that tar, by digest and size. It is used
-//!   when the metadata changed but the contents did not (a fresh checkout, a
-//!   `touch`), after the files are read and hashed once, which is much
-//!   cheaper than compressing them.
+//! - `content/<diff_id>`: the digest and size of a gzip of that tar (not
+//!   the blob itself). It is used when the metadata changed but the
+//!   contents did not (a fresh checkout, a `touch`), after the files are
+//!   read and hashed once, which is much cheaper than compressing them.
 //!
-//! A metadata hit whose files changed less than [`RACY_NS`] before the `stat`s
-//! that made the entry is not trusted (git calls such files "racily
+//! A metadata hit whose files changed less than [`RACY_NS`] before the
+//! `stat`s that made the entry is not trusted (git calls such files "racily
 //! clean"): a write within the same timestamp tick would not show. Those
-//! layers are checked by content instead.
+//! layers are checked by content instead. The window compares the host's
+//! clock with the file system's timestamps, so it assumes the two agree
+//! within it (a network file system whose server clock lags further, or
+//! one without a real ctime, can hide a same-size rewrite that restores
+//! the mtime).
 //!
 //! The cache keeps no blob bytes: the caller uses a hit only when the blob
 //! is already where it publishes to. The cache is an optimisation: an entry
@@ -27,6 +31,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rebased_core::Digest;
@@ -40,8 +45,12 @@ use super::context::{Entry, EntryKind, FileData};
 /// nanoseconds.
 pub const RACY_NS: i128 = 2_000_000_000;
 
-/// How many entries each map keeps; the oldest written go first.
+/// How many entries each map keeps; the least recently written or used go
+/// first.
 const MAX_ENTRIES: usize = 4096;
+
+/// A temporary file older than this was left by a crash.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Bumped when what a key covers, or the layer format, changes.
 const FORMAT: &str = "rebased native layer cache v1";
@@ -171,16 +180,22 @@ impl LayerCache {
     /// The layer last built from sources with this stamp, unless they
     /// changed too close to that build to be sure.
     pub fn by_stamp(&self, stamp: &Stamp) -> Option<Known> {
-        let r = read(&self.dir.join("meta").join(&stamp.key))?;
-        if r.newest_ns + self.racy_ns > r.taken_ns {
+        let path = self.dir.join("meta").join(&stamp.key);
+        let r = read(&path)?;
+        if r.newest_ns.saturating_add(self.racy_ns) > r.taken_ns {
             return None;
         }
-        r.known()
+        let known = r.known()?;
+        used(&path);
+        Some(known)
     }
 
     /// A layer with this diff_id built earlier.
     pub fn by_diff_id(&self, diff_id: &Digest) -> Option<Known> {
-        read(&self.dir.join("content").join(content_name(diff_id)))?.known()
+        let path = self.dir.join("content").join(content_name(diff_id));
+        let known = read(&path)?.known().filter(|k| &k.diff_id == diff_id)?;
+        used(&path);
+        Some(known)
     }
 
     /// Records `known` as what sources with `stamp` (if they could be
@@ -219,6 +234,15 @@ fn content_name(d: &Digest) -> String {
     format!("{}-{}", d.algorithm(), d.encoded())
 }
 
+/// Marks a record as just used, so trimming (oldest first) keeps the
+/// records that hit.
+fn used(path: &Path) {
+    if let Ok(f) = fs::File::options().append(true).open(path) {
+        // Only an eviction order: failing to update it changes nothing else.
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
 fn read(path: &Path) -> Option<Record> {
     let bytes = fs::read(path).ok()?;
     serde_json::from_slice(&bytes).ok()
@@ -230,20 +254,33 @@ impl LayerCache {
     fn write(&self, map: &str, name: &str, record: &Record) -> io::Result<()> {
         let dir = self.dir.join(map);
         fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
         fs::write(&tmp, serde_json::to_vec(record).map_err(io::Error::other)?)?;
         fs::rename(&tmp, dir.join(name))?;
         self.trim(&dir)
     }
 
-    /// Keeps at most `max_entries` records in `dir`: past that, the oldest
-    /// written go until a quarter of the room is free again.
+    /// Keeps at most `max_entries` records in `dir`: past that, the least
+    /// recently written or used go until a quarter of the room is free
+    /// again. Temporary files left by a crash go too.
     fn trim(&self, dir: &Path) -> io::Result<()> {
-        let mut entries: Vec<(SystemTime, PathBuf)> = fs::read_dir(dir)?
-            .filter_map(Result::ok)
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .collect();
+        let stale = SystemTime::now() - STALE_TEMP;
+        let mut entries: Vec<(SystemTime, PathBuf)> = Vec::new();
+        for e in fs::read_dir(dir)?.filter_map(Result::ok) {
+            let Some(modified) = e.metadata().ok().and_then(|m| m.modified().ok()) else {
+                continue;
+            };
+            if e.file_name().to_string_lossy().starts_with('.') {
+                // A temporary file left by a crash.
+                if modified < stale {
+                    let _ = fs::remove_file(e.path());
+                }
+                continue;
+            }
+            entries.push((modified, e.path()));
+        }
         if entries.len() <= self.max_entries {
             return Ok(());
         }
@@ -297,6 +334,9 @@ mod tests {
         assert_eq!(base, key(&[file(&f, 0o644, 0)], 0), "stable");
         assert_ne!(base, key(&[file(&f, 0o600, 0)], 0), "mode");
         assert_ne!(base, key(&[file(&f, 0o644, 1000)], 0), "owner");
+        let mut group = file(&f, 0o644, 0);
+        group.gid = 50;
+        assert_ne!(base, key(&[group], 0), "group");
         assert_ne!(base, key(&[file(&f, 0o644, 0)], 1), "layer mtime");
         let mut renamed = file(&f, 0o644, 0);
         renamed.path = "app/other".to_owned();
@@ -358,6 +398,34 @@ mod tests {
     }
 
     #[test]
+    fn a_record_for_another_diff_id_is_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayerCache::new(dir.path());
+        cache.remember(None, &known(3)).unwrap();
+        // known(4)'s file holds known(3)'s record, as a copied or corrupt
+        // file might.
+        fs::rename(
+            dir.path()
+                .join("content")
+                .join(content_name(&known(3).diff_id)),
+            dir.path()
+                .join("content")
+                .join(content_name(&known(4).diff_id)),
+        )
+        .unwrap();
+        assert_eq!(cache.by_diff_id(&known(4).diff_id), None);
+    }
+
+    #[test]
+    fn a_huge_newest_time_does_not_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayerCache::new(dir.path()).racy_window(Duration::from_secs(2));
+        let (s, _) = stamp(&[], 0).unwrap();
+        cache.remember(Some((&s, i128::MAX)), &known(5)).unwrap();
+        assert_eq!(cache.by_stamp(&s), None);
+    }
+
+    #[test]
     fn unreadable_records_are_misses() {
         let dir = tempfile::tempdir().unwrap();
         let cache = LayerCache::new(dir.path());
@@ -374,20 +442,27 @@ mod tests {
     }
 
     #[test]
-    fn each_map_is_trimmed_to_its_bound_oldest_first() {
+    fn each_map_is_trimmed_to_its_bound_least_recently_used_first() {
         let dir = tempfile::tempdir().unwrap();
         let cache = LayerCache {
             max_entries: 8,
             ..LayerCache::new(dir.path())
         };
-        for n in 0..9 {
+        for n in 0..8 {
             cache.remember(None, &known(n)).unwrap();
             // Distinct mtimes, so "oldest" is well defined.
             std::thread::sleep(Duration::from_millis(15));
         }
+        // A hit counts as a use: the first record is kept.
+        assert_eq!(cache.by_diff_id(&known(0).diff_id), Some(known(0)));
+        std::thread::sleep(Duration::from_millis(15));
+        cache.remember(None, &known(8)).unwrap();
         let left = fs::read_dir(dir.path().join("content")).unwrap().count();
         assert_eq!(left, 6);
-        assert_eq!(cache.by_diff_id(&known(0).diff_id), None, "oldest gone");
+        for gone in 1..=3 {
+            assert_eq!(cache.by_diff_id(&known(gone).diff_id), None, "{gone}");
+        }
+        assert_eq!(cache.by_diff_id(&known(0).diff_id), Some(known(0)));
         assert_eq!(cache.by_diff_id(&known(8).diff_id), Some(known(8)));
     }
 }

@@ -330,9 +330,9 @@ impl Native {
                 own_layers: own.into_iter().map(|(d, _)| d).collect(),
             });
         }
-        let own_blobs: HashMap<Digest, bytes::Bytes> = layers
+        let own_blobs: HashMap<Digest, OwnBlob> = layers
             .into_values()
-            .filter_map(|l| Some((l.known.digest, bytes::Bytes::from(l.blob?))))
+            .map(|l| (l.known.digest, l.blob))
             .collect();
         let index = (built.len() > 1).then(|| index_bytes(&built, &req.annotations));
         match &req.target {
@@ -604,13 +604,44 @@ async fn read_users(
     Ok((passwd.flatten(), group.flatten()))
 }
 
-/// One own layer of a build: its blob when it was built now, none when an
-/// earlier build's blob is already at the target.
+/// One own layer of a build.
 struct OwnLayer {
     known: Known,
-    blob: Option<Vec<u8>>,
+    blob: OwnBlob,
     /// How it was had, for the log ("" when built).
     how: &'static str,
+}
+
+/// An own layer's blob: built now, or (a layer from the cache, whose blob
+/// was at the target) its entries, to build it again should the blob be
+/// gone by the time it is published.
+enum OwnBlob {
+    Made(bytes::Bytes),
+    Again(Arc<Vec<context::Entry>>, u64),
+}
+
+impl OwnBlob {
+    /// The blob `d`, built again if need be (and refused if that no longer
+    /// gives `d`).
+    async fn bytes(&self, d: &Digest, log: &Log) -> Result<bytes::Bytes, String> {
+        match self {
+            OwnBlob::Made(b) => Ok(b.clone()),
+            OwnBlob::Again(entries, mtime) => {
+                log.line(format!(
+                    "layer {d}: no longer at the target since it was checked; building it again"
+                ));
+                let (e, m) = (entries.clone(), *mtime);
+                let made = blocking(move || layer::build(&e, m).map_err(|e| e.to_string())).await?;
+                if &made.digest != d {
+                    return Err(format!(
+                        "layer {d} is no longer at the target and building it again gives {} (the layer cache predates a change of format); the next build makes the new layer",
+                        made.digest
+                    ));
+                }
+                Ok(made.blob.into())
+            }
+        }
+    }
 }
 
 /// Where a build publishes, asked whether a blob is already there.
@@ -697,7 +728,7 @@ async fn own_layer(
         if target.has(&known.digest).await {
             return Ok(OwnLayer {
                 known,
-                blob: None,
+                blob: OwnBlob::Again(entries, mtime),
                 how: "; sources unchanged since an earlier build, not rebuilt",
             });
         }
@@ -717,7 +748,7 @@ async fn own_layer(
             remember(&known);
             return Ok(OwnLayer {
                 known,
-                blob: None,
+                blob: OwnBlob::Again(entries, mtime),
                 how: "; same contents as an earlier build, not recompressed",
             });
         }
@@ -736,7 +767,7 @@ fn built(l: layer::Layer) -> OwnLayer {
             diff_id: l.diff_id,
             files: l.files,
         },
-        blob: Some(l.blob),
+        blob: OwnBlob::Made(l.blob.into()),
         how: "",
     }
 }
@@ -749,7 +780,7 @@ async fn publish_registry(
     base: Option<&ImageRef>,
     target: &ImageRef,
     built: &[Built],
-    own: &HashMap<Digest, bytes::Bytes>,
+    own: &HashMap<Digest, OwnBlob>,
     index: Option<Vec<u8>>,
     log: &Log,
 ) -> Result<Digest, Fail> {
@@ -788,8 +819,10 @@ async fn publish_registry(
             }
             let data = own
                 .get(d)
-                .cloned()
-                .ok_or_else(|| err(format!("layer {d} was not built")))?;
+                .ok_or_else(|| err(format!("layer {d} was not built")))?
+                .bytes(d, log)
+                .await
+                .map_err(&err)?;
             uploaded += data.len() as u64;
             registry
                 .push_blob(&repo, data, d)
@@ -887,7 +920,7 @@ async fn publish_layout(
     path: &std::path::Path,
     tag: &str,
     built: &[Built],
-    own: &HashMap<Digest, bytes::Bytes>,
+    own: &HashMap<Digest, OwnBlob>,
     index: Option<Vec<u8>>,
     log: &Log,
 ) -> Result<Digest, Fail> {
@@ -914,8 +947,11 @@ async fn publish_layout(
             if !layout.has_blob(d) {
                 let data = own
                     .get(d)
-                    .ok_or_else(|| err(format!("layer {d} was not built")))?;
-                layout.put_blob(data).map_err(|e| err(e.to_string()))?;
+                    .ok_or_else(|| err(format!("layer {d} was not built")))?
+                    .bytes(d, log)
+                    .await
+                    .map_err(&err)?;
+                layout.put_blob(&data).map_err(|e| err(e.to_string()))?;
                 log.line(format!("layer {d}: written"));
             }
         }
@@ -966,6 +1002,34 @@ mod tests {
             assert!(onbuild_refusal(Some(&fine), 1).is_none(), "{fine}");
         }
         assert!(onbuild_refusal(None, 1).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_cached_layer_gone_from_the_target_is_built_again_when_published() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let f = dir.path().join("data");
+        std::fs::write(&f, "contents").unwrap_or_else(|e| panic!("{e}"));
+        let entries = Arc::new(vec![context::Entry {
+            path: "data".to_owned(),
+            kind: context::EntryKind::File(context::FileData::Path(f)),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        }]);
+        let want = layer::build(&entries, 0).unwrap_or_else(|e| panic!("{e}"));
+        let log = Log::default();
+        let again = OwnBlob::Again(entries, 0);
+        let bytes = again
+            .bytes(&want.digest, &log)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sha256(&bytes), want.digest);
+        assert!(log.text().contains("building it again"), "{}", log.text());
+        // A cache record from another layer format: refused, not pushed
+        // under the wrong digest.
+        let other = sha256(b"not this layer");
+        let e = again.bytes(&other, &log).await.expect_err("refused");
+        assert!(e.contains("building it again gives"), "{e}");
     }
 
     #[test]
