@@ -735,17 +735,25 @@ async fn own_layer(
     }
     let e = entries.clone();
     let diff_id = blocking(move || layer::diff_id(&e, mtime).map_err(|e| e.to_string())).await?;
-    let remember = |known: &Known| {
-        if let Err(e) = cache.remember(stamp.as_ref().map(|(s, n)| (s, *n)), known) {
-            log.line(format!(
-                "layer cache: cannot record layer {}: {e}",
-                known.digest
-            ));
+    // Off the async threads: a write may trim a map of thousands of files.
+    let remember = |known: Known| {
+        let (cache, stamp) = (cache.clone(), stamp.clone());
+        async move {
+            let digest = known.digest.clone();
+            let wrote = blocking(move || {
+                cache
+                    .remember(stamp.as_ref().map(|(s, n)| (s, *n)), &known)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            if let Err(e) = wrote {
+                log.line(format!("layer cache: cannot record layer {digest}: {e}"));
+            }
         }
     };
     if let Some(known) = cache.by_diff_id(&diff_id) {
         if target.has(&known.digest).await {
-            remember(&known);
+            remember(known.clone()).await;
             return Ok(OwnLayer {
                 known,
                 blob: OwnBlob::Again(entries, mtime),
@@ -755,7 +763,7 @@ async fn own_layer(
     }
     let made = blocking(move || layer::build(&entries, mtime).map_err(|e| e.to_string())).await?;
     let made = built(made);
-    remember(&made.known);
+    remember(made.known.clone()).await;
     Ok(made)
 }
 
