@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 /// A validated content digest such as `sha256:ee3a…`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -65,6 +66,17 @@ impl Digest {
         Ok(Self(input.to_owned()))
     }
 
+    /// The sha256 digest of `data`.
+    pub fn sha256(data: &[u8]) -> Self {
+        Self::of_sha256(Sha256::new_with_prefix(data))
+    }
+
+    /// The digest of everything fed to `hasher`.
+    pub fn of_sha256(hasher: Sha256) -> Self {
+        // 64 lowercase hex digits: valid by construction.
+        Self(format!("sha256:{}", hex(&hasher.finalize())))
+    }
+
     /// The full `algorithm:encoded` text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -79,6 +91,17 @@ impl Digest {
     pub fn encoded(&self) -> &str {
         self.0.split_once(':').map(|(_, e)| e).unwrap_or_default()
     }
+}
+
+/// `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 impl fmt::Display for Digest {
@@ -112,6 +135,24 @@ mod tests {
     use super::*;
 
     const HEX: &str = "ee3a7427e984f3d47ef6b31962b8255b59b97c4a79dc6804134da3986c55288a";
+
+    #[test]
+    fn sha256_of_known_inputs() {
+        // sha256("") and sha256("abc"), as published in FIPS 180-2.
+        assert_eq!(
+            Digest::sha256(b"").as_str(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let mut h = Sha256::new();
+        h.update(b"a");
+        h.update(b"bc");
+        let d = Digest::of_sha256(h);
+        assert_eq!(
+            d.as_str(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(Digest::parse(d.as_str()), Ok(d));
+    }
 
     #[test]
     fn accepts_sha256() {

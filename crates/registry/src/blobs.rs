@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{BoxStream, StreamExt};
 use oci_client::errors::OciDistributionError;
 use oci_client::{Reference, RegistryOperation};
+use rebased_core::digest::hex;
 use rebased_core::{Digest, ImageRef};
 use sha2::Digest as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -49,27 +50,10 @@ impl Hasher {
     /// `algorithm:hex` of everything hashed.
     pub(crate) fn finish(self) -> String {
         match self {
-            Self::Sha256(h) => format!("sha256:{}", hex(&h.finalize())),
+            Self::Sha256(h) => Digest::of_sha256(h).to_string(),
             Self::Sha512(h) => format!("sha512:{}", hex(&h.finalize())),
         }
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-/// The sha256 digest of `data`.
-pub(crate) fn sha256(data: &[u8]) -> Digest {
-    let text = format!("sha256:{}", hex(&sha2::Sha256::digest(data)));
-    // 64 lowercase hex digits always parse.
-    Digest::parse(&text).unwrap_or_else(|_| unreachable!("sha256 digest {text} is valid"))
 }
 
 fn error(r: &ImageRef, kind: ErrorKind, detail: impl Into<String>) -> RegistryError {
@@ -443,7 +427,7 @@ impl Registry {
         bytes: Vec<u8>,
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
-        let digest = sha256(&bytes);
+        let digest = Digest::sha256(&bytes);
         if let Some(named) = reference.digest().filter(|d| **d != digest) {
             return Err(error(
                 reference,
@@ -476,7 +460,7 @@ mod tests {
     #[test]
     fn hashes_known_values() {
         assert_eq!(
-            sha256(b"").as_str(),
+            Digest::sha256(b"").as_str(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         let d = Digest::parse(&format!("sha512:{}", "0".repeat(128))).expect("valid");
@@ -490,7 +474,7 @@ mod tests {
     #[tokio::test]
     async fn rechunk_cuts_pieces_and_verifies() {
         let data: Vec<u8> = (0..(CHUNK * 2 + 100)).map(|i| (i % 251) as u8).collect();
-        let digest = sha256(&data);
+        let digest = Digest::sha256(&data);
         let source = ImageRef::parse("127.0.0.1:1/a/b").expect("ref");
         // Many small reads, as a network gives them.
         let reads: Vec<Result<Bytes, std::io::Error>> = data
@@ -526,7 +510,7 @@ mod tests {
         assert_eq!(sizes, vec![CHUNK, CHUNK, 100]);
         assert_eq!(copied.load(Ordering::Relaxed), data.len() as u64);
 
-        let wrong = sha256(b"something else");
+        let wrong = Digest::sha256(b"something else");
         let (stream, _, failure) = make(wrong, reads.into_iter().collect());
         let pieces: Vec<_> = stream.collect().await;
         assert!(pieces.last().expect("items").is_err());

@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rebased_core::{Digest, ImageRef};
-use sha2::Digest as _;
 use tracing::debug;
 
 use crate::auth::Credentials;
@@ -268,7 +267,7 @@ async fn request(
                 let bytes = read_capped(resp, MAX_MANIFEST)
                     .await
                     .map_err(|e| err(r, ErrorKind::Protocol, format!("manifest: {e}")))?;
-                let digest = sha256_digest(&bytes, r)?;
+                let digest = Digest::sha256(&bytes);
                 if let Some(want) = r.digest() {
                     if want.algorithm() == "sha256" && want != &digest {
                         return Err(err(
@@ -462,15 +461,7 @@ async fn get_digest(
     let body = read_capped(resp, MAX_MANIFEST)
         .await
         .map_err(|e| err(r, ErrorKind::Protocol, format!("manifest: {e}")))?;
-    sha256_digest(&body, r)
-}
-
-fn sha256_digest(bytes: &[u8], r: &ImageRef) -> Result<Digest, RegistryError> {
-    let hex: String = sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Digest::parse(&format!("sha256:{hex}")).map_err(|e| err(r, ErrorKind::Protocol, e.to_string()))
+    Ok(Digest::sha256(&body))
 }
 
 /// The user name Docker's config uses for an identity (refresh) token.

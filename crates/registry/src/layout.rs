@@ -25,7 +25,7 @@ use serde_json::{json, Map, Value};
 use sha2::Digest as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::blobs::{hex, sha256, Hasher};
+use crate::blobs::Hasher;
 use crate::RawManifest;
 
 /// The media type of `index.json`.
@@ -347,7 +347,7 @@ impl Layout {
     /// Stores `data` as a blob (nothing is written if it is already there)
     /// and returns its sha256 digest.
     pub fn put_blob(&self, data: &[u8]) -> Result<Digest, LayoutError> {
-        let digest = sha256(data);
+        let digest = Digest::sha256(data);
         let dest = self.blob_path(&digest)?;
         if dest.is_file() {
             return Ok(digest);
@@ -661,7 +661,7 @@ impl BlobWriter {
         let temp_path = self.temp.path().to_owned();
         self.file.flush().await.map_err(io_error(&temp_path))?;
         self.file.sync_all().await.map_err(io_error(&temp_path))?;
-        let actual = format!("sha256:{}", hex(&self.hasher.finalize()));
+        let actual = Digest::of_sha256(self.hasher).to_string();
         if actual != self.expected.as_str() {
             return Err(LayoutError::DigestMismatch {
                 path: temp_path,
@@ -724,7 +724,7 @@ mod tests {
             "schemaVersion": 2,
             "mediaType": MANIFEST_TYPE,
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": sha256(n.to_string().as_bytes()).as_str(), "size": 1},
+                       "digest": Digest::sha256(n.to_string().as_bytes()).as_str(), "size": 1},
             "layers": []
         })
         .to_string()
@@ -787,7 +787,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::open(dir.path()).unwrap();
         let blob = layout.put_blob(b"config").unwrap();
-        assert_eq!(blob, sha256(b"config"));
+        assert_eq!(blob, Digest::sha256(b"config"));
         assert!(layout.has_blob(&blob));
         assert_eq!(layout.put_blob(b"config").unwrap(), blob);
         assert_eq!(layout.blob(&blob, 100).unwrap(), b"config");
@@ -805,7 +805,7 @@ mod tests {
         let d1 = layout
             .put_manifest_with_platform(&one, MANIFEST_TYPE, "v1", Some(&platform))
             .unwrap();
-        assert_eq!(d1, sha256(&one));
+        assert_eq!(d1, Digest::sha256(&one));
         assert_eq!(layout.lookup("v1").unwrap(), Some(d1.clone()));
         let m = layout.manifest("v1").unwrap();
         assert_eq!((m.bytes.as_slice(), &m.digest), (one.as_slice(), &d1));
@@ -842,7 +842,7 @@ mod tests {
         let d3 = layout.put_blob(&three).unwrap();
         layout.tag(&d3, "v3").unwrap();
         assert_eq!(layout.manifest("v3").unwrap().media_type, MANIFEST_TYPE);
-        let missing = sha256(b"nothing");
+        let missing = Digest::sha256(b"nothing");
         assert!(matches!(
             layout.tag(&missing, "x"),
             Err(LayoutError::NotFound { .. })
@@ -958,7 +958,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::open(dir.path()).unwrap();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-        let digest = sha256(&data);
+        let digest = Digest::sha256(&data);
         let mut w = layout.blob_writer(&digest).unwrap();
         for piece in data.chunks(10_000) {
             w.write_all(piece).await.unwrap();
@@ -967,7 +967,7 @@ mod tests {
         assert!(layout.has_blob(&digest));
         assert_eq!(layout.blob(&digest, 1 << 20).unwrap(), data);
 
-        let wrong = sha256(b"other");
+        let wrong = Digest::sha256(b"other");
         let mut w = layout.blob_writer(&wrong).unwrap();
         w.write_all(&data).await.unwrap();
         let e = w.commit().await.unwrap_err();
@@ -1020,7 +1020,7 @@ mod tests {
             "architecture": "amd64",
             "os": "linux",
             "config": {"Cmd": ["/bin/true"]},
-            "rootfs": {"type": "layers", "diff_ids": [sha256(&tar).as_str()]},
+            "rootfs": {"type": "layers", "diff_ids": [Digest::sha256(&tar).as_str()]},
             "history": [{"created_by": "rebased test"}]
         })
         .to_string();

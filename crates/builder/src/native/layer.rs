@@ -15,7 +15,6 @@ use std::rc::Rc;
 
 use flate2::read::MultiGzDecoder;
 use flate2::{Compression, GzBuilder};
-use rebased_core::digest::DigestError;
 use rebased_core::Digest;
 use sha2::{Digest as _, Sha256};
 
@@ -122,9 +121,6 @@ pub enum LayerError {
         /// What it is.
         kind: String,
     },
-    /// A computed digest did not validate (cannot happen for sha256 hex).
-    #[error(transparent)]
-    Digest(#[from] DigestError),
 }
 
 /// Writes entries as a tar (sorted as given; parents must precede
@@ -141,8 +137,8 @@ pub fn build(entries: &[Entry], mtime: u64) -> Result<Layer, LayerError> {
         .write(Vec::new(), Compression::default());
     let (gz, diff, files) = write_tar(entries, mtime, gz)?;
     let blob = gz.finish().map_err(end_err)?;
-    let digest = sha256_digest(Sha256::digest(&blob).as_slice())?;
-    let diff_id = sha256_digest(diff.as_slice())?;
+    let digest = Digest::sha256(&blob);
+    let diff_id = Digest::of_sha256(diff);
     Ok(Layer {
         blob,
         digest,
@@ -155,7 +151,7 @@ pub fn build(entries: &[Entry], mtime: u64) -> Result<Layer, LayerError> {
 /// keeping anything: the files are read and hashed once.
 pub fn diff_id(entries: &[Entry], mtime: u64) -> Result<Digest, LayerError> {
     let (_, diff, _) = write_tar(entries, mtime, io::sink())?;
-    Ok(sha256_digest(diff.as_slice())?)
+    Ok(Digest::of_sha256(diff))
 }
 
 fn end_err(source: io::Error) -> LayerError {
@@ -166,12 +162,12 @@ fn end_err(source: io::Error) -> LayerError {
 }
 
 /// Writes the tar of `entries` into `out`: what is left of `out`, the
-/// sha256 of the tar, and how many regular files it holds.
+/// hasher of the tar, and how many regular files it holds.
 fn write_tar<W: Write>(
     entries: &[Entry],
     mtime: u64,
     out: W,
-) -> Result<(W, sha2::digest::Output<Sha256>, usize), LayerError> {
+) -> Result<(W, Sha256, usize), LayerError> {
     let mut tar = tar::Builder::new(Hashing::new(out));
     let mut files = 0;
     for entry in entries {
@@ -326,8 +322,8 @@ impl<W> Hashing<W> {
         }
     }
 
-    fn finish(self) -> (W, sha2::digest::Output<Sha256>) {
-        (self.inner, self.hasher.finalize())
+    fn finish(self) -> (W, Sha256) {
+        (self.inner, self.hasher)
     }
 }
 
@@ -341,17 +337,6 @@ impl<W: Write> Write for Hashing<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-fn sha256_digest(bytes: &[u8]) -> Result<Digest, DigestError> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(7 + 2 * bytes.len());
-    s.push_str("sha256:");
-    for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    Digest::parse(&s)
 }
 
 /// Finds `path` (e.g. `etc/passwd`) in a gzip-compressed (or plain) layer
@@ -688,14 +673,8 @@ mod tests {
         )
         .expect("build");
         let tar_bytes = gunzip(&layer.blob);
-        assert_eq!(
-            layer.diff_id,
-            sha256_digest(Sha256::digest(&tar_bytes).as_slice()).expect("digest")
-        );
-        assert_eq!(
-            layer.digest,
-            sha256_digest(Sha256::digest(&layer.blob).as_slice()).expect("digest")
-        );
+        assert_eq!(layer.diff_id, Digest::sha256(&tar_bytes));
+        assert_eq!(layer.digest, Digest::sha256(&layer.blob));
         assert_ne!(layer.digest, layer.diff_id);
         // gzip header: no mtime, no file name.
         assert_eq!(&layer.blob[4..8], &[0, 0, 0, 0]);

@@ -27,7 +27,6 @@ use rebased_core::{Digest, ImageRef};
 use rebased_registry::layout::Layout;
 use rebased_registry::Registry;
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -103,15 +102,6 @@ struct Built {
     /// Base layer descriptors (digest, size) then own layers.
     base_layers: Vec<(Digest, u64)>,
     own_layers: Vec<Digest>,
-}
-
-fn sha256(bytes: &[u8]) -> Digest {
-    let hex: String = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Digest::parse(&format!("sha256:{hex}"))
-        .unwrap_or_else(|_| unreachable!("a sha256 hex digest is always valid"))
 }
 
 impl Native {
@@ -297,7 +287,7 @@ impl Native {
             }
             let config = serde_json::to_vec(&stage.finish(&req.annotations))
                 .map_err(|e| Fail::Step("config".to_owned(), e.to_string()))?;
-            let config_digest = sha256(&config);
+            let config_digest = Digest::sha256(&config);
             let mut descriptors: Vec<Value> = base.layers.clone();
             descriptors.extend(own.iter().map(|(d, size)| {
                 json!({"mediaType": OCI_LAYER_GZIP, "digest": d.as_str(), "size": size})
@@ -322,7 +312,7 @@ impl Native {
                 .collect();
             built.push(Built {
                 platform: base.platform.clone(),
-                manifest_digest: sha256(&manifest),
+                manifest_digest: Digest::sha256(&manifest),
                 config_digest,
                 config,
                 manifest,
@@ -1031,11 +1021,11 @@ mod tests {
             .bytes(&want.digest, &log)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(sha256(&bytes), want.digest);
+        assert_eq!(Digest::sha256(&bytes), want.digest);
         assert!(log.text().contains("building it again"), "{}", log.text());
         // A cache record from another layer format: refused, not pushed
         // under the wrong digest.
-        let other = sha256(b"not this layer");
+        let other = Digest::sha256(b"not this layer");
         let e = again.bytes(&other, &log).await.expect_err("refused");
         assert!(e.contains("building it again gives"), "{e}");
     }
