@@ -75,6 +75,8 @@ pub struct Stamp {
     key: String,
     /// When the `stat`s began, nanoseconds since the epoch.
     taken_ns: i128,
+    /// The newest mtime or ctime among the files.
+    newest_ns: i128,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -112,8 +114,7 @@ fn field(h: &mut Sha256, bytes: &[u8]) {
 
 /// Stamps the sources of `entries` (one `stat` per file, following
 /// symlinks as the layer's reads do) for a layer written with `mtime`.
-/// Also returns the newest mtime or ctime seen.
-pub fn stamp(entries: &[Entry], mtime: u64) -> io::Result<(Stamp, i128)> {
+pub fn stamp(entries: &[Entry], mtime: u64) -> io::Result<Stamp> {
     let taken_ns = now_ns();
     let mut h = Sha256::new();
     field(&mut h, FORMAT.as_bytes());
@@ -151,7 +152,11 @@ pub fn stamp(entries: &[Entry], mtime: u64) -> io::Result<(Stamp, i128)> {
         }
     }
     let key = hex(&h.finalize());
-    Ok((Stamp { key, taken_ns }, newest))
+    Ok(Stamp {
+        key,
+        taken_ns,
+        newest_ns: newest,
+    })
 }
 
 impl LayerCache {
@@ -195,27 +200,37 @@ impl LayerCache {
         Some(known)
     }
 
-    /// Records `known` as what sources with `stamp` (if they could be
-    /// stamped; `newest` from [`stamp`]) and its contents give.
-    pub fn remember(&self, stamp: Option<(&Stamp, i128)>, known: &Known) -> io::Result<()> {
-        let record = |taken_ns, newest_ns| Record {
+    /// Records `known` as what its contents give, and what sources with
+    /// `stamp` give (if they could be stamped).
+    pub fn remember(&self, stamp: Option<&Stamp>, known: &Known) -> io::Result<()> {
+        let record = Record::of(known, now_ns(), 0);
+        self.write("content", &content_name(&known.diff_id), &record)?;
+        match stamp {
+            Some(s) => self.remember_stamp(s, known),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `known` as what sources with `stamp` give (its contents are
+    /// known already).
+    pub fn remember_stamp(&self, stamp: &Stamp, known: &Known) -> io::Result<()> {
+        let record = Record::of(known, stamp.taken_ns, stamp.newest_ns);
+        self.write("meta", &stamp.key, &record)
+    }
+}
+
+impl Record {
+    fn of(known: &Known, taken_ns: i128, newest_ns: i128) -> Record {
+        Record {
             digest: known.digest.to_string(),
             diff_id: known.diff_id.to_string(),
             size: known.size,
             files: known.files,
             taken_ns,
             newest_ns,
-        };
-        let now = now_ns();
-        self.write("content", &content_name(&known.diff_id), &record(now, 0))?;
-        if let Some((s, newest)) = stamp {
-            self.write("meta", &s.key, &record(s.taken_ns, newest))?;
         }
-        Ok(())
     }
-}
 
-impl Record {
     fn known(&self) -> Option<Known> {
         Some(Known {
             digest: Digest::parse(&self.digest).ok()?,
@@ -264,26 +279,30 @@ impl LayerCache {
     /// again. Temporary files left by a crash go too.
     fn trim(&self, dir: &Path) -> io::Result<()> {
         let stale = SystemTime::now() - STALE_TEMP;
-        let mut entries: Vec<(SystemTime, PathBuf)> = Vec::new();
+        let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        // Names only: records are `stat`ed just when there are too many.
+        let mut records = Vec::new();
         for e in fs::read_dir(dir)?.filter_map(Result::ok) {
-            let Some(modified) = e.metadata().ok().and_then(|m| m.modified().ok()) else {
-                continue;
-            };
+            let path = e.path();
             if e.file_name().to_string_lossy().starts_with('.') {
-                // A temporary file left by a crash.
-                if modified < stale {
-                    let _ = fs::remove_file(e.path());
+                // A temporary file, left by a crash if it is old.
+                if modified(&path).is_some_and(|m| m < stale) {
+                    let _ = fs::remove_file(&path);
                 }
                 continue;
             }
-            entries.push((modified, e.path()));
+            records.push(path);
         }
-        if entries.len() <= self.max_entries {
+        if records.len() <= self.max_entries {
             return Ok(());
         }
-        entries.sort();
-        let excess = entries.len() - self.max_entries * 3 / 4;
-        for (_, path) in entries.into_iter().take(excess) {
+        let mut by_age: Vec<(SystemTime, PathBuf)> = records
+            .into_iter()
+            .filter_map(|p| Some((modified(&p)?, p)))
+            .collect();
+        by_age.sort();
+        let excess = by_age.len().saturating_sub(self.max_entries * 3 / 4);
+        for (_, path) in by_age.into_iter().take(excess) {
             // Another build may have removed it already.
             let _ = fs::remove_file(path);
         }
@@ -319,7 +338,7 @@ mod tests {
     }
 
     fn key(entries: &[Entry], mtime: u64) -> String {
-        stamp(entries, mtime).unwrap().0.key
+        stamp(entries, mtime).unwrap().key
     }
 
     #[test]
@@ -384,13 +403,13 @@ mod tests {
         fs::write(&f, "aaaa").unwrap();
         let entries = [file(&f, 0o644, 0)];
         let cache = LayerCache::new(dir.path().join("cache"));
-        let (s, newest) = stamp(&entries, 0).unwrap();
-        cache.remember(Some((&s, newest)), &known(1)).unwrap();
+        let s = stamp(&entries, 0).unwrap();
+        cache.remember(Some(&s), &known(1)).unwrap();
         assert_eq!(cache.by_stamp(&s), None, "changed within the window");
         assert_eq!(cache.by_diff_id(&known(1).diff_id), Some(known(1)));
         let trusting = cache.racy_window(Duration::ZERO);
         assert_eq!(trusting.by_stamp(&s), Some(known(1)));
-        let (other, _) = stamp(&[file(&f, 0o600, 0)], 0).unwrap();
+        let other = stamp(&[file(&f, 0o600, 0)], 0).unwrap();
         assert_eq!(trusting.by_stamp(&other), None);
     }
 
@@ -417,8 +436,9 @@ mod tests {
     fn a_huge_newest_time_does_not_overflow() {
         let dir = tempfile::tempdir().unwrap();
         let cache = LayerCache::new(dir.path()).racy_window(Duration::from_secs(2));
-        let (s, _) = stamp(&[], 0).unwrap();
-        cache.remember(Some((&s, i128::MAX)), &known(5)).unwrap();
+        let mut s = stamp(&[], 0).unwrap();
+        s.newest_ns = i128::MAX;
+        cache.remember(Some(&s), &known(5)).unwrap();
         assert_eq!(cache.by_stamp(&s), None);
     }
 

@@ -607,7 +607,13 @@ struct OwnLayer {
 /// gone by the time it is published.
 enum OwnBlob {
     Made(bytes::Bytes),
-    Again(Arc<Vec<context::Entry>>, u64),
+    /// The context and the `COPY`/`ADD` to read again (not its entries:
+    /// those of an `ADD` archive hold the unpacked bytes).
+    Again {
+        ctx: Arc<Context>,
+        spec: CopySpec,
+        mtime: u64,
+    },
 }
 
 impl OwnBlob {
@@ -616,15 +622,19 @@ impl OwnBlob {
     async fn bytes(&self, d: &Digest, log: &Log) -> Result<bytes::Bytes, String> {
         match self {
             OwnBlob::Made(b) => Ok(b.clone()),
-            OwnBlob::Again(entries, mtime) => {
+            OwnBlob::Again { ctx, spec, mtime } => {
                 log.line(format!(
                     "layer {d}: no longer at the target since it was checked; building it again"
                 ));
-                let (e, m) = (entries.clone(), *mtime);
-                let made = blocking(move || layer::build(&e, m).map_err(|e| e.to_string())).await?;
+                let (ctx, spec, mtime) = (ctx.clone(), spec.clone(), *mtime);
+                let made = blocking(move || {
+                    let entries = ctx.entries(&spec).map_err(|e| e.to_string())?;
+                    layer::build(&entries, mtime).map_err(|e| e.to_string())
+                })
+                .await?;
                 if &made.digest != d {
                     return Err(format!(
-                        "layer {d} is no longer at the target and building it again gives {} (the layer cache predates a change of format); the next build makes the new layer",
+                        "layer {d} is no longer at the target and building it again gives {} (the sources changed since, or the layer cache predates a change of format); the next build makes the new layer",
                         made.digest
                     ));
                 }
@@ -698,11 +708,21 @@ async fn own_layer(
         chmod: copy.chmod,
         extract_archives: copy.add,
     };
-    let entries = Arc::new(blocking(move || ctx.entries(&spec).map_err(|e| e.to_string())).await?);
+    let (c, sp) = (ctx.clone(), spec.clone());
+    let entries = Arc::new(blocking(move || c.entries(&sp).map_err(|e| e.to_string())).await?);
+    let build = |entries: Arc<Vec<context::Entry>>| async move {
+        blocking(move || layer::build(&entries, mtime).map_err(|e| e.to_string()))
+            .await
+            .map(built)
+    };
+    // Had from the cache: built again at publish only if the blob is gone.
+    let cached = |known: Known, how: &'static str| OwnLayer {
+        known,
+        blob: OwnBlob::Again { ctx, spec, mtime },
+        how,
+    };
     let Some(cache) = cache else {
-        let e = entries.clone();
-        let made = blocking(move || layer::build(&e, mtime).map_err(|e| e.to_string())).await?;
-        return Ok(built(made));
+        return build(entries).await;
     };
     let e = entries.clone();
     let stamp = match blocking(move || cache::stamp(&e, mtime).map_err(|e| e.to_string())).await {
@@ -714,26 +734,18 @@ async fn own_layer(
             None
         }
     };
-    if let Some(known) = stamp.as_ref().and_then(|(s, _)| cache.by_stamp(s)) {
-        if target.has(&known.digest).await {
-            return Ok(OwnLayer {
-                known,
-                blob: OwnBlob::Again(entries, mtime),
-                how: "; sources unchanged since an earlier build, not rebuilt",
-            });
-        }
-    }
-    let e = entries.clone();
-    let diff_id = blocking(move || layer::diff_id(&e, mtime).map_err(|e| e.to_string())).await?;
     // Off the async threads: a write may trim a map of thousands of files.
-    let remember = |known: Known| {
+    let record = |known: Known, contents_too: bool| {
         let (cache, stamp) = (cache.clone(), stamp.clone());
         async move {
             let digest = known.digest.clone();
             let wrote = blocking(move || {
-                cache
-                    .remember(stamp.as_ref().map(|(s, n)| (s, *n)), &known)
-                    .map_err(|e| e.to_string())
+                match (&stamp, contents_too) {
+                    (_, true) => cache.remember(stamp.as_ref(), &known),
+                    (Some(s), false) => cache.remember_stamp(s, &known),
+                    (None, false) => Ok(()),
+                }
+                .map_err(|e| e.to_string())
             })
             .await;
             if let Err(e) = wrote {
@@ -741,19 +753,31 @@ async fn own_layer(
             }
         }
     };
+    if let Some(known) = stamp.as_ref().and_then(|s| cache.by_stamp(s)) {
+        if target.has(&known.digest).await {
+            return Ok(cached(
+                known,
+                "; sources unchanged since an earlier build, not rebuilt",
+            ));
+        }
+        // The same sources, so the same contents: only the blob is missing.
+        let made = build(entries).await?;
+        record(made.known.clone(), true).await;
+        return Ok(made);
+    }
+    let e = entries.clone();
+    let diff_id = blocking(move || layer::diff_id(&e, mtime).map_err(|e| e.to_string())).await?;
     if let Some(known) = cache.by_diff_id(&diff_id) {
         if target.has(&known.digest).await {
-            remember(known.clone()).await;
-            return Ok(OwnLayer {
+            record(known.clone(), false).await;
+            return Ok(cached(
                 known,
-                blob: OwnBlob::Again(entries, mtime),
-                how: "; same contents as an earlier build, not recompressed",
-            });
+                "; same contents as an earlier build, not recompressed",
+            ));
         }
     }
-    let made = blocking(move || layer::build(&entries, mtime).map_err(|e| e.to_string())).await?;
-    let made = built(made);
-    remember(made.known.clone()).await;
+    let made = build(entries).await?;
+    record(made.known.clone(), true).await;
     Ok(made)
 }
 
@@ -1005,18 +1029,23 @@ mod tests {
     #[tokio::test]
     async fn a_cached_layer_gone_from_the_target_is_built_again_when_published() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let f = dir.path().join("data");
-        std::fs::write(&f, "contents").unwrap_or_else(|e| panic!("{e}"));
-        let entries = Arc::new(vec![context::Entry {
-            path: "data".to_owned(),
-            kind: context::EntryKind::File(context::FileData::Path(f)),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        }]);
+        std::fs::write(dir.path().join("data"), "contents").unwrap_or_else(|e| panic!("{e}"));
+        let ctx = Arc::new(Context::open(dir.path()).unwrap_or_else(|e| panic!("{e}")));
+        let spec = CopySpec {
+            sources: vec!["data".to_owned()],
+            dest: "/".to_owned(),
+            owner: (0, 0),
+            chmod: None,
+            extract_archives: false,
+        };
+        let entries = ctx.entries(&spec).unwrap_or_else(|e| panic!("{e}"));
         let want = layer::build(&entries, 0).unwrap_or_else(|e| panic!("{e}"));
         let log = Log::default();
-        let again = OwnBlob::Again(entries, 0);
+        let again = OwnBlob::Again {
+            ctx,
+            spec,
+            mtime: 0,
+        };
         let bytes = again
             .bytes(&want.digest, &log)
             .await
