@@ -239,6 +239,29 @@ fn webhook_deliveries_in_flight_are_bounded() {
         );
         (status == 202).then_some(())
     });
+    // Nor do slow senders waving a signature header at a source that does
+    // not sign (only GitHub does): the token is still checked first.
+    for _ in 0..40 {
+        let mut s = std::net::TcpStream::connect(&listen).unwrap();
+        write!(
+            s,
+            "POST /v1/webhooks/generic HTTP/1.1\r\nHost: x\r\nX-Hub-Signature-256: sha256=00ff\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n{{"
+        )
+        .unwrap();
+        s.flush().unwrap();
+        strangers.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, reply) = post(
+        &daemon,
+        "/v1/webhooks/generic",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.clone(),
+    );
+    assert_eq!(status, 202, "signed strangers hold no permit: {reply}");
     drop(strangers);
     // Slow senders with the token: headers and a little of a 4 KiB body,
     // then nothing.

@@ -25,7 +25,6 @@ pub(crate) async fn metrics(State(b): State<Shared>) -> Response {
 
 pub(crate) type HookState = (Shared, Arc<Option<String>>);
 
-/// A registry webhook: checks the watched references it names, now.
 /// How long a delivery may take to send its body.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -42,6 +41,7 @@ fn unauthorized() -> Response {
 pub const MAX_IN_FLIGHT: usize = 32;
 static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_IN_FLIGHT);
 
+/// A registry webhook: checks the watched references it names, now.
 #[utoipa::path(
     post,
     path = "/v1/webhooks/{source}",
@@ -80,13 +80,22 @@ pub(crate) async fn webhook(
         );
     };
     // Without a signature to check, the token is checked before the body is
-    // read, so unauthenticated senders hold nothing.
+    // read, so unauthenticated senders hold nothing. Only GitHub signs its
+    // deliveries; elsewhere the header does not put off the token check.
+    let signed = source == "github" && headers.contains_key("x-hub-signature-256");
     if let Some(want) = token.as_deref() {
-        let signed = headers.contains_key("x-hub-signature-256");
         if !signed && !authorized(want, query.as_deref(), &headers, b"") {
             count("unauthorized");
             return unauthorized();
         }
+    }
+    if !SOURCES.contains(&source.as_str()) {
+        count("unknown_source");
+        return ApiError::not_found(format!(
+            "webhook source {source:?} (known: {})",
+            SOURCES.join(", ")
+        ))
+        .into_response();
     }
     // Bounded deliveries in flight (each may hold up to the body limit).
     let Ok(_permit) = IN_FLIGHT.try_acquire() else {
@@ -99,14 +108,6 @@ pub(crate) async fn webhook(
             .insert("retry-after", axum::http::HeaderValue::from_static("1"));
         return r;
     };
-    if !SOURCES.contains(&source.as_str()) {
-        count("unknown_source");
-        return ApiError::not_found(format!(
-            "webhook source {source:?} (known: {})",
-            SOURCES.join(", ")
-        ))
-        .into_response();
-    }
     let read =
         tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, WEBHOOK_BODY_LIMIT)).await;
     let bytes = match read {
@@ -133,7 +134,8 @@ pub(crate) async fn webhook(
             .into_response();
         }
     };
-    if let Some(want) = token.as_deref() {
+    // A signed delivery: the signature is over the body.
+    if let (Some(want), true) = (token.as_deref(), signed) {
         if !authorized(want, query.as_deref(), &headers, &bytes) {
             count("unauthorized");
             return unauthorized();
