@@ -52,6 +52,9 @@ pub async fn run(
     let mut trigger = Trigger::Poll;
     let mut forced: Option<BTreeSet<ImageRef>> = None;
     let mut evaluate_all = false;
+    // Bases looked at again because of a webhook (the tag not moved yet, or
+    // a change settling): what that look finds is the webhook's doing.
+    let mut webhook_rechecks: BTreeSet<ImageRef> = BTreeSet::new();
     let pulse = crate::notify::watchdog_interval().unwrap_or(std::time::Duration::from_secs(3600));
     loop {
         let began = std::time::Instant::now();
@@ -72,6 +75,11 @@ pub async fn run(
             due.sort();
             due.dedup();
         }
+        let waiting = webhook_rechecks.len();
+        webhook_rechecks.retain(|r| specs.contains_key(r) && !due.contains(r));
+        if webhook_rechecks.len() < waiting && !due.is_empty() {
+            trigger = Trigger::Webhook;
+        }
         if !due.is_empty() || first || evaluate_all {
             // A round against a slow registry must not hold up a stop.
             let rechecks = tokio::select! {
@@ -87,6 +95,9 @@ pub async fn run(
                     .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 if let Some(at) = rechecks.get(r) {
                     t = t.min(*at);
+                    if trigger == Trigger::Webhook {
+                        webhook_rechecks.insert(r.clone());
+                    }
                 }
                 next.insert(r.clone(), t);
             }
