@@ -504,14 +504,6 @@ impl Daemon {
         Ok(text[..whole].lines().filter_map(parse_log_line).collect())
     }
 
-    /// Every log line so far.
-    pub fn all_log_lines(&self) -> Result<Vec<LogLine>> {
-        Ok(fs::read_to_string(&self.log)?
-            .lines()
-            .filter_map(parse_log_line)
-            .collect())
-    }
-
     /// Waits for a log line with `message` (among lines not yet read).
     pub fn wait_log(&mut self, message: &str, timeout: Duration) -> Result<LogLine> {
         let start = Instant::now();

@@ -79,7 +79,7 @@ fn every_scenario_produces_its_figures() {
 
     // 3. Webhook: every push became one successful build, each measured.
     let hook = &r["webhook"];
-    assert_eq!(hook["jobs_measured"], hook["pushes"], "{hook}");
+    assert_eq!(hook["jobs"], hook["pushes"], "{hook}");
     assert_eq!(hook["failed_builds"].as_u64(), Some(0), "{hook}");
     assert!(finite(&hook["p50_ms"]) && finite(&hook["p99_ms"]), "{hook}");
 
