@@ -199,10 +199,11 @@ fn no_shell_runs_and_untrusted_strings_stay_arguments() {
         work.path(),
         "app",
         &format!(
-            "FROM {}/base:latest\nARG EVIL\nCOPY hello /hello\nRUN [\"/bin/busybox\", \"true\"]\nLABEL evil=$EVIL\n",
+            "FROM {}/base:latest\nARG EVIL\nCOPY . /ctx/\nRUN [\"/bin/busybox\", \"true\"]\nLABEL evil=$EVIL\n",
             registry.host
         ),
     );
+    // Copied by `COPY . /ctx/`, so the builder handles the name.
     fs::write(ctx.join("$(touch pwned2);x"), "odd name\n").unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let config = write_config(
