@@ -88,9 +88,10 @@ pub struct Daemon {
     pub bad_plans: Mutex<std::collections::HashSet<String>>,
 }
 
-/// The bases of each image's Dockerfile, by image name (within one config
-/// an image names one Dockerfile and one set of build args; a reload
-/// empties the cache), each with the file's identity (inode, size, mtime,
+/// The bases of each Dockerfile, by its path and the build args it is read
+/// with (so an entry made under an old config during a reload can only
+/// ever serve that old input; a reload empties the cache to free it), each
+/// with the file's identity (inode, size, mtime,
 /// ctime) when it was read: a poll cycle, a webhook and `GET /v1/images`
 /// look at every image's bases, and re-reading and re-parsing thousands of
 /// unchanged files each time was most of their cost. A changed file is
@@ -557,16 +558,16 @@ impl Daemon {
     /// mtime and ctime; looked at once per [`PLAN_VERIFY_EVERY`]), else read
     /// and parsed now. Errors are not cached.
     pub fn image_bases(&self, image: &ImageConfig) -> Result<Arc<[ImageRef]>> {
-        let name = image.name.as_str();
-        if let Some(c) = lock(&self.plans).entries.get(name) {
+        let path = image.dockerfile_path();
+        let key = format!("{}\0{:?}", path.display(), image.build_args);
+        if let Some(c) = lock(&self.plans).entries.get(&key) {
             if c.verified.elapsed() < PLAN_VERIFY_EVERY {
                 return Ok(Arc::clone(&c.bases));
             }
         }
-        let path = image.dockerfile_path();
         let stamp = FileStamp::of(&path);
         if let Some(stamp) = stamp {
-            if let Some(c) = lock(&self.plans).entries.get_mut(name) {
+            if let Some(c) = lock(&self.plans).entries.get_mut(&key) {
                 if c.stamp == stamp {
                     c.verified = std::time::Instant::now();
                     return Ok(Arc::clone(&c.bases));
@@ -587,7 +588,7 @@ impl Daemon {
         // Stamped before the read: a write during the read is seen next time.
         if let Some(stamp) = stamp {
             cache.entries.insert(
-                name.to_owned(),
+                key,
                 CachedBases {
                     stamp,
                     verified: std::time::Instant::now(),
