@@ -174,24 +174,15 @@ pub async fn head(
         .map(|(h, _)| h)
 }
 
-/// A manifest as fetched: its bytes (at most 4 MiB) and `Content-Type`.
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    /// The bytes, as served.
-    pub bytes: Vec<u8>,
-    /// The `Content-Type` header, if any.
-    pub content_type: Option<String>,
-}
-
 /// GETs the manifest `r` names (bytes capped at 4 MiB, digest checked when
-/// `r` is pinned), authenticating as [`head`] does.
+/// `r` is pinned), authenticating as [`head`] does; the bytes as served.
 pub async fn get_manifest(
     http: &reqwest::Client,
     tokens: &TokenCache,
     r: &ImageRef,
     insecure: bool,
     creds: Option<&Credentials>,
-) -> Result<(Head, Fetched), RegistryError> {
+) -> Result<(Head, Vec<u8>), RegistryError> {
     let (head, fetched) = request(http, tokens, r, insecure, creds, true).await?;
     let fetched = fetched.ok_or_else(|| err(r, ErrorKind::Protocol, "GET manifest: no body"))?;
     Ok((head, fetched))
@@ -204,7 +195,7 @@ async fn request(
     insecure: bool,
     creds: Option<&Credentials>,
     get: bool,
-) -> Result<(Head, Option<Fetched>), RegistryError> {
+) -> Result<(Head, Option<Vec<u8>>), RegistryError> {
     let url = manifest_url(r, insecure);
     let scope = format!("repository:{}:pull", r.repository());
     let key = (r.registry().to_owned(), scope.clone());
@@ -253,11 +244,6 @@ async fn request(
             .and_then(parse_rate_limit);
         match status.as_u16() {
             200..=299 if get => {
-                let content_type = resp
-                    .headers()
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
                 if resp
                     .content_length()
                     .is_some_and(|l| l as usize > MAX_MANIFEST)
@@ -283,10 +269,7 @@ async fn request(
                         digest,
                         rate_limit_remaining: rate,
                     },
-                    Some(Fetched {
-                        bytes,
-                        content_type,
-                    }),
+                    Some(bytes),
                 ));
             }
             200..=299 => {

@@ -301,21 +301,16 @@ impl Registry {
         let (creds, http, insecure) = self.endpoint(reference).await?;
         let _permit = self.permit_pool(host).acquire_owned().await;
         // Our own GET: the body is read up to 4 MiB, never without bound.
-        let (head, fetched) =
+        let (head, bytes) =
             http::get_manifest(http, &self.tokens, reference, insecure, creds.as_ref()).await?;
-        let media_type = declared_media_type(&fetched.bytes)
-            .or(fetched.content_type)
-            .ok_or_else(|| {
-                fail(
-                    ErrorKind::Protocol,
-                    "manifest is not a JSON object".to_owned(),
-                )
-            })?;
-        if serde_json::from_slice::<serde_json::Value>(&fetched.bytes).is_err() {
-            return Err(fail(ErrorKind::Protocol, "manifest is not JSON".to_owned()));
-        }
+        let media_type = declared_media_type(&bytes).ok_or_else(|| {
+            fail(
+                ErrorKind::Protocol,
+                "manifest is not a JSON object".to_owned(),
+            )
+        })?;
         Ok(RawManifest {
-            bytes: fetched.bytes,
+            bytes,
             digest: head.digest,
             media_type,
         })
