@@ -34,10 +34,13 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The user name Docker's config uses for an identity (refresh) token.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
 impl Credentials {
     /// True for an identity (refresh) token from `docker login` with OAuth2.
     pub fn is_identity_token(&self) -> bool {
-        self.username == crate::http::IDENTITY_TOKEN_USER
+        self.username == IDENTITY_TOKEN_USER
     }
 
     /// `user:secret` in base64, as `auth` fields and Basic headers carry it.
@@ -163,7 +166,7 @@ fn from_docker_config(
     };
     if let Some(token) = &entry.identitytoken {
         return Ok(Some(Credentials {
-            username: crate::http::IDENTITY_TOKEN_USER.to_owned(),
+            username: IDENTITY_TOKEN_USER.to_owned(),
             secret: token.clone(),
         }));
     }

@@ -1,69 +1,33 @@
-//! Blobs and manifest pushes: existence checks, cross-repository mounts,
-//! uploads, streamed copies between registries, bounded reads, and pushing
-//! manifest bytes. Every blob read is verified against its digest here, not
-//! only by the transport.
+//! Blobs: existence checks, cross-repository mounts, uploads, streamed
+//! copies between registries and bounded reads, every one through the
+//! [`Transport`]. Every blob read is verified against its digest here.
+//!
+//! An upload is `POST /v2/NAME/blobs/uploads/` then, for bytes in memory,
+//! one `PUT LOCATION?digest=D` with the bytes (retried like any request:
+//! the body can be sent again), and for a copy between registries one
+//! streamed `PATCH LOCATION` (never retried: the stream cannot be
+//! restarted) and a `PUT LOCATION?digest=D` without a body.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{BoxStream, StreamExt};
-use oci_client::errors::OciDistributionError;
-use oci_client::{Reference, RegistryOperation};
-use rebased_core::digest::hex;
 use rebased_core::{Digest, ImageRef};
-use sha2::Digest as _;
+use reqwest::{Method, Response, StatusCode};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::OwnedSemaphorePermit;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::{classify, to_oci, ErrorKind, Registry, RegistryError};
+use crate::error::{chain, error, ErrorKind, RegistryError};
+use crate::hash::Hasher;
+use crate::transport::token::Scopes;
+use crate::transport::{read_capped, registry_errors, status_error, Body, Request, Transport};
 
-/// Upload piece size for streamed copies: oci-client PATCHes at most 4 MiB
-/// at a time, so pieces of exactly that size make one PATCH each.
+/// Piece size of a streamed copy's upload body: the copy holds at most
+/// about this much of the blob in memory.
 const CHUNK: usize = 4 << 20;
-
-/// A running content hash for a digest's algorithm.
-pub(crate) enum Hasher {
-    Sha256(sha2::Sha256),
-    Sha512(sha2::Sha512),
-}
-
-impl Hasher {
-    /// A hasher for `digest`'s algorithm; `None` for algorithms we cannot
-    /// compute (anything but sha256 and sha512).
-    pub(crate) fn for_digest(digest: &Digest) -> Option<Self> {
-        match digest.algorithm() {
-            "sha256" => Some(Self::Sha256(sha2::Sha256::new())),
-            "sha512" => Some(Self::Sha512(sha2::Sha512::new())),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn update(&mut self, data: &[u8]) {
-        match self {
-            Self::Sha256(h) => h.update(data),
-            Self::Sha512(h) => h.update(data),
-        }
-    }
-
-    /// `algorithm:hex` of everything hashed.
-    pub(crate) fn finish(self) -> String {
-        match self {
-            Self::Sha256(h) => Digest::of_sha256(h).to_string(),
-            Self::Sha512(h) => format!("sha512:{}", hex(&h.finalize())),
-        }
-    }
-}
-
-fn error(r: &ImageRef, kind: ErrorKind, detail: impl Into<String>) -> RegistryError {
-    RegistryError {
-        registry: r.registry().to_owned(),
-        reference: r.to_string(),
-        kind,
-        detail: detail.into(),
-    }
-}
+/// Largest body read from a mount's refusal to say why.
+const MAX_REFUSAL: usize = 64 << 10;
 
 fn hasher_for(blob: &ImageRef, digest: &Digest) -> Result<Hasher, RegistryError> {
     Hasher::for_digest(digest).ok_or_else(|| {
@@ -75,9 +39,8 @@ fn hasher_for(blob: &ImageRef, digest: &Digest) -> Result<Hasher, RegistryError>
     })
 }
 
-/// What a failed read of a download stream means: the network, or content
-/// that does not match (oci-client's verifying stream reports a mismatch as
-/// an `io::Error` wrapping its digest error).
+/// What a failed read of a download stream means: the network (an
+/// `io::Error` wrapping the `reqwest::Error`), or anything else.
 fn stream_error(blob: &ImageRef, e: &std::io::Error) -> RegistryError {
     let network = e
         .get_ref()
@@ -112,7 +75,7 @@ fn verify(blob: &ImageRef, digest: &Digest, hasher: Hasher) -> Result<(), Regist
 
 /// A download re-cut into [`CHUNK`]-sized pieces, hashed and counted on the
 /// way; at its end the hash is checked, so a mismatching blob fails the
-/// upload before it is committed.
+/// upload body (and so the upload) before it is committed.
 struct Rechunk {
     inner: BoxStream<'static, Result<Bytes, std::io::Error>>,
     buf: BytesMut,
@@ -125,13 +88,12 @@ struct Rechunk {
 }
 
 impl Rechunk {
-    fn fail(&self, e: RegistryError) -> OciDistributionError {
-        let detail = e.to_string();
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-        OciDistributionError::GenericError(Some(detail))
+    fn fail(&self, e: RegistryError) -> RegistryError {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+        e
     }
 
-    fn into_stream(self) -> BoxStream<'static, Result<Bytes, OciDistributionError>> {
+    fn into_stream(self) -> BoxStream<'static, Result<Bytes, RegistryError>> {
         futures_util::stream::unfold(self, |mut st| async move {
             loop {
                 let hasher = st.hasher.as_mut()?;
@@ -169,288 +131,320 @@ impl Rechunk {
     }
 }
 
-impl Registry {
-    /// Permits of each host's concurrency pool, taken in a fixed order (and
-    /// once per host) so two transfers in opposite directions cannot
-    /// deadlock.
-    async fn permits(&self, hosts: &[&str]) -> Vec<OwnedSemaphorePermit> {
-        let mut hosts = hosts.to_vec();
-        hosts.sort_unstable();
-        hosts.dedup();
-        let mut out = Vec::with_capacity(hosts.len());
-        for host in hosts {
-            // The pools are never closed, so acquiring cannot fail.
-            if let Ok(p) = self.permit_pool(host).acquire_owned().await {
-                out.push(p);
-            }
+/// The body of a blob GET (redirects followed), or the error for its status.
+async fn get(
+    t: &Transport,
+    repository: &ImageRef,
+    blob: &ImageRef,
+    digest: &Digest,
+) -> Result<Response, RegistryError> {
+    let req = Request::new(
+        Method::GET,
+        t.url(repository, &format!("blobs/{digest}")),
+        Scopes::pull(repository.repository()),
+    );
+    let resp = t.send(blob, req).await?;
+    if resp.status().is_success() {
+        Ok(resp)
+    } else {
+        Err(status_error(blob, resp, !t.has_credentials(blob), "no such blob").await)
+    }
+}
+
+/// The download as a stream of byte pieces; a network failure is an
+/// `io::Error` wrapping the `reqwest::Error` (see [`stream_error`]).
+fn pieces(resp: Response) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    resp.bytes_stream()
+        .map(|r| r.map_err(std::io::Error::other))
+        .boxed()
+}
+
+/// Whether `repository` holds blob `digest` (`HEAD /v2/<name>/blobs/<digest>`).
+pub(crate) async fn exists(
+    t: &Transport,
+    repository: &ImageRef,
+    digest: &Digest,
+) -> Result<bool, RegistryError> {
+    let blob = repository.pinned(digest);
+    let req = Request::new(
+        Method::HEAD,
+        t.url(repository, &format!("blobs/{digest}")),
+        Scopes::pull(repository.repository()),
+    );
+    let resp = t.send(&blob, req).await?;
+    match resp.status() {
+        s if s.is_success() => Ok(true),
+        StatusCode::NOT_FOUND => Ok(false),
+        _ => Err(status_error(&blob, resp, !t.has_credentials(&blob), "no such blob").await),
+    }
+}
+
+/// Cross-repository mount of `digest` from `from` into `repository` (see
+/// [`crate::Registry::mount_blob`]). The token asked for carries push on
+/// the target and pull on the source, in one token request.
+pub(crate) async fn mount(
+    t: &Transport,
+    repository: &ImageRef,
+    from: &ImageRef,
+    digest: &Digest,
+) -> Result<bool, RegistryError> {
+    if from.registry() != repository.registry() {
+        return Ok(false);
+    }
+    let blob = repository.pinned(digest);
+    let url = t.url(
+        repository,
+        &format!("blobs/uploads/?mount={digest}&from={}", from.repository()),
+    );
+    let scopes = Scopes::push(repository.repository()).with(from.repository(), "pull");
+    let resp = t
+        .send(&blob, Request::new(Method::POST, url, scopes))
+        .await?;
+    let status = resp.status();
+    let refused = |cause: &str| {
+        warn!(
+            registry = repository.registry(),
+            source = from.repository(),
+            target = repository.repository(),
+            %digest,
+            status = status.as_u16(),
+            cause,
+            "cross-repository mount refused; the blob will be copied instead"
+        );
+        Ok(false)
+    };
+    match status.as_u16() {
+        201 if resp.headers().contains_key("location") => {
+            debug!(blob = %blob, from = %from, "mounted");
+            Ok(true)
         }
-        out
-    }
-
-    /// Authenticates for `op` on `r`'s repository (a token, when the
-    /// registry wants one) and returns the oci-client reference.
-    async fn authorize(
-        &self,
-        r: &ImageRef,
-        op: RegistryOperation,
-    ) -> Result<Reference, RegistryError> {
-        let oci = to_oci(r);
-        let auth = self.oci_auth_async(r).await?;
-        self.client
-            .auth(&oci, &auth, op)
-            .await
-            .map_err(|e| classify(r, e))?;
-        Ok(oci)
-    }
-
-    /// Whether `repository` holds blob `digest` (`HEAD /v2/<name>/blobs/<digest>`).
-    pub async fn blob_exists(
-        &self,
-        repository: &ImageRef,
-        digest: &Digest,
-    ) -> Result<bool, RegistryError> {
-        let blob = repository.pinned(digest);
-        let _permits = self.permits(&[repository.registry()]).await;
-        let oci = self.authorize(repository, RegistryOperation::Pull).await?;
-        self.client
-            .blob_exists(&oci, digest.as_str())
-            .await
-            .map_err(|e| classify(&blob, e))
-    }
-
-    /// Cross-repository mount of `digest` from `from` into `repository`.
-    ///
-    /// `Ok(true)` when mounted (201). `Ok(false)` when the registry declines:
-    /// `from` is on another registry, the registry answered 202 (it started
-    /// an ordinary upload instead; that session is left to the registry to
-    /// expire), or 401 / 403 / 404. The caller then copies the blob
-    /// ([`Registry::copy_blob`]). Other failures are errors.
-    pub async fn mount_blob(
-        &self,
-        repository: &ImageRef,
-        from: &ImageRef,
-        digest: &Digest,
-    ) -> Result<bool, RegistryError> {
-        if from.registry() != repository.registry() {
-            return Ok(false);
+        // 201 without a Location: mounted, but check rather than trust it.
+        201 => exists(t, repository, digest).await,
+        // The registry opened an ordinary upload instead; that session is
+        // left to the registry to expire.
+        202 => refused("the registry opened an upload instead (the source may not hold the blob)"),
+        401 | 403 | 404 => {
+            let body = read_capped(resp, MAX_REFUSAL).await.unwrap_or_default();
+            let why = registry_errors(&body);
+            refused(if why.is_empty() {
+                "no reason given"
+            } else {
+                &why
+            })
         }
-        let blob = repository.pinned(digest);
-        let _permits = self.permits(&[repository.registry()]).await;
-        let oci = self.authorize(repository, RegistryOperation::Push).await?;
-        let source = to_oci(from);
-        match self.client.mount_blob(&oci, &source, digest.as_str()).await {
-            Ok(()) => {
-                debug!(blob = %blob, from = %from, "mounted");
-                Ok(true)
-            }
-            // 201 without a Location: mounted, but check rather than trust it.
-            Err(OciDistributionError::RegistryNoLocationError) => self
-                .client
-                .blob_exists(&oci, digest.as_str())
-                .await
-                .map_err(|e| classify(&blob, e)),
-            // Any 2xx but 201: the registry opened an upload instead.
-            Err(OciDistributionError::SpecViolationError(why)) => {
-                debug!(blob = %blob, from = %from, %why, "mount declined");
-                Ok(false)
-            }
-            Err(OciDistributionError::ServerError {
-                code: 401 | 403 | 404,
-                ..
-            }) => Ok(false),
-            Err(e) => Err(classify(&blob, e)),
-        }
+        _ => Err(status_error(&blob, resp, !t.has_credentials(&blob), "no such repository").await),
     }
+}
 
-    /// Uploads `data` as blob `digest` into `repository`. The data is
-    /// checked against `digest` first; a mismatch is an error (kind
-    /// `Protocol`) and nothing is sent.
-    pub async fn push_blob(
-        &self,
-        repository: &ImageRef,
-        data: Bytes,
-        digest: &Digest,
-    ) -> Result<(), RegistryError> {
-        let blob = repository.pinned(digest);
-        let mut hasher = hasher_for(&blob, digest)?;
-        hasher.update(&data);
-        verify(&blob, digest, hasher)?;
-        let _permits = self.permits(&[repository.registry()]).await;
-        let oci = self.authorize(repository, RegistryOperation::Push).await?;
-        let size = data.len();
-        self.client
-            .push_blob(&oci, data, digest.as_str())
-            .await
-            .map_err(|e| classify(&blob, e))?;
-        debug!(blob = %blob, size, "pushed blob");
-        Ok(())
+/// Opens an upload session in `repository`; its `Location`, absolute.
+async fn start_upload(
+    t: &Transport,
+    repository: &ImageRef,
+    blob: &ImageRef,
+) -> Result<String, RegistryError> {
+    let req = Request::new(
+        Method::POST,
+        t.url(repository, "blobs/uploads/"),
+        Scopes::push(repository.repository()),
+    );
+    let resp = t.send(blob, req).await?;
+    if resp.status() != StatusCode::ACCEPTED {
+        return Err(status_error(blob, resp, !t.has_credentials(blob), "no such repository").await);
     }
-
-    /// Streams blob `digest` from `from` (any registry) into `to` without
-    /// holding it in memory (at most a few MiB at a time, uploaded in 4 MiB
-    /// pieces); returns the bytes copied. The content is verified against
-    /// `digest` before the upload is committed. It does not check whether
-    /// `to` already has the blob or try a mount: see
-    /// [`Registry::blob_exists`] and [`Registry::mount_blob`].
-    pub async fn copy_blob(
-        &self,
-        from: &ImageRef,
-        to: &ImageRef,
-        digest: &Digest,
-    ) -> Result<u64, RegistryError> {
-        let source = from.pinned(digest);
-        let target = to.pinned(digest);
-        let hasher = hasher_for(&source, digest)?;
-        let _permits = self.permits(&[from.registry(), to.registry()]).await;
-        let src = self.authorize(from, RegistryOperation::Pull).await?;
-        let dst = self.authorize(to, RegistryOperation::Push).await?;
-        let download = self
-            .client
-            .pull_blob_stream(&src, digest.as_str())
-            .await
-            .map_err(|e| classify(&source, e))?;
-        let size_hint = download.content_length;
-        let copied = Arc::new(AtomicU64::new(0));
-        let failure = Arc::new(Mutex::new(None));
-        let stream = Rechunk {
-            inner: download.stream,
-            buf: BytesMut::with_capacity(CHUNK),
-            hasher: Some(hasher),
-            expected: digest.clone(),
-            source: source.clone(),
-            copied: Arc::clone(&copied),
-            failure: Arc::clone(&failure),
-        }
-        .into_stream();
-        let pushed = self
-            .client
-            .push_blob_stream(&dst, stream, digest.as_str(), size_hint)
-            .await;
-        if let Err(e) = pushed {
-            let from_source = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
-            return Err(from_source.unwrap_or_else(|| classify(&target, e)));
-        }
-        let size = copied.load(Ordering::Relaxed);
-        debug!(from = %source, to = %target, size, "copied blob");
-        Ok(size)
-    }
-
-    /// Reads blob `digest` of `repository` whole, refusing (kind `Protocol`)
-    /// one larger than `limit` bytes; the content is verified against
-    /// `digest`.
-    pub async fn blob(
-        &self,
-        repository: &ImageRef,
-        digest: &Digest,
-        limit: u64,
-    ) -> Result<Vec<u8>, RegistryError> {
-        let blob = repository.pinned(digest);
-        let mut hasher = hasher_for(&blob, digest)?;
-        let too_large = |n: u64| {
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
             error(
-                &blob,
+                blob,
                 ErrorKind::Protocol,
-                format!("blob of {n} bytes or more exceeds the limit of {limit} bytes"),
-            )
-        };
-        let _permits = self.permits(&[repository.registry()]).await;
-        let oci = self.authorize(repository, RegistryOperation::Pull).await?;
-        let mut stream = self
-            .client
-            .pull_blob_stream(&oci, digest.as_str())
-            .await
-            .map_err(|e| classify(&blob, e))?;
-        if let Some(n) = stream.content_length.filter(|n| *n > limit) {
-            return Err(too_large(n));
-        }
-        let capacity = stream.content_length.unwrap_or(0).min(limit).min(1 << 20);
-        let mut buf = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| stream_error(&blob, &e))?;
-            let n = (buf.len() + chunk.len()) as u64;
-            if n > limit {
-                return Err(too_large(n));
-            }
-            hasher.update(&chunk);
-            buf.extend_from_slice(&chunk);
-        }
-        verify(&blob, digest, hasher)?;
-        Ok(buf)
-    }
-
-    /// Streams blob `digest` of `repository` into `out` (for an OCI layout:
-    /// see [`crate::Layout::blob_writer`]), flushes it, and returns the
-    /// size. The content is verified against `digest`; on an error `out`
-    /// may hold part of the blob. A failure to write `out` is reported with
-    /// kind `Protocol` and says so.
-    pub async fn blob_to_writer<W: AsyncWrite + Unpin + Send>(
-        &self,
-        repository: &ImageRef,
-        digest: &Digest,
-        mut out: W,
-    ) -> Result<u64, RegistryError> {
-        let blob = repository.pinned(digest);
-        let mut hasher = hasher_for(&blob, digest)?;
-        let write_failed = |e: std::io::Error| {
-            error(
-                &blob,
-                ErrorKind::Protocol,
-                format!("writing the blob out: {e}"),
-            )
-        };
-        let _permits = self.permits(&[repository.registry()]).await;
-        let oci = self.authorize(repository, RegistryOperation::Pull).await?;
-        let mut stream = self
-            .client
-            .pull_blob_stream(&oci, digest.as_str())
-            .await
-            .map_err(|e| classify(&blob, e))?;
-        let mut size = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| stream_error(&blob, &e))?;
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
-            out.write_all(&chunk).await.map_err(write_failed)?;
-        }
-        out.flush().await.map_err(write_failed)?;
-        verify(&blob, digest, hasher)?;
-        Ok(size)
-    }
-
-    /// Pushes manifest `bytes` under `reference` (a tag, or a digest for an
-    /// index's children) as `media_type`; returns the manifest's digest (the
-    /// sha256 of the bytes). A reference whose digest differs from the bytes'
-    /// is refused before anything is sent.
-    pub async fn push_manifest(
-        &self,
-        reference: &ImageRef,
-        bytes: Vec<u8>,
-        media_type: &str,
-    ) -> Result<Digest, RegistryError> {
-        let digest = Digest::sha256(&bytes);
-        if let Some(named) = reference.digest().filter(|d| **d != digest) {
-            return Err(error(
-                reference,
-                ErrorKind::Protocol,
-                format!("manifest bytes hash to {digest}, not {named}"),
-            ));
-        }
-        let content_type = media_type.parse().map_err(|_| {
-            error(
-                reference,
-                ErrorKind::Protocol,
-                format!("bad media type {media_type:?}"),
+                "upload started without a Location",
             )
         })?;
-        let _permits = self.permits(&[reference.registry()]).await;
-        let oci = self.authorize(reference, RegistryOperation::Push).await?;
-        self.client
-            .push_manifest_raw(&oci, bytes, content_type)
-            .await
-            .map_err(|e| classify(reference, e))?;
-        debug!(%reference, %digest, "pushed manifest");
-        Ok(digest)
+    Ok(absolute(t, repository, location))
+}
+
+/// A `Location` as an absolute URL (registries may answer a path).
+fn absolute(t: &Transport, repository: &ImageRef, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_owned()
+    } else {
+        format!("{}{location}", t.base_url(repository))
     }
+}
+
+/// Commits an upload: `PUT LOCATION?digest=D` with `body`.
+async fn finish_upload(
+    t: &Transport,
+    repository: &ImageRef,
+    blob: &ImageRef,
+    location: &str,
+    body: Body,
+) -> Result<(), RegistryError> {
+    let digest = blob.digest().map(ToString::to_string).unwrap_or_default();
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let req = Request::new(
+        Method::PUT,
+        format!("{location}{sep}digest={digest}"),
+        Scopes::push(repository.repository()),
+    )
+    .header("Content-Type", "application/octet-stream")
+    .body(body);
+    let resp = t.send(blob, req).await?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(status_error(blob, resp, !t.has_credentials(blob), "no such upload").await)
+    }
+}
+
+/// Uploads `data` as blob `digest` into `repository` after checking it
+/// against `digest` (a mismatch is a `Protocol` error and nothing is sent).
+pub(crate) async fn push(
+    t: &Transport,
+    repository: &ImageRef,
+    data: Bytes,
+    digest: &Digest,
+) -> Result<(), RegistryError> {
+    let blob = repository.pinned(digest);
+    let mut hasher = hasher_for(&blob, digest)?;
+    hasher.update(&data);
+    verify(&blob, digest, hasher)?;
+    let size = data.len();
+    let location = start_upload(t, repository, &blob).await?;
+    let body = Body::Bytes(data);
+    finish_upload(t, repository, &blob, &location, body).await?;
+    debug!(blob = %blob, size, "pushed blob");
+    Ok(())
+}
+
+/// Streams blob `digest` from `from` into `to` (see
+/// [`crate::Registry::copy_blob`]); the bytes copied.
+pub(crate) async fn copy(
+    t: &Transport,
+    from: &ImageRef,
+    to: &ImageRef,
+    digest: &Digest,
+) -> Result<u64, RegistryError> {
+    let source = from.pinned(digest);
+    let target = to.pinned(digest);
+    let hasher = hasher_for(&source, digest)?;
+    let download = get(t, from, &source, digest).await?;
+    let location = start_upload(t, to, &target).await?;
+    let copied = Arc::new(AtomicU64::new(0));
+    let failure = Arc::new(Mutex::new(None));
+    let stream = Rechunk {
+        inner: pieces(download),
+        buf: BytesMut::with_capacity(CHUNK),
+        hasher: Some(hasher),
+        expected: digest.clone(),
+        source: source.clone(),
+        copied: Arc::clone(&copied),
+        failure: Arc::clone(&failure),
+    }
+    .into_stream();
+    let source_failure = || failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let req = Request::new(Method::PATCH, location, Scopes::push(to.repository()))
+        .header("Content-Type", "application/octet-stream")
+        .body(Body::Stream(reqwest::Body::wrap_stream(stream)));
+    let resp = match t.send(&target, req).await {
+        Ok(resp) => resp,
+        Err(e) => return Err(source_failure().unwrap_or(e)),
+    };
+    if let Some(e) = source_failure() {
+        return Err(e);
+    }
+    if resp.status() != StatusCode::ACCEPTED && !resp.status().is_success() {
+        return Err(
+            status_error(&target, resp, !t.has_credentials(&target), "no such upload").await,
+        );
+    }
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(|l| absolute(t, to, l))
+        .ok_or_else(|| {
+            error(
+                &target,
+                ErrorKind::Protocol,
+                "upload PATCH answered without a Location",
+            )
+        })?;
+    finish_upload(t, to, &target, &location, Body::Empty).await?;
+    let size = copied.load(Ordering::Relaxed);
+    debug!(from = %source, to = %target, size, "copied blob");
+    Ok(size)
+}
+
+/// Reads blob `digest` of `repository` whole, refusing one larger than
+/// `limit` bytes; verified against `digest`.
+pub(crate) async fn read(
+    t: &Transport,
+    repository: &ImageRef,
+    digest: &Digest,
+    limit: u64,
+) -> Result<Vec<u8>, RegistryError> {
+    let blob = repository.pinned(digest);
+    let mut hasher = hasher_for(&blob, digest)?;
+    let too_large = |n: u64| {
+        error(
+            &blob,
+            ErrorKind::Protocol,
+            format!("blob of {n} bytes or more exceeds the limit of {limit} bytes"),
+        )
+    };
+    let resp = get(t, repository, &blob, digest).await?;
+    let declared = resp.content_length();
+    if let Some(n) = declared.filter(|n| *n > limit) {
+        return Err(too_large(n));
+    }
+    let capacity = declared.unwrap_or(0).min(limit).min(1 << 20);
+    let mut buf = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    let mut stream = pieces(resp);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| stream_error(&blob, &e))?;
+        let n = (buf.len() + chunk.len()) as u64;
+        if n > limit {
+            return Err(too_large(n));
+        }
+        hasher.update(&chunk);
+        buf.extend_from_slice(&chunk);
+    }
+    verify(&blob, digest, hasher)?;
+    Ok(buf)
+}
+
+/// Streams blob `digest` of `repository` into `out` and flushes it; the
+/// size. Verified against `digest`; on an error `out` may hold part of it.
+pub(crate) async fn to_writer<W: AsyncWrite + Unpin + Send>(
+    t: &Transport,
+    repository: &ImageRef,
+    digest: &Digest,
+    mut out: W,
+) -> Result<u64, RegistryError> {
+    let blob = repository.pinned(digest);
+    let mut hasher = hasher_for(&blob, digest)?;
+    let write_failed = |e: std::io::Error| {
+        error(
+            &blob,
+            ErrorKind::Protocol,
+            format!("writing the blob out: {}", chain(&e)),
+        )
+    };
+    let resp = get(t, repository, &blob, digest).await?;
+    let mut stream = pieces(resp);
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| stream_error(&blob, &e))?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        out.write_all(&chunk).await.map_err(write_failed)?;
+    }
+    out.flush().await.map_err(write_failed)?;
+    verify(&blob, digest, hasher)?;
+    Ok(size)
 }
 
 #[cfg(test)]

@@ -25,8 +25,8 @@ use serde_json::{json, Map, Value};
 use sha2::Digest as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::blobs::Hasher;
-use crate::RawManifest;
+use crate::document::{declared_media_type, RawManifest};
+use crate::hash::Hasher;
 
 /// The media type of `index.json`.
 pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
@@ -477,11 +477,10 @@ impl Layout {
             }
         } else {
             let bytes = self.blob(digest, MAX_JSON)?;
-            let media_type =
-                crate::declared_media_type(&bytes).ok_or_else(|| LayoutError::Malformed {
-                    path: self.blob_path(digest).unwrap_or_default(),
-                    detail: "manifest is not a JSON object".to_owned(),
-                })?;
+            let media_type = declared_media_type(&bytes).ok_or_else(|| LayoutError::Malformed {
+                path: self.blob_path(digest).unwrap_or_default(),
+                detail: "manifest is not a JSON object".to_owned(),
+            })?;
             descriptor.insert("mediaType".into(), Value::from(media_type));
             descriptor.insert("digest".into(), Value::from(digest.as_str()));
             descriptor.insert("size".into(), Value::from(bytes.len()));
@@ -525,7 +524,7 @@ impl Layout {
             .and_then(|e| e.get("mediaType"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let media_type = match recorded.or_else(|| crate::declared_media_type(&bytes)) {
+        let media_type = match recorded.or_else(|| declared_media_type(&bytes)) {
             Some(m) => m,
             None => {
                 return Err(LayoutError::Malformed {

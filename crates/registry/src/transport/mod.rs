@@ -1,0 +1,576 @@
+//! The one HTTP transport every registry request goes through.
+//!
+//! [`Transport::send`] takes a [`Request`] (method, URL, the token scopes it
+//! needs, headers, body) and answers the final [`reqwest::Response`]; on
+//! the way it
+//!
+//! - authenticates as the registry challenges: a bearer token asked for
+//!   the request's whole scope set in one token request and cached by
+//!   registry + scope set ([`token`]), or basic credentials, remembered per
+//!   registry so later requests send them up front;
+//! - retries connection errors and 5xx with backoff, and waits out a `429`
+//!   whose `Retry-After` is at most a minute, when the request can be
+//!   safely repeated (see [`Body`]);
+//! - uses the registry's own HTTP client: its `ca_file` is trusted for that
+//!   registry only, never pooled across hosts.
+//!
+//! The callers (manifests, tags, blobs) turn a final status they did not
+//! expect into an error with [`status_error`] and read bodies with
+//! [`read_capped`], so nothing is buffered without bound.
+
+pub(crate) mod token;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rebased_core::config::RegistryConfig;
+use rebased_core::ImageRef;
+use reqwest::{Method, Response, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::debug;
+
+use crate::auth::{self, Credentials};
+use crate::error::{chain, error, ErrorKind, RegistryError};
+use token::{fetch_token, parse_challenge, Challenge, Scopes, TokenCache, TokenRequest};
+
+/// Attempts per request (the first plus retries).
+const ATTEMPTS: u32 = 4;
+/// Longest `Retry-After` honoured before giving up for this round.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Largest error body read to say why a request failed.
+const MAX_ERROR_BODY: usize = 64 << 10;
+/// How long credentials are reused before they are looked up again.
+const CREDS_TTL: Duration = Duration::from_secs(60);
+
+type CredsResult = Result<Option<Credentials>, String>;
+
+/// A request body, and whether the request may be sent again.
+pub(crate) enum Body {
+    /// No body: the request is repeated on connection errors, 5xx and 429.
+    Empty,
+    /// Bytes in memory: sent again unchanged, so repeated like `Empty`.
+    Bytes(Bytes),
+    /// A stream (a blob copied between registries): it can be sent only
+    /// once, so a request with it is never retried, whatever the failure;
+    /// the failure goes to the caller (a build retries as a whole).
+    Stream(reqwest::Body),
+}
+
+/// One request to a registry.
+pub(crate) struct Request {
+    method: Method,
+    url: String,
+    scopes: Scopes,
+    headers: Vec<(&'static str, String)>,
+    body: Body,
+}
+
+impl Request {
+    /// `method url`, needing the token scopes `scopes`.
+    pub(crate) fn new(method: Method, url: String, scopes: Scopes) -> Self {
+        Self {
+            method,
+            url,
+            scopes,
+            headers: Vec::new(),
+            body: Body::Empty,
+        }
+    }
+
+    pub(crate) fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub(crate) fn body(mut self, body: Body) -> Self {
+        self.body = body;
+        self
+    }
+}
+
+/// Where requests to one registry go, and as whom.
+struct Endpoint<'a> {
+    client: &'a reqwest::Client,
+    creds: Option<Credentials>,
+}
+
+/// The HTTP side of [`crate::Registry`]: per-registry clients, credentials,
+/// tokens and concurrency bounds.
+pub(crate) struct Transport {
+    config: BTreeMap<String, RegistryConfig>,
+    /// Per-host HTTP clients (extra CA); `Err` says why a host's TLS setup
+    /// failed, reported on every request to it.
+    clients: BTreeMap<String, Result<reqwest::Client, String>>,
+    default_client: reqwest::Client,
+    tokens: TokenCache,
+    limits: Mutex<BTreeMap<String, Arc<Semaphore>>>,
+    creds: Mutex<BTreeMap<String, (Instant, CredsResult)>>,
+}
+
+/// An HTTP client trusting the system roots and, when given, `ca_file`.
+/// `timeout` bounds connecting and each read, not a whole transfer (a large
+/// blob may take longer than one timeout to stream).
+fn http_client(
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .read_timeout(timeout)
+        .user_agent(concat!("rebased/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build().map_err(|e| format!("HTTP client: {e}"))
+}
+
+impl Transport {
+    pub(crate) fn new(registries: &BTreeMap<String, RegistryConfig>, timeout: Duration) -> Self {
+        let clients = registries
+            .iter()
+            .map(|(h, c)| (h.clone(), http_client(c.ca_file.as_deref(), timeout)))
+            .collect();
+        Self {
+            config: registries.clone(),
+            clients,
+            default_client: http_client(None, timeout).unwrap_or_default(),
+            tokens: TokenCache::default(),
+            limits: Mutex::new(BTreeMap::new()),
+            creds: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// `http://` or `https://` and the API host of `r`'s registry.
+    pub(crate) fn base_url(&self, r: &ImageRef) -> String {
+        let insecure = self.config.get(r.registry()).is_some_and(|c| c.insecure);
+        let scheme = if insecure { "http" } else { "https" };
+        format!("{scheme}://{}", r.api_host())
+    }
+
+    /// `BASE/v2/REPOSITORY/TAIL` for `r`.
+    pub(crate) fn url(&self, r: &ImageRef, tail: &str) -> String {
+        format!("{}/v2/{}/{tail}", self.base_url(r), r.repository())
+    }
+
+    /// Credentials for `host` (see [`crate::Registry::credentials`]).
+    pub(crate) fn credentials(&self, host: &str) -> CredsResult {
+        if let Some(c) = self.cached_credentials(host) {
+            return c;
+        }
+        let c = auth::credentials(host, self.config.get(host));
+        self.remember_credentials(host, &c);
+        c
+    }
+
+    fn cached_credentials(&self, host: &str) -> Option<CredsResult> {
+        self.creds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .filter(|(at, _)| at.elapsed() < CREDS_TTL)
+            .map(|(_, c)| c.clone())
+    }
+
+    fn remember_credentials(&self, host: &str, c: &CredsResult) {
+        self.creds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_owned(), (Instant::now(), c.clone()));
+    }
+
+    /// Like [`Transport::credentials`], but a credential helper (a
+    /// program) runs off the async workers.
+    async fn credentials_async(&self, host: &str) -> CredsResult {
+        if let Some(c) = self.cached_credentials(host) {
+            return c;
+        }
+        let (h, config) = (host.to_owned(), self.config.get(host).cloned());
+        let c = tokio::task::spawn_blocking(move || auth::credentials(&h, config.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(format!("credential lookup failed: {e}")));
+        self.remember_credentials(host, &c);
+        c
+    }
+
+    fn permit_pool(&self, host: &str) -> Arc<Semaphore> {
+        let mut l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.config.get(host).map_or(8, |c| c.concurrency.max(1));
+        Arc::clone(
+            l.entry(host.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(n))),
+        )
+    }
+
+    /// Permits of each host's concurrency pool (`concurrency` requests in
+    /// flight), taken in a fixed order and once per host, so two transfers
+    /// in opposite directions cannot deadlock. Held by the caller for a
+    /// whole operation.
+    pub(crate) async fn permits(&self, hosts: &[&str]) -> Vec<OwnedSemaphorePermit> {
+        let mut hosts = hosts.to_vec();
+        hosts.sort_unstable();
+        hosts.dedup();
+        let mut out = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            // The pools are never closed, so acquiring cannot fail.
+            if let Ok(p) = self.permit_pool(host).acquire_owned().await {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// The client and credentials for `r`'s registry.
+    async fn endpoint(&self, r: &ImageRef) -> Result<Endpoint<'_>, RegistryError> {
+        let host = r.registry();
+        let creds = self
+            .credentials_async(host)
+            .await
+            .map_err(|d| error(r, ErrorKind::Unauthorized, d))?;
+        let client = match self.clients.get(host) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                return Err(error(r, ErrorKind::Unreachable, format!("TLS setup: {e}")))
+            }
+            None => &self.default_client,
+        };
+        Ok(Endpoint { client, creds })
+    }
+
+    /// Sends `req` about `target` (the reference errors name), as the
+    /// module documentation describes, and answers the final response
+    /// whatever its status: success, a 401 after the challenge was
+    /// answered, a 404, a 5xx or 429 left after the retries. Only a
+    /// request that never got a response is an error here.
+    pub(crate) async fn send(
+        &self,
+        target: &ImageRef,
+        req: Request,
+    ) -> Result<Response, RegistryError> {
+        let ep = self.endpoint(target).await?;
+        let registry = target.registry();
+        let mut auth = self.cached_authorization(registry, &req.scopes, ep.creds.as_ref());
+        let Request {
+            method,
+            url,
+            scopes,
+            headers,
+            body,
+        } = req;
+        let mut body = Some(body);
+        let mut challenged = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut rb = ep.client.request(method.clone(), &url);
+            for (name, value) in &headers {
+                rb = rb.header(*name, value);
+            }
+            if let Some(a) = &auth {
+                rb = rb.header("Authorization", a);
+            }
+            // A stream is taken by the first attempt; `body` is then `None`
+            // and the request is not repeatable.
+            let repeatable = match body.take() {
+                Some(Body::Empty) | None => {
+                    body = Some(Body::Empty);
+                    true
+                }
+                Some(Body::Bytes(b)) => {
+                    rb = rb.body(b.clone());
+                    body = Some(Body::Bytes(b));
+                    true
+                }
+                Some(Body::Stream(s)) => {
+                    rb = rb.body(s);
+                    false
+                }
+            };
+            let resp = match rb.send().await {
+                Ok(resp) => resp,
+                Err(e) if repeatable && attempt < ATTEMPTS => {
+                    debug!(%method, %url, attempt, error = %chain(&e), "retrying");
+                    backoff(attempt).await;
+                    continue;
+                }
+                Err(e) => return Err(unreachable(target, &e)),
+            };
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && !challenged && repeatable {
+                challenged = true;
+                auth = Some(
+                    self.answer_challenge(target, &resp, &scopes, ep.client, ep.creds.as_ref())
+                        .await?,
+                );
+                attempt -= 1; // the challenge round does not count
+                continue;
+            }
+            if !repeatable || attempt >= ATTEMPTS {
+                return Ok(resp);
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                match retry_after(&resp).filter(|w| *w <= MAX_RETRY_AFTER) {
+                    Some(wait) => {
+                        debug!(%method, %url, wait_s = wait.as_secs(), "429: waiting as Retry-After says");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Ok(resp),
+                }
+            } else if status.is_server_error() {
+                debug!(%method, %url, attempt, %status, "retrying");
+                backoff(attempt).await;
+            } else {
+                return Ok(resp);
+            }
+        }
+    }
+
+    /// The `Authorization` a first attempt carries: a cached token for
+    /// this scope set, else basic credentials when the registry asked for
+    /// them before (so a check stays one request).
+    fn cached_authorization(
+        &self,
+        registry: &str,
+        scopes: &Scopes,
+        creds: Option<&Credentials>,
+    ) -> Option<String> {
+        if let Some(t) = self.tokens.get(registry, scopes) {
+            return Some(format!("Bearer {t}"));
+        }
+        creds
+            .filter(|_| self.tokens.wants_basic(registry))
+            .map(|c| format!("Basic {}", c.basic()))
+    }
+
+    /// The `Authorization` that answers the 401 `resp`: a token for
+    /// `scopes` (and whatever the challenge names), or basic credentials.
+    async fn answer_challenge(
+        &self,
+        target: &ImageRef,
+        resp: &Response,
+        scopes: &Scopes,
+        client: &reqwest::Client,
+        creds: Option<&Credentials>,
+    ) -> Result<String, RegistryError> {
+        let registry = target.registry();
+        let header = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        match parse_challenge(header) {
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
+                let want = TokenRequest {
+                    realm: &realm,
+                    service: service.as_deref(),
+                    scopes,
+                    challenged: scope.as_deref(),
+                };
+                let (token, ttl) = fetch_token(client, target, &want, creds).await?;
+                self.tokens.put(registry, scopes, token.clone(), ttl);
+                Ok(format!("Bearer {token}"))
+            }
+            Some(Challenge::Basic) => match creds {
+                Some(c) => {
+                    self.tokens.remember_basic(registry);
+                    Ok(format!("Basic {}", c.basic()))
+                }
+                None => Err(error(
+                    target,
+                    ErrorKind::Unauthorized,
+                    "the registry wants credentials (basic auth) and none are configured",
+                )),
+            },
+            None => Err(error(
+                target,
+                ErrorKind::Unauthorized,
+                format!("401 with an unusable challenge {header:?}"),
+            )),
+        }
+    }
+
+    /// Whether requests to `r`'s registry carry credentials.
+    pub(crate) fn has_credentials(&self, r: &ImageRef) -> bool {
+        matches!(self.credentials(r.registry()), Ok(Some(_)))
+    }
+}
+
+fn unreachable(target: &ImageRef, e: &reqwest::Error) -> RegistryError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else {
+        "cannot connect"
+    };
+    error(
+        target,
+        ErrorKind::Unreachable,
+        format!("{what}: {}", chain(e)),
+    )
+}
+
+fn retry_after(resp: &Response) -> Option<Duration> {
+    resp.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
+/// The error for a final response whose status the caller did not expect:
+/// 401/403 `Unauthorized`, 404 `NotFound` (`what` says what is missing),
+/// 429 `RateLimited` (with the `Retry-After` it sent), anything else
+/// `Protocol`; the registry's error codes and messages, when it sent any,
+/// are appended.
+pub(crate) async fn status_error(
+    target: &ImageRef,
+    resp: Response,
+    anonymous: bool,
+    what: &str,
+) -> RegistryError {
+    let status = resp.status();
+    let wait = retry_after(&resp);
+    let body = read_capped(resp, MAX_ERROR_BODY).await.unwrap_or_default();
+    let why = registry_errors(&body);
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!(" ({why})")
+    };
+    let (kind, detail) = match status.as_u16() {
+        401 | 403 => {
+            let who = if anonymous {
+                "access denied to anonymous requests"
+            } else {
+                "credentials refused"
+            };
+            (ErrorKind::Unauthorized, format!("{status}: {who}{why}"))
+        }
+        404 => (ErrorKind::NotFound, format!("{status}: {what}{why}")),
+        429 => {
+            let after = wait.map_or("no Retry-After".to_owned(), |w| {
+                format!("retry after {} s", w.as_secs())
+            });
+            (
+                ErrorKind::RateLimited,
+                format!("429 too many requests ({after}){why}"),
+            )
+        }
+        _ => (
+            ErrorKind::Protocol,
+            format!("unexpected status {status}{why}"),
+        ),
+    };
+    error(target, kind, detail)
+}
+
+/// `CODE: message` of each entry of a distribution error body
+/// (`{"errors": [{"code": ..., "message": ...}]}`), joined with `; `;
+/// empty for any other body.
+pub(crate) fn registry_errors(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(body) else {
+        return String::new();
+    };
+    envelope
+        .errors
+        .iter()
+        .map(|e| format!("{}: {}", e.code, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Reads a body chunk by chunk, refusing it once it passes `cap` bytes (a
+/// hostile or broken server cannot make us buffer without bound); a
+/// declared `Content-Length` over `cap` is refused before reading.
+pub(crate) async fn read_capped(mut resp: Response, cap: usize) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|l| l > cap as u64) {
+        return Err(format!("response larger than {cap} bytes"));
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| chain(&e))? {
+        if buf.len() + chunk.len() > cap {
+            return Err(format!("response larger than {cap} bytes"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
+}
+
+/// `ratelimit-remaining: 76;w=21600` -> 76.
+pub fn parse_rate_limit(v: &str) -> Option<u64> {
+    v.split(';').next()?.trim().parse().ok()
+}
+
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110).
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
+        let d = parse_retry_after(&httpdate::fmt_http_date(soon)).expect("date");
+        assert!(
+            d <= Duration::from_secs(30) && d >= Duration::from_secs(28),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "past dates: now"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn rate_limit_header() {
+        assert_eq!(parse_rate_limit("76;w=21600"), Some(76));
+        assert_eq!(parse_rate_limit("100"), Some(100));
+        assert_eq!(parse_rate_limit("x"), None);
+    }
+
+    #[test]
+    fn registry_error_bodies() {
+        let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":[]}]}"#;
+        assert_eq!(
+            registry_errors(body),
+            "UNAUTHORIZED: authentication required"
+        );
+        assert_eq!(registry_errors(b"<html>"), "");
+    }
+}
