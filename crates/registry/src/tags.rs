@@ -60,6 +60,8 @@ pub(crate) async fn list(
     let mut tags: Vec<String> = Vec::new();
     let mut last: Option<String> = None;
     let mut pages = 0;
+    // A registry that sent a `Link` once ends the list by sending none.
+    let mut saw_link = false;
     while let Some(u) = url.take() {
         pages += 1;
         if pages > MAX_PAGES {
@@ -102,9 +104,10 @@ pub(crate) async fn list(
         let got = got.tags.unwrap_or_default();
         let next = got.last().cloned();
         tags.extend(got);
-        if next.is_none() || next == last {
+        if next.is_none() || next == last || (saw_link && link.is_none()) {
             break;
         }
+        saw_link |= link.is_some();
         url = link.or_else(|| {
             next.as_deref()
                 .map(|n| format!("{first}&last={}", query_escape(n)))

@@ -1,7 +1,9 @@
 //! Fault injection against a stub registry (the real one cannot be made to
 //! misbehave on cue): 5xx then success, 429 with Retry-After, a hanging
 //! server, a failing token endpoint, the bearer flow and rate-limit headers,
-//! a blob that does not match its digest, a refused blob HEAD.
+//! a blob that does not match its digest, a refused blob HEAD; and the same
+//! retries, waits and caps for tags, tag lists, blob uploads and mounts and
+//! manifest pushes, which go through the same transport as manifest reads.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -39,11 +41,8 @@ fn stub(
                 if reader.read_line(&mut line).unwrap_or(0) == 0 {
                     return;
                 }
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                        break;
-                    }
+                if !skip_headers_and_body(&mut reader) {
+                    return;
                 }
                 let n = c.fetch_add(1, Ordering::SeqCst);
                 match respond(n, line.trim()) {
@@ -61,6 +60,46 @@ fn stub(
         }
     });
     (host, count)
+}
+
+/// Reads a request's headers and its body (by `Content-Length`, or chunked),
+/// so the next request on the connection starts where it should; false when
+/// the connection broke.
+fn skip_headers_and_body(reader: &mut BufReader<std::net::TcpStream>) -> bool {
+    use std::io::Read;
+    let (mut length, mut chunked) = (0usize, false);
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return false;
+        }
+        if h == "\r\n" {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
+    }
+    if !chunked {
+        let mut body = vec![0; length];
+        return reader.read_exact(&mut body).is_ok();
+    }
+    loop {
+        let mut size = String::new();
+        if reader.read_line(&mut size).unwrap_or(0) == 0 {
+            return false;
+        }
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        let mut chunk = vec![0; n + 2];
+        if reader.read_exact(&mut chunk).is_err() {
+            return false;
+        }
+        if n == 0 {
+            return true;
+        }
+    }
 }
 
 fn ok(extra: &str) -> String {
@@ -394,4 +433,306 @@ async fn a_pinned_manifest_must_hash_to_its_digest() {
         .await
         .expect_err("mismatch");
     assert!(e.to_string().contains("digest"), "{e}");
+}
+
+/// A 200 with a JSON body and extra headers.
+fn json(body: &str, extra: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+}
+
+fn repository(host: &str) -> ImageRef {
+    ImageRef::parse_repository(&format!("{host}/base")).unwrap()
+}
+
+#[tokio::test]
+async fn tag_lists_retry_wait_and_follow_links() {
+    let (host, count) = stub(|n, line| {
+        Some(match n {
+            0 => status("503 Service Unavailable", ""),
+            1 => status("429 Too Many Requests", "Retry-After: 1\r\n"),
+            _ if line.contains("last=b") => json(r#"{"name":"base","tags":["c"]}"#, ""),
+            _ => json(
+                r#"{"name":"base","tags":["a","b"]}"#,
+                "Link: </v2/base/tags/list?last=b&n=2>; rel=\"next\"\r\n",
+            ),
+        })
+    });
+    let start = Instant::now();
+    let tags = registry(&host)
+        .list_tags_in_pages(&repository(&host), 2)
+        .await
+        .unwrap();
+    assert_eq!(tags, ["a", "b", "c"]);
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        4,
+        "503, 429, page one, page two (its missing Link ends the list)"
+    );
+
+    let (host, count) = stub(|_, _| Some(status("500 Internal Server Error", "")));
+    let e = registry(&host)
+        .list_tags(&repository(&host))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Protocol, "{e}");
+    assert!(e.to_string().contains("500"), "{e}");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        4,
+        "a bounded number of attempts"
+    );
+
+    let (host, count) = stub(|_, _| Some(status("429 Too Many Requests", "Retry-After: 3600\r\n")));
+    let e = registry(&host)
+        .list_tags(&repository(&host))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RateLimited, "{e}");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "no hammering past a long Retry-After"
+    );
+}
+
+#[tokio::test]
+async fn a_tag_list_over_the_cap_is_refused() {
+    let big = format!(r#"{{"tags":["{}"]}}"#, "x".repeat(9 << 20));
+    let (host, _) = stub(move |_, _| Some(json(&big, "")));
+    let e = registry(&host)
+        .list_tags(&repository(&host))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Protocol, "{e}");
+    assert!(e.to_string().contains("larger than"), "{e}");
+}
+
+/// A manifest body and its digest, for stubs that serve it pinned.
+fn manifest_body() -> (String, String) {
+    let body = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+    use sha2::Digest as _;
+    let hex: String = sha2::Sha256::digest(body.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (body.to_owned(), format!("sha256:{hex}"))
+}
+
+#[tokio::test]
+async fn tagging_retries_the_manifest_push_and_waits_out_429() {
+    let (body, digest) = manifest_body();
+    let puts = Arc::new(AtomicUsize::new(0));
+    let p = Arc::clone(&puts);
+    let (host, _) = stub(move |_, line| {
+        Some(if line.starts_with("GET /v2/base/manifests/sha256:") {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        } else if line.starts_with("PUT /v2/base/manifests/latest ") {
+            match p.fetch_add(1, Ordering::SeqCst) {
+                0 => status("502 Bad Gateway", ""),
+                1 => status("429 Too Many Requests", "Retry-After: 1\r\n"),
+                _ => status("201 Created", ""),
+            }
+        } else {
+            status("400 Bad Request", "")
+        })
+    });
+    let digest = rebased_core::Digest::parse(&digest).unwrap();
+    let start = Instant::now();
+    registry(&host)
+        .tag(&repository(&host), &digest, "latest")
+        .await
+        .unwrap();
+    assert_eq!(puts.load(Ordering::SeqCst), 3, "502, 429, then 201");
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+}
+
+#[tokio::test]
+async fn manifest_pushes_give_up_on_a_long_retry_after_and_persistent_errors() {
+    let (body, _) = manifest_body();
+    let (host, count) = stub(|_, _| Some(status("429 Too Many Requests", "Retry-After: 3600\r\n")));
+    let e = registry(&host)
+        .push_manifest(
+            &reference(&host),
+            body.clone().into_bytes(),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RateLimited, "{e}");
+    assert!(e.to_string().contains("retry after 3600 s"), "{e}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+
+    let (host, count) = stub(|_, _| Some(status("503 Service Unavailable", "")));
+    let e = registry(&host)
+        .push_manifest(
+            &reference(&host),
+            body.into_bytes(),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Protocol, "{e}");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        4,
+        "a bounded number of attempts"
+    );
+}
+
+#[tokio::test]
+async fn blob_uploads_retry_each_step() {
+    let data = bytes::Bytes::from_static(b"hello");
+    let digest = {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        rebased_core::Digest::parse(&format!("sha256:{hex}")).unwrap()
+    };
+    let (seen, s) = (
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (log, fails) = (Arc::clone(&seen), Arc::clone(&s));
+    let (host, _) = stub(move |_, line| {
+        log.lock().unwrap().push(line.to_owned());
+        // Every step fails once before it succeeds.
+        let first = fails.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+        Some(if first {
+            status("503 Service Unavailable", "")
+        } else if line.starts_with("POST /v2/base/blobs/uploads/ ") {
+            status(
+                "202 Accepted",
+                "Location: /v2/base/blobs/uploads/u1?_state=x\r\n",
+            )
+        } else if line.starts_with("PUT /v2/base/blobs/uploads/u1?_state=x&digest=sha256:") {
+            status("201 Created", "")
+        } else {
+            status("400 Bad Request", "")
+        })
+    });
+    registry(&host)
+        .push_blob(&repository(&host), data, &digest)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(
+        seen[0].starts_with("POST") && seen[1].starts_with("POST"),
+        "{seen:?}"
+    );
+    assert!(
+        seen[2].starts_with("PUT") && seen[3].starts_with("PUT"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn mounts_retry_and_a_refusal_is_a_fallback_not_an_error() {
+    let digest = rebased_core::Digest::parse(DIGEST).unwrap();
+    let (host, count) = stub(|n, line| {
+        assert!(
+            line.starts_with(&format!(
+                "POST /v2/base/blobs/uploads/?mount={DIGEST}&from=upstream/base "
+            )),
+            "{line}"
+        );
+        Some(if n == 0 {
+            status("500 Internal Server Error", "")
+        } else {
+            status(
+                "201 Created",
+                &format!("Location: /v2/base/blobs/{DIGEST}\r\n"),
+            )
+        })
+    });
+    let source = ImageRef::parse_repository(&format!("{host}/upstream/base")).unwrap();
+    assert!(registry(&host)
+        .mount_blob(&repository(&host), &source, &digest)
+        .await
+        .unwrap());
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+
+    for refusal in [
+        "401 Unauthorized",
+        "403 Forbidden",
+        "404 Not Found",
+        "202 Accepted",
+    ] {
+        let (host, _) = stub(move |_, _| Some(status(refusal, "")));
+        let source = ImageRef::parse_repository(&format!("{host}/upstream/base")).unwrap();
+        assert!(
+            !registry(&host)
+                .mount_blob(&repository(&host), &source, &digest)
+                .await
+                .unwrap(),
+            "{refusal}: declined"
+        );
+    }
+
+    let (host, count) = stub(|_, _| Some(status("429 Too Many Requests", "Retry-After: 3600\r\n")));
+    let source = ImageRef::parse_repository(&format!("{host}/upstream/base")).unwrap();
+    let e = registry(&host)
+        .mount_blob(&repository(&host), &source, &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RateLimited, "{e}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_streamed_copy_is_never_sent_twice() {
+    let data = "hello, stream";
+    let digest = {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(data.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        rebased_core::Digest::parse(&format!("sha256:{hex}")).unwrap()
+    };
+    let patches = Arc::new(AtomicUsize::new(0));
+    let p = Arc::clone(&patches);
+    let (host, _) = stub(move |_, line| {
+        Some(if line.starts_with("GET /v2/src/blobs/") {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{data}",
+                data.len()
+            )
+        } else if line.starts_with("POST /v2/dst/blobs/uploads/ ") {
+            status("202 Accepted", "Location: /v2/dst/blobs/uploads/u1\r\n")
+        } else if line.starts_with("PATCH /v2/dst/blobs/uploads/u1 ") {
+            p.fetch_add(1, Ordering::SeqCst);
+            status("503 Service Unavailable", "")
+        } else {
+            status("400 Bad Request", "")
+        })
+    });
+    let src = ImageRef::parse_repository(&format!("{host}/src")).unwrap();
+    let dst = ImageRef::parse_repository(&format!("{host}/dst")).unwrap();
+    let e = registry(&host)
+        .copy_blob(&src, &dst, &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Protocol, "{e}");
+    assert!(e.to_string().contains("503"), "{e}");
+    assert_eq!(
+        patches.load(Ordering::SeqCst),
+        1,
+        "a stream body is not retried"
+    );
 }

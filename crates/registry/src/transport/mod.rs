@@ -302,10 +302,14 @@ impl Transport {
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && !challenged && repeatable {
                 challenged = true;
-                auth = Some(
-                    self.answer_challenge(target, &resp, &scopes, ep.client, ep.creds.as_ref())
-                        .await?,
-                );
+                let answer = self
+                    .answer_challenge(target, &resp, &scopes, ep.client, ep.creds.as_ref())
+                    .await?;
+                // A 401 without a challenge we can answer is final.
+                let Some(answer) = answer else {
+                    return Ok(resp);
+                };
+                auth = Some(answer);
                 attempt -= 1; // the challenge round does not count
                 continue;
             }
@@ -347,7 +351,8 @@ impl Transport {
     }
 
     /// The `Authorization` that answers the 401 `resp`: a token for
-    /// `scopes` (and whatever the challenge names), or basic credentials.
+    /// `scopes` (and whatever the challenge names), or basic credentials;
+    /// `None` when `resp` carries no challenge we know.
     async fn answer_challenge(
         &self,
         target: &ImageRef,
@@ -355,7 +360,7 @@ impl Transport {
         scopes: &Scopes,
         client: &reqwest::Client,
         creds: Option<&Credentials>,
-    ) -> Result<String, RegistryError> {
+    ) -> Result<Option<String>, RegistryError> {
         let registry = target.registry();
         let header = resp
             .headers()
@@ -376,12 +381,12 @@ impl Transport {
                 };
                 let (token, ttl) = fetch_token(client, target, &want, creds).await?;
                 self.tokens.put(registry, scopes, token.clone(), ttl);
-                Ok(format!("Bearer {token}"))
+                Ok(Some(format!("Bearer {token}")))
             }
             Some(Challenge::Basic) => match creds {
                 Some(c) => {
                     self.tokens.remember_basic(registry);
-                    Ok(format!("Basic {}", c.basic()))
+                    Ok(Some(format!("Basic {}", c.basic())))
                 }
                 None => Err(error(
                     target,
@@ -389,11 +394,10 @@ impl Transport {
                     "the registry wants credentials (basic auth) and none are configured",
                 )),
             },
-            None => Err(error(
-                target,
-                ErrorKind::Unauthorized,
-                format!("401 with an unusable challenge {header:?}"),
-            )),
+            None => {
+                debug!(%target, header, "401 without a usable challenge");
+                Ok(None)
+            }
         }
     }
 
