@@ -210,11 +210,12 @@ impl Registry {
                 std::net::TcpStream::connect(&host).ok()
             });
         } else {
+            // 401: a registry with `auth: token` answers, but wants a token.
             let url = format!("http://{host}/v2/");
             wait_for("the registry to answer", Duration::from_secs(20), || {
-                reqwest::blocking::get(&url)
-                    .ok()
-                    .filter(|r| r.status().is_success())
+                reqwest::blocking::get(&url).ok().filter(|r| {
+                    r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED
+                })
             });
         }
         Self {
@@ -675,4 +676,97 @@ pub fn write_config(
     )
     .unwrap();
     path
+}
+
+/// Debian's `docker-registry` with `auth: token`, as Docker Hub, GHCR,
+/// Harbor, Quay and GitLab run theirs, and the token issuer it trusts
+/// (`tests/token-issuer/issuer.py`, python3 with `cryptography`): basic
+/// credentials `user`/`password` at the issuer, tokens granting exactly the
+/// scopes asked for. Both are stopped on drop.
+pub struct TokenRegistry {
+    pub registry: Registry,
+    issuer: Child,
+    dir: TempDir,
+}
+
+/// The service and issuer names the registry and the token issuer agree on.
+const TOKEN_SERVICE: &str = "rebased-test-registry";
+const TOKEN_ISSUER: &str = "rebased-test-issuer";
+
+impl TokenRegistry {
+    pub fn start(user: &str, password: &str) -> Self {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("token-issuer/issuer.py");
+        let mut issuer = Command::new("python3")
+            .arg(&script)
+            .arg(dir.path())
+            .arg(format!("{user}:{password}"))
+            .args([TOKEN_ISSUER, TOKEN_SERVICE])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(dir.path().join("issuer.log")).unwrap())
+            .spawn()
+            .expect("python3 must be installed (apt-get install python3-cryptography)");
+        let mut line = String::new();
+        let read = std::io::BufReader::new(issuer.stdout.take().unwrap()).read_line(&mut line);
+        let Some(port) = line
+            .trim()
+            .strip_prefix("PORT ")
+            .filter(|_| read.is_ok())
+            .map(str::to_owned)
+        else {
+            let _ = issuer.kill();
+            let _ = issuer.wait();
+            panic!(
+                "the token issuer did not start: {}",
+                fs::read_to_string(dir.path().join("issuer.log")).unwrap_or_default()
+            );
+        };
+        let extra = format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{port}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+            dir.path().join("cert.pem").display()
+        );
+        let registry = Registry::start_inner(Some(extra), false, None);
+        Self {
+            registry,
+            issuer,
+            dir,
+        }
+    }
+
+    /// The scopes of every token request the issuer granted, in order.
+    pub fn granted_scopes(&self) -> Vec<Vec<String>> {
+        fs::read_to_string(self.dir.path().join("tokens.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["status"] == 200)
+            .map(|v| {
+                v["scopes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The registry's access log lines (`"METHOD URI HTTP/1.1" STATUS`).
+    pub fn access_log(&self) -> Vec<String> {
+        self.registry
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(" HTTP/1.1\" "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for TokenRegistry {
+    fn drop(&mut self) {
+        let _ = self.issuer.kill();
+        let _ = self.issuer.wait();
+    }
 }

@@ -1,9 +1,13 @@
 //! Tag listing: `GET /v2/NAME/tags/list?n=N`, following the `Link:
-//! <...>; rel="next"` header the distribution spec defines, and, from a
-//! registry that caps pages below `n` without one, asking again from the
-//! last tag until a page is empty or repeats.
+//! <...>; rel="next"` header the distribution spec defines. Without one,
+//! a page longer than `n` is the whole list (distribution 2.8 ignores `n`
+//! and `last`); from a registry that caps pages at or below `n` without a
+//! `Link`, the list is asked again from its last tag until a page brings
+//! no new tag. A tag is listed once, however often pages repeat it.
 
 use rebased_core::ImageRef;
+use std::collections::HashSet;
+
 use reqwest::Method;
 
 use crate::error::{error, ErrorKind, RegistryError};
@@ -58,7 +62,7 @@ pub(crate) async fn list(
     let first = t.url(repository, &format!("tags/list?n={page}"));
     let mut url = Some(first.clone());
     let mut tags: Vec<String> = Vec::new();
-    let mut last: Option<String> = None;
+    let mut seen: HashSet<String> = HashSet::new();
     let mut pages = 0;
     // A registry that sent a `Link` once ends the list by sending none.
     let mut saw_link = false;
@@ -102,17 +106,25 @@ pub(crate) async fn list(
             )
         })?;
         let got = got.tags.unwrap_or_default();
+        let whole = got.len() > page;
         let next = got.last().cloned();
-        tags.extend(got);
-        if next.is_none() || next == last || (saw_link && link.is_none()) {
-            break;
+        let before = tags.len();
+        for tag in got {
+            if seen.insert(tag.clone()) {
+                tags.push(tag);
+            }
         }
-        saw_link |= link.is_some();
-        url = link.or_else(|| {
-            next.as_deref()
-                .map(|n| format!("{first}&last={}", query_escape(n)))
-        });
-        last = next;
+        let new = tags.len() > before;
+        url = match (link, next) {
+            (Some(link), _) if new => {
+                saw_link = true;
+                Some(link)
+            }
+            (None, Some(next)) if new && !whole && !saw_link => {
+                Some(format!("{first}&last={}", query_escape(&next)))
+            }
+            _ => None,
+        };
     }
     Ok(tags)
 }

@@ -736,3 +736,33 @@ async fn a_streamed_copy_is_never_sent_twice() {
         "a stream body is not retried"
     );
 }
+
+#[tokio::test]
+async fn tag_lists_without_links_are_read_once_each() {
+    // Like distribution 2.8: `n` and `last` ignored, the whole list each time.
+    let (host, count) = stub(|_, _| Some(json(r#"{"tags":["t3","t1","t2"]}"#, "")));
+    let tags = registry(&host)
+        .list_tags_in_pages(&repository(&host), 2)
+        .await
+        .unwrap();
+    assert_eq!(tags, ["t3", "t1", "t2"]);
+    assert_eq!(count.load(Ordering::SeqCst), 1, "a page over n is the whole list");
+
+    // Pages capped at or below `n` without a Link: asked again from the
+    // last tag until a page brings nothing new.
+    let (host, count) = stub(|_, line| {
+        Some(if line.contains("last=b") {
+            json(r#"{"tags":["c"]}"#, "")
+        } else if line.contains("last=c") {
+            json(r#"{"tags":[]}"#, "")
+        } else {
+            json(r#"{"tags":["a","b"]}"#, "")
+        })
+    });
+    let tags = registry(&host)
+        .list_tags_in_pages(&repository(&host), 2)
+        .await
+        .unwrap();
+    assert_eq!(tags, ["a", "b", "c"]);
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+}
