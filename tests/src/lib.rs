@@ -387,6 +387,24 @@ impl BaseMaker {
         )
     }
 
+    /// Like [`BaseMaker::push`], over plain http with credentials
+    /// (`user:password`), as a token-auth registry wants them.
+    pub fn push_with_creds(
+        &self,
+        registry: &Registry,
+        repo_tag: &str,
+        marker: &str,
+        creds: &str,
+    ) -> String {
+        self.build_and_push(
+            registry,
+            repo_tag,
+            marker,
+            None,
+            &["--tls-verify=false", "--creds", creds],
+        )
+    }
+
     /// Like [`BaseMaker::push`], to a registry over TLS that wants credentials.
     pub fn push_secure(
         &self,

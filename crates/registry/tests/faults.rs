@@ -746,7 +746,11 @@ async fn tag_lists_without_links_are_read_once_each() {
         .await
         .unwrap();
     assert_eq!(tags, ["t3", "t1", "t2"]);
-    assert_eq!(count.load(Ordering::SeqCst), 1, "a page over n is the whole list");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "a page over n is the whole list"
+    );
 
     // Pages capped at or below `n` without a Link: asked again from the
     // last tag until a page brings nothing new.
