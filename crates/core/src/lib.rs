@@ -2,7 +2,7 @@
 //!
 //! Everything here is pure: parsing, normalising and validating the things
 //! that the rest of the workspace passes around (image references, digests,
-//! versions, Dockerfiles, the config schema). No function in this crate does
+//! versions, Dockerfiles, the config schema, OCI documents and media types). No function in this crate does
 //! IO; callers read files and hand over text.
 
 pub mod config;
@@ -10,6 +10,7 @@ pub mod digest;
 pub mod dockerfile;
 pub mod duration;
 pub mod job;
+pub mod oci;
 pub mod reference;
 pub mod status;
 pub mod trigger;

@@ -3,15 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use rebased_core::oci::{media_type, Manifest};
 use rebased_core::Digest;
 
 /// Manifest media types we accept, most specific first.
-pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
+pub const MANIFEST_MEDIA_TYPES: &[&str] = media_type::MANIFEST_TYPES;
 
 /// A manifest as stored, with what is needed to copy it.
 #[derive(Debug, Clone)]
@@ -25,12 +21,11 @@ pub struct RawManifest {
 }
 
 impl RawManifest {
-    /// The manifest's `annotations`, empty when there are none.
+    /// The manifest's `annotations`, empty when there are none (or the
+    /// bytes are no manifest).
     pub fn annotations(&self) -> BTreeMap<String, String> {
-        serde_json::from_slice::<serde_json::Value>(&self.bytes)
-            .ok()
-            .and_then(|v| v.get("annotations").cloned())
-            .and_then(|a| serde_json::from_value(a).ok())
+        Manifest::parse(&self.bytes)
+            .map(|m| m.annotations().clone())
             .unwrap_or_default()
     }
 }
@@ -40,30 +35,18 @@ impl RawManifest {
 /// attestation entries (`unknown/unknown`), are skipped.
 pub fn index_platforms(bytes: &[u8]) -> BTreeMap<String, Digest> {
     let mut out = BTreeMap::new();
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+    let Ok(Manifest::Index(index)) = Manifest::parse(bytes) else {
         return out;
     };
-    let Some(manifests) = value.get("manifests").and_then(|m| m.as_array()) else {
-        return out;
-    };
-    for m in manifests {
-        let Some(p) = m.get("platform") else { continue };
-        let field = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-        let (os, arch, variant) = (field("os"), field("architecture"), field("variant"));
-        if os.is_empty() || arch.is_empty() || os == "unknown" || arch == "unknown" {
+    for entry in &index.manifests {
+        let Some(platform) = entry.platform.as_ref().and_then(|p| p.complete()) else {
+            continue;
+        };
+        if platform.os == "unknown" || platform.architecture == "unknown" {
             continue;
         }
-        let key = if variant.is_empty() {
-            format!("{os}/{arch}")
-        } else {
-            format!("{os}/{arch}/{variant}")
-        };
-        if let Some(d) = m
-            .get("digest")
-            .and_then(|d| d.as_str())
-            .and_then(|d| Digest::parse(d).ok())
-        {
-            out.entry(key).or_insert(d);
+        if let Some(d) = entry.digest() {
+            out.entry(platform.to_string()).or_insert(d);
         }
     }
     out
@@ -71,15 +54,11 @@ pub fn index_platforms(bytes: &[u8]) -> BTreeMap<String, Digest> {
 
 /// The media type a manifest's bytes declare; without a `mediaType` field,
 /// an index when it has `manifests`, else an OCI image manifest. `None` when
-/// the bytes are not a JSON object.
+/// the bytes are not a manifest or an index.
 pub(crate) fn declared_media_type(bytes: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let object = value.as_object()?;
-    Some(match object.get("mediaType").and_then(|m| m.as_str()) {
-        Some(m) => m.to_owned(),
-        None if object.contains_key("manifests") => MANIFEST_MEDIA_TYPES[0].to_owned(),
-        None => MANIFEST_MEDIA_TYPES[2].to_owned(),
-    })
+    Manifest::parse(bytes)
+        .ok()
+        .map(|m| m.media_type().to_owned())
 }
 
 #[cfg(test)]

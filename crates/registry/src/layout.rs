@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
+pub use rebased_core::oci::Platform;
+use rebased_core::oci::{media_type, Descriptor, ImageIndex};
 use rebased_core::Digest;
-use serde_json::{json, Map, Value};
 use sha2::Digest as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -29,7 +30,7 @@ use crate::document::{declared_media_type, RawManifest};
 use crate::hash::Hasher;
 
 /// The media type of `index.json`.
-pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+pub const INDEX_MEDIA_TYPE: &str = media_type::OCI_INDEX;
 /// The annotation that names a tag in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Largest `index.json` or manifest read (or written), in bytes.
@@ -104,32 +105,6 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError + '_ {
     move |error| LayoutError::Io {
         path: path.to_owned(),
         error,
-    }
-}
-
-/// The platform of an image manifest, for its `index.json` descriptor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    /// `linux`.
-    pub os: String,
-    /// `amd64`, `arm64`.
-    pub architecture: String,
-    /// `v8`, `v7`, when there is one.
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    fn to_json(&self) -> Value {
-        let mut p = Map::new();
-        p.insert(
-            "architecture".into(),
-            Value::from(self.architecture.as_str()),
-        );
-        p.insert("os".into(), Value::from(self.os.as_str()));
-        if let Some(v) = &self.variant {
-            p.insert("variant".into(), Value::from(v.as_str()));
-        }
-        Value::Object(p)
     }
 }
 
@@ -235,21 +210,16 @@ fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, LayoutError> {
     Ok(buf)
 }
 
-fn empty_index() -> Value {
-    json!({
-        "schemaVersion": 2,
-        "mediaType": INDEX_MEDIA_TYPE,
-        "manifests": [],
-    })
-}
-
 /// The tag an `index.json` entry carries, if any.
-fn ref_name(entry: &Value) -> Option<&str> {
-    entry.get("annotations")?.get(REF_NAME)?.as_str()
+fn ref_name(entry: &Descriptor) -> Option<&str> {
+    entry.annotations.get(REF_NAME).map(String::as_str)
 }
 
-fn entry_digest(entry: &Value) -> Option<&str> {
-    entry.get("digest")?.as_str()
+/// The `oci-layout` file.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LayoutMarker {
+    image_layout_version: Option<String>,
 }
 
 impl Layout {
@@ -287,12 +257,24 @@ impl Layout {
                 if entries.next().is_some() {
                     return Err(LayoutError::NotLayout { path: layout.root });
                 }
-                let text = json!({ "imageLayoutVersion": LAYOUT_VERSION }).to_string();
-                write_atomic(&marker, text.as_bytes())?;
+                let marker_text = LayoutMarker {
+                    image_layout_version: Some(LAYOUT_VERSION.to_owned()),
+                };
+                let text =
+                    serde_json::to_vec(&marker_text).map_err(|e| LayoutError::Malformed {
+                        path: marker.clone(),
+                        detail: e.to_string(),
+                    })?;
+                write_atomic(&marker, &text)?;
             }
             let index = layout.index_path();
             if !index.exists() {
-                write_atomic(&index, empty_index().to_string().as_bytes())?;
+                let empty =
+                    serde_json::to_vec(&ImageIndex::new()).map_err(|e| LayoutError::Malformed {
+                        path: index.clone(),
+                        detail: e.to_string(),
+                    })?;
+                write_atomic(&index, &empty)?;
             }
         }
         let blobs = layout.root.join("blobs").join("sha256");
@@ -308,9 +290,9 @@ impl Layout {
             path: marker.to_owned(),
             detail: detail.to_owned(),
         };
-        let value: Value =
+        let value: LayoutMarker =
             serde_json::from_slice(&bytes).map_err(|e| malformed(&format!("not JSON: {e}")))?;
-        match value.get("imageLayoutVersion").and_then(Value::as_str) {
+        match value.image_layout_version.as_deref() {
             Some(v) if v.starts_with("1.") => Ok(()),
             Some(v) => Err(malformed(&format!("unsupported imageLayoutVersion {v:?}"))),
             None => Err(malformed("no imageLayoutVersion")),
@@ -448,14 +430,9 @@ impl Layout {
             });
         }
         let digest = self.put_blob(bytes)?;
-        let mut descriptor = Map::new();
-        descriptor.insert("mediaType".into(), Value::from(media_type));
-        descriptor.insert("digest".into(), Value::from(digest.as_str()));
-        descriptor.insert("size".into(), Value::from(bytes.len()));
-        if let Some(p) = platform {
-            descriptor.insert("platform".into(), p.to_json());
-        }
-        self.set_tag(Value::Object(descriptor), tag)?;
+        let mut descriptor = Descriptor::new(media_type, &digest, bytes.len() as u64);
+        descriptor.platform = platform.cloned();
+        self.set_tag(descriptor, tag)?;
         Ok(digest)
     }
 
@@ -465,15 +442,14 @@ impl Layout {
     pub fn tag(&self, digest: &Digest, tag: &str) -> Result<(), LayoutError> {
         self.check_tag(tag)?;
         let index = self.read_index()?;
-        let known = manifests(&index)
-            .iter()
-            .find(|e| entry_digest(e) == Some(digest.as_str()));
-        let mut descriptor = Map::new();
-        if let Some(entry) = known {
-            for key in ["mediaType", "digest", "size", "platform"] {
-                if let Some(v) = entry.get(key) {
-                    descriptor.insert(key.into(), v.clone());
-                }
+        let known = index.manifests.iter().find(|e| e.digest == digest.as_str());
+        let descriptor = if let Some(entry) = known {
+            Descriptor {
+                media_type: entry.media_type.clone(),
+                digest: entry.digest.clone(),
+                size: entry.size,
+                platform: entry.platform.clone(),
+                ..Descriptor::default()
             }
         } else {
             let bytes = self.blob(digest, MAX_JSON)?;
@@ -481,17 +457,15 @@ impl Layout {
                 path: self.blob_path(digest).unwrap_or_default(),
                 detail: "manifest is not a JSON object".to_owned(),
             })?;
-            descriptor.insert("mediaType".into(), Value::from(media_type));
-            descriptor.insert("digest".into(), Value::from(digest.as_str()));
-            descriptor.insert("size".into(), Value::from(bytes.len()));
-        }
-        self.set_tag(Value::Object(descriptor), tag)
+            Descriptor::new(&media_type, digest, bytes.len() as u64)
+        };
+        self.set_tag(descriptor, tag)
     }
 
     /// The manifest digest `tag` points at, if the tag exists.
     pub fn lookup(&self, tag: &str) -> Result<Option<Digest>, LayoutError> {
         let index = self.read_index()?;
-        let Some(entry) = manifests(&index).iter().find(|e| ref_name(e) == Some(tag)) else {
+        let Some(entry) = index.manifests.iter().find(|e| ref_name(e) == Some(tag)) else {
             return Ok(None);
         };
         self.parse_entry_digest(entry).map(Some)
@@ -502,10 +476,10 @@ impl Layout {
     /// else the one the bytes declare.
     pub fn manifest(&self, tag_or_digest: &str) -> Result<RawManifest, LayoutError> {
         let index = self.read_index()?;
-        let entries = manifests(&index);
+        let entries = &index.manifests;
         let (digest, entry) = match Digest::parse(tag_or_digest) {
             Ok(d) => {
-                let e = entries.iter().find(|e| entry_digest(e) == Some(d.as_str()));
+                let e = entries.iter().find(|e| e.digest == d.as_str());
                 (d, e)
             }
             Err(_) => {
@@ -521,9 +495,8 @@ impl Layout {
         };
         let bytes = self.blob(&digest, MAX_JSON)?;
         let recorded = entry
-            .and_then(|e| e.get("mediaType"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+            .map(|e| e.media_type.clone())
+            .filter(|m| !m.is_empty());
         let media_type = match recorded.or_else(|| declared_media_type(&bytes)) {
             Some(m) => m,
             None => {
@@ -543,7 +516,8 @@ impl Layout {
     /// Every tag in `index.json`, in its order.
     pub fn list_tags(&self) -> Result<Vec<String>, LayoutError> {
         let index = self.read_index()?;
-        Ok(manifests(&index)
+        Ok(index
+            .manifests
             .iter()
             .filter_map(ref_name)
             .map(str::to_owned)
@@ -560,85 +534,51 @@ impl Layout {
         Ok(())
     }
 
-    fn parse_entry_digest(&self, entry: &Value) -> Result<Digest, LayoutError> {
-        let text = entry_digest(entry).unwrap_or_default();
-        Digest::parse(text).map_err(|e| LayoutError::Malformed {
+    fn parse_entry_digest(&self, entry: &Descriptor) -> Result<Digest, LayoutError> {
+        Digest::parse(&entry.digest).map_err(|e| LayoutError::Malformed {
             path: self.index_path(),
             detail: e.to_string(),
         })
     }
 
-    /// `index.json`, checked to be an index whose `manifests` (when present)
-    /// is an array of objects.
-    fn read_index(&self) -> Result<Value, LayoutError> {
+    /// `index.json`, checked to be an index (schema version 2) whose
+    /// `manifests` (when present) are descriptors.
+    fn read_index(&self) -> Result<ImageIndex, LayoutError> {
         let path = self.index_path();
         let bytes = read_bounded(&path, MAX_JSON)?;
         let malformed = |detail: String| LayoutError::Malformed {
             path: path.clone(),
             detail,
         };
-        let value: Value =
-            serde_json::from_slice(&bytes).map_err(|e| malformed(format!("not JSON: {e}")))?;
-        let Some(object) = value.as_object() else {
-            return Err(malformed("not a JSON object".to_owned()));
-        };
-        match object.get("schemaVersion") {
-            None => {}
-            Some(v) if v.as_u64() == Some(2) => {}
-            Some(v) => return Err(malformed(format!("schemaVersion is {v}, not 2"))),
+        let index: ImageIndex = serde_json::from_slice(&bytes)
+            .map_err(|e| malformed(format!("not an image index: {e}")))?;
+        if index.schema_version != 2 {
+            return Err(malformed(format!(
+                "schemaVersion is {}, not 2",
+                index.schema_version
+            )));
         }
-        match object.get("manifests") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(entries)) => {
-                if !entries.iter().all(Value::is_object) {
-                    return Err(malformed(
-                        "an entry of manifests is not an object".to_owned(),
-                    ));
-                }
-            }
-            Some(_) => return Err(malformed("manifests is not an array".to_owned())),
-        }
-        Ok(value)
+        Ok(index)
     }
 
     /// Replaces every entry tagged `tag` with `descriptor` annotated `tag`,
     /// under the lock, keeping everything else.
-    fn set_tag(&self, descriptor: Value, tag: &str) -> Result<(), LayoutError> {
+    fn set_tag(&self, descriptor: Descriptor, tag: &str) -> Result<(), LayoutError> {
         let mut descriptor = descriptor;
-        if let Some(d) = descriptor.as_object_mut() {
-            d.insert("annotations".into(), json!({ REF_NAME: tag }));
-        }
+        descriptor.annotations = [(REF_NAME.to_owned(), tag.to_owned())].into();
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut index = self.read_index()?;
-        if let Some(object) = index.as_object_mut() {
-            object.entry("schemaVersion").or_insert(Value::from(2));
-            object
-                .entry("mediaType")
-                .or_insert(Value::from(INDEX_MEDIA_TYPE));
-            let list = object
-                .entry("manifests")
-                .or_insert_with(|| Value::Array(Vec::new()));
-            if list.is_null() {
-                *list = Value::Array(Vec::new());
-            }
-            if let Some(list) = list.as_array_mut() {
-                list.retain(|e| ref_name(e) != Some(tag));
-                list.push(descriptor);
-            }
+        if index.media_type.is_none() {
+            index.media_type = Some(INDEX_MEDIA_TYPE.to_owned());
         }
+        index.manifests.retain(|e| ref_name(e) != Some(tag));
+        index.manifests.push(descriptor);
         let bytes = serde_json::to_vec(&index).map_err(|e| LayoutError::Malformed {
             path: self.index_path(),
             detail: e.to_string(),
         })?;
         write_atomic(&self.index_path(), &bytes)
     }
-}
-
-fn manifests(index: &Value) -> &[Value] {
-    index
-        .get("manifests")
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
 }
 
 /// Streams one blob into a layout; see [`Layout::blob_writer`].
@@ -715,6 +655,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use serde_json::{json, Value};
 
     const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 

@@ -18,6 +18,7 @@
 //!   {"host"}}`.
 //! - `generic`: `{"reference": "..."}`.
 
+use rebased_core::oci::media_type;
 use serde_json::Value;
 
 /// The sources rebased understands.
@@ -75,12 +76,12 @@ pub fn parse(source: &str, event: Option<&str>, body: &[u8]) -> Result<Vec<Strin
 }
 
 const MANIFEST_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    media_type::OCI_INDEX,
+    media_type::DOCKER_MANIFEST_LIST,
+    media_type::OCI_MANIFEST,
+    media_type::DOCKER_MANIFEST,
+    media_type::DOCKER_MANIFEST_V1,
+    media_type::DOCKER_MANIFEST_V1_SIGNED,
 ];
 
 fn distribution(v: &Value) -> Result<Vec<String>, WebhookError> {
