@@ -64,7 +64,8 @@ pub(crate) struct Request {
     url: String,
     scopes: Scopes,
     headers: Vec<(&'static str, String)>,
-    body: Body,
+    /// `None` once a stream body was sent.
+    body: Option<Body>,
 }
 
 impl Request {
@@ -75,7 +76,7 @@ impl Request {
             url,
             scopes,
             headers: Vec::new(),
-            body: Body::Empty,
+            body: Some(Body::Empty),
         }
     }
 
@@ -85,8 +86,35 @@ impl Request {
     }
 
     pub(crate) fn body(mut self, body: Body) -> Self {
-        self.body = body;
+        self.body = Some(body);
         self
+    }
+
+    /// The next attempt at this request with `auth`, and whether it may be
+    /// sent again after this one (a stream is taken by its first attempt).
+    fn attempt(
+        &mut self,
+        client: &reqwest::Client,
+        auth: Option<&str>,
+    ) -> (reqwest::RequestBuilder, bool) {
+        let mut rb = client.request(self.method.clone(), &self.url);
+        for (name, value) in &self.headers {
+            rb = rb.header(*name, value);
+        }
+        if let Some(a) = auth {
+            rb = rb.header("Authorization", a);
+        }
+        match self.body.take() {
+            Some(Body::Empty) | None => {
+                self.body = Some(Body::Empty);
+                (rb, true)
+            }
+            Some(Body::Bytes(b)) => {
+                self.body = Some(Body::Bytes(b.clone()));
+                (rb.body(b), true)
+            }
+            Some(Body::Stream(s)) => (rb.body(s), false),
+        }
     }
 }
 
@@ -249,61 +277,28 @@ impl Transport {
     pub(crate) async fn send(
         &self,
         target: &ImageRef,
-        req: Request,
+        mut req: Request,
     ) -> Result<Response, RegistryError> {
         let ep = self.endpoint(target).await?;
-        let registry = target.registry();
-        let mut auth = self.cached_authorization(registry, &req.scopes, ep.creds.as_ref());
-        let Request {
-            method,
-            url,
-            scopes,
-            headers,
-            body,
-        } = req;
-        let mut body = Some(body);
+        let mut auth = self.cached_authorization(target.registry(), &req.scopes, ep.creds.as_ref());
         let mut challenged = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut rb = ep.client.request(method.clone(), &url);
-            for (name, value) in &headers {
-                rb = rb.header(*name, value);
-            }
-            if let Some(a) = &auth {
-                rb = rb.header("Authorization", a);
-            }
-            // A stream is taken by the first attempt; `body` is then `None`
-            // and the request is not repeatable.
-            let repeatable = match body.take() {
-                Some(Body::Empty) | None => {
-                    body = Some(Body::Empty);
-                    true
-                }
-                Some(Body::Bytes(b)) => {
-                    rb = rb.body(b.clone());
-                    body = Some(Body::Bytes(b));
-                    true
-                }
-                Some(Body::Stream(s)) => {
-                    rb = rb.body(s);
-                    false
-                }
-            };
+            let (rb, repeatable) = req.attempt(ep.client, auth.as_deref());
             let resp = match rb.send().await {
                 Ok(resp) => resp,
                 Err(e) if repeatable && attempt < ATTEMPTS => {
-                    debug!(%method, %url, attempt, error = %chain(&e), "retrying");
-                    backoff(attempt).await;
+                    debug!(method = %req.method, url = %req.url, attempt, error = %chain(&e), "retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
                     continue;
                 }
                 Err(e) => return Err(unreachable(target, &e)),
             };
-            let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED && !challenged && repeatable {
+            if resp.status() == StatusCode::UNAUTHORIZED && !challenged && repeatable {
                 challenged = true;
                 let answer = self
-                    .answer_challenge(target, &resp, &scopes, ep.client, ep.creds.as_ref())
+                    .answer_challenge(target, &resp, &req.scopes, ep.client, ep.creds.as_ref())
                     .await?;
                 // A 401 without a challenge we can answer is final.
                 let Some(answer) = answer else {
@@ -313,22 +308,13 @@ impl Transport {
                 attempt -= 1; // the challenge round does not count
                 continue;
             }
-            if !repeatable || attempt >= ATTEMPTS {
-                return Ok(resp);
-            }
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                match retry_after(&resp).filter(|w| *w <= MAX_RETRY_AFTER) {
-                    Some(wait) => {
-                        debug!(%method, %url, wait_s = wait.as_secs(), "429: waiting as Retry-After says");
-                        tokio::time::sleep(wait).await;
-                    }
-                    None => return Ok(resp),
+            match retry_wait(&resp, attempt).filter(|_| repeatable) {
+                Some(wait) => {
+                    let status = resp.status();
+                    debug!(method = %req.method, url = %req.url, attempt, %status, wait_ms = wait.as_millis() as u64, "retrying");
+                    tokio::time::sleep(wait).await;
                 }
-            } else if status.is_server_error() {
-                debug!(%method, %url, attempt, %status, "retrying");
-                backoff(attempt).await;
-            } else {
-                return Ok(resp);
+                None => return Ok(resp),
             }
         }
     }
@@ -418,6 +404,23 @@ fn unreachable(target: &ImageRef, e: &reqwest::Error) -> RegistryError {
         ErrorKind::Unreachable,
         format!("{what}: {}", chain(e)),
     )
+}
+
+/// How long to wait before attempt `attempt + 1` after `resp`: a 5xx
+/// backs off, a 429 waits as its `Retry-After` says (when it says at most
+/// [`MAX_RETRY_AFTER`]); `None` when `resp` is final.
+fn retry_wait(resp: &Response, attempt: u32) -> Option<Duration> {
+    if attempt >= ATTEMPTS {
+        return None;
+    }
+    let status = resp.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        retry_after(resp).filter(|w| *w <= MAX_RETRY_AFTER)
+    } else if status.is_server_error() {
+        Some(backoff(attempt))
+    } else {
+        None
+    }
 }
 
 fn retry_after(resp: &Response) -> Option<Duration> {
@@ -518,8 +521,9 @@ pub(crate) async fn read_capped(mut resp: Response, cap: usize) -> Result<Vec<u8
     Ok(buf)
 }
 
-async fn backoff(attempt: u32) {
-    tokio::time::sleep(Duration::from_millis(250 << attempt.min(4))).await;
+/// 0.5 s, 1 s, 2 s, ... after the first, second, third failed attempt.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250 << attempt.min(4))
 }
 
 /// `ratelimit-remaining: 76;w=21600` -> 76.
