@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use rebased_builder::Target;
 use rebased_core::config::Repository;
+use rebased_core::oci::{ImageConfig, Manifest};
 use rebased_core::{Digest, ImageRef};
 use rebased_registry::layout::Layout;
 use rebased_registry::{RawManifest, Registry};
@@ -129,10 +130,10 @@ impl Destination {
         if found.contains_key(rebased_builder::provenance::BASES) {
             return found;
         }
-        let config = serde_json::from_slice::<serde_json::Value>(&manifest.bytes)
-            .ok()
-            .and_then(|m| m.get("config")?.get("digest")?.as_str().map(str::to_owned))
-            .and_then(|d| Digest::parse(&d).ok());
+        let config = match Manifest::parse(&manifest.bytes) {
+            Ok(Manifest::Image(m)) => m.config.digest(),
+            _ => None,
+        };
         let Some(config) = config else {
             return found;
         };
@@ -142,10 +143,9 @@ impl Destination {
                 .ok()
                 .and_then(|l| l.blob(&config, MAX_CONFIG).ok()),
         };
-        let labels: BTreeMap<String, String> = bytes
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|c| c.get("config")?.get("Labels").cloned())
-            .and_then(|l| serde_json::from_value(l).ok())
+        let labels = bytes
+            .and_then(|b| serde_json::from_slice::<ImageConfig>(&b).ok())
+            .map(|c| c.labels())
             .unwrap_or_default();
         for (k, v) in labels {
             found.entry(k).or_insert(v);
