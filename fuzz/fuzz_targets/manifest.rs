@@ -41,13 +41,13 @@ fuzz_target!(|data: &[u8]| {
         let _ = provenance::recorded(&one);
     }
     // The bytes as a base image config.
-    let Ok(config) = serde_json::from_slice::<serde_json::Value>(data) else {
-        return;
-    };
-    let _ = Platform::of(&config);
-    if let Some(s) = config.as_str() {
+    if let Ok(s) = std::str::from_utf8(data) {
         let _ = Platform::parse(s);
     }
+    let Ok(config) = serde_json::from_slice::<rebased_core::oci::ImageConfig>(data) else {
+        return;
+    };
+    let _ = config.platform().complete();
     let platform = Platform::parse("linux/arm64/v8").expect("valid platform");
     let mut stage = Stage::new(
         Some(&config),

@@ -27,13 +27,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(plan) = Plan::new(&df, &build_args) else {
         return;
     };
-    let base = serde_json::json!({
+    let base: rebased_core::oci::ImageConfig = serde_json::from_value(serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": {"Env": ["PATH=/usr/bin:/bin", "HOME=/root"], "Cmd": ["sh"], "WorkingDir": "/srv"},
         "rootfs": {"type": "layers", "diff_ids": []},
         "history": []
-    });
+    }))
+    .expect("a valid config");
     let platform = Platform::parse("linux/amd64").expect("valid platform");
     let mut stage = Stage::new(
         plan.base.as_ref().map(|_| &base),

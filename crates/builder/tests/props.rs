@@ -73,6 +73,12 @@ fn native_dockerfile() -> impl Strategy<Value = String> {
 }
 
 fn apply_all(text: &str, base: &serde_json::Value) {
+    // A base config that is no image config is refused when it is read (the
+    // native backend never gets that far); what parses goes into the stage.
+    let Ok(base) = serde_json::from_value::<rebased_core::oci::ImageConfig>(base.clone()) else {
+        return;
+    };
+    let base = &base;
     let build_args: BTreeMap<String, String> = [("USER".to_owned(), "app".to_owned())].into();
     let Ok(df) = Dockerfile::parse(text, &build_args) else {
         return;

@@ -3,110 +3,15 @@
 //! instruction and the new layers' diff ids appended.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use rebased_core::dockerfile::{split_words, substitute};
+use rebased_core::oci::ImageConfig;
 use serde_json::{json, Map, Value};
 
 use super::plan::{copy_args, declare, json_array, leading_flags, Step};
 
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// OCI image config.
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// OCI gzip layer.
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-
-/// `os/architecture[/variant]`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Platform {
-    /// `linux`.
-    pub os: String,
-    /// `amd64`, `arm64`, ...
-    pub architecture: String,
-    /// `v8`, `v7`, ...
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// Parses `os/arch[/variant]`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = s.split('/').collect();
-        match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Self {
-                os: (*os).to_owned(),
-                architecture: (*arch).to_owned(),
-                variant: None,
-            }),
-            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(Self {
-                os: (*os).to_owned(),
-                architecture: (*arch).to_owned(),
-                variant: Some((*v).to_owned()),
-            }),
-            _ => Err(format!(
-                "bad platform {s:?}: expected os/architecture[/variant]"
-            )),
-        }
-    }
-
-    /// The platform this process runs on, named as Go names it.
-    pub fn host() -> Self {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            other => other,
-        };
-        Self {
-            os: "linux".to_owned(),
-            architecture: architecture.to_owned(),
-            variant: None,
-        }
-    }
-
-    /// The platform of an image config or index entry (`os`, `architecture`,
-    /// `variant`).
-    pub fn of(v: &Value) -> Option<Self> {
-        let field = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
-        Some(Self {
-            os: field("os")?.to_owned(),
-            architecture: field("architecture")?.to_owned(),
-            variant: field("variant").map(str::to_owned),
-        })
-    }
-
-    /// Whether `other` (as found in a base) satisfies this requested
-    /// platform: a request without a variant takes any variant.
-    pub fn matches(&self, other: &Platform) -> bool {
-        self.os == other.os
-            && self.architecture == other.architecture
-            && (self.variant.is_none() || self.variant == other.variant)
-    }
-
-    /// The `platform` object of an index entry.
-    pub fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("architecture".into(), json!(self.architecture));
-        m.insert("os".into(), json!(self.os));
-        if let Some(v) = &self.variant {
-            m.insert("variant".into(), json!(v));
-        }
-        Value::Object(m)
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
+pub use rebased_core::oci::media_type::{OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST};
+pub use rebased_core::oci::Platform;
 
 /// A `COPY`/`ADD` after substitution, ready to become a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,12 +68,16 @@ impl Stage {
     /// Docker carries over: platform fields, `config`, `rootfs` and
     /// `history`.
     pub fn new(
-        base: Option<&Value>,
+        base: Option<&ImageConfig>,
         platform: &Platform,
         globals: &HashMap<String, String>,
         escape: char,
         created: String,
     ) -> Self {
+        // The config is built as JSON, so what we do not model (a base's
+        // `Healthcheck`, `Shell`, Docker's extensions) carries over as is.
+        let base = base.and_then(|b| serde_json::to_value(b).ok());
+        let base = base.as_ref();
         let mut image = Map::new();
         if let Some(Value::Object(b)) = base {
             for key in [
@@ -661,13 +570,14 @@ mod tests {
         }
     }
 
-    fn base() -> Value {
-        json!({
+    fn base() -> ImageConfig {
+        serde_json::from_value(json!({
             "architecture": "amd64", "os": "linux", "container": "abc",
             "config": {"Env": ["PATH=/usr/bin", "HOME=/root"], "Cmd": ["sh"], "OnBuild": ["RUN x"]},
             "rootfs": {"type": "layers", "diff_ids": ["sha256:aaa"]},
             "history": [{"created_by": "base"}]
-        })
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn run(lines: &[&str]) -> Result<(Value, Vec<CopyStep>), String> {

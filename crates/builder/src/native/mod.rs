@@ -23,10 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rebased_core::dockerfile::Dockerfile;
+use rebased_core::oci::{media_type, Descriptor, ImageConfig, ImageIndex, ImageManifest, Manifest};
 use rebased_core::{Digest, ImageRef};
 use rebased_registry::layout::Layout;
 use rebased_registry::Registry;
-use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -88,8 +88,8 @@ fn step_err(step: &str) -> impl Fn(String) -> Fail + '_ {
 /// A base as resolved for one platform.
 struct BasePlatform {
     platform: Platform,
-    config: Option<Value>,
-    layers: Vec<Value>,
+    config: Option<ImageConfig>,
+    layers: Vec<Descriptor>,
 }
 
 /// One platform's result, ready to publish.
@@ -288,27 +288,24 @@ impl Native {
             let config = serde_json::to_vec(&stage.finish(&req.annotations))
                 .map_err(|e| Fail::Step("config".to_owned(), e.to_string()))?;
             let config_digest = Digest::sha256(&config);
-            let mut descriptors: Vec<Value> = base.layers.clone();
-            descriptors.extend(own.iter().map(|(d, size)| {
-                json!({"mediaType": OCI_LAYER_GZIP, "digest": d.as_str(), "size": size})
-            }));
-            let manifest = serde_json::to_vec(&json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": config_digest.as_str(), "size": config.len()},
-                "layers": descriptors,
-                "annotations": req.annotations,
-            }))
+            let mut descriptors: Vec<Descriptor> = base.layers.clone();
+            descriptors.extend(
+                own.iter()
+                    .map(|(d, size)| Descriptor::new(OCI_LAYER_GZIP, d, *size)),
+            );
+            let manifest = serde_json::to_vec(&ImageManifest {
+                schema_version: 2,
+                media_type: Some(OCI_MANIFEST.to_owned()),
+                config: Descriptor::new(OCI_CONFIG, &config_digest, config.len() as u64),
+                layers: descriptors,
+                annotations: req.annotations.clone(),
+                ..ImageManifest::default()
+            })
             .map_err(|e| Fail::Step("manifest".to_owned(), e.to_string()))?;
             let base_layers = base
                 .layers
                 .iter()
-                .filter_map(|d| {
-                    Some((
-                        Digest::parse(d.get("digest")?.as_str()?).ok()?,
-                        d.get("size")?.as_u64()?,
-                    ))
-                })
+                .filter_map(|d| Some((d.digest()?, d.size)))
                 .collect();
             built.push(Built {
                 platform: base.platform.clone(),
@@ -357,38 +354,33 @@ impl Native {
 
 /// The index of a multi-platform result.
 fn index_bytes(built: &[Built], annotations: &BTreeMap<String, String>) -> Vec<u8> {
-    let manifests: Vec<Value> = built
+    let manifests = built
         .iter()
-        .map(|b| {
-            json!({
-                "mediaType": OCI_MANIFEST,
-                "digest": b.manifest_digest.as_str(),
-                "size": b.manifest.len(),
-                "platform": b.platform.to_json(),
-            })
+        .map(|b| Descriptor {
+            platform: Some(b.platform.clone()),
+            ..Descriptor::new(OCI_MANIFEST, &b.manifest_digest, b.manifest.len() as u64)
         })
         .collect();
-    serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": manifests,
-        "annotations": annotations,
-    }))
+    serde_json::to_vec(&ImageIndex {
+        manifests,
+        annotations: annotations.clone(),
+        ..ImageIndex::new()
+    })
     .unwrap_or_default()
 }
 
 /// The refusal of a base whose config has `ONBUILD` triggers (BuildKit
 /// would run them; the native backend cannot).
 fn onbuild_refusal(
-    config: Option<&Value>,
+    config: Option<&ImageConfig>,
     from_line: usize,
 ) -> Option<rebased_core::dockerfile::DockerfileError> {
-    let triggers = config?
-        .get("config")?
-        .get("OnBuild")?
-        .as_array()
+    let list = config?
+        .config
+        .as_ref()?
+        .on_build
+        .as_ref()
         .filter(|t| !t.is_empty())?;
-    let list: Vec<&str> = triggers.iter().filter_map(Value::as_str).collect();
     Some(rebased_core::dockerfile::DockerfileError {
         line: from_line,
         reason: format!(
@@ -400,17 +392,15 @@ fn onbuild_refusal(
 }
 
 /// Docker media types of base layers, as OCI names them (same bytes).
-fn oci_layer(mut d: Value) -> Value {
-    let mapped = match d.get("mediaType").and_then(Value::as_str) {
-        Some("application/vnd.docker.image.rootfs.diff.tar.gzip") => OCI_LAYER_GZIP,
-        Some("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip") => {
+fn oci_layer(mut d: Descriptor) -> Descriptor {
+    let mapped = match d.media_type.as_str() {
+        media_type::DOCKER_LAYER_GZIP => OCI_LAYER_GZIP,
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
             "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
         }
         _ => return d,
     };
-    if let Some(o) = d.as_object_mut() {
-        o.insert("mediaType".into(), json!(mapped));
-    }
+    d.media_type = mapped.to_owned();
     d
 }
 
@@ -441,10 +431,11 @@ async fn resolve_base(
         .manifest(base)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let value: Value = serde_json::from_slice(&top.bytes)
-        .map_err(|e| err(format!("manifest of {base} is not JSON: {e}")))?;
+    let top = Manifest::parse(&top.bytes)
+        .map_err(|e| err(format!("manifest of {base} is not a manifest: {e}")))?;
     let mut out = Vec::new();
-    if let Some(entries) = value.get("manifests").and_then(Value::as_array) {
+    if let Manifest::Index(index) = &top {
+        let entries = &index.manifests;
         let wanted = if requested.is_empty() {
             vec![Platform::host()]
         } else {
@@ -452,14 +443,15 @@ async fn resolve_base(
         };
         for want in wanted {
             let entry = entries.iter().find(|e| {
-                e.get("platform")
-                    .and_then(Platform::of)
+                e.platform
+                    .as_ref()
+                    .and_then(Platform::complete)
                     .is_some_and(|p| want.matches(&p))
             });
             let Some(entry) = entry else {
                 let have: Vec<String> = entries
                     .iter()
-                    .filter_map(|e| e.get("platform").and_then(Platform::of))
+                    .filter_map(|e| e.platform.as_ref().and_then(Platform::complete))
                     .map(|p| p.to_string())
                     .collect();
                 return Err(err(format!(
@@ -468,20 +460,29 @@ async fn resolve_base(
                 )));
             };
             let digest = entry
-                .get("digest")
-                .and_then(Value::as_str)
-                .and_then(|d| Digest::parse(d).ok())
+                .digest()
                 .ok_or_else(|| err(format!("{base}: index entry without a valid digest")))?;
             let child = registry
                 .manifest(&base.pinned(&digest))
                 .await
                 .map_err(|e| err(e.to_string()))?;
-            let child: Value = serde_json::from_slice(&child.bytes)
-                .map_err(|e| err(format!("manifest {digest} of {base} is not JSON: {e}")))?;
+            let child = match Manifest::parse(&child.bytes) {
+                Ok(Manifest::Image(m)) => m,
+                Ok(Manifest::Index(_)) => {
+                    return Err(err(format!(
+                        "manifest {digest} of {base} is an index inside an index"
+                    )))
+                }
+                Err(e) => {
+                    return Err(err(format!(
+                        "manifest {digest} of {base} is not a manifest: {e}"
+                    )))
+                }
+            };
             let (config, layers) = manifest_parts(registry, base, &child).await?;
             let platform = config
                 .as_ref()
-                .and_then(Platform::of)
+                .and_then(|c| c.platform().complete())
                 .map_or(want.clone(), |mut p| {
                     if p.variant.is_none() {
                         p.variant = want.variant.clone();
@@ -494,11 +495,11 @@ async fn resolve_base(
                 layers,
             });
         }
-    } else {
-        let (config, layers) = manifest_parts(registry, base, &value).await?;
+    } else if let Manifest::Image(manifest) = &top {
+        let (config, layers) = manifest_parts(registry, base, manifest).await?;
         let platform = config
             .as_ref()
-            .and_then(Platform::of)
+            .and_then(|c| c.platform().complete())
             .unwrap_or_else(Platform::host);
         if let Some(other) = requested.iter().find(|r| !r.matches(&platform)) {
             return Err(err(format!(
@@ -518,29 +519,23 @@ async fn resolve_base(
 async fn manifest_parts(
     registry: &Registry,
     base: &ImageRef,
-    manifest: &Value,
-) -> Result<(Option<Value>, Vec<Value>), Fail> {
+    manifest: &ImageManifest,
+) -> Result<(Option<ImageConfig>, Vec<Descriptor>), Fail> {
     let err = step_err("base");
     let config_digest = manifest
-        .get("config")
-        .and_then(|c| c.get("digest"))
-        .and_then(Value::as_str)
-        .and_then(|d| Digest::parse(d).ok())
+        .config
+        .digest()
         .ok_or_else(|| err(format!("{base}: manifest has no config digest")))?;
     let bytes = registry
         .blob(base, &config_digest, MAX_CONFIG)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let config: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| err(format!("config {config_digest} of {base} is not JSON: {e}")))?;
-    let layers = manifest
-        .get("layers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(oci_layer)
-        .collect();
+    let config: ImageConfig = serde_json::from_slice(&bytes).map_err(|e| {
+        err(format!(
+            "config {config_digest} of {base} is not an image config: {e}"
+        ))
+    })?;
+    let layers = manifest.layers.iter().cloned().map(oci_layer).collect();
     Ok((Some(config), layers))
 }
 
@@ -562,11 +557,7 @@ async fn read_users(
         if passwd.is_some() && group.is_some() {
             break;
         }
-        let Some(digest) = d
-            .get("digest")
-            .and_then(Value::as_str)
-            .and_then(|s| Digest::parse(s).ok())
-        else {
+        let Some(digest) = d.digest() else {
             continue;
         };
         log.line(format!(
@@ -1008,10 +999,14 @@ async fn publish_layout(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_base_with_onbuild_triggers_is_refused_at_its_from_line() {
-        let with = json!({"config": {"OnBuild": ["RUN npm ci", "COPY . /app"]}});
+        let config = |v: serde_json::Value| -> ImageConfig {
+            serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let with = config(json!({"config": {"OnBuild": ["RUN npm ci", "COPY . /app"]}}));
         let e = onbuild_refusal(Some(&with), 3).expect("refused");
         assert_eq!(e.line, 3);
         assert!(e.reason.contains("RUN npm ci; COPY . /app"), "{}", e.reason);
@@ -1021,7 +1016,8 @@ mod tests {
             json!({"config": {"OnBuild": null}}),
             json!({"config": {}}),
         ] {
-            assert!(onbuild_refusal(Some(&fine), 1).is_none(), "{fine}");
+            let text = fine.to_string();
+            assert!(onbuild_refusal(Some(&config(fine)), 1).is_none(), "{text}");
         }
         assert!(onbuild_refusal(None, 1).is_none());
     }
@@ -1061,12 +1057,15 @@ mod tests {
 
     #[test]
     fn docker_layer_types_are_named_as_oci_names_them() {
-        let d = oci_layer(
+        let descriptor = |v: serde_json::Value| -> Descriptor {
+            serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let d = oci_layer(descriptor(
             json!({"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": "sha256:x", "size": 1}),
-        );
-        assert_eq!(d["mediaType"], OCI_LAYER_GZIP);
-        assert_eq!(d["digest"], "sha256:x");
-        let z = json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd"});
+        ));
+        assert_eq!(d.media_type, OCI_LAYER_GZIP);
+        assert_eq!(d.digest, "sha256:x");
+        let z = descriptor(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd"}));
         assert_eq!(oci_layer(z.clone()), z);
     }
 }
