@@ -21,7 +21,9 @@ use tracing::{debug, warn};
 use crate::error::{chain, error, ErrorKind, RegistryError};
 use crate::hash::Hasher;
 use crate::transport::token::Scopes;
-use crate::transport::{read_capped, registry_errors, status_error, Body, Request, Transport};
+use crate::transport::{
+    query_escape, read_capped, registry_errors, status_error, Body, Request, Transport,
+};
 
 /// Piece size of a streamed copy's upload body: the copy holds at most
 /// about this much of the blob in memory.
@@ -286,7 +288,7 @@ async fn finish_upload(
     let sep = if location.contains('?') { '&' } else { '?' };
     let req = Request::new(
         Method::PUT,
-        format!("{location}{sep}digest={digest}"),
+        format!("{location}{sep}digest={}", query_escape(&digest)),
         Scopes::push(repository.repository()),
     )
     .header("Content-Type", "application/octet-stream")

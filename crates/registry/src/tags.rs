@@ -12,7 +12,7 @@ use reqwest::Method;
 
 use crate::error::{error, ErrorKind, RegistryError};
 use crate::transport::token::Scopes;
-use crate::transport::{read_capped, status_error, Request, Transport};
+use crate::transport::{query_escape, read_capped, status_error, Request, Transport};
 
 /// Largest tag list page read.
 const MAX_PAGE: usize = 8 << 20;
@@ -127,17 +127,6 @@ pub(crate) async fn list(
         };
     }
     Ok(tags)
-}
-
-fn query_escape(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -619,7 +619,7 @@ async fn blob_uploads_retry_each_step() {
                 "202 Accepted",
                 "Location: /v2/base/blobs/uploads/u1?_state=x\r\n",
             )
-        } else if line.starts_with("PUT /v2/base/blobs/uploads/u1?_state=x&digest=sha256:") {
+        } else if line.starts_with("PUT /v2/base/blobs/uploads/u1?_state=x&digest=sha256%3A") {
             status("201 Created", "")
         } else {
             status("400 Bad Request", "")

@@ -504,6 +504,18 @@ pub(crate) fn registry_errors(body: &[u8]) -> String {
         .join("; ")
 }
 
+/// `v` escaped for a URL query (RFC 3986 unreserved characters kept).
+pub(crate) fn query_escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Reads a body chunk by chunk, refusing it once it passes `cap` bytes (a
 /// hostile or broken server cannot make us buffer without bound); a
 /// declared `Content-Length` over `cap` is refused before reading.
