@@ -770,3 +770,32 @@ async fn tag_lists_without_links_are_read_once_each() {
     assert_eq!(tags, ["a", "b", "c"]);
     assert_eq!(count.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn a_dead_registry_is_retried_once_then_fails_fast() {
+    let host = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }; // closed again: nothing listens there
+    let r = registry(&host);
+    let start = Instant::now();
+    let e = r.head(&reference(&host)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(3500),
+        "retried with backoff first: {:?}",
+        start.elapsed()
+    );
+    let start = Instant::now();
+    let digest = rebased_core::Digest::parse(DIGEST).unwrap();
+    let e = r
+        .blob_exists(&repository(&host), &digest)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "then one attempt per request: {:?}",
+        start.elapsed()
+    );
+}

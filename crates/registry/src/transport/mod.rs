@@ -10,7 +10,10 @@
 //!   registry so later requests send them up front;
 //! - retries connection errors and 5xx with backoff, and waits out a `429`
 //!   whose `Retry-After` is at most a minute, when the request can be
-//!   safely repeated (see [`Body`]);
+//!   safely repeated (see [`Body`]); a registry that stayed unreachable
+//!   through every attempt gets one attempt per request for the next
+//!   30 s (a dead registry then fails a queue of jobs at once, not after
+//!   each one's backoff);
 //! - uses the registry's own HTTP client: its `ca_file` is trusted for that
 //!   registry only, never pooled across hosts.
 //!
@@ -43,6 +46,10 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const MAX_ERROR_BODY: usize = 64 << 10;
 /// How long credentials are reused before they are looked up again.
 const CREDS_TTL: Duration = Duration::from_secs(60);
+/// How long a registry that could not be reached after every attempt is
+/// tried only once per request (so a dead registry fails a queue of jobs
+/// fast instead of each waiting out the backoff).
+const DOWN_FOR: Duration = Duration::from_secs(30);
 
 type CredsResult = Result<Option<Credentials>, String>;
 
@@ -135,6 +142,8 @@ pub(crate) struct Transport {
     tokens: TokenCache,
     limits: Mutex<BTreeMap<String, Arc<Semaphore>>>,
     creds: Mutex<BTreeMap<String, (Instant, CredsResult)>>,
+    /// Registries that could not be reached after every attempt, and when.
+    down: Mutex<BTreeMap<String, Instant>>,
 }
 
 /// An HTTP client trusting the system roots and, when given, `ca_file`.
@@ -170,6 +179,23 @@ impl Transport {
             tokens: TokenCache::default(),
             limits: Mutex::new(BTreeMap::new()),
             creds: Mutex::new(BTreeMap::new()),
+            down: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whether `host` could not be reached within the last [`DOWN_FOR`].
+    fn is_down(&self, host: &str) -> bool {
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        down.get(host).is_some_and(|at| at.elapsed() < DOWN_FOR)
+    }
+
+    /// Records whether `host` answered at all.
+    fn mark(&self, host: &str, reachable: bool) {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        if reachable {
+            down.remove(host);
+        } else {
+            down.insert(host.to_owned(), Instant::now());
         }
     }
 
@@ -283,18 +309,30 @@ impl Transport {
         let mut auth = self.cached_authorization(target.registry(), &req.scopes, ep.creds.as_ref());
         let mut challenged = false;
         let mut attempt = 0;
+        // A registry found unreachable a moment ago gets one attempt.
+        let connect_attempts = if self.is_down(target.registry()) {
+            1
+        } else {
+            ATTEMPTS
+        };
         loop {
             attempt += 1;
             let (rb, repeatable) = req.attempt(ep.client, auth.as_deref());
             let resp = match rb.send().await {
                 Ok(resp) => resp,
-                Err(e) if repeatable && attempt < ATTEMPTS => {
+                Err(e) if repeatable && attempt < connect_attempts => {
                     debug!(method = %req.method, url = %req.url, attempt, error = %chain(&e), "retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                     continue;
                 }
-                Err(e) => return Err(unreachable(target, &e)),
+                Err(e) => {
+                    if repeatable {
+                        self.mark(target.registry(), false);
+                    }
+                    return Err(unreachable(target, &e));
+                }
             };
+            self.mark(target.registry(), true);
             if resp.status() == StatusCode::UNAUTHORIZED && !challenged && repeatable {
                 challenged = true;
                 let answer = self
