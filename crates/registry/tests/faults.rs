@@ -799,3 +799,56 @@ async fn a_dead_registry_is_retried_once_then_fails_fast() {
         start.elapsed()
     );
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_refused_mount_is_logged_with_its_cause() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":[{"Type":"repository","Name":"upstream/base","Action":"pull"}]}]}"#;
+    let (host, _) = stub(move |_, _| {
+        Some(format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    });
+    let source = ImageRef::parse_repository(&format!("{host}/upstream/base")).unwrap();
+    let digest = rebased_core::Digest::parse(DIGEST).unwrap();
+    assert!(!registry(&host)
+        .mount_blob(&repository(&host), &source, &digest)
+        .await
+        .unwrap());
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("mount refused"))
+        .unwrap_or_else(|| panic!("no warning: {text}"));
+    for want in [
+        "WARN",
+        &format!("registry=\"{host}\"") as &str,
+        "source=\"upstream/base\"",
+        "target=\"base\"",
+        "status=403",
+        "UNAUTHORIZED: authentication required",
+    ] {
+        assert!(line.contains(want), "{want:?} missing from {line}");
+    }
+}

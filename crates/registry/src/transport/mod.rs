@@ -21,7 +21,10 @@
 //! expect into an error with [`status_error`] and read bodies with
 //! [`read_capped`], so nothing is buffered without bound.
 
+mod capped;
 pub(crate) mod token;
+
+pub(crate) use capped::read_capped;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -552,23 +555,6 @@ pub(crate) fn query_escape(v: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// Reads a body chunk by chunk, refusing it once it passes `cap` bytes (a
-/// hostile or broken server cannot make us buffer without bound); a
-/// declared `Content-Length` over `cap` is refused before reading.
-pub(crate) async fn read_capped(mut resp: Response, cap: usize) -> Result<Vec<u8>, String> {
-    if resp.content_length().is_some_and(|l| l > cap as u64) {
-        return Err(format!("response larger than {cap} bytes"));
-    }
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| chain(&e))? {
-        if buf.len() + chunk.len() > cap {
-            return Err(format!("response larger than {cap} bytes"));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
 }
 
 /// 0.5 s, 1 s, 2 s, ... after the first, second, third failed attempt.

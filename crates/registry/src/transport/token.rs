@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rebased_core::ImageRef;
 
-use super::read_capped;
+use super::capped::read_capped;
 use crate::auth::Credentials;
 use crate::error::{chain, error, ErrorKind, RegistryError};
 
