@@ -55,6 +55,11 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `skopeo` with `args`; returns its output.
+pub fn skopeo(args: &[&str]) -> String {
+    run(Command::new("skopeo").args(args))
+}
+
 /// Debian's `docker-registry` on a free port with its own storage.
 pub struct Registry {
     pub host: String,
@@ -247,11 +252,11 @@ impl Registry {
 
     /// `skopeo list-tags`.
     pub fn tags(&self, repo: &str) -> Vec<String> {
-        let out = run(Command::new("skopeo").args([
+        let out = skopeo(&[
             "list-tags",
             "--tls-verify=false",
             &format!("docker://{}/{repo}", self.host),
-        ]));
+        ]);
         let v: Value = serde_json::from_str(&out).unwrap();
         v["Tags"]
             .as_array()
@@ -263,22 +268,22 @@ impl Registry {
 
     /// `skopeo inspect --raw` (the manifest).
     pub fn raw_manifest(&self, repo_tag: &str) -> Value {
-        let out = run(Command::new("skopeo").args([
+        let out = skopeo(&[
             "inspect",
             "--raw",
             "--tls-verify=false",
             &format!("docker://{}/{repo_tag}", self.host),
-        ]));
+        ]);
         serde_json::from_str(&out).unwrap()
     }
 
     /// `skopeo inspect` (digest, labels, ...).
     pub fn inspect(&self, repo_tag: &str) -> Value {
-        let out = run(Command::new("skopeo").args([
+        let out = skopeo(&[
             "inspect",
             "--tls-verify=false",
             &format!("docker://{}/{repo_tag}", self.host),
-        ]));
+        ]);
         serde_json::from_str(&out).unwrap()
     }
 
@@ -623,7 +628,7 @@ impl Daemon {
         })
     }
 
-    /// The jobs of one image, oldest first.
+    /// The jobs of one image, in the order `/v1/jobs` lists them.
     pub fn jobs_of(&self, name: &str) -> Vec<Value> {
         self.get("/v1/jobs")
             .as_array()

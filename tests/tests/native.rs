@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use rebased_e2e::{image_table, run, Registry, Setup};
+use rebased_e2e::{image_table, run, skopeo, Registry, Setup};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -35,10 +35,6 @@ fn context(dir: &Path, dockerfile: &str) -> std::path::PathBuf {
     fs::write(ctx.join(".dockerignore"), "**/secret.txt\n").unwrap();
     fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
     ctx
-}
-
-fn skopeo(args: &[&str]) -> String {
-    run(Command::new("skopeo").args(args))
 }
 
 /// The tar listing (`tar tvf`, numeric owners) of a blob in an OCI layout.
