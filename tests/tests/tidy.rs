@@ -18,6 +18,8 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use rebased_e2e::rust_sources;
+
 /// Program -> the Debian package that ships it (as `scripts/test.sh` names it).
 const PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
@@ -108,24 +110,6 @@ fn installed() -> BTreeSet<String> {
         .collect();
     assert!(!packages.is_empty(), "scripts/test.sh installs nothing");
     packages
-}
-
-/// Every `.rs` file under `dir`, skipping `target` and hidden directories.
-fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy();
-        if path.is_dir() {
-            if name != "target" && !name.starts_with('.') {
-                sources(&path, out);
-            }
-        } else if name.ends_with(".rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// A source file with comments dropped and each string literal's content
@@ -306,18 +290,17 @@ fn started() -> Vec<Started> {
     let root = root();
     let mut files = Vec::new();
     for dir in ["tests", "crates", "fuzz"] {
-        sources(&root.join(dir), &mut files);
+        files.extend(rust_sources(&root.join(dir)));
     }
-    files.sort();
     assert!(
-        files.iter().any(|f| f.ends_with("tests/src/lib.rs")),
+        files.iter().any(|(f, _)| f.ends_with("tests/src/lib.rs")),
         "the harness was not read"
     );
     let texts: Vec<(String, Masked)> = files
         .iter()
-        .map(|f| {
+        .map(|(f, text)| {
             let name = f.strip_prefix(&root).unwrap().display().to_string();
-            (name, Masked::new(&fs::read_to_string(f).unwrap()))
+            (name, Masked::new(text))
         })
         .collect();
     let callees = std::iter::once("Command::new").chain(WRAPPERS.iter().copied());
