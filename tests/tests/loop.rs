@@ -47,7 +47,7 @@ fn base_update_publishes_next_patch_and_restart_publishes_nothing() {
     });
 
     // Upstream moves.
-    let d2 = bases.push(&registry, "base:latest", "v2");
+    let d2 = bases.push(registry, "base:latest", "v2");
     assert_ne!(d1, d2, "the two bases must differ");
     wait_for("1.0.1 to be published", WAIT, || {
         (daemon.current_version("app").as_deref() == Some("1.0.1")).then_some(())

@@ -198,6 +198,18 @@ fn webhook_deliveries_in_flight_are_bounded() {
     let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
     let body = br#"{"reference": "127.0.0.1:1/base:latest"}"#.to_vec();
     let auth = format!("Bearer {TOKEN}");
+    // One delivery with the token.
+    let deliver = || {
+        post(
+            &daemon,
+            "/v1/webhooks/generic",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.clone(),
+        )
+    };
     // Slow senders without the token hold nothing: they are refused before
     // their body is read.
     let mut strangers = Vec::new();
@@ -211,15 +223,7 @@ fn webhook_deliveries_in_flight_are_bounded() {
         strangers.push(s);
     }
     wait_for("a delivery to be taken despite the strangers", WAIT, || {
-        let (status, _) = post(
-            &daemon,
-            "/v1/webhooks/generic",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.clone(),
-        );
+        let (status, _) = deliver();
         (status == 202).then_some(())
     });
     // Nor do slow senders waving a signature header at a source that does
@@ -235,15 +239,7 @@ fn webhook_deliveries_in_flight_are_bounded() {
         strangers.push(s);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let (status, reply) = post(
-        &daemon,
-        "/v1/webhooks/generic",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.clone(),
-    );
+    let (status, reply) = deliver();
     assert_eq!(status, 202, "signed strangers hold no permit: {reply}");
     drop(strangers);
     // Slow senders with the token: headers and a little of a 4 KiB body,
@@ -260,15 +256,7 @@ fn webhook_deliveries_in_flight_are_bounded() {
         slow.push(s);
     }
     let (status, reply) = wait_for("deliveries past the bound to be turned away", WAIT, || {
-        let (status, reply) = post(
-            &daemon,
-            "/v1/webhooks/generic",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.clone(),
-        );
+        let (status, reply) = deliver();
         (status == 503).then_some((status, reply))
     });
     assert_eq!(status, 503, "{reply}");
@@ -281,15 +269,7 @@ fn webhook_deliveries_in_flight_are_bounded() {
     // Once the slow senders go, deliveries are taken again.
     drop(slow);
     wait_for("deliveries to be taken again", WAIT, || {
-        let (status, _) = post(
-            &daemon,
-            "/v1/webhooks/generic",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.clone(),
-        );
+        let (status, _) = deliver();
         (status == 202).then_some(())
     });
     let metrics = daemon.get_text("/metrics");
