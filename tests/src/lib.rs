@@ -543,12 +543,9 @@ impl Daemon {
         d
     }
 
+    /// GET, as JSON; the status must be a success.
     pub fn get(&self, path: &str) -> Value {
-        let resp = reqwest::blocking::get(format!("{}{path}", self.api)).unwrap();
-        let status = resp.status();
-        let body = resp.text().unwrap();
-        assert!(status.is_success(), "GET {path}: {status}: {body}");
-        serde_json::from_str(&body).unwrap()
+        serde_json::from_str(&self.get_text(path)).unwrap()
     }
 
     /// GET, `None` on any error status.
