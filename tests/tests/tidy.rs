@@ -66,22 +66,30 @@ const BASE: &[(&str, &str)] = &[
     ),
 ];
 
-/// `Command::new(EXPR)` with EXPR not a string literal -> the programs it
-/// starts. EXPR is written as in the source, whitespace removed.
-const SPAWNS: &[(&str, &[&str])] = &[
-    // The binaries this workspace builds.
-    ("rebased_bin()", &[]),
-    ("rebased_bin()?", &[]),
-    ("env!(\"CARGO_BIN_EXE_rebased\")", &[]),
-    ("env!(\"CARGO_BIN_EXE_rebased-bench\")", &[]),
-    ("cargo", &["cargo"]),
-    // crates/builder/src/engine.rs: the build engine of the backend.
-    ("&self.program", &["buildah", "podman", "docker"]),
-    // crates/registry/src/auth.rs: a `docker-credential-*` helper; the
-    // tests write their own.
-    ("&program", &[]),
-    // crates/registry/tests/blobs.rs: `/usr/bin/docker-registry`.
-    ("BINARY", &["docker-registry"]),
+/// `Command::new(EXPR)` with EXPR not a string literal, in a file (`*`: in
+/// any file) -> the programs it starts. EXPR is written as in the source,
+/// whitespace removed.
+const SPAWNS: &[(&str, &str, &[&str])] = &[
+    // The binaries this workspace builds, and cargo to build them.
+    ("*", "rebased_bin()", &[]),
+    ("*", "rebased_bin()?", &[]),
+    ("*", "env!(\"CARGO_BIN_EXE_rebased\")", &[]),
+    ("*", "env!(\"CARGO_BIN_EXE_rebased-bench\")", &[]),
+    ("*", "cargo", &["cargo"]),
+    // The build engine of the backend.
+    (
+        "crates/builder/src/engine.rs",
+        "&self.program",
+        &["buildah", "podman", "docker"],
+    ),
+    // A `docker-credential-*` helper; the tests write their own.
+    ("crates/registry/src/auth.rs", "&program", &[]),
+    // `/usr/bin/docker-registry`.
+    (
+        "crates/registry/tests/blobs.rs",
+        "BINARY",
+        &["docker-registry"],
+    ),
 ];
 
 /// Functions whose first argument is the name of a program they start:
@@ -318,9 +326,12 @@ fn started() -> Vec<Started> {
                 }
                 let args = masked.unmask(&args);
                 let expr = args.split(',').next().unwrap_or("");
-                match SPAWNS.iter().find(|(e, _)| *e == expr || *e == args) {
-                    Some((e, programs)) => {
-                        seen.insert(*e);
+                let known = SPAWNS.iter().enumerate().find(|(_, (file, e, _))| {
+                    (*file == "*" || file == name) && (*e == expr || *e == args)
+                });
+                match known {
+                    Some((i, (_, _, programs))) => {
+                        seen.insert(i);
                         out.extend(programs.iter().map(|p| Started {
                             program: (*p).to_owned(),
                             at: at.clone(),
@@ -334,15 +345,16 @@ fn started() -> Vec<Started> {
     assert!(
         unknown.is_empty(),
         "these spawns start a program that is not a string literal; name each \
-         expression in SPAWNS of tests/tests/tidy.rs with the programs it starts \
+         expression and its file in SPAWNS of tests/tests/tidy.rs with the programs it starts \
          (a wrapper that takes a program name goes in WRAPPERS too), and install \
          those programs in scripts/test.sh:\n  {}",
         unknown.join("\n  ")
     );
-    let stale: Vec<&str> = SPAWNS
+    let stale: Vec<String> = SPAWNS
         .iter()
-        .map(|(e, _)| *e)
-        .filter(|e| !seen.contains(e))
+        .enumerate()
+        .filter(|(i, _)| !seen.contains(i))
+        .map(|(_, (file, e, _))| format!("{e} in {file}"))
         .collect();
     assert!(
         stale.is_empty(),
