@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
-# Runs the whole test suite, installing what the tests need on Debian first:
-# docker-registry (the real registry), buildah and podman (the real
-# builders; podman also stands in for the docker CLI), skopeo (to check what
-# was pushed), busybox-static (the test base images),
-# systemd (systemd-analyze checks the unit), wrk (the benchmark harness's
-# quick run loads the API), and schemathesis from PyPI
-# (API fuzzing).
+# Runs the whole test suite, installing first, on Debian, every program the
+# tests start (tests/tests/tidy.rs fails when a test starts a program this
+# list does not cover), then schemathesis from PyPI. Extra arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# One Debian package a line; the tidy test reads this list.
+packages=(
+  docker-registry      # docker-registry: the real registry
+  buildah              # buildah: test base images, the buildah backend
+  podman               # podman: the podman backend, and the docker backend's command lines
+  skopeo               # skopeo: checks what was pushed
+  busybox-static       # busybox: the test base images' only program
+  apache2-utils        # htpasswd: the registry's credentials
+  openssl              # openssl: the registry's TLS certificate and CA
+  curl                 # curl: the CLI test's unix-socket request
+  procps               # kill: SIGTERM to the daemon, the engine's process group
+  systemd              # systemd-analyze: checks the unit
+  wrk                  # wrk: the benchmark harness's quick run loads the API
+  python3              # python3: schemathesis, the token issuer
+  python3-pip          # pip: installs schemathesis below
+  python3-cryptography # the token issuer signs its JWTs with it
+)
+
 missing=()
-for pkg in docker-registry buildah podman skopeo busybox-static systemd wrk; do
+for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -22,9 +37,12 @@ if ((${#missing[@]})); then
 fi
 
 # schemathesis (PyPI) fuzzes the live API against its OpenAPI document.
+# Debian's python3 is externally managed (PEP 668): the first variable lets pip
+# install into it, the other keeps it quiet as root (older pips ignore both).
 if ! python3 -m schemathesis.cli --version >/dev/null 2>&1; then
   echo "installing: schemathesis (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check schemathesis
+  PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check schemathesis
 fi
 
-exec cargo test --workspace --locked "$@"
+# --no-fail-fast: a failing test binary does not hide the ones after it.
+exec cargo test --workspace --locked --no-fail-fast "$@"

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)] // test harness: a failed step should fail the test loudly
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,11 @@ pub fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `skopeo` with `args`; returns its output.
+pub fn skopeo(args: &[&str]) -> String {
+    run(Command::new("skopeo").args(args))
 }
 
 /// Debian's `docker-registry` on a free port with its own storage.
@@ -247,11 +253,11 @@ impl Registry {
 
     /// `skopeo list-tags`.
     pub fn tags(&self, repo: &str) -> Vec<String> {
-        let out = run(Command::new("skopeo").args([
+        let out = skopeo(&[
             "list-tags",
             "--tls-verify=false",
             &format!("docker://{}/{repo}", self.host),
-        ]));
+        ]);
         let v: Value = serde_json::from_str(&out).unwrap();
         v["Tags"]
             .as_array()
@@ -263,23 +269,36 @@ impl Registry {
 
     /// `skopeo inspect --raw` (the manifest).
     pub fn raw_manifest(&self, repo_tag: &str) -> Value {
-        let out = run(Command::new("skopeo").args([
+        let out = skopeo(&[
             "inspect",
             "--raw",
             "--tls-verify=false",
             &format!("docker://{}/{repo_tag}", self.host),
-        ]));
+        ]);
         serde_json::from_str(&out).unwrap()
     }
 
     /// `skopeo inspect` (digest, labels, ...).
     pub fn inspect(&self, repo_tag: &str) -> Value {
-        let out = run(Command::new("skopeo").args([
+        let out = skopeo(&[
             "inspect",
             "--tls-verify=false",
             &format!("docker://{}/{repo_tag}", self.host),
-        ]));
+        ]);
         serde_json::from_str(&out).unwrap()
+    }
+
+    /// The semver tags of `repo` (`1.0.2`, not `1.0` or `latest`) and the
+    /// digest each points at, as the registry holds them.
+    pub fn versions(&self, repo: &str) -> BTreeMap<String, String> {
+        self.tags(repo)
+            .into_iter()
+            .filter(|t| t.split('.').count() == 3)
+            .map(|t| {
+                let d = self.digest(&format!("{repo}:{t}")).unwrap();
+                (t, d)
+            })
+            .collect()
     }
 }
 
@@ -543,12 +562,9 @@ impl Daemon {
         d
     }
 
+    /// GET, as JSON; the status must be a success.
     pub fn get(&self, path: &str) -> Value {
-        let resp = reqwest::blocking::get(format!("{}{path}", self.api)).unwrap();
-        let status = resp.status();
-        let body = resp.text().unwrap();
-        assert!(status.is_success(), "GET {path}: {status}: {body}");
-        serde_json::from_str(&body).unwrap()
+        serde_json::from_str(&self.get_text(path)).unwrap()
     }
 
     /// GET, `None` on any error status.
@@ -560,8 +576,133 @@ impl Daemon {
         resp.json().ok()
     }
 
+    /// GET, the body as text (`/metrics`, a job's log).
+    pub fn get_text(&self, path: &str) -> String {
+        let resp = reqwest::blocking::get(format!("{}{path}", self.api)).unwrap();
+        let status = resp.status();
+        let body = resp.text().unwrap();
+        assert!(status.is_success(), "GET {path}: {status}: {body}");
+        body
+    }
+
+    /// `GET /v1/images/{name}`.
+    pub fn image(&self, name: &str) -> Value {
+        self.get(&format!("/v1/images/{name}"))
+    }
+
+    /// The image's current version, whatever its state.
+    pub fn current_version(&self, name: &str) -> Option<String> {
+        self.image(name)["current_version"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// The image's current version once it is `fresh` (its job done);
+    /// `None` before, and while the config in force has no such image.
+    pub fn fresh_version(&self, name: &str) -> Option<String> {
+        let path = format!("/v1/images/{name}");
+        let resp = reqwest::blocking::get(format!("{}{path}", self.api)).unwrap();
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        let status = resp.status();
+        let body = resp.text().unwrap();
+        assert!(status.is_success(), "GET {path}: {status}: {body}");
+        let image: Value = serde_json::from_str(&body).unwrap();
+        if image["state"] != "fresh" {
+            return None;
+        }
+        image["current_version"].as_str().map(str::to_owned)
+    }
+
+    /// Waits until `name` is fresh at `version`.
+    pub fn wait_version(&self, name: &str, version: &str, timeout: Duration) {
+        wait_for(&format!("{name} fresh at {version}"), timeout, || {
+            (self.fresh_version(name).as_deref() == Some(version)).then_some(())
+        });
+    }
+
+    /// Like [`Daemon::wait_version`] for a build that must not fail: a
+    /// `failing` image fails the test at once, with its error and the
+    /// daemon's log.
+    pub fn wait_version_never_failing(&self, name: &str, version: &str, timeout: Duration) {
+        wait_for(&format!("{name} fresh at {version}"), timeout, || {
+            let i = self.image(name);
+            if i["state"] == "failing" {
+                panic!("{name} failing: {}\n{}", i["last_error"], self.log_text());
+            }
+            (i["state"] == "fresh" && i["current_version"] == version).then_some(())
+        });
+    }
+
+    /// Waits until `name` is `failing`; returns its last error.
+    pub fn wait_failing(&self, name: &str, timeout: Duration) -> String {
+        wait_for(&format!("{name} failing"), timeout, || {
+            let i = self.image(name);
+            (i["state"] == "failing")
+                .then(|| i["last_error"].as_str().unwrap_or_default().to_owned())
+        })
+    }
+
+    /// The jobs of one image, in the order `/v1/jobs` lists them.
+    pub fn jobs_of(&self, name: &str) -> Vec<Value> {
+        self.get("/v1/jobs")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["image"] == name)
+            .cloned()
+            .collect()
+    }
+
+    /// The `/v1/bases` entry of `reference`.
+    pub fn base(&self, reference: &str) -> Value {
+        let bases = self.get("/v1/bases");
+        bases
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["reference"] == reference)
+            .cloned()
+            .unwrap_or_else(|| panic!("{reference} not in /v1/bases: {bases:#}"))
+    }
+
+    /// The ledger of `name` through the API: version -> digest.
+    pub fn ledger(&self, name: &str) -> BTreeMap<String, String> {
+        self.image(name)["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["version"].as_str().unwrap().to_owned(),
+                    v["digest"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits for the end of a poll cycle; returns its `last_poll`.
+    pub fn wait_poll(&self, timeout: Duration) -> String {
+        wait_for("a poll cycle", timeout, || {
+            self.get("/v1/status")["last_poll"]
+                .as_str()
+                .map(str::to_owned)
+        })
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sig` (`-HUP`, `-TERM`) with `kill`.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid();
+        assert!(Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
     }
 
     /// The daemon's process id.
@@ -674,9 +815,23 @@ pub fn image_table(name: &str, ctx: &Path, repository: &str, extra: &str) -> Str
     )
 }
 
-/// Writes `work/rebased.toml`: `[daemon]` with its state in `work/state`,
-/// `listen`, and `daemon_extra` lines; the registry `host` over plain http;
-/// then `rest` (image tables, other sections). Returns its path.
+/// A config: `[daemon]` with its state in `work/state`, `listen`, and
+/// `daemon_extra` lines; the registry `host` over plain http; then `rest`
+/// (image tables, other sections).
+pub fn config_text(
+    work: &Path,
+    listen: &str,
+    host: &str,
+    daemon_extra: &str,
+    rest: &str,
+) -> String {
+    format!(
+        "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\n{daemon_extra}\n[registries.\"{host}\"]\ninsecure = true\n{rest}",
+        work.join("state").display()
+    )
+}
+
+/// Writes [`config_text`] to `work/rebased.toml`. Returns its path.
 pub fn write_config(
     work: &Path,
     listen: &str,
@@ -685,14 +840,7 @@ pub fn write_config(
     rest: &str,
 ) -> PathBuf {
     let path = work.join("rebased.toml");
-    fs::write(
-        &path,
-        format!(
-            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\n{daemon_extra}\n[registries.\"{host}\"]\ninsecure = true\n{rest}",
-            work.join("state").display()
-        ),
-    )
-    .unwrap();
+    fs::write(&path, config_text(work, listen, host, daemon_extra, rest)).unwrap();
     path
 }
 
@@ -787,4 +935,107 @@ impl Drop for TokenRegistry {
         let _ = self.issuer.kill();
         let _ = self.issuer.wait();
     }
+}
+
+/// What most end-to-end tests start from: a registry, a maker of base
+/// images, a work directory and a free listen address for the daemon, whose
+/// config is `work/rebased.toml` and log `work/daemon.log`.
+pub struct Setup {
+    pub registry: Registry,
+    pub bases: BaseMaker,
+    pub work: TempDir,
+    pub listen: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Setup {
+    /// A fresh registry holding `base:latest` (busybox, marker `v1`).
+    pub fn new() -> Self {
+        let s = Self::empty();
+        s.bases.push(&s.registry, "base:latest", "v1");
+        s
+    }
+
+    /// A fresh registry holding nothing.
+    pub fn empty() -> Self {
+        Self::with(Registry::start(), format!("127.0.0.1:{}", free_port()))
+    }
+
+    /// Around `registry` and `listen`, nothing pushed.
+    pub fn with(registry: Registry, listen: String) -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let config = work.path().join("rebased.toml");
+        let log = work.path().join("daemon.log");
+        Self {
+            registry,
+            bases: BaseMaker::new(),
+            work,
+            listen,
+            config,
+            log,
+        }
+    }
+
+    /// The registry's `127.0.0.1:PORT`.
+    pub fn host(&self) -> &str {
+        &self.registry.host
+    }
+
+    /// The work directory.
+    pub fn dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// [`app_context`] `name` in the work directory.
+    pub fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
+        app_context(self.dir(), name, dockerfile)
+    }
+
+    /// [`write_config`] for this registry and listen address.
+    pub fn write_config(&self, daemon_extra: &str, rest: &str) -> PathBuf {
+        write_config(self.dir(), &self.listen, self.host(), daemon_extra, rest)
+    }
+
+    /// [`config_text`] for this registry and listen address.
+    pub fn config_text(&self, daemon_extra: &str, rest: &str) -> String {
+        config_text(self.dir(), &self.listen, self.host(), daemon_extra, rest)
+    }
+
+    /// `rebased run` on the config, logging to the log.
+    pub fn start(&self) -> Daemon {
+        Daemon::start(&self.config, &self.listen, &self.log)
+    }
+
+    /// Like [`Setup::start`], with extra environment variables.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with_env(&self.config, &self.listen, &self.log, env)
+    }
+}
+
+/// Every `.rs` file under `dir` with its text, skipping `target`.
+pub fn rust_sources(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if !p.ends_with("target") {
+                    dirs.push(p);
+                }
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = fs::read_to_string(&p).unwrap();
+                out.push((p, text));
+            }
+        }
+    }
+    out.sort();
+    out
 }

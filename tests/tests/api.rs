@@ -7,43 +7,29 @@
 use std::process::Command;
 use std::time::Duration;
 
-use rebased_e2e::{
-    app_context, free_port, image_table, rebased_bin, wait_for, write_config, BaseMaker, Daemon,
-    Registry,
-};
+use rebased_e2e::{image_table, rebased_bin, Daemon, Setup};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn start() -> (Registry, Daemon, tempfile::TempDir) {
-    let registry = Registry::start();
-    let host = registry.host.clone();
-    BaseMaker::new().push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
-    let ctx = app_context(
-        work.path(),
+fn start() -> (Setup, Daemon) {
+    let s = Setup::new();
+    let ctx = s.context(
         "app",
-        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+        &format!("FROM {}/base:latest\nCOPY hello /hello\n", s.host()),
     );
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &host,
+    s.write_config(
         "poll = \"0 0 0 1 1 *\"\nsettle = \"0s\"",
-        &image_table("app", &ctx, &format!("{host}/app"), ""),
+        &image_table("app", &ctx, &format!("{}/app", s.host()), ""),
     );
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    wait_for("1.0.0", WAIT, || {
-        let i = daemon.get("/v1/images/app");
-        (i["state"] == "fresh" && i["current_version"] == "1.0.0").then_some(())
-    });
-    (registry, daemon, work)
+    let daemon = s.start();
+    daemon.wait_version("app", "1.0.0", WAIT);
+    (s, daemon)
 }
 
 #[test]
 fn openapi_covers_every_route_and_schemathesis_finds_no_server_error() {
-    let (_registry, daemon, _work) = start();
+    let (_setup, daemon) = start();
     let doc = daemon.get("/openapi.json");
     let paths = doc["paths"].as_object().unwrap();
     for route in [
@@ -96,25 +82,21 @@ fn openapi_covers_every_route_and_schemathesis_finds_no_server_error() {
     assert_eq!(daemon.get("/healthz")["status"], "ok");
 }
 
-fn cli(daemon: &Daemon, args: &[&str]) -> String {
-    daemon.cli(args)
-}
-
 #[test]
 fn cli_clients_print_what_the_api_holds() {
-    let (_registry, daemon, _work) = start();
-    let status = cli(&daemon, &["status"]);
+    let (_setup, daemon) = start();
+    let status = daemon.cli(&["status"]);
     assert!(
         status.contains("images: 1") && status.contains("queue: 0 queued"),
         "{status}"
     );
-    let images = cli(&daemon, &["images"]);
+    let images = daemon.cli(&["images"]);
     let line = images
         .lines()
         .find(|l| l.starts_with("app "))
         .unwrap_or_else(|| panic!("{images}"));
     assert!(line.contains("fresh") && line.contains("1.0.0"), "{images}");
-    let image = cli(&daemon, &["image", "app"]);
+    let image = daemon.cli(&["image", "app"]);
     assert!(image.contains("app: fresh, current 1.0.0"), "{image}");
     assert!(
         image
@@ -122,7 +104,7 @@ fn cli_clients_print_what_the_api_holds() {
             .any(|l| l.starts_with("1.0.0 ") && l.contains("initial")),
         "{image}"
     );
-    let jobs = cli(&daemon, &["jobs"]);
+    let jobs = daemon.cli(&["jobs"]);
     let job_line = jobs
         .lines()
         .find(|l| l.contains(" app "))
@@ -132,25 +114,20 @@ fn cli_clients_print_what_the_api_holds() {
         "{jobs}"
     );
     let id = job_line.split_whitespace().next().unwrap().to_owned();
-    let log = cli(&daemon, &["log", &id]);
+    let log = daemon.cli(&["log", &id]);
     // Built natively (no RUN): the log says what it did, step by step.
     assert!(
         log.contains("line 2: COPY") && log.contains("/app:1.0.0 sha256:"),
         "{log}"
     );
-    let json: Value = serde_json::from_str(&cli(&daemon, &["image", "app", "--json"])).unwrap();
+    let json: Value = serde_json::from_str(&daemon.cli(&["image", "app", "--json"])).unwrap();
     assert_eq!(json["current_version"], "1.0.0");
 
-    let out = cli(&daemon, &["rebuild", "app"]);
+    let out = daemon.cli(&["rebuild", "app"]);
     assert!(out.contains("rebuild of app queued"), "{out}");
-    wait_for("the manual rebuild to publish 1.0.1", WAIT, || {
-        let i = daemon.get("/v1/images/app");
-        (i["state"] == "fresh" && i["current_version"] == "1.0.1").then_some(())
-    });
-    assert_eq!(
-        daemon.get("/v1/images/app")["versions"][1]["trigger"],
-        "manual"
-    );
+    // The manual rebuild publishes 1.0.1.
+    daemon.wait_version("app", "1.0.1", WAIT);
+    assert_eq!(daemon.image("app")["versions"][1]["trigger"], "manual");
 
     // Errors go to stderr with a non-zero status.
     let out = Command::new(rebased_bin())

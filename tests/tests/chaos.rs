@@ -21,10 +21,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rebased_e2e::{free_port, image_table, wait_for, write_config, BaseMaker, Daemon, Registry};
+use rebased_e2e::{image_table, wait_for, Daemon, Setup};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -66,26 +66,19 @@ const FAULTS: [Fault; 4] = [
     Fault::KillBuilder,
 ];
 
-fn contexts(dir: &Path, host: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let fast = dir.join("fast");
-    fs::create_dir_all(&fast).unwrap();
-    fs::write(fast.join("hello"), "fast\n").unwrap();
-    fs::write(
-        fast.join("Dockerfile"),
-        format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
-    )
-    .unwrap();
+fn contexts(s: &Setup) -> (PathBuf, PathBuf) {
+    let host = s.host();
+    let fast = s.context(
+        "fast",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
     // A RUN: built by buildah (backend auto), so there is an engine to kill.
-    let engine = dir.join("engine");
-    fs::create_dir_all(&engine).unwrap();
-    fs::write(engine.join("hello"), "engine\n").unwrap();
-    fs::write(
-        engine.join("Dockerfile"),
-        format!(
+    let engine = s.context(
+        "engine",
+        &format!(
             "FROM {host}/base:latest\nCOPY hello /hello\nRUN [\"/bin/busybox\", \"cp\", \"/hello\", \"/copied\"]\n"
         ),
-    )
-    .unwrap();
+    );
     (fast, engine)
 }
 
@@ -118,45 +111,18 @@ fn children_named(pid: u32, name: &str) -> Vec<u32> {
     out
 }
 
-fn start(config: &Path, listen: &str, log: &Path, failpoint: Option<&str>) -> Daemon {
-    match failpoint {
-        Some(f) => Daemon::start_with_env(config, listen, log, &[("REBASED_FAILPOINT", f)]),
-        None => Daemon::start(config, listen, log),
-    }
-}
-
-/// Semver tags of `repo` and their digests, as the registry holds them.
-fn registry_versions(registry: &Registry, repo: &str) -> BTreeMap<String, String> {
-    registry
-        .tags(repo)
-        .into_iter()
-        .filter(|t| t.split('.').count() == 3)
-        .map(|t| {
-            let d = registry.digest(&format!("{repo}:{t}")).unwrap();
-            (t, d)
-        })
-        .collect()
-}
-
 /// Waits until every image is fresh at `want` versions. A daemon that is
 /// gone (a failpoint abort) is started again. A build that failed because
 /// of the fault backs off for a minute; when its version is not in the
 /// registry and nothing is building it, a rebuild request runs it now (it
 /// cannot duplicate a version: the version tag is absent).
-fn settle(
-    daemon: &mut Daemon,
-    config: &Path,
-    listen: &str,
-    log: &Path,
-    registry: &Registry,
-    want: usize,
-) -> Duration {
+fn settle(daemon: &mut Daemon, s: &Setup, want: usize) -> Duration {
     let started = Instant::now();
     let mut nudged: BTreeMap<String, Instant> = BTreeMap::new();
     wait_for("every image fresh at the new version", WAIT, || {
         let Some(all) = daemon.try_get("/v1/images") else {
             daemon.kill_hard();
-            *daemon = start(config, listen, log, None);
+            *daemon = s.start();
             return None;
         };
         let jobs = daemon.try_get("/v1/jobs")?;
@@ -180,7 +146,7 @@ fn settle(
             if i["last_error"].is_string()
                 && !running
                 && !recent
-                && registry.digest(&next).is_none()
+                && s.registry.digest(&next).is_none()
             {
                 println!("  rebuild of {name} requested after: {}", i["last_error"]);
                 daemon.post(&format!("/v1/images/{name}/rebuild"), None);
@@ -211,36 +177,30 @@ fn invariants_hold_through_crashes_and_faults() {
     println!("chaos: {iterations} iterations, seed {seed}");
     let mut rng = Rng(seed);
 
-    let mut registry = Registry::start();
-    let bases = BaseMaker::new();
-    let mut base_digests = vec![bases.push(&registry, "base:latest", "v0")];
-    let work = tempfile::tempdir().unwrap();
-    let (fast, engine) = contexts(work.path(), &registry.host);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &registry.host,
+    let mut s = Setup::empty();
+    let mut base_digests = vec![s.bases.push(&s.registry, "base:latest", "v0")];
+    let (fast, engine) = contexts(&s);
+    let host = s.host().to_owned();
+    s.write_config(
         "poll = \"*/1 * * * * *\"\nsettle = \"0s\"\nstop_timeout = \"0s\"",
         &format!(
             "{}{}",
             image_table(
                 "fast",
                 &fast,
-                &format!("{}/fast", registry.host),
+                &format!("{host}/fast"),
                 "tags = [\"latest\"]"
             ),
             image_table(
                 "engine",
                 &engine,
-                &format!("{}/engine", registry.host),
+                &format!("{host}/engine"),
                 "tags = [\"latest\"]"
             ),
         ),
     );
-    let log = work.path().join("daemon.log");
-    let mut daemon = start(&config, &listen, &log, None);
-    settle(&mut daemon, &config, &listen, &log, &registry, 1);
+    let mut daemon = s.start();
+    settle(&mut daemon, &s, 1);
 
     // Every version tag ever seen, with its digest.
     let mut seen: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -265,22 +225,22 @@ fn invariants_hold_through_crashes_and_faults() {
                     "after-first-floating-tag"
                 };
                 daemon.stop();
-                daemon = start(&config, &listen, &log, Some(point));
-                base_digests.push(bases.push(&registry, "base:latest", &format!("v{i}")));
+                daemon = s.start_with_env(&[("REBASED_FAILPOINT", point)]);
+                base_digests.push(s.bases.push(&s.registry, "base:latest", &format!("v{i}")));
             }
             Fault::KillDaemon => {
-                base_digests.push(bases.push(&registry, "base:latest", &format!("v{i}")));
+                base_digests.push(s.bases.push(&s.registry, "base:latest", &format!("v{i}")));
                 std::thread::sleep(delay);
                 daemon.kill_hard();
-                daemon = start(&config, &listen, &log, None);
+                daemon = s.start();
             }
             Fault::RestartRegistry => {
-                base_digests.push(bases.push(&registry, "base:latest", &format!("v{i}")));
+                base_digests.push(s.bases.push(&s.registry, "base:latest", &format!("v{i}")));
                 std::thread::sleep(delay);
-                registry.restart();
+                s.registry.restart();
             }
             Fault::KillBuilder => {
-                base_digests.push(bases.push(&registry, "base:latest", &format!("v{i}")));
+                base_digests.push(s.bases.push(&s.registry, "base:latest", &format!("v{i}")));
                 let pid = daemon.pid();
                 let killed = wait_for("buildah to run", WAIT, || {
                     let found = children_named(pid, "buildah");
@@ -294,13 +254,13 @@ fn invariants_hold_through_crashes_and_faults() {
                 println!("  killed {killed} buildah process(es)");
             }
         }
-        let took = settle(&mut daemon, &config, &listen, &log, &registry, i + 1);
+        let took = settle(&mut daemon, &s, i + 1);
         recoveries.push(took);
 
         // The invariants.
         let newest = format!("1.0.{i}");
         for name in IMAGES {
-            let versions = registry_versions(&registry, name);
+            let versions = s.registry.versions(name);
             for (tag, digest) in &versions {
                 let key = (name.to_owned(), tag.clone());
                 if let Some(before) = seen.insert(key, digest.clone()) {
@@ -315,23 +275,16 @@ fn invariants_hold_through_crashes_and_faults() {
             got.sort_by_key(|v| v.rsplit('.').next().and_then(|p| p.parse::<u32>().ok()));
             assert_eq!(got, expected, "{name}: one version per base change");
             assert_eq!(
-                registry.digest(&format!("{name}:latest")),
+                s.registry.digest(&format!("{name}:latest")),
                 versions.get(&newest).cloned(),
                 "{name}: latest on the newest version"
             );
-            let image = daemon.get(&format!("/v1/images/{name}"));
-            let ledger: BTreeMap<String, String> = image["versions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| {
-                    (
-                        v["version"].as_str().unwrap().to_owned(),
-                        v["digest"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect();
-            assert_eq!(ledger, versions, "{name}: the ledger matches the registry");
+            assert_eq!(
+                daemon.ledger(name),
+                versions,
+                "{name}: the ledger matches the registry"
+            );
+            let image = daemon.image(name);
             // Each version was built from its base change.
             for (n, base) in base_digests.iter().enumerate() {
                 let v = image["versions"]

@@ -10,34 +10,21 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use rebased_e2e::{free_port, image_table, wait_for, write_config, BaseMaker, Daemon, Registry};
+use rebased_e2e::{image_table, skopeo, wait_for, Daemon, Registry, Setup};
 
 const WAIT: Duration = Duration::from_secs(180);
 
-/// Builds 1.0.0 with `backend`; returns the daemon, its config and listen
-/// address.
-fn publishes_with(
-    backend: &str,
-    env: &[(&str, &str)],
-    work: &Path,
-    registry: &Registry,
-) -> (Daemon, std::path::PathBuf, String) {
-    let ctx = work.join("app");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("hello"), "hello\n").unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!(
+/// Builds 1.0.0 with `backend`; returns the daemon.
+fn publishes_with(backend: &str, env: &[(&str, &str)], s: &Setup) -> Daemon {
+    let registry = &s.registry;
+    let ctx = s.context(
+        "app",
+        &format!(
             "FROM {}/base:latest\nCOPY hello /hello\nRUN [\"/bin/busybox\", \"cp\", \"/hello\", \"/copied\"]\n",
             registry.host
         ),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work,
-        &listen,
-        &registry.host,
+    );
+    s.write_config(
         "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
         &format!(
             "[builder]\nbackend = \"{backend}\"\nmax_attempts = 1\n{}",
@@ -49,20 +36,11 @@ fn publishes_with(
             )
         ),
     );
-    let daemon = Daemon::start_with_env(&config, &listen, &work.join("daemon.log"), env);
-    wait_for(&format!("1.0.0 built by {backend}"), WAIT, || {
-        let i = daemon.get("/v1/images/app");
-        if i["state"] == "failing" {
-            panic!(
-                "{backend} build failed: {}\n{}",
-                i["last_error"],
-                daemon.log_text()
-            );
-        }
-        (i["current_version"] == "1.0.0").then_some(())
-    });
+    let daemon = s.start_with_env(env);
+    // Built by `backend`.
+    daemon.wait_version_never_failing("app", "1.0.0", WAIT);
     let pushed = registry.digest("app:1.0.0").expect("pushed");
-    let recorded = daemon.get("/v1/images/app")["current_digest"].clone();
+    let recorded = daemon.image("app")["current_digest"].clone();
     assert_eq!(
         recorded,
         pushed.as_str(),
@@ -78,22 +56,19 @@ fn publishes_with(
     let id = jobs[0]["id"].as_u64().unwrap();
     let log = daemon.cli(&["log", &id.to_string()]);
     assert!(log.contains("$ "), "the engine's output is captured: {log}");
-    (daemon, config, listen)
+    daemon
 }
 
 #[test]
 fn podman_backend_builds_a_run_step() {
-    let registry = Registry::start();
-    BaseMaker::new().push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
-    let _ = publishes_with("podman", &[], work.path(), &registry);
+    let s = Setup::new();
+    let _ = publishes_with("podman", &[], &s);
 }
 
 #[test]
 fn docker_backend_command_lines_run_through_podman() {
-    let registry = Registry::start();
-    BaseMaker::new().push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
+    let s = Setup::new();
+    let (registry, work) = (&s.registry, &s.work);
     // What a docker daemon would hold: its storage and insecure registries.
     let shim = work.path().join("bin");
     fs::create_dir_all(&shim).unwrap();
@@ -130,31 +105,30 @@ fn docker_backend_command_lines_run_through_podman() {
         ("CONTAINERS_REGISTRIES_CONF", registries.as_str()),
         ("BUILDAH_ISOLATION", "chroot"),
     ];
-    let (mut daemon, config, listen) = publishes_with("docker", &env, work.path(), &registry);
+    let mut daemon = publishes_with("docker", &env, &s);
     // docker writes labels, not manifest annotations: a crash right after
     // the version push is still recovered by adopting the pushed tag (its
     // labels say which bases it was built from).
     daemon.stop();
-    let log = work.path().join("daemon.log");
     let mut with_failpoint = env.to_vec();
     with_failpoint.push(("REBASED_FAILPOINT", "after-version-push"));
-    let mut daemon = Daemon::start_with_env(&config, &listen, &log, &with_failpoint);
-    BaseMaker::new().push(&registry, "base:latest", "v2");
+    let mut daemon = s.start_with_env(&with_failpoint);
+    s.bases.push(registry, "base:latest", "v2");
     let status = daemon.wait_exit(WAIT);
     assert!(!status.success(), "aborted at the failpoint");
     let pushed = registry
         .digest("app:1.0.1")
         .expect("1.0.1 pushed before the crash");
-    let daemon = Daemon::start_with_env(&config, &listen, &log, &env);
+    let daemon = s.start_with_env(&env);
     wait_for("1.0.1 adopted", WAIT, || {
-        let i = daemon.get("/v1/images/app");
+        let i = daemon.image("app");
         if i["state"] == "failing" {
             panic!("not adopted: {}", i["last_error"]);
         }
         (i["current_version"] == "1.0.1").then(|| i["current_digest"].clone())
     });
     assert_eq!(
-        daemon.get("/v1/images/app")["current_digest"],
+        daemon.image("app")["current_digest"],
         pushed.as_str(),
         "the pushed tag was adopted, not rebuilt"
     );
@@ -164,12 +138,12 @@ fn docker_backend_command_lines_run_through_podman() {
 /// contents of every layer (read through `skopeo copy` to a layout).
 fn image_bytes(registry: &Registry, repo_tag: &str, dir: &Path) -> Vec<u8> {
     let layout = dir.join("layout");
-    rebased_e2e::run(std::process::Command::new("skopeo").args([
+    skopeo(&[
         "copy",
         "--src-tls-verify=false",
         &format!("docker://{}/{repo_tag}", registry.host),
         &format!("oci:{}:x", layout.display()),
-    ]));
+    ]);
     let mut all = Vec::new();
     for blob in fs::read_dir(layout.join("blobs/sha256")).unwrap() {
         let path = blob.unwrap().path();
@@ -191,26 +165,18 @@ fn image_bytes(registry: &Registry, repo_tag: &str, dir: &Path) -> Vec<u8> {
 #[test]
 fn build_secrets_reach_run_steps_and_nothing_else() {
     const SECRET: &str = "s3cret-TOKEN-9f8e7d";
-    let registry = Registry::start();
-    BaseMaker::new().push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
-    let secret_file = work.path().join("token");
+    let s = Setup::new();
+    let registry = &s.registry;
+    let secret_file = s.dir().join("token");
     fs::write(&secret_file, SECRET).unwrap();
-    let ctx = work.path().join("app");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!(
+    let ctx = s.context(
+        "app",
+        &format!(
             "FROM {}/base:latest\nRUN --mount=type=secret,id=token [\"/bin/busybox\", \"sha256sum\", \"/run/secrets/token\"]\n",
             registry.host
         ),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &registry.host,
+    );
+    s.write_config(
         "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
         &format!(
             "[builder]\nmax_attempts = 1\n{}",
@@ -222,14 +188,9 @@ fn build_secrets_reach_run_steps_and_nothing_else() {
             )
         ),
     );
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    wait_for("1.0.0 built with the secret", WAIT, || {
-        let i = daemon.get("/v1/images/app");
-        if i["state"] == "failing" {
-            panic!("build failed: {}\n{}", i["last_error"], daemon.log_text());
-        }
-        (i["current_version"] == "1.0.0").then_some(())
-    });
+    let daemon = s.start();
+    // Built with the secret.
+    daemon.wait_version_never_failing("app", "1.0.0", WAIT);
     let jobs = daemon.get("/v1/jobs");
     let id = jobs[0]["id"].as_u64().unwrap();
     let log = daemon.cli(&["log", &id.to_string()]);
@@ -243,7 +204,7 @@ fn build_secrets_reach_run_steps_and_nothing_else() {
     assert!(log.contains(hash), "the RUN step saw the secret: {log}");
     // ...but the secret itself is nowhere: not in the image (config,
     // history, layers), not in the logs, not in the API.
-    let image = image_bytes(&registry, "app:1.0.0", work.path());
+    let image = image_bytes(registry, "app:1.0.0", s.dir());
     assert!(!image.is_empty());
     let found = image.windows(SECRET.len()).any(|w| w == SECRET.as_bytes());
     assert!(!found, "the secret leaked into the image");
@@ -252,7 +213,7 @@ fn build_secrets_reach_run_steps_and_nothing_else() {
         !daemon.log_text().contains(SECRET),
         "the secret leaked into the daemon log"
     );
-    let api = format!("{}{}", daemon.get("/v1/images/app"), daemon.get("/v1/jobs"));
+    let api = format!("{}{}", daemon.image("app"), daemon.get("/v1/jobs"));
     assert!(!api.contains(SECRET), "the secret leaked into the API");
     let history = registry.inspect("app:1.0.0").to_string();
     assert!(!history.contains(SECRET));

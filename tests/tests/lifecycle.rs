@@ -4,110 +4,69 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rebased_e2e::{free_port, wait_for, BaseMaker, Daemon, Registry};
+use rebased_e2e::{image_table, wait_for, Setup};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn context(dir: &Path, name: &str, bulk: usize) -> String {
-    let ctx = dir.join(name);
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("hello"), format!("hello from {name}\n")).unwrap();
+/// A context built FROM `${REG}/base:latest`, with `bulk` bytes of data.
+fn context(s: &Setup, name: &str, bulk: usize) -> PathBuf {
+    let ctx = s.context(name, "ARG REG\nFROM ${REG}/base:latest\nCOPY . /data\n");
     if bulk > 0 {
         let data: Vec<u8> = (0..bulk as u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
             .collect();
         fs::write(ctx.join("bulk.bin"), data).unwrap();
     }
-    fs::write(
-        ctx.join("Dockerfile"),
-        "ARG REG\nFROM ${REG}/base:latest\nCOPY . /data\n",
-    )
-    .unwrap();
-    ctx.display().to_string()
+    ctx
 }
 
-fn config(
-    work: &Path,
-    listen: &str,
-    host: &str,
-    daemon_extra: &str,
-    images: &[(&str, &str)],
-) -> String {
-    let mut cfg = format!(
-        "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n{daemon_extra}\n[builder]\n# buildah: a build long enough to be interrupted\nbackend = \"buildah\"\n[registries.\"{host}\"]\ninsecure = true\n",
-        work.join("state").display()
-    );
+/// Polls every second, builds with buildah, `REG` is the registry.
+fn config(s: &Setup, daemon_extra: &str, images: &[(&str, &Path)]) -> String {
+    let host = s.host();
+    let mut tables = String::new();
     for (name, ctx) in images {
-        cfg += &format!(
-            "\n[[image]]\nname = \"{name}\"\ncontext = \"{ctx}\"\nrepository = \"{host}/{name}\"\nversion = \"1.0.0\"\nbuild_args = {{ REG = \"{host}\" }}\n"
+        tables += &image_table(
+            name,
+            ctx,
+            &format!("{host}/{name}"),
+            &format!("build_args = {{ REG = \"{host}\" }}\n"),
         );
     }
-    cfg
-}
-
-fn signal(d: &Daemon, sig: &str) {
-    let pid = d.pid();
-    assert!(Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
-
-fn fresh(d: &Daemon, name: &str) -> Option<String> {
-    let i = d.try_get(&format!("/v1/images/{name}"))?;
-    (i["state"] == "fresh")
-        .then(|| i["current_version"].as_str().map(str::to_owned))
-        .flatten()
+    s.config_text(
+        &format!("poll = \"*/1 * * * * *\"\nsettle = \"0s\"\n{daemon_extra}\n[builder]\n# buildah: a build long enough to be interrupted\nbackend = \"buildah\""),
+        &tables,
+    )
 }
 
 #[test]
 fn reload_on_sighup_and_on_edits_keeps_the_old_config_when_the_new_one_is_bad() {
-    let registry = Registry::start();
-    let host = registry.host.clone();
-    BaseMaker::new().push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
-    let a = context(work.path(), "a", 0);
-    let b = context(work.path(), "b", 0);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let file = work.path().join("rebased.toml");
-    fs::write(&file, config(work.path(), &listen, &host, "", &[("a", &a)])).unwrap();
-    let daemon = Daemon::start(&file, &listen, &work.path().join("daemon.log"));
-    wait_for("a at 1.0.0", WAIT, || {
-        (fresh(&daemon, "a").as_deref() == Some("1.0.0")).then_some(())
-    });
+    let s = Setup::new();
+    let a = context(&s, "a", 0);
+    let b = context(&s, "b", 0);
+    let file = &s.config;
+    fs::write(file, config(&s, "", &[("a", &a)])).unwrap();
+    let daemon = s.start();
+    daemon.wait_version("a", "1.0.0", WAIT);
     let loaded = daemon.get("/v1/status")["config_loaded_at"].clone();
 
     // SIGHUP with a new image: it appears and is built, no restart.
-    fs::write(
-        &file,
-        config(work.path(), &listen, &host, "", &[("a", &a), ("b", &b)]),
-    )
-    .unwrap();
-    signal(&daemon, "-HUP");
-    wait_for("b built after SIGHUP", WAIT, || {
-        (fresh(&daemon, "b").as_deref() == Some("1.0.0")).then_some(())
-    });
+    fs::write(file, config(&s, "", &[("a", &a), ("b", &b)])).unwrap();
+    daemon.signal("-HUP");
+    // b is built after SIGHUP.
+    daemon.wait_version("b", "1.0.0", WAIT);
     let status = daemon.get("/v1/status");
     assert_eq!(status["images"], 2);
     assert_ne!(status["config_loaded_at"], loaded);
     assert_eq!(status["config_error"], Value::Null);
 
     // A broken config is refused; the old one keeps running; status says why.
-    let broken = config(
-        work.path(),
-        &listen,
-        &host,
-        "poll = \"every minute\"\n",
-        &[("a", &a)],
-    );
-    fs::write(&file, broken.replacen("poll = \"*/1 * * * * *\"\n", "", 1)).unwrap();
-    signal(&daemon, "-HUP");
+    let broken = config(&s, "poll = \"every minute\"\n", &[("a", &a)]);
+    fs::write(file, broken.replacen("poll = \"*/1 * * * * *\"\n", "", 1)).unwrap();
+    daemon.signal("-HUP");
     let err = wait_for("the reload error", WAIT, || {
         daemon.get("/v1/status")["config_error"]
             .as_str()
@@ -125,38 +84,31 @@ fn reload_on_sighup_and_on_edits_keeps_the_old_config_when_the_new_one_is_bad() 
     );
 
     // An editor-style save (write aside, rename over) is picked up without a signal.
-    let tmp = work.path().join(".rebased.toml.swp");
-    fs::write(&tmp, config(work.path(), &listen, &host, "", &[("a", &a)])).unwrap();
-    fs::rename(&tmp, &file).unwrap();
+    let tmp = s.dir().join(".rebased.toml.swp");
+    fs::write(&tmp, config(&s, "", &[("a", &a)])).unwrap();
+    fs::rename(&tmp, file).unwrap();
     wait_for("the edit to load", WAIT, || {
         let s = daemon.get("/v1/status");
         (s["config_error"].is_null() && s["images"] == 1).then_some(())
     });
     // The queue and ledger survived every reload.
-    assert_eq!(fresh(&daemon, "a").as_deref(), Some("1.0.0"));
+    assert_eq!(daemon.fresh_version("a").as_deref(), Some("1.0.0"));
 }
 
 fn sigterm_during_build(stop_timeout: &str, expect_finished_before_exit: bool) {
-    let registry = Registry::start();
-    let host = registry.host.clone();
-    BaseMaker::new().push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
-    let slow = context(work.path(), "slow", 48 << 20);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let file = work.path().join("rebased.toml");
+    let s = Setup::new();
+    let registry = &s.registry;
+    let slow = context(&s, "slow", 48 << 20);
     fs::write(
-        &file,
+        &s.config,
         config(
-            work.path(),
-            &listen,
-            &host,
+            &s,
             &format!("stop_timeout = \"{stop_timeout}\"\n"),
             &[("slow", &slow)],
         ),
     )
     .unwrap();
-    let log = work.path().join("daemon.log");
-    let mut daemon = Daemon::start(&file, &listen, &log);
+    let mut daemon = s.start();
     wait_for("the build to start", WAIT, || {
         let jobs = daemon.get("/v1/jobs");
         jobs.as_array()
@@ -165,7 +117,7 @@ fn sigterm_during_build(stop_timeout: &str, expect_finished_before_exit: bool) {
             .any(|j| j["state"] == "running")
             .then_some(())
     });
-    signal(&daemon, "-TERM");
+    daemon.signal("-TERM");
     if expect_finished_before_exit {
         // While the build finishes, new work is refused.
         let code = wait_for("the API to refuse new work", WAIT, || {
@@ -193,10 +145,8 @@ fn sigterm_during_build(stop_timeout: &str, expect_finished_before_exit: bool) {
             daemon.log_text()
         );
     }
-    let daemon = Daemon::start(&file, &listen, &log);
-    wait_for("slow at 1.0.0", WAIT, || {
-        (fresh(&daemon, "slow").as_deref() == Some("1.0.0")).then_some(())
-    });
+    let daemon = s.start();
+    daemon.wait_version("slow", "1.0.0", WAIT);
     let jobs = daemon.get("/v1/jobs");
     let jobs = jobs.as_array().unwrap();
     assert_eq!(jobs.len(), 1, "no job lost or duplicated: {jobs:#?}");

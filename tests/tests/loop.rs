@@ -5,73 +5,40 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::fs;
 use std::time::Duration;
 
-use rebased_e2e::{free_port, wait_for, BaseMaker, Daemon, Registry};
+use rebased_e2e::{image_table, wait_for, Setup};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-fn current_version(d: &Daemon) -> Option<String> {
-    d.get("/v1/images/app")["current_version"]
-        .as_str()
-        .map(str::to_owned)
-}
-
 #[test]
 fn base_update_publishes_next_patch_and_restart_publishes_nothing() {
-    let registry = Registry::start();
-    let bases = BaseMaker::new();
-    let d1 = bases.push(&registry, "base:latest", "v1");
+    let s = Setup::empty();
+    let registry = &s.registry;
+    let bases = &s.bases;
+    let d1 = bases.push(registry, "base:latest", "v1");
 
-    let work = tempfile::tempdir().unwrap();
-    let ctx = work.path().join("app");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("hello"), "hello\n").unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        format!(
+    let ctx = s.context(
+        "app",
+        &format!(
             "FROM {}/base:latest AS runtime\nCOPY hello /hello\n",
             registry.host
         ),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = work.path().join("rebased.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"[daemon]
-state_dir = "{state}"
-listen = "{listen}"
-poll = "*/1 * * * * *"
-settle = "2s"
-
-[builder]
-backend = "buildah"
-
-[registries."{host}"]
-insecure = true
-
-[[image]]
-name = "app"
-context = "{ctx}"
-repository = "{host}/app"
-version = "1.0.0"
-tags = ["{{major}}.{{minor}}", "latest"]
-"#,
-            state = work.path().join("state").display(),
-            host = registry.host,
-            ctx = ctx.display(),
+    );
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"2s\"\n\n[builder]\nbackend = \"buildah\"\n",
+        &image_table(
+            "app",
+            &ctx,
+            &format!("{}/app", registry.host),
+            "tags = [\"{major}.{minor}\", \"latest\"]\n",
         ),
-    )
-    .unwrap();
-    let log = work.path().join("daemon.log");
+    );
 
-    let mut daemon = Daemon::start(&config, &listen, &log);
+    let mut daemon = s.start();
     wait_for("1.0.0 to be published", WAIT, || {
-        (current_version(&daemon).as_deref() == Some("1.0.0")).then_some(())
+        (daemon.current_version("app").as_deref() == Some("1.0.0")).then_some(())
     });
     let v100 = registry.digest("app:1.0.0").expect("1.0.0 pushed");
     // Floating tags move right after the version is recorded.
@@ -80,10 +47,10 @@ tags = ["{{major}}.{{minor}}", "latest"]
     });
 
     // Upstream moves.
-    let d2 = bases.push(&registry, "base:latest", "v2");
+    let d2 = bases.push(registry, "base:latest", "v2");
     assert_ne!(d1, d2, "the two bases must differ");
     wait_for("1.0.1 to be published", WAIT, || {
-        (current_version(&daemon).as_deref() == Some("1.0.1")).then_some(())
+        (daemon.current_version("app").as_deref() == Some("1.0.1")).then_some(())
     });
 
     // What was pushed, as skopeo sees it.
@@ -130,7 +97,7 @@ tags = ["{{major}}.{{minor}}", "latest"]
     );
 
     // The ledger, through the API.
-    let image = daemon.get("/v1/images/app");
+    let image = daemon.image("app");
     assert_eq!(image["state"], "fresh");
     assert_eq!(image["current_digest"], Value::String(v101.clone()));
     let versions = image["versions"].as_array().unwrap();
@@ -153,12 +120,8 @@ tags = ["{{major}}.{{minor}}", "latest"]
 
     // Restart with nothing changed upstream: nothing new is published.
     daemon.stop();
-    let daemon = Daemon::start(&config, &listen, &log);
-    let first = wait_for("a poll after restart", WAIT, || {
-        daemon.get("/v1/status")["last_poll"]
-            .as_str()
-            .map(str::to_owned)
-    });
+    let daemon = s.start();
+    let first = daemon.wait_poll(WAIT);
     wait_for("three more polls", WAIT, || {
         let last = daemon.get("/v1/status")["last_poll"]
             .as_str()
@@ -171,12 +134,6 @@ tags = ["{{major}}.{{minor}}", "latest"]
         !tags.contains(&"1.0.2".to_owned()),
         "restart published {tags:?}"
     );
-    assert_eq!(current_version(&daemon).as_deref(), Some("1.0.1"));
-    assert_eq!(
-        daemon.get("/v1/images/app")["versions"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(daemon.current_version("app").as_deref(), Some("1.0.1"));
+    assert_eq!(daemon.image("app")["versions"].as_array().unwrap().len(), 2);
 }

@@ -13,34 +13,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use rebased_e2e::{
-    free_port, image_table, run, wait_for, write_config, BaseMaker, Daemon, Registry,
-};
+use rebased_e2e::{image_table, run, skopeo, Registry, Setup};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn state(d: &Daemon, name: &str) -> (String, Option<String>) {
-    let i = d.get(&format!("/v1/images/{name}"));
-    (
-        i["state"].as_str().unwrap_or_default().to_owned(),
-        i["current_version"].as_str().map(str::to_owned),
-    )
-}
-
-fn wait_version(d: &Daemon, name: &str, v: &str) {
-    wait_for(&format!("{name} {v}"), WAIT, || {
-        let (s, cur) = state(d, name);
-        if s == "failing" {
-            panic!(
-                "{name} failing: {}\n{}",
-                d.get(&format!("/v1/images/{name}"))["last_error"],
-                d.log_text()
-            );
-        }
-        (s == "fresh" && cur.as_deref() == Some(v)).then_some(())
-    });
-}
 
 /// A context with an executable script, a data file in a subdirectory, and
 /// an ignored secret.
@@ -61,10 +37,6 @@ fn context(dir: &Path, dockerfile: &str) -> std::path::PathBuf {
     ctx
 }
 
-fn skopeo(args: &[&str]) -> String {
-    run(Command::new("skopeo").args(args))
-}
-
 /// The tar listing (`tar tvf`, numeric owners) of a blob in an OCI layout.
 fn layer_listing(layout: &Path, digest: &str) -> String {
     let blob = layout
@@ -78,22 +50,16 @@ fn layer_listing(layout: &Path, digest: &str) -> String {
 
 #[test]
 fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
-    let registry = Registry::start();
-    let bases = BaseMaker::new();
-    bases.push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
+    let s = Setup::new();
+    let (registry, bases) = (&s.registry, &s.bases);
     let ctx = context(
-        work.path(),
+        s.dir(),
         &format!(
             "FROM {}/base:latest\nWORKDIR /srv\nCOPY --chown=app:staff app/ ./app/\nENV GREETING=hello\nEXPOSE 8080\nUSER app\nCMD [\"/srv/app/run.sh\"]\n",
             registry.host
         ),
     );
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &registry.host,
+    s.write_config(
         "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
         &format!(
             "[builder]\nbackend = \"native\"\n{}",
@@ -105,8 +71,8 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
             )
         ),
     );
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    wait_version(&daemon, "app", "1.0.0");
+    let daemon = s.start();
+    daemon.wait_version_never_failing("app", "1.0.0", WAIT);
 
     // The config, as skopeo reads it.
     let r = format!("docker://{}/app:1.0.0", registry.host);
@@ -157,7 +123,7 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
         .to_owned();
 
     // Files and modes, through `skopeo copy` to a layout.
-    let out = work.path().join("copy");
+    let out = s.dir().join("copy");
     skopeo(&[
         "copy",
         "--src-tls-verify=false",
@@ -189,7 +155,7 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
         !listing.contains("secret.txt"),
         ".dockerignore honoured: {listing}"
     );
-    let unpacked = work.path().join("unpacked");
+    let unpacked = s.dir().join("unpacked");
     fs::create_dir_all(&unpacked).unwrap();
     let blob = out
         .join("blobs/sha256")
@@ -205,7 +171,7 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
     );
 
     // buildah takes the image and runs a program from it.
-    let storage = work.path().join("buildah");
+    let storage = s.dir().join("buildah");
     let buildah = |args: &[&str]| {
         run(Command::new("buildah")
             .arg("--root")
@@ -231,13 +197,13 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
     // A base update: the rebuild's own layer is identical and only the
     // config is uploaded (besides manifests); base layers are mounted.
     let mark = registry.log_text().len();
-    bases.push(&registry, "base:latest", "v2");
+    bases.push(registry, "base:latest", "v2");
     let base_pushes = registry.log_text()[mark..]
         .matches("\"PUT /v2/base/blobs/uploads/")
         .count();
     let mark = registry.log_text().len();
     assert!(base_pushes > 0);
-    wait_version(&daemon, "app", "1.0.1");
+    daemon.wait_version_never_failing("app", "1.0.1", WAIT);
     let m2 = registry.raw_manifest("app:1.0.1");
     let own_v2 = m2["layers"].as_array().unwrap().last().unwrap()["digest"]
         .as_str()
@@ -285,24 +251,19 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
 
 #[test]
 fn a_two_platform_base_gives_a_two_platform_result() {
-    let registry = Registry::start();
-    let bases = BaseMaker::new();
-    let amd = bases.push_platform(&registry, "base:amd64", "amd", Some("linux/amd64"));
-    let arm = bases.push_platform(&registry, "base:arm64", "arm", Some("linux/arm64"));
-    bases.push_index(&registry, "base", &[&amd, &arm], "base:latest");
-    let work = tempfile::tempdir().unwrap();
+    let s = Setup::empty();
+    let (registry, bases) = (&s.registry, &s.bases);
+    let amd = bases.push_platform(registry, "base:amd64", "amd", Some("linux/amd64"));
+    let arm = bases.push_platform(registry, "base:arm64", "arm", Some("linux/arm64"));
+    bases.push_index(registry, "base", &[&amd, &arm], "base:latest");
     let ctx = context(
-        work.path(),
+        s.dir(),
         &format!(
             "FROM {}/base:latest\nCOPY app /app\nCMD [\"/app/run.sh\"]\n",
             registry.host
         ),
     );
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &registry.host,
+    s.write_config(
         "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
         &image_table(
             "multi",
@@ -311,8 +272,8 @@ fn a_two_platform_base_gives_a_two_platform_result() {
             "platforms = [\"linux/amd64\", \"linux/arm64\"]",
         ),
     );
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    wait_version(&daemon, "multi", "1.0.0");
+    let daemon = s.start();
+    daemon.wait_version_never_failing("multi", "1.0.0", WAIT);
     let index = registry.raw_manifest("multi:1.0.0");
     assert_eq!(
         index["mediaType"],
@@ -377,20 +338,14 @@ fn a_two_platform_base_gives_a_two_platform_result() {
 
 #[test]
 fn an_oci_layout_repository_is_readable_by_skopeo() {
-    let registry = Registry::start();
-    let bases = BaseMaker::new();
-    bases.push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
+    let s = Setup::new();
+    let (registry, bases) = (&s.registry, &s.bases);
     let ctx = context(
-        work.path(),
+        s.dir(),
         &format!("FROM {}/base:latest\nCOPY app /app\n", registry.host),
     );
-    let layout = work.path().join("layout");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &registry.host,
+    let layout = s.dir().join("layout");
+    s.write_config(
         "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
         &image_table(
             "local",
@@ -399,8 +354,8 @@ fn an_oci_layout_repository_is_readable_by_skopeo() {
             "tags = [\"latest\"]",
         ),
     );
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    wait_version(&daemon, "local", "1.0.0");
+    let daemon = s.start();
+    daemon.wait_version_never_failing("local", "1.0.0", WAIT);
     let inspect = |tag: &str| -> Value {
         serde_json::from_str(&skopeo(&[
             "inspect",
@@ -411,14 +366,14 @@ fn an_oci_layout_repository_is_readable_by_skopeo() {
     let v1 = inspect("1.0.0");
     assert_eq!(v1["Digest"], inspect("latest")["Digest"]);
     assert_eq!(v1["Labels"]["org.opencontainers.image.version"], "1.0.0");
-    let out = work.path().join("out");
+    let out = s.dir().join("out");
     skopeo(&[
         "copy",
         &format!("oci:{}:1.0.0", layout.display()),
         &format!("oci:{}:copied", out.display()),
     ]);
-    bases.push(&registry, "base:latest", "v2");
-    wait_version(&daemon, "local", "1.0.1");
+    bases.push(registry, "base:latest", "v2");
+    daemon.wait_version_never_failing("local", "1.0.1", WAIT);
     let v2 = inspect("1.0.1");
     assert_eq!(v2["Digest"], inspect("latest")["Digest"], "latest moved");
     assert_eq!(inspect("1.0.0")["Digest"], v1["Digest"], "1.0.0 kept");
@@ -432,26 +387,21 @@ fn an_oci_layout_repository_is_readable_by_skopeo() {
         .collect();
     names.sort();
     assert_eq!(names, ["1.0.0", "1.0.1", "latest"]);
-    let versions = daemon.get("/v1/images/local")["versions"].clone();
+    let versions = daemon.image("local")["versions"].clone();
     assert_eq!(versions[0]["superseded_by"], "1.0.1");
 }
 
 #[test]
 fn a_base_on_another_registry_is_streamed_not_mounted() {
     let upstream = Registry::start();
-    let registry = Registry::start();
-    let bases = BaseMaker::new();
+    let s = Setup::empty();
+    let (registry, bases) = (&s.registry, &s.bases);
     bases.push(&upstream, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
     let ctx = context(
-        work.path(),
+        s.dir(),
         &format!("FROM {}/base:latest\nCOPY app /app\n", upstream.host),
     );
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &registry.host,
+    s.write_config(
         "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
         &format!(
             "[registries.\"{}\"]\ninsecure = true\n{}",
@@ -459,8 +409,8 @@ fn a_base_on_another_registry_is_streamed_not_mounted() {
             image_table("app", &ctx, &format!("{}/app", registry.host), "")
         ),
     );
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    wait_version(&daemon, "app", "1.0.0");
+    let daemon = s.start();
+    daemon.wait_version_never_failing("app", "1.0.0", WAIT);
     let m = registry.raw_manifest("app:1.0.0");
     let base = upstream.raw_manifest("base:latest");
     let log = registry.log_text();
@@ -487,7 +437,7 @@ fn a_base_on_another_registry_is_streamed_not_mounted() {
         );
     }
     // The image is complete in its own registry.
-    let out = work.path().join("copy");
+    let out = s.dir().join("copy");
     skopeo(&[
         "copy",
         "--src-tls-verify=false",
@@ -498,33 +448,24 @@ fn a_base_on_another_registry_is_streamed_not_mounted() {
 
 #[test]
 fn run_is_refused_by_the_native_backend_before_any_push() {
-    let registry = Registry::start();
-    let bases = BaseMaker::new();
-    bases.push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
+    let s = Setup::new();
+    let registry = &s.registry;
     let ctx = context(
-        work.path(),
+        s.dir(),
         &format!(
             "FROM {}/base:latest\nCOPY app /app\nRUN echo hi\n",
             registry.host
         ),
     );
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &registry.host,
+    s.write_config(
         "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
         &format!(
             "[builder]\nbackend = \"native\"\nmax_attempts = 1\n{}",
             image_table("app", &ctx, &format!("{}/app", registry.host), "")
         ),
     );
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    let error = wait_for("the build to fail", WAIT, || {
-        let i = daemon.get("/v1/images/app");
-        (i["state"] == "failing").then(|| i["last_error"].as_str().unwrap_or_default().to_owned())
-    });
+    let daemon = s.start();
+    let error = daemon.wait_failing("app", WAIT);
     assert!(error.contains("line 3"), "{error}");
     assert!(
         error.contains("RUN") && error.contains("buildah"),

@@ -8,9 +8,7 @@
 use std::fs;
 use std::time::Duration;
 
-use rebased_e2e::{
-    app_context, free_port, image_table, wait_for, write_config, BaseMaker, Daemon, Registry,
-};
+use rebased_e2e::{free_port, image_table, wait_for, Registry, Setup};
 
 const WAIT: Duration = Duration::from_secs(120);
 const USER: &str = "bot";
@@ -24,18 +22,15 @@ enum Creds {
 
 fn detect_update_through(creds: Creds) {
     let (registry, ca) = Registry::start_secure(USER, PASSWORD);
-    let host = registry.host.clone();
-    let bases = BaseMaker::new();
+    let s = Setup::with(registry, format!("127.0.0.1:{}", free_port()));
+    let (registry, bases, host, work) = (&s.registry, &s.bases, s.host(), &s.work);
     let login = format!("{USER}:{PASSWORD}");
-    bases.push_secure(&registry, "base:latest", "v1", &ca, &login);
+    bases.push_secure(registry, "base:latest", "v1", &ca, &login);
 
-    let work = tempfile::tempdir().unwrap();
-    let ctx = app_context(
-        work.path(),
+    let ctx = s.context(
         "app",
         &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
     );
-    let listen = format!("127.0.0.1:{}", free_port());
     let mut env: Vec<(String, String)> = Vec::new();
     let registry_section = match creds {
         Creds::Config => {
@@ -83,30 +78,25 @@ fn detect_update_through(creds: Creds) {
             String::new()
         }
     };
-    let config = work.path().join("rebased.toml");
+    // Over TLS with the CA: not `insecure` as write_config has it.
     fs::write(
-        &config,
+        &s.config,
         format!(
-            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n\n[builder]\nmax_attempts = 1\n\n[registries.\"{host}\"]\nca_file = \"{}\"\n{registry_section}{}",
+            "[daemon]\nstate_dir = \"{}\"\nlisten = \"{}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n\n[builder]\nmax_attempts = 1\n\n[registries.\"{host}\"]\nca_file = \"{}\"\n{registry_section}{}",
             work.path().join("state").display(),
+            s.listen,
             ca.display(),
             image_table("app", &ctx, &format!("{host}/app"), "")
         ),
     )
     .unwrap();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let daemon =
-        Daemon::start_with_env(&config, &listen, &work.path().join("daemon.log"), &env_refs);
-    let at = |v: &str| {
-        let i = daemon.get("/v1/images/app");
-        if i["state"] == "failing" {
-            panic!("image failing: {}\n{}", i["last_error"], daemon.log_text());
-        }
-        (i["state"] == "fresh" && i["current_version"] == v).then_some(())
-    };
-    wait_for("1.0.0 through TLS and credentials", WAIT, || at("1.0.0"));
-    bases.push_secure(&registry, "base:latest", "v2", &ca, &login);
-    wait_for("1.0.1 after the base update", WAIT, || at("1.0.1"));
+    let daemon = s.start_with_env(&env_refs);
+    // 1.0.0 through TLS and credentials.
+    daemon.wait_version_never_failing("app", "1.0.0", WAIT);
+    bases.push_secure(registry, "base:latest", "v2", &ca, &login);
+    // 1.0.1 after the base update.
+    daemon.wait_version_never_failing("app", "1.0.1", WAIT);
     let log = daemon.log_text();
     assert!(
         !log.contains(PASSWORD),
@@ -131,30 +121,24 @@ fn credentials_from_a_credential_helper() {
 
 #[test]
 fn one_manifest_request_per_base_per_cycle_for_200_images() {
-    let registry = Registry::start();
-    let host = registry.host.clone();
-    let bases = BaseMaker::new();
+    let s = Setup::empty();
+    let (registry, host) = (&s.registry, s.host());
     for b in 0..3 {
-        bases.push(&registry, &format!("base{b}:latest"), &format!("b{b}"));
+        s.bases
+            .push(registry, &format!("base{b}:latest"), &format!("b{b}"));
     }
-    let work = tempfile::tempdir().unwrap();
     // Versions go to a registry that is down: every job fails at once, so
     // the only traffic to the real registry is the polling.
     let dead = format!("127.0.0.1:{}", free_port());
     let mut images = String::new();
     for i in 0..200 {
-        let ctx = app_context(
-            work.path(),
+        let ctx = s.context(
             &format!("img{i}"),
             &format!("FROM {host}/base{}:latest\nCOPY hello /hello\n", i % 3),
         );
         images += &image_table(&format!("img{i}"), &ctx, &format!("{dead}/img{i}"), "");
     }
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &host,
+    s.write_config(
         "poll = \"0 0 0 1 1 *\"\nsettle = \"0s\"\n\n[builder]\nmax_attempts = 1",
         &format!("[registries.\"{dead}\"]\ninsecure = true\n{images}"),
     );
@@ -167,14 +151,11 @@ fn one_manifest_request_per_base_per_cycle_for_200_images() {
             })
             .collect()
     };
-    let before = heads(&registry);
+    let before = heads(registry);
     assert_eq!(before, [0, 0, 0]);
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    wait_for("the first cycle", WAIT, || {
-        daemon.get("/v1/status")["last_poll"]
-            .as_str()
-            .map(str::to_owned)
-    });
+    let daemon = s.start();
+    // The first cycle.
+    daemon.wait_poll(WAIT);
     wait_for("every image decided", WAIT, || {
         let imgs = daemon.get("/v1/images");
         imgs.as_array()
@@ -184,14 +165,14 @@ fn one_manifest_request_per_base_per_cycle_for_200_images() {
             .then_some(())
     });
     assert_eq!(
-        heads(&registry),
+        heads(registry),
         [1, 1, 1],
         "one HEAD per base for 200 images"
     );
     assert_eq!(daemon.post("/v1/check", None), 202);
     wait_for("the second cycle", WAIT, || {
-        (heads(&registry) != [1, 1, 1]).then_some(())
+        (heads(registry) != [1, 1, 1]).then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(heads(&registry), [2, 2, 2], "again one HEAD per base");
+    assert_eq!(heads(registry), [2, 2, 2], "again one HEAD per base");
 }

@@ -4,89 +4,48 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
-use rebased_e2e::{free_port, wait_for, BaseMaker, Daemon, Registry};
+use rebased_e2e::{image_table, wait_for, Setup};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(180);
 
-fn context(dir: &Path, name: &str, dockerfile: &str) -> String {
-    let ctx = dir.join(name);
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("hello"), format!("hello from {name}\n")).unwrap();
-    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
-    ctx.display().to_string()
+/// An `[[image]]` of `repo` with the floating tag `latest`.
+fn image(name: &str, ctx: &std::path::Path, repo: &str) -> String {
+    image_table(name, ctx, repo, "tags = [\"latest\"]\n")
 }
 
-fn image(name: &str, ctx: &str, repo: &str) -> String {
-    format!("\n[[image]]\nname = \"{name}\"\ncontext = \"{ctx}\"\nrepository = \"{repo}\"\nversion = \"1.0.0\"\ntags = [\"latest\"]\n")
-}
-
-fn daemon_section(work: &Path, listen: &str, host: &str, extra: &str) -> String {
-    format!(
-        "[daemon]\nstate_dir = \"{}\"\nlisten = \"{listen}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n{extra}\n[registries.\"{host}\"]\ninsecure = true\n",
-        work.join("state").display()
-    )
-}
-
-/// The current version, once the image is fresh (its job done).
-fn current(d: &Daemon, name: &str) -> Option<String> {
-    let image = d.get(&format!("/v1/images/{name}"));
-    if image["state"] != "fresh" {
-        return None;
-    }
-    image["current_version"].as_str().map(str::to_owned)
-}
-
-fn jobs_of(d: &Daemon, name: &str) -> Vec<Value> {
-    d.get("/v1/jobs")
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|j| j["image"] == name)
-        .cloned()
-        .collect()
-}
+/// Polls every second, no settle time.
+const DAEMON: &str = "poll = \"*/1 * * * * *\"\nsettle = \"0s\"\n";
 
 #[test]
 fn a_base_update_cascades_to_images_built_from_managed_images() {
-    let registry = Registry::start();
-    let host = registry.host.clone();
-    let bases = BaseMaker::new();
-    bases.push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
+    let s = Setup::new();
+    let (registry, bases, host) = (&s.registry, &s.bases, s.host());
     // b comes first in the config but is built FROM a's repository.
-    let b = context(
-        work.path(),
-        "b",
-        &format!("FROM {host}/a:latest\nCOPY hello /hello-b\n"),
-    );
-    let a = context(
-        work.path(),
+    let b = s.context("b", &format!("FROM {host}/a:latest\nCOPY hello /hello-b\n"));
+    let a = s.context(
         "a",
         &format!("FROM {host}/base:latest\nCOPY hello /hello-a\n"),
     );
-    let listen = format!("127.0.0.1:{}", free_port());
-    let cfg = daemon_section(work.path(), &listen, &host, "")
-        + &image("b", &b, &format!("{host}/b"))
-        + &image("a", &a, &format!("{host}/a"));
-    let config = work.path().join("rebased.toml");
-    fs::write(&config, cfg).unwrap();
+    s.write_config(
+        DAEMON,
+        &(image("b", &b, &format!("{host}/b")) + &image("a", &a, &format!("{host}/a"))),
+    );
 
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    let daemon = s.start();
     wait_for("a and b at 1.0.0", WAIT, || {
-        (current(&daemon, "a").as_deref() == Some("1.0.0")
-            && current(&daemon, "b").as_deref() == Some("1.0.0"))
+        (daemon.fresh_version("a").as_deref() == Some("1.0.0")
+            && daemon.fresh_version("b").as_deref() == Some("1.0.0"))
         .then_some(())
     });
 
-    let d2 = bases.push(&registry, "base:latest", "v2");
+    let d2 = bases.push(registry, "base:latest", "v2");
     wait_for("b at 1.0.1", WAIT, || {
-        (current(&daemon, "b").as_deref() == Some("1.0.1")).then_some(())
+        (daemon.fresh_version("b").as_deref() == Some("1.0.1")).then_some(())
     });
-    assert_eq!(current(&daemon, "a").as_deref(), Some("1.0.1"));
+    assert_eq!(daemon.fresh_version("a").as_deref(), Some("1.0.1"));
 
     // a was built from the new base, b from a's new version.
     let a101 = registry.digest("a:1.0.1").unwrap();
@@ -105,11 +64,13 @@ fn a_base_update_cascades_to_images_built_from_managed_images() {
     );
 
     // In that order, and b's new version says why.
-    let a_job = jobs_of(&daemon, "a")
+    let a_job = daemon
+        .jobs_of("a")
         .into_iter()
         .find(|j| j["published"] == "1.0.1")
         .unwrap();
-    let b_job = jobs_of(&daemon, "b")
+    let b_job = daemon
+        .jobs_of("b")
         .into_iter()
         .find(|j| j["published"] == "1.0.1")
         .unwrap();
@@ -117,7 +78,7 @@ fn a_base_update_cascades_to_images_built_from_managed_images() {
         b_job["started_at"].as_str().unwrap() >= a_job["finished_at"].as_str().unwrap(),
         "b started before a finished: {a_job:#} {b_job:#}"
     );
-    let b_img = daemon.get("/v1/images/b");
+    let b_img = daemon.image("b");
     let old = &b_img["versions"][0];
     assert_eq!(old["superseded_by"], "1.0.1");
     assert_eq!(old["reason"]["trigger"], "cascade");
@@ -127,50 +88,33 @@ fn a_base_update_cascades_to_images_built_from_managed_images() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(!registry.tags("a").contains(&"1.0.2".to_owned()));
     assert!(!registry.tags("b").contains(&"1.0.2".to_owned()));
-    let bases_view = daemon.get("/v1/bases");
-    let base = bases_view
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["reference"] == format!("{host}/base:latest"))
-        .unwrap();
+    let base = daemon.base(&format!("{host}/base:latest"));
     assert_eq!(base["dependents"], serde_json::json!(["a"]));
 }
 
 #[test]
 fn a_queued_job_survives_kill_9_and_runs_once() {
-    let registry = Registry::start();
-    let host = registry.host.clone();
-    let bases = BaseMaker::new();
-    bases.push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
-    let mut cfg = String::new();
-    let listen = format!("127.0.0.1:{}", free_port());
-    cfg += &daemon_section(work.path(), &listen, &host, "max_concurrent_builds = 1\n");
+    let s = Setup::new();
+    let (registry, bases, host) = (&s.registry, &s.bases, s.host());
+    let mut images = String::new();
     for name in ["x", "y"] {
-        let ctx = context(
-            work.path(),
-            name,
-            &format!("FROM {host}/base:latest\nCOPY . /data\n"),
-        );
+        let ctx = s.context(name, &format!("FROM {host}/base:latest\nCOPY . /data\n"));
         // Some bulk so that a build takes a moment.
         let bulk: Vec<u8> = (0..8_000_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        fs::write(Path::new(&ctx).join("bulk.bin"), bulk).unwrap();
-        cfg += &image(name, &ctx, &format!("{host}/{name}"));
+        fs::write(ctx.join("bulk.bin"), bulk).unwrap();
+        images += &image(name, &ctx, &format!("{host}/{name}"));
     }
-    let config = work.path().join("rebased.toml");
-    fs::write(&config, cfg).unwrap();
-    let log = work.path().join("daemon.log");
+    s.write_config(&format!("{DAEMON}max_concurrent_builds = 1\n"), &images);
 
-    let mut daemon = Daemon::start(&config, &listen, &log);
+    let mut daemon = s.start();
     wait_for("x and y at 1.0.0", WAIT, || {
-        (current(&daemon, "x").as_deref() == Some("1.0.0")
-            && current(&daemon, "y").as_deref() == Some("1.0.0"))
+        (daemon.fresh_version("x").as_deref() == Some("1.0.0")
+            && daemon.fresh_version("y").as_deref() == Some("1.0.0"))
         .then_some(())
     });
-    bases.push(&registry, "base:latest", "v2");
+    bases.push(registry, "base:latest", "v2");
     // Crash while one job runs and the other waits.
     wait_for("one job running and one queued", WAIT, || {
         let jobs = daemon.get("/v1/jobs");
@@ -181,17 +125,18 @@ fn a_queued_job_survives_kill_9_and_runs_once() {
     });
     daemon.kill_hard();
 
-    let daemon = Daemon::start(&config, &listen, &log);
+    let daemon = s.start();
     wait_for("x and y at 1.0.1 after restart", WAIT, || {
-        (current(&daemon, "x").as_deref() == Some("1.0.1")
-            && current(&daemon, "y").as_deref() == Some("1.0.1"))
+        (daemon.fresh_version("x").as_deref() == Some("1.0.1")
+            && daemon.fresh_version("y").as_deref() == Some("1.0.1"))
         .then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
     for name in ["x", "y"] {
         let tags = registry.tags(name);
         assert!(!tags.contains(&"1.0.2".to_owned()), "{name}: {tags:?}");
-        let published: Vec<Value> = jobs_of(&daemon, name)
+        let published: Vec<Value> = daemon
+            .jobs_of(name)
             .into_iter()
             .filter(|j| j["published"] == "1.0.1")
             .collect();
@@ -200,13 +145,7 @@ fn a_queued_job_survives_kill_9_and_runs_once() {
             1,
             "{name}: one job published 1.0.1: {published:#?}"
         );
-        assert_eq!(
-            daemon.get(&format!("/v1/images/{name}"))["versions"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(daemon.image(name)["versions"].as_array().unwrap().len(), 2);
     }
     let jobs = daemon.get("/v1/jobs");
     assert!(

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rebased_e2e::{
-    free_port, image_table, rebased_bin, wait_for, write_config, BaseMaker, Daemon, Registry,
+    app_context, free_port, image_table, rebased_bin, rust_sources, wait_for, BaseMaker, Daemon,
+    Registry, Setup,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -21,14 +22,6 @@ const PASSWORD: &str = "reg-PW-4b1d9e";
 const WRONG_PASSWORD: &str = "unreach-PW-77c2aa";
 const API_TOKEN: &str = "api-TOKEN-5e0f13";
 const HOOK_TOKEN: &str = "hook-TOKEN-a93c07";
-
-fn context(dir: &Path, name: &str, dockerfile: &str) -> std::path::PathBuf {
-    let ctx = dir.join(name);
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("hello"), "hello\n").unwrap();
-    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
-    ctx
-}
 
 #[test]
 fn secrets_appear_in_no_log_answer_or_error() {
@@ -51,14 +44,14 @@ fn secrets_appear_in_no_log_answer_or_error() {
     let wrong = write("wrong-pw", WRONG_PASSWORD);
     let api = write("api-token", API_TOKEN);
     let hook = write("hook-token", HOOK_TOKEN);
-    let good = context(
+    let good = app_context(
         work.path(),
         "good",
         &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
     );
     // A registry that is not there, with credentials: its errors are shown.
     let dead = format!("127.0.0.1:{}", free_port());
-    let bad = context(
+    let bad = app_context(
         work.path(),
         "bad",
         &format!("FROM {dead}/base:latest\nCOPY hello /hello\n"),
@@ -82,8 +75,8 @@ fn secrets_appear_in_no_log_answer_or_error() {
     .unwrap();
     let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
     wait_for("good published and bad's base in error", WAIT, || {
-        let good = daemon.get("/v1/images/good");
-        let bad = daemon.get("/v1/images/bad");
+        let good = daemon.image("good");
+        let bad = daemon.image("bad");
         (good["state"] == "fresh" && bad["bases"][0]["error"].is_string()).then_some(())
     });
     // Wrong tokens: refused, and the answers do not echo the real ones.
@@ -112,18 +105,12 @@ fn secrets_appear_in_no_log_answer_or_error() {
         "/metrics",
         "/openapi.json",
     ] {
-        answers += &reqwest::blocking::get(format!("{}{path}", daemon.api))
-            .unwrap()
-            .text()
-            .unwrap();
+        answers += &daemon.get_text(path);
     }
     for job in daemon.get("/v1/jobs").as_array().unwrap() {
-        answers += &reqwest::blocking::get(format!("{}/v1/jobs/{}/log", daemon.api, job["id"]))
-            .unwrap()
-            .text()
-            .unwrap();
+        answers += &daemon.get_text(&format!("/v1/jobs/{}/log", job["id"]));
     }
-    let bad_error = daemon.get("/v1/images/bad")["bases"][0]["error"].to_string();
+    let bad_error = daemon.image("bad")["bases"][0]["error"].to_string();
     assert!(
         bad_error.contains(&dead),
         "the error names the registry: {bad_error}"
@@ -165,8 +152,7 @@ fn no_shell_runs_and_untrusted_strings_stay_arguments() {
     // The daemon's source never starts a shell (the benchmark harness,
     // which runs the shell-loop peer on purpose, is not the daemon).
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
-    let mut sources = Vec::new();
-    collect_rs(&root, &mut sources);
+    let mut sources = rust_sources(&root);
     sources.retain(|(p, _)| !p.components().any(|c| c.as_os_str() == "bench"));
     assert!(sources.len() > 20);
     for (path, text) in &sources {
@@ -186,17 +172,15 @@ fn no_shell_runs_and_untrusted_strings_stay_arguments() {
     }
     // A build argument and a file name made to look like shell: they reach
     // the engine as one argument each and run nothing on the host.
-    let registry = Registry::start();
-    BaseMaker::new().push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
-    let marker = work.path().join("pwned");
+    let s = Setup::new();
+    let registry = &s.registry;
+    let marker = s.dir().join("pwned");
     let evil = format!(
         "$(touch {}); `touch {}`",
         marker.display(),
         marker.display()
     );
-    let ctx = context(
-        work.path(),
+    let ctx = s.context(
         "app",
         &format!(
             "FROM {}/base:latest\nARG EVIL\nCOPY . /ctx/\nRUN [\"/bin/busybox\", \"true\"]\nLABEL evil=$EVIL\n",
@@ -205,11 +189,7 @@ fn no_shell_runs_and_untrusted_strings_stay_arguments() {
     );
     // Copied by `COPY . /ctx/`, so the builder handles the name.
     fs::write(ctx.join("$(touch pwned2);x"), "odd name\n").unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &registry.host,
+    s.write_config(
         "poll = \"*/1 * * * * *\"\nsettle = \"0s\"",
         &format!(
             "[builder]\nmax_attempts = 1\n{}",
@@ -221,14 +201,8 @@ fn no_shell_runs_and_untrusted_strings_stay_arguments() {
             )
         ),
     );
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    wait_for("the build", WAIT, || {
-        let i = daemon.get("/v1/images/app");
-        if i["state"] == "failing" {
-            panic!("{}", i["last_error"]);
-        }
-        (i["current_version"] == "1.0.0").then_some(())
-    });
+    let daemon = s.start();
+    daemon.wait_version_never_failing("app", "1.0.0", WAIT);
     assert_eq!(
         registry.inspect("app:1.0.0")["Labels"]["evil"],
         evil.as_str()
@@ -237,23 +211,11 @@ fn no_shell_runs_and_untrusted_strings_stay_arguments() {
     assert!(!ctx.join("pwned2").exists() && !Path::new("pwned2").exists());
 }
 
-fn collect_rs(dir: &Path, out: &mut Vec<(std::path::PathBuf, String)>) {
-    for e in fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            collect_rs(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push((p.clone(), fs::read_to_string(&p).unwrap()));
-        }
-    }
-}
-
 #[test]
 fn copy_cannot_reach_outside_the_context() {
-    let registry = Registry::start();
-    BaseMaker::new().push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
-    let outside = work.path().join("outside");
+    let s = Setup::new();
+    let registry = &s.registry;
+    let outside = s.dir().join("outside");
     fs::create_dir_all(&outside).unwrap();
     fs::write(outside.join("secret"), "host file\n").unwrap();
     let cases = [
@@ -263,30 +225,19 @@ fn copy_cannot_reach_outside_the_context() {
     ];
     let mut tables = String::new();
     for (name, copy) in cases {
-        let ctx = context(
-            work.path(),
-            name,
-            &format!("FROM {}/base:latest\n{copy}", registry.host),
-        );
+        let ctx = s.context(name, &format!("FROM {}/base:latest\n{copy}", registry.host));
         std::os::unix::fs::symlink(outside.join("secret"), ctx.join("abs")).unwrap();
         std::os::unix::fs::symlink(&outside, ctx.join("dir")).unwrap();
         tables += &image_table(name, &ctx, &format!("{}/{name}", registry.host), "");
     }
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &registry.host,
+    s.write_config(
         "poll = \"*/1 * * * * *\"\nsettle = \"0s\"",
         &format!("[builder]\nbackend = \"native\"\nmax_attempts = 1\n{tables}"),
     );
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
+    let daemon = s.start();
     for (name, _) in cases {
-        let error = wait_for(&format!("{name} refused"), WAIT, || {
-            let i = daemon.get(&format!("/v1/images/{name}"));
-            (i["state"] == "failing")
-                .then(|| i["last_error"].as_str().unwrap_or_default().to_owned())
-        });
+        // Refused.
+        let error = daemon.wait_failing(name, WAIT);
         assert!(
             error.contains("line 2") && (error.contains("escape") || error.contains("outside")),
             "{name}: {error}"
@@ -303,7 +254,7 @@ fn state_directory_and_api_socket_are_private() {
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
     let socket = work.path().join("api.sock");
-    let ctx = context(
+    let ctx = app_context(
         work.path(),
         "app",
         "FROM 127.0.0.1:1/base:latest\nCOPY hello /hello\n",

@@ -4,41 +4,23 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use rebased_e2e::{
-    app_context, free_port, image_table, wait_for, write_config, BaseMaker, Daemon, Registry,
-};
+use rebased_e2e::{image_table, Daemon, Setup};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(180);
 
-struct Setup {
-    registry: Registry,
-    bases: BaseMaker,
-    work: tempfile::TempDir,
-    config: PathBuf,
-    listen: String,
-    log: PathBuf,
-}
-
+/// `app` from `base:latest` v1, floating tags `1.0`, `1`, `latest`, one
+/// attempt per build.
 fn setup(extra_daemon: &str) -> Setup {
-    let registry = Registry::start();
-    let host = registry.host.clone();
-    let bases = BaseMaker::new();
-    bases.push(&registry, "base:latest", "v1");
-    let work = tempfile::tempdir().unwrap();
-    let ctx = app_context(
-        work.path(),
+    let s = Setup::new();
+    let host = s.host();
+    let ctx = s.context(
         "app",
         &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
     );
-    let listen = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        work.path(),
-        &listen,
-        &host,
+    s.write_config(
         &format!("poll = \"*/1 * * * * *\"\nsettle = \"0s\"\n{extra_daemon}\n[builder]\nmax_attempts = 1"),
         &image_table(
             "app",
@@ -47,39 +29,11 @@ fn setup(extra_daemon: &str) -> Setup {
             "tags = [\"{major}.{minor}\", \"{major}\", \"latest\"]\n",
         ),
     );
-    let log = work.path().join("daemon.log");
-    Setup {
-        registry,
-        bases,
-        work,
-        config,
-        listen,
-        log,
-    }
-}
-
-impl Setup {
-    fn start(&self) -> Daemon {
-        Daemon::start(&self.config, &self.listen, &self.log)
-    }
+    s
 }
 
 fn image(d: &Daemon) -> Value {
-    d.get("/v1/images/app")
-}
-
-/// The current version once the image is fresh.
-fn fresh_at(d: &Daemon) -> Option<String> {
-    let i = image(d);
-    (i["state"] == "fresh")
-        .then(|| i["current_version"].as_str().map(str::to_owned))
-        .flatten()
-}
-
-fn wait_version(d: &Daemon, v: &str) {
-    wait_for(&format!("app at {v}"), WAIT, || {
-        (fresh_at(d).as_deref() == Some(v)).then_some(())
-    });
+    d.image("app")
 }
 
 fn floating_on(s: &Setup, digest: &str) -> bool {
@@ -92,14 +46,11 @@ fn floating_on(s: &Setup, digest: &str) -> bool {
 fn a_foreign_image_at_the_next_version_is_never_overwritten() {
     let s = setup("");
     let daemon = s.start();
-    wait_version(&daemon, "1.0.0");
+    daemon.wait_version("app", "1.0.0", WAIT);
     // Someone pushes something else as 1.0.1 by hand.
     let foreign = s.bases.push(&s.registry, "app:1.0.1", "foreign");
     s.bases.push(&s.registry, "base:latest", "v2");
-    wait_for("the job to fail", WAIT, || {
-        (image(&daemon)["state"] == "failing").then_some(())
-    });
-    let err = image(&daemon)["last_error"].as_str().unwrap().to_owned();
+    let err = daemon.wait_failing("app", WAIT);
     assert!(
         err.contains(&format!("{}/app:1.0.1", s.registry.host))
             && err.contains("refusing to overwrite"),
@@ -118,15 +69,10 @@ fn a_foreign_image_at_the_next_version_is_never_overwritten() {
 fn crash_at(failpoint: &str) {
     let s = setup("");
     let daemon = s.start();
-    wait_version(&daemon, "1.0.0");
+    daemon.wait_version("app", "1.0.0", WAIT);
     drop(daemon);
     // Run with the failpoint armed: the base moves, the daemon dies mid-publish.
-    let mut daemon = Daemon::start_with_env(
-        &s.config,
-        &s.listen,
-        &s.log,
-        &[("REBASED_FAILPOINT", failpoint)],
-    );
+    let mut daemon = s.start_with_env(&[("REBASED_FAILPOINT", failpoint)]);
     s.bases.push(&s.registry, "base:latest", "v2");
     let status = daemon.wait_exit(WAIT);
     assert!(!status.success(), "the failpoint aborts the daemon");
@@ -136,7 +82,7 @@ fn crash_at(failpoint: &str) {
     );
 
     let daemon = s.start();
-    wait_version(&daemon, "1.0.1");
+    daemon.wait_version("app", "1.0.1", WAIT);
     std::thread::sleep(Duration::from_secs(3));
     let v101 = s.registry.digest("app:1.0.1").unwrap();
     assert!(
@@ -178,10 +124,10 @@ fn a_crash_after_the_first_floating_tag_is_finished_after_restart() {
 fn rollback_holds_until_resume_then_the_next_version_supersedes_the_held_one() {
     let s = setup("");
     let daemon = s.start();
-    wait_version(&daemon, "1.0.0");
+    daemon.wait_version("app", "1.0.0", WAIT);
     let v100 = s.registry.digest("app:1.0.0").unwrap();
     s.bases.push(&s.registry, "base:latest", "v2");
-    wait_version(&daemon, "1.0.1");
+    daemon.wait_version("app", "1.0.1", WAIT);
 
     let out = daemon.cli(&["rollback", "app", "--to", "1.0.0"]);
     assert!(out.contains("rolled back from 1.0.1 to 1.0.0"), "{out}");
@@ -203,7 +149,7 @@ fn rollback_holds_until_resume_then_the_next_version_supersedes_the_held_one() {
     );
 
     daemon.cli(&["resume", "app"]);
-    wait_version(&daemon, "1.0.2");
+    daemon.wait_version("app", "1.0.2", WAIT);
     let v102 = s.registry.digest("app:1.0.2").unwrap();
     assert!(floating_on(&s, &v102));
     let img = image(&daemon);
@@ -234,19 +180,15 @@ fn rollback_holds_until_resume_then_the_next_version_supersedes_the_held_one() {
 fn a_lost_state_directory_is_rebuilt_from_the_registry() {
     let s = setup("");
     let mut daemon = s.start();
-    wait_version(&daemon, "1.0.0");
+    daemon.wait_version("app", "1.0.0", WAIT);
     s.bases.push(&s.registry, "base:latest", "v2");
-    wait_version(&daemon, "1.0.1");
+    daemon.wait_version("app", "1.0.1", WAIT);
     let before = image(&daemon);
     daemon.stop();
 
     fs::remove_dir_all(s.work.path().join("state")).unwrap();
     let daemon = s.start();
-    wait_for("a poll after restart", WAIT, || {
-        daemon.get("/v1/status")["last_poll"]
-            .as_str()
-            .map(str::to_owned)
-    });
+    daemon.wait_poll(WAIT);
     std::thread::sleep(Duration::from_secs(3));
     let after = image(&daemon);
     assert_eq!(after["current_version"], "1.0.1");

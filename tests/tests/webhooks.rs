@@ -7,7 +7,7 @@ use std::fs;
 use std::time::Duration;
 
 use rebased_e2e::{
-    app_context, free_port, image_table, wait_for, write_config, BaseMaker, Daemon, Registry,
+    app_context, free_port, image_table, wait_for, write_config, Daemon, Registry, Setup,
 };
 use serde_json::Value;
 
@@ -46,22 +46,17 @@ fn registry_notifications_trigger_a_rebuild_and_bad_deliveries_change_nothing() 
     let listen = format!("127.0.0.1:{}", free_port());
     let registry =
         Registry::start_notifying(&format!("http://{listen}/v1/webhooks/distribution"), TOKEN);
-    let host = registry.host.clone();
-    let bases = BaseMaker::new();
-    bases.push(&registry, "base:latest", "v1");
+    let setup = Setup::with(registry, listen);
+    let (registry, bases, host) = (&setup.registry, &setup.bases, setup.host());
+    bases.push(registry, "base:latest", "v1");
 
-    let work = tempfile::tempdir().unwrap();
-    let ctx = app_context(
-        work.path(),
+    let ctx = setup.context(
         "app",
         &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
     );
-    let token_file = work.path().join("webhook-token");
+    let token_file = setup.dir().join("webhook-token");
     fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let config = write_config(
-        work.path(),
-        &listen,
-        &host,
+    setup.write_config(
         "poll = \"0 0 0 1 1 *\"\nsettle = \"0s\"",
         &format!(
             "\n[webhooks]\ntoken_file = \"{}\"\n{}",
@@ -69,16 +64,9 @@ fn registry_notifications_trigger_a_rebuild_and_bad_deliveries_change_nothing() 
             image_table("app", &ctx, &format!("{host}/app"), "")
         ),
     );
-    let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    let current = || {
-        let i = daemon.get("/v1/images/app");
-        (i["state"] == "fresh")
-            .then(|| i["current_version"].as_str().map(str::to_owned))
-            .flatten()
-    };
-    wait_for("1.0.0 (the check at start)", WAIT, || {
-        (current().as_deref() == Some("1.0.0")).then_some(())
-    });
+    let daemon = setup.start();
+    // 1.0.0, from the check at start.
+    daemon.wait_version("app", "1.0.0", WAIT);
 
     // Bad deliveries: refused with a reason, nothing happens.
     let generic = br#"{"reference": "BASE"}"#.to_vec();
@@ -162,20 +150,15 @@ fn registry_notifications_trigger_a_rebuild_and_bad_deliveries_change_nothing() 
         "{body}"
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(current().as_deref(), Some("1.0.0"));
+    assert_eq!(daemon.fresh_version("app").as_deref(), Some("1.0.0"));
 
     // The real registry's notification of a new base: rebuilt without polling.
-    bases.push(&registry, "base:latest", "v2");
-    wait_for("1.0.1 from the registry's notification", WAIT, || {
-        (current().as_deref() == Some("1.0.1")).then_some(())
-    });
-    let img = daemon.get("/v1/images/app");
+    bases.push(registry, "base:latest", "v2");
+    daemon.wait_version("app", "1.0.1", WAIT);
+    let img = daemon.image("app");
     assert_eq!(img["versions"][1]["trigger"], "webhook", "{img:#}");
 
-    let metrics = reqwest::blocking::get(format!("{}/metrics", daemon.api))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = daemon.get_text("/metrics");
     for needle in [
         "rebased_webhook_deliveries_total{source=\"distribution\",outcome=\"accepted\"}",
         "rebased_webhook_deliveries_total{source=\"generic\",outcome=\"unauthorized\"} 2",
@@ -215,6 +198,18 @@ fn webhook_deliveries_in_flight_are_bounded() {
     let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
     let body = br#"{"reference": "127.0.0.1:1/base:latest"}"#.to_vec();
     let auth = format!("Bearer {TOKEN}");
+    // One delivery with the token.
+    let deliver = || {
+        post(
+            &daemon,
+            "/v1/webhooks/generic",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.clone(),
+        )
+    };
     // Slow senders without the token hold nothing: they are refused before
     // their body is read.
     let mut strangers = Vec::new();
@@ -228,15 +223,7 @@ fn webhook_deliveries_in_flight_are_bounded() {
         strangers.push(s);
     }
     wait_for("a delivery to be taken despite the strangers", WAIT, || {
-        let (status, _) = post(
-            &daemon,
-            "/v1/webhooks/generic",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.clone(),
-        );
+        let (status, _) = deliver();
         (status == 202).then_some(())
     });
     // Nor do slow senders waving a signature header at a source that does
@@ -252,15 +239,7 @@ fn webhook_deliveries_in_flight_are_bounded() {
         strangers.push(s);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let (status, reply) = post(
-        &daemon,
-        "/v1/webhooks/generic",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        body.clone(),
-    );
+    let (status, reply) = deliver();
     assert_eq!(status, 202, "signed strangers hold no permit: {reply}");
     drop(strangers);
     // Slow senders with the token: headers and a little of a 4 KiB body,
@@ -277,15 +256,7 @@ fn webhook_deliveries_in_flight_are_bounded() {
         slow.push(s);
     }
     let (status, reply) = wait_for("deliveries past the bound to be turned away", WAIT, || {
-        let (status, reply) = post(
-            &daemon,
-            "/v1/webhooks/generic",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.clone(),
-        );
+        let (status, reply) = deliver();
         (status == 503).then_some((status, reply))
     });
     assert_eq!(status, 503, "{reply}");
@@ -298,20 +269,9 @@ fn webhook_deliveries_in_flight_are_bounded() {
     // Once the slow senders go, deliveries are taken again.
     drop(slow);
     wait_for("deliveries to be taken again", WAIT, || {
-        let (status, _) = post(
-            &daemon,
-            "/v1/webhooks/generic",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.clone(),
-        );
+        let (status, _) = deliver();
         (status == 202).then_some(())
     });
-    let metrics = reqwest::blocking::get(format!("{}/metrics", daemon.api))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = daemon.get_text("/metrics");
     assert!(metrics.contains("outcome=\"busy\""), "{metrics}");
 }

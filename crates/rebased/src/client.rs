@@ -1,10 +1,22 @@
 //! The CLI clients of the local API: `status`, `images`, `image`, `jobs`,
 //! `log`, `rebuild`, `rollback`, `resume`.
+//!
+//! Answers are deserialised into rebased-api's view types, the types the
+//! daemon serialises; the tables print each value as the API writes it
+//! (times in RFC 3339), `-` for an absent one. `--json` prints the answer's
+//! JSON as it came.
 
+use std::fmt::Display;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rebased_api::{
+    Accepted, ApiError, ImageView, JobView, ReasonView, RollbackRequest, RollbackView, StatusView,
+};
+use rebased_core::Digest;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// Where the API is and how to authenticate.
 #[derive(clap::Args, Debug, Clone)]
@@ -81,9 +93,8 @@ impl Client {
         let status = resp.status();
         let body = resp.text().unwrap_or_default();
         if !status.is_success() {
-            let msg = serde_json::from_str::<Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
+            let msg = serde_json::from_str::<ApiError>(&body)
+                .map(|e| e.error)
                 .unwrap_or(body);
             bail!("{what}: {status}: {msg}");
         }
@@ -98,37 +109,79 @@ impl Client {
         )
     }
 
-    /// GET, as JSON.
-    pub fn get(&self, path: &str) -> Result<Value> {
+    /// GET `path` and show it: its JSON with `--json`, else `render` of the
+    /// view it deserialises to.
+    fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        render: impl FnOnce(T) -> String,
+    ) -> Result<String> {
         let text = self.get_text(path)?;
-        serde_json::from_str(&text).map_err(|e| anyhow!("GET {path}: bad JSON: {e}"))
+        self.show(&format!("GET {path}"), &text, render)
     }
 
-    /// POST a JSON body.
-    pub fn post(&self, path: &str, body: Option<Value>) -> Result<Value> {
+    /// POST `body` (JSON) to `path` and show the answer like [`Client::get`].
+    fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&impl Serialize>,
+        render: impl FnOnce(T) -> String,
+    ) -> Result<String> {
         let mut req = self.http.post(format!("{}{path}", self.base));
         if let Some(b) = body {
-            req = req.json(&b);
+            req = req.json(b);
         }
-        let text = self.send(req, &format!("POST {path}"))?;
-        serde_json::from_str(&text).map_err(|e| anyhow!("POST {path}: bad JSON: {e}"))
+        let what = format!("POST {path}");
+        let text = self.send(req, &what)?;
+        self.show(&what, &text, render)
+    }
+
+    fn show<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        text: &str,
+        render: impl FnOnce(T) -> String,
+    ) -> Result<String> {
+        if self.json {
+            let v: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| anyhow!("{what}: bad JSON: {e}"))?;
+            return Ok(format!("{v:#}\n"));
+        }
+        let view = serde_json::from_str(text).map_err(|e| anyhow!("{what}: bad JSON: {e}"))?;
+        Ok(render(view))
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// A value as the API writes it, `-` when absent.
+fn or_dash<T: Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-fn short(d: &Value) -> String {
-    let d = s(d);
+/// A time as the API writes it (RFC 3339, UTC as `Z`, as many fraction
+/// digits as it has).
+fn time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn opt_time(t: Option<&DateTime<Utc>>) -> String {
+    or_dash(t.map(time))
+}
+
+/// `sha256:` and the first 12 hex digits; `-` when absent.
+fn short(d: Option<&Digest>) -> String {
+    let Some(d) = d else {
+        return "-".to_owned();
+    };
+    let d = d.to_string();
     match d.strip_prefix("sha256:") {
         Some(hex) if hex.len() > 12 => format!("sha256:{}", &hex[..12]),
         _ => d,
     }
+}
+
+/// The first 60 characters of an error, empty when there is none.
+fn brief(e: Option<&String>) -> String {
+    e.map(|e| e.chars().take(60).collect()).unwrap_or_default()
 }
 
 /// Left-aligned columns.
@@ -162,186 +215,172 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// `rebased status`.
 pub fn status(c: &Client) -> Result<String> {
-    let v = c.get("/v1/status")?;
-    if c.json {
-        return Ok(format!("{v:#}\n"));
-    }
-    let running = v["running"]
-        .as_array()
-        .map(|r| r.iter().map(s).collect::<Vec<_>>().join(", "))
-        .unwrap_or_default();
-    Ok(format!(
-        "rebased {}, up {} s\nconfig: {} (loaded {}){}\nimages: {}\nqueue: {} queued, running: {}\nlast poll: {}\nnext poll: {}\n",
-        s(&v["version"]),
-        s(&v["uptime_seconds"]),
-        s(&v["config_file"]),
-        s(&v["config_loaded_at"]),
-        v["config_error"].as_str().map(|e| format!("\nconfig error: {e}")).unwrap_or_default(),
-        s(&v["images"]),
-        s(&v["queue_depth"]),
-        if running.is_empty() { "-".to_owned() } else { running },
-        s(&v["last_poll"]),
-        s(&v["next_poll"]),
-    ))
+    c.get("/v1/status", |v: StatusView| {
+        let running = if v.running.is_empty() {
+            "-".to_owned()
+        } else {
+            v.running.join(", ")
+        };
+        format!(
+            "rebased {}, up {} s\nconfig: {} (loaded {}){}\nimages: {}\nqueue: {} queued, running: {}\nlast poll: {}\nnext poll: {}\n",
+            v.version,
+            v.uptime_seconds,
+            v.config_file,
+            time(&v.config_loaded_at),
+            v.config_error.map(|e| format!("\nconfig error: {e}")).unwrap_or_default(),
+            v.images,
+            v.queue_depth,
+            running,
+            opt_time(v.last_poll.as_ref()),
+            opt_time(v.next_poll.as_ref()),
+        )
+    })
 }
 
 /// `rebased images`.
 pub fn images(c: &Client) -> Result<String> {
-    let v = c.get("/v1/images")?;
-    if c.json {
-        return Ok(format!("{v:#}\n"));
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    c.get("/v1/images", |images: Vec<ImageView>| {
+        let rows: Vec<Vec<String>> = images
+            .iter()
+            .map(|i| {
+                vec![
+                    i.name.clone(),
+                    i.state.to_string(),
+                    or_dash(i.current_version.as_ref()),
+                    short(i.current_digest.as_ref()),
+                    i.repository.clone(),
+                    brief(i.last_error.as_ref()),
+                ]
+            })
+            .collect();
+        table(
+            &["NAME", "STATE", "VERSION", "DIGEST", "REPOSITORY", "ERROR"],
+            &rows,
+        )
+    })
+}
+
+/// Why a version was superseded: the trigger and each base that moved.
+fn reason(r: Option<&ReasonView>) -> String {
+    let Some(r) = r else {
+        return "-".to_owned();
+    };
+    let bases: Vec<String> = r
+        .bases
         .iter()
-        .map(|i| {
-            vec![
-                s(&i["name"]),
-                s(&i["state"]),
-                s(&i["current_version"]),
-                short(&i["current_digest"]),
-                s(&i["repository"]),
-                i["last_error"]
-                    .as_str()
-                    .unwrap_or("")
-                    .chars()
-                    .take(60)
-                    .collect(),
-            ]
+        .filter(|b| b.before.as_ref() != Some(&b.after))
+        .map(|b| {
+            format!(
+                "{} {} -> {}",
+                b.reference,
+                short(b.before.as_ref()),
+                short(Some(&b.after))
+            )
         })
         .collect();
-    Ok(table(
-        &["NAME", "STATE", "VERSION", "DIGEST", "REPOSITORY", "ERROR"],
-        &rows,
-    ))
+    if bases.is_empty() {
+        r.trigger.to_string()
+    } else {
+        format!("{}: {}", r.trigger, bases.join(", "))
+    }
 }
 
 /// `rebased image NAME`: the history.
 pub fn image(c: &Client, name: &str) -> Result<String> {
-    let v = c.get(&format!("/v1/images/{name}"))?;
-    if c.json {
-        return Ok(format!("{v:#}\n"));
-    }
-    let mut out = format!(
-        "{}: {}, current {} ({}), repository {}\n",
-        s(&v["name"]),
-        s(&v["state"]),
-        s(&v["current_version"]),
-        short(&v["current_digest"]),
-        s(&v["repository"])
-    );
-    if let Some(e) = v["last_error"].as_str() {
-        out.push_str(&format!("last error: {e}\n"));
-    }
-    out.push('\n');
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = v["versions"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .map(|ver| {
-            let reason = match ver["reason"].as_object() {
-                Some(r) => {
-                    let bases: Vec<String> = r
-                        .get("bases")
-                        .and_then(Value::as_array)
-                        .unwrap_or(&empty)
-                        .iter()
-                        .filter(|b| b["before"] != b["after"])
-                        .map(|b| {
-                            format!(
-                                "{} {} -> {}",
-                                s(&b["reference"]),
-                                short(&b["before"]),
-                                short(&b["after"])
-                            )
-                        })
-                        .collect();
-                    let trigger = r.get("trigger").map(s).unwrap_or_default();
-                    if bases.is_empty() {
-                        trigger
-                    } else {
-                        format!("{trigger}: {}", bases.join(", "))
-                    }
-                }
-                None => "-".to_owned(),
-            };
-            vec![
-                s(&ver["version"]),
-                short(&ver["digest"]),
-                s(&ver["built_at"]),
-                s(&ver["trigger"]),
-                s(&ver["superseded_by"]),
-                s(&ver["superseded_at"]),
-                reason,
-            ]
-        })
-        .collect();
-    out.push_str(&table(
-        &[
-            "VERSION",
-            "DIGEST",
-            "BUILT",
-            "TRIGGER",
-            "SUPERSEDED BY",
-            "AT",
-            "REASON",
-        ],
-        &rows,
-    ));
-    let rollbacks = v["rollbacks"].as_array().unwrap_or(&empty);
-    if !rollbacks.is_empty() {
-        out.push_str("\nrollbacks:\n");
-        let rows: Vec<Vec<String>> = rollbacks
+    c.get(&format!("/v1/images/{name}"), |v: ImageView| {
+        let mut out = format!(
+            "{}: {}, current {} ({}), repository {}\n",
+            v.name,
+            v.state,
+            or_dash(v.current_version.as_ref()),
+            short(v.current_digest.as_ref()),
+            v.repository
+        );
+        if let Some(e) = &v.last_error {
+            out.push_str(&format!("last error: {e}\n"));
+        }
+        out.push('\n');
+        let rows: Vec<Vec<String>> = v
+            .versions
             .iter()
-            .map(|r| vec![s(&r["at"]), s(&r["from"]), s(&r["to"]), short(&r["digest"])])
+            .map(|ver| {
+                vec![
+                    ver.version.to_string(),
+                    short(Some(&ver.digest)),
+                    time(&ver.built_at),
+                    ver.trigger.to_string(),
+                    or_dash(ver.superseded_by.as_ref()),
+                    opt_time(ver.superseded_at.as_ref()),
+                    reason(ver.reason.as_ref()),
+                ]
+            })
             .collect();
-        out.push_str(&table(&["AT", "FROM", "TO", "DIGEST"], &rows));
-    }
-    Ok(out)
+        out.push_str(&table(
+            &[
+                "VERSION",
+                "DIGEST",
+                "BUILT",
+                "TRIGGER",
+                "SUPERSEDED BY",
+                "AT",
+                "REASON",
+            ],
+            &rows,
+        ));
+        if !v.rollbacks.is_empty() {
+            out.push_str("\nrollbacks:\n");
+            let rows: Vec<Vec<String>> = v
+                .rollbacks
+                .iter()
+                .map(|r| {
+                    vec![
+                        time(&r.at),
+                        or_dash(r.from.as_ref()),
+                        r.to.to_string(),
+                        short(Some(&r.digest)),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["AT", "FROM", "TO", "DIGEST"], &rows));
+        }
+        out
+    })
 }
 
 /// `rebased jobs`.
 pub fn jobs(c: &Client) -> Result<String> {
-    let v = c.get("/v1/jobs")?;
-    if c.json {
-        return Ok(format!("{v:#}\n"));
-    }
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .map(|j| {
-            vec![
-                s(&j["id"]),
-                s(&j["image"]),
-                s(&j["state"]),
-                s(&j["trigger"]),
-                s(&j["attempts"]),
-                s(&j["created_at"]),
-                s(&j["finished_at"]),
-                s(&j["published"]),
-                j["error"].as_str().unwrap_or("").chars().take(60).collect(),
-            ]
-        })
-        .collect();
-    Ok(table(
-        &[
-            "ID",
-            "IMAGE",
-            "STATE",
-            "TRIGGER",
-            "ATTEMPTS",
-            "QUEUED",
-            "FINISHED",
-            "PUBLISHED",
-            "ERROR",
-        ],
-        &rows,
-    ))
+    c.get("/v1/jobs", |jobs: Vec<JobView>| {
+        let rows: Vec<Vec<String>> = jobs
+            .iter()
+            .map(|j| {
+                vec![
+                    j.id.to_string(),
+                    j.image.clone(),
+                    j.state.clone(),
+                    j.trigger.to_string(),
+                    j.attempts.to_string(),
+                    time(&j.created_at),
+                    opt_time(j.finished_at.as_ref()),
+                    or_dash(j.published.as_ref()),
+                    brief(j.error.as_ref()),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ID",
+                "IMAGE",
+                "STATE",
+                "TRIGGER",
+                "ATTEMPTS",
+                "QUEUED",
+                "FINISHED",
+                "PUBLISHED",
+                "ERROR",
+            ],
+            &rows,
+        )
+    })
 }
 
 /// `rebased log JOB`.
@@ -351,38 +390,35 @@ pub fn log(c: &Client, job: u64) -> Result<String> {
 
 /// `rebased rebuild NAME`.
 pub fn rebuild(c: &Client, name: &str) -> Result<String> {
-    let v = c.post(&format!("/v1/images/{name}/rebuild"), None)?;
-    Ok(if c.json {
-        format!("{v:#}\n")
-    } else {
-        format!("{}\n", s(&v["detail"]))
-    })
+    c.post(
+        &format!("/v1/images/{name}/rebuild"),
+        None::<&()>,
+        |a: Accepted| format!("{}\n", a.detail),
+    )
 }
 
 /// `rebased rollback NAME --to VERSION`.
 pub fn rollback(c: &Client, name: &str, to: &str) -> Result<String> {
-    let v = c.post(
+    let body = RollbackRequest { to: to.to_owned() };
+    c.post(
         &format!("/v1/images/{name}/rollback"),
-        Some(serde_json::json!({"to": to})),
-    )?;
-    Ok(if c.json {
-        format!("{v:#}\n")
-    } else {
-        format!(
-            "{name} rolled back from {} to {} ({}); held until `rebased resume {name}`\n",
-            s(&v["from"]),
-            s(&v["to"]),
-            s(&v["digest"])
-        )
-    })
+        Some(&body),
+        |r: RollbackView| {
+            format!(
+                "{name} rolled back from {} to {} ({}); held until `rebased resume {name}`\n",
+                or_dash(r.from.as_ref()),
+                r.to,
+                r.digest
+            )
+        },
+    )
 }
 
 /// `rebased resume NAME`.
 pub fn resume(c: &Client, name: &str) -> Result<String> {
-    let v = c.post(&format!("/v1/images/{name}/resume"), None)?;
-    Ok(if c.json {
-        format!("{v:#}\n")
-    } else {
-        format!("{}\n", s(&v["detail"]))
-    })
+    c.post(
+        &format!("/v1/images/{name}/resume"),
+        None::<&()>,
+        |a: Accepted| format!("{}\n", a.detail),
+    )
 }
