@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rebased_core::config::RegistryConfig;
 use rebased_core::{Digest, ImageRef};
-use rebased_e2e::{free_port, image_table, wait_for, BaseMaker, Daemon, TokenRegistry};
+use rebased_e2e::{free_port, image_table, BaseMaker, Daemon, TokenRegistry};
 use rebased_registry::{ErrorKind, Registry};
 
 const USER: &str = "bot";
@@ -199,11 +199,7 @@ fn native_publish_mounts_base_layers_from_another_repository() {
     )
     .unwrap();
     let daemon = Daemon::start(&config, &listen, &work.path().join("daemon.log"));
-    wait_for("app 1.0.0", Duration::from_secs(120), || {
-        let i = daemon.get("/v1/images/app");
-        assert_ne!(i["state"], "failing", "{i}\n{}", daemon.log_text());
-        (i["state"] == "fresh" && i["current_version"] == "1.0.0").then_some(())
-    });
+    daemon.wait_version_never_failing("app", "1.0.0", Duration::from_secs(120));
 
     // The base's layers, read through the token flow.
     let base_layers: Vec<String> = runtime().block_on(async {

@@ -3,7 +3,7 @@
 //! Docker client and buildah send them), the token response and the token
 //! cache keyed by registry and scope set.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -75,10 +75,12 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
 }
 
 /// The access a request needs, as token scopes
-/// (`repository:NAME:pull,push`), sorted and without duplicates so that
-/// the same set is the same cache key however it was built.
+/// (`repository:NAME:pull,push`): the actions of each resource merged and
+/// sorted, so the same access is the same scope set (and cache key)
+/// however it was built, and a challenge naming `push,pull` adds nothing
+/// to our `pull,push`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Scopes(BTreeSet<String>);
+pub(crate) struct Scopes(BTreeMap<(String, String), BTreeSet<String>>);
 
 impl Scopes {
     /// Pull on `repository`.
@@ -91,30 +93,53 @@ impl Scopes {
         Self::default().with(repository, "pull,push")
     }
 
-    /// These scopes and `actions` on `repository`.
+    /// These scopes and `actions` (comma-separated) on `repository`.
     pub(crate) fn with(mut self, repository: &str, actions: &str) -> Self {
-        self.0.insert(format!("repository:{repository}:{actions}"));
+        self.add("repository", repository, actions);
         self
     }
 
-    /// These scopes and every one a challenge names (space-separated).
+    fn add(&mut self, kind: &str, name: &str, actions: &str) {
+        self.0
+            .entry((kind.to_owned(), name.to_owned()))
+            .or_default()
+            .extend(
+                actions
+                    .split(',')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned),
+            );
+    }
+
+    /// These scopes and every one a challenge names (space-separated
+    /// `type:name:actions`; a name may itself hold colons, as
+    /// `host:port/name` does), one string per resource.
     fn and_challenged(&self, challenged: Option<&str>) -> Vec<String> {
-        let mut all = self.0.clone();
-        all.extend(
-            challenged
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_owned),
-        );
-        all.into_iter().collect()
+        let mut all = self.clone();
+        for scope in challenged.unwrap_or_default().split_whitespace() {
+            let Some((kind, rest)) = scope.split_once(':') else {
+                continue;
+            };
+            let Some((name, actions)) = rest.rsplit_once(':') else {
+                continue;
+            };
+            all.add(kind, name, actions);
+        }
+        all.strings()
+    }
+
+    fn strings(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|((kind, name), actions)| {
+                let actions: Vec<&str> = actions.iter().map(String::as_str).collect();
+                format!("{kind}:{name}:{}", actions.join(","))
+            })
+            .collect()
     }
 
     fn key(&self) -> String {
-        self.0
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(" ")
+        self.strings().join(" ")
     }
 }
 
@@ -330,6 +355,22 @@ mod tests {
         assert_eq!(
             Scopes::pull("a").and_challenged(Some("repository:a:pull repository:b:pull")),
             vec!["repository:a:pull", "repository:b:pull"]
+        );
+        assert_eq!(
+            Scopes::push("team/app")
+                .with("upstream/base", "pull")
+                .and_challenged(Some(
+                    "repository:team/app:push,pull repository:upstream/base:pull"
+                )),
+            vec![
+                "repository:team/app:pull,push",
+                "repository:upstream/base:pull"
+            ],
+            "a challenge's push,pull is our pull,push"
+        );
+        assert_eq!(
+            Scopes::default().and_challenged(Some("registry:catalog:* nonsense")),
+            vec!["registry:catalog:*"]
         );
     }
 
