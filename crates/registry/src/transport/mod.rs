@@ -428,9 +428,15 @@ impl Transport {
         }
     }
 
-    /// Whether requests to `r`'s registry carry credentials.
+    /// Whether requests to `r`'s registry carry credentials, as far as is
+    /// known without looking them up again (no credential helper runs
+    /// here: this is called on async workers to word an error).
     pub(crate) fn has_credentials(&self, r: &ImageRef) -> bool {
-        matches!(self.credentials(r.registry()), Ok(Some(_)))
+        let host = r.registry();
+        match self.cached_credentials(host) {
+            Some(c) => matches!(c, Ok(Some(_))),
+            None => self.config.get(host).is_some_and(|c| c.username.is_some()),
+        }
     }
 }
 
