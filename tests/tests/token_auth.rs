@@ -105,6 +105,23 @@ fn every_request_goes_through_token_auth() {
             r.tag(&app, &digest, t).await.unwrap();
         }
         assert_eq!(r.resolve(&app.with_tag("latest")).await.unwrap(), digest);
+        // A second version, pushed by digest, then `latest` moved onto it.
+        let second = manifest.replace(
+            r#""layers":"#,
+            r#""annotations":{"org.opencontainers.image.version":"1.0.1"},"layers":"#,
+        );
+        let second_digest = Digest::sha256(second.as_bytes());
+        r.push_manifest(&app.pinned(&second_digest), second.into_bytes(), MANIFEST)
+            .await
+            .unwrap();
+        r.tag(&app, &second_digest, "latest").await.unwrap();
+        assert_eq!(
+            r.resolve(&app.with_tag("latest")).await.unwrap(),
+            second_digest
+        );
+        assert_eq!(r.resolve(&app.with_tag("1.0")).await.unwrap(), digest);
+        let read = r.manifest(&app.with_tag("latest")).await.unwrap();
+        assert_eq!(read.annotations()["org.opencontainers.image.version"], "1.0.1");
         let mut tags = r.list_tags_in_pages(&app, 2).await.unwrap();
         tags.sort();
         assert_eq!(tags, ["1", "1.0", "1.0.0", "a", "b", "latest"]);
