@@ -13,9 +13,10 @@
 //! Every request goes through one transport (`transport`): auth challenges
 //! (bearer and basic), a token cache keyed by registry and scope set,
 //! retries with backoff, `429` with `Retry-After`, per-registry CAs and
-//! size caps. Modules depend one way: `lib` -> `manifests`, `tags`,
-//! `blobs`, `layout` -> `transport` -> `auth`, `error`; `document` and
-//! `hash` are pure.
+//! size caps. Modules depend one way, without cycles: `lib` (the facade)
+//! -> `manifests`, `tags`, `blobs` -> `transport` -> `auth`, `error`;
+//! `layout` -> `document`, `hash`; `document`, `hash` and `error` depend on
+//! no other module of the crate.
 
 pub mod auth;
 mod blobs;
