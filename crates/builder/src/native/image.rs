@@ -505,6 +505,31 @@ impl Stage {
         })
     }
 
+    /// The working directory so far (`/` when none is set).
+    pub fn working_dir(&self) -> String {
+        self.workdir()
+    }
+
+    /// The `USER` so far (empty: root).
+    pub fn user(&self) -> String {
+        self.image
+            .get("config")
+            .and_then(|c| c.get("User"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Records a layer made by the last instruction applied (a `WORKDIR`
+    /// that created its directory): its history entry is no longer empty.
+    pub fn layer_for_last(&mut self, diff_id: &str) {
+        let rootfs = obj(&mut self.image, "rootfs");
+        arr(rootfs, "diff_ids").push(json!(diff_id));
+        if let Some(Value::Object(last)) = arr(&mut self.image, "history").last_mut() {
+            last.remove("empty_layer");
+        }
+    }
+
     /// Records a layer made for a `COPY`/`ADD`.
     pub fn add_layer(&mut self, diff_id: &str, created_by: String) {
         let rootfs = obj(&mut self.image, "rootfs");

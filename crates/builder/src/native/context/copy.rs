@@ -22,10 +22,14 @@ impl Context {
     ) -> Result<Vec<Entry>, ContextError> {
         let dest_segs = clean_dest(&spec.dest);
         let dest = dest_segs.join("/");
-        let dest_is_dir = dest.is_empty()
+        let written_as_dir = dest.is_empty()
             || spec.dest.ends_with('/')
             || spec.dest.ends_with("/.")
             || spec.dest == ".";
+        // An existing directory takes a file source by its name, as a
+        // trailing '/' does.
+        let dest_is_dir =
+            written_as_dir || spec.existing.is_some_and(|e| e.dirs >= dest_segs.len());
         let mut sources = Vec::new();
         for source in &spec.sources {
             let found = self.expand(source)?;
@@ -35,7 +39,7 @@ impl Context {
             sources.extend(found);
         }
         let several = sources.len() > 1;
-        if several && !dest_is_dir {
+        if several && !written_as_dir {
             return Err(ContextError::NotADirectory(spec.dest.clone()));
         }
         let dir_mode = spec.chmod.unwrap_or(0o755) & 0o7777;
@@ -46,14 +50,19 @@ impl Context {
             dir_mode,
         };
         let mut unpacked = 0u64;
+        // Whether the destination itself must be a directory (else only
+        // its parent must).
+        let mut into_dest = dest_is_dir;
         for source in sources {
             match source.kind {
                 SourceKind::Dir => {
+                    into_dest = true;
                     self.copy_dir(&mut out, &source, spec)?;
                 }
                 SourceKind::File { mode } => {
                     if spec.extract_archives {
                         if let Some(gzip) = sniff_archive(&source.real)? {
+                            into_dest = true;
                             unpack(&mut out, &source.real, gzip, limit, &mut unpacked)?;
                             continue;
                         }
@@ -72,6 +81,23 @@ impl Context {
                         gid: spec.owner.1,
                     });
                 }
+            }
+        }
+        if let Some(existing) = spec.existing {
+            let upto = if into_dest {
+                dest_segs.len()
+            } else {
+                dest_segs.len().saturating_sub(1)
+            };
+            for k in existing.dirs..upto {
+                let path = dest_segs[..=k].join("/");
+                out.map.entry(path.clone()).or_insert(Entry {
+                    path,
+                    kind: EntryKind::Dir,
+                    mode: 0o755,
+                    uid: spec.owner.0,
+                    gid: spec.owner.1,
+                });
             }
         }
         Ok(out.map.into_values().collect())
@@ -479,6 +505,7 @@ impl Entries {
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
+    use super::super::Existing;
     use super::*;
     use std::os::unix::fs::symlink;
 
@@ -553,6 +580,56 @@ mod tests {
         s.owner = (1000, 1000);
         let e = open(&dir).entries(&s).expect("entries");
         assert!(!paths(&e).contains(&"etc".to_owned()), "{:?}", paths(&e));
+    }
+
+    #[test]
+    fn missing_destination_directories_are_created_owned_by_the_chown_user() {
+        let dir = fixture();
+        let ctx = open(&dir);
+        let with = |sources: &[&str], dest: &str, dirs: usize| {
+            let mut s = spec(sources, dest);
+            s.owner = (1000, 1001);
+            s.chmod = Some(0o600);
+            s.existing = Some(Existing { dirs });
+            ctx.entries(&s).expect("entries")
+        };
+        let shape = |e: &[Entry]| -> Vec<(String, bool, u32, u32)> {
+            e.iter()
+                .map(|e| (e.path.clone(), e.kind == EntryKind::Dir, e.mode, e.uid))
+                .collect()
+        };
+        // `COPY --chown=app a.txt /home/app/` over a base with /home only:
+        // /home stays, /home/app is made 0755 (not the --chmod) for app.
+        let e = with(&["run.sh"], "/home/app/", 1);
+        assert_eq!(
+            shape(&e),
+            [
+                ("home/app".to_owned(), true, 0o755, 1000),
+                ("home/app/run.sh".to_owned(), false, 0o600, 1000),
+            ]
+        );
+        assert_eq!(get(&e, "home/app").gid, 1001);
+        // A file renamed to the destination: only its parents.
+        let e = with(&["run.sh"], "/opt/tools/start", 0);
+        assert_eq!(paths(&e), ["opt", "opt/tools", "opt/tools/start"]);
+        // A directory source makes the destination itself.
+        let e = with(&["app"], "/srv/app", 1);
+        assert_eq!(get(&e, "srv/app").mode, 0o755);
+        assert!(!paths(&e).contains(&"srv".to_owned()), "{:?}", paths(&e));
+        // Everything there already: no entry above the copied files.
+        let e = with(&["app"], "/srv/app", 2);
+        assert!(!paths(&e).contains(&"srv/app".to_owned()));
+        // An existing directory without a trailing '/' takes the file by
+        // its name, as Docker does.
+        let e = with(&["run.sh"], "/etc/app", 2);
+        assert_eq!(paths(&e), ["etc/app/run.sh"]);
+        // Several sources still need the '/'.
+        let mut s = spec(&["run.sh", "app/main.go"], "/etc/app");
+        s.existing = Some(Existing { dirs: 2 });
+        assert!(matches!(
+            ctx.entries(&s),
+            Err(ContextError::NotADirectory(_))
+        ));
     }
 
     #[test]

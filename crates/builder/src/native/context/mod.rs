@@ -50,6 +50,21 @@ pub struct CopySpec {
     /// `ADD`: a local source file that is a tar archive (plain or gzip) is
     /// unpacked into dest instead of copied.
     pub extract_archives: bool,
+    /// How much of `dest` the image already has (its base and the layers
+    /// before this one). Known, the directories missing on the way to the
+    /// destination are created as Docker creates them: mode 0755 (whatever
+    /// `--chmod` says), owned by `owner`; what exists gets no entry. `None`:
+    /// no entry for the destination or its parents at all.
+    pub existing: Option<Existing>,
+}
+
+/// What the image has of a `COPY`/`ADD` destination (already resolved
+/// through the image's symlinks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Existing {
+    /// How many leading components of the destination are directories of
+    /// the image: all of them when the destination is one.
+    pub dirs: usize,
 }
 
 /// What an entry is.
@@ -322,6 +337,7 @@ pub(super) mod fixtures {
             owner: (0, 0),
             chmod: None,
             extract_archives: false,
+            existing: None,
         }
     }
 
