@@ -305,6 +305,32 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
         "{job_log}"
     );
     assert_eq!(registry.digest("app:latest"), registry.digest("app:1.0.1"));
+    assert!(
+        job_log.contains("reading the file list of base layer"),
+        "the new base's tree is read: {job_log}"
+    );
+
+    // A rebuild over the same base: its file lists come from the layer
+    // cache (no base layer is downloaded) and no layer bytes are uploaded.
+    let mark = registry.log_text().len();
+    daemon.cli(&["rebuild", "app"]);
+    wait_version(&daemon, "app", "1.0.2");
+    let log = registry.log_text()[mark..].to_owned();
+    for l in registry.raw_manifest("base:latest")["layers"]
+        .as_array()
+        .unwrap()
+    {
+        let d = l["digest"].as_str().unwrap();
+        assert!(
+            !log.contains(&format!("GET /v2/base/blobs/{d}")),
+            "base layer {d} read again:\n{log}"
+        );
+    }
+    let uploads = log
+        .lines()
+        .filter(|l| l.contains("\"PUT /v2/app/blobs/uploads/"))
+        .count();
+    assert_eq!(uploads, 1, "only the config is uploaded:\n{log}");
 }
 
 #[test]

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{BuildError, BuildOutput, BuildRequest, Target};
-use cache::{Known, LayerCache};
+use cache::{Known, LayerCache, UserFile};
 use context::{Context, CopySpec, Entry, EntryKind, Existing};
 use image::{CopyStep, Platform, Stage, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST};
 use plan::Plan;
@@ -298,7 +298,14 @@ impl Build<'_> {
             .iter()
             .any(|s| matches!(s.keyword.as_str(), "COPY" | "ADD" | "WORKDIR"));
         let tree = if needs_tree {
-            base_tree(self.registry, self.plan.base.as_ref(), base, self.log).await?
+            base_tree(
+                self.registry,
+                self.plan.base.as_ref(),
+                base,
+                self.cache,
+                self.log,
+            )
+            .await?
         } else {
             Tree::default()
         };
@@ -335,7 +342,13 @@ impl Build<'_> {
         spec: &str,
     ) -> Result<Result<(u32, u32), String>, Fail> {
         if passwd::needs_lookup(spec) && p.users.is_none() {
-            let users = read_users(self.registry, self.plan.base.as_ref(), p.base, self.log);
+            let users = read_users(
+                self.registry,
+                self.plan.base.as_ref(),
+                p.base,
+                self.cache,
+                self.log,
+            );
             p.users = Some(users.await?);
         }
         let (pw, gr) = p.users.clone().unwrap_or_default();
@@ -704,11 +717,13 @@ async fn manifest_parts(
 }
 
 /// The file system of a base platform without contents: each layer's file
-/// list read bottom up (bounded as the reads for `--chown` are) and merged.
+/// list (from the layer cache, else read from the layer, bounded as the
+/// reads for `--chown` are) merged bottom up.
 async fn base_tree(
     registry: &Registry,
     base: Option<&ImageRef>,
     bp: &BasePlatform,
+    cache: Option<&LayerCache>,
     log: &Log,
 ) -> Result<Tree, Fail> {
     let mut tree = Tree::default();
@@ -724,14 +739,42 @@ async fn base_tree(
         else {
             continue;
         };
-        log.line(format!("reading the file list of base layer {digest}"));
-        let blob = registry
-            .blob(base, &digest, MAX_LAYER_READ)
-            .await
-            .map_err(|e| err(e.to_string()))?;
+        let known = match cache {
+            Some(c) => {
+                let (c, d) = (c.clone(), digest.clone());
+                blocking(move || Ok(c.file_list(&d))).await.map_err(&err)?
+            }
+            None => None,
+        };
+        let changes = match known {
+            Some(changes) => changes,
+            None => {
+                log.line(format!("reading the file list of base layer {digest}"));
+                let blob = registry
+                    .blob(base, &digest, MAX_LAYER_READ)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                let d = digest.clone();
+                let changes = blocking(move || {
+                    tree::read_layer(&blob, MAX_LAYER_UNPACKED)
+                        .map_err(|e| format!("layer {d}: {e}"))
+                })
+                .await
+                .map_err(&err)?;
+                if let Some(c) = cache {
+                    let (c, d, ch) = (c.clone(), digest.clone(), changes.clone());
+                    let kept =
+                        blocking(move || c.remember_file_list(&d, &ch).map_err(|e| e.to_string()));
+                    if let Err(e) = kept.await {
+                        log.line(format!(
+                            "layer cache: cannot keep the file list of {digest}: {e}"
+                        ));
+                    }
+                }
+                changes
+            }
+        };
         tree = blocking(move || {
-            let changes = tree::read_layer(&blob, MAX_LAYER_UNPACKED)
-                .map_err(|e| format!("layer {digest}: {e}"))?;
             tree.apply(&changes)
                 .map_err(|e| format!("layer {digest}: {e}"))?;
             Ok(tree)
@@ -743,11 +786,13 @@ async fn base_tree(
 }
 
 /// `/etc/passwd` and `/etc/group` of a base platform, read from its layers
-/// top down (only for `--chown` by name).
+/// top down (only for `--chown` and `USER` by name); what each layer holds
+/// there comes from the layer cache when it was read before.
 async fn read_users(
     registry: &Registry,
     base: Option<&ImageRef>,
     bp: &BasePlatform,
+    cache: Option<&LayerCache>,
     log: &Log,
 ) -> Result<(Option<String>, Option<String>), Fail> {
     let Some(base) = base else {
@@ -767,29 +812,70 @@ async fn read_users(
         else {
             continue;
         };
-        log.line(format!(
-            "reading /etc/passwd and /etc/group from base layer {digest}"
-        ));
-        let blob = registry
-            .blob(base, &digest, MAX_LAYER_READ)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        for (slot, path) in [(&mut passwd, "etc/passwd"), (&mut group, "etc/group")] {
+        let files = layer_user_files(registry, base, &digest, cache, log).await?;
+        for (slot, file) in [(&mut passwd, files.0), (&mut group, files.1)] {
             if slot.is_some() {
                 continue;
             }
-            match layer::find_file(&blob, path, MAX_LAYER_UNPACKED)
-                .map_err(|e| err(format!("layer {digest}: {e}")))?
-            {
-                layer::Lookup::Found(bytes) => {
-                    *slot = Some(Some(String::from_utf8_lossy(&bytes).into_owned()))
-                }
-                layer::Lookup::Whiteout => *slot = Some(None),
-                layer::Lookup::Absent => {}
+            match file {
+                UserFile::Found(text) => *slot = Some(Some(text)),
+                UserFile::Whiteout => *slot = Some(None),
+                UserFile::Absent => {}
+                UserFile::Unreadable(e) => return Err(err(format!("layer {digest}: {e}"))),
             }
         }
     }
     Ok((passwd.flatten(), group.flatten()))
+}
+
+/// What one base layer holds at `/etc/passwd` and `/etc/group`.
+async fn layer_user_files(
+    registry: &Registry,
+    base: &ImageRef,
+    digest: &Digest,
+    cache: Option<&LayerCache>,
+    log: &Log,
+) -> Result<(UserFile, UserFile), Fail> {
+    let err = step_err("base users");
+    if let Some(c) = cache {
+        let (c, d) = (c.clone(), digest.clone());
+        if let Some(files) = blocking(move || Ok(c.user_files(&d))).await.map_err(&err)? {
+            return Ok(files);
+        }
+    }
+    log.line(format!(
+        "reading /etc/passwd and /etc/group from base layer {digest}"
+    ));
+    let blob = registry
+        .blob(base, digest, MAX_LAYER_READ)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let files = blocking(move || {
+        let look = |path| match layer::find_file(&blob, path, MAX_LAYER_UNPACKED) {
+            Ok(layer::Lookup::Found(bytes)) => {
+                UserFile::Found(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Ok(layer::Lookup::Whiteout) => UserFile::Whiteout,
+            Ok(layer::Lookup::Absent) => UserFile::Absent,
+            Err(e) => UserFile::Unreadable(e.to_string()),
+        };
+        Ok((look("etc/passwd"), look("etc/group")))
+    })
+    .await
+    .map_err(&err)?;
+    if let Some(c) = cache {
+        let (c, d, f) = (c.clone(), digest.clone(), files.clone());
+        let kept = blocking(move || {
+            c.remember_user_files(&d, &f.0, &f.1)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = kept.await {
+            log.line(format!(
+                "layer cache: cannot keep /etc/passwd and /etc/group of {digest}: {e}"
+            ));
+        }
+    }
+    Ok(files)
 }
 
 /// One own layer of a build.
