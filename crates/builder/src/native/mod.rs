@@ -415,6 +415,7 @@ impl Build<'_> {
         let l = layers
             .get(&key)
             .ok_or_else(|| refuse("layer vanished".into()))?;
+        overwrites(&p.tree, &l.entries).map_err(refuse)?;
         p.tree.add(&l.entries).map_err(|e| refuse(e.to_string()))?;
         p.stage
             .add_layer(l.known.diff_id.as_str(), copy.created_by.clone());
@@ -714,6 +715,40 @@ async fn manifest_parts(
         .map(oci_layer)
         .collect();
     Ok((Some(config), layers))
+}
+
+/// Refuses what Docker refuses to copy over the image: a directory onto a
+/// file or symlink ("cannot copy to non-directory"; a base's `/bin ->
+/// usr/bin` would be replaced), a file onto a directory.
+fn overwrites(tree: &Tree, entries: &[Entry]) -> Result<(), String> {
+    for e in entries {
+        let Some(there) = tree.get(&e.path) else {
+            continue;
+        };
+        let dir = e.kind == EntryKind::Dir;
+        match (&there.kind, dir) {
+            (tree::Kind::Dir, false) => {
+                return Err(format!(
+                    "cannot replace the directory /{} of the image with a file",
+                    e.path
+                ))
+            }
+            (tree::Kind::Symlink(t), true) => {
+                return Err(format!(
+                    "cannot copy a directory to /{}, a symlink to {t} in the image",
+                    e.path
+                ))
+            }
+            (tree::Kind::Other, true) => {
+                return Err(format!(
+                    "cannot copy a directory to /{}, a file in the image",
+                    e.path
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The file system of a base platform without contents: each layer's file
