@@ -2,13 +2,15 @@
 //!
 //! It builds one stage of `FROM`, `COPY`/`ADD` of local files and the
 //! instructions that only change the config ([`plan`] refuses anything else
-//! before any IO). Its own layers are made from the context alone
-//! ([`context`], [`layer`]: sorted entries, fixed mtimes, numeric owners,
-//! gzip without timestamps), so they do not depend on the base: a rebuild
-//! after a base update uploads no layer bytes. Base layers are never
-//! downloaded for a registry target: they are mounted across repositories,
-//! or streamed registry to registry when a mount is declined. Every platform
-//! of the request is built from one run, sharing the layers.
+//! before any IO). Its own layers are made from the context and from which
+//! directories the image lacks ([`context`], [`tree`], [`layer`]: sorted
+//! entries, fixed mtimes, numeric owners, gzip without timestamps), so a
+//! rebuild after a base update that keeps those directories uploads no
+//! layer bytes. Base layers are read only for their file lists and
+//! `/etc/passwd` (once per layer digest, kept in the [`cache`]); they are
+//! published by mounting them across repositories, or streamed registry to
+//! registry when a mount is declined. Every platform of the request is
+//! built from one run, sharing the layers.
 
 pub mod cache;
 pub mod context;

@@ -477,9 +477,9 @@ impl Entries {
 
     /// A directory below the destination that no source entry names (the
     /// parents of unpacked archive members). The destination and its
-    /// ancestors get no entry: they belong to the base (or are created by
-    /// the runtime when it unpacks the layer), and an entry would overwrite
-    /// the base's mode, owner or symlink (`/bin -> usr/bin`, `/tmp` 1777).
+    /// ancestors are not made here: those the image lacks are added from
+    /// [`CopySpec::existing`], and an entry for one it has would overwrite
+    /// its mode, owner or symlink (`/bin -> usr/bin`, `/tmp` 1777).
     fn ensure_dir(&mut self, path: &str) {
         let at_or_above_dest = self.dest == path
             || self

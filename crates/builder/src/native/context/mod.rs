@@ -3,14 +3,16 @@
 //!
 //! The rules are Docker's (BuildKit's where they differ): a directory source
 //! copies its contents, a file source is renamed to the destination unless
-//! that ends with `/` or there are several sources, globs match whole path
+//! that ends with `/`, is a directory of the image or there are several
+//! sources, the directories missing on the way to the destination are
+//! created (given what the image has, [`CopySpec::existing`]), globs match whole path
 //! components (`**` spans directories), and `.dockerignore`d paths are
 //! invisible. Nothing leaves the context: sources and symlinked parents are
 //! resolved and must stay under the root, and symlinks inside copied
 //! directories must point inside it too.
 //!
-//! By concern: [`copy`] resolves one `COPY`/`ADD` into layer entries,
-//! [`ignore`] is the `.dockerignore` and glob engine, [`archive`] unpacks
+//! By concern: `copy.rs` resolves one `COPY`/`ADD` into layer entries,
+//! `ignore.rs` is the `.dockerignore` and glob engine, `archive.rs` unpacks
 //! the local archives `ADD` is given.
 
 mod archive;
