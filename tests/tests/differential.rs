@@ -74,6 +74,11 @@ const WHY_HEALTHCHECK: &str =
 /// shell-form `CMD`/`ENTRYPOINT`/`HEALTHCHECK` (Dockerfile reference,
 /// SHELL); buildah's OCI format ignores it and keeps `/bin/sh -c`.
 const WHY_SHELL: &str = "Docker records SHELL and uses it for shell-form CMD and ENTRYPOINT; buildah's OCI format ignores it";
+/// Docker unpacks an `ADD` archive into a destination it has just made
+/// (0755, the `--chown` user, else root) and skips the archive's `.`
+/// member there (`pkg/archive`: an existing directory named `.` is left
+/// as it is); buildah gives the destination the `.` member's owner.
+const WHY_ARCHIVE_ROOT: &str = "Docker leaves the destination of an ADD archive as it made it; buildah applies the archive's `.` member to it";
 /// BuildKit's `ENV` replaces a variable the config already has in place
 /// (its `addEnv`); buildah removes it and appends it. Same variables,
 /// another order.
@@ -183,7 +188,15 @@ fn corpus() -> Vec<Case> {
             name: "add-local-tar",
             dockerfile: "ADD files.tar.gz /opt/unpacked/\nADD plain.tar /\n",
             files: &[],
-            expected: vec![],
+            // The archive's members are 1234:1234, `.` included.
+            expected: vec![(
+                Diff::Path {
+                    path: "opt/unpacked".to_owned(),
+                    buildah: Some("dir 0755 1234:1234".to_owned()),
+                    native: Some("dir 0755 0:0".to_owned()),
+                },
+                WHY_ARCHIVE_ROOT,
+            )],
         },
         Case {
             name: "dockerignore",
@@ -327,7 +340,7 @@ fn write_case(ctx: &Path, base: &str, case: &Case) {
         fs::write(src.join("conf"), "c\n").unwrap();
         fs::set_permissions(src.join("conf"), fs::Permissions::from_mode(0o600)).unwrap();
         symlink("bin/tool", src.join("link")).unwrap();
-        tar_of(&src, &ctx.join("files.tar.gz"), true, "0");
+        tar_of(&src, &ctx.join("files.tar.gz"), true, "1234");
         let plain = ctx.parent().unwrap().join("plain-src");
         fs::create_dir_all(plain.join("opt/plain")).unwrap();
         fs::write(plain.join("opt/plain/p"), "p\n").unwrap();
@@ -658,6 +671,12 @@ fn native_images_match_buildahs_except_where_docker_sides_with_native() {
         "through /bin"
     );
     assert!(fs["srv/data/a.txt"].starts_with("file 0640 1000:1001 "));
+    let fs = native_fs("add-local-tar");
+    assert_eq!(
+        fs["opt/unpacked/bin"], "dir 0711 1234:1234",
+        "the archive's owner"
+    );
+    assert_eq!(fs["opt/unpacked/link"], "link 1234:1234 -> bin/tool");
 
     let mut report = String::new();
     for case in &cases {

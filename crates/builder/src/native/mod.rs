@@ -387,6 +387,7 @@ impl Build<'_> {
             owner,
             chmod: copy.chmod,
             extract_archives: copy.add,
+            archive_owners: copy.add && copy.chown.is_none(),
             existing: Some(Existing {
                 dirs: resolved.dirs,
             }),
@@ -1373,6 +1374,7 @@ mod tests {
             owner: (0, 0),
             chmod: None,
             extract_archives: false,
+            archive_owners: false,
             existing: None,
         };
         let entries = ctx.entries(&spec).unwrap_or_else(|e| panic!("{e}"));

@@ -63,7 +63,7 @@ fn is_tar_header(block: &[u8]) -> bool {
 }
 
 /// Unpacks a tar (gzip-compressed or not) into `out.dest`, with the
-/// archive's modes and `out.owner`.
+/// archive's modes, and its owners (`out.archive_owners`) or `out.owner`.
 pub(super) fn unpack(
     out: &mut Entries,
     path: &Path,
@@ -86,7 +86,6 @@ pub(super) fn unpack(
     };
     let mut archive = tar::Archive::new(reader);
     let members = archive.entries().map_err(|e| fail(e.to_string()))?;
-    let (uid, gid) = out.owner;
     for member in members {
         let mut member = member.map_err(|e| fail(e.to_string()))?;
         let raw = String::from_utf8(member.path_bytes().into_owned())
@@ -112,6 +111,16 @@ pub(super) fn unpack(
             .mode()
             .map_err(|e| fail(format!("member {raw:?}: {e}")))?
             & 0o7777;
+        let (uid, gid) = if out.archive_owners {
+            let id = |v: std::io::Result<u64>| {
+                v.ok()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| fail(format!("member {raw:?}: owner out of range")))
+            };
+            (id(header.uid())?, id(header.gid())?)
+        } else {
+            out.owner
+        };
         let link = member
             .link_name_bytes()
             .map(|b| String::from_utf8(b.into_owned()))
@@ -238,6 +247,43 @@ mod tests {
         s.extract_archives = false;
         let e = open(&dir).entries(&s).expect("entries");
         assert_eq!(paths(&e), ["opt"]);
+    }
+
+    #[test]
+    fn add_without_chown_keeps_the_archive_owners() {
+        let dir = fixture();
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, uid) in [("bin/", 1234u64), ("bin/tool", 1234), ("conf", 0)] {
+            let mut h = tar::Header::new_gnu();
+            if path.ends_with('/') {
+                h.set_entry_type(tar::EntryType::Directory);
+            }
+            h.set_size(0);
+            h.set_mode(0o755);
+            h.set_uid(uid);
+            h.set_gid(uid + 1);
+            b.append_data(&mut h, path, io::empty()).expect("append");
+        }
+        fs::write(dir.path().join("o.tar"), b.into_inner().expect("tar")).expect("write");
+        let mut s = spec(&["o.tar"], "/opt/");
+        s.extract_archives = true;
+        s.archive_owners = true;
+        s.owner = (7, 8);
+        let e = open(&dir).entries(&s).expect("entries");
+        let owners: Vec<(String, u32, u32)> =
+            e.iter().map(|e| (e.path.clone(), e.uid, e.gid)).collect();
+        assert_eq!(
+            owners,
+            [
+                ("opt/bin".to_owned(), 1234, 1235),
+                ("opt/bin/tool".to_owned(), 1234, 1235),
+                ("opt/conf".to_owned(), 0, 1),
+            ]
+        );
+        // With --chown the owner wins.
+        s.archive_owners = false;
+        let e = open(&dir).entries(&s).expect("entries");
+        assert!(e.iter().all(|e| (e.uid, e.gid) == (7, 8)), "{e:?}");
     }
 
     #[test]

@@ -47,6 +47,7 @@ impl Context {
             map: BTreeMap::new(),
             dest: dest.clone(),
             owner: spec.owner,
+            archive_owners: spec.archive_owners,
             dir_mode,
         };
         let mut unpacked = 0u64;
@@ -448,6 +449,8 @@ pub(super) struct Entries {
     /// The destination, relative to the image root ("" for the root).
     pub(super) dest: String,
     pub(super) owner: (u32, u32),
+    /// Unpacked members keep the archive's owners.
+    pub(super) archive_owners: bool,
     /// Mode of the destination and of directories created under it.
     dir_mode: u32,
 }

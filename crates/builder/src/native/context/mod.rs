@@ -52,6 +52,9 @@ pub struct CopySpec {
     /// `ADD`: a local source file that is a tar archive (plain or gzip) is
     /// unpacked into dest instead of copied.
     pub extract_archives: bool,
+    /// Unpacked archive members keep the archive's owners (`ADD` without
+    /// `--chown`, as Docker unpacks); else they get `owner`.
+    pub archive_owners: bool,
     /// How much of `dest` the image already has (its base and the layers
     /// before this one). Known, the directories missing on the way to the
     /// destination are created as Docker creates them: mode 0755 (whatever
@@ -339,6 +342,7 @@ pub(super) mod fixtures {
             owner: (0, 0),
             chmod: None,
             extract_archives: false,
+            archive_owners: false,
             existing: None,
         }
     }
