@@ -128,6 +128,12 @@ fn corpus() -> Vec<Case> {
             )],
         },
         Case {
+            name: "env-label-quotes",
+            dockerfile: "ENV S='$HOME x' D=\"$HOME \\\"q\\\" \\n\" U=$HOME\\ y E=a\\$b\nENV LEGACY \"quoted $HOME\"\nLABEL 'single'='${HOME}' mixed=pre'$HOME'\"$HOME\"post\n",
+            files: &[],
+            expected: vec![],
+        },
+        Case {
             name: "expose-volume-stopsignal",
             dockerfile: "EXPOSE 80 53/udp 8000-8002\nVOLUME [\"/data\", \"/cache\"]\nVOLUME /logs\nSTOPSIGNAL SIGINT\n",
             files: &[],
@@ -671,6 +677,17 @@ fn native_images_match_buildahs_except_where_docker_sides_with_native() {
         "through /bin"
     );
     assert!(fs["srv/data/a.txt"].starts_with("file 0640 1000:1001 "));
+    let (quotes, _) = read_layout(
+        &work.path().join("native").join("env-label-quotes"),
+        "latest",
+    );
+    let env = quotes["config"]["Env"].as_array().unwrap();
+    assert!(
+        env.contains(&Value::from("S=$HOME x")),
+        "single quotes: {env:?}"
+    );
+    assert!(env.contains(&Value::from("LEGACY=quoted /root")), "{env:?}");
+    assert_eq!(quotes["config"]["Labels"]["single"], "${HOME}");
     let fs = native_fs("add-local-tar");
     assert_eq!(
         fs["opt/unpacked/bin"], "dir 0711 1234:1234",
