@@ -152,6 +152,8 @@ impl Native {
         }
     }
 
+    /// The build: planned and checked, bases resolved per platform, each
+    /// platform built, then everything published.
     async fn run(
         &self,
         req: &BuildRequest,
