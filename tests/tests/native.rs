@@ -110,7 +110,9 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
     let base_m = registry.raw_manifest("base:latest");
     let base_layers = base_m["layers"].as_array().unwrap();
     let layers = m["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), base_layers.len() + 1);
+    // The base has no /srv: `WORKDIR /srv` makes it in a layer of its own,
+    // as Docker does; then the COPY's layer.
+    assert_eq!(layers.len(), base_layers.len() + 2);
     for (a, b) in layers.iter().zip(base_layers) {
         assert_eq!(
             a["digest"], b["digest"],
@@ -130,6 +132,14 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
         &r,
         &format!("oci:{}:x", out.display()),
     ]);
+    let workdir_layer = layers[base_layers.len()]["digest"].as_str().unwrap();
+    let workdir_listing = layer_listing(&out, workdir_layer);
+    let rows: Vec<&str> = workdir_listing.lines().collect();
+    assert_eq!(rows.len(), 1, "{workdir_listing}");
+    assert!(
+        rows[0].starts_with("drwxr-xr-x 0/0 ") && rows[0].ends_with(" srv/"),
+        "WORKDIR before USER: /srv owned by root: {workdir_listing}"
+    );
     let listing = layer_listing(&out, &own_v1);
     let line = |path: &str| {
         listing
@@ -147,6 +157,15 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
         "{listing}"
     );
     assert!(line("srv/app/conf/").starts_with("drwx"), "{listing}");
+    // The missing destination is made for the --chown user, 0755.
+    assert!(
+        line("srv/app/").starts_with("drwxr-xr-x 1000/50 "),
+        "{listing}"
+    );
+    assert!(
+        !listing.lines().any(|l| l.ends_with(" srv/")),
+        "/srv is not the COPY's: {listing}"
+    );
     assert!(
         line("srv/app/run.sh").contains("1970-01-01"),
         "fixed mtime: {listing}"
@@ -210,6 +229,11 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
         .unwrap()
         .to_owned();
     assert_eq!(own_v1, own_v2, "the rebuild's own layer is byte-identical");
+    assert_eq!(
+        m2["layers"].as_array().unwrap()[m2["layers"].as_array().unwrap().len() - 2]["digest"],
+        workdir_layer,
+        "so is its WORKDIR layer"
+    );
     let log = registry.log_text()[mark..].to_owned();
     let uploads: Vec<&str> = log
         .lines()
@@ -247,6 +271,32 @@ fn native_build_is_inspectable_and_a_rebuild_uploads_no_layer_bytes() {
         "{job_log}"
     );
     assert_eq!(registry.digest("app:latest"), registry.digest("app:1.0.1"));
+    assert!(
+        job_log.contains("reading the file list of base layer"),
+        "the new base's tree is read: {job_log}"
+    );
+
+    // A rebuild over the same base: its file lists come from the layer
+    // cache (no base layer is downloaded) and no layer bytes are uploaded.
+    let mark = registry.log_text().len();
+    daemon.cli(&["rebuild", "app"]);
+    daemon.wait_version_never_failing("app", "1.0.2", WAIT);
+    let log = registry.log_text()[mark..].to_owned();
+    for l in registry.raw_manifest("base:latest")["layers"]
+        .as_array()
+        .unwrap()
+    {
+        let d = l["digest"].as_str().unwrap();
+        assert!(
+            !log.contains(&format!("GET /v2/base/blobs/{d}")),
+            "base layer {d} read again:\n{log}"
+        );
+    }
+    let uploads = log
+        .lines()
+        .filter(|l| l.contains("\"PUT /v2/app/blobs/uploads/"))
+        .count();
+    assert_eq!(uploads, 1, "only the config is uploaded:\n{log}");
 }
 
 #[test]

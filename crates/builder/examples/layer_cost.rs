@@ -45,6 +45,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         owner: (0, 0),
         chmod: None,
         extract_archives: false,
+        archive_owners: false,
+        existing: None,
     };
     println!("context: {files} files, {mib} MiB (page cache warm after the first round)");
 

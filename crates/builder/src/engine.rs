@@ -113,72 +113,63 @@ impl Engine {
                 ));
             }
         }
-        let ws = |path: &Path| {
-            let path = path.to_owned();
-            move |source| BuildError::Workspace { path, source }
-        };
-        tokio::fs::create_dir_all(&req.workdir)
-            .await
-            .map_err(ws(&req.workdir))?;
-        let dockerfile = req.workdir.join("Dockerfile");
-        tokio::fs::write(&dockerfile, &req.dockerfile)
-            .await
-            .map_err(ws(&dockerfile))?;
-        let registries_conf = req.workdir.join("registries.conf");
-        tokio::fs::write(
-            &registries_conf,
-            registries_conf_text(&req.insecure_registries),
-        )
-        .await
-        .map_err(ws(&registries_conf))?;
-        // Credentials and CAs for this build only.
-        let mut extra: Vec<std::ffi::OsString> = Vec::new();
-        // docker reads credentials from $DOCKER_CONFIG/config.json (same format).
-        let mut docker_config: Option<PathBuf> = None;
-        if let Some(json) = &req.auth_json {
-            if docker {
-                let dir = req.workdir.join("docker-config");
-                tokio::fs::create_dir_all(&dir).await.map_err(ws(&dir))?;
-                let path = dir.join("config.json");
-                write_private(&path, json.as_bytes())
-                    .await
-                    .map_err(ws(&path))?;
-                docker_config = Some(dir);
-            } else {
-                let path = req.workdir.join("auth.json");
-                write_private(&path, json.as_bytes())
-                    .await
-                    .map_err(ws(&path))?;
-                extra.push("--authfile".into());
-                extra.push(path.into_os_string());
-            }
-        }
-        if !req.ca_files.is_empty() && !docker {
-            let dir = req.workdir.join("certs");
-            tokio::fs::create_dir_all(&dir).await.map_err(ws(&dir))?;
-            for (i, ca) in req.ca_files.iter().enumerate() {
-                let to = dir.join(format!("ca-{i}.crt"));
-                tokio::fs::copy(ca, &to).await.map_err(ws(ca))?;
-            }
-            extra.push("--cert-dir".into());
-            extra.push(dir.into_os_string());
-        }
-        let digest_file = req.workdir.join("digest");
-        let _ = tokio::fs::remove_file(&digest_file).await;
+        let ws = Workspace::write(req, docker).await?;
         // docker pushes an image by its name: build it as the target.
         let local = match (&req.target, docker) {
             (Target::Registry(r), true) => r.to_string(),
             _ => format!("localhost/rebased-build/job-{}:latest", sanitize(&req.job)),
         };
-        let with_env = |mut c: Command| {
-            if let Some(dir) = &docker_config {
-                c.env("DOCKER_CONFIG", dir);
-            }
-            c
-        };
-
         let mut log = String::new();
-        let mut bud = with_env(self.command(&registries_conf));
+        info!(image = %req.image, job = %req.job, target = %req.target, engine = self.kind.program(), "build");
+        let built = self
+            .run(
+                "build",
+                self.bud(req, &ws, &local),
+                deadline,
+                cancel,
+                &mut log,
+            )
+            .await;
+        let pushed = match built {
+            Ok(()) => {
+                info!(image = %req.image, job = %req.job, target = %req.target, engine = self.kind.program(), "push");
+                self.run(
+                    "push",
+                    self.push(req, &ws, &local),
+                    deadline,
+                    cancel,
+                    &mut log,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        // The local image is only a vehicle for the push.
+        let mut rmi = ws.command(self);
+        rmi.arg("rmi").arg("-f").arg(&local);
+        if let Ok(out) = rmi.output().await {
+            debug!(status = %out.status, engine = self.kind.program(), "rmi");
+        }
+        pushed?;
+        let digest = if docker {
+            // docker has no --digestfile; it prints `TAG: digest: sha256:... size: N`.
+            pushed_digest(&log)
+        } else {
+            let text = tokio::fs::read_to_string(&ws.digest_file)
+                .await
+                .map_err(workspace_err(&ws.digest_file))?;
+            Some(
+                Digest::parse(text.trim())
+                    .map_err(|_| BuildError::BadDigest(text.trim().to_owned()))?,
+            )
+        };
+        Ok(BuildOutput { digest, log })
+    }
+
+    /// The build command line (`bud` or `build`) of `req`, tagged `local`.
+    fn bud(&self, req: &BuildRequest, ws: &Workspace, local: &str) -> Command {
+        let docker = self.kind == EngineKind::Docker;
+        let mut bud = ws.command(self);
         match self.kind {
             EngineKind::Buildah => {
                 bud.arg("bud");
@@ -187,11 +178,11 @@ impl Engine {
                 bud.arg("build");
             }
         }
-        bud.args(&extra);
+        bud.args(&ws.extra);
         if !docker {
             bud.arg("--isolation").arg("chroot").arg("--layers=false");
         }
-        bud.arg("-f").arg(&dockerfile).arg("-t").arg(&local);
+        bud.arg("-f").arg(&ws.dockerfile).arg("-t").arg(local);
         for (k, v) in &req.annotations {
             if !docker {
                 bud.arg("--annotation").arg(format!("{k}={v}"));
@@ -207,47 +198,23 @@ impl Engine {
             bud.arg("--build-arg").arg(format!("{k}={v}"));
         }
         bud.arg(&req.context);
-        info!(image = %req.image, job = %req.job, target = %req.target, engine = self.kind.program(), "build");
-        let built = self.run("build", bud, deadline, cancel, &mut log).await;
+        bud
+    }
 
-        let pushed = match built {
-            Ok(()) => {
-                let mut push = with_env(self.command(&registries_conf));
-                push.arg("push");
-                if docker {
-                    push.arg(&local);
-                } else {
-                    push.args(&extra)
-                        .arg("--digestfile")
-                        .arg(&digest_file)
-                        .arg(&local)
-                        .arg(req.target.transport());
-                }
-                info!(image = %req.image, job = %req.job, target = %req.target, engine = self.kind.program(), "push");
-                self.run("push", push, deadline, cancel, &mut log).await
-            }
-            Err(e) => Err(e),
-        };
-        // The local image is only a vehicle for the push.
-        let mut rmi = self.command(&registries_conf);
-        rmi.arg("rmi").arg("-f").arg(&local);
-        if let Ok(out) = rmi.output().await {
-            debug!(status = %out.status, engine = self.kind.program(), "rmi");
-        }
-        pushed?;
-        let digest = if docker {
-            // docker has no --digestfile; it prints `TAG: digest: sha256:... size: N`.
-            pushed_digest(&log)
+    /// The push command line of the image `local` to `req.target`.
+    fn push(&self, req: &BuildRequest, ws: &Workspace, local: &str) -> Command {
+        let mut push = ws.command(self);
+        push.arg("push");
+        if self.kind == EngineKind::Docker {
+            push.arg(local);
         } else {
-            let text = tokio::fs::read_to_string(&digest_file)
-                .await
-                .map_err(ws(&digest_file))?;
-            Some(
-                Digest::parse(text.trim())
-                    .map_err(|_| BuildError::BadDigest(text.trim().to_owned()))?,
-            )
-        };
-        Ok(BuildOutput { digest, log })
+            push.args(&ws.extra)
+                .arg("--digestfile")
+                .arg(&ws.digest_file)
+                .arg(local)
+                .arg(req.target.transport());
+        }
+        push
     }
 
     async fn run(
@@ -414,6 +381,93 @@ fn tail(log: &str, n: usize) -> String {
         .find(|i| log.is_char_boundary(*i))
         .unwrap_or(log.len());
     log[start..].trim().to_owned()
+}
+
+fn workspace_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
+    let path = path.to_owned();
+    move |source| BuildError::Workspace { path, source }
+}
+
+/// The files one engine build reads from its workdir: the pinned
+/// Dockerfile, a `registries.conf` for insecure hosts, credentials and CAs
+/// for this build only, and where the pushed digest is written.
+struct Workspace {
+    dockerfile: PathBuf,
+    registries_conf: PathBuf,
+    /// `--authfile` and `--cert-dir` (buildah and podman).
+    extra: Vec<std::ffi::OsString>,
+    /// `$DOCKER_CONFIG` for docker, which reads `config.json` there.
+    docker_config: Option<PathBuf>,
+    digest_file: PathBuf,
+}
+
+impl Workspace {
+    async fn write(req: &BuildRequest, docker: bool) -> Result<Workspace, BuildError> {
+        let ws = workspace_err;
+        tokio::fs::create_dir_all(&req.workdir)
+            .await
+            .map_err(ws(&req.workdir))?;
+        let dockerfile = req.workdir.join("Dockerfile");
+        tokio::fs::write(&dockerfile, &req.dockerfile)
+            .await
+            .map_err(ws(&dockerfile))?;
+        let registries_conf = req.workdir.join("registries.conf");
+        tokio::fs::write(
+            &registries_conf,
+            registries_conf_text(&req.insecure_registries),
+        )
+        .await
+        .map_err(ws(&registries_conf))?;
+        let mut extra: Vec<std::ffi::OsString> = Vec::new();
+        let mut docker_config: Option<PathBuf> = None;
+        if let Some(json) = &req.auth_json {
+            if docker {
+                let dir = req.workdir.join("docker-config");
+                tokio::fs::create_dir_all(&dir).await.map_err(ws(&dir))?;
+                let path = dir.join("config.json");
+                write_private(&path, json.as_bytes())
+                    .await
+                    .map_err(ws(&path))?;
+                docker_config = Some(dir);
+            } else {
+                let path = req.workdir.join("auth.json");
+                write_private(&path, json.as_bytes())
+                    .await
+                    .map_err(ws(&path))?;
+                extra.push("--authfile".into());
+                extra.push(path.into_os_string());
+            }
+        }
+        if !req.ca_files.is_empty() && !docker {
+            let dir = req.workdir.join("certs");
+            tokio::fs::create_dir_all(&dir).await.map_err(ws(&dir))?;
+            for (i, ca) in req.ca_files.iter().enumerate() {
+                let to = dir.join(format!("ca-{i}.crt"));
+                tokio::fs::copy(ca, &to).await.map_err(ws(ca))?;
+            }
+            extra.push("--cert-dir".into());
+            extra.push(dir.into_os_string());
+        }
+        let digest_file = req.workdir.join("digest");
+        let _ = tokio::fs::remove_file(&digest_file).await;
+        Ok(Workspace {
+            dockerfile,
+            registries_conf,
+            extra,
+            docker_config,
+            digest_file,
+        })
+    }
+
+    /// The engine's command with this build's `registries.conf` (and
+    /// docker's config directory).
+    fn command(&self, engine: &Engine) -> Command {
+        let mut c = engine.command(&self.registries_conf);
+        if let Some(dir) = &self.docker_config {
+            c.env("DOCKER_CONFIG", dir);
+        }
+        c
+    }
 }
 
 /// A registries.conf that marks `insecure` hosts as plain http; every other

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rebased_core::{Digest, ImageRef, Trigger, Version};
+use serde_json::Value;
 
 /// `org.opencontainers.image.version`.
 pub const VERSION: &str = "org.opencontainers.image.version";
@@ -53,10 +54,15 @@ impl Provenance<'_> {
         );
         a.insert(TRIGGER.to_owned(), self.trigger.to_string());
         if !self.platforms.is_empty() {
+            let platforms = self.platforms.iter().map(|(base, children)| {
+                let children = children
+                    .iter()
+                    .map(|(p, d)| (p.clone(), Value::String(d.to_string())));
+                (base.clone(), Value::Object(children.collect()))
+            });
             a.insert(
                 PLATFORMS.to_owned(),
-                serde_json::to_string(self.platforms)
-                    .unwrap_or_else(|_| unreachable!("maps of strings always serialise")),
+                Value::Object(platforms.collect()).to_string(),
             );
         }
         a
@@ -95,7 +101,7 @@ pub fn recorded(annotations: &BTreeMap<String, String>) -> Recorded {
             .and_then(|v| Version::parse(v).ok()),
         trigger: annotations
             .get(TRIGGER)
-            .and_then(|t| serde_json::from_value(serde_json::Value::String(t.clone())).ok()),
+            .and_then(|t| serde_json::from_value(Value::String(t.clone())).ok()),
     }
 }
 
@@ -118,15 +124,13 @@ pub fn annotations(
         a.insert(BASE_NAME.to_owned(), name.to_string());
         a.insert(BASE_DIGEST.to_owned(), digest.to_string());
     }
-    let map: BTreeMap<String, String> = bases
+    // A JSON object written as `Value` (whose text cannot fail), keys in
+    // the map's order.
+    let map: serde_json::Map<String, Value> = bases
         .iter()
-        .map(|(r, d)| (r.to_string(), d.to_string()))
+        .map(|(r, d)| (r.to_string(), Value::String(d.to_string())))
         .collect();
-    a.insert(
-        BASES.to_owned(),
-        serde_json::to_string(&map)
-            .unwrap_or_else(|_| unreachable!("a map of strings always serialises")),
-    );
+    a.insert(BASES.to_owned(), Value::Object(map).to_string());
     if let Some(prev) = supersedes {
         a.insert(SUPERSEDES.to_owned(), prev.to_string());
     }
@@ -179,7 +183,24 @@ mod tests {
             supersedes: Some(&prev),
             trigger: Trigger::Cascade,
         };
-        let back = recorded(&p.annotations());
+        // The exact text earlier versions wrote (compact, keys sorted):
+        // ledger recovery reads these back from images already pushed.
+        let a = p.annotations();
+        let hex = "a".repeat(64);
+        assert_eq!(
+            a[BASES],
+            format!(r#"{{"127.0.0.1:5000/base:latest":"sha256:{hex}"}}"#)
+        );
+        assert_eq!(
+            a[PLATFORMS],
+            format!(r#"{{"127.0.0.1:5000/base:latest":{{"linux/amd64":"sha256:{hex}"}}}}"#)
+        );
+        assert_eq!(
+            a[BASES],
+            serde_json::to_string(&BTreeMap::from([(r.to_string(), d.to_string())]))
+                .unwrap_or_default()
+        );
+        let back = recorded(&a);
         assert_eq!(back.supersedes, Some(prev));
         assert_eq!(back.trigger, Some(Trigger::Cascade));
         assert_eq!(back.platforms, platforms);

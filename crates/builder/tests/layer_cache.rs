@@ -45,11 +45,28 @@ impl Setup {
 
     /// Builds version `tag`; the log and the own layer's digest.
     async fn build(&self, cache: Option<LayerCache>, tag: &str) -> (String, String) {
+        let (log, layers) = self
+            .build_dockerfile(
+                cache,
+                tag,
+                "FROM scratch\nCOPY files/ /data/\nCMD [\"/data/run\"]\n",
+            )
+            .await;
+        (log, layers[0].clone())
+    }
+
+    /// Builds `dockerfile` as version `tag`; the log and the layer digests.
+    async fn build_dockerfile(
+        &self,
+        cache: Option<LayerCache>,
+        tag: &str,
+        dockerfile: &str,
+    ) -> (String, Vec<String>) {
         let req = BuildRequest {
             image: "app".to_owned(),
             job: tag.to_owned(),
             context: self.ctx(),
-            dockerfile: "FROM scratch\nCOPY files/ /data/\nCMD [\"/data/run\"]\n".to_owned(),
+            dockerfile: dockerfile.to_owned(),
             build_args: BTreeMap::new(),
             target: Target::Layout {
                 path: self.layout(),
@@ -76,8 +93,29 @@ impl Setup {
         let layout = Layout::open(&self.layout()).unwrap();
         let manifest: serde_json::Value =
             serde_json::from_slice(&layout.manifest(tag).unwrap().bytes).unwrap();
-        let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
-        (out.log, layer)
+        let layers = manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned())
+            .collect();
+        (out.log, layers)
+    }
+
+    /// The entry names of the layer `digest` in the layout.
+    fn names_in_layer(&self, digest: &str) -> Vec<String> {
+        let blob = self
+            .layout()
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"));
+        let mut tar = tar::Archive::new(GzDecoder::new(fs::File::open(blob).unwrap()));
+        tar.entries()
+            .unwrap()
+            .map(|e| {
+                let name = e.unwrap().path().unwrap().display().to_string();
+                name.trim_end_matches('/').to_owned()
+            })
+            .collect()
     }
 
     /// A file of the layer `digest` in the layout.
@@ -225,4 +263,34 @@ async fn a_broken_cache_never_fails_a_build() {
     // And the records written over them serve the next build.
     let (log4, _) = s.build(cache(), "1.0.3").await;
     assert!(log4.contains(NOT_REBUILT), "{log4}");
+}
+
+#[tokio::test]
+async fn created_directories_are_in_the_layer_and_in_its_cache_key() {
+    let s = Setup::new();
+    let cache = || Some(LayerCache::new(s.dir.path().join("cache")).racy_window(Duration::ZERO));
+    // FROM scratch has no /data: the COPY's layer makes it.
+    let plain = "FROM scratch\nCOPY files/ /data/\n";
+    let (_, l1) = s.build_dockerfile(cache(), "1.0.0", plain).await;
+    assert_eq!(l1.len(), 1);
+    assert!(s.names_in_layer(&l1[0]).contains(&"data".to_owned()));
+    // After `WORKDIR /data` the directory is the WORKDIR's, and the same
+    // sources make another COPY layer: no entry for /data.
+    let workdir = "FROM scratch\nWORKDIR /data\nCOPY files/ ./\n";
+    let (log2, l2) = s.build_dockerfile(cache(), "1.0.1", workdir).await;
+    assert_eq!(l2.len(), 2, "{log2}");
+    assert_eq!(s.names_in_layer(&l2[0]), ["data"]);
+    assert!(!s.names_in_layer(&l2[1]).contains(&"data".to_owned()));
+    assert_ne!(l1[0], l2[1]);
+    assert!(
+        !log2.contains(NOT_REBUILT),
+        "not the first layer's record: {log2}"
+    );
+    // Over the same tree, each is had from the cache again.
+    let (log3, l3) = s.build_dockerfile(cache(), "1.0.2", plain).await;
+    assert!(log3.contains(NOT_REBUILT), "{log3}");
+    assert_eq!(l1, l3);
+    let (log4, l4) = s.build_dockerfile(cache(), "1.0.3", workdir).await;
+    assert!(log4.contains(NOT_REBUILT), "{log4}");
+    assert_eq!(l2, l4);
 }

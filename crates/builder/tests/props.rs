@@ -1,7 +1,8 @@
 //! The native backend's parsers over arbitrary and near-valid input: a
 //! Dockerfile through `Plan::new` and every `Stage::apply`, `--chown`
 //! against passwd files, `find_file` over layer bytes and over real tars
-//! with odd entries, and provenance read back from annotations. None may
+//! with odd entries, image file trees merged from such tars and paths
+//! resolved in them, and provenance read back from annotations. None may
 //! panic.
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -14,6 +15,7 @@ use rebased_builder::native::image::{Platform, Stage};
 use rebased_builder::native::layer::{find_file, Lookup};
 use rebased_builder::native::passwd::{needs_lookup, resolve_chown};
 use rebased_builder::native::plan::{copy_args, Plan};
+use rebased_builder::native::tree::{read_layer, Tree};
 use rebased_builder::provenance;
 use rebased_core::dockerfile::Dockerfile;
 
@@ -211,6 +213,27 @@ proptest! {
     fn find_file_never_panics_on_odd_tars(blob in layerish(), path in prop::sample::select(vec!["etc/passwd", "etc", "/etc/./passwd", "..", ""])) {
         if let Ok(Lookup::Found(data)) = find_file(&blob, path, 1 << 16) {
             prop_assert!(data.len() <= 1 << 16);
+        }
+    }
+
+    #[test]
+    fn file_trees_never_panic_and_resolve_inside(
+        layers in prop::collection::vec(layerish(), 0..4),
+        path in prop::sample::select(vec!["/etc/passwd", "etc", "/usr/passwd/x", "../..", "/", "etc/../usr/./passwd/"]),
+    ) {
+        let mut tree = Tree::default();
+        for blob in &layers {
+            if let Ok(changes) = read_layer(blob, 1 << 16) {
+                let _ = tree.apply(&changes);
+            }
+        }
+        if let Ok(r) = tree.resolve(path) {
+            prop_assert!(r.dirs <= r.segs.len());
+            prop_assert!(r.segs.iter().all(|s| !s.is_empty() && s != "." && s != ".."));
+            for k in 0..r.dirs {
+                let p = r.segs[..=k].join("/");
+                prop_assert!(tree.get(&p).is_some(), "{} counted as a directory", p);
+            }
         }
     }
 

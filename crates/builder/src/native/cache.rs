@@ -13,6 +13,18 @@
 //!   contents did not (a fresh checkout, a `touch`), after the files are
 //!   read and hashed once, which is much cheaper than compressing them.
 //!
+//! - `files/<layer digest>`: what a base layer changes, its file list
+//!   without contents ([`super::tree::Changes`]), so a build over a base
+//!   it has met already does not download the layer again to know which
+//!   directories the base has. Layers are content-addressed: such a record
+//!   never goes stale. Lists of more than [`MAX_LISTED`] entries are not
+//!   kept, and the map keeps at most [`MAX_FILE_LISTS`] records.
+//!
+//! - `users/<layer digest>`: what a base layer holds at `/etc/passwd` and
+//!   `/etc/group` (contents, a whiteout, nothing, or why it cannot be
+//!   read), for `--chown` and `USER` by name; at most [`MAX_FILE_LISTS`]
+//!   records.
+//!
 //! A metadata hit whose files changed less than [`RACY_NS`] before the
 //! `stat`s that made the entry is not trusted (git calls such files "racily
 //! clean"): a write within the same timestamp tick would not show. Those
@@ -40,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::context::{Entry, EntryKind, FileData};
+use super::tree::Changes;
 
 /// Changes to the files this close to the `stat`s of an entry make the
 /// entry untrusted (covers filesystems with coarse timestamps), in
@@ -49,6 +62,14 @@ pub const RACY_NS: i128 = 2_000_000_000;
 /// How many entries each map keeps; the least recently written or used go
 /// first.
 const MAX_ENTRIES: usize = 4096;
+
+/// The most base-layer file lists kept (each at most [`MAX_LISTED`]
+/// entries, a few MB of JSON).
+pub const MAX_FILE_LISTS: usize = 64;
+
+/// A base layer listing more entries is read again each time rather than
+/// kept.
+pub const MAX_LISTED: usize = 100_000;
 
 /// A temporary file older than this was left by a crash.
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -219,6 +240,92 @@ impl LayerCache {
     }
 }
 
+/// What a base layer holds at one of `/etc/passwd` and `/etc/group`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserFile {
+    /// The file's contents.
+    Found(String),
+    /// The layer deletes it (or hides it from the layers below).
+    Whiteout,
+    /// The layer says nothing about it.
+    Absent,
+    /// It cannot be read from the layer, and why.
+    Unreadable(String),
+}
+
+/// `users/` records.
+#[derive(Serialize, Deserialize)]
+struct UserFiles {
+    layer: String,
+    passwd: UserFile,
+    group: UserFile,
+}
+
+/// A base layer's file list as kept in `files/`.
+#[derive(Serialize, Deserialize)]
+struct FileList {
+    layer: String,
+    changes: Changes,
+}
+
+impl LayerCache {
+    /// What base layer `layer` holds at `/etc/passwd` and `/etc/group`,
+    /// read before.
+    pub fn user_files(&self, layer: &Digest) -> Option<(UserFile, UserFile)> {
+        let path = self.dir.join("users").join(content_name(layer));
+        let bytes = fs::read(&path).ok()?;
+        let r: UserFiles = serde_json::from_slice(&bytes).ok()?;
+        if r.layer != layer.as_str() {
+            return None;
+        }
+        used(&path);
+        Some((r.passwd, r.group))
+    }
+
+    /// Keeps what base layer `layer` holds at `/etc/passwd` and
+    /// `/etc/group`.
+    pub fn remember_user_files(
+        &self,
+        layer: &Digest,
+        passwd: &UserFile,
+        group: &UserFile,
+    ) -> io::Result<()> {
+        let r = UserFiles {
+            layer: layer.to_string(),
+            passwd: passwd.clone(),
+            group: group.clone(),
+        };
+        let bytes = serde_json::to_vec(&r).map_err(io::Error::other)?;
+        self.write_bytes("users", &content_name(layer), &bytes, MAX_FILE_LISTS)
+    }
+
+    /// The file list of base layer `layer`, read before.
+    pub fn file_list(&self, layer: &Digest) -> Option<Changes> {
+        let path = self.dir.join("files").join(content_name(layer));
+        let bytes = fs::read(&path).ok()?;
+        let list: FileList = serde_json::from_slice(&bytes).ok()?;
+        if list.layer != layer.as_str() {
+            return None;
+        }
+        used(&path);
+        Some(list.changes)
+    }
+
+    /// Keeps the file list of base layer `layer` (not when it is longer
+    /// than [`MAX_LISTED`]).
+    pub fn remember_file_list(&self, layer: &Digest, changes: &Changes) -> io::Result<()> {
+        if changes.entries.len() + changes.deleted.len() + changes.opaque.len() > MAX_LISTED {
+            return Ok(());
+        }
+        let list = FileList {
+            layer: layer.to_string(),
+            changes: changes.clone(),
+        };
+        let bytes = serde_json::to_vec(&list).map_err(io::Error::other)?;
+        self.write_bytes("files", &content_name(layer), &bytes, MAX_FILE_LISTS)
+    }
+}
+
 impl Record {
     fn of(known: &Known, taken_ns: i128, newest_ns: i128) -> Record {
         Record {
@@ -264,20 +371,25 @@ impl LayerCache {
     /// Writes `name` in the map `map` whole (a temporary file renamed over
     /// it; a record torn by a crash reads as a miss), then trims the map.
     fn write(&self, map: &str, name: &str, record: &Record) -> io::Result<()> {
+        let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+        self.write_bytes(map, name, &bytes, self.max_entries)
+    }
+
+    fn write_bytes(&self, map: &str, name: &str, bytes: &[u8], max: usize) -> io::Result<()> {
         let dir = self.dir.join(map);
         fs::create_dir_all(&dir)?;
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
-        fs::write(&tmp, serde_json::to_vec(record).map_err(io::Error::other)?)?;
+        fs::write(&tmp, bytes)?;
         fs::rename(&tmp, dir.join(name))?;
-        self.trim(&dir)
+        self.trim(&dir, max)
     }
 
-    /// Keeps at most `max_entries` records in `dir`: past that, the least
-    /// recently written or used go until a quarter of the room is free
-    /// again. Temporary files left by a crash go too.
-    fn trim(&self, dir: &Path) -> io::Result<()> {
+    /// Keeps at most `max` records in `dir`: past that, the least recently
+    /// written or used go until a quarter of the room is free again.
+    /// Temporary files left by a crash go too.
+    fn trim(&self, dir: &Path, max: usize) -> io::Result<()> {
         let stale = SystemTime::now() - STALE_TEMP;
         let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
         // Names only: records are `stat`ed just when there are too many.
@@ -293,7 +405,7 @@ impl LayerCache {
             }
             records.push(path);
         }
-        if records.len() <= self.max_entries {
+        if records.len() <= max {
             return Ok(());
         }
         let mut by_age: Vec<(SystemTime, PathBuf)> = records
@@ -301,7 +413,7 @@ impl LayerCache {
             .filter_map(|p| Some((modified(&p)?, p)))
             .collect();
         by_age.sort();
-        let excess = by_age.len().saturating_sub(self.max_entries * 3 / 4);
+        let excess = by_age.len().saturating_sub(max * 3 / 4);
         for (_, path) in by_age.into_iter().take(excess) {
             // Another build may have removed it already.
             let _ = fs::remove_file(path);
@@ -456,6 +568,64 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cache.by_diff_id(&known(2).diff_id), None);
+    }
+
+    #[test]
+    fn base_layer_user_files_are_kept_by_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayerCache::new(dir.path());
+        let layer = known(9).digest;
+        assert_eq!(cache.user_files(&layer), None);
+        let passwd = UserFile::Found("root:x:0:0::/root:/bin/sh\n".into());
+        let group = UserFile::Unreadable("a symlink".into());
+        cache.remember_user_files(&layer, &passwd, &group).unwrap();
+        assert_eq!(cache.user_files(&layer), Some((passwd, group)));
+        let other = known(10).digest;
+        fs::copy(
+            dir.path().join("users").join(content_name(&layer)),
+            dir.path().join("users").join(content_name(&other)),
+        )
+        .unwrap();
+        assert_eq!(cache.user_files(&other), None);
+    }
+
+    #[test]
+    fn base_layer_file_lists_are_kept_by_digest() {
+        use crate::native::tree::{Kind, Node};
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayerCache::new(dir.path());
+        let layer = known(7).digest;
+        assert_eq!(cache.file_list(&layer), None);
+        let changes = Changes {
+            opaque: vec!["etc".into()],
+            deleted: vec!["tmp/x".into()],
+            entries: vec![(
+                "bin".into(),
+                Node {
+                    kind: Kind::Symlink("usr/bin".into()),
+                    mode: 0o777,
+                    uid: 0,
+                    gid: 0,
+                },
+            )],
+        };
+        cache.remember_file_list(&layer, &changes).unwrap();
+        assert_eq!(cache.file_list(&layer), Some(changes.clone()));
+        // Another layer's record under this name is a miss.
+        let other = known(8).digest;
+        fs::copy(
+            dir.path().join("files").join(content_name(&layer)),
+            dir.path().join("files").join(content_name(&other)),
+        )
+        .unwrap();
+        assert_eq!(cache.file_list(&other), None);
+        // A list too long to keep is not kept.
+        let long = Changes {
+            deleted: vec!["x".into(); MAX_LISTED + 1],
+            ..Changes::default()
+        };
+        cache.remember_file_list(&other, &long).unwrap();
+        assert_eq!(cache.file_list(&other), None);
     }
 
     #[test]

@@ -347,30 +347,87 @@ impl Stage {
         }
     }
 
-    /// `K=V ...` or the legacy `K V` form of `ENV` and `LABEL`, substituted.
+    /// `K=V ...` or the legacy `K V` form of `ENV` and `LABEL`, each word
+    /// read as BuildKit's shell lexer reads it ([`Stage::word`]).
     fn pairs(&self, kw: &str, args: &str) -> Result<Vec<(String, String)>, String> {
-        let words = split_words(args, self.escape);
+        let words = raw_words(args, self.escape);
         let Some(first) = words.first() else {
             return Err(format!("{kw} requires at least one argument"));
         };
         if !first.contains('=') {
             let (name, value) = args
+                .trim()
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| format!("{kw} {first} needs a value"))?;
-            return Ok(vec![(name.to_owned(), self.sub(value.trim())?)]);
+            return Ok(vec![(name.to_owned(), self.word(value.trim())?)]);
         }
         let mut out = Vec::new();
         for w in words {
             let (k, v) = w
                 .split_once('=')
                 .ok_or_else(|| format!("{kw}: {w:?} is not NAME=VALUE"))?;
-            let k = self.sub(k)?;
+            let k = self.word(k)?;
             if k.is_empty() {
                 return Err(format!("{kw} names can not be blank"));
             }
-            out.push((k, self.sub(v)?));
+            out.push((k, self.word(v)?));
         }
         Ok(out)
+    }
+
+    /// One word as BuildKit's shell lexer reads it: quotes removed;
+    /// nothing expanded inside single quotes; inside double quotes `$`
+    /// expands and the escape character escapes only `"`, `$` and itself;
+    /// outside quotes it escapes any character.
+    fn word(&self, raw: &str) -> Result<String, String> {
+        let e = self.escape;
+        // The word rewritten for `substitute`, which expands `$` and takes
+        // `<escape>c` as a literal `c`.
+        let mut text = String::new();
+        let literal = |text: &mut String, c: char| {
+            if c == e || c == '$' {
+                text.push(e);
+            }
+            text.push(c);
+        };
+        let mut chars = raw.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' => {
+                    for c in chars.by_ref() {
+                        if c == '\'' {
+                            break;
+                        }
+                        literal(&mut text, c);
+                    }
+                }
+                '"' => {
+                    while let Some(c) = chars.next() {
+                        match c {
+                            '"' => break,
+                            c if c == e => match chars.peek().copied() {
+                                Some(n) if n == '"' || n == '$' || n == e => {
+                                    chars.next();
+                                    literal(&mut text, n);
+                                }
+                                Some(_) => literal(&mut text, e),
+                                None => {}
+                            },
+                            '$' => dollar(&mut text, &mut chars),
+                            c => text.push(c),
+                        }
+                    }
+                }
+                c if c == e => {
+                    if let Some(n) = chars.next() {
+                        literal(&mut text, n);
+                    }
+                }
+                '$' => dollar(&mut text, &mut chars),
+                c => text.push(c),
+            }
+        }
+        self.sub(&text)
     }
 
     fn copy(&self, step: &Step, args: &str) -> Result<CopyStep, String> {
@@ -414,6 +471,31 @@ impl Stage {
         })
     }
 
+    /// The working directory so far (`/` when none is set).
+    pub fn working_dir(&self) -> String {
+        self.workdir()
+    }
+
+    /// The `USER` so far (empty: root).
+    pub fn user(&self) -> String {
+        self.image
+            .get("config")
+            .and_then(|c| c.get("User"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Records a layer made by the last instruction applied (a `WORKDIR`
+    /// that created its directory): its history entry is no longer empty.
+    pub fn layer_for_last(&mut self, diff_id: &str) {
+        let rootfs = obj(&mut self.image, "rootfs");
+        arr(rootfs, "diff_ids").push(json!(diff_id));
+        if let Some(Value::Object(last)) = arr(&mut self.image, "history").last_mut() {
+            last.remove("empty_layer");
+        }
+    }
+
     /// Records a layer made for a `COPY`/`ADD`.
     pub fn add_layer(&mut self, diff_id: &str, created_by: String) {
         let rootfs = obj(&mut self.image, "rootfs");
@@ -433,6 +515,82 @@ impl Stage {
         self.image.insert("created".into(), json!(created));
         Value::Object(self.image)
     }
+}
+
+/// A `$` met by [`Stage::word`]: `$NAME` becomes `${NAME}` (so a quote
+/// right after the name still ends it), `${...}` is copied whole.
+fn dollar(text: &mut String, chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    text.push('$');
+    match chars.peek() {
+        Some('{') => {
+            let mut depth = 0;
+            for c in chars.by_ref() {
+                text.push(c);
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(c) if c.is_ascii_alphanumeric() || *c == '_' => {
+            text.push('{');
+            while let Some(c) = chars.next_if(|c| c.is_ascii_alphanumeric() || *c == '_') {
+                text.push(c);
+            }
+            text.push('}');
+        }
+        _ => {}
+    }
+}
+
+/// Splits arguments on unquoted whitespace, keeping quotes and escapes as
+/// written (for [`Stage::word`]).
+fn raw_words(args: &str, escape: char) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    let mut chars = args.chars();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) if c == q => {
+                quote = None;
+                cur.push(c);
+            }
+            Some('"') if c == escape => {
+                cur.push(c);
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            Some(_) => cur.push(c),
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                cur.push(c);
+            }
+            None if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            None if c == escape => {
+                cur.push(c);
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            None => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// Lexically cleans an absolute path (`.`, `..`, repeated `/`).
@@ -653,6 +811,29 @@ mod tests {
         );
         assert_eq!(history[1]["empty_layer"], json!(true));
         assert_eq!(c["rootfs"]["diff_ids"], json!(["sha256:aaa"]));
+    }
+
+    #[test]
+    fn env_and_label_words_are_read_as_the_shell_lexer_reads_them() {
+        let (c, _) = run(&[
+            "ENV S='$HOME x' D=\"$HOME \\\"q\\\" \\n\" U=$HOME\\ y E=a\\$b",
+            "ENV LEGACY \"quoted $HOME\"",
+            "LABEL 'single'='${HOME}' mixed=pre'$HOME'\"$HOME\"post",
+        ])
+        .expect("applies");
+        let env = c["config"]["Env"].as_array().expect("env").clone();
+        for want in [
+            "S=$HOME x",
+            "D=/root \"q\" \\n",
+            "U=/root y",
+            "E=a$b",
+            "LEGACY=quoted /root",
+        ] {
+            assert!(env.contains(&json!(want)), "{want} in {env:?}");
+        }
+        let labels = &c["config"]["Labels"];
+        assert_eq!(labels["single"], json!("${HOME}"));
+        assert_eq!(labels["mixed"], json!("pre$HOME/rootpost"));
     }
 
     #[test]

@@ -598,6 +598,8 @@ mod tests {
             owner: (1000, 1001),
             chmod: None,
             extract_archives: false,
+            archive_owners: false,
+            existing: None,
         })
         .expect("entries")
     }

@@ -2,13 +2,15 @@
 //!
 //! It builds one stage of `FROM`, `COPY`/`ADD` of local files and the
 //! instructions that only change the config ([`plan`] refuses anything else
-//! before any IO). Its own layers are made from the context alone
-//! ([`context`], [`layer`]: sorted entries, fixed mtimes, numeric owners,
-//! gzip without timestamps), so they do not depend on the base: a rebuild
-//! after a base update uploads no layer bytes. Base layers are never
-//! downloaded for a registry target: they are mounted across repositories,
-//! or streamed registry to registry when a mount is declined. Every platform
-//! of the request is built from one run, sharing the layers.
+//! before any IO). Its own layers are made from the context and from which
+//! directories the image lacks ([`context`], [`tree`], [`layer`]: sorted
+//! entries, fixed mtimes, numeric owners, gzip without timestamps), so a
+//! rebuild after a base update that keeps those directories uploads no
+//! layer bytes. Base layers are read only for their file lists and
+//! `/etc/passwd` (once per layer digest, kept in the [`cache`]); they are
+//! published by mounting them across repositories, or streamed registry to
+//! registry when a mount is declined. Every platform of the request is
+//! built from one run, sharing the layers.
 
 pub mod cache;
 pub mod context;
@@ -16,6 +18,7 @@ pub mod image;
 pub mod layer;
 pub mod passwd;
 pub mod plan;
+pub mod tree;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -31,10 +34,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{BuildError, BuildOutput, BuildRequest, Target};
-use cache::{Known, LayerCache};
-use context::{Context, CopySpec};
+use cache::{Known, LayerCache, UserFile};
+use context::{Context, CopySpec, Entry, EntryKind, Existing};
 use image::{CopyStep, Platform, Stage, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST};
 use plan::Plan;
+use tree::Tree;
 
 /// A base's config is read whole; refuse more.
 const MAX_CONFIG: u64 = 4 << 20;
@@ -148,41 +152,15 @@ impl Native {
         }
     }
 
+    /// The build: planned and checked, bases resolved per platform, each
+    /// platform built, then everything published.
     async fn run(
         &self,
         req: &BuildRequest,
         registry: &Registry,
         log: &Log,
     ) -> Result<Digest, Fail> {
-        let df = Dockerfile::parse(&req.dockerfile, &req.build_args).map_err(Fail::Refused)?;
-        let plan = Plan::new(&df, &req.build_args).map_err(Fail::Refused)?;
-        let ctx = Arc::new(
-            Context::open(&req.context)
-                .map_err(|e| Fail::Step("context".to_owned(), e.to_string()))?,
-        );
-        let requested = req
-            .platforms
-            .iter()
-            .map(|p| Platform::parse(p))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(step_err("platforms"))?;
-        // Everything that can be checked without the base is checked before
-        // anything is fetched: instruction arguments, chmod, ports, flags.
-        let mut dry = Stage::new(
-            None,
-            &Platform::host(),
-            &plan.globals,
-            plan.escape,
-            String::new(),
-        );
-        for step in &plan.steps {
-            dry.apply(step, &req.build_args).map_err(|reason| {
-                Fail::Refused(rebased_core::dockerfile::DockerfileError {
-                    line: step.line,
-                    reason,
-                })
-            })?;
-        }
+        let (plan, ctx, requested) = prepare(req)?;
         match &plan.base {
             Some(b) => log.line(format!("FROM {b}")),
             None => log.line("FROM scratch"),
@@ -199,123 +177,21 @@ impl Native {
             Some(t) => chrono::DateTime::from_timestamp(t, 0).unwrap_or_default(),
             None => chrono::Utc::now(),
         };
-        let created = created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let mtime = req.source_date_epoch.unwrap_or(0).max(0) as u64;
-
-        let target = Presence::of(&req.target, registry);
+        let build = Build {
+            req,
+            registry,
+            plan: &plan,
+            ctx: Arc::new(ctx),
+            log,
+            cache: self.layer_cache.as_ref(),
+            target: Presence::of(&req.target, registry),
+            created: created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            mtime: req.source_date_epoch.unwrap_or(0).max(0) as u64,
+        };
         let mut layers: HashMap<String, OwnLayer> = HashMap::new();
         let mut built = Vec::new();
         for base in &bases {
-            let mut stage = Stage::new(
-                base.config.as_ref(),
-                &base.platform,
-                &plan.globals,
-                plan.escape,
-                created.clone(),
-            );
-            let mut users: Option<(Option<String>, Option<String>)> = None;
-            let mut own = Vec::new();
-            for step in &plan.steps {
-                let refuse = |reason: String| {
-                    Fail::Refused(rebased_core::dockerfile::DockerfileError {
-                        line: step.line,
-                        reason,
-                    })
-                };
-                let Some(copy) = stage.apply(step, &req.build_args).map_err(refuse)? else {
-                    continue;
-                };
-                let owner = match &copy.chown {
-                    None => (0, 0),
-                    Some(spec) => {
-                        if passwd::needs_lookup(spec) && users.is_none() {
-                            users =
-                                Some(read_users(registry, plan.base.as_ref(), base, log).await?);
-                        }
-                        let (p, g) = users.clone().unwrap_or_default();
-                        passwd::resolve_chown(spec, p.as_deref(), g.as_deref())
-                            .map_err(|e| refuse(format!("--chown={spec}: {e}")))?
-                    }
-                };
-                if copy.sources.len() == 1
-                    && !copy.dest.ends_with('/')
-                    && !copy.sources.iter().any(|s| s.contains(['*', '?', '[']))
-                {
-                    let base_name = copy.sources[0].rsplit('/').next().unwrap_or_default();
-                    let dest_name = copy.dest.rsplit('/').next().unwrap_or_default();
-                    if base_name != dest_name
-                        && ctx
-                            .root()
-                            .join(copy.sources[0].trim_start_matches('/'))
-                            .is_file()
-                    {
-                        log.line(format!(
-                            "line {}: {} is written as the file {} (base layers are not read); if that is a directory in the base, end the destination with /",
-                            step.line, copy.sources[0], copy.dest
-                        ));
-                    }
-                }
-                let key = format!("{copy:?}{owner:?}");
-                if !layers.contains_key(&key) {
-                    let made = own_layer(
-                        ctx.clone(),
-                        &copy,
-                        owner,
-                        mtime,
-                        self.layer_cache.as_ref(),
-                        &target,
-                        log,
-                    )
-                    .await
-                    .map_err(refuse)?;
-                    log.line(format!(
-                        "line {}: {} -> layer {} ({} files, {} bytes){}",
-                        step.line,
-                        copy.created_by.trim_end_matches(" # rebased"),
-                        made.known.digest,
-                        made.known.files,
-                        made.known.size,
-                        made.how
-                    ));
-                    layers.insert(key.clone(), made);
-                }
-                let l = layers
-                    .get(&key)
-                    .ok_or_else(|| refuse("layer vanished".into()))?;
-                stage.add_layer(l.known.diff_id.as_str(), copy.created_by.clone());
-                own.push((l.known.digest.clone(), l.known.size));
-            }
-            let config = serde_json::to_vec(&stage.finish(&req.annotations))
-                .map_err(|e| Fail::Step("config".to_owned(), e.to_string()))?;
-            let config_digest = Digest::sha256(&config);
-            let mut descriptors: Vec<Descriptor> = base.layers.clone();
-            descriptors.extend(
-                own.iter()
-                    .map(|(d, size)| Descriptor::new(OCI_LAYER_GZIP, d, *size)),
-            );
-            let manifest = serde_json::to_vec(&ImageManifest {
-                schema_version: 2,
-                media_type: Some(OCI_MANIFEST.to_owned()),
-                config: Descriptor::new(OCI_CONFIG, &config_digest, config.len() as u64),
-                layers: descriptors,
-                annotations: req.annotations.clone(),
-                ..ImageManifest::default()
-            })
-            .map_err(|e| Fail::Step("manifest".to_owned(), e.to_string()))?;
-            let base_layers = base
-                .layers
-                .iter()
-                .filter_map(|d| Some((d.digest()?, d.size)))
-                .collect();
-            built.push(Built {
-                platform: base.platform.clone(),
-                manifest_digest: Digest::sha256(&manifest),
-                config_digest,
-                config,
-                manifest,
-                base_layers,
-                own_layers: own.into_iter().map(|(d, _)| d).collect(),
-            });
+            built.push(build.platform(base, &mut layers).await?);
         }
         let own_blobs: HashMap<Digest, OwnBlob> = layers
             .into_values()
@@ -349,6 +225,309 @@ impl Native {
                 .await
             }
         }
+    }
+}
+
+/// The Dockerfile planned, the context opened and the platforms parsed;
+/// everything that can be checked without the base checked (instruction
+/// arguments, chmod, ports, flags), before anything is fetched.
+fn prepare(req: &BuildRequest) -> Result<(Plan, Context, Vec<Platform>), Fail> {
+    let df = Dockerfile::parse(&req.dockerfile, &req.build_args).map_err(Fail::Refused)?;
+    let plan = Plan::new(&df, &req.build_args).map_err(Fail::Refused)?;
+    let ctx =
+        Context::open(&req.context).map_err(|e| Fail::Step("context".to_owned(), e.to_string()))?;
+    let requested = req
+        .platforms
+        .iter()
+        .map(|p| Platform::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(step_err("platforms"))?;
+    let mut dry = Stage::new(
+        None,
+        &Platform::host(),
+        &plan.globals,
+        plan.escape,
+        String::new(),
+    );
+    for step in &plan.steps {
+        dry.apply(step, &req.build_args)
+            .map_err(|reason| refusal(step.line, reason))?;
+    }
+    Ok((plan, ctx, requested))
+}
+
+fn refusal(line: usize, reason: String) -> Fail {
+    Fail::Refused(rebased_core::dockerfile::DockerfileError { line, reason })
+}
+
+/// What every platform of one build shares.
+struct Build<'a> {
+    req: &'a BuildRequest,
+    registry: &'a Registry,
+    plan: &'a Plan,
+    ctx: Arc<Context>,
+    log: &'a Log,
+    cache: Option<&'a LayerCache>,
+    target: Presence<'a>,
+    /// The config's `created`.
+    created: String,
+    /// Every layer entry's mtime.
+    mtime: u64,
+}
+
+/// One platform being built: its config, what its file system holds so
+/// far, and the own layers made for it.
+struct PlatformBuild<'b> {
+    base: &'b BasePlatform,
+    stage: Stage,
+    tree: Tree,
+    /// The base's `/etc/passwd` and `/etc/group`, read when a name needs
+    /// them.
+    users: Option<(Option<String>, Option<String>)>,
+    own: Vec<(Digest, u64)>,
+}
+
+impl Build<'_> {
+    /// Builds one platform: every instruction applied to its config, a
+    /// layer for each `COPY`/`ADD` and each `WORKDIR` that creates a
+    /// directory, then its config and manifest.
+    async fn platform(
+        &self,
+        base: &BasePlatform,
+        layers: &mut HashMap<String, OwnLayer>,
+    ) -> Result<Built, Fail> {
+        let needs_tree = self
+            .plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.keyword.as_str(), "COPY" | "ADD" | "WORKDIR"));
+        let tree = if needs_tree {
+            base_tree(
+                self.registry,
+                self.plan.base.as_ref(),
+                base,
+                self.cache,
+                self.log,
+            )
+            .await?
+        } else {
+            Tree::default()
+        };
+        let mut p = PlatformBuild {
+            base,
+            stage: Stage::new(
+                base.config.as_ref(),
+                &base.platform,
+                &self.plan.globals,
+                self.plan.escape,
+                self.created.clone(),
+            ),
+            tree,
+            users: None,
+            own: Vec::new(),
+        };
+        for step in &self.plan.steps {
+            let refuse = |reason: String| refusal(step.line, reason);
+            match p.stage.apply(step, &self.req.build_args).map_err(refuse)? {
+                Some(copy) => self.copy(&mut p, step, &copy, layers).await?,
+                None if step.keyword == "WORKDIR" => self.workdir(&mut p, step, layers).await?,
+                None => {}
+            }
+        }
+        self.finish(p)
+    }
+
+    /// The uid and gid of a `--chown` or `USER` value, names looked up in
+    /// the base's `/etc/passwd` and `/etc/group` (read once per platform);
+    /// the inner error says why the value does not resolve.
+    async fn ids(
+        &self,
+        p: &mut PlatformBuild<'_>,
+        spec: &str,
+    ) -> Result<Result<(u32, u32), String>, Fail> {
+        if passwd::needs_lookup(spec) && p.users.is_none() {
+            let users = read_users(
+                self.registry,
+                self.plan.base.as_ref(),
+                p.base,
+                self.cache,
+                self.log,
+            );
+            p.users = Some(users.await?);
+        }
+        let (pw, gr) = p.users.clone().unwrap_or_default();
+        Ok(passwd::resolve_chown(spec, pw.as_deref(), gr.as_deref()))
+    }
+
+    /// A `COPY`/`ADD` layer, its destination resolved in the image so far.
+    async fn copy(
+        &self,
+        p: &mut PlatformBuild<'_>,
+        step: &plan::Step,
+        copy: &CopyStep,
+        layers: &mut HashMap<String, OwnLayer>,
+    ) -> Result<(), Fail> {
+        let refuse = |reason: String| refusal(step.line, reason);
+        let owner = match &copy.chown {
+            None => (0, 0),
+            Some(spec) => self
+                .ids(p, spec)
+                .await?
+                .map_err(|e| refuse(format!("--chown={spec}: {e}")))?,
+        };
+        let resolved = p
+            .tree
+            .resolve(&copy.dest)
+            .map_err(|e| refuse(format!("{} destination: {e}", step.keyword)))?;
+        let mut dest = format!("/{}", resolved.path());
+        if copy.dest.ends_with('/') && !dest.ends_with('/') {
+            dest.push('/');
+        }
+        let spec = CopySpec {
+            sources: copy.sources.clone(),
+            dest,
+            owner,
+            chmod: copy.chmod,
+            extract_archives: copy.add,
+            archive_owners: copy.add && copy.chown.is_none(),
+            existing: Some(Existing {
+                dirs: resolved.dirs,
+            }),
+        };
+        let key = format!("{spec:?}");
+        if !layers.contains_key(&key) {
+            let made = own_layer(
+                self.ctx.clone(),
+                spec,
+                self.mtime,
+                self.cache,
+                &self.target,
+                self.log,
+            )
+            .await
+            .map_err(refuse)?;
+            self.log.line(format!(
+                "line {}: {} -> layer {} ({} files, {} bytes){}",
+                step.line,
+                copy.created_by.trim_end_matches(" # rebased"),
+                made.known.digest,
+                made.known.files,
+                made.known.size,
+                made.how
+            ));
+            layers.insert(key.clone(), made);
+        }
+        let l = layers
+            .get(&key)
+            .ok_or_else(|| refuse("layer vanished".into()))?;
+        overwrites(&p.tree, &l.entries).map_err(refuse)?;
+        p.tree.add(&l.entries).map_err(|e| refuse(e.to_string()))?;
+        p.stage
+            .add_layer(l.known.diff_id.as_str(), copy.created_by.clone());
+        p.own.push((l.known.digest.clone(), l.known.size));
+        Ok(())
+    }
+
+    /// The layer of a `WORKDIR` whose directory the image lacks: the
+    /// missing directories, 0755, owned by the current `USER`. None when
+    /// the directory is there (BuildKit drops such an empty layer too).
+    async fn workdir(
+        &self,
+        p: &mut PlatformBuild<'_>,
+        step: &plan::Step,
+        layers: &mut HashMap<String, OwnLayer>,
+    ) -> Result<(), Fail> {
+        let refuse = |reason: String| refusal(step.line, reason);
+        let wd = p.stage.working_dir();
+        let resolved = p
+            .tree
+            .resolve(&wd)
+            .map_err(|e| refuse(format!("WORKDIR {wd}: {e}")))?;
+        if resolved.is_dir() {
+            return Ok(());
+        }
+        if resolved.exists {
+            return Err(refuse(format!(
+                "WORKDIR {wd}: /{} is in the image and is not a directory",
+                resolved.path()
+            )));
+        }
+        let user = p.stage.user();
+        let (uid, gid) = if user.is_empty() {
+            (0, 0)
+        } else {
+            self.ids(p, &user)
+                .await?
+                .map_err(|e| refuse(format!("WORKDIR {wd} as USER {user}: {e}")))?
+        };
+        let entries: Vec<Entry> = (resolved.dirs..resolved.segs.len())
+            .map(|k| Entry {
+                path: resolved.segs[..=k].join("/"),
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                uid,
+                gid,
+            })
+            .collect();
+        let key = format!("WORKDIR {entries:?}");
+        if !layers.contains_key(&key) {
+            let (e, mtime) = (entries.clone(), self.mtime);
+            let made = blocking(move || layer::build(&e, mtime).map_err(|e| e.to_string()))
+                .await
+                .map(|l| built(l, entries.clone()))
+                .map_err(refuse)?;
+            self.log.line(format!(
+                "line {}: WORKDIR {wd} -> layer {} (creates /{}, owner {uid}:{gid})",
+                step.line,
+                made.known.digest,
+                resolved.path()
+            ));
+            layers.insert(key.clone(), made);
+        }
+        let l = layers
+            .get(&key)
+            .ok_or_else(|| refuse("layer vanished".into()))?;
+        p.tree.add(&l.entries).map_err(|e| refuse(e.to_string()))?;
+        p.stage.layer_for_last(l.known.diff_id.as_str());
+        p.own.push((l.known.digest.clone(), l.known.size));
+        Ok(())
+    }
+
+    /// The platform's config and manifest.
+    fn finish(&self, p: PlatformBuild<'_>) -> Result<Built, Fail> {
+        let config = serde_json::to_vec(&p.stage.finish(&self.req.annotations))
+            .map_err(|e| Fail::Step("config".to_owned(), e.to_string()))?;
+        let config_digest = Digest::sha256(&config);
+        let mut descriptors: Vec<Descriptor> = p.base.layers.clone();
+        descriptors.extend(
+            p.own
+                .iter()
+                .map(|(d, size)| Descriptor::new(OCI_LAYER_GZIP, d, *size)),
+        );
+        let manifest = serde_json::to_vec(&ImageManifest {
+            schema_version: 2,
+            media_type: Some(OCI_MANIFEST.to_owned()),
+            config: Descriptor::new(OCI_CONFIG, &config_digest, config.len() as u64),
+            layers: descriptors,
+            annotations: self.req.annotations.clone(),
+            ..ImageManifest::default()
+        })
+        .map_err(|e| Fail::Step("manifest".to_owned(), e.to_string()))?;
+        let base_layers = p
+            .base
+            .layers
+            .iter()
+            .filter_map(|d| Some((d.digest()?, d.size)))
+            .collect();
+        Ok(Built {
+            platform: p.base.platform.clone(),
+            manifest_digest: Digest::sha256(&manifest),
+            config_digest,
+            config,
+            manifest,
+            base_layers,
+            own_layers: p.own.into_iter().map(|(d, _)| d).collect(),
+        })
     }
 }
 
@@ -539,12 +718,113 @@ async fn manifest_parts(
     Ok((Some(config), layers))
 }
 
+/// Refuses what Docker refuses to copy over the image: a directory onto a
+/// file or symlink ("cannot copy to non-directory"; a base's `/bin ->
+/// usr/bin` would be replaced), a file onto a directory.
+fn overwrites(tree: &Tree, entries: &[Entry]) -> Result<(), String> {
+    for e in entries {
+        let Some(there) = tree.get(&e.path) else {
+            continue;
+        };
+        let dir = e.kind == EntryKind::Dir;
+        match (&there.kind, dir) {
+            (tree::Kind::Dir, false) => {
+                return Err(format!(
+                    "cannot replace the directory /{} of the image with a file",
+                    e.path
+                ))
+            }
+            (tree::Kind::Symlink(t), true) => {
+                return Err(format!(
+                    "cannot copy a directory to /{}, a symlink to {t} in the image",
+                    e.path
+                ))
+            }
+            (tree::Kind::Other, true) => {
+                return Err(format!(
+                    "cannot copy a directory to /{}, a file in the image",
+                    e.path
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The file system of a base platform without contents: each layer's file
+/// list (from the layer cache, else read from the layer, bounded as the
+/// reads for `--chown` are) merged bottom up.
+async fn base_tree(
+    registry: &Registry,
+    base: Option<&ImageRef>,
+    bp: &BasePlatform,
+    cache: Option<&LayerCache>,
+    log: &Log,
+) -> Result<Tree, Fail> {
+    let mut tree = Tree::default();
+    let Some(base) = base else {
+        return Ok(tree);
+    };
+    let err = step_err("base files");
+    for d in &bp.layers {
+        let Some(digest) = d.digest() else {
+            continue;
+        };
+        let known = match cache {
+            Some(c) => {
+                let (c, d) = (c.clone(), digest.clone());
+                blocking(move || Ok(c.file_list(&d))).await.map_err(&err)?
+            }
+            None => None,
+        };
+        let changes = match known {
+            Some(changes) => changes,
+            None => {
+                log.line(format!("reading the file list of base layer {digest}"));
+                let blob = registry
+                    .blob(base, &digest, MAX_LAYER_READ)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                let d = digest.clone();
+                let changes = blocking(move || {
+                    tree::read_layer(&blob, MAX_LAYER_UNPACKED)
+                        .map_err(|e| format!("layer {d}: {e}"))
+                })
+                .await
+                .map_err(&err)?;
+                if let Some(c) = cache {
+                    let (c, d, ch) = (c.clone(), digest.clone(), changes.clone());
+                    let kept =
+                        blocking(move || c.remember_file_list(&d, &ch).map_err(|e| e.to_string()));
+                    if let Err(e) = kept.await {
+                        log.line(format!(
+                            "layer cache: cannot keep the file list of {digest}: {e}"
+                        ));
+                    }
+                }
+                changes
+            }
+        };
+        tree = blocking(move || {
+            tree.apply(&changes)
+                .map_err(|e| format!("layer {digest}: {e}"))?;
+            Ok(tree)
+        })
+        .await
+        .map_err(&err)?;
+    }
+    Ok(tree)
+}
+
 /// `/etc/passwd` and `/etc/group` of a base platform, read from its layers
-/// top down (only for `--chown` by name).
+/// top down (only for `--chown` and `USER` by name); what each layer holds
+/// there comes from the layer cache when it was read before.
 async fn read_users(
     registry: &Registry,
     base: Option<&ImageRef>,
     bp: &BasePlatform,
+    cache: Option<&LayerCache>,
     log: &Log,
 ) -> Result<(Option<String>, Option<String>), Fail> {
     let Some(base) = base else {
@@ -560,29 +840,70 @@ async fn read_users(
         let Some(digest) = d.digest() else {
             continue;
         };
-        log.line(format!(
-            "reading /etc/passwd and /etc/group from base layer {digest}"
-        ));
-        let blob = registry
-            .blob(base, &digest, MAX_LAYER_READ)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        for (slot, path) in [(&mut passwd, "etc/passwd"), (&mut group, "etc/group")] {
+        let files = layer_user_files(registry, base, &digest, cache, log).await?;
+        for (slot, file) in [(&mut passwd, files.0), (&mut group, files.1)] {
             if slot.is_some() {
                 continue;
             }
-            match layer::find_file(&blob, path, MAX_LAYER_UNPACKED)
-                .map_err(|e| err(format!("layer {digest}: {e}")))?
-            {
-                layer::Lookup::Found(bytes) => {
-                    *slot = Some(Some(String::from_utf8_lossy(&bytes).into_owned()))
-                }
-                layer::Lookup::Whiteout => *slot = Some(None),
-                layer::Lookup::Absent => {}
+            match file {
+                UserFile::Found(text) => *slot = Some(Some(text)),
+                UserFile::Whiteout => *slot = Some(None),
+                UserFile::Absent => {}
+                UserFile::Unreadable(e) => return Err(err(format!("layer {digest}: {e}"))),
             }
         }
     }
     Ok((passwd.flatten(), group.flatten()))
+}
+
+/// What one base layer holds at `/etc/passwd` and `/etc/group`.
+async fn layer_user_files(
+    registry: &Registry,
+    base: &ImageRef,
+    digest: &Digest,
+    cache: Option<&LayerCache>,
+    log: &Log,
+) -> Result<(UserFile, UserFile), Fail> {
+    let err = step_err("base users");
+    if let Some(c) = cache {
+        let (c, d) = (c.clone(), digest.clone());
+        if let Some(files) = blocking(move || Ok(c.user_files(&d))).await.map_err(&err)? {
+            return Ok(files);
+        }
+    }
+    log.line(format!(
+        "reading /etc/passwd and /etc/group from base layer {digest}"
+    ));
+    let blob = registry
+        .blob(base, digest, MAX_LAYER_READ)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let files = blocking(move || {
+        let look = |path| match layer::find_file(&blob, path, MAX_LAYER_UNPACKED) {
+            Ok(layer::Lookup::Found(bytes)) => {
+                UserFile::Found(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Ok(layer::Lookup::Whiteout) => UserFile::Whiteout,
+            Ok(layer::Lookup::Absent) => UserFile::Absent,
+            Err(e) => UserFile::Unreadable(e.to_string()),
+        };
+        Ok((look("etc/passwd"), look("etc/group")))
+    })
+    .await
+    .map_err(&err)?;
+    if let Some(c) = cache {
+        let (c, d, f) = (c.clone(), digest.clone(), files.clone());
+        let kept = blocking(move || {
+            c.remember_user_files(&d, &f.0, &f.1)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = kept.await {
+            log.line(format!(
+                "layer cache: cannot keep /etc/passwd and /etc/group of {digest}: {e}"
+            ));
+        }
+    }
+    Ok(files)
 }
 
 /// One own layer of a build.
@@ -591,6 +912,8 @@ struct OwnLayer {
     blob: OwnBlob,
     /// How it was had, for the log ("" when built).
     how: &'static str,
+    /// Its entries, without file contents (for the image's tree).
+    entries: Vec<Entry>,
 }
 
 /// An own layer's blob: built now, or (a layer from the cache, whose blob
@@ -685,32 +1008,29 @@ async fn blocking<T: Send + 'static>(
 /// built.
 async fn own_layer(
     ctx: Arc<Context>,
-    copy: &CopyStep,
-    owner: (u32, u32),
+    spec: CopySpec,
     mtime: u64,
     cache: Option<&LayerCache>,
     target: &Presence<'_>,
     log: &Log,
 ) -> Result<OwnLayer, String> {
-    let spec = CopySpec {
-        sources: copy.sources.clone(),
-        dest: copy.dest.clone(),
-        owner,
-        chmod: copy.chmod,
-        extract_archives: copy.add,
-    };
     let (c, sp) = (ctx.clone(), spec.clone());
     let entries = Arc::new(blocking(move || c.entries(&sp).map_err(|e| e.to_string())).await?);
-    let build = |entries: Arc<Vec<context::Entry>>| async move {
-        blocking(move || layer::build(&entries, mtime).map_err(|e| e.to_string()))
-            .await
-            .map(built)
+    let shape = shape(&entries);
+    let build = |entries: Arc<Vec<context::Entry>>| {
+        let shape = shape.clone();
+        async move {
+            blocking(move || layer::build(&entries, mtime).map_err(|e| e.to_string()))
+                .await
+                .map(|l| built(l, shape))
+        }
     };
     // Had from the cache: built again at publish only if the blob is gone.
     let cached = |known: Known, how: &'static str| OwnLayer {
         known,
         blob: OwnBlob::Again { ctx, spec, mtime },
         how,
+        entries: shape.clone(),
     };
     let Some(cache) = cache else {
         return build(entries).await;
@@ -772,8 +1092,24 @@ async fn own_layer(
     Ok(made)
 }
 
-fn built(l: layer::Layer) -> OwnLayer {
+/// The entries of a layer without file contents: what the image's tree
+/// needs of them.
+fn shape(entries: &[Entry]) -> Vec<Entry> {
+    entries
+        .iter()
+        .map(|e| Entry {
+            kind: match &e.kind {
+                EntryKind::File(_) => EntryKind::File(context::FileData::Bytes(Vec::new())),
+                other => other.clone(),
+            },
+            ..e.clone()
+        })
+        .collect()
+}
+
+fn built(l: layer::Layer, entries: Vec<Entry>) -> OwnLayer {
     OwnLayer {
+        entries,
         known: Known {
             size: l.blob.len() as u64,
             digest: l.digest,
@@ -1033,6 +1369,8 @@ mod tests {
             owner: (0, 0),
             chmod: None,
             extract_archives: false,
+            archive_owners: false,
+            existing: None,
         };
         let entries = ctx.entries(&spec).unwrap_or_else(|e| panic!("{e}"));
         let want = layer::build(&entries, 0).unwrap_or_else(|e| panic!("{e}"));
