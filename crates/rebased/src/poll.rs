@@ -505,3 +505,271 @@ impl Poller {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: &str) -> ImageRef {
+        ImageRef::parse(s).expect("reference")
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    /// `a` every minute, `b` every hour.
+    fn specs() -> Schedules {
+        let mut s = Schedules::new();
+        s.insert(
+            r("a:latest"),
+            vec![CronSpec::parse("* * * * *").expect("cron")],
+        );
+        s.insert(
+            r("b:latest"),
+            vec![CronSpec::parse("0 * * * *").expect("cron")],
+        );
+        s
+    }
+
+    fn request(trigger: Trigger, refs: Option<&[&str]>, all: bool) -> CheckRequest {
+        CheckRequest {
+            references: refs.map(|v| v.iter().map(|s| r(s)).collect()),
+            trigger,
+            all,
+        }
+    }
+
+    const T0: &str = "2026-01-01T00:00:30Z";
+    const PULSE: Duration = Duration::from_secs(3600);
+
+    /// A loop past its first round (everything checked at `T0`).
+    fn started(clock: &Clock) -> PollLoop {
+        let mut state = PollLoop::default();
+        let round = state.plan(&specs(), clock.now()).expect("first round");
+        assert_eq!(round.due, [r("a:latest"), r("b:latest")]);
+        assert!(round.all, "the first round decides every image");
+        assert_eq!(round.trigger, Trigger::Poll);
+        state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, clock.now());
+        state
+    }
+
+    async fn wait(
+        state: &mut PollLoop,
+        rx: &mut mpsc::Receiver<CheckRequest>,
+        clock: &Clock,
+    ) -> bool {
+        state
+            .wait(rx, &specs(), clock, PULSE, &CancellationToken::new())
+            .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_base_is_due_on_its_schedule() {
+        let clock = Clock::starting_at(at(T0));
+        let mut state = started(&clock);
+        assert_eq!(state.next_wake(), Some(at("2026-01-01T00:01:00Z")));
+        assert_eq!(state.plan(&specs(), clock.now()), None, "nothing due yet");
+        let (_tx, mut rx) = mpsc::channel(8);
+        assert!(wait(&mut state, &mut rx, &clock).await);
+        assert!(clock.now() >= at("2026-01-01T00:01:00Z"));
+        assert!(clock.now() < at("2026-01-01T00:01:01Z"), "{}", clock.now());
+        let round = state.plan(&specs(), clock.now()).expect("a is due");
+        assert_eq!(round.due, [r("a:latest")], "b waits for the hour");
+        assert!(!round.all);
+        state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, clock.now());
+        assert_eq!(state.next_wake(), Some(at("2026-01-01T00:02:00Z")));
+        // A base no image uses any more is no longer polled.
+        let mut fewer = specs();
+        fewer.remove(&r("a:latest"));
+        assert_eq!(state.plan(&fewer, clock.now()), None);
+        assert_eq!(state.next_wake(), Some(at("2026-01-01T01:00:00Z")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_is_bounded_by_the_pulse_and_ends_on_shutdown() {
+        let clock = Clock::starting_at(at(T0));
+        let mut state = started(&clock);
+        let (_tx, mut rx) = mpsc::channel(8);
+        let begun = tokio::time::Instant::now();
+        let stop = CancellationToken::new();
+        assert!(
+            state
+                .wait(&mut rx, &specs(), &clock, Duration::from_secs(5), &stop)
+                .await
+        );
+        assert_eq!(begun.elapsed(), Duration::from_secs(5));
+        stop.cancel();
+        assert!(!state.wait(&mut rx, &specs(), &clock, PULSE, &stop).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn webhooks_arriving_together_make_one_webhook_round() {
+        let clock = Clock::starting_at(at(T0));
+        let mut state = started(&clock);
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(request(Trigger::Webhook, Some(&["a:latest"]), false))
+            .await
+            .expect("send");
+        // Arrives within WEBHOOK_DELAY: joins the same round.
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(WEBHOOK_DELAY / 2).await;
+            late.send(request(Trigger::Poll, Some(&["b:latest"]), false))
+                .await
+                .expect("send");
+        });
+        let begun = tokio::time::Instant::now();
+        assert!(wait(&mut state, &mut rx, &clock).await);
+        assert_eq!(
+            begun.elapsed(),
+            WEBHOOK_DELAY,
+            "a webhook waits for the registry"
+        );
+        let round = state.plan(&specs(), clock.now()).expect("forced round");
+        assert_eq!(round.due, [r("a:latest"), r("b:latest")]);
+        assert_eq!(
+            round.trigger,
+            Trigger::Webhook,
+            "a webhook in the batch decides"
+        );
+        state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, clock.now());
+
+        // A check first is not held back, and is not a webhook; a webhook
+        // arriving just after is its own round.
+        tx.send(request(Trigger::Poll, Some(&["b:latest"]), false))
+            .await
+            .expect("send");
+        tx.send(request(Trigger::Webhook, Some(&["a:latest"]), false))
+            .await
+            .expect("send");
+        let begun = tokio::time::Instant::now();
+        assert!(wait(&mut state, &mut rx, &clock).await);
+        assert_eq!(begun.elapsed(), Duration::ZERO);
+        let round = state.plan(&specs(), clock.now()).expect("check round");
+        assert_eq!(
+            (round.due.as_slice(), round.trigger),
+            (&[r("b:latest")][..], Trigger::Poll)
+        );
+        state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, clock.now());
+        assert!(wait(&mut state, &mut rx, &clock).await);
+        let round = state.plan(&specs(), clock.now()).expect("webhook round");
+        assert_eq!(
+            (round.due.as_slice(), round.trigger),
+            (&[r("a:latest")][..], Trigger::Webhook)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settling_change_is_looked_at_again_when_it_settles() {
+        let clock = Clock::starting_at(at(T0));
+        let mut state = started(&clock);
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(request(Trigger::Poll, Some(&["b:latest"]), false))
+            .await
+            .expect("send");
+        assert!(wait(&mut state, &mut rx, &clock).await);
+        let round = state.plan(&specs(), clock.now()).expect("round");
+        let settles = clock.now() + chrono::Duration::seconds(20);
+        let rechecks = BTreeMap::from([(r("b:latest"), settles)]);
+        state.on_round(&round, &rechecks, &specs(), Tz::UTC, clock.now());
+        assert_eq!(state.next_wake(), Some(settles), "before a's minute");
+        assert!(wait(&mut state, &mut rx, &clock).await);
+        assert_eq!(clock.now(), settles);
+        let round = state.plan(&specs(), clock.now()).expect("recheck round");
+        assert_eq!(round.due, [r("b:latest")]);
+        assert_eq!(round.trigger, Trigger::Poll, "a poll's recheck is a poll");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_webhooks_recheck_is_recorded_as_the_webhook() {
+        let clock = Clock::starting_at(at(T0));
+        let mut state = started(&clock);
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(request(Trigger::Webhook, Some(&["b:latest"]), false))
+            .await
+            .expect("send");
+        assert!(wait(&mut state, &mut rx, &clock).await);
+        let round = state.plan(&specs(), clock.now()).expect("webhook round");
+        assert_eq!(round.trigger, Trigger::Webhook);
+        // The tag had not moved yet: look again shortly.
+        let again = clock.now() + WEBHOOK_RECHECK;
+        state.on_round(
+            &round,
+            &BTreeMap::from([(r("b:latest"), again)]),
+            &specs(),
+            Tz::UTC,
+            clock.now(),
+        );
+        assert!(wait(&mut state, &mut rx, &clock).await);
+        assert_eq!(clock.now(), again);
+        let round = state.plan(&specs(), clock.now()).expect("recheck round");
+        assert_eq!(round.due, [r("b:latest")]);
+        assert_eq!(
+            round.trigger,
+            Trigger::Webhook,
+            "what the recheck finds is the webhook's"
+        );
+        state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, clock.now());
+        // The next scheduled round is a poll again.
+        assert!(wait(&mut state, &mut rx, &clock).await);
+        let round = state.plan(&specs(), clock.now()).expect("a's minute");
+        assert_eq!(
+            (round.due.as_slice(), round.trigger),
+            (&[r("a:latest")][..], Trigger::Poll)
+        );
+    }
+
+    #[test]
+    fn forced_bases_are_only_the_watched_ones() {
+        let now = at(T0);
+        let mut state = PollLoop::default();
+        let round = state.plan(&specs(), now).expect("first");
+        state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, now);
+        state.on_requests(
+            vec![request(
+                Trigger::Webhook,
+                Some(&["a:latest", "zzz:1"]),
+                false,
+            )],
+            &specs(),
+        );
+        let round = state.plan(&specs(), now).expect("forced");
+        assert_eq!(round.due, [r("a:latest")]);
+        state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, now);
+        // Only unwatched references: no round, and the webhook does not
+        // stick to the next scheduled one.
+        state.on_requests(
+            vec![request(Trigger::Webhook, Some(&["zzz:1"]), false)],
+            &specs(),
+        );
+        assert_eq!(state.plan(&specs(), now), None);
+        let round = state
+            .plan(&specs(), at("2026-01-01T00:01:00Z"))
+            .expect("a's minute");
+        assert_eq!(round.trigger, Trigger::Poll);
+        // A check naming nothing checks every base.
+        state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, now);
+        state.on_requests(vec![request(Trigger::Poll, None, false)], &specs());
+        let round = state.plan(&specs(), now).expect("every base");
+        assert_eq!(round.due, [r("a:latest"), r("b:latest")]);
+        assert!(!round.all);
+    }
+
+    #[test]
+    fn a_reload_decides_every_image_once() {
+        let now = at(T0);
+        let mut state = PollLoop::default();
+        let round = state.plan(&specs(), now).expect("first");
+        state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, now);
+        assert_eq!(state.plan(&specs(), now), None);
+        // What reload asks: no base in particular, every image decided.
+        state.on_requests(vec![request(Trigger::Poll, Some(&[]), true)], &specs());
+        let round = state.plan(&specs(), now).expect("evaluate-all round");
+        assert!(round.due.is_empty() && round.all, "{round:?}");
+        state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, now);
+        assert_eq!(state.plan(&specs(), now), None, "only once");
+    }
+}

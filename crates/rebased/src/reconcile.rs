@@ -547,3 +547,229 @@ fn record_job(store: &Store, queue: &SharedQueue, job: &Job, attempt: Option<&At
         (JobState::Cancelled, _) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rebased_core::config::Config;
+
+    fn image(extra: &str) -> ImageConfig {
+        let cfg = Config::parse(&format!(
+            "[[image]]\nname = \"web\"\ncontext = \"/srv/web\"\nrepository = \"127.0.0.1:5000/web\"\nversion = \"1.4.2\"\n{extra}"
+        ))
+        .expect("config");
+        cfg.image.into_iter().next().expect("image")
+    }
+
+    fn d(seed: &str) -> Digest {
+        Digest::sha256(seed.as_bytes())
+    }
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).expect("version")
+    }
+
+    const BASE: &str = "docker.io/library/alpine:3";
+
+    fn inputs(digest: &Digest) -> Inputs {
+        Inputs::from_digests(BTreeMap::from([(BASE.to_owned(), digest.clone())]))
+    }
+
+    fn publish(store: &Store, version: &str, from: &Digest) {
+        let record = VersionRecord {
+            version: v(version),
+            digest: d(version),
+            built_at: Utc::now(),
+            bases: inputs(from).digests,
+            platforms: BTreeMap::new(),
+            trigger: Trigger::Poll,
+            superseded_by: None,
+            superseded_at: None,
+            reason: None,
+            supersedes: None,
+            job: None,
+        };
+        store.publish("web", &record, None).expect("publish");
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("db")).expect("store");
+        (dir, store)
+    }
+
+    #[test]
+    fn nothing_published_builds_the_first_version() {
+        let (_dir, store) = store();
+        let verdict = decide(
+            &store,
+            &image(""),
+            &inputs(&d("a")),
+            Trigger::Poll,
+            Asker::Poll,
+        );
+        let Ok(Verdict::Build {
+            version,
+            supersedes,
+            trigger,
+            changes,
+        }) = verdict
+        else {
+            panic!("{verdict:?}");
+        };
+        assert_eq!(
+            (version, supersedes, trigger),
+            (v("1.4.2"), None, Trigger::Initial)
+        );
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].before, None);
+    }
+
+    #[test]
+    fn same_inputs_are_fresh_and_a_new_digest_builds_the_next_version() {
+        let (_dir, store) = store();
+        publish(&store, "1.4.2", &d("a"));
+        let img = image("");
+        match decide(&store, &img, &inputs(&d("a")), Trigger::Poll, Asker::Poll) {
+            Ok(Verdict::Fresh(Some(current))) => assert_eq!(current.version, v("1.4.2")),
+            other => panic!("{other:?}"),
+        }
+        match decide(
+            &store,
+            &img,
+            &inputs(&d("b")),
+            Trigger::Webhook,
+            Asker::Poll,
+        ) {
+            Ok(Verdict::Build {
+                version,
+                supersedes,
+                trigger,
+                changes,
+            }) => {
+                assert_eq!((version, supersedes), (v("1.4.3"), Some(v("1.4.2"))));
+                assert_eq!(trigger, Trigger::Webhook);
+                assert_eq!(changes[0].before, Some(d("a")));
+                assert_eq!(changes[0].after, d("b"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A rebuild request builds even when fresh.
+        assert!(matches!(
+            decide(&store, &img, &inputs(&d("a")), Trigger::Manual, Asker::Job),
+            Ok(Verdict::Build { version, .. }) if version == v("1.4.3")
+        ));
+        // The revision bump.
+        assert!(matches!(
+            decide(&store, &image("bump = \"revision\""), &inputs(&d("b")), Trigger::Poll, Asker::Poll),
+            Ok(Verdict::Build { version, .. }) if version == v("1.4.2-r1")
+        ));
+    }
+
+    #[test]
+    fn a_held_image_is_held_for_everyone() {
+        let (_dir, store) = store();
+        publish(&store, "1.4.2", &d("a"));
+        store
+            .update_image("web", |r| r.state = ImageState::Held)
+            .expect("hold");
+        for asker in [Asker::Poll, Asker::Job] {
+            for trigger in [Trigger::Poll, Trigger::Manual] {
+                assert_eq!(
+                    decide(&store, &image(""), &inputs(&d("b")), trigger, asker).ok(),
+                    Some(Verdict::Held)
+                );
+            }
+        }
+        assert!(records::is_held(&store, "web"));
+    }
+
+    #[test]
+    fn failing_with_the_same_inputs_waits_for_a_change_but_not_a_job() {
+        let (_dir, store) = store();
+        publish(&store, "1.4.2", &d("a"));
+        records::set_failing(&store, "web", Some("boom".into()), &inputs(&d("b")));
+        let img = image("");
+        assert_eq!(
+            decide(&store, &img, &inputs(&d("b")), Trigger::Poll, Asker::Poll).ok(),
+            Some(Verdict::Failing)
+        );
+        // A retry or a rebuild runs what failed.
+        assert!(matches!(
+            decide(&store, &img, &inputs(&d("b")), Trigger::Poll, Asker::Job),
+            Ok(Verdict::Build { .. })
+        ));
+        // Other inputs: decided again.
+        assert!(matches!(
+            decide(&store, &img, &inputs(&d("c")), Trigger::Poll, Asker::Poll),
+            Ok(Verdict::Build { .. })
+        ));
+        // Any other state drops the failure's inputs.
+        records::set_state(&store, "web", ImageState::Queued, None);
+        assert!(matches!(
+            decide(&store, &img, &inputs(&d("b")), Trigger::Poll, Asker::Poll),
+            Ok(Verdict::Build { .. })
+        ));
+    }
+
+    #[test]
+    fn after_a_rollback_the_next_version_is_above_the_highest() {
+        let (_dir, store) = store();
+        publish(&store, "1.4.2", &d("a"));
+        publish(&store, "1.4.3", &d("b"));
+        let event = RollbackEvent {
+            at: Utc::now(),
+            from: Some(v("1.4.3")),
+            to: v("1.4.2"),
+            digest: d("1.4.2"),
+        };
+        store.rollback("web", &event).expect("rollback");
+        records::set_state(&store, "web", ImageState::Fresh, None);
+        match decide(
+            &store,
+            &image(""),
+            &inputs(&d("c")),
+            Trigger::Poll,
+            Asker::Poll,
+        ) {
+            Ok(Verdict::Build {
+                version,
+                supersedes,
+                ..
+            }) => assert_eq!((version, supersedes), (v("1.4.4"), Some(v("1.4.2")))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stored_inputs_need_every_digest() {
+        let (_dir, store) = store();
+        let img = image("platforms = [\"linux/arm64\"]");
+        let base = ImageRef::parse("alpine:3").expect("ref");
+        let pinned = ImageRef::parse(&format!("busybox@{}", d("p"))).expect("ref");
+        assert_eq!(
+            stored_inputs(&store, &img, &[base.clone(), pinned.clone()]),
+            Err(base.clone()),
+            "a base never checked is not known"
+        );
+        let mut rec = BaseRecord::new(&base.to_string());
+        rec.digest = Some(d("index"));
+        rec.platforms = BTreeMap::from([
+            ("linux/amd64".to_owned(), d("amd")),
+            ("linux/arm64/v8".to_owned(), d("arm")),
+        ]);
+        store.put_base(&rec).expect("put");
+        let now = stored_inputs(&store, &img, &[base.clone(), pinned.clone()]).expect("inputs");
+        assert_eq!(now.digests[&base.to_string()], d("index"));
+        assert_eq!(
+            now.digests[&pinned.to_string()],
+            d("p"),
+            "a pin is its own digest"
+        );
+        assert_eq!(
+            now.platforms[&base.to_string()],
+            BTreeMap::from([("linux/arm64/v8".to_owned(), d("arm"))]),
+            "only the image's platforms"
+        );
+    }
+}
