@@ -2,7 +2,8 @@
 //! already holds (first sight of it, or a lost state directory), the
 //! import of every image at start, and rollback.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -10,7 +11,7 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use rebased_api::{ActionError, Conflict};
 use rebased_builder::provenance;
-use rebased_core::config::ImageConfig;
+use rebased_core::config::{ImageConfig, Repository};
 use rebased_core::job::JobState;
 use rebased_core::{Digest, ImageState, Trigger, Version};
 use rebased_registry::Registry;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::destination::Destination;
+use crate::live::lock;
 use crate::publish::{move_tags, Move};
 use crate::records;
 use crate::status::Status;
@@ -121,10 +123,12 @@ async fn read_back(
 
 /// The import at start: [`ensure`] for every image not yet in the ledger,
 /// a few at once, before the first round decides anything. It stops when
-/// `shutdown` is cancelled, and beats `status` while it waits, so a slow or
-/// unreachable registry at first start never starves the watchdog; an
-/// image whose import fails is imported again before its first build.
-/// Returns how many imports failed.
+/// `shutdown` is cancelled, and beats `status` at least every `pulse` while
+/// it waits, so a slow or unreachable registry at first start never
+/// starves the watchdog. A registry found unreachable (refused, timed out)
+/// is not asked for its other images: their import comes before their
+/// first build, as for any image whose import failed. Returns how many
+/// images are left to import.
 pub async fn import_all(
     store: &Store,
     registry: &Registry,
@@ -148,34 +152,76 @@ pub async fn import_all(
     if todo.is_empty() {
         return 0;
     }
-    info!(
-        images = todo.len(),
-        "reading ledgers back from the registries"
-    );
+    let total = todo.len();
+    info!(images = total, "reading ledgers back from the registries");
+    let unreachable: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let mut imports = futures_util::stream::iter(todo)
-        .map(|image| async move { (image, ensure(store, registry, image).await) })
+        .map(|image| {
+            let unreachable = &unreachable;
+            async move {
+                let host = match &image.repository {
+                    Repository::Registry(r) => Some(r.registry().to_owned()),
+                    Repository::OciLayout(_) => None,
+                };
+                if host.as_ref().is_some_and(|h| lock(unreachable).contains(h)) {
+                    return (image, Import::Deferred);
+                }
+                match ensure(store, registry, image).await {
+                    Ok(()) => (image, Import::Done),
+                    Err(e) => {
+                        if let Some(h) = host.filter(|_| is_unreachable(&e)) {
+                            lock(unreachable).insert(h);
+                        }
+                        (image, Import::Failed(e))
+                    }
+                }
+            }
+        })
         .buffer_unordered(IMPORT_CONCURRENCY);
     let mut tick = tokio::time::interval(pulse);
-    let mut failed = 0;
+    let (mut done, mut deferred) = (0, 0);
     loop {
         tokio::select! {
             next = imports.next() => match next {
-                Some((image, Err(e))) => {
-                    failed += 1;
+                Some((_, Import::Done)) => done += 1,
+                Some((_, Import::Deferred)) => deferred += 1,
+                Some((image, Import::Failed(e))) => {
                     warn!(image = %image.name, "cannot read the ledger back from the registry yet: {e:#}");
                 }
-                Some((_, Ok(()))) => {}
                 None => break,
             },
-            _ = tick.tick() => status.beat(),
+            _ = tick.tick() => {}
             _ = shutdown.cancelled() => {
-                info!("stopping: start-up import abandoned");
-                break;
+                info!(imported = done, "stopping: start-up import abandoned");
+                return total - done;
             }
         }
         status.beat();
     }
-    failed
+    if deferred > 0 {
+        warn!(
+            images = deferred,
+            hosts = ?lock(&unreachable),
+            "registries unreachable: these images are imported before their first build"
+        );
+    }
+    total - done
+}
+
+/// How one start-up import went.
+enum Import {
+    Done,
+    /// Not tried: its registry was found unreachable.
+    Deferred,
+    Failed(anyhow::Error),
+}
+
+/// True when `e` says a registry did not answer at all.
+fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<rebased_registry::RegistryError>()
+            .is_some_and(|r| r.kind == rebased_registry::ErrorKind::Unreachable)
+    })
 }
 
 /// Rolls `image` back to `to`: the floating tags of the current version
