@@ -1,6 +1,6 @@
 //! Running one build: the pinned Dockerfile, its provenance annotations,
 //! credentials and CAs for the engine, the backend chosen, the log saved.
-//! It builds and pushes the version tag; recording is [`crate::publish`]'s.
+//! It builds and pushes the version tag; recording is `publish`'s.
 
 use std::collections::BTreeMap;
 

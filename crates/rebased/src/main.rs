@@ -263,3 +263,60 @@ fn bases(dockerfile: &std::path::Path, build_args: &[String]) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod layering {
+    /// The binary's modules, top layer first: a module may use only the
+    /// ones on lines below its own (ARCHITECTURE.md, "Inside the binary").
+    const LAYERS: &[&[&str]] = &[
+        &["main", "client"],
+        &["supervisor"],
+        &["read_model", "reload"],
+        &["poll"],
+        &["reconcile"],
+        &["ledger"],
+        &["publish", "build"],
+        &["destination"],
+        &["status", "records"],
+        &["live"],
+        &["config", "notify", "logging"],
+    ];
+
+    fn layer(module: &str) -> Option<usize> {
+        LAYERS.iter().position(|l| l.contains(&module))
+    }
+
+    #[test]
+    fn every_use_of_crate_points_down() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("src") {
+            let path = entry.expect("entry").path();
+            let Some(module) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let Some(own) = layer(module) else {
+                panic!("{module}.rs is in no layer of LAYERS");
+            };
+            seen += 1;
+            let text = std::fs::read_to_string(&path).expect("read");
+            for (i, line) in text.lines().enumerate() {
+                for used in line.split("crate::").skip(1) {
+                    let name: String = used
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    let Some(theirs) = layer(&name) else {
+                        continue;
+                    };
+                    assert!(
+                        theirs > own || name == module,
+                        "{module}.rs:{}: uses crate::{name}, which is not below it",
+                        i + 1
+                    );
+                }
+            }
+        }
+        assert_eq!(seen, LAYERS.iter().map(|l| l.len()).sum::<usize>());
+    }
+}
