@@ -23,7 +23,7 @@ use rebased_api::metrics::Metrics;
 use rebased_core::config::Config;
 use rebased_core::job::JobState;
 use rebased_core::Trigger;
-use rebased_scheduler::dispatch::{Clock, Dispatcher, Limits, SharedQueue};
+use rebased_scheduler::dispatch::{Clock, Command, Dispatcher, Limits, SharedQueue};
 use rebased_scheduler::graph::Graph;
 use rebased_scheduler::queue::Queue;
 use rebased_state::Store;
@@ -67,8 +67,6 @@ const NO_WATCHDOG_PULSE: Duration = Duration::from_secs(3600);
 pub async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) -> Result<Exit> {
     let store = open_store(&cfg)?;
     let (queue, first_new_job) = load_queue(&store)?;
-    let (jobs_tx, jobs_rx) = mpsc::channel(1 << 16);
-    let (check_tx, check_rx) = mpsc::channel(64);
     let limits = Limits {
         max_concurrent: cfg.daemon.max_concurrent_builds,
         max_attempts: if mode == Mode::Once {
@@ -77,72 +75,150 @@ pub async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) ->
             cfg.builder.max_attempts
         },
     };
-    let stop_timeout = cfg.daemon.stop_timeout.0;
-    let live = Arc::new(Live::new(config_file, cfg, mode == Mode::Once));
-    let status = Arc::new(Status::new(Notifier::from_env()));
-    let metrics = Arc::new(Metrics::default());
-    let builds = CancellationToken::new();
-    let reconciler = Arc::new(Reconciler::new(reconcile::Parts {
-        live: Arc::clone(&live),
-        store: store.clone(),
-        queue: Arc::clone(&queue),
-        jobs: jobs_tx.clone(),
-        builds: builds.clone(),
-        metrics: Arc::clone(&metrics),
-        status: Arc::clone(&status),
-    }));
-    let poller = Poller::new(poll::Parts {
-        live: Arc::clone(&live),
-        store: store.clone(),
-        queue: Arc::clone(&queue),
-        metrics: Arc::clone(&metrics),
-        status: Arc::clone(&status),
-        reconciler: Arc::clone(&reconciler),
-    });
-    info!(config = %live.config_file().display(), images = live.cfg().image.len(), order = ?graph.order(), "rebased starting");
+    let parts = Wiring::new(store, queue, cfg, config_file, mode);
+    info!(config = %parts.live.config_file().display(), images = parts.live.cfg().image.len(), order = ?graph.order(), "rebased starting");
     let dispatcher = Dispatcher::new(
-        Arc::clone(&queue),
+        Arc::clone(&parts.queue),
         graph,
-        Arc::clone(&reconciler),
+        Arc::clone(&parts.reconciler),
         limits,
         Clock::system(),
     );
-
-    if mode == Mode::Once {
-        let never = CancellationToken::new();
-        let images = live.cfg().image.clone();
-        let registry = live.registry();
-        ledger::import_all(
-            &store,
-            &registry,
-            &images,
-            &status,
-            NO_WATCHDOG_PULSE,
-            &never,
-        )
-        .await;
-        let mut poller = poller;
-        let round = Round {
-            due: live.watched().into_iter().collect(),
-            trigger: Trigger::Poll,
-            all: true,
-        };
-        poller.round(&round).await;
-        // The poller holds a sender of the dispatcher's commands (through
-        // the reconciler): the dispatcher runs until nothing is left.
-        dispatcher.run_until_idle(jobs_rx).await;
-        flush(&store, "exit").await?;
-        let failed = rebased_scheduler::dispatch::lock(&queue)
-            .jobs()
-            .filter(|j| j.id >= first_new_job && j.state == JobState::Failed)
-            .count();
-        return Ok(if failed == 0 {
-            Exit::Clean
-        } else {
-            Exit::BuildFailed
-        });
+    match mode {
+        Mode::Once => once(parts, dispatcher, first_new_job).await,
+        Mode::Run => serve(parts, dispatcher).await,
     }
+}
 
+/// Every part, wired, and the channels between them.
+struct Wiring {
+    store: Store,
+    queue: SharedQueue,
+    live: Arc<Live>,
+    status: Arc<Status>,
+    metrics: Arc<Metrics>,
+    /// Cancelled: running builds are killed.
+    builds: CancellationToken,
+    reconciler: Arc<Reconciler>,
+    poller: Poller,
+    jobs_tx: mpsc::Sender<Command>,
+    jobs_rx: mpsc::Receiver<Command>,
+    check_tx: mpsc::Sender<poll::CheckRequest>,
+    check_rx: mpsc::Receiver<poll::CheckRequest>,
+}
+
+impl Wiring {
+    fn new(
+        store: Store,
+        queue: SharedQueue,
+        cfg: Config,
+        config_file: PathBuf,
+        mode: Mode,
+    ) -> Self {
+        let (jobs_tx, jobs_rx) = mpsc::channel(1 << 16);
+        let (check_tx, check_rx) = mpsc::channel(64);
+        let live = Arc::new(Live::new(config_file, cfg, mode == Mode::Once));
+        let status = Arc::new(Status::new(Notifier::from_env()));
+        let metrics = Arc::new(Metrics::default());
+        let builds = CancellationToken::new();
+        let reconciler = Arc::new(Reconciler::new(reconcile::Parts {
+            live: Arc::clone(&live),
+            store: store.clone(),
+            queue: Arc::clone(&queue),
+            jobs: jobs_tx.clone(),
+            builds: builds.clone(),
+            metrics: Arc::clone(&metrics),
+            status: Arc::clone(&status),
+        }));
+        let poller = Poller::new(poll::Parts {
+            live: Arc::clone(&live),
+            store: store.clone(),
+            queue: Arc::clone(&queue),
+            metrics: Arc::clone(&metrics),
+            status: Arc::clone(&status),
+            reconciler: Arc::clone(&reconciler),
+        });
+        Self {
+            store,
+            queue,
+            live,
+            status,
+            metrics,
+            builds,
+            reconciler,
+            poller,
+            jobs_tx,
+            jobs_rx,
+            check_tx,
+            check_rx,
+        }
+    }
+}
+
+/// `rebased once`: import, one round over every base deciding every
+/// image, the builds it causes (and their cascades), then exit.
+async fn once(
+    parts: Wiring,
+    dispatcher: Dispatcher<Reconciler>,
+    first_new_job: u64,
+) -> Result<Exit> {
+    let Wiring {
+        store,
+        queue,
+        live,
+        status,
+        mut poller,
+        jobs_rx,
+        ..
+    } = parts;
+    let images = live.cfg().image.clone();
+    let registry = live.registry();
+    let never = CancellationToken::new();
+    ledger::import_all(
+        &store,
+        &registry,
+        &images,
+        &status,
+        NO_WATCHDOG_PULSE,
+        &never,
+    )
+    .await;
+    let round = Round {
+        due: live.watched().into_iter().collect(),
+        trigger: Trigger::Poll,
+        all: true,
+    };
+    poller.round(&round).await;
+    dispatcher.run_until_idle(jobs_rx).await;
+    flush(&store, "exit").await?;
+    let failed = rebased_scheduler::dispatch::lock(&queue)
+        .jobs()
+        .filter(|j| j.id >= first_new_job && j.state == JobState::Failed)
+        .count();
+    Ok(if failed == 0 {
+        Exit::Clean
+    } else {
+        Exit::BuildFailed
+    })
+}
+
+/// `rebased run`: every task in one tracker until a signal, then the stop
+/// in order (see the module's doc).
+async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit> {
+    let Wiring {
+        store,
+        queue,
+        live,
+        status,
+        metrics,
+        builds,
+        reconciler,
+        poller,
+        jobs_tx,
+        jobs_rx,
+        check_tx,
+        check_rx,
+    } = parts;
     let cfg = live.cfg();
     let secrets = rebased_api::Secrets {
         api_token: read_secret(cfg.daemon.api_token_file.as_ref(), "daemon.api_token_file")?,
@@ -153,6 +229,7 @@ pub async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) ->
         secrets.api_token.is_some() && secrets.webhook_token.is_some(),
     )?;
     let listener = rebased_api::bind(&cfg.daemon.listen).await?;
+    let stop_timeout = cfg.daemon.stop_timeout.0;
     drop(cfg);
 
     let tasks = TaskTracker::new();
@@ -165,10 +242,10 @@ pub async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) ->
         store: store.clone(),
         queue: Arc::clone(&queue),
         status: Arc::clone(&status),
-        metrics: Arc::clone(&metrics),
+        metrics,
         jobs: jobs_tx.clone(),
         checks: check_tx.clone(),
-        reconciler: Arc::clone(&reconciler),
+        reconciler,
     });
     let api = tasks.spawn(rebased_api::serve(
         listener,
@@ -178,7 +255,7 @@ pub async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) ->
     ));
     tasks.spawn(signals(
         shutdown.clone(),
-        builds.clone(),
+        builds,
         stop_timeout,
         stopped.clone(),
     ));
@@ -202,15 +279,12 @@ pub async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) ->
         Reloader {
             live: Arc::clone(&live),
             status: Arc::clone(&status),
-            jobs: jobs_tx.clone(),
+            jobs: jobs_tx,
             checks: check_tx,
             queue: Arc::clone(&queue),
         },
         shutdown.clone(),
     ));
-    // The reconciler and the read model hold senders too; the dispatcher
-    // ends on the shutdown token, not on a closed channel.
-    drop(jobs_tx);
 
     shutdown.cancelled().await;
     status.set_stopping();
