@@ -356,9 +356,6 @@ pub enum Conflict {
     /// It is being built: roll back when the build is done.
     #[error("is building; roll back when the build is done")]
     Building,
-    /// It is held (rolled back).
-    #[error("is held (rolled back); resume it first")]
-    Held,
     /// It is not held, so there is nothing to resume.
     #[error("is not held (it is {0})")]
     NotHeld(String),
@@ -753,7 +750,6 @@ mod tests {
         let cases = [
             (ActionError::NotFound("no image \"web\"".into()), 404),
             (conflict(Conflict::Building), 409),
-            (conflict(Conflict::Held), 409),
             (conflict(Conflict::NotHeld("fresh".into())), 409),
             (ActionError::BadRequest("bad version".into()), 400),
             (ActionError::Unavailable("stopping".into()), 503),

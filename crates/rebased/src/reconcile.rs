@@ -78,7 +78,7 @@ pub fn decide(
     let name = image.name.as_str();
     let record = store.image(name)?;
     if let Some(r) = &record {
-        if r.state == ImageState::Held {
+        if records::held(r) {
             return Ok(Verdict::Held);
         }
         if asker == Asker::Poll && r.state == ImageState::Failing {

@@ -5,18 +5,19 @@
 use anyhow::{anyhow, Result};
 use rebased_core::{ImageState, Version};
 use rebased_scheduler::Inputs;
-use rebased_state::{StateError, Store, VersionRecord};
+use rebased_state::{ImageRecord, StateError, Store, VersionRecord};
 use tracing::error;
 
 /// True when image `name` is held (rolled back): nothing builds it and no
 /// floating tag of it moves until it is resumed. An unreadable record is
 /// not held.
 pub fn is_held(store: &Store, name: &str) -> bool {
-    store
-        .image(name)
-        .ok()
-        .flatten()
-        .is_some_and(|r| r.state == ImageState::Held)
+    store.image(name).ok().flatten().is_some_and(|r| held(&r))
+}
+
+/// True when `record` says its image is held (see [`is_held`]).
+pub fn held(record: &ImageRecord) -> bool {
+    record.state == ImageState::Held
 }
 
 /// Sets an image's state (and error), keeping the rest of its record; the
