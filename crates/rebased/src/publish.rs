@@ -18,6 +18,7 @@ use rebased_core::{Digest, Trigger, Version};
 use rebased_registry::Registry;
 use rebased_scheduler::{Change, Inputs};
 use rebased_state::{BaseChange, Reason, Store, VersionRecord};
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::destination::Destination;
@@ -58,11 +59,15 @@ pub struct Release<'a> {
 /// digest); records the version; then, unless the image was rolled back
 /// meanwhile, moves the floating tags. A tag that did not move is the
 /// image's error, finished by its next job; the version still counts.
+/// `cancel` (a stop) abandons the look before the push; `push` observes it
+/// itself; once `push` has returned, the version is recorded whatever
+/// happens.
 pub async fn publish(
     store: &Store,
     registry: &Registry,
     release: &Release<'_>,
     push: impl Future<Output = Result<Digest>>,
+    cancel: &CancellationToken,
 ) -> Result<Digest> {
     let Release {
         image,
@@ -74,19 +79,12 @@ pub async fn publish(
     let tag = version.to_string();
     let target = repo.target(&tag);
     // Versions are immutable: look before pushing.
-    let digest = match repo.lookup(registry, &tag).await? {
-        Some(d) => {
-            let manifest = repo.manifest(registry, &tag).await?;
-            match provenance::bases_from(&repo.provenance(registry, &manifest).await) {
-                Some(b) if b == release.inputs.digests => {
-                    info!(digest = %d, "version tag already pushed with the same inputs: adopting it");
-                    d
-                }
-                _ => bail!(
-                    "version tag {target} already exists ({d}) and was not built by rebased from the current bases; refusing to overwrite it"
-                ),
-            }
-        }
+    let existing = tokio::select! {
+        e = adoptable(registry, release) => e?,
+        _ = cancel.cancelled() => bail!("cancelled before the push of {target}: rebased is stopping"),
+    };
+    let digest = match existing {
+        Some(d) => d,
         None => {
             let d = push.await?;
             info!(digest = %d, "pushed {target}");
@@ -127,6 +125,28 @@ pub async fn publish(
         }
     }
     Ok(digest)
+}
+
+/// The digest of `release`'s version tag if it exists and was built from
+/// the same bases (a run cut short after its push): adopted instead of
+/// built. An existing tag of anything else is refused.
+async fn adoptable(registry: &Registry, release: &Release<'_>) -> Result<Option<Digest>> {
+    let repo = release.repo;
+    let tag = release.version.to_string();
+    let Some(d) = repo.lookup(registry, &tag).await? else {
+        return Ok(None);
+    };
+    let manifest = repo.manifest(registry, &tag).await?;
+    match provenance::bases_from(&repo.provenance(registry, &manifest).await) {
+        Some(b) if b == release.inputs.digests => {
+            info!(digest = %d, "version tag already pushed with the same inputs: adopting it");
+            Ok(Some(d))
+        }
+        _ => bail!(
+            "version tag {} already exists ({d}) and was not built by rebased from the current bases; refusing to overwrite it",
+            repo.target(&tag)
+        ),
+    }
 }
 
 /// The ledger's record of a release published as `digest`.

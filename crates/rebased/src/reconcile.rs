@@ -310,13 +310,14 @@ impl Reconciler {
         tried: &mut Option<Inputs>,
     ) -> Result<Option<Version>> {
         let registry = self.live.registry();
-        ledger::ensure(&self.store, &registry, image).await?;
+        self.unless_stopping(ledger::ensure(&self.store, &registry, image))
+            .await?;
         if records::is_held(&self.store, image.name.as_str()) {
             info!("image is held (rolled back); not building");
             return Ok(None);
         }
         let plan = self.live.plan(image)?;
-        let (now, pins) = self.inputs(image, &plan).await?;
+        let (now, pins) = self.unless_stopping(self.inputs(image, &plan)).await?;
         *tried = Some(now.clone());
         // A rebuild request merged into the job forces a build.
         let trigger = if job.is_manual() {
@@ -386,8 +387,22 @@ impl Reconciler {
             job: job.id,
         };
         let push = build::run(&self.live, &registry, &self.builds, &build);
-        publish::publish(&self.store, &registry, &release, push).await?;
+        publish::publish(&self.store, &registry, &release, push, &self.builds).await?;
         Ok(Some(version))
+    }
+
+    /// `step`, unless builds are cancelled first (a stop): for the steps of
+    /// a job that may be abandoned, where nothing is pushed yet or what is
+    /// left is finished by the job's next run. A build observes the
+    /// cancellation itself; a pushed version is always recorded.
+    async fn unless_stopping<T>(
+        &self,
+        step: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::select! {
+            r = step => r,
+            _ = self.builds.cancelled() => Err(anyhow!("cancelled: rebased is stopping")),
+        }
     }
 
     /// The inputs of now: settled digests from the poll loop; bases that
