@@ -64,6 +64,10 @@ struct Args {
     /// Idle window in seconds (default 60; --quick: 3).
     #[arg(long)]
     idle_seconds: Option<u64>,
+    /// The restart scenario's fleet, IMAGESxBASES (default 10000x100;
+    /// --quick: 100x5).
+    #[arg(long)]
+    startup_fleet: Option<String>,
 }
 
 /// The sizes of one run.
@@ -182,6 +186,9 @@ fn run(args: Args) -> Result<Value> {
     }
     if let Some(n) = args.idle_seconds {
         sizes.idle_seconds = n.max(1);
+    }
+    if let Some(f) = &args.startup_fleet {
+        sizes.startup = parse_fleet(f)?;
     }
     let selected: BTreeSet<String> = if args.only.is_empty() {
         SCENARIOS.iter().map(|s| (*s).to_owned()).collect()

@@ -16,7 +16,7 @@ use rebased_core::job::JobState;
 use rebased_core::{Digest, ImageState, Trigger, Version};
 use rebased_registry::Registry;
 use rebased_scheduler::dispatch::{lock as lock_queue, Command, SharedQueue};
-use rebased_state::{BaseChange, Reason, RollbackEvent, Store, VersionRecord};
+use rebased_state::{BaseChange, ImportedLedger, Reason, RollbackEvent, Store, VersionRecord};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -30,8 +30,12 @@ use crate::status::Status;
 /// At most this many versions are read back from a repository.
 const MAX_IMPORT: usize = 200;
 
-/// Images imported at once at start.
+/// Images read back at once at start.
 const IMPORT_CONCURRENCY: usize = 8;
+
+/// Ledgers read back at start are written this many in one transaction
+/// (one disk sync each batch, not each image).
+const IMPORT_BATCH: usize = 256;
 
 /// Makes sure the ledger of `image` knows what its repository holds:
 /// unless already done, every semver tag (newest 200) is read back with
@@ -41,25 +45,29 @@ pub async fn ensure(store: &Store, registry: &Registry, image: &ImageConfig) -> 
     if store.image(name)?.is_some_and(|r| r.ledger_synced) {
         return Ok(());
     }
-    let (list, current) = read_back(registry, image).await?;
-    let versions = list.len();
-    let owned = name.to_owned();
-    records::write(store, move |s| s.import(&owned, &list, current)).await?;
-    match current {
+    let ledger = read_back(registry, image).await?;
+    let ledger = records::write(store, move |s| {
+        s.import(&ledger.name, &ledger.versions, ledger.current)
+            .map(|()| ledger)
+    })
+    .await?;
+    log_imported(&ledger);
+    Ok(())
+}
+
+fn log_imported(ledger: &ImportedLedger) {
+    let name = &ledger.name;
+    match ledger.current {
         Some(v) => {
-            info!(image = %name, versions, current = %v, "ledger read back from the registry")
+            info!(image = %name, versions = ledger.versions.len(), current = %v, "ledger read back from the registry")
         }
         None => info!(image = %name, "repository holds no version yet"),
     }
-    Ok(())
 }
 
 /// The versions `image`'s repository holds, linked to their predecessors,
 /// and the highest.
-async fn read_back(
-    registry: &Registry,
-    image: &ImageConfig,
-) -> Result<(Vec<VersionRecord>, Option<Version>)> {
+async fn read_back(registry: &Registry, image: &ImageConfig) -> Result<ImportedLedger> {
     let name = image.name.as_str();
     let repo = Destination::from(&image.repository);
     let tags = repo.list_tags(registry).await?;
@@ -117,8 +125,11 @@ async fn read_back(
             });
         }
     }
-    let current = order.last().copied();
-    Ok((records.into_values().collect(), current))
+    Ok(ImportedLedger {
+        name: name.to_owned(),
+        versions: records.into_values().collect(),
+        current: order.last().copied(),
+    })
 }
 
 /// The import at start: [`ensure`] for every image not yet in the ledger,
@@ -155,7 +166,7 @@ pub async fn import_all(
     let total = todo.len();
     info!(images = total, "reading ledgers back from the registries");
     let unreachable: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-    let mut imports = futures_util::stream::iter(todo)
+    let mut reads = futures_util::stream::iter(todo)
         .map(|image| {
             let unreachable = &unreachable;
             async move {
@@ -166,8 +177,8 @@ pub async fn import_all(
                 if host.as_ref().is_some_and(|h| lock(unreachable).contains(h)) {
                     return (image, Import::Deferred);
                 }
-                match ensure(store, registry, image).await {
-                    Ok(()) => (image, Import::Done),
+                match read_back(registry, image).await {
+                    Ok(ledger) => (image, Import::Read(ledger)),
                     Err(e) => {
                         if let Some(h) = host.filter(|_| is_unreachable(&e)) {
                             lock(unreachable).insert(h);
@@ -179,11 +190,12 @@ pub async fn import_all(
         })
         .buffer_unordered(IMPORT_CONCURRENCY);
     let mut tick = tokio::time::interval(pulse);
+    let mut batch: Vec<ImportedLedger> = Vec::new();
     let (mut done, mut deferred) = (0, 0);
     loop {
         tokio::select! {
-            next = imports.next() => match next {
-                Some((_, Import::Done)) => done += 1,
+            next = reads.next() => match next {
+                Some((_, Import::Read(ledger))) => batch.push(ledger),
                 Some((_, Import::Deferred)) => deferred += 1,
                 Some((image, Import::Failed(e))) => {
                     warn!(image = %image.name, "cannot read the ledger back from the registry yet: {e:#}");
@@ -192,12 +204,18 @@ pub async fn import_all(
             },
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => {
+                // What was read is kept.
+                done += write_batch(store, std::mem::take(&mut batch)).await;
                 info!(imported = done, "stopping: start-up import abandoned");
                 return total - done;
             }
         }
+        if batch.len() >= IMPORT_BATCH {
+            done += write_batch(store, std::mem::take(&mut batch)).await;
+        }
         status.beat();
     }
+    done += write_batch(store, batch).await;
     if deferred > 0 {
         warn!(
             images = deferred,
@@ -208,9 +226,29 @@ pub async fn import_all(
     total - done
 }
 
+/// Writes read-back ledgers in one transaction; returns how many.
+async fn write_batch(store: &Store, batch: Vec<ImportedLedger>) -> usize {
+    if batch.is_empty() {
+        return 0;
+    }
+    let n = batch.len();
+    match records::write(store, move |s| s.import_many(&batch).map(|()| batch)).await {
+        Ok(batch) => {
+            for ledger in &batch {
+                log_imported(ledger);
+            }
+            n
+        }
+        Err(e) => {
+            warn!(images = n, "cannot record the ledgers read back (imported again before each image's first build): {e:#}");
+            0
+        }
+    }
+}
+
 /// How one start-up import went.
 enum Import {
-    Done,
+    Read(ImportedLedger),
     /// Not tried: its registry was found unreachable.
     Deferred,
     Failed(anyhow::Error),
