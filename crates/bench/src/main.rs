@@ -68,6 +68,9 @@ struct Args {
     /// --quick: 100x5).
     #[arg(long)]
     startup_fleet: Option<String>,
+    /// Images of the watchdog scenario (default 1000; --quick: 20).
+    #[arg(long)]
+    watchdog_images: Option<usize>,
 }
 
 /// The sizes of one run.
@@ -189,6 +192,9 @@ fn run(args: Args) -> Result<Value> {
     }
     if let Some(f) = &args.startup_fleet {
         sizes.startup = parse_fleet(f)?;
+    }
+    if let Some(n) = args.watchdog_images {
+        sizes.watchdog_images = n.max(1);
     }
     let selected: BTreeSet<String> = if args.only.is_empty() {
         SCENARIOS.iter().map(|s| (*s).to_owned()).collect()

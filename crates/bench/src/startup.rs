@@ -261,10 +261,8 @@ pub fn watchdog(sizes: &Sizes) -> Result<Value> {
             // A few pings more after the round.
             std::thread::sleep(watchdog_sec * 2);
         } else {
-            daemon.wait_log(
-                "reading ledgers back from the registries",
-                Duration::from_secs(60),
-            )?;
+            // The API is up: the import comes next.
+            daemon.wait_log("API listening", Duration::from_secs(60))?;
             std::thread::sleep(sizes.watchdog_hold);
         }
         let (stop, status) = daemon.stop_timed()?;
@@ -279,7 +277,8 @@ pub fn watchdog(sizes: &Sizes) -> Result<Value> {
             "watchdog_max_gap_s": round2(gap.as_secs_f64()),
             "watchdog_pings": pings,
             "stop_s": round2(stop.as_secs_f64()),
-            "exit_success": status.success(),
+            "exit_success": status.is_some_and(|s| s.success()),
+            "stopped_by_sigterm": status.is_some(),
             "import_abandoned": count(&lines, "stopping: start-up import abandoned") > 0,
             "stall_warnings": count(&lines, "poll loop stalled: not feeding the watchdog"),
         });
