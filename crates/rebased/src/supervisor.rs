@@ -269,10 +269,12 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     }
     let pulse = watchdog_every.unwrap_or(NO_WATCHDOG_PULSE);
     // Read back what the registries already hold before deciding anything.
-    let images = live.cfg().image.clone();
+    // The config's image list as it is (no copy of thousands of tables);
+    // no reload can swap it before the reload task starts, below.
+    let cfg = live.cfg();
     let registry = live.registry();
-    ledger::import_all(&store, &registry, &images, &status, pulse, &shutdown).await;
-    drop((images, registry));
+    ledger::import_all(&store, &registry, &cfg.image, &status, pulse, &shutdown).await;
+    drop((cfg, registry));
     let poll = (!shutdown.is_cancelled())
         .then(|| tasks.spawn(poller.run(check_rx, pulse, shutdown.clone())));
     tasks.spawn(reload::run(
