@@ -164,3 +164,63 @@ fn sigterm_lets_a_running_build_finish() {
 fn sigterm_cancels_a_build_at_the_deadline_and_it_runs_after_restart() {
     sigterm_during_build("0s", false);
 }
+
+/// A second signal does not wait for `stop_timeout`: the running build is
+/// cancelled (the engine killed), the daemon exits 0, and the interrupted
+/// job is stored queued by the daemon itself, not left `running` for the
+/// next start to repair; that start runs it.
+#[test]
+fn a_second_sigterm_cancels_the_build_and_its_job_is_stored_queued() {
+    let s = Setup::new();
+    let registry = &s.registry;
+    let slow = context(&s, "slow", 48 << 20);
+    fs::write(
+        &s.config,
+        config(&s, "stop_timeout = \"600s\"\n", &[("slow", &slow)]),
+    )
+    .unwrap();
+    let mut daemon = s.start();
+    wait_for("the build to start", WAIT, || {
+        let jobs = daemon.get("/v1/jobs");
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["state"] == "running")
+            .then_some(())
+    });
+    daemon.signal("-TERM");
+    wait_for("the first signal to be taken", WAIT, || {
+        daemon
+            .log_text()
+            .contains("signal received: finishing running builds")
+            .then_some(())
+    });
+    daemon.signal("-TERM");
+    // Within WAIT, far below the 600 s stop_timeout.
+    let status = daemon.wait_exit(WAIT);
+    let text = daemon.log_text();
+    assert!(status.success(), "exit status 0, got {status}:\n{text}");
+    assert!(
+        text.contains("job interrupted; queued again"),
+        "the daemon stored the job queued itself:\n{text}"
+    );
+    assert!(
+        registry.digest("slow:1.0.0").is_none(),
+        "the cancelled build pushed nothing"
+    );
+    let again = s.dir().join("again.log");
+    let daemon = rebased_e2e::Daemon::start(&s.config, &s.listen, &again);
+    wait_for("slow at 1.0.0", WAIT, || {
+        (daemon.fresh_version("slow").as_deref() == Some("1.0.0")).then_some(())
+    });
+    let text = daemon.log_text();
+    assert!(
+        !text.contains("jobs left running by an unclean stop"),
+        "no job was left running:\n{text}"
+    );
+    let jobs = daemon.get("/v1/jobs");
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "no job lost or duplicated: {jobs:#?}");
+    assert_eq!(jobs[0]["state"], "succeeded");
+    assert_eq!(jobs[0]["published"], "1.0.0");
+}

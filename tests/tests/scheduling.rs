@@ -114,6 +114,15 @@ fn a_queued_job_survives_kill_9_and_runs_once() {
             && daemon.fresh_version("y").as_deref() == Some("1.0.0"))
         .then_some(())
     });
+    // New bulk, so that the rebuilds make their layer again (the native
+    // layer cache would reuse an unchanged one in a moment, and the
+    // running-and-queued window below could pass between two looks).
+    for name in ["x", "y"] {
+        let bulk: Vec<u8> = (0..8_000_000u32)
+            .map(|i| (i.wrapping_mul(2_246_822_519) >> 13) as u8)
+            .collect();
+        fs::write(s.dir().join(name).join("bulk.bin"), bulk).unwrap();
+    }
     bases.push(registry, "base:latest", "v2");
     // Crash while one job runs and the other waits.
     wait_for("one job running and one queued", WAIT, || {

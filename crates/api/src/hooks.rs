@@ -155,7 +155,7 @@ pub(crate) async fn webhook(
             count(&reply.status);
             (StatusCode::ACCEPTED, Json(reply)).into_response()
         }
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 

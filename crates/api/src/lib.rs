@@ -320,6 +320,65 @@ impl ApiError {
     }
 }
 
+/// Why an action (a check, a rebuild, a rollback, a resume, a webhook)
+/// was not done. The daemon says what happened; this crate alone picks the
+/// HTTP status for it (`From<ActionError> for ApiError`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    /// 404: no such image, or no such version in its ledger.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the image's state does not allow it now.
+    #[error("{image} {conflict}")]
+    Conflict {
+        /// The image.
+        image: String,
+        /// What stands in the way.
+        conflict: Conflict,
+    },
+    /// 400: the request itself is wrong (a bad reference or version).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 503: the daemon is stopping, or its queue is full.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 502: a registry (or an OCI layout) refused or failed.
+    #[error("{0}")]
+    Upstream(String),
+    /// 500: the daemon's own failure (its store).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What stands in the way of an action on an image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// It is being built: roll back when the build is done.
+    #[error("is building; roll back when the build is done")]
+    Building,
+    /// It is not held, so there is nothing to resume.
+    #[error("is not held (it is {0})")]
+    NotHeld(String),
+}
+
+impl From<ActionError> for ApiError {
+    fn from(e: ActionError) -> Self {
+        let status = match &e {
+            ActionError::NotFound(_) => 404,
+            ActionError::Conflict { .. } => 409,
+            ActionError::BadRequest(_) => 400,
+            ActionError::Unavailable(_) => 503,
+            ActionError::Upstream(_) => 502,
+            ActionError::Internal(cause) => return Self::internal(cause.clone()),
+        };
+        Self {
+            error: e.to_string(),
+            detail: None,
+            status,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -346,19 +405,19 @@ pub trait Backend: Send + Sync + 'static {
     /// Every base.
     fn bases(&self) -> Result<Vec<BaseView>, ApiError>;
     /// Check bases now.
-    fn check(&self, req: CheckRequest) -> Result<Accepted, ApiError>;
+    fn check(&self, req: CheckRequest) -> Result<Accepted, ActionError>;
     /// Queue a rebuild of `name`, even if it is fresh or failing.
-    fn rebuild(&self, name: &str) -> Result<Accepted, ApiError>;
+    fn rebuild(&self, name: &str) -> Result<Accepted, ActionError>;
     /// Roll `name` back to version `to` and hold it.
     fn rollback<'a>(
         &'a self,
         name: &'a str,
         to: &'a str,
-    ) -> BoxFuture<'a, Result<RollbackView, ApiError>>;
+    ) -> BoxFuture<'a, Result<RollbackView, ActionError>>;
     /// End the hold of `name`.
-    fn resume<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Accepted, ApiError>>;
+    fn resume<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Accepted, ActionError>>;
     /// A webhook named these references: check the watched ones now.
-    fn webhook(&self, source: &str, references: Vec<String>) -> Result<WebhookReply, ApiError>;
+    fn webhook(&self, source: &str, references: Vec<String>) -> Result<WebhookReply, ActionError>;
     /// The daemon's metrics.
     fn metrics(&self) -> &metrics::Metrics;
 }
@@ -676,4 +735,36 @@ struct ApiDoc;
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
     use utoipa::OpenApi;
     ApiDoc::openapi()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_errors_map_to_their_status() {
+        let conflict = |conflict| ActionError::Conflict {
+            image: "web".to_owned(),
+            conflict,
+        };
+        let cases = [
+            (ActionError::NotFound("no image \"web\"".into()), 404),
+            (conflict(Conflict::Building), 409),
+            (conflict(Conflict::NotHeld("fresh".into())), 409),
+            (ActionError::BadRequest("bad version".into()), 400),
+            (ActionError::Unavailable("stopping".into()), 503),
+            (ActionError::Upstream("registry refused".into()), 502),
+            (ActionError::Internal("store".into()), 500),
+        ];
+        for (e, status) in cases {
+            assert_eq!(ApiError::from(e.clone()).status, status, "{e}");
+        }
+        let e = ApiError::from(conflict(Conflict::NotHeld("fresh".into())));
+        assert_eq!(e.error, "web is not held (it is fresh)");
+        let e = ApiError::from(conflict(Conflict::Building));
+        assert_eq!(e.error, "web is building; roll back when the build is done");
+        // An internal cause goes to the detail, not the headline.
+        let e = ApiError::from(ActionError::Internal("sled: io".into()));
+        assert_eq!(e.error, "internal error");
+    }
 }

@@ -415,11 +415,22 @@ impl Daemon {
     /// Starts `rebased run --config config` (API on `listen`) and waits
     /// for `/healthz`.
     pub fn start(config: &Path, listen: &str, log: &Path) -> Result<Self> {
+        Self::start_with_env(config, listen, log, &[])
+    }
+
+    /// Like [`Daemon::start`], with `env` set for the daemon.
+    pub fn start_with_env(
+        config: &Path,
+        listen: &str,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let out = fs::File::create(log)?;
         let child = Command::new(rebased_bin()?)
             .arg("run")
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("REBASED_BENCH_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
@@ -534,6 +545,31 @@ impl Daemon {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// SIGTERM, then wait for the exit; how long it took and how it ended
+    /// (`None`: still running after 120 s, then killed).
+    pub fn stop_timed(&mut self) -> Result<(Duration, Option<std::process::ExitStatus>)> {
+        let Some(mut child) = self.child.take() else {
+            bail!("rebased is not running");
+        };
+        let start = Instant::now();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok((start.elapsed(), Some(status)));
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                let waited = start.elapsed();
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok((waited, None));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM, then wait for the exit.
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -564,6 +600,14 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// Every JSON line of a daemon log.
+pub fn log_lines(path: &Path) -> Result<Vec<LogLine>> {
+    Ok(fs::read_to_string(path)?
+        .lines()
+        .filter_map(parse_log_line)
+        .collect())
 }
 
 fn parse_log_line(line: &str) -> Option<LogLine> {

@@ -8,13 +8,17 @@
 //! 3. `webhook`: the registry's notification -> the job running;
 //! 4. `rebuild`: a rebuild after a base update, native vs buildah;
 //! 5. `api`: `GET /v1/status` and `/v1/images` under `wrk`;
-//! 6. `idle`: CPU and RSS of a daemon with nothing changing.
+//! 6. `idle`: CPU and RSS of a daemon with nothing changing;
+//! 7. `startup`: a restart to its first finished round, ledger in the store;
+//! 8. `watchdog`: a first start against a registry that never answers,
+//!    with systemd's `NOTIFY_SOCKET` and `WATCHDOG_USEC`.
 //!
 //! Each figure is printed with its method; `--json FILE` writes them all.
 
 mod fleet;
 mod harness;
 mod scenarios;
+mod startup;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -25,7 +29,9 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 /// Every scenario, in the order they run.
-const SCENARIOS: &[&str] = &["fanin", "peer", "webhook", "rebuild", "api", "idle"];
+const SCENARIOS: &[&str] = &[
+    "fanin", "peer", "webhook", "rebuild", "api", "idle", "startup", "watchdog",
+];
 
 /// The benchmark harness of rebased.
 #[derive(Parser, Debug)]
@@ -35,7 +41,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Scenarios to run, comma-separated (fanin, peer, webhook, rebuild,
-    /// api, idle); all by default.
+    /// api, idle, startup, watchdog); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write every figure as JSON to this file.
@@ -58,6 +64,13 @@ struct Args {
     /// Idle window in seconds (default 60; --quick: 3).
     #[arg(long)]
     idle_seconds: Option<u64>,
+    /// The restart scenario's fleet, IMAGESxBASES (default 10000x100;
+    /// --quick: 100x5).
+    #[arg(long)]
+    startup_fleet: Option<String>,
+    /// Images of the watchdog scenario (default 1000; --quick: 20).
+    #[arg(long)]
+    watchdog_images: Option<usize>,
 }
 
 /// The sizes of one run.
@@ -85,6 +98,16 @@ pub struct Sizes {
     pub idle_images: usize,
     /// The idle window.
     pub idle_seconds: u64,
+    /// (images, bases) of the restart scenario.
+    pub startup: (usize, usize),
+    /// Restarts timed.
+    pub restarts: usize,
+    /// Images of the unreachable-registry scenario.
+    pub watchdog_images: usize,
+    /// `WATCHDOG_USEC` given to the daemon.
+    pub watchdog_usec: u64,
+    /// How long into the import the SIGTERM comes.
+    pub watchdog_hold: std::time::Duration,
 }
 
 impl Sizes {
@@ -101,6 +124,11 @@ impl Sizes {
             wrk_connections: 32,
             idle_images: 1000,
             idle_seconds: 60,
+            startup: (10_000, 100),
+            restarts: 3,
+            watchdog_images: 1000,
+            watchdog_usec: 2_000_000,
+            watchdog_hold: std::time::Duration::from_secs(10),
         }
     }
 
@@ -117,6 +145,11 @@ impl Sizes {
             wrk_connections: 8,
             idle_images: 100,
             idle_seconds: 3,
+            startup: (100, 5),
+            restarts: 1,
+            watchdog_images: 20,
+            watchdog_usec: 4_000_000,
+            watchdog_hold: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -157,6 +190,12 @@ fn run(args: Args) -> Result<Value> {
     if let Some(n) = args.idle_seconds {
         sizes.idle_seconds = n.max(1);
     }
+    if let Some(f) = &args.startup_fleet {
+        sizes.startup = parse_fleet(f)?;
+    }
+    if let Some(n) = args.watchdog_images {
+        sizes.watchdog_images = n.max(1);
+    }
     let selected: BTreeSet<String> = if args.only.is_empty() {
         SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
     } else {
@@ -191,6 +230,12 @@ fn run(args: Args) -> Result<Value> {
     }
     if has("idle") {
         results.insert("idle".to_owned(), scenarios::idle(&sizes)?);
+    }
+    if has("startup") {
+        results.insert("startup".to_owned(), startup::startup(&sizes)?);
+    }
+    if has("watchdog") {
+        results.insert("watchdog".to_owned(), startup::watchdog(&sizes)?);
     }
     results.insert(
         "load_average_at_end".to_owned(),

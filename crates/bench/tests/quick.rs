@@ -2,7 +2,9 @@
 //! CI sizes against the real registry and the real binary, and each
 //! scenario must produce its figures. Timings are not asserted; behaviour
 //! is (one manifest request per base per cycle, no layer bytes uploaded by
-//! a native rebuild, one build per webhook push).
+//! a native rebuild, one build per webhook push, a restart that reads no
+//! ledger back, a watchdog never starved by a registry that does not
+//! answer).
 
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
@@ -115,4 +117,43 @@ fn every_scenario_produces_its_figures() {
     let idle = &r["idle"];
     assert!(finite(&idle["cpu_percent"]), "{idle}");
     assert!(idle["rss_mib_max"].as_f64().unwrap() > 0.0, "{idle}");
+
+    // 7. Start-up: the first start reads every ledger back, a restart none
+    // (it is in the store); both reach their first round.
+    let start = &r["startup"];
+    assert_eq!(start["imported_first_start"], start["images"], "{start}");
+    assert!(finite(&start["first_start_s"]), "{start}");
+    let restarts = start["restarts"].as_array().unwrap();
+    assert!(!restarts.is_empty(), "{start}");
+    for run in restarts {
+        assert_eq!(run["imported"].as_u64(), Some(0), "{start}");
+        assert!(finite(&run["wall_s"]), "{start}");
+    }
+
+    // 8. A first start against a registry that never answers: the watchdog
+    // is fed all along (no gap reaches WATCHDOG_USEC, which is when systemd
+    // would kill the daemon), the first round comes, and a stop is taken
+    // at once, during the import too (not after the registry's 30 s
+    // timeout).
+    let dog = &r["watchdog"];
+    let watchdog_s = dog["watchdog_usec"].as_f64().unwrap() / 1e6;
+    for name in ["stopped_during_import", "to_first_round"] {
+        let run = &dog["runs"][name];
+        assert!(run["watchdog_pings"].as_u64().unwrap() > 0, "{name}: {run}");
+        assert!(
+            run["watchdog_max_gap_s"].as_f64().unwrap() < watchdog_s,
+            "{name}: {run}"
+        );
+        assert_eq!(run["stall_warnings"].as_u64(), Some(0), "{name}: {run}");
+        assert_eq!(run["exit_success"], true, "{name}: {run}");
+        assert!(run["stop_s"].as_f64().unwrap() < 30.0, "{name}: {run}");
+    }
+    assert_eq!(
+        dog["runs"]["stopped_during_import"]["import_abandoned"], true,
+        "{dog}"
+    );
+    assert!(
+        finite(&dog["runs"]["to_first_round"]["first_round_s"]),
+        "{dog}"
+    );
 }

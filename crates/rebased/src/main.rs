@@ -1,15 +1,30 @@
-//! The `rebased` binary: CLI, config loading, signals, logging, wiring.
+//! The `rebased` binary: the CLI and its exit codes. The daemon's parts,
+//! each layer using only the ones below it:
+//!
+//! - [`supervisor`]: wiring, every task, signals, watchdog, shutdown;
+//! - [`reload`], [`read_model`] (the API's backend), [`poll`] (the poll
+//!   loop);
+//! - [`reconcile`]: the one decision per image, and the job executor;
+//! - [`ledger`] (import, rollback), [`build`], [`publish`];
+//! - [`destination`], [`records`], [`status`], [`live`] (the config in
+//!   force), [`config`] (files), [`notify`], [`logging`].
 
-mod backend;
+mod build;
 mod client;
 mod config;
-mod daemon;
 mod destination;
-mod executor;
 mod ledger;
+mod live;
+mod logging;
 mod notify;
-mod poller;
+mod poll;
+mod publish;
+mod read_model;
+mod reconcile;
+mod records;
 mod reload;
+mod status;
+mod supervisor;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -112,8 +127,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => daemon::main(config, daemon::Mode::Run),
-        Command::Once { config } => daemon::main(config, daemon::Mode::Once),
+        Command::Run { config } => daemon(config, supervisor::Mode::Run),
+        Command::Once { config } => daemon(config, supervisor::Mode::Once),
         Command::CheckConfig { config } => check_config(&config),
         Command::Bases {
             dockerfile,
@@ -129,6 +144,41 @@ fn main() -> ExitCode {
             client_cmd(&api, |c| client::rollback(c, &name, &to))
         }
         Command::Resume { name, api } => client_cmd(&api, |c| client::resume(c, &name)),
+    }
+}
+
+/// `run` and `once`: exit 2 for a bad config, 1 for a failure (or, in
+/// `once`, a failed build), 0 otherwise.
+fn daemon(config_file: PathBuf, mode: supervisor::Mode) -> ExitCode {
+    let (cfg, graph) = match config::load_checked(&config_file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(&cfg);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(supervisor::run(cfg, graph, config_file, mode));
+    // Every task has ended; a blocking read still running is not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(supervisor::Exit::Clean) => ExitCode::SUCCESS,
+        Ok(supervisor::Exit::BuildFailed) => ExitCode::FAILURE,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -211,5 +261,62 @@ fn bases(dockerfile: &std::path::Path, build_args: &[String]) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod layering {
+    /// The binary's modules, top layer first: a module may use only the
+    /// ones on lines below its own (ARCHITECTURE.md, "Inside the binary").
+    const LAYERS: &[&[&str]] = &[
+        &["main", "client"],
+        &["supervisor"],
+        &["read_model", "reload"],
+        &["poll"],
+        &["reconcile"],
+        &["ledger"],
+        &["publish", "build"],
+        &["destination"],
+        &["status", "records"],
+        &["live"],
+        &["config", "notify", "logging"],
+    ];
+
+    fn layer(module: &str) -> Option<usize> {
+        LAYERS.iter().position(|l| l.contains(&module))
+    }
+
+    #[test]
+    fn every_use_of_crate_points_down() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("src") {
+            let path = entry.expect("entry").path();
+            let Some(module) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let Some(own) = layer(module) else {
+                panic!("{module}.rs is in no layer of LAYERS");
+            };
+            seen += 1;
+            let text = std::fs::read_to_string(&path).expect("read");
+            for (i, line) in text.lines().enumerate() {
+                for used in line.split("crate::").skip(1) {
+                    let name: String = used
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    let Some(theirs) = layer(&name) else {
+                        continue;
+                    };
+                    assert!(
+                        theirs > own || name == module,
+                        "{module}.rs:{}: uses crate::{name}, which is not below it",
+                        i + 1
+                    );
+                }
+            }
+        }
+        assert_eq!(seen, LAYERS.iter().map(|l| l.len()).sum::<usize>());
     }
 }

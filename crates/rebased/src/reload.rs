@@ -8,20 +8,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rebased_scheduler::dispatch::{Command, Limits};
+use rebased_scheduler::dispatch::{Command, Limits, SharedQueue};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config;
-use crate::daemon::{lock, Daemon};
-use crate::poller::CheckRequest;
+use crate::live::Live;
+use crate::poll::CheckRequest;
+use crate::status::Status;
+
+/// What a reload changes and tells.
+pub struct Reloader {
+    /// The config in force, swapped on success.
+    pub live: Arc<Live>,
+    /// Where a refused reload is shown.
+    pub status: Arc<Status>,
+    /// The dispatcher, told the new graph and limits.
+    pub jobs: mpsc::Sender<Command>,
+    /// The poll loop, asked to decide every image.
+    pub checks: mpsc::Sender<CheckRequest>,
+    /// For the `STATUS=` line.
+    pub queue: SharedQueue,
+}
 
 /// Editors write a file in several steps: wait this long for quiet.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Reloads on SIGHUP and on changes of the config file until `shutdown`.
-pub async fn run(daemon: Arc<Daemon>, shutdown: CancellationToken) {
+pub async fn run(reloader: Reloader, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -32,7 +47,7 @@ pub async fn run(daemon: Arc<Daemon>, shutdown: CancellationToken) {
     };
     let (tx, mut changes) = mpsc::channel::<()>(16);
     // Kept alive for as long as this task runs.
-    let _watcher = watch(&daemon.config_file, tx);
+    let _watcher = watch(reloader.live.config_file(), tx);
     loop {
         let why = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -43,7 +58,7 @@ pub async fn run(daemon: Arc<Daemon>, shutdown: CancellationToken) {
                 "config file changed"
             }
         };
-        reload(&daemon, why).await;
+        reloader.reload(why).await;
     }
 }
 
@@ -80,64 +95,67 @@ fn watch(file: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::Recomme
     }
 }
 
-/// Reads the config again and applies it, or keeps the old one.
-pub async fn reload(daemon: &Daemon, why: &str) {
-    daemon.notifier.send("RELOADING=1");
-    info!(reason = why, file = %daemon.config_file.display(), "reloading the config");
-    match config::load_checked(&daemon.config_file) {
-        Ok((mut cfg, graph)) => {
-            let old = daemon.cfg();
-            // These are bound at start: keep them, and say so.
-            let mut kept = Vec::new();
-            if cfg.daemon.state_dir != old.daemon.state_dir {
-                kept.push("daemon.state_dir");
-                cfg.daemon.state_dir = old.daemon.state_dir.clone();
+impl Reloader {
+    /// Reads the config again and applies it, or keeps the old one.
+    pub async fn reload(&self, why: &str) {
+        self.status.notify("RELOADING=1");
+        info!(reason = why, file = %self.live.config_file().display(), "reloading the config");
+        match config::load_checked(self.live.config_file()) {
+            Ok((mut cfg, graph)) => {
+                let old = self.live.cfg();
+                // These are bound at start: keep them, and say so.
+                let mut kept = Vec::new();
+                if cfg.daemon.state_dir != old.daemon.state_dir {
+                    kept.push("daemon.state_dir");
+                    cfg.daemon.state_dir = old.daemon.state_dir.clone();
+                }
+                if cfg.daemon.listen != old.daemon.listen {
+                    kept.push("daemon.listen");
+                    cfg.daemon.listen = old.daemon.listen.clone();
+                }
+                if cfg.daemon.api_token_file != old.daemon.api_token_file
+                    || cfg.webhooks.token_file != old.webhooks.token_file
+                {
+                    kept.push("token files");
+                }
+                if cfg.daemon.stop_timeout != old.daemon.stop_timeout {
+                    kept.push("daemon.stop_timeout");
+                }
+                if cfg.daemon.log != old.daemon.log
+                    || cfg.daemon.log_format != old.daemon.log_format
+                {
+                    kept.push("daemon.log, daemon.log_format");
+                }
+                if !kept.is_empty() {
+                    warn!(keys = ?kept, "these settings apply only at start: restart to change them");
+                }
+                let limits = Limits {
+                    max_concurrent: cfg.daemon.max_concurrent_builds,
+                    max_attempts: cfg.builder.max_attempts,
+                };
+                let images = cfg.image.len();
+                self.live.install(cfg);
+                let _ = self.jobs.send(Command::Graph(graph)).await;
+                let _ = self.jobs.send(Command::Limits(limits)).await;
+                self.status.update(|t| {
+                    t.config_loaded_at = Utc::now();
+                    t.config_error = None;
+                });
+                // New images and bases are decided at once.
+                let _ = self.checks.try_send(CheckRequest {
+                    references: Some(Vec::new()),
+                    trigger: rebased_core::Trigger::Poll,
+                    all: true,
+                });
+                info!(images, "config reloaded");
             }
-            if cfg.daemon.listen != old.daemon.listen {
-                kept.push("daemon.listen");
-                cfg.daemon.listen = old.daemon.listen.clone();
+            Err(e) => {
+                let text = format!("{e:#}");
+                error!("config reload refused, the previous config stays in force: {text}");
+                self.status.update(|t| t.config_error = Some(text));
             }
-            if cfg.daemon.api_token_file != old.daemon.api_token_file
-                || cfg.webhooks.token_file != old.webhooks.token_file
-            {
-                kept.push("token files");
-            }
-            if cfg.daemon.stop_timeout != old.daemon.stop_timeout {
-                kept.push("daemon.stop_timeout");
-            }
-            if cfg.daemon.log != old.daemon.log || cfg.daemon.log_format != old.daemon.log_format {
-                kept.push("daemon.log, daemon.log_format");
-            }
-            if !kept.is_empty() {
-                warn!(keys = ?kept, "these settings apply only at start: restart to change them");
-            }
-            let limits = Limits {
-                max_concurrent: cfg.daemon.max_concurrent_builds,
-                max_attempts: cfg.builder.max_attempts,
-            };
-            let images = cfg.image.len();
-            daemon.install_config(cfg);
-            let _ = daemon.jobs_tx.send(Command::Graph(graph)).await;
-            let _ = daemon.jobs_tx.send(Command::Limits(limits)).await;
-            {
-                let mut rt = lock(&daemon.runtime);
-                rt.config_loaded_at = Utc::now();
-                rt.config_error = None;
-            }
-            // New images and bases are decided at once.
-            let _ = daemon.check_tx.try_send(CheckRequest {
-                references: Some(Vec::new()),
-                trigger: rebased_core::Trigger::Poll,
-                all: true,
-            });
-            info!(images, "config reloaded");
         }
-        Err(e) => {
-            let text = format!("{e:#}");
-            error!("config reload refused, the previous config stays in force: {text}");
-            lock(&daemon.runtime).config_error = Some(text);
-        }
+        self.status.notify("READY=1");
+        self.status.report(&self.queue, self.live.cfg().image.len());
     }
-    daemon.notifier.send("READY=1");
-    daemon.report_status();
 }

@@ -27,11 +27,22 @@ pub const KEEP_FINISHED: usize = 1000;
 pub trait Executor: Send + Sync + 'static {
     /// Runs one attempt of `job` (decide again, build, push, record).
     fn execute(&self, job: Job) -> impl Future<Output = Outcome> + Send;
-    /// `job` changed; `finished` says how an attempt ended, if one did.
-    /// Persist it and update the image's state.
-    fn record(&self, job: &Job, finished: Option<&Finished>);
+    /// `job` changed; `attempt` says how an attempt ended, if one did.
+    /// Persist it and update the image's state. The dispatcher awaits it
+    /// before it goes on, so records are written in the order of the
+    /// changes (an implementation may write on a blocking thread).
+    fn record(&self, job: Job, attempt: Option<Attempt>) -> impl Future<Output = ()> + Send;
     /// Finished jobs dropped from the queue (to drop from the store too).
-    fn forget(&self, ids: &[JobId]);
+    fn forget(&self, ids: Vec<JobId>) -> impl Future<Output = ()> + Send;
+}
+
+/// How an attempt ended: what it returned and what the queue made of it.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// What the executor returned.
+    pub outcome: Outcome,
+    /// What the queue decided.
+    pub finished: Finished,
 }
 
 /// Commands to the dispatcher.
@@ -170,17 +181,17 @@ impl<E: Executor> Dispatcher<E> {
         loop {
             if until_idle {
                 while let Ok(cmd) = rx.try_recv() {
-                    self.command(cmd);
+                    self.command(cmd).await;
                 }
             }
             if !shutdown.is_cancelled() {
-                self.start_due(&mut running, &mut tasks);
+                self.start_due(&mut running, &mut tasks).await;
             }
             if (shutdown.is_cancelled() || !open || until_idle) && running.is_empty() {
                 // Commands that arrived while stopping are kept for the next start.
                 while let Ok(cmd) = rx.try_recv() {
                     if let Command::Enqueue { .. } = cmd {
-                        self.command(cmd);
+                        self.command(cmd).await;
                     }
                 }
                 break;
@@ -195,17 +206,17 @@ impl<E: Executor> Dispatcher<E> {
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => match done {
                     Ok((task, (id, outcome))) => {
                         tasks.remove(&task);
-                        self.finish(id, outcome);
+                        self.finish(id, outcome).await;
                     }
                     Err(e) => {
                         warn!("build task failed: {e}");
                         if let Some(id) = tasks.remove(&e.id()) {
-                            self.finish(id, Outcome::Failed(format!("the build task failed: {e}")));
+                            self.finish(id, Outcome::failed(format!("the build task failed: {e}"))).await;
                         }
                     }
                 },
                 cmd = rx.recv(), if open && !shutdown.is_cancelled() => match cmd {
-                    Some(cmd) => self.command(cmd),
+                    Some(cmd) => self.command(cmd).await,
                     None => open = false,
                 },
                 _ = tokio::time::sleep(wait) => {}
@@ -216,13 +227,13 @@ impl<E: Executor> Dispatcher<E> {
         }
     }
 
-    fn command(&mut self, cmd: Command) {
+    async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Enqueue { image, reason } => self.enqueue(&image, reason),
+            Command::Enqueue { image, reason } => self.enqueue(&image, reason).await,
             Command::Cancel { image } => {
                 let cancelled = lock(&self.queue).cancel_image(&image, self.clock.now());
                 if let Some(job) = cancelled {
-                    self.executor.record(&job, None);
+                    self.executor.record(job, None).await;
                 }
             }
             Command::Graph(g) => self.graph = g,
@@ -230,13 +241,13 @@ impl<E: Executor> Dispatcher<E> {
         }
     }
 
-    fn enqueue(&self, image: &str, reason: JobReason) {
+    async fn enqueue(&self, image: &str, reason: JobReason) {
         let (job, merged) = lock(&self.queue).enqueue(image, reason);
         debug!(image, job = job.id, merged, "enqueued");
-        self.executor.record(&job, None);
+        self.executor.record(job, None).await;
     }
 
-    fn start_due(
+    async fn start_due(
         &self,
         running: &mut JoinSet<(JobId, Outcome)>,
         tasks: &mut std::collections::HashMap<tokio::task::Id, JobId>,
@@ -249,7 +260,7 @@ impl<E: Executor> Dispatcher<E> {
         };
         for job in started {
             info!(image = %job.image, job = job.id, attempt = job.attempts + 1, "job starting");
-            self.executor.record(&job, None);
+            self.executor.record(job.clone(), None).await;
             let executor = Arc::clone(&self.executor);
             let id = job.id;
             let handle = running.spawn(async move { (id, executor.execute(job).await) });
@@ -257,7 +268,7 @@ impl<E: Executor> Dispatcher<E> {
         }
     }
 
-    fn finish(&self, id: JobId, outcome: Outcome) {
+    async fn finish(&self, id: JobId, outcome: Outcome) {
         let now = self.clock.now();
         let finished = lock(&self.queue).finish(id, &outcome, now, self.limits.max_attempts);
         let Some((job, fin)) = finished else { return };
@@ -273,22 +284,32 @@ impl<E: Executor> Dispatcher<E> {
                 info!(image = %job.image, job = id, "job interrupted; queued again")
             }
         }
-        self.executor.record(&job, Some(&fin));
-        if let Outcome::Published(v) = &outcome {
-            for child in self.graph.children(&job.image) {
+        let image = job.image.clone();
+        let published = match &outcome {
+            Outcome::Published(v) => Some(*v),
+            _ => None,
+        };
+        self.executor
+            .record(
+                job,
+                Some(Attempt {
+                    outcome,
+                    finished: fin,
+                }),
+            )
+            .await;
+        if let Some(v) = published {
+            for child in self.graph.children(&image) {
                 self.enqueue(
                     child,
-                    reason(
-                        Trigger::Cascade,
-                        now,
-                        format!("{} published {v}", job.image),
-                    ),
-                );
+                    reason(Trigger::Cascade, now, format!("{image} published {v}")),
+                )
+                .await;
             }
         }
         let dropped = lock(&self.queue).prune(KEEP_FINISHED);
         if !dropped.is_empty() {
-            self.executor.forget(&dropped);
+            self.executor.forget(dropped).await;
         }
     }
 }
@@ -345,8 +366,8 @@ mod tests {
                 .and_then(|v| (!v.is_empty()).then(|| v.remove(0)));
             next.unwrap_or(Outcome::Published(Version::parse("1.0.1").expect("v")))
         }
-        fn record(&self, job: &Job, finished: Option<&Finished>) {
-            if let Some(Finished::GaveUp) = finished {
+        async fn record(&self, job: Job, attempt: Option<Attempt>) {
+            if let Some(Finished::GaveUp) = attempt.map(|a| a.finished) {
                 let t = self.secs();
                 self.log
                     .lock()
@@ -354,7 +375,7 @@ mod tests {
                     .push((job.image.clone(), "gave-up", t));
             }
         }
-        fn forget(&self, _: &[JobId]) {}
+        async fn forget(&self, _: Vec<JobId>) {}
     }
 
     async fn drive(
@@ -419,7 +440,7 @@ mod tests {
         let fake = Arc::new(Fake::default());
         fake.script.lock().expect("lock").insert(
             "a".into(),
-            (0..5).map(|_| Outcome::Failed("boom".into())).collect(),
+            (0..5).map(|_| Outcome::failed("boom")).collect(),
         );
         let q = drive(
             Arc::clone(&fake),

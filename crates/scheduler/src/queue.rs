@@ -37,9 +37,30 @@ pub enum Outcome {
     /// The image was already fresh: nothing to do.
     Fresh,
     /// The attempt failed.
-    Failed(String),
+    Failed(Failure),
     /// The attempt was cancelled (shutdown): it runs again after restart.
     Interrupted,
+}
+
+/// A failed attempt: why, and the inputs it was decided with (none when it
+/// failed before they were known), so that a failing image is decided
+/// again only once its inputs change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The error, as shown in the job and the image.
+    pub error: String,
+    /// The inputs the attempt built from.
+    pub inputs: Option<crate::Inputs>,
+}
+
+impl Outcome {
+    /// A failure whose inputs are not known.
+    pub fn failed(error: impl Into<String>) -> Self {
+        Self::Failed(Failure {
+            error: error.into(),
+            inputs: None,
+        })
+    }
 }
 
 /// What [`Queue::finish`] decided.
@@ -166,9 +187,9 @@ impl Queue {
                 job.state = JobState::Queued;
                 Finished::Requeued
             }
-            Outcome::Failed(e) => {
+            Outcome::Failed(f) => {
                 job.attempts += 1;
-                job.error = Some(e.clone());
+                job.error = Some(f.error.clone());
                 if job.attempts >= max_attempts {
                     job.state = JobState::Failed;
                     job.finished_at = Some(now);
@@ -369,7 +390,7 @@ mod tests {
             assert_eq!(q.runnable(now, 1, &g), vec![job.id], "attempt {attempt}");
             q.start(job.id, now);
             let (_, fin) = q
-                .finish(job.id, &Outcome::Failed("boom".into()), now, 5)
+                .finish(job.id, &Outcome::failed("boom"), now, 5)
                 .expect("job");
             match fin {
                 Finished::Retry(t) => {
@@ -397,7 +418,7 @@ mod tests {
         let mut q = Queue::default();
         let (job, _) = q.enqueue("app", reason(Trigger::Poll, at(0), ""));
         q.start(job.id, at(0));
-        q.finish(job.id, &Outcome::Failed("x".into()), at(0), 5);
+        q.finish(job.id, &Outcome::failed("x"), at(0), 5);
         let (j, merged) = q.enqueue("app", reason(Trigger::Poll, at(10), "base moved again"));
         assert!(merged);
         assert_eq!((j.not_before, j.attempts), (at(10), 0));

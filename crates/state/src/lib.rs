@@ -553,30 +553,23 @@ impl Store {
         current: Option<Version>,
     ) -> Result<(), StateError> {
         let what = format!("import ledger of {name}");
+        let result = (&self.images, &self.versions)
+            .transaction(|(images, vtree)| import_into(images, vtree, name, versions, current));
+        self.committed(result, what)
+    }
+
+    /// [`Store::import`] of several images in one transaction, flushed once
+    /// (the start-up import of thousands of images: one disk sync per
+    /// batch, not per image).
+    pub fn import_many(&self, ledgers: &[ImportedLedger]) -> Result<(), StateError> {
+        if ledgers.is_empty() {
+            return Ok(());
+        }
+        let what = format!("import ledgers of {} images", ledgers.len());
         let result = (&self.images, &self.versions).transaction(|(images, vtree)| {
-            let abort = |reason: String| ConflictableTransactionError::Abort(reason);
-            for v in versions {
-                // What the ledger already knows is kept: it is more exact.
-                let key = version_key(name, &v.version);
-                if vtree.get(&key)?.is_none() {
-                    let bytes = serde_json::to_vec(v).map_err(|e| abort(e.to_string()))?;
-                    vtree.insert(key, bytes)?;
-                }
+            for l in ledgers {
+                import_into(images, vtree, &l.name, &l.versions, l.current)?;
             }
-            let mut image: ImageRecord = match images.get(name.as_bytes())? {
-                Some(b) => serde_json::from_slice(&b)
-                    .map_err(|e| abort(format!("image record does not decode: {e}")))?,
-                None => ImageRecord::new(name),
-            };
-            if image.current.is_none() {
-                image.current = current;
-            }
-            image.ledger_synced = true;
-            image.updated_at = Utc::now();
-            images.insert(
-                name.as_bytes(),
-                serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?,
-            )?;
             Ok(())
         });
         self.committed(result, what)
@@ -606,6 +599,52 @@ impl Store {
                 source,
             })
     }
+}
+
+/// One image's ledger as read back from its repository.
+#[derive(Debug, Clone)]
+pub struct ImportedLedger {
+    /// The image.
+    pub name: String,
+    /// Its versions.
+    pub versions: Vec<VersionRecord>,
+    /// The one the floating tags point at.
+    pub current: Option<Version>,
+}
+
+/// The import of one ledger inside a transaction: versions the ledger
+/// already knows are kept (they are more exact); the image's current
+/// version is set only if it has none; the ledger is marked synced.
+fn import_into(
+    images: &sled::transaction::TransactionalTree,
+    vtree: &sled::transaction::TransactionalTree,
+    name: &str,
+    versions: &[VersionRecord],
+    current: Option<Version>,
+) -> Result<(), ConflictableTransactionError<String>> {
+    let abort = |reason: String| ConflictableTransactionError::Abort(reason);
+    for v in versions {
+        let key = version_key(name, &v.version);
+        if vtree.get(&key)?.is_none() {
+            let bytes = serde_json::to_vec(v).map_err(|e| abort(e.to_string()))?;
+            vtree.insert(key, bytes)?;
+        }
+    }
+    let mut image: ImageRecord = match images.get(name.as_bytes())? {
+        Some(b) => serde_json::from_slice(&b)
+            .map_err(|e| abort(format!("image record of {name} does not decode: {e}")))?,
+        None => ImageRecord::new(name),
+    };
+    if image.current.is_none() {
+        image.current = current;
+    }
+    image.ledger_synced = true;
+    image.updated_at = Utc::now();
+    images.insert(
+        name.as_bytes(),
+        serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?,
+    )?;
+    Ok(())
 }
 
 /// Keys sort by image, then numerically by version.
@@ -795,6 +834,39 @@ mod tests {
         assert!(image.ledger_synced);
         assert_eq!(image.current, Some(v[1].version));
         assert_eq!(store.versions("app").expect("versions").len(), 2);
+    }
+
+    #[test]
+    fn import_many_imports_each_ledger_and_keeps_what_is_known() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        // What the ledger knows already wins over what is read back.
+        store
+            .publish("a", &version("1.0.0", 'a', '1'), None)
+            .expect("publish");
+        let read_back = version("1.0.0", 'f', '9');
+        let ledgers = [
+            ImportedLedger {
+                name: "a".to_owned(),
+                versions: vec![read_back.clone(), version("1.0.1", 'b', '2')],
+                current: Some(Version::parse("1.0.1").expect("v")),
+            },
+            ImportedLedger {
+                name: "b".to_owned(),
+                versions: Vec::new(),
+                current: None,
+            },
+        ];
+        store.import_many(&ledgers).expect("import");
+        let a = store.image("a").expect("get").expect("a");
+        assert!(a.ledger_synced);
+        assert_eq!(a.current, Some(Version::parse("1.0.0").expect("v")), "kept");
+        let versions = store.versions("a").expect("versions");
+        assert_eq!(versions.len(), 2);
+        assert_eq!(versions[0].digest, version("1.0.0", 'a', '1').digest);
+        let b = store.image("b").expect("get").expect("b");
+        assert!(b.ledger_synced && b.current.is_none());
+        store.import_many(&[]).expect("nothing to do");
     }
 
     #[test]

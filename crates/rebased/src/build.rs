@@ -1,0 +1,194 @@
+//! Running one build: the pinned Dockerfile, its provenance annotations,
+//! credentials and CAs for the engine, the backend chosen, the log saved.
+//! It builds and pushes the version tag; recording is `publish`'s.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Context, Result};
+use chrono::Utc;
+use rebased_builder::{installed_engine, provenance, BuildRequest, EngineKind};
+use rebased_core::config::{Backend, ImageConfig};
+use rebased_core::dockerfile::BaseKind;
+use rebased_core::job::JobId;
+use rebased_core::{Digest, ImageRef, Trigger, Version};
+use rebased_registry::Registry;
+use rebased_scheduler::Inputs;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::destination::Destination;
+use crate::live::{Live, Plan};
+
+/// What one build makes.
+pub struct Build<'a> {
+    /// The image.
+    pub image: &'a ImageConfig,
+    /// Where it is pushed.
+    pub repo: &'a Destination,
+    /// Its Dockerfile, read for this build.
+    pub plan: &'a Plan,
+    /// Each base and the digest it is pinned to.
+    pub pins: &'a BTreeMap<ImageRef, Digest>,
+    /// The inputs (digests and platforms) it is built from.
+    pub inputs: &'a Inputs,
+    /// The version.
+    pub version: Version,
+    /// The version it supersedes.
+    pub supersedes: Option<Version>,
+    /// Why.
+    pub trigger: Trigger,
+    /// The job.
+    pub job: JobId,
+}
+
+/// Builds `build` and pushes its version tag; returns the pushed digest.
+/// `cancel` kills the build (shutdown).
+pub async fn run(
+    live: &Live,
+    registry: &Registry,
+    cancel: &CancellationToken,
+    build: &Build<'_>,
+) -> Result<Digest> {
+    let tag = build.version.to_string();
+    let target = build.repo.target(&tag);
+    let job = build.job;
+    let request = request(live, registry, build)?;
+    let workdir = request.workdir.clone();
+    let outcome = match backend(live, build) {
+        None => {
+            info!(backend = "native", "building");
+            live.native().build(&request, registry, cancel).await
+        }
+        Some(kind) => {
+            info!(backend = kind.program(), "building");
+            live.engine(kind).build(&request, cancel).await
+        }
+    };
+    let log = match &outcome {
+        Ok(o) => o.log.clone(),
+        Err(e) => e.log().to_owned(),
+    };
+    live.save_log(job, &log);
+    let _ = tokio::fs::remove_dir_all(&workdir).await;
+    let out = outcome.with_context(|| format!("build of {target} (job {job})"))?;
+    match out.digest {
+        Some(d) => Ok(d),
+        None => build
+            .repo
+            .lookup(registry, &tag)
+            .await?
+            .ok_or_else(|| anyhow!("{target} is missing after the push")),
+    }
+}
+
+/// The request given to the backend.
+fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildRequest> {
+    let image = build.image;
+    let primary = build
+        .plan
+        .model
+        .uses
+        .iter()
+        .rev()
+        .find(|u| u.kind == BaseKind::From)
+        .and_then(|u| build.pins.get(&u.reference).map(|d| (&u.reference, d)));
+    let annotations = provenance::Provenance {
+        version: &build.version,
+        created: Utc::now(),
+        primary,
+        bases: build.pins,
+        platforms: &build.inputs.platforms,
+        supersedes: build.supersedes.as_ref(),
+        trigger: build.trigger,
+    }
+    .annotations();
+    let cfg = live.cfg();
+    // A missing secret file is the image's config error, said plainly
+    // (the path only: never the contents).
+    for (id, path) in &image.secrets {
+        std::fs::metadata(path)
+            .with_context(|| format!("build secret {id}: {}", path.display()))?;
+    }
+    Ok(BuildRequest {
+        image: image.name.to_string(),
+        job: build.job.to_string(),
+        context: image.context.clone(),
+        dockerfile: build.plan.model.pin(&build.plan.text, build.pins),
+        build_args: image.build_args.clone(),
+        target: build.repo.target(&build.version.to_string()),
+        annotations,
+        insecure_registries: live.insecure_registries(),
+        auth_json: auth_json(registry, build.repo.registry(), build.pins.keys())?,
+        ca_files: cfg
+            .registries
+            .values()
+            .filter_map(|r| r.ca_file.clone())
+            .collect(),
+        workdir: cfg
+            .daemon
+            .state_dir
+            .join("builds")
+            .join(build.job.to_string()),
+        platforms: image.platforms.clone(),
+        secrets: image.secrets.clone(),
+        source_date_epoch: source_date_epoch(),
+    })
+}
+
+/// The engine to build with; `None` is the native backend.
+fn backend(live: &Live, build: &Build<'_>) -> Option<EngineKind> {
+    match live.cfg().builder.backend {
+        Backend::Native => None,
+        // Native when it can build the file (no RUN, one stage, no
+        // COPY --from ...), else the first engine installed; with
+        // none, native says why it cannot.
+        Backend::Auto
+            if rebased_builder::native::plan::Plan::new(
+                &build.plan.model,
+                &build.image.build_args,
+            )
+            .is_ok() =>
+        {
+            None
+        }
+        Backend::Auto => installed_engine(),
+        Backend::Buildah => Some(EngineKind::Buildah),
+        Backend::Podman => Some(EngineKind::Podman),
+        Backend::Docker => Some(EngineKind::Docker),
+    }
+}
+
+/// An auth file for the engines: credentials of every registry the build
+/// pulls from or pushes to (none when all are anonymous).
+fn auth_json<'a>(
+    registry: &Registry,
+    target: Option<&ImageRef>,
+    bases: impl Iterator<Item = &'a ImageRef>,
+) -> Result<Option<String>> {
+    let mut hosts: Vec<String> = bases.map(|b| b.registry().to_owned()).collect();
+    hosts.extend(target.map(|t| t.registry().to_owned()));
+    hosts.sort();
+    hosts.dedup();
+    let mut auths = serde_json::Map::new();
+    for host in hosts {
+        let creds = registry
+            .credentials(&host)
+            .map_err(|e| anyhow!("credentials for {host}: {e}"))?;
+        if let Some(c) = creds {
+            let entry = if c.is_identity_token() {
+                serde_json::json!({ "identitytoken": c.secret })
+            } else {
+                serde_json::json!({ "auth": c.basic() })
+            };
+            auths.insert(host, entry);
+        }
+    }
+    Ok((!auths.is_empty()).then(|| serde_json::json!({ "auths": auths }).to_string()))
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, if set to a number.
+fn source_date_epoch() -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -1,0 +1,298 @@
+//! The config in force and what is made from it: the registry client, the
+//! builders, and each Dockerfile's bases. A reload swaps them whole; every
+//! part of the daemon asks here for the ones of now.
+//!
+//! This is the bottom layer of the binary: it reads files, never the store,
+//! the queue or a registry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::Result;
+use rebased_builder::native::cache::LayerCache;
+use rebased_builder::{Engine, EngineKind, Native};
+use rebased_core::config::{Config, CronSpec, ImageConfig};
+use rebased_core::ImageRef;
+use rebased_registry::Registry;
+use tracing::warn;
+
+use crate::config;
+
+/// Locks `m`; a poisoned lock only means a panic elsewhere, and the data
+/// is still usable.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The config in force, shared by every task.
+pub struct Live {
+    config_file: PathBuf,
+    config: RwLock<Arc<Config>>,
+    registry: RwLock<Arc<Registry>>,
+    plans: Mutex<PlanCache>,
+    /// `rebased once`: no settle delay.
+    once: bool,
+}
+
+/// One image's Dockerfile as read now (for a build: always read afresh).
+pub struct Plan {
+    /// The text as read.
+    pub text: String,
+    /// The model.
+    pub model: rebased_core::dockerfile::Dockerfile,
+    /// Its external bases.
+    pub bases: Vec<ImageRef>,
+}
+
+impl Live {
+    /// The config `cfg` read from `config_file`.
+    pub fn new(config_file: PathBuf, cfg: Config, once: bool) -> Self {
+        Self {
+            config_file,
+            registry: RwLock::new(Arc::new(Registry::new(&cfg.registries))),
+            config: RwLock::new(Arc::new(cfg)),
+            plans: Mutex::new(PlanCache::default()),
+            once,
+        }
+    }
+
+    /// The config file.
+    pub fn config_file(&self) -> &Path {
+        &self.config_file
+    }
+
+    /// The config in force.
+    pub fn cfg(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The registry client of the config in force.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The settle time in force (none in `once` mode).
+    pub fn settle(&self) -> std::time::Duration {
+        if self.once {
+            std::time::Duration::ZERO
+        } else {
+            self.cfg().daemon.settle.0
+        }
+    }
+
+    /// The image called `name`.
+    pub fn image(&self, name: &str) -> Option<ImageConfig> {
+        self.cfg()
+            .image
+            .iter()
+            .find(|i| i.name.as_str() == name)
+            .cloned()
+    }
+
+    /// Swaps in a new config (and what is made from it).
+    pub fn install(&self, cfg: Config) {
+        // The registry client keeps its token cache and concurrency pools
+        // unless the registry settings changed.
+        if cfg.registries != self.cfg().registries {
+            let registry = Arc::new(Registry::new(&cfg.registries));
+            *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
+        }
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+        *lock(&self.plans) = PlanCache::default();
+    }
+
+    /// An engine of the config in force, with its storage in the state
+    /// directory.
+    pub fn engine(&self, kind: EngineKind) -> Engine {
+        let cfg = self.cfg();
+        Engine::with_storage(
+            kind,
+            &cfg.daemon.state_dir.join("containers"),
+            cfg.builder.timeout.0,
+        )
+    }
+
+    /// The native builder of the config in force.
+    pub fn native(&self) -> Native {
+        let cfg = self.cfg();
+        Native {
+            timeout: cfg.builder.timeout.0,
+            layer_cache: Some(LayerCache::new(cfg.daemon.state_dir.join("layers"))),
+        }
+    }
+
+    /// True when `base` is the repository of a managed image.
+    pub fn is_managed(&self, base: &ImageRef) -> bool {
+        let name = base.name();
+        self.cfg()
+            .image
+            .iter()
+            .any(|i| i.repository.to_string() == name)
+    }
+
+    /// Registries reached over plain http.
+    pub fn insecure_registries(&self) -> Vec<String> {
+        self.cfg()
+            .registries
+            .iter()
+            .filter(|(_, r)| r.insecure)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// The path of a job's build log.
+    pub fn log_path(&self, job: u64) -> PathBuf {
+        self.cfg()
+            .daemon
+            .state_dir
+            .join("logs")
+            .join(format!("{job}.log"))
+    }
+
+    /// Saves a build log under `state_dir/logs`.
+    pub fn save_log(&self, job: u64, log: &str) {
+        let path = self.log_path(job);
+        let written = match path.parent() {
+            Some(dir) => std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, log)),
+            None => std::fs::write(&path, log),
+        };
+        if let Err(e) = written {
+            warn!(path = %path.display(), "cannot save build log: {e}");
+        }
+    }
+
+    /// Reads and parses an image's Dockerfile now.
+    pub fn plan(&self, image: &ImageConfig) -> Result<Plan> {
+        let p = config::read_dockerfile(&image.dockerfile_path(), &image.build_args)?;
+        let bases = p.model.bases();
+        Ok(Plan {
+            text: p.text,
+            model: p.model,
+            bases,
+        })
+    }
+
+    /// An image's bases (`FROM`s and `COPY --from`s of external images):
+    /// from the cache while its Dockerfile is unchanged (same inode, size,
+    /// mtime and ctime; looked at once per [`PLAN_VERIFY_EVERY`]), else read
+    /// and parsed now. Errors are not cached.
+    pub fn image_bases(&self, image: &ImageConfig) -> Result<Arc<[ImageRef]>> {
+        let path = image.dockerfile_path();
+        let key = format!("{}\0{:?}", path.display(), image.build_args);
+        if let Some(c) = lock(&self.plans).entries.get(&key) {
+            if c.verified.elapsed() < PLAN_VERIFY_EVERY {
+                return Ok(Arc::clone(&c.bases));
+            }
+        }
+        let stamp = FileStamp::of(&path);
+        if let Some(stamp) = stamp {
+            if let Some(c) = lock(&self.plans).entries.get_mut(&key) {
+                if c.stamp == stamp {
+                    c.verified = std::time::Instant::now();
+                    return Ok(Arc::clone(&c.bases));
+                }
+            }
+        }
+        let p = config::read_dockerfile(&path, &image.build_args)?;
+        let bases = p.model.bases();
+        let mut cache = lock(&self.plans);
+        let bases = match cache.interned.get(bases.as_slice()) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<[ImageRef]> = bases.into();
+                cache.interned.insert(Arc::clone(&shared));
+                shared
+            }
+        };
+        // Stamped before the read: a write during the read is seen next time.
+        if let Some(stamp) = stamp {
+            cache.entries.insert(
+                key,
+                CachedBases {
+                    stamp,
+                    verified: std::time::Instant::now(),
+                    bases: Arc::clone(&bases),
+                },
+            );
+        }
+        Ok(bases)
+    }
+
+    /// Each polled base (external, not pinned by digest) and the schedules
+    /// of the images using it.
+    pub fn schedules(&self) -> BTreeMap<ImageRef, Vec<CronSpec>> {
+        let cfg = self.cfg();
+        let mut out: BTreeMap<ImageRef, Vec<CronSpec>> = BTreeMap::new();
+        for image in &cfg.image {
+            let Ok(bases) = self.image_bases(image) else {
+                continue;
+            };
+            let spec = image.poll.as_ref().unwrap_or(&cfg.daemon.poll);
+            for base in bases.iter().filter(|b| b.digest().is_none()) {
+                let specs = out.entry(base.clone()).or_default();
+                if !specs.contains(spec) {
+                    specs.push(spec.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Every polled base reference.
+    pub fn watched(&self) -> BTreeSet<ImageRef> {
+        self.schedules().into_keys().collect()
+    }
+}
+
+/// The bases of each Dockerfile, by its path and the build args it is read
+/// with (so an entry made under an old config during a reload can only
+/// ever serve that old input; a reload empties the cache to free it), each
+/// with the file's identity (inode, size, mtime, ctime) when it was read: a
+/// poll cycle, a webhook and `GET /v1/images` look at every image's bases,
+/// and re-reading and re-parsing thousands of unchanged files each time was
+/// most of their cost. A changed file is read again. Equal base lists are
+/// shared (`interned`): thousands of images usually have a few dozen
+/// distinct bases.
+#[derive(Default)]
+struct PlanCache {
+    entries: std::collections::HashMap<String, CachedBases>,
+    interned: std::collections::HashSet<Arc<[ImageRef]>>,
+}
+
+/// One Dockerfile's bases, the file's stamp, and when the stamp was last
+/// compared with the file.
+struct CachedBases {
+    stamp: FileStamp,
+    verified: std::time::Instant,
+    bases: Arc<[ImageRef]>,
+}
+
+/// A cached entry younger than this is used without looking at the file:
+/// one poll round (its schedule, then its decisions) or one API request
+/// looks at each file once, not several times.
+const PLAN_VERIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What tells a file changed without reading it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    dev: u64,
+    len: u64,
+    mtime: Option<std::time::SystemTime>,
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            ino: m.ino(),
+            dev: m.dev(),
+            len: m.len(),
+            mtime: m.modified().ok(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}

@@ -1,0 +1,219 @@
+//! Publishing a version: the version tag is pushed (or an identical one
+//! adopted), then the version is recorded, then the floating tags move.
+//! [`publish`] is the one function that does this, and its order is the
+//! invariant: a version is in the ledger before any floating tag points at
+//! it, and a version tag is never overwritten.
+//!
+//! [`move_tags`] is the one floating-tag mover (publish, a crash's
+//! unfinished move, rollback).
+
+use std::future::Future;
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use rebased_builder::provenance;
+use rebased_core::config::ImageConfig;
+use rebased_core::job::JobId;
+use rebased_core::{Digest, Trigger, Version};
+use rebased_registry::Registry;
+use rebased_scheduler::{Change, Inputs};
+use rebased_state::{BaseChange, Reason, Store, VersionRecord};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::destination::Destination;
+use crate::records;
+
+/// Fails the process at a named point, for crash tests. Only debug builds
+/// (the test builds) read `REBASED_FAILPOINT`; release builds never do.
+pub fn failpoint(name: &str) {
+    if cfg!(debug_assertions) && std::env::var("REBASED_FAILPOINT").is_ok_and(|f| f == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
+/// One version to publish: what the reconciler decided.
+pub struct Release<'a> {
+    /// The image.
+    pub image: &'a ImageConfig,
+    /// Where its versions live.
+    pub repo: &'a Destination,
+    /// The version.
+    pub version: Version,
+    /// The version it supersedes.
+    pub supersedes: Option<Version>,
+    /// Why it is built.
+    pub trigger: Trigger,
+    /// The inputs it is built from.
+    pub inputs: &'a Inputs,
+    /// Each base's move since the superseded version.
+    pub changes: &'a [Change],
+    /// The job that builds it.
+    pub job: JobId,
+}
+
+/// Publishes `release`: looks up its version tag (an existing one is
+/// adopted when it was built from the same bases, else refused), else runs
+/// `push` (the build, which pushes the version tag and returns its
+/// digest); records the version; then, unless the image was rolled back
+/// meanwhile, moves the floating tags. A tag that did not move is the
+/// image's error, finished by its next job; the version still counts.
+/// `cancel` (a stop) abandons the look before the push; `push` observes it
+/// itself; once `push` has returned, the version is recorded whatever
+/// happens.
+pub async fn publish(
+    store: &Store,
+    registry: &Registry,
+    release: &Release<'_>,
+    push: impl Future<Output = Result<Digest>>,
+    cancel: &CancellationToken,
+) -> Result<Digest> {
+    let Release {
+        image,
+        repo,
+        version,
+        ..
+    } = release;
+    let name = image.name.as_str();
+    let tag = version.to_string();
+    let target = repo.target(&tag);
+    // Versions are immutable: look before pushing.
+    let existing = tokio::select! {
+        e = adoptable(registry, release) => e?,
+        _ = cancel.cancelled() => bail!("cancelled before the push of {target}: rebased is stopping"),
+    };
+    let digest = match existing {
+        Some(d) => d,
+        None => {
+            let d = push.await?;
+            info!(digest = %d, "pushed {target}");
+            failpoint("after-version-push");
+            d
+        }
+    };
+    let record = version_record(release, &digest);
+    let reason = release.supersedes.map(|_| Reason {
+        trigger: release.trigger,
+        bases: release
+            .changes
+            .iter()
+            .map(|c| BaseChange {
+                reference: c.reference.clone(),
+                before: c.before.clone(),
+                after: c.after.clone(),
+            })
+            .collect(),
+    });
+    let owned = name.to_owned();
+    records::write(store, move |s| s.publish(&owned, &record, reason))
+        .await
+        .with_context(|| format!("recording {target} ({digest})"))?;
+    info!(%digest, "published {target}");
+    if records::is_held(store, name) {
+        info!("image was rolled back meanwhile: floating tags stay where they are");
+        return Ok(digest);
+    }
+    let tags: Vec<String> = image.tags.iter().map(|t| t.render(version)).collect();
+    if let Err(e) = move_tags(repo, registry, &digest, &tags, Move::New).await {
+        // The version is published (and cascades); the tags are finished
+        // by the image's next job.
+        let msg = format!("{target} is published but {e}");
+        error!("{msg}");
+        if let Err(e) = store.update_image(name, |r| r.last_error = Some(msg.clone())) {
+            error!("cannot record the error: {e}");
+        }
+    }
+    Ok(digest)
+}
+
+/// The digest of `release`'s version tag if it exists and was built from
+/// the same bases (a run cut short after its push): adopted instead of
+/// built. An existing tag of anything else is refused.
+async fn adoptable(registry: &Registry, release: &Release<'_>) -> Result<Option<Digest>> {
+    let repo = release.repo;
+    let tag = release.version.to_string();
+    let Some(d) = repo.lookup(registry, &tag).await? else {
+        return Ok(None);
+    };
+    let manifest = repo.manifest(registry, &tag).await?;
+    match provenance::bases_from(&repo.provenance(registry, &manifest).await) {
+        Some(b) if b == release.inputs.digests => {
+            info!(digest = %d, "version tag already pushed with the same inputs: adopting it");
+            Ok(Some(d))
+        }
+        _ => bail!(
+            "version tag {} already exists ({d}) and was not built by rebased from the current bases; refusing to overwrite it",
+            repo.target(&tag)
+        ),
+    }
+}
+
+/// The ledger's record of a release published as `digest`.
+fn version_record(release: &Release<'_>, digest: &Digest) -> VersionRecord {
+    VersionRecord {
+        version: release.version,
+        digest: digest.clone(),
+        built_at: Utc::now(),
+        bases: release.inputs.digests.clone(),
+        platforms: release.inputs.platforms.clone(),
+        trigger: release.trigger,
+        superseded_by: None,
+        superseded_at: None,
+        reason: None,
+        supersedes: release.supersedes,
+        job: Some(release.job),
+    }
+}
+
+/// Whether [`move_tags`] looks at a tag before moving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// A new version: point every tag at it (none points at it yet).
+    New,
+    /// A rollback: point every tag at the earlier version.
+    Back,
+    /// Only tags that point elsewhere (finishing a move a crash cut short).
+    WhereDifferent,
+}
+
+/// Points each of `tags` at the manifest `digest`, which `repo` holds, by
+/// copying its bytes (so a floating tag carries the version's digest).
+/// Every tag is tried; the error names each one that did not move.
+pub async fn move_tags(
+    repo: &Destination,
+    registry: &Registry,
+    digest: &Digest,
+    tags: &[String],
+    how: Move,
+) -> Result<()> {
+    let mut errors = Vec::new();
+    let mut moved = 0;
+    for tag in tags {
+        if how == Move::WhereDifferent {
+            match repo.lookup(registry, tag).await {
+                Ok(Some(d)) if &d == digest => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    errors.push(format!("{tag}: {e:#}"));
+                    continue;
+                }
+            }
+        }
+        match repo.tag(registry, digest, tag).await {
+            Ok(()) => {
+                info!(tag = %tag, %digest, "moved floating tag");
+                moved += 1;
+                if moved == 1 && how == Move::New {
+                    failpoint("after-first-floating-tag");
+                }
+            }
+            Err(e) => errors.push(format!("{tag}: {e:#}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("floating tags did not move: {}", errors.join("; "))
+    }
+}
