@@ -330,6 +330,8 @@ mod tests {
         build_secs: u64,
         start: Mutex<Option<tokio::time::Instant>>,
         concurrent: Mutex<(usize, usize)>,
+        /// Every record: the job's state and the attempt, if one ended.
+        records: Mutex<Vec<(JobState, Option<Attempt>)>>,
     }
 
     impl Fake {
@@ -367,6 +369,10 @@ mod tests {
             next.unwrap_or(Outcome::Published(Version::parse("1.0.1").expect("v")))
         }
         async fn record(&self, job: Job, attempt: Option<Attempt>) {
+            self.records
+                .lock()
+                .expect("lock")
+                .push((job.state, attempt.clone()));
             if let Some(Finished::GaveUp) = attempt.map(|a| a.finished) {
                 let t = self.secs();
                 self.log
@@ -462,6 +468,45 @@ mod tests {
         let q = lock(&q);
         let job = q.jobs().next().expect("job");
         assert_eq!((job.state, job.attempts), (JobState::Failed, 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_is_recorded_with_the_inputs_it_was_decided_with() {
+        let fake = Arc::new(Fake::default());
+        let inputs = crate::Inputs::from_digests(BTreeMap::from([(
+            "docker.io/library/alpine:3".to_owned(),
+            rebased_core::Digest::sha256(b"base"),
+        )]));
+        let failure = Outcome::Failed(crate::queue::Failure {
+            error: "boom".to_owned(),
+            inputs: Some(inputs.clone()),
+        });
+        fake.script
+            .lock()
+            .expect("lock")
+            .insert("a".into(), vec![failure.clone()]);
+        let limits = Limits {
+            max_concurrent: 1,
+            max_attempts: 1,
+        };
+        drive(
+            Arc::clone(&fake),
+            graph(&[("a", &[])]),
+            limits,
+            &["a"],
+            Duration::from_secs(10),
+        )
+        .await;
+        let records = fake.records.lock().expect("lock").clone();
+        let states: Vec<JobState> = records.iter().map(|r| r.0).collect();
+        assert_eq!(
+            states,
+            [JobState::Queued, JobState::Running, JobState::Failed],
+            "recorded in the order of the changes"
+        );
+        let last = records.last().and_then(|r| r.1.clone()).expect("attempt");
+        assert_eq!(last.finished, Finished::GaveUp);
+        assert_eq!(last.outcome, failure, "the failure carries its inputs");
     }
 
     #[tokio::test(start_paused = true)]
