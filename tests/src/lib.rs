@@ -498,7 +498,11 @@ impl BaseMaker {
     }
 }
 
-/// The `rebased` binary built by this workspace.
+/// The `rebased` binary built by this workspace. `cargo test -p
+/// rebased-e2e` alone does not rebuild another package's binary, so a
+/// binary older than the sources it is built from is refused: an e2e test
+/// of a stale binary would test old code (`cargo test --workspace`, or
+/// `cargo build -p rebased` first, brings it up to date).
 pub fn rebased_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test> -> target/<profile>/rebased
@@ -508,7 +512,39 @@ pub fn rebased_bin() -> PathBuf {
         run(Command::new(cargo).args(["build", "-p", "rebased", "--bin", "rebased"]));
     }
     assert!(bin.exists(), "{} missing", bin.display());
+    static CHECKED: std::sync::Once = std::sync::Once::new();
+    CHECKED.call_once(|| refuse_stale(&bin));
     bin
+}
+
+/// Panics when a source file of the binary (the `src` of it and of the
+/// workspace crates it links) is newer than the binary.
+fn refuse_stale(bin: &Path) {
+    let built = fs::metadata(bin).and_then(|m| m.modified()).unwrap();
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
+    let linked = [
+        "rebased",
+        "core",
+        "registry",
+        "watcher",
+        "scheduler",
+        "builder",
+        "state",
+        "api",
+    ];
+    let newest = linked
+        .iter()
+        .flat_map(|c| rust_sources(&crates.join(c).join("src")))
+        .filter_map(|(p, _)| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max();
+    if let Some((newer, path)) = newest.filter(|(t, _)| *t > built) {
+        panic!(
+            "{} is older than {} (by {:?}): run `cargo build -p rebased` first",
+            bin.display(),
+            path.display(),
+            newer.duration_since(built).unwrap_or_default()
+        );
+    }
 }
 
 /// A running `rebased run` daemon.
