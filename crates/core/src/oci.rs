@@ -298,14 +298,16 @@ impl Manifest {
 }
 
 /// The `config` object of an image config: how a container runs. Field
-/// names are Docker's, as the OCI spec keeps them.
+/// names are Docker's, as the OCI spec keeps them; `Healthcheck`, `Shell`,
+/// `OnBuild` and `ArgsEscaped` are Docker's extensions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ContainerConfig {
     /// `User`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// `ExposedPorts` (`"8080/tcp": {}`).
+    /// `ExposedPorts` (`"8080/tcp": {}`; the values, `{}` as Docker writes
+    /// them, are kept as written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exposed_ports: Option<BTreeMap<String, Value>>,
     /// `Env` (`KEY=value`).
@@ -314,10 +316,21 @@ pub struct ContainerConfig {
     /// `Entrypoint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
-    /// `Cmd`.
+    /// `Cmd`. `Some(None)` is a `"Cmd": null` written on purpose: Docker
+    /// writes it when `ENTRYPOINT` resets an inherited `CMD`.
+    #[serde(
+        default,
+        deserialize_with = "null_kept",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cmd: Option<Option<Vec<String>>>,
+    /// `Healthcheck`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cmd: Option<Vec<String>>,
-    /// `Volumes` (`"/data": {}`).
+    pub healthcheck: Option<Healthcheck>,
+    /// `ArgsEscaped` (Windows images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_escaped: Option<bool>,
+    /// `Volumes` (`"/data": {}`; values kept as written, like `ExposedPorts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<BTreeMap<String, Value>>,
     /// `WorkingDir`.
@@ -329,10 +342,41 @@ pub struct ContainerConfig {
     /// `StopSignal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
-    /// `OnBuild` triggers (Docker's extension).
+    /// `OnBuild` triggers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_build: Option<Vec<String>>,
-    /// Everything else (`Healthcheck`, `Shell`, `ArgsEscaped`, ...).
+    /// `Shell`, for the shell form of later instructions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
+    /// Everything else (`Hostname`, `Image`, Docker's other legacy fields, ...).
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `Healthcheck`: how a container is checked. Durations are nanoseconds;
+/// none is negative as Docker and BuildKit write them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Healthcheck {
+    /// `Test`: `["NONE"]`, `["CMD", args...]` or `["CMD-SHELL", command]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<Vec<String>>,
+    /// `Interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<u64>,
+    /// `Timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// `StartPeriod`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<u64>,
+    /// `StartInterval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_interval: Option<u64>,
+    /// `Retries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u64>,
+    /// Everything else.
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -383,6 +427,9 @@ pub struct ImageConfig {
     /// `created`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// `author`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
     /// `architecture`.
     #[serde(default)]
     pub architecture: String,
@@ -398,14 +445,12 @@ pub struct ImageConfig {
     /// `rootfs`.
     #[serde(default)]
     pub rootfs: RootFs,
-    /// `history`.
-    #[serde(
-        default,
-        deserialize_with = "null_as_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub history: Vec<History>,
-    /// Everything else (`author`, `os.version`, Docker's `container_config`, ...).
+    /// `history`, when written (`null` reads as not written; an empty list
+    /// is written back as one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<History>>,
+    /// Everything else (`os.version`, `os.features`, Docker's
+    /// `container_config`, ...).
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -435,6 +480,16 @@ fn two() -> u32 {
 
 fn layers() -> String {
     "layers".to_owned()
+}
+
+/// A field that is there, `null` included, reads as `Some` (`Some(None)`
+/// for `null`); only a missing one (the `default`) is `None`.
+fn null_kept<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// `null` reads as the default (Go writes a nil map or slice as `null`).
@@ -487,15 +542,41 @@ mod tests {
 
     #[test]
     fn configs_keep_what_they_do_not_model() {
-        let text = r#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"],"Healthcheck":{"Test":["NONE"]}},"rootfs":{"type":"layers","diff_ids":["sha256:a"]},"author":"me"}"#;
+        let text = r#"{"architecture":"amd64","os":"linux","os.version":"10.0","config":{"Env":["A=1"],"Hostname":"","Healthcheck":{"Test":["NONE"],"X-Future":1},"x-odd":[1,{"a":null}]},"rootfs":{"type":"layers","diff_ids":["sha256:a"]},"author":"me","container_config":{"Cmd":null}}"#;
         let c: ImageConfig = serde_json::from_str(text).expect("parses");
+        let config = c.config.as_ref().expect("config");
+        assert_eq!(config.env, Some(vec!["A=1".to_owned()]));
         assert_eq!(
-            c.config.as_ref().and_then(|c| c.env.clone()),
-            Some(vec!["A=1".to_owned()])
+            config.healthcheck.as_ref().and_then(|h| h.test.clone()),
+            Some(vec!["NONE".to_owned()])
         );
+        assert_eq!(c.author.as_deref(), Some("me"));
         assert_eq!(c.rootfs.diff_ids, ["sha256:a"]);
+        assert!(config.extra.contains_key("Hostname") && c.extra.contains_key("os.version"));
         let back: Value = serde_json::to_value(&c).expect("serialises");
         let orig: Value = serde_json::from_str(text).expect("parses");
         assert_eq!(back, orig);
+    }
+
+    #[test]
+    fn a_null_cmd_and_an_empty_history_are_written_back_as_they_were() {
+        for (text, cmd) in [
+            (r#"{"config":{"Cmd":null},"history":[]}"#, Some(None)),
+            (
+                r#"{"config":{"Cmd":["sh"]}}"#,
+                Some(Some(vec!["sh".to_owned()])),
+            ),
+            (r#"{"config":{}}"#, None),
+        ] {
+            let c: ImageConfig = serde_json::from_str(text).expect("parses");
+            assert_eq!(c.config.as_ref().and_then(|c| c.cmd.clone()), cmd, "{text}");
+            let back = serde_json::to_value(&c).expect("serialises");
+            let orig: Value = serde_json::from_str(text).expect("parses");
+            assert_eq!(back["config"], orig["config"], "{text}");
+            assert_eq!(back.get("history"), orig.get("history"), "{text}");
+        }
+        // Go's `null` for no history reads as none.
+        let c: ImageConfig = serde_json::from_str(r#"{"history":null}"#).expect("parses");
+        assert_eq!(c.history, None);
     }
 }

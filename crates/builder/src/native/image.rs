@@ -2,11 +2,11 @@
 //! over as Docker does, each instruction applied to it, a history entry per
 //! instruction and the new layers' diff ids appended.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rebased_core::dockerfile::{split_words, substitute};
-use rebased_core::oci::ImageConfig;
-use serde_json::{json, Map, Value};
+use rebased_core::oci::{ContainerConfig, Healthcheck, History, ImageConfig};
+use serde_json::{Map, Value};
 
 use super::plan::{copy_args, declare, json_array, leading_flags, Step};
 
@@ -33,7 +33,11 @@ pub struct CopyStep {
 /// The config being built for one platform.
 #[derive(Debug, Clone)]
 pub struct Stage {
-    image: Map<String, Value>,
+    /// Everything but `config` and `history`, which are kept apart while
+    /// instructions apply and put in by [`Stage::finish`].
+    image: ImageConfig,
+    config: ContainerConfig,
+    history: Vec<History>,
     vars: HashMap<String, String>,
     globals: HashMap<String, String>,
     escape: char,
@@ -41,32 +45,11 @@ pub struct Stage {
     created: String,
 }
 
-fn obj<'a>(m: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
-    let slot = m.entry(key.to_owned()).or_insert_with(|| json!({}));
-    if !slot.is_object() {
-        *slot = json!({});
-    }
-    match slot {
-        Value::Object(o) => o,
-        _ => unreachable!("just made an object"),
-    }
-}
-
-fn arr<'a>(m: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
-    let slot = m.entry(key.to_owned()).or_insert_with(|| json!([]));
-    if !slot.is_array() {
-        *slot = json!([]);
-    }
-    match slot {
-        Value::Array(a) => a,
-        _ => unreachable!("just made an array"),
-    }
-}
-
 impl Stage {
     /// Starts from the base's config (`None` for `scratch`), keeping what
     /// Docker carries over: platform fields, `config`, `rootfs` and
-    /// `history`.
+    /// `history`. What the base's `config` has that we do not model (in
+    /// its `extra`) carries over unchanged.
     pub fn new(
         base: Option<&ImageConfig>,
         platform: &Platform,
@@ -74,50 +57,42 @@ impl Stage {
         escape: char,
         created: String,
     ) -> Self {
-        // The config is built as JSON, so what we do not model (a base's
-        // `Healthcheck`, `Shell`, Docker's extensions) carries over as is.
-        let base = base.and_then(|b| serde_json::to_value(b).ok());
-        let base = base.as_ref();
-        let mut image = Map::new();
-        if let Some(Value::Object(b)) = base {
-            for key in [
-                "architecture",
-                "os",
-                "os.version",
-                "os.features",
-                "variant",
-                "config",
-                "rootfs",
-                "history",
-            ] {
-                if let Some(v) = b.get(key) {
-                    image.insert(key.to_owned(), v.clone());
+        let mut image = ImageConfig {
+            architecture: platform.architecture.clone(),
+            os: platform.os.clone(),
+            variant: platform.variant.clone(),
+            ..ImageConfig::default()
+        };
+        let (mut config, history) = match base {
+            Some(b) => {
+                image.rootfs.diff_ids = b.rootfs.diff_ids.clone();
+                for key in ["os.version", "os.features"] {
+                    if let Some(v) = b.extra.get(key) {
+                        image.extra.insert(key.to_owned(), v.clone());
+                    }
                 }
+                let mut config = b.config.clone().unwrap_or_default();
+                // A base's `"Cmd": null` is no `Cmd` here: only our own
+                // `ENTRYPOINT` writes the `null`.
+                if config.cmd == Some(None) {
+                    config.cmd = None;
+                }
+                (config, b.history.clone().unwrap_or_default())
             }
-        }
-        image.insert("architecture".into(), json!(platform.architecture));
-        image.insert("os".into(), json!(platform.os));
-        match &platform.variant {
-            Some(v) => {
-                image.insert("variant".into(), json!(v));
-            }
-            None => {
-                image.remove("variant");
-            }
-        }
-        // The base's ONBUILD triggers are not inherited.
-        obj(&mut image, "config").remove("OnBuild");
-        if base.is_none() {
             // What BuildKit gives `FROM scratch`.
-            obj(&mut image, "config").insert(
-                "Env".into(),
-                json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]),
-            );
-        }
-        let rootfs = obj(&mut image, "rootfs");
-        rootfs.insert("type".into(), json!("layers"));
-        arr(rootfs, "diff_ids");
-        arr(&mut image, "history");
+            None => (
+                ContainerConfig {
+                    env: Some(vec![
+                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                            .to_owned(),
+                    ]),
+                    ..ContainerConfig::default()
+                },
+                Vec::new(),
+            ),
+        };
+        // The base's ONBUILD triggers are not inherited.
+        config.on_build = None;
         // BuildKit's automatic platform ARGs, for `ARG TARGETARCH` and kin.
         let mut globals = globals.clone();
         let host = Platform::host();
@@ -140,6 +115,8 @@ impl Stage {
         }
         Self {
             image,
+            config,
+            history,
             vars: HashMap::new(),
             globals,
             escape,
@@ -148,26 +125,17 @@ impl Stage {
         }
     }
 
-    fn config(&mut self) -> &mut Map<String, Value> {
-        obj(&mut self.image, "config")
-    }
-
     /// The config's `Env` as a map.
     pub fn env(&self) -> Vec<(String, String)> {
-        self.image
-            .get("config")
-            .and_then(|c| c.get("Env"))
-            .and_then(Value::as_array)
-            .map(|list| {
-                list.iter()
-                    .filter_map(Value::as_str)
-                    .map(|kv| {
-                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                        (k.to_owned(), v.to_owned())
-                    })
-                    .collect()
+        self.config
+            .env
+            .iter()
+            .flatten()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k.to_owned(), v.to_owned())
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// The variables for substitution: `ARG`s, overridden by `ENV`.
@@ -182,33 +150,29 @@ impl Stage {
     }
 
     fn workdir(&self) -> String {
-        self.image
-            .get("config")
-            .and_then(|c| c.get("WorkingDir"))
-            .and_then(Value::as_str)
+        self.config
+            .working_dir
+            .as_deref()
             .filter(|w| !w.is_empty())
             .unwrap_or("/")
             .to_owned()
     }
 
-    fn shell(&self) -> Vec<Value> {
-        self.image
-            .get("config")
-            .and_then(|c| c.get("Shell"))
-            .and_then(Value::as_array)
+    fn shell(&self) -> Vec<String> {
+        self.config
+            .shell
+            .clone()
             .filter(|s| !s.is_empty())
-            .cloned()
-            .unwrap_or_else(|| vec![json!("/bin/sh"), json!("-c")])
+            .unwrap_or_else(|| vec!["/bin/sh".to_owned(), "-c".to_owned()])
     }
 
     fn history(&mut self, created_by: String, empty: bool) {
-        let mut h = Map::new();
-        h.insert("created".into(), json!(self.created));
-        h.insert("created_by".into(), json!(created_by));
-        if empty {
-            h.insert("empty_layer".into(), json!(true));
-        }
-        arr(&mut self.image, "history").push(Value::Object(h));
+        self.history.push(History {
+            created: Some(self.created.clone()),
+            created_by: Some(created_by),
+            empty_layer: empty.then_some(true),
+            ..History::default()
+        });
     }
 
     /// Applies one instruction to the config. A `COPY`/`ADD` is returned for
@@ -217,7 +181,7 @@ impl Stage {
     pub fn apply(
         &mut self,
         step: &Step,
-        build_args: &std::collections::BTreeMap<String, String>,
+        build_args: &BTreeMap<String, String>,
     ) -> Result<Option<CopyStep>, String> {
         let args = step.args.trim();
         let created_by = format!("{} {}", step.keyword, args);
@@ -236,13 +200,10 @@ impl Stage {
             }
             "ENV" => {
                 for (k, v) in self.pairs("ENV", args)? {
-                    let env = arr(self.config(), "Env");
+                    let env = self.config.env.get_or_insert_with(Vec::new);
                     let prefix = format!("{k}=");
-                    let entry = json!(format!("{k}={v}"));
-                    match env
-                        .iter_mut()
-                        .find(|e| e.as_str().is_some_and(|s| s.starts_with(&prefix)))
-                    {
+                    let entry = format!("{k}={v}");
+                    match env.iter_mut().find(|e| e.starts_with(&prefix)) {
                         Some(slot) => *slot = entry,
                         None => env.push(entry),
                     }
@@ -250,11 +211,14 @@ impl Stage {
             }
             "LABEL" => {
                 for (k, v) in self.pairs("LABEL", args)? {
-                    obj(self.config(), "Labels").insert(k, json!(v));
+                    self.config
+                        .labels
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(k, v);
                 }
             }
             "MAINTAINER" => {
-                self.image.insert("author".into(), json!(args));
+                self.image.author = Some(args.to_owned());
             }
             "WORKDIR" => {
                 let dir = self.sub(args)?;
@@ -264,24 +228,24 @@ impl Stage {
                     format!("{}/{dir}", self.workdir())
                 };
                 let clean = clean_path(&joined);
-                self.config().insert("WorkingDir".into(), json!(clean));
+                self.config.working_dir = Some(clean);
             }
             "USER" => {
                 let user = self.sub(args)?;
-                self.config().insert("User".into(), json!(user));
+                self.config.user = Some(user);
             }
             "STOPSIGNAL" => {
                 let sig = self.sub(args)?;
-                self.config().insert("StopSignal".into(), json!(sig));
+                self.config.stop_signal = Some(sig);
             }
             "EXPOSE" => {
                 let mut ports = Vec::new();
                 for w in split_words(args, self.escape) {
                     ports.extend(expose(&self.sub(&w)?)?);
                 }
-                let exposed = obj(self.config(), "ExposedPorts");
+                let exposed = self.config.exposed_ports.get_or_insert_with(BTreeMap::new);
                 for p in ports {
-                    exposed.insert(p, json!({}));
+                    exposed.insert(p, empty_object());
                 }
             }
             "VOLUME" => {
@@ -297,38 +261,37 @@ impl Stage {
                     }
                     paths.push(v);
                 }
-                let volumes = obj(self.config(), "Volumes");
+                let volumes = self.config.volumes.get_or_insert_with(BTreeMap::new);
                 for p in paths {
-                    volumes.insert(p, json!({}));
+                    volumes.insert(p, empty_object());
                 }
             }
             "CMD" => {
-                let cmd = self.command(args);
-                self.config().insert("Cmd".into(), cmd);
+                self.config.cmd = Some(Some(self.command(args)));
                 self.cmd_set = true;
             }
             "ENTRYPOINT" => {
-                let ep = self.command(args);
-                let cmd_set = self.cmd_set;
-                let config = self.config();
-                config.insert("Entrypoint".into(), ep);
-                if !cmd_set {
-                    // An inherited CMD is reset when ENTRYPOINT is set.
-                    config.insert("Cmd".into(), Value::Null);
+                self.config.entrypoint = Some(self.command(args));
+                if !self.cmd_set {
+                    // An inherited CMD is reset when ENTRYPOINT is set;
+                    // Docker writes `"Cmd": null`.
+                    self.config.cmd = Some(None);
                 }
             }
             "SHELL" => {
                 let shell = json_array(args)
                     .filter(|s| !s.is_empty())
                     .ok_or("SHELL requires the arguments to be in JSON form")?;
-                self.config().insert("Shell".into(), json!(shell));
+                self.config.shell = Some(shell);
             }
             "HEALTHCHECK" => {
-                let hc = healthcheck(args)?;
-                self.config().insert("Healthcheck".into(), hc);
+                self.config.healthcheck = Some(healthcheck(args)?);
             }
             "ONBUILD" => {
-                arr(self.config(), "OnBuild").push(json!(args));
+                self.config
+                    .on_build
+                    .get_or_insert_with(Vec::new)
+                    .push(args.to_owned());
             }
             other => return Err(format!("{other} is not supported by the native backend")),
         }
@@ -336,15 +299,12 @@ impl Stage {
         Ok(None)
     }
 
-    fn command(&self, args: &str) -> Value {
-        match json_array(args) {
-            Some(list) => json!(list),
-            None => {
-                let mut cmd = self.shell();
-                cmd.push(json!(args));
-                Value::Array(cmd)
-            }
-        }
+    fn command(&self, args: &str) -> Vec<String> {
+        json_array(args).unwrap_or_else(|| {
+            let mut cmd = self.shell();
+            cmd.push(args.to_owned());
+            cmd
+        })
     }
 
     /// `K=V ...` or the legacy `K V` form of `ENV` and `LABEL`, each word
@@ -478,43 +438,42 @@ impl Stage {
 
     /// The `USER` so far (empty: root).
     pub fn user(&self) -> String {
-        self.image
-            .get("config")
-            .and_then(|c| c.get("User"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
+        self.config.user.clone().unwrap_or_default()
     }
 
     /// Records a layer made by the last instruction applied (a `WORKDIR`
     /// that created its directory): its history entry is no longer empty.
     pub fn layer_for_last(&mut self, diff_id: &str) {
-        let rootfs = obj(&mut self.image, "rootfs");
-        arr(rootfs, "diff_ids").push(json!(diff_id));
-        if let Some(Value::Object(last)) = arr(&mut self.image, "history").last_mut() {
-            last.remove("empty_layer");
+        self.image.rootfs.diff_ids.push(diff_id.to_owned());
+        if let Some(last) = self.history.last_mut() {
+            last.empty_layer = None;
         }
     }
 
     /// Records a layer made for a `COPY`/`ADD`.
     pub fn add_layer(&mut self, diff_id: &str, created_by: String) {
-        let rootfs = obj(&mut self.image, "rootfs");
-        arr(rootfs, "diff_ids").push(json!(diff_id));
+        self.image.rootfs.diff_ids.push(diff_id.to_owned());
         self.history(created_by, false);
     }
 
     /// The finished config, with `labels` added to the config's `Labels`.
-    pub fn finish(mut self, labels: &std::collections::BTreeMap<String, String>) -> Value {
+    pub fn finish(mut self, labels: &BTreeMap<String, String>) -> ImageConfig {
         if !labels.is_empty() {
-            let l = obj(self.config(), "Labels");
-            for (k, v) in labels {
-                l.insert(k.clone(), json!(v));
-            }
+            self.config
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        let created = self.created.clone();
-        self.image.insert("created".into(), json!(created));
-        Value::Object(self.image)
+        self.image.created = Some(self.created);
+        self.image.config = Some(self.config);
+        self.image.history = Some(self.history);
+        self.image
     }
+}
+
+/// The value of an `ExposedPorts` or `Volumes` key: `{}`.
+fn empty_object() -> Value {
+    Value::Object(Map::new())
 }
 
 /// A `$` met by [`Stage::word`]: `$NAME` becomes `${NAME}` (so a quote
@@ -634,35 +593,40 @@ fn expose(spec: &str) -> Result<Vec<String>, String> {
 
 /// `HEALTHCHECK [flags] CMD ...` or `HEALTHCHECK NONE`, as the config's
 /// `Healthcheck` (durations in nanoseconds).
-fn healthcheck(args: &str) -> Result<Value, String> {
+fn healthcheck(args: &str) -> Result<Healthcheck, String> {
     let (flags, rest) = leading_flags(args);
-    let mut hc = Map::new();
+    let mut hc = Healthcheck::default();
     for (name, value) in flags {
         let value = value.ok_or_else(|| format!("HEALTHCHECK --{name} needs a value"))?;
-        let key = match name {
-            "interval" => "Interval",
-            "timeout" => "Timeout",
-            "start-period" => "StartPeriod",
-            "start-interval" => "StartInterval",
+        let slot = match name {
+            "interval" => &mut hc.interval,
+            "timeout" => &mut hc.timeout,
+            "start-period" => &mut hc.start_period,
+            "start-interval" => &mut hc.start_interval,
             "retries" => {
                 let n: u64 = value
                     .parse()
                     .map_err(|_| format!("HEALTHCHECK --retries={value}: not a number"))?;
-                hc.insert("Retries".into(), json!(n));
+                hc.retries = Some(n);
                 continue;
             }
             other => return Err(format!("HEALTHCHECK: unknown flag --{other}")),
         };
         let ns = go_duration(value)
             .ok_or_else(|| format!("HEALTHCHECK --{name}={value}: not a duration"))?;
-        hc.insert(key.into(), json!(ns));
+        *slot = Some(ns);
     }
     let (kind, cmd) = match rest.split_once(char::is_whitespace) {
         Some((k, c)) => (k.to_ascii_uppercase(), c.trim()),
         None => (rest.to_ascii_uppercase(), ""),
     };
     match kind.as_str() {
-        "NONE" if cmd.is_empty() => return Ok(json!({ "Test": ["NONE"] })),
+        "NONE" if cmd.is_empty() => {
+            return Ok(Healthcheck {
+                test: Some(vec!["NONE".to_owned()]),
+                ..Healthcheck::default()
+            })
+        }
         "NONE" => return Err("HEALTHCHECK NONE takes no arguments".to_owned()),
         "CMD" if !cmd.is_empty() => {}
         _ => return Err("HEALTHCHECK needs NONE or CMD followed by a command".to_owned()),
@@ -675,8 +639,8 @@ fn healthcheck(args: &str) -> Result<Value, String> {
         }
         None => vec!["CMD-SHELL".to_owned(), cmd.to_owned()],
     };
-    hc.insert("Test".into(), json!(test));
-    Ok(Value::Object(hc))
+    hc.test = Some(test);
+    Ok(hc)
 }
 
 /// A Go duration (`1h30m`, `30s`, `500ms`, `1.5s`) in nanoseconds.
@@ -715,7 +679,7 @@ fn go_duration(s: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use serde_json::json;
 
     use super::*;
 
@@ -738,6 +702,11 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The config as the native backend writes it.
+    fn written(c: ImageConfig) -> Value {
+        serde_json::to_value(c).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn run(lines: &[&str]) -> Result<(Value, Vec<CopyStep>), String> {
         let mut s = Stage::new(
             Some(&base()),
@@ -754,7 +723,7 @@ mod tests {
             }
         }
         Ok((
-            s.finish(&BTreeMap::from([("l".to_owned(), "v".to_owned())])),
+            written(s.finish(&BTreeMap::from([("l".to_owned(), "v".to_owned())]))),
             copies,
         ))
     }
@@ -814,6 +783,45 @@ mod tests {
     }
 
     #[test]
+    fn what_the_base_has_and_we_do_not_model_carries_over_unchanged() {
+        let base: ImageConfig = serde_json::from_value(json!({
+            "architecture": "amd64", "os": "linux", "os.version": "10.0", "os.features": ["f"],
+            "author": "base author", "created": "2020-01-01T00:00:00Z", "docker_version": "1",
+            "container_config": {"Hostname": "x"},
+            "config": {
+                "Hostname": "", "Image": "sha256:abc", "Cmd": null, "Volumes": null,
+                "Healthcheck": {"Test": ["CMD", "x"], "Interval": 5, "X-Future": 1},
+                "Shell": ["/bin/ash", "-c"], "ArgsEscaped": true, "x-odd": [1, {"a": null}]
+            },
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:aaa"]},
+            "history": [{"created_by": "base", "empty_layer": false, "x": 1}]
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = Platform::parse("linux/arm/v7").expect("platform");
+        let s = Stage::new(Some(&base), &p, &HashMap::new(), '\\', "t".to_owned());
+        let c = written(s.finish(&BTreeMap::new()));
+        assert_eq!(
+            c,
+            json!({
+                "architecture": "arm", "os": "linux", "variant": "v7",
+                "os.version": "10.0", "os.features": ["f"], "created": "t",
+                "config": {
+                    "Hostname": "", "Image": "sha256:abc",
+                    "Healthcheck": {"Test": ["CMD", "x"], "Interval": 5, "X-Future": 1},
+                    "Shell": ["/bin/ash", "-c"], "ArgsEscaped": true, "x-odd": [1, {"a": null}]
+                },
+                "rootfs": {"type": "layers", "diff_ids": ["sha256:aaa"]},
+                "history": [{"created_by": "base", "empty_layer": false, "x": 1}]
+            }),
+            "the platform fields, config, rootfs and history carry over; a base's null Cmd does not"
+        );
+        // A base without history, and no instruction: an empty history.
+        let bare: ImageConfig = serde_json::from_str("{}").unwrap_or_else(|e| panic!("{e}"));
+        let s = Stage::new(Some(&bare), &p, &HashMap::new(), '\\', "t".to_owned());
+        assert_eq!(written(s.finish(&BTreeMap::new()))["history"], json!([]));
+    }
+
+    #[test]
     fn env_and_label_words_are_read_as_the_shell_lexer_reads_them() {
         let (c, _) = run(&[
             "ENV S='$HOME x' D=\"$HOME \\\"q\\\" \\n\" U=$HOME\\ y E=a\\$b",
@@ -840,7 +848,11 @@ mod tests {
     fn entrypoint_resets_an_inherited_cmd_but_not_its_own() {
         let (c, _) = run(&["ENTRYPOINT [\"/app\"]"]).expect("ok");
         assert_eq!(c["config"]["Entrypoint"], json!(["/app"]));
-        assert_eq!(c["config"]["Cmd"], Value::Null);
+        assert_eq!(
+            c["config"].get("Cmd"),
+            Some(&Value::Null),
+            "written as null, as Docker writes it"
+        );
         let (c, _) = run(&["CMD [\"--help\"]", "ENTRYPOINT /app run"]).expect("ok");
         assert_eq!(c["config"]["Cmd"], json!(["--help"]));
         assert_eq!(
@@ -916,7 +928,7 @@ mod tests {
             .apply(&step(4, "LABEL p=$TARGETPLATFORM"), &BTreeMap::new())
             .expect("label");
         assert!(label.is_none());
-        let c = s.finish(&BTreeMap::new());
+        let c = written(s.finish(&BTreeMap::new()));
         assert_eq!(c["config"]["Labels"]["p"], json!("linux/arm64/v8"));
     }
 
@@ -937,7 +949,7 @@ mod tests {
         assert_eq!(copy.sources, ["app-arm64"]);
         assert_eq!(copy.dest, "/root/x");
         let scratch = Stage::new(None, &p, &HashMap::new(), '\\', "t".to_owned());
-        let c = scratch.finish(&BTreeMap::new());
+        let c = written(scratch.finish(&BTreeMap::new()));
         assert_eq!(
             c["config"]["Env"],
             json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
@@ -948,7 +960,7 @@ mod tests {
     fn scratch_gets_the_requested_platform() {
         let p = Platform::parse("linux/arm64/v8").expect("platform");
         let s = Stage::new(None, &p, &HashMap::new(), '\\', "t".to_owned());
-        let c = s.finish(&BTreeMap::new());
+        let c = written(s.finish(&BTreeMap::new()));
         assert_eq!(c["architecture"], json!("arm64"));
         assert_eq!(c["variant"], json!("v8"));
         assert_eq!(c["rootfs"], json!({"type": "layers", "diff_ids": []}));

@@ -1335,25 +1335,23 @@ async fn publish_layout(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn a_base_with_onbuild_triggers_is_refused_at_its_from_line() {
-        let config = |v: serde_json::Value| -> ImageConfig {
-            serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+        let config = |text: &str| -> ImageConfig {
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"))
         };
-        let with = config(json!({"config": {"OnBuild": ["RUN npm ci", "COPY . /app"]}}));
+        let with = config(r#"{"config": {"OnBuild": ["RUN npm ci", "COPY . /app"]}}"#);
         let e = onbuild_refusal(Some(&with), 3).expect("refused");
         assert_eq!(e.line, 3);
         assert!(e.reason.contains("RUN npm ci; COPY . /app"), "{}", e.reason);
         assert!(e.reason.contains("buildah"), "{}", e.reason);
         for fine in [
-            json!({"config": {"OnBuild": []}}),
-            json!({"config": {"OnBuild": null}}),
-            json!({"config": {}}),
+            r#"{"config": {"OnBuild": []}}"#,
+            r#"{"config": {"OnBuild": null}}"#,
+            r#"{"config": {}}"#,
         ] {
-            let text = fine.to_string();
-            assert!(onbuild_refusal(Some(&config(fine)), 1).is_none(), "{text}");
+            assert!(onbuild_refusal(Some(&config(fine)), 1).is_none(), "{fine}");
         }
         assert!(onbuild_refusal(None, 1).is_none());
     }
@@ -1395,15 +1393,16 @@ mod tests {
 
     #[test]
     fn docker_layer_types_are_named_as_oci_names_them() {
-        let descriptor = |v: serde_json::Value| -> Descriptor {
-            serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+        let descriptor = |kind: &str| Descriptor {
+            media_type: kind.to_owned(),
+            digest: "sha256:x".to_owned(),
+            size: 1,
+            ..Descriptor::default()
         };
-        let d = oci_layer(descriptor(
-            json!({"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": "sha256:x", "size": 1}),
-        ));
+        let d = oci_layer(descriptor(media_type::DOCKER_LAYER_GZIP));
         assert_eq!(d.media_type, OCI_LAYER_GZIP);
         assert_eq!(d.digest, "sha256:x");
-        let z = descriptor(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd"}));
+        let z = descriptor(media_type::OCI_LAYER_ZSTD);
         assert_eq!(oci_layer(z.clone()), z);
     }
 }
