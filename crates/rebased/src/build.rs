@@ -54,14 +54,18 @@ pub async fn run(
     let job = build.job;
     let request = request(live, registry, build)?;
     let workdir = request.workdir.clone();
-    let outcome = match backend(live, build) {
+    let kind = backend(live, build);
+    if kind.is_some() {
+        emulation_check(live, build).with_context(|| format!("build of {target} (job {job})"))?;
+    }
+    let outcome = match kind {
         None => {
             info!(backend = "native", "building");
             live.native().build(&request, registry, cancel).await
         }
         Some(kind) => {
-            info!(backend = kind.program(), "building");
-            live.engine(kind).build(&request, cancel).await
+            info!(backend = kind.program(), platforms = %build.image.platforms.join(","), "building");
+            live.engine(kind).build(&request, registry, cancel).await
         }
     };
     let log = match &outcome {
@@ -78,6 +82,31 @@ pub async fn run(
             .lookup(registry, &tag)
             .await?
             .ok_or_else(|| anyhow!("{target} is missing after the push")),
+    }
+}
+
+/// Before an engine runs a foreign platform's `RUN` steps: each such
+/// platform needs an enabled binfmt handler (`builder.binfmt_dir`), else
+/// the build fails here, naming the platform and what to install, and
+/// nothing is built or pushed.
+fn emulation_check(live: &Live, build: &Build<'_>) -> Result<()> {
+    let has_run = build
+        .plan
+        .model
+        .instructions
+        .iter()
+        .any(|i| i.keyword == "RUN");
+    if !has_run {
+        return Ok(());
+    }
+    let missing = rebased_builder::emulation::missing(
+        &build.image.platforms,
+        &rebased_core::oci::Platform::host(),
+        &live.cfg().builder.binfmt_dir,
+    );
+    match missing.first() {
+        None => Ok(()),
+        Some(m) => Err(anyhow!("{m}")),
     }
 }
 
@@ -114,6 +143,16 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         job: build.job.to_string(),
         context: image.context.clone(),
         dockerfile: build.plan.model.pin(&build.plan.text, build.pins),
+        platform_dockerfiles: if build.plan.per_platform.len() > 1 {
+            build
+                .plan
+                .per_platform
+                .iter()
+                .map(|(p, m)| (p.clone(), m.pin(&build.plan.text, build.pins)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        },
         build_args: image.build_args.clone(),
         target: build.repo.target(&build.version.to_string()),
         annotations,
