@@ -12,7 +12,7 @@ use rebased_core::dockerfile::BaseKind;
 use rebased_core::job::JobId;
 use rebased_core::{Digest, ImageRef, Trigger, Version};
 use rebased_registry::Registry;
-use rebased_scheduler::Inputs;
+use rebased_scheduler::{Change, Inputs};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -31,6 +31,9 @@ pub struct Build<'a> {
     pub pins: &'a BTreeMap<ImageRef, Digest>,
     /// The inputs (digests and platforms) it is built from.
     pub inputs: &'a Inputs,
+    /// Each base's move since the superseded version (the job log's
+    /// first lines say which moved, and which platform's child).
+    pub changes: &'a [Change],
     /// The version.
     pub version: Version,
     /// The version it supersedes.
@@ -68,10 +71,11 @@ pub async fn run(
             live.engine(kind).build(&request, registry, cancel).await
         }
     };
-    let log = match &outcome {
-        Ok(o) => o.log.clone(),
-        Err(e) => e.log().to_owned(),
-    };
+    let mut log = why(build.changes);
+    log.push_str(match &outcome {
+        Ok(o) => &o.log,
+        Err(e) => e.log(),
+    });
     live.save_log(job, &log);
     let _ = tokio::fs::remove_dir_all(&workdir).await;
     let out = outcome.with_context(|| format!("build of {target} (job {job})"))?;
@@ -83,6 +87,22 @@ pub async fn run(
             .await?
             .ok_or_else(|| anyhow!("{target} is missing after the push")),
     }
+}
+
+/// The job log's first lines: each base that moved, and for an index base
+/// each of the image's platforms whose child moved.
+fn why(changes: &[Change]) -> String {
+    let mut out = String::new();
+    for c in changes.iter().filter(|c| c.before.as_ref() != Some(&c.after)) {
+        match &c.before {
+            Some(b) => out.push_str(&format!("# base {} moved: {b} -> {}\n", c.reference, c.after)),
+            None => out.push_str(&format!("# base {}: {}\n", c.reference, c.after)),
+        }
+        for m in &c.moved {
+            out.push_str(&format!("# base {} child {m}\n", c.reference));
+        }
+    }
+    out
 }
 
 /// Before an engine runs a foreign platform's `RUN` steps: each such

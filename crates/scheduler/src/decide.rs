@@ -61,6 +61,28 @@ pub fn select_platforms(
         .collect()
 }
 
+/// The platforms whose child digest differs between `before` and `now`
+/// (both known), as `platform: before -> after`; a platform new in `now`
+/// reads `platform: (none) -> after`.
+fn moved_children(
+    before: Option<&BTreeMap<String, Digest>>,
+    now: Option<&BTreeMap<String, Digest>>,
+) -> Vec<String> {
+    let (Some(before), Some(now)) = (before, now) else {
+        return Vec::new();
+    };
+    if before.is_empty() {
+        return Vec::new();
+    }
+    now.iter()
+        .filter(|(p, d)| before.get(*p) != Some(*d))
+        .map(|(p, d)| match before.get(p) {
+            Some(b) => format!("{p}: {b} -> {d}"),
+            None => format!("{p}: (none) -> {d}"),
+        })
+        .collect()
+}
+
 /// What an image was last published as.
 #[derive(Debug, Clone, Copy)]
 pub struct Published<'a> {
@@ -82,6 +104,9 @@ pub struct Change {
     pub before: Option<Digest>,
     /// The digest now.
     pub after: Digest,
+    /// For an index base: the platforms (of the image's) whose child
+    /// digest moved, `linux/arm64: sha256:... -> sha256:...`.
+    pub moved: Vec<String>,
 }
 
 /// The verdict for one image.
@@ -116,13 +141,14 @@ pub fn decide(
     now: &Inputs,
     trigger: Trigger,
 ) -> Decision {
-    let changes_from = |before: &BTreeMap<String, Digest>| -> Vec<Change> {
+    let changes_from = |before: &Inputs| -> Vec<Change> {
         now.digests
             .iter()
             .map(|(r, d)| Change {
                 reference: r.clone(),
-                before: before.get(r).cloned(),
+                before: before.digests.get(r).cloned(),
                 after: d.clone(),
+                moved: moved_children(before.platforms.get(r), now.platforms.get(r)),
             })
             .collect()
     };
@@ -131,14 +157,14 @@ pub fn decide(
             version: *first,
             supersedes: None,
             trigger: Trigger::Initial,
-            changes: changes_from(&BTreeMap::new()),
+            changes: changes_from(&Inputs::default()),
         },
         Some(p) if p.inputs.same_as(now) && trigger != Trigger::Manual => Decision::Fresh,
         Some(p) => Decision::Build {
             version: bump.next(p.highest.max(p.version)),
             supersedes: Some(*p.version),
             trigger,
-            changes: changes_from(&p.inputs.digests),
+            changes: changes_from(p.inputs),
         },
     }
 }
