@@ -360,9 +360,8 @@ pub fn arm64_busybox() -> PathBuf {
 /// qemu-user-static and binfmt-support, and enables it).
 pub fn require_arm64_emulation() {
     let handler = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
-    let enabled = |h: &Path| {
-        fs::read_to_string(h).is_ok_and(|t| t.lines().next() == Some("enabled"))
-    };
+    let enabled =
+        |h: &Path| fs::read_to_string(h).is_ok_and(|t| t.lines().next() == Some("enabled"));
     if !enabled(handler) {
         let _ = Command::new("update-binfmts")
             .args(["--enable", "qemu-aarch64"])

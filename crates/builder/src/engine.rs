@@ -303,7 +303,10 @@ impl Engine {
         }
         .await;
         // The local images and the list are only vehicles for the push.
-        let _ = self.list_command(ws, &["manifest", "rm", &list]).output().await;
+        let _ = self
+            .list_command(ws, &["manifest", "rm", &list])
+            .output()
+            .await;
         for (_, local) in &locals {
             let _ = self.list_command(ws, &["rmi", "-f", local]).output().await;
         }
@@ -347,7 +350,11 @@ impl Engine {
         deadline: Instant,
         cancel: &CancellationToken,
     ) -> Result<BuildOutput, BuildError> {
-        if req.platform_dockerfiles.values().any(|d| d != &req.dockerfile) {
+        if req
+            .platform_dockerfiles
+            .values()
+            .any(|d| d != &req.dockerfile)
+        {
             return Err(BuildError::Unsupported(
                 "the docker backend builds all platforms from one Dockerfile, and this one names a different base per platform (a platform ARG in FROM); use buildah or podman".to_owned(),
             ));
@@ -555,8 +562,7 @@ async fn publish_index(
     }
     match &req.target {
         Target::Registry(target) => {
-            let repo =
-                ImageRef::parse_repository(&target.name()).map_err(|e| e.to_string())?;
+            let repo = ImageRef::parse_repository(&target.name()).map_err(|e| e.to_string())?;
             for (digest, media, bytes, blobs, platform) in children {
                 for b in blobs {
                     if registry
@@ -606,7 +612,10 @@ async fn publish_index(
             let digest = out
                 .put_manifest(&index_bytes, media_type::OCI_INDEX, tag)
                 .map_err(|e| e.to_string())?;
-            log.push_str(&format!("wrote index oci:{}:{tag} {digest}\n", path.display()));
+            log.push_str(&format!(
+                "wrote index oci:{}:{tag} {digest}\n",
+                path.display()
+            ));
             Ok(digest)
         }
     }

@@ -805,7 +805,10 @@ mod tests {
         let text = "FROM golang:1.23 AS build\nFROM scratch AS binary-linux\nCOPY --from=build /x /x\nFROM binary-$TARGETOS AS binary\nFROM alpine:3.20\nCOPY --from=binary /x /x\n";
         assert_eq!(
             bases_for(text, "linux/amd64"),
-            ["docker.io/library/golang:1.23", "docker.io/library/alpine:3.20"]
+            [
+                "docker.io/library/golang:1.23",
+                "docker.io/library/alpine:3.20"
+            ]
         );
         assert_eq!(bases(text), bases_for(text, "linux/amd64"));
     }

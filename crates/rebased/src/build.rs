@@ -93,9 +93,15 @@ pub async fn run(
 /// each of the image's platforms whose child moved.
 fn why(changes: &[Change]) -> String {
     let mut out = String::new();
-    for c in changes.iter().filter(|c| c.before.as_ref() != Some(&c.after)) {
+    for c in changes
+        .iter()
+        .filter(|c| c.before.as_ref() != Some(&c.after))
+    {
         match &c.before {
-            Some(b) => out.push_str(&format!("# base {} moved: {b} -> {}\n", c.reference, c.after)),
+            Some(b) => out.push_str(&format!(
+                "# base {} moved: {b} -> {}\n",
+                c.reference, c.after
+            )),
             None => out.push_str(&format!("# base {}: {}\n", c.reference, c.after)),
         }
         for m in &c.moved {

@@ -140,7 +140,11 @@ pub fn dockerfile_bases(
 
 /// The external bases of an image: those of each of its platforms.
 pub fn image_bases(image: &ImageConfig) -> Result<Vec<ImageRef>> {
-    dockerfile_bases(&image.dockerfile_path(), &image.build_args, &image.platforms)
+    dockerfile_bases(
+        &image.dockerfile_path(),
+        &image.build_args,
+        &image.platforms,
+    )
 }
 
 /// The dependency graph of the config's images (an image built FROM another
