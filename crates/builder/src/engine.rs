@@ -862,6 +862,109 @@ mod tests {
         assert!(pushed_digest("Writing manifest to image destination\n").is_none());
     }
 
+    fn request(platforms: &[&str], dir: &Path) -> BuildRequest {
+        BuildRequest {
+            image: "app".to_owned(),
+            job: "7".to_owned(),
+            context: dir.join("ctx"),
+            dockerfile: "FROM b@sha256:x\nRUN true\n".to_owned(),
+            platform_dockerfiles: BTreeMap::new(),
+            build_args: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
+            target: Target::Registry(ImageRef::parse("r.example/app:1.0.0").expect("ref")),
+            platforms: platforms.iter().map(|p| (*p).to_owned()).collect(),
+            source_date_epoch: None,
+            annotations: BTreeMap::from([(
+                "org.opencontainers.image.version".to_owned(),
+                "1.0.0".to_owned(),
+            )]),
+            insecure_registries: Vec::new(),
+            workdir: dir.join("work"),
+            auth_json: None,
+            secrets: BTreeMap::new(),
+            ca_files: Vec::new(),
+        }
+    }
+
+    fn args(c: &Command) -> Vec<String> {
+        c.as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn docker_builds_several_platforms_in_one_buildx_push() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let req = request(&["linux/amd64", "linux/arm64"], dir.path());
+        let engine = Engine::with_storage(EngineKind::Docker, dir.path(), Duration::from_secs(60));
+        let ws = Workspace::write(&req, true).await.expect("workspace");
+        let Target::Registry(target) = &req.target else {
+            unreachable!("a registry target")
+        };
+        let metadata = dir.path().join("metadata.json");
+        let got = args(&engine.buildx_command(&req, &ws, target, &metadata));
+        let df = ws.dockerfile.display().to_string();
+        let want = [
+            "buildx",
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--push",
+            "--provenance=false",
+            "--metadata-file",
+            &metadata.display().to_string(),
+            "-f",
+            &df,
+            "-t",
+            "r.example/app:1.0.0",
+            "--label",
+            "org.opencontainers.image.version=1.0.0",
+            "--annotation",
+            "manifest:org.opencontainers.image.version=1.0.0",
+            "--annotation",
+            "index:org.opencontainers.image.version=1.0.0",
+            "--build-arg",
+            "A=1",
+            &dir.path().join("ctx").display().to_string(),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn each_platform_is_built_from_its_own_pinned_dockerfile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut req = request(&["linux/amd64", "linux/arm64"], dir.path());
+        req.platform_dockerfiles = BTreeMap::from([
+            ("linux/amd64".to_owned(), req.dockerfile.clone()),
+            (
+                "linux/arm64".to_owned(),
+                "FROM c@sha256:y\nRUN true\n".to_owned(),
+            ),
+        ]);
+        let engine = Engine::with_storage(EngineKind::Buildah, dir.path(), Duration::from_secs(60));
+        let ws = Workspace::write(&req, false).await.expect("workspace");
+        let arm = ws.dockerfile_for("linux/arm64").to_owned();
+        assert_ne!(arm, ws.dockerfile);
+        assert_eq!(ws.dockerfile_for("linux/amd64"), ws.dockerfile);
+        assert_eq!(
+            std::fs::read_to_string(&arm).expect("read"),
+            "FROM c@sha256:y\nRUN true\n"
+        );
+        let got = args(&engine.bud(&req, &ws, &arm, "local", Some("linux/arm64")));
+        let at = |flag: &str| got.iter().position(|a| a == flag).expect(flag);
+        assert_eq!(got[at("--platform") + 1], "linux/arm64");
+        assert_eq!(got[at("-f") + 1], arm.display().to_string());
+        assert_eq!(got.iter().filter(|a| *a == "-f").count(), 1);
+        // docker cannot: one Dockerfile for all of them.
+        let docker = Engine::with_storage(EngineKind::Docker, dir.path(), Duration::from_secs(60));
+        let registry = Registry::new(&BTreeMap::new());
+        let e = docker
+            .build(&req, &registry, &CancellationToken::new())
+            .await
+            .expect_err("refused");
+        assert!(e.to_string().contains("buildah or podman"), "{e}");
+    }
+
     #[test]
     fn log_is_bounded_to_its_tail() {
         let mut log = String::new();

@@ -323,6 +323,63 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_child_is_named_in_the_change() {
+        let wanted = vec!["linux/amd64".to_owned(), "linux/arm64".to_owned()];
+        let inputs = |index: char, amd: char, arm: char| Inputs {
+            digests: BTreeMap::from([("b".to_owned(), d(index))]),
+            platforms: BTreeMap::from([(
+                "b".to_owned(),
+                select_platforms(
+                    &BTreeMap::from([
+                        ("linux/amd64".to_owned(), d(amd)),
+                        ("linux/arm64".to_owned(), d(arm)),
+                        ("linux/s390x".to_owned(), d(index)),
+                    ]),
+                    &wanted,
+                ),
+            )]),
+        };
+        let built = inputs('1', 'a', 'c');
+        let cur = v("1.0.0");
+        let p = Published {
+            version: &cur,
+            inputs: &built,
+            highest: &cur,
+        };
+        let Decision::Build { changes, .. } = decide(
+            Some(p),
+            &cur,
+            Bump::Patch,
+            &inputs('2', 'a', 'e'),
+            Trigger::Poll,
+        ) else {
+            panic!("the arm64 child moved: stale");
+        };
+        assert_eq!(
+            changes[0].moved,
+            [format!("linux/arm64: {} -> {}", d('c'), d('e'))]
+        );
+        // A platform the image does not build moved (and the index): fresh.
+        assert_eq!(
+            decide(
+                Some(p),
+                &cur,
+                Bump::Patch,
+                &inputs('3', 'a', 'c'),
+                Trigger::Poll
+            ),
+            Decision::Fresh
+        );
+        // The first version names no move.
+        let Decision::Build { changes, .. } =
+            decide(None, &cur, Bump::Patch, &built, Trigger::Poll)
+        else {
+            panic!("first build");
+        };
+        assert!(changes[0].moved.is_empty());
+    }
+
+    #[test]
     fn after_a_rollback_the_next_version_follows_the_highest() {
         let built = bases(&[("a", '1')]);
         let now = bases(&[("a", '2')]);
