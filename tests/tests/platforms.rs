@@ -382,3 +382,114 @@ fn a_missing_binfmt_handler_fails_the_job_and_pushes_nothing() {
     let log = daemon.log_text();
     assert!(!log.contains("pushed "), "nothing pushed: {log}");
 }
+
+/// The version's annotation `key`, and its `io.rebased.bases` entry for `base`.
+fn pinned(registry: &Registry, repo_tag: &str, base: &str) -> (Value, Value) {
+    let ann = registry.raw_manifest(repo_tag)["annotations"].clone();
+    let bases: Value = serde_json::from_str(ann["io.rebased.bases"].as_str().unwrap()).unwrap();
+    (
+        ann["org.opencontainers.image.base.digest"].clone(),
+        bases[base].clone(),
+    )
+}
+
+/// `FROM base-${TARGETARCH}`: one base per platform, each watched, pinned
+/// in its platform's build and recorded; an image built FROM the result
+/// (a cascade) is pinned to its index digest, and rebuilt when one
+/// platform's base moves.
+#[test]
+fn a_base_per_platform_and_a_cascade_of_the_index() {
+    require_arm64_emulation();
+    let s = Setup::empty();
+    let (registry, maker, host) = (&s.registry, &s.bases, s.host());
+    let amd = maker.push_platform(registry, "base-amd64:latest", "amd", Some("linux/amd64"));
+    let arm1 = maker.push_platform_with(
+        registry,
+        "base-arm64:latest",
+        "arm-v1",
+        "linux/arm64",
+        &arm64_busybox(),
+    );
+    let app = s.context(
+        "app",
+        &format!(
+            "FROM {host}/base-${{TARGETARCH}}:latest\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox uname -m > /arch\"]\n"
+        ),
+    );
+    let child = s.context(
+        "child",
+        &format!("FROM {host}/app:latest\nCOPY hello /hello\n"),
+    );
+    let platforms = "tags = [\"latest\"]\nplatforms = [\"linux/amd64\", \"linux/arm64\"]";
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
+        &format!(
+            "[builder]\nbackend = \"buildah\"\nmax_attempts = 1\n{}{}",
+            image_table("app", &app, &format!("{host}/app"), platforms),
+            image_table("child", &child, &format!("{host}/child"), platforms),
+        ),
+    );
+    let daemon = s.start();
+    daemon.wait_version_never_failing("app", "1.0.0", WAIT);
+    daemon.wait_version_never_failing("child", "1.0.0", WAIT);
+
+    // Both bases are watched and recorded; each platform built on its own.
+    let (amd_ref, arm_ref) = (
+        format!("{host}/base-amd64:latest"),
+        format!("{host}/base-arm64:latest"),
+    );
+    assert_eq!(daemon.base(&amd_ref)["digest"], Value::String(amd.clone()));
+    assert_eq!(daemon.base(&arm_ref)["digest"], Value::String(arm1.clone()));
+    let v = &daemon.image("app")["versions"][0];
+    assert_eq!(v["bases"][&amd_ref], Value::String(amd.clone()));
+    assert_eq!(v["bases"][&arm_ref], Value::String(arm1.clone()));
+    let kids = children(&registry.raw_manifest("app:1.0.0"));
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, expected, repo, base_child) in [
+        ("amd64", "x86_64", "base-amd64", &amd),
+        ("arm64", "aarch64", "base-arm64", &arm1),
+    ] {
+        let m = registry.raw_manifest(&format!("app@{}", kids[arch]));
+        let base_m = registry.raw_manifest(&format!("{repo}@{base_child}"));
+        assert_eq!(
+            m["layers"][0]["digest"], base_m["layers"][0]["digest"],
+            "{arch} built on {repo}"
+        );
+        assert_eq!(
+            arch_file(registry, &format!("app@{}", kids[arch]), dir.path()),
+            expected
+        );
+    }
+
+    // The cascade: child is pinned to app's index digest.
+    let app1 = registry.digest("app:1.0.0").unwrap();
+    let app_ref = format!("{host}/app:latest");
+    let (base_digest, recorded) = pinned(registry, "child:1.0.0", &app_ref);
+    assert_eq!(base_digest, Value::String(app1.clone()));
+    assert_eq!(recorded, Value::String(app1.clone()));
+    assert_eq!(children(&registry.raw_manifest("child:1.0.0")).len(), 2);
+
+    // Only the arm64 base moves: app and, after it, child rebuild.
+    let arm2 = maker.push_platform_with(
+        registry,
+        "base-arm64:latest",
+        "arm-v2",
+        "linux/arm64",
+        &arm64_busybox(),
+    );
+    daemon.wait_version_never_failing("app", "1.0.1", WAIT);
+    daemon.wait_version_never_failing("child", "1.0.1", WAIT);
+    let v = daemon.image("app")["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == "1.0.1")
+        .unwrap()
+        .clone();
+    assert_eq!(v["bases"][&arm_ref], Value::String(arm2));
+    assert_eq!(v["bases"][&amd_ref], Value::String(amd));
+    let app2 = registry.digest("app:1.0.1").unwrap();
+    let (base_digest, recorded) = pinned(registry, "child:1.0.1", &app_ref);
+    assert_eq!(base_digest, Value::String(app2.clone()));
+    assert_eq!(recorded, Value::String(app2));
+}
