@@ -12,7 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use rebased_e2e::{
-    arm64_busybox, image_table, require_arm64_emulation, skopeo, wait_for, Registry, Setup,
+    arm64_busybox, image_table, rebased_bin, require_arm64_emulation, skopeo, wait_for, Registry,
+    Setup,
 };
 use serde_json::Value;
 
@@ -357,7 +358,7 @@ fn a_missing_binfmt_handler_fails_the_job_and_pushes_nothing() {
         ),
     );
     // check-config warns (and the config is still valid).
-    let out = std::process::Command::new(rebased_e2e::rebased_bin())
+    let out = std::process::Command::new(rebased_bin())
         .args(["check-config", "--config"])
         .arg(&config)
         .output()
