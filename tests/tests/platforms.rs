@@ -494,3 +494,56 @@ fn a_base_per_platform_and_a_cascade_of_the_index() {
     assert_eq!(base_digest, Value::String(app2.clone()));
     assert_eq!(recorded, Value::String(app2));
 }
+
+/// An `oci:` repository gets the engine's index: two children, the index
+/// annotated, every blob in the layout (readable by skopeo per platform).
+#[test]
+fn an_oci_layout_gets_the_engines_two_platform_index() {
+    require_arm64_emulation();
+    let s = Setup::empty();
+    let host = s.host();
+    two_platform_base(&s, "amd64-l", "arm64-l");
+    let ctx = s.context(
+        "app",
+        &format!(
+            "FROM {host}/base:latest\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox uname -m > /arch\"]\n"
+        ),
+    );
+    let layout = s.dir().join("layout");
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
+        &format!(
+            "[builder]\nbackend = \"podman\"\nmax_attempts = 1\n{}",
+            image_table(
+                "app",
+                &ctx,
+                &format!("oci:{}", layout.display()),
+                "tags = [\"latest\"]\nplatforms = [\"linux/amd64\", \"linux/arm64\"]",
+            )
+        ),
+    );
+    let daemon = s.start();
+    daemon.wait_version_never_failing("app", "1.0.0", WAIT);
+    let index = skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci:{}:1.0.0", layout.display()),
+    ]);
+    let index: Value = serde_json::from_str(&index).unwrap();
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.version"],
+        "1.0.0"
+    );
+    assert_eq!(children(&index).len(), 2);
+    for arch in ["amd64", "arm64"] {
+        let cfg: Value = serde_json::from_str(&skopeo(&[
+            "inspect",
+            "--override-arch",
+            arch,
+            "--config",
+            &format!("oci:{}:latest", layout.display()),
+        ]))
+        .unwrap();
+        assert_eq!(cfg["architecture"], arch);
+    }
+}

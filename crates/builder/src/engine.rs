@@ -11,8 +11,8 @@
 //! (1.28) nor podman (4.3) can set annotations on the index itself (no
 //! `manifest create --annotation`, no `manifest annotate --index`), so
 //! rebased sets them on the layout's index and publishes it through the
-//! registry crate: every child's blobs and manifest first, the index under
-//! the version tag last, so nothing is tagged for a partial set of
+//! registry crate: every child's blobs (streamed from the layout's files)
+//! and manifest first, the index under the version tag last, so nothing is tagged for a partial set of
 //! platforms, and the version's digest is the annotated index's. docker
 //! builds them in one `docker buildx build --platform a,b --push`, the
 //! index annotations given as `--annotation index:KEY=VALUE`.
@@ -507,9 +507,6 @@ impl Engine {
     }
 }
 
-/// The largest blob read from a build's layout to be pushed (a layer).
-const MAX_BLOB: u64 = 16 << 30;
-
 /// The largest manifest read from a build's layout.
 const MAX_MANIFEST: u64 = 4 << 20;
 
@@ -572,9 +569,9 @@ async fn publish_index(
                     {
                         continue;
                     }
-                    let data = layout.blob(&b, MAX_BLOB).map_err(|e| e.to_string())?;
+                    let path = layout.blob_path(&b).map_err(|e| e.to_string())?;
                     registry
-                        .push_blob(&repo, data.into(), &b)
+                        .push_blob_file(&repo, &path, &b)
                         .await
                         .map_err(|e| e.to_string())?;
                 }
@@ -602,8 +599,15 @@ async fn publish_index(
             for (digest, _, bytes, blobs, platform) in children {
                 for b in blobs {
                     if !out.has_blob(&b) {
-                        let data = layout.blob(&b, MAX_BLOB).map_err(|e| e.to_string())?;
-                        out.put_blob(&data).map_err(|e| e.to_string())?;
+                        let path = layout.blob_path(&b).map_err(|e| e.to_string())?;
+                        let mut from = tokio::fs::File::open(&path)
+                            .await
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        let mut w = out.blob_writer(&b).map_err(|e| e.to_string())?;
+                        tokio::io::copy(&mut from, &mut w)
+                            .await
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        w.commit().await.map_err(|e| e.to_string())?;
                     }
                 }
                 out.put_blob(&bytes).map_err(|e| e.to_string())?;
