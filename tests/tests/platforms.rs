@@ -460,6 +460,27 @@ fn a_base_per_platform_and_a_cascade_of_the_index() {
             arch_file(registry, &format!("app@{}", kids[arch]), dir.path()),
             expected
         );
+        // Each child names its own base.
+        let cfg: Value = serde_json::from_str(&skopeo(&[
+            "inspect",
+            "--tls-verify=false",
+            "--config",
+            &format!("docker://{host}/app@{}", kids[arch]),
+        ]))
+        .unwrap();
+        let labels = &cfg["config"]["Labels"];
+        assert_eq!(
+            labels["org.opencontainers.image.base.name"],
+            Value::String(format!("{host}/{repo}:latest"))
+        );
+        assert_eq!(
+            labels["org.opencontainers.image.base.digest"],
+            Value::String(base_child.to_string())
+        );
+        assert_eq!(
+            m["annotations"]["org.opencontainers.image.base.digest"],
+            Value::String(base_child.to_string())
+        );
     }
 
     // The cascade: child is pinned to app's index digest.

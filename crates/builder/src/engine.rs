@@ -228,7 +228,11 @@ impl Engine {
             _ => {}
         }
         bud.arg("-f").arg(dockerfile).arg("-t").arg(local);
-        for (k, v) in &req.annotations {
+        let mut annotations = req.annotations.clone();
+        if let Some(own) = platform.and_then(|p| req.platform_annotations.get(p)) {
+            annotations.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        for (k, v) in &annotations {
             if !docker {
                 bud.arg("--annotation").arg(format!("{k}={v}"));
             }
@@ -873,6 +877,7 @@ mod tests {
             context: dir.join("ctx"),
             dockerfile: "FROM b@sha256:x\nRUN true\n".to_owned(),
             platform_dockerfiles: BTreeMap::new(),
+            platform_annotations: BTreeMap::new(),
             build_args: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
             target: Target::Registry(ImageRef::parse("r.example/app:1.0.0").expect("ref")),
             platforms: platforms.iter().map(|p| (*p).to_owned()).collect(),
@@ -954,8 +959,17 @@ mod tests {
             std::fs::read_to_string(&arm).expect("read"),
             "FROM c@sha256:y\nRUN true\n"
         );
+        req.platform_annotations = BTreeMap::from([(
+            "linux/arm64".to_owned(),
+            BTreeMap::from([(
+                "org.opencontainers.image.version".to_owned(),
+                "arm".to_owned(),
+            )]),
+        )]);
         let got = args(&engine.bud(&req, &ws, &arm, "local", Some("linux/arm64")));
         let at = |flag: &str| got.iter().position(|a| a == flag).expect(flag);
+        assert!(got.contains(&"org.opencontainers.image.version=arm".to_owned()));
+        assert!(!got.contains(&"org.opencontainers.image.version=1.0.0".to_owned()));
         assert_eq!(got[at("--platform") + 1], "linux/arm64");
         assert_eq!(got[at("-f") + 1], arm.display().to_string());
         assert_eq!(got.iter().filter(|a| *a == "-f").count(), 1);

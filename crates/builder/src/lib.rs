@@ -47,6 +47,10 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<i64>,
     /// Manifest annotations, also set as config labels.
     pub annotations: BTreeMap<String, String>,
+    /// Platform -> annotations that replace some of `annotations` on that
+    /// platform's image (the base of its final stage, when each platform
+    /// has its own); the index keeps `annotations`.
+    pub platform_annotations: BTreeMap<String, BTreeMap<String, String>>,
     /// Registries reached over plain http.
     pub insecure_registries: Vec<String>,
     /// A scratch directory for this build; created if missing.

@@ -24,6 +24,7 @@ async fn build(dockerfile: &str) -> (Result<String, BuildError>, tempfile::TempD
     fs::write(ctx.join("other/sub"), "a file named as dir/'s directory\n").unwrap();
     let req = BuildRequest {
         platform_dockerfiles: Default::default(),
+        platform_annotations: Default::default(),
         image: "app".to_owned(),
         job: "1".to_owned(),
         context: ctx,

@@ -157,6 +157,27 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         trigger: build.trigger,
     }
     .annotations();
+    // Each platform's image names the base of its own final stage.
+    let mut platform_annotations = BTreeMap::new();
+    if build.plan.per_platform.len() > 1 {
+        for (p, model) in &build.plan.per_platform {
+            let own = model
+                .uses
+                .iter()
+                .rev()
+                .find(|u| u.kind == BaseKind::From)
+                .and_then(|u| build.pins.get(&u.reference).map(|d| (&u.reference, d)));
+            if let Some((name, digest)) = own.filter(|own| Some(*own) != primary) {
+                platform_annotations.insert(
+                    p.clone(),
+                    BTreeMap::from([
+                        (provenance::BASE_NAME.to_owned(), name.to_string()),
+                        (provenance::BASE_DIGEST.to_owned(), digest.to_string()),
+                    ]),
+                );
+            }
+        }
+    }
     let cfg = live.cfg();
     // A missing secret file is the image's config error, said plainly
     // (the path only: never the contents).
@@ -182,6 +203,7 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         build_args: image.build_args.clone(),
         target: build.repo.target(&build.version.to_string()),
         annotations,
+        platform_annotations,
         insecure_registries: live.insecure_registries(),
         auth_json: auth_json(registry, build.repo.registry(), build.pins.keys())?,
         ca_files: cfg
