@@ -380,6 +380,7 @@ fn a_missing_binfmt_handler_fails_the_job_and_pushes_nothing() {
         "{error}"
     );
     assert_eq!(registry.digest("app:1.0.0"), None, "nothing pushed");
+    assert_no_write(registry, "app");
     let log = daemon.log_text();
     assert!(!log.contains("pushed "), "nothing pushed: {log}");
 }
@@ -567,4 +568,71 @@ fn an_oci_layout_gets_the_engines_two_platform_index() {
         .unwrap();
         assert_eq!(cfg["architecture"], arch);
     }
+}
+
+/// One platform's `RUN` fails (only arm64's): the job fails and nothing
+/// reaches the repository, not even the platform that built.
+#[test]
+fn a_platform_that_fails_to_build_pushes_nothing() {
+    require_arm64_emulation();
+    let s = Setup::empty();
+    let (registry, host) = (&s.registry, s.host());
+    two_platform_base(&s, "amd64-f", "arm64-f");
+    let ctx = s.context(
+        "app",
+        &format!(
+            "FROM {host}/base:latest\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"test $(/bin/busybox uname -m) = x86_64\"]\n"
+        ),
+    );
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
+        &format!(
+            "[builder]\nbackend = \"buildah\"\nmax_attempts = 1\n{}",
+            image_table(
+                "app",
+                &ctx,
+                &format!("{host}/app"),
+                "platforms = [\"linux/amd64\", \"linux/arm64\"]",
+            )
+        ),
+    );
+    let daemon = s.start();
+    let error = daemon.wait_failing("app", WAIT);
+    assert!(error.contains("build failed"), "{error}");
+    let log = daemon.cli(&[
+        "log",
+        &daemon.jobs_of("app")[0]["id"].as_u64().unwrap().to_string(),
+    ]);
+    assert!(log.contains("# platform linux/arm64"), "{log}");
+    let listed = std::process::Command::new("skopeo")
+        .args(["list-tags", "--tls-verify=false"])
+        .arg(format!("docker://{host}/app"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        !listed.status.success() || !out.contains("1.0.0"),
+        "nothing pushed: {out}"
+    );
+    assert_eq!(registry.digest("app:1.0.0"), None);
+    assert_no_write(registry, "app");
+}
+
+/// The registry's access log shows no upload or manifest push to `repo`
+/// (and does show the bases' pushes to `parts`, so it is the right log).
+fn assert_no_write(registry: &Registry, repo: &str) {
+    let log = registry.log_text();
+    let writes: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            ["PUT", "POST", "PATCH"]
+                .iter()
+                .any(|m| l.contains(&format!("\"{m} /v2/{repo}/")))
+        })
+        .collect();
+    assert!(writes.is_empty(), "no write to {repo}: {writes:?}");
+    assert!(
+        log.contains("\"PUT /v2/parts/"),
+        "the registry's access log is read"
+    );
 }
