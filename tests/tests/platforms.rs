@@ -636,3 +636,40 @@ fn assert_no_write(registry: &Registry, repo: &str) {
         "the registry's access log is read"
     );
 }
+
+/// One platform, not the host's: built for it (`--platform`, emulated), as
+/// a plain image manifest.
+#[test]
+fn one_foreign_platform_is_built_for_that_platform() {
+    require_arm64_emulation();
+    let s = Setup::empty();
+    let (registry, host) = (&s.registry, s.host());
+    two_platform_base(&s, "amd64-o", "arm64-o");
+    let ctx = s.context(
+        "app",
+        &format!(
+            "FROM {host}/base:latest\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox uname -m > /arch\"]\n"
+        ),
+    );
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"1s\"",
+        &format!(
+            "[builder]\nbackend = \"buildah\"\nmax_attempts = 1\n{}",
+            image_table(
+                "app",
+                &ctx,
+                &format!("{host}/app"),
+                "platforms = [\"linux/arm64\"]",
+            )
+        ),
+    );
+    let daemon = s.start();
+    daemon.wait_version_never_failing("app", "1.0.0", WAIT);
+    let digest = registry.digest("app:1.0.0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        arch_file(registry, &format!("app@{digest}"), dir.path()),
+        "aarch64"
+    );
+    assert_eq!(registry.inspect("app:1.0.0")["Architecture"], "arm64");
+}
