@@ -316,21 +316,33 @@ impl Engine {
         }
         built?;
         info!(image = %req.image, job = %req.job, target = %req.target, "push index");
+        // Cut short, the index is not tagged: no version (its children
+        // may stay behind, untagged).
+        enum Cut {
+            Cancelled,
+            Timeout,
+        }
         let published = tokio::select! {
-            r = publish_index(registry, &layout_dir, req, &mut log) => r,
-            _ = cancel.cancelled() => Err("cancelled".to_owned()),
+            r = publish_index(registry, &layout_dir, req, &mut log) => Ok(r),
+            _ = cancel.cancelled() => Err(Cut::Cancelled),
             _ = tokio::time::sleep(deadline.saturating_duration_since(Instant::now())) => {
-                Err(format!("timed out after {} s", self.timeout.as_secs()))
+                Err(Cut::Timeout)
             }
         };
         match published {
-            Ok(digest) => Ok(BuildOutput {
+            Ok(Ok(digest)) => Ok(BuildOutput {
                 digest: Some(digest),
                 log,
             }),
-            Err(reason) => Err(BuildError::Native {
+            Ok(Err(reason)) => Err(BuildError::Native {
                 step: "push".to_owned(),
                 reason,
+                log,
+            }),
+            Err(Cut::Cancelled) => Err(BuildError::Cancelled { step: "push", log }),
+            Err(Cut::Timeout) => Err(BuildError::Timeout {
+                step: "push",
+                seconds: self.timeout.as_secs(),
                 log,
             }),
         }
