@@ -22,18 +22,39 @@ packages=(
   python3              # python3: schemathesis, the token issuer
   python3-pip          # pip: installs schemathesis below
   python3-cryptography # the token issuer signs its JWTs with it
+  qemu-user-static     # the qemu-aarch64 handler the kernel runs arm64 RUN steps with
+  binfmt-support       # update-binfmts: registers and enables that handler
 )
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+
+# The arm64 busybox base of tests/tests/platforms.rs comes from Debian's
+# busybox-static:arm64 (apt-get download): the arm64 package lists.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "adding the arm64 architecture (apt-get download busybox-static:arm64)"
+  $sudo dpkg --add-architecture arm64
+  $sudo apt-get update -qq
+fi
 
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   echo "installing: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Emulated builds (linux/arm64 RUN steps): binfmt_misc mounted and the
+# qemu-aarch64 handler enabled (binfmt-support's postinst may not run it in
+# a container).
+if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+  $sudo mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+if ! head -n1 /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null | grep -qx enabled; then
+  $sudo update-binfmts --enable qemu-aarch64
 fi
 
 # schemathesis (PyPI) fuzzes the live API against its OpenAPI document.

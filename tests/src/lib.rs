@@ -309,6 +309,70 @@ impl Drop for Registry {
     }
 }
 
+/// An arm64 busybox: Debian's `busybox-static:arm64` (`apt-get download`,
+/// `dpkg-deb -x`; `scripts/test.sh` adds the arm64 architecture), fetched
+/// once into the system's temporary directory and kept there.
+pub fn arm64_busybox() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let cache = std::env::temp_dir().join("rebased-e2e-busybox-arm64");
+        let busybox = cache.join("bin/busybox");
+        if busybox.is_file() {
+            return busybox;
+        }
+        let work = tempfile::tempdir().unwrap();
+        let out = Command::new("apt-get")
+            .args(["download", "busybox-static:arm64"])
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "apt-get download busybox-static:arm64 (dpkg --add-architecture arm64 && apt-get update first; scripts/test.sh does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deb = fs::read_dir(work.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .expect("the downloaded .deb");
+        let x = work.path().join("x");
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x));
+        // Another test process may be here too: the rename is atomic.
+        let staged = std::env::temp_dir().join(format!(
+            "rebased-e2e-busybox-arm64.{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&staged);
+        fs::create_dir_all(staged.join("bin")).unwrap();
+        fs::copy(x.join("bin/busybox"), staged.join("bin/busybox")).unwrap();
+        if fs::rename(&staged, &cache).is_err() {
+            let _ = fs::remove_dir_all(&staged);
+        }
+        assert!(busybox.is_file(), "{} after the download", busybox.display());
+        busybox
+    })
+    .clone()
+}
+
+/// Panics unless the kernel runs arm64 binaries through an enabled
+/// `qemu-aarch64` binfmt handler (`scripts/test.sh` installs
+/// qemu-user-static and binfmt-support, and enables it).
+pub fn require_arm64_emulation() {
+    let handler = Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64");
+    let enabled =
+        |h: &Path| fs::read_to_string(h).is_ok_and(|t| t.lines().next() == Some("enabled"));
+    if !enabled(handler) {
+        let _ = Command::new("update-binfmts")
+            .args(["--enable", "qemu-aarch64"])
+            .status();
+    }
+    assert!(
+        enabled(handler),
+        "no enabled qemu-aarch64 binfmt handler: apt-get install qemu-user-static binfmt-support; update-binfmts --enable qemu-aarch64 (scripts/test.sh does)"
+    );
+}
+
 /// Makes and pushes test base images: busybox plus a marker file.
 pub struct BaseMaker {
     dir: TempDir,
@@ -406,6 +470,27 @@ impl BaseMaker {
         )
     }
 
+    /// Like [`BaseMaker::push_platform`], with `busybox` as the base's only
+    /// program (an arm64 one for a `linux/arm64` base that runs: see
+    /// [`arm64_busybox`]).
+    pub fn push_platform_with(
+        &self,
+        registry: &Registry,
+        repo_tag: &str,
+        marker: &str,
+        platform: &str,
+        busybox: &Path,
+    ) -> String {
+        self.build_from(
+            registry,
+            repo_tag,
+            marker,
+            Some(platform),
+            &["--tls-verify=false"],
+            busybox,
+        )
+    }
+
     /// Like [`BaseMaker::push`], over plain http with credentials
     /// (`user:password`), as a token-auth registry wants them.
     pub fn push_with_creds(
@@ -454,13 +539,25 @@ impl BaseMaker {
         platform: Option<&str>,
         push_flags: &[&str],
     ) -> String {
-        let ctx = self.dir.path().join(format!("ctx-{marker}"));
-        fs::create_dir_all(&ctx).unwrap();
         let busybox = ["/bin/busybox", "/usr/bin/busybox"]
             .into_iter()
             .map(Path::new)
             .find(|p| p.exists())
             .expect("busybox-static must be installed (apt-get install busybox-static)");
+        self.build_from(registry, repo_tag, marker, platform, push_flags, busybox)
+    }
+
+    fn build_from(
+        &self,
+        registry: &Registry,
+        repo_tag: &str,
+        marker: &str,
+        platform: Option<&str>,
+        push_flags: &[&str],
+        busybox: &Path,
+    ) -> String {
+        let ctx = self.dir.path().join(format!("ctx-{marker}"));
+        fs::create_dir_all(&ctx).unwrap();
         fs::copy(busybox, ctx.join("busybox")).unwrap();
         fs::write(ctx.join("marker"), marker).unwrap();
         fs::write(

@@ -34,6 +34,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("wrk", "wrk"),
     ("python3", "python3"),
+    ("update-binfmts", "binfmt-support"),
 ];
 
 /// Packages `scripts/test.sh` installs for something other than a program
@@ -46,6 +47,10 @@ const SUPPORT: &[(&str, &str)] = &[
     (
         "python3-cryptography",
         "the token issuer's Python script signs JWTs with it",
+    ),
+    (
+        "qemu-user-static",
+        "the kernel runs arm64 RUN steps through its qemu-aarch64 binfmt handler",
     ),
 ];
 
@@ -60,6 +65,11 @@ const BASE: &[(&str, &str)] = &[
     ("tar", "Debian essential"),
     ("getconf", "libc-bin, Debian essential"),
     ("cargo", "the Rust toolchain"),
+    (
+        "apt-get",
+        "apt, on every Debian system: the arm64 busybox package",
+    ),
+    ("dpkg-deb", "dpkg, Debian essential: unpacks that package"),
     (
         "docker",
         "no Docker engine here: tests/tests/engines.rs puts podman on PATH as `docker`",

@@ -73,6 +73,10 @@ pub struct BaseChangeView {
     /// Digest in the new version.
     #[schema(value_type = String)]
     pub after: Digest,
+    /// For an index base: the image's platforms whose child moved
+    /// (`linux/arm64: before -> after`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<String>,
 }
 
 /// Why a version was superseded.
@@ -102,6 +106,10 @@ pub struct VersionView {
     /// Base reference -> digest it was built from.
     #[schema(value_type = BTreeMap<String, String>)]
     pub bases: BTreeMap<String, Digest>,
+    /// When the version is an index: platform -> its child's digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub children: BTreeMap<String, Digest>,
     /// The version that replaced it.
     #[schema(value_type = Option<String>)]
     pub superseded_by: Option<Version>,

@@ -1,14 +1,30 @@
 //! The engine backends: `buildah`, `podman` and `docker`. buildah and
 //! podman build with vfs storage and chroot isolation under the state
 //! directory, then `push --digestfile`; docker builds in its daemon, pushes,
-//! and reads the pushed digest back with `image inspect`. No shell is
-//! involved: every argument is passed as is.
+//! and reads the pushed digest from its output. No shell is involved:
+//! every argument is passed as is.
+//!
+//! Several `platforms`: buildah and podman build one image per platform
+//! (`--platform`), collect them into one manifest list (`manifest create`,
+//! `manifest add`) and write it with `manifest push --all --format oci` to
+//! an OCI layout in the build's workdir. Neither the installed buildah
+//! (1.28) nor podman (4.3) can set annotations on the index itself (no
+//! `manifest create --annotation`, no `manifest annotate --index`), so
+//! rebased sets them on the layout's index and publishes it through the
+//! registry crate: every child's blobs (streamed from the layout's files)
+//! and manifest first, the index under the version tag last, so nothing is tagged for a partial set of
+//! platforms, and the version's digest is the annotated index's. docker
+//! builds them in one `docker buildx build --platform a,b --push`, the
+//! index annotations given as `--annotation index:KEY=VALUE`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rebased_core::Digest;
+use rebased_core::oci::{media_type, ImageIndex, Manifest, Platform};
+use rebased_core::{Digest, ImageRef};
+use rebased_registry::{Layout, Registry};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
@@ -98,10 +114,13 @@ impl Engine {
         c
     }
 
-    /// Builds and pushes `req.target`; returns the pushed digest.
+    /// Builds and pushes `req.target`; returns the pushed digest. With
+    /// several platforms, buildah and podman publish the index through
+    /// `registry` (see the module's documentation).
     pub async fn build(
         &self,
         req: &BuildRequest,
+        registry: &Registry,
         cancel: &CancellationToken,
     ) -> Result<BuildOutput, BuildError> {
         let deadline = Instant::now() + self.timeout;
@@ -114,6 +133,13 @@ impl Engine {
             }
         }
         let ws = Workspace::write(req, docker).await?;
+        if req.platforms.len() > 1 {
+            return if docker {
+                self.buildx(req, &ws, deadline, cancel).await
+            } else {
+                self.build_index(req, registry, &ws, deadline, cancel).await
+            };
+        }
         // docker pushes an image by its name: build it as the target.
         let local = match (&req.target, docker) {
             (Target::Registry(r), true) => r.to_string(),
@@ -124,7 +150,7 @@ impl Engine {
         let built = self
             .run(
                 "build",
-                self.bud(req, &ws, &local),
+                self.bud(req, &ws, &ws.dockerfile, &local, None),
                 deadline,
                 cancel,
                 &mut log,
@@ -166,8 +192,17 @@ impl Engine {
         Ok(BuildOutput { digest, log })
     }
 
-    /// The build command line (`bud` or `build`) of `req`, tagged `local`.
-    fn bud(&self, req: &BuildRequest, ws: &Workspace, local: &str) -> Command {
+    /// The build command line (`bud` or `build`) of `req` from
+    /// `dockerfile`, tagged `local`, for `platform` (else the one platform
+    /// of `req` when it is not the host's, else the host's).
+    fn bud(
+        &self,
+        req: &BuildRequest,
+        ws: &Workspace,
+        dockerfile: &Path,
+        local: &str,
+        platform: Option<&str>,
+    ) -> Command {
         let docker = self.kind == EngineKind::Docker;
         let mut bud = ws.command(self);
         match self.kind {
@@ -182,8 +217,22 @@ impl Engine {
         if !docker {
             bud.arg("--isolation").arg("chroot").arg("--layers=false");
         }
-        bud.arg("-f").arg(&ws.dockerfile).arg("-t").arg(local);
-        for (k, v) in &req.annotations {
+        match (platform, req.platforms.as_slice()) {
+            (Some(p), _) => {
+                bud.arg("--platform").arg(p);
+            }
+            // One platform, not the host's: built for it (emulated).
+            (None, [p]) if Platform::parse(p).is_ok_and(|p| p != Platform::host()) => {
+                bud.arg("--platform").arg(p);
+            }
+            _ => {}
+        }
+        bud.arg("-f").arg(dockerfile).arg("-t").arg(local);
+        let mut annotations = req.annotations.clone();
+        if let Some(own) = platform.and_then(|p| req.platform_annotations.get(p)) {
+            annotations.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        for (k, v) in &annotations {
             if !docker {
                 bud.arg("--annotation").arg(format!("{k}={v}"));
             }
@@ -199,6 +248,196 @@ impl Engine {
         }
         bud.arg(&req.context);
         bud
+    }
+
+    /// Builds each of `req.platforms` (`--platform`), collects them into a
+    /// manifest list written as an OCI layout in the workdir, annotates its
+    /// index and publishes it to `req.target`: children first, the index
+    /// under the version tag last.
+    async fn build_index(
+        &self,
+        req: &BuildRequest,
+        registry: &Registry,
+        ws: &Workspace,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<BuildOutput, BuildError> {
+        let job = sanitize(&req.job);
+        let list = format!("localhost/rebased-build/job-{job}-index:latest");
+        let locals: Vec<(String, String)> = req
+            .platforms
+            .iter()
+            .map(|p| {
+                (
+                    p.clone(),
+                    format!("localhost/rebased-build/job-{job}-{}:latest", sanitize(p)),
+                )
+            })
+            .collect();
+        let layout_dir = req.workdir.join("index");
+        let mut log = String::new();
+        let built = async {
+            for (platform, local) in &locals {
+                info!(image = %req.image, job = %req.job, %platform, engine = self.kind.program(), "build");
+                log.push_str(&format!("# platform {platform}\n"));
+                let bud = self.bud(req, ws, ws.dockerfile_for(platform), local, Some(platform));
+                self.run("build", bud, deadline, cancel, &mut log).await?;
+            }
+            let _ = self.list_command(ws, &["manifest", "rm", &list]).output().await;
+            self.run(
+                "manifest",
+                self.list_command(ws, &["manifest", "create", &list]),
+                deadline,
+                cancel,
+                &mut log,
+            )
+            .await?;
+            for (_, local) in &locals {
+                let add = self.list_command(
+                    ws,
+                    &["manifest", "add", &list, &format!("containers-storage:{local}")],
+                );
+                self.run("manifest", add, deadline, cancel, &mut log).await?;
+            }
+            let _ = tokio::fs::remove_dir_all(&layout_dir).await;
+            let mut push = self.list_command(ws, &["manifest", "push", "--all", "--format", "oci"]);
+            push.arg(&list)
+                .arg(format!("oci:{}:index", layout_dir.display()));
+            self.run("manifest", push, deadline, cancel, &mut log).await
+        }
+        .await;
+        // The local images and the list are only vehicles for the push.
+        let _ = self
+            .list_command(ws, &["manifest", "rm", &list])
+            .output()
+            .await;
+        for (_, local) in &locals {
+            let _ = self.list_command(ws, &["rmi", "-f", local]).output().await;
+        }
+        built?;
+        info!(image = %req.image, job = %req.job, target = %req.target, "push index");
+        // Cut short, the index is not tagged: no version (its children
+        // may stay behind, untagged).
+        enum Cut {
+            Cancelled,
+            Timeout,
+        }
+        let published = tokio::select! {
+            r = publish_index(registry, &layout_dir, req, &mut log) => Ok(r),
+            _ = cancel.cancelled() => Err(Cut::Cancelled),
+            _ = tokio::time::sleep(deadline.saturating_duration_since(Instant::now())) => {
+                Err(Cut::Timeout)
+            }
+        };
+        match published {
+            Ok(Ok(digest)) => Ok(BuildOutput {
+                digest: Some(digest),
+                log,
+            }),
+            Ok(Err(reason)) => Err(BuildError::Native {
+                step: "push".to_owned(),
+                reason,
+                log,
+            }),
+            Err(Cut::Cancelled) => Err(BuildError::Cancelled { step: "push", log }),
+            Err(Cut::Timeout) => Err(BuildError::Timeout {
+                step: "push",
+                seconds: self.timeout.as_secs(),
+                log,
+            }),
+        }
+    }
+
+    /// The engine with `args`, for list and image housekeeping.
+    fn list_command(&self, ws: &Workspace, args: &[&str]) -> Command {
+        let mut c = ws.command(self);
+        c.args(args);
+        c
+    }
+
+    /// docker's multi-platform build: one `docker buildx build --platform
+    /// a,b --push`, the provenance as labels, as manifest annotations and
+    /// as the index's (`--annotation index:K=V`); the digest from
+    /// `--metadata-file`, else read back by the caller.
+    async fn buildx(
+        &self,
+        req: &BuildRequest,
+        ws: &Workspace,
+        deadline: Instant,
+        cancel: &CancellationToken,
+    ) -> Result<BuildOutput, BuildError> {
+        if req
+            .platform_dockerfiles
+            .values()
+            .any(|d| d != &req.dockerfile)
+        {
+            return Err(BuildError::Unsupported(
+                "the docker backend builds all platforms from one Dockerfile, and this one names a different base per platform (a platform ARG in FROM); use buildah or podman".to_owned(),
+            ));
+        }
+        let Target::Registry(target) = &req.target else {
+            return Err(BuildError::Unsupported(
+                "the docker backend pushes to registries only".to_owned(),
+            ));
+        };
+        let metadata = req.workdir.join("metadata.json");
+        let _ = tokio::fs::remove_file(&metadata).await;
+        let mut log = String::new();
+        info!(image = %req.image, job = %req.job, target = %req.target, platforms = %req.platforms.join(","), "buildx build --push");
+        self.run(
+            "build",
+            self.buildx_command(req, ws, target, &metadata),
+            deadline,
+            cancel,
+            &mut log,
+        )
+        .await?;
+        let digest = tokio::fs::read(&metadata)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v.get("containerimage.digest")
+                    .and_then(|d| d.as_str())
+                    .and_then(|d| Digest::parse(d).ok())
+            });
+        Ok(BuildOutput { digest, log })
+    }
+
+    /// The `docker buildx build` command line of a multi-platform `req`.
+    fn buildx_command(
+        &self,
+        req: &BuildRequest,
+        ws: &Workspace,
+        target: &ImageRef,
+        metadata: &Path,
+    ) -> Command {
+        let mut c = ws.command(self);
+        c.args(["buildx", "build", "--platform"])
+            .arg(req.platforms.join(","))
+            .arg("--push")
+            .arg("--provenance=false")
+            .arg("--metadata-file")
+            .arg(metadata)
+            .arg("-f")
+            .arg(&ws.dockerfile)
+            .arg("-t")
+            .arg(target.to_string());
+        for (k, v) in &req.annotations {
+            c.arg("--label").arg(format!("{k}={v}"));
+            c.arg("--annotation").arg(format!("manifest:{k}={v}"));
+            c.arg("--annotation").arg(format!("index:{k}={v}"));
+        }
+        for (id, path) in &req.secrets {
+            let mut spec = std::ffi::OsString::from(format!("id={id},src="));
+            spec.push(path);
+            c.arg("--secret").arg(spec);
+        }
+        for (k, v) in &req.build_args {
+            c.arg("--build-arg").arg(format!("{k}={v}"));
+        }
+        c.arg(&req.context);
+        c
     }
 
     /// The push command line of the image `local` to `req.target`.
@@ -280,6 +519,124 @@ impl Engine {
                 tail: tail(log, 600),
                 log: log.clone(),
             })
+        }
+    }
+}
+
+/// The largest manifest read from a build's layout.
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// Publishes the manifest list an engine wrote to the layout `dir` (tag
+/// `index`) to `req.target`, with `req.annotations` on the index: every
+/// child's config and layers (those the target lacks), each child manifest
+/// by digest, then the index under the version tag. Returns the index's
+/// digest.
+async fn publish_index(
+    registry: &Registry,
+    dir: &Path,
+    req: &BuildRequest,
+    log: &mut String,
+) -> Result<Digest, String> {
+    let layout = Layout::open(dir).map_err(|e| e.to_string())?;
+    let raw = layout.manifest("index").map_err(|e| e.to_string())?;
+    let mut index: ImageIndex = match Manifest::parse(&raw.bytes) {
+        Ok(Manifest::Index(i)) => i,
+        _ => return Err(format!("{}: the engine wrote no index", dir.display())),
+    };
+    index.media_type = Some(media_type::OCI_INDEX.to_owned());
+    for (k, v) in &req.annotations {
+        index.annotations.insert(k.clone(), v.clone());
+    }
+    let index_bytes = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
+    // Each child: (digest, media type, bytes, its blobs).
+    let mut children = Vec::new();
+    for entry in &index.manifests {
+        let digest = entry
+            .digest()
+            .ok_or_else(|| format!("index entry with a bad digest {:?}", entry.digest))?;
+        let bytes = layout
+            .blob(&digest, MAX_MANIFEST)
+            .map_err(|e| e.to_string())?;
+        let Ok(Manifest::Image(m)) = Manifest::parse(&bytes) else {
+            return Err(format!("child {digest} is not an image manifest"));
+        };
+        let mut blobs = Vec::new();
+        for d in std::iter::once(&m.config).chain(m.layers.iter()) {
+            blobs.push(
+                d.digest()
+                    .ok_or_else(|| format!("child {digest}: bad blob digest {:?}", d.digest))?,
+            );
+        }
+        let platform = entry
+            .platform
+            .as_ref()
+            .map_or_else(|| "?".to_owned(), ToString::to_string);
+        children.push((digest, entry.media_type.clone(), bytes, blobs, platform));
+    }
+    match &req.target {
+        Target::Registry(target) => {
+            let repo = ImageRef::parse_repository(&target.name()).map_err(|e| e.to_string())?;
+            for (digest, media, bytes, blobs, platform) in children {
+                for b in blobs {
+                    if registry
+                        .blob_exists(&repo, &b)
+                        .await
+                        .map_err(|e| e.to_string())?
+                    {
+                        continue;
+                    }
+                    let path = layout.blob_path(&b).map_err(|e| e.to_string())?;
+                    registry
+                        .push_blob_file(&repo, &path, &b)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                let media = if media.is_empty() {
+                    media_type::OCI_MANIFEST.to_owned()
+                } else {
+                    media
+                };
+                registry
+                    .push_manifest(&repo.pinned(&digest), bytes, &media)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                log.push_str(&format!("pushed {platform} {digest}\n"));
+            }
+            let tag = target.tag().unwrap_or("latest");
+            let digest = registry
+                .push_manifest(&repo.with_tag(tag), index_bytes, media_type::OCI_INDEX)
+                .await
+                .map_err(|e| e.to_string())?;
+            log.push_str(&format!("pushed index {repo}:{tag} {digest}\n"));
+            Ok(digest)
+        }
+        Target::Layout { path, tag } => {
+            let out = Layout::open(path).map_err(|e| e.to_string())?;
+            for (digest, _, bytes, blobs, platform) in children {
+                for b in blobs {
+                    if !out.has_blob(&b) {
+                        let path = layout.blob_path(&b).map_err(|e| e.to_string())?;
+                        let mut from = tokio::fs::File::open(&path)
+                            .await
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        let mut w = out.blob_writer(&b).map_err(|e| e.to_string())?;
+                        tokio::io::copy(&mut from, &mut w)
+                            .await
+                            .map_err(|e| format!("{}: {e}", path.display()))?;
+                        w.commit().await.map_err(|e| e.to_string())?;
+                    }
+                }
+                out.put_blob(&bytes).map_err(|e| e.to_string())?;
+                log.push_str(&format!("wrote {platform} {digest}\n"));
+            }
+            let digest = out
+                .put_manifest(&index_bytes, media_type::OCI_INDEX, tag)
+                .map_err(|e| e.to_string())?;
+            log.push_str(&format!(
+                "wrote index oci:{}:{tag} {digest}\n",
+                path.display()
+            ));
+            Ok(digest)
         }
     }
 }
@@ -393,6 +750,8 @@ fn workspace_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
 /// for this build only, and where the pushed digest is written.
 struct Workspace {
     dockerfile: PathBuf,
+    /// Platform -> its own pinned Dockerfile, where it differs.
+    platform_dockerfiles: BTreeMap<String, PathBuf>,
     registries_conf: PathBuf,
     /// `--authfile` and `--cert-dir` (buildah and podman).
     extra: Vec<std::ffi::OsString>,
@@ -411,6 +770,17 @@ impl Workspace {
         tokio::fs::write(&dockerfile, &req.dockerfile)
             .await
             .map_err(ws(&dockerfile))?;
+        let mut platform_dockerfiles = BTreeMap::new();
+        for (platform, text) in &req.platform_dockerfiles {
+            if text == &req.dockerfile {
+                continue;
+            }
+            let path = req
+                .workdir
+                .join(format!("Dockerfile.{}", sanitize(platform)));
+            tokio::fs::write(&path, text).await.map_err(ws(&path))?;
+            platform_dockerfiles.insert(platform.clone(), path);
+        }
         let registries_conf = req.workdir.join("registries.conf");
         tokio::fs::write(
             &registries_conf,
@@ -452,11 +822,19 @@ impl Workspace {
         let _ = tokio::fs::remove_file(&digest_file).await;
         Ok(Workspace {
             dockerfile,
+            platform_dockerfiles,
             registries_conf,
             extra,
             docker_config,
             digest_file,
         })
+    }
+
+    /// The pinned Dockerfile of `platform`.
+    fn dockerfile_for(&self, platform: &str) -> &Path {
+        self.platform_dockerfiles
+            .get(platform)
+            .unwrap_or(&self.dockerfile)
     }
 
     /// The engine's command with this build's `registries.conf` (and
@@ -502,6 +880,119 @@ mod tests {
             Some("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
         );
         assert!(pushed_digest("Writing manifest to image destination\n").is_none());
+    }
+
+    fn request(platforms: &[&str], dir: &Path) -> BuildRequest {
+        BuildRequest {
+            image: "app".to_owned(),
+            job: "7".to_owned(),
+            context: dir.join("ctx"),
+            dockerfile: "FROM b@sha256:x\nRUN true\n".to_owned(),
+            platform_dockerfiles: BTreeMap::new(),
+            platform_annotations: BTreeMap::new(),
+            build_args: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
+            target: Target::Registry(ImageRef::parse("r.example/app:1.0.0").expect("ref")),
+            platforms: platforms.iter().map(|p| (*p).to_owned()).collect(),
+            source_date_epoch: None,
+            annotations: BTreeMap::from([(
+                "org.opencontainers.image.version".to_owned(),
+                "1.0.0".to_owned(),
+            )]),
+            insecure_registries: Vec::new(),
+            workdir: dir.join("work"),
+            auth_json: None,
+            secrets: BTreeMap::new(),
+            ca_files: Vec::new(),
+        }
+    }
+
+    fn args(c: &Command) -> Vec<String> {
+        c.as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn docker_builds_several_platforms_in_one_buildx_push() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let req = request(&["linux/amd64", "linux/arm64"], dir.path());
+        let engine = Engine::with_storage(EngineKind::Docker, dir.path(), Duration::from_secs(60));
+        let ws = Workspace::write(&req, true).await.expect("workspace");
+        let Target::Registry(target) = &req.target else {
+            unreachable!("a registry target")
+        };
+        let metadata = dir.path().join("metadata.json");
+        let got = args(&engine.buildx_command(&req, &ws, target, &metadata));
+        let df = ws.dockerfile.display().to_string();
+        let want = [
+            "buildx",
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--push",
+            "--provenance=false",
+            "--metadata-file",
+            &metadata.display().to_string(),
+            "-f",
+            &df,
+            "-t",
+            "r.example/app:1.0.0",
+            "--label",
+            "org.opencontainers.image.version=1.0.0",
+            "--annotation",
+            "manifest:org.opencontainers.image.version=1.0.0",
+            "--annotation",
+            "index:org.opencontainers.image.version=1.0.0",
+            "--build-arg",
+            "A=1",
+            &dir.path().join("ctx").display().to_string(),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
+    async fn each_platform_is_built_from_its_own_pinned_dockerfile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut req = request(&["linux/amd64", "linux/arm64"], dir.path());
+        req.platform_dockerfiles = BTreeMap::from([
+            ("linux/amd64".to_owned(), req.dockerfile.clone()),
+            (
+                "linux/arm64".to_owned(),
+                "FROM c@sha256:y\nRUN true\n".to_owned(),
+            ),
+        ]);
+        let engine = Engine::with_storage(EngineKind::Buildah, dir.path(), Duration::from_secs(60));
+        let ws = Workspace::write(&req, false).await.expect("workspace");
+        let arm = ws.dockerfile_for("linux/arm64").to_owned();
+        assert_ne!(arm, ws.dockerfile);
+        assert_eq!(ws.dockerfile_for("linux/amd64"), ws.dockerfile);
+        assert_eq!(
+            std::fs::read_to_string(&arm).expect("read"),
+            "FROM c@sha256:y\nRUN true\n"
+        );
+        req.platform_annotations = BTreeMap::from([(
+            "linux/arm64".to_owned(),
+            BTreeMap::from([(
+                "org.opencontainers.image.version".to_owned(),
+                "arm".to_owned(),
+            )]),
+        )]);
+        let got = args(&engine.bud(&req, &ws, &arm, "local", Some("linux/arm64")));
+        let at = |flag: &str| got.iter().position(|a| a == flag).expect(flag);
+        assert!(got.contains(&"org.opencontainers.image.version=arm".to_owned()));
+        assert!(!got.contains(&"org.opencontainers.image.version=1.0.0".to_owned()));
+        assert_eq!(got[at("--platform") + 1], "linux/arm64");
+        assert_eq!(got[at("-f") + 1], arm.display().to_string());
+        assert_eq!(got.iter().filter(|a| *a == "-f").count(), 1);
+        // docker cannot: one Dockerfile for all of them.
+        let docker = Engine::with_storage(EngineKind::Docker, dir.path(), Duration::from_secs(60));
+        let registry = Registry::new(&BTreeMap::new());
+        let e = docker
+            .build(&req, &registry, &CancellationToken::new())
+            .await
+            .expect_err("refused");
+        assert!(e.to_string().contains("buildah or podman"), "{e}");
     }
 
     #[test]

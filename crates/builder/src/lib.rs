@@ -7,6 +7,7 @@
 //! builder's business: the caller does it through the registry once the
 //! version tag is recorded.
 
+pub mod emulation;
 pub mod engine;
 pub mod native;
 pub mod provenance;
@@ -30,19 +31,26 @@ pub struct BuildRequest {
     pub context: PathBuf,
     /// The pinned Dockerfile text.
     pub dockerfile: String,
+    /// Platform -> its pinned Dockerfile, for a Dockerfile whose `FROM`
+    /// names a platform `ARG` (a base per platform); a platform not listed
+    /// is built from `dockerfile`.
+    pub platform_dockerfiles: BTreeMap<String, String>,
     /// `--build-arg`s.
     pub build_args: BTreeMap<String, String>,
     /// Where to publish the version.
     pub target: Target,
     /// Platforms to build (`os/arch[/variant]`); empty: the base's, or the
-    /// host's from a multi-platform base. Only the native backend builds
-    /// several.
+    /// host's from a multi-platform base. Several make one index.
     pub platforms: Vec<String>,
     /// `SOURCE_DATE_EPOCH`: layer mtimes and the config's `created` (else 0
     /// for mtimes and now for `created`).
     pub source_date_epoch: Option<i64>,
     /// Manifest annotations, also set as config labels.
     pub annotations: BTreeMap<String, String>,
+    /// Platform -> annotations that replace some of `annotations` on that
+    /// platform's image (the base of its final stage, when each platform
+    /// has its own); the index keeps `annotations`.
+    pub platform_annotations: BTreeMap<String, BTreeMap<String, String>>,
     /// Registries reached over plain http.
     pub insecure_registries: Vec<String>,
     /// A scratch directory for this build; created if missing.
@@ -164,7 +172,8 @@ pub enum BuildError {
         /// The log so far.
         log: String,
     },
-    /// A step of a native build failed.
+    /// A step of a native build, or the publishing of an engine's index,
+    /// failed.
     #[error("{step}: {reason}")]
     Native {
         /// Which step (`context`, `base`, `push`, ...).

@@ -63,6 +63,8 @@ impl Setup {
         dockerfile: &str,
     ) -> (String, Vec<String>) {
         let req = BuildRequest {
+            platform_dockerfiles: Default::default(),
+            platform_annotations: Default::default(),
             image: "app".to_owned(),
             job: tag.to_owned(),
             context: self.ctx(),

@@ -23,6 +23,8 @@ async fn build(dockerfile: &str) -> (Result<String, BuildError>, tempfile::TempD
     fs::create_dir_all(ctx.join("other")).unwrap();
     fs::write(ctx.join("other/sub"), "a file named as dir/'s directory\n").unwrap();
     let req = BuildRequest {
+        platform_dockerfiles: Default::default(),
+        platform_annotations: Default::default(),
         image: "app".to_owned(),
         job: "1".to_owned(),
         context: ctx,

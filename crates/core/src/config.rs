@@ -105,6 +105,9 @@ pub struct BuilderConfig {
     pub timeout: ConfigDuration,
     /// Attempts before an image is `failing`.
     pub max_attempts: u32,
+    /// Where the kernel's `binfmt_misc` handlers are looked for before an
+    /// engine builds a foreign platform's `RUN` steps.
+    pub binfmt_dir: PathBuf,
 }
 
 impl Default for BuilderConfig {
@@ -113,6 +116,7 @@ impl Default for BuilderConfig {
             backend: Backend::Auto,
             timeout: ConfigDuration(std::time::Duration::from_secs(30 * 60)),
             max_attempts: 5,
+            binfmt_dir: PathBuf::from("/proc/sys/fs/binfmt_misc"),
         }
     }
 }
@@ -529,6 +533,7 @@ impl Config {
             }
         };
         fix(&mut self.daemon.state_dir);
+        fix(&mut self.builder.binfmt_dir);
         self.daemon.api_token_file.iter_mut().for_each(fix);
         self.webhooks.token_file.iter_mut().for_each(fix);
         for r in self.registries.values_mut() {

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::digest::Digest;
+use crate::oci::Platform;
 use crate::reference::ImageRef;
 
 const KNOWN: &[&str] = &[
@@ -92,6 +93,61 @@ pub struct BaseUse {
     pub platform: Option<String>,
 }
 
+/// The platforms one build is for, as BuildKit's automatic platform
+/// `ARG`s name them: `TARGET*` the platform built, `BUILD*` the platform
+/// the build runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildPlatforms {
+    /// The platform the image is built for (`TARGETPLATFORM`).
+    pub target: Platform,
+    /// The platform the build runs on (`BUILDPLATFORM`).
+    pub build: Platform,
+}
+
+/// The automatic platform `ARG`s BuildKit predefines in the global scope.
+pub const PLATFORM_ARGS: [&str; 8] = [
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+];
+
+impl BuildPlatforms {
+    /// A build for the host's platform, on the host.
+    pub fn host() -> Self {
+        Self::target(Platform::host())
+    }
+
+    /// A build for `target`, on the host.
+    pub fn target(target: Platform) -> Self {
+        Self {
+            target,
+            build: Platform::host(),
+        }
+    }
+
+    /// The automatic `ARG`s and their values, in [`PLATFORM_ARGS`] order.
+    pub fn args(&self) -> [(&'static str, String); 8] {
+        let [tp, to, ta, tv, bp, bo, ba, bv] = PLATFORM_ARGS;
+        let (t, b) = (&self.target, &self.build);
+        let variant = |p: &Platform| p.variant.clone().unwrap_or_default();
+        [
+            (tp, t.to_string()),
+            (to, t.os.clone()),
+            (ta, t.architecture.clone()),
+            (tv, variant(t)),
+            (bp, b.to_string()),
+            (bo, b.os.clone()),
+            (ba, b.architecture.clone()),
+            (bv, variant(b)),
+        ]
+    }
+}
+
 /// A parsed Dockerfile with its base uses resolved.
 #[derive(Debug, Clone)]
 pub struct Dockerfile {
@@ -105,13 +161,30 @@ pub struct Dockerfile {
 
 impl Dockerfile {
     /// Parses `text`, substituting global `ARG` defaults overridden by
-    /// `build_args` (only for `ARG`s the file declares, as BuildKit does).
+    /// `build_args` (only for `ARG`s the file declares, as BuildKit does),
+    /// for a build of the host's platform ([`Dockerfile::parse_for`]).
     pub fn parse(
         text: &str,
         build_args: &BTreeMap<String, String>,
     ) -> Result<Self, DockerfileError> {
+        Self::parse_for(text, build_args, &BuildPlatforms::host())
+    }
+
+    /// Parses `text` for a build of `platforms.target`: BuildKit's
+    /// automatic platform `ARG`s ([`PLATFORM_ARGS`]) are predefined in the
+    /// global scope, so a `FROM` may use them undeclared; a build argument
+    /// or a declared default does not change them.
+    pub fn parse_for(
+        text: &str,
+        build_args: &BTreeMap<String, String>,
+        platforms: &BuildPlatforms,
+    ) -> Result<Self, DockerfileError> {
         let (escape, instructions) = split_instructions(text)?;
-        let mut globals: HashMap<String, String> = HashMap::new();
+        let automatic = platforms.args();
+        let mut globals: HashMap<String, String> = automatic
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
         let mut stages: Vec<String> = Vec::new();
         let mut seen_from = false;
         let mut uses = Vec::new();
@@ -134,6 +207,9 @@ impl Dockerfile {
                             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                         {
                             return Err(err(format!("invalid ARG name {name:?}")));
+                        }
+                        if PLATFORM_ARGS.contains(&name.as_str()) {
+                            continue;
                         }
                         let value = build_args
                             .get(&name)
@@ -679,6 +755,62 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    fn bases_for(text: &str, platform: &str) -> Vec<String> {
+        let target = Platform::parse(platform).expect("platform");
+        Dockerfile::parse_for(text, &BTreeMap::new(), &BuildPlatforms::target(target))
+            .expect("parses")
+            .bases()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn platform_args_are_predefined_in_the_global_scope() {
+        let text = "FROM busybox:${TARGETARCH}\nFROM alpine:$TARGETOS-$TARGETVARIANT\n";
+        assert_eq!(
+            bases_for(text, "linux/arm64"),
+            [
+                "docker.io/library/busybox:arm64",
+                "docker.io/library/alpine:linux-"
+            ]
+        );
+        assert_eq!(
+            bases_for("FROM busybox:1-${TARGETVARIANT}\n", "linux/arm/v7"),
+            ["docker.io/library/busybox:1-v7"]
+        );
+        // Declared without a default, or with one: still the automatic value.
+        let declared = "ARG TARGETARCH\nARG BUILDARCH=nope\nFROM busybox:$TARGETARCH-$BUILDARCH\n";
+        let host = Platform::host().architecture;
+        assert_eq!(
+            bases_for(declared, "linux/arm64"),
+            [format!("docker.io/library/busybox:arm64-{host}")]
+        );
+        // A build argument does not override them either.
+        let args = BTreeMap::from([("TARGETARCH".to_owned(), "s390x".to_owned())]);
+        let df = Dockerfile::parse_for(
+            "FROM busybox:$TARGETARCH\n",
+            &args,
+            &BuildPlatforms::target(Platform::parse("linux/arm64").expect("platform")),
+        )
+        .expect("parses");
+        assert_eq!(df.bases()[0].to_string(), "docker.io/library/busybox:arm64");
+    }
+
+    #[test]
+    fn a_platform_arg_can_name_a_stage() {
+        // Diun's Dockerfile: `FROM binary-$TARGETOS AS binary`.
+        let text = "FROM golang:1.23 AS build\nFROM scratch AS binary-linux\nCOPY --from=build /x /x\nFROM binary-$TARGETOS AS binary\nFROM alpine:3.20\nCOPY --from=binary /x /x\n";
+        assert_eq!(
+            bases_for(text, "linux/amd64"),
+            [
+                "docker.io/library/golang:1.23",
+                "docker.io/library/alpine:3.20"
+            ]
+        );
+        assert_eq!(bases(text), bases_for(text, "linux/amd64"));
     }
 
     fn error(text: &str) -> DockerfileError {

@@ -12,7 +12,7 @@ use rebased_core::dockerfile::BaseKind;
 use rebased_core::job::JobId;
 use rebased_core::{Digest, ImageRef, Trigger, Version};
 use rebased_registry::Registry;
-use rebased_scheduler::Inputs;
+use rebased_scheduler::{Change, Inputs};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -31,6 +31,9 @@ pub struct Build<'a> {
     pub pins: &'a BTreeMap<ImageRef, Digest>,
     /// The inputs (digests and platforms) it is built from.
     pub inputs: &'a Inputs,
+    /// Each base's move since the superseded version (the job log's
+    /// first lines say which moved, and which platform's child).
+    pub changes: &'a [Change],
     /// The version.
     pub version: Version,
     /// The version it supersedes.
@@ -54,20 +57,25 @@ pub async fn run(
     let job = build.job;
     let request = request(live, registry, build)?;
     let workdir = request.workdir.clone();
-    let outcome = match backend(live, build) {
+    let kind = backend(live, build);
+    if kind.is_some() {
+        emulation_check(live, build).with_context(|| format!("build of {target} (job {job})"))?;
+    }
+    let outcome = match kind {
         None => {
             info!(backend = "native", "building");
             live.native().build(&request, registry, cancel).await
         }
         Some(kind) => {
-            info!(backend = kind.program(), "building");
-            live.engine(kind).build(&request, cancel).await
+            info!(backend = kind.program(), platforms = %build.image.platforms.join(","), "building");
+            live.engine(kind).build(&request, registry, cancel).await
         }
     };
-    let log = match &outcome {
-        Ok(o) => o.log.clone(),
-        Err(e) => e.log().to_owned(),
-    };
+    let mut log = why(build.changes);
+    log.push_str(match &outcome {
+        Ok(o) => &o.log,
+        Err(e) => e.log(),
+    });
     live.save_log(job, &log);
     let _ = tokio::fs::remove_dir_all(&workdir).await;
     let out = outcome.with_context(|| format!("build of {target} (job {job})"))?;
@@ -78,6 +86,53 @@ pub async fn run(
             .lookup(registry, &tag)
             .await?
             .ok_or_else(|| anyhow!("{target} is missing after the push")),
+    }
+}
+
+/// The job log's first lines: each base that moved, and for an index base
+/// each of the image's platforms whose child moved.
+fn why(changes: &[Change]) -> String {
+    let mut out = String::new();
+    for c in changes
+        .iter()
+        .filter(|c| c.before.as_ref() != Some(&c.after))
+    {
+        match &c.before {
+            Some(b) => out.push_str(&format!(
+                "# base {} moved: {b} -> {}\n",
+                c.reference, c.after
+            )),
+            None => out.push_str(&format!("# base {}: {}\n", c.reference, c.after)),
+        }
+        for m in &c.moved {
+            out.push_str(&format!("# base {} child {m}\n", c.reference));
+        }
+    }
+    out
+}
+
+/// Before an engine runs a foreign platform's `RUN` steps: each such
+/// platform needs an enabled binfmt handler (`builder.binfmt_dir`), else
+/// the build fails here, naming the platform and what to install, and
+/// nothing is built or pushed.
+fn emulation_check(live: &Live, build: &Build<'_>) -> Result<()> {
+    let has_run = build
+        .plan
+        .model
+        .instructions
+        .iter()
+        .any(|i| i.keyword == "RUN");
+    if !has_run {
+        return Ok(());
+    }
+    let missing = rebased_builder::emulation::missing(
+        &build.image.platforms,
+        &rebased_core::oci::Platform::host(),
+        &live.cfg().builder.binfmt_dir,
+    );
+    match missing.first() {
+        None => Ok(()),
+        Some(m) => Err(anyhow!("{m}")),
     }
 }
 
@@ -102,6 +157,27 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         trigger: build.trigger,
     }
     .annotations();
+    // Each platform's image names the base of its own final stage.
+    let mut platform_annotations = BTreeMap::new();
+    if build.plan.per_platform.len() > 1 {
+        for (p, model) in &build.plan.per_platform {
+            let own = model
+                .uses
+                .iter()
+                .rev()
+                .find(|u| u.kind == BaseKind::From)
+                .and_then(|u| build.pins.get(&u.reference).map(|d| (&u.reference, d)));
+            if let Some((name, digest)) = own.filter(|own| Some(*own) != primary) {
+                platform_annotations.insert(
+                    p.clone(),
+                    BTreeMap::from([
+                        (provenance::BASE_NAME.to_owned(), name.to_string()),
+                        (provenance::BASE_DIGEST.to_owned(), digest.to_string()),
+                    ]),
+                );
+            }
+        }
+    }
     let cfg = live.cfg();
     // A missing secret file is the image's config error, said plainly
     // (the path only: never the contents).
@@ -114,9 +190,20 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         job: build.job.to_string(),
         context: image.context.clone(),
         dockerfile: build.plan.model.pin(&build.plan.text, build.pins),
+        platform_dockerfiles: if build.plan.per_platform.len() > 1 {
+            build
+                .plan
+                .per_platform
+                .iter()
+                .map(|(p, m)| (p.clone(), m.pin(&build.plan.text, build.pins)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        },
         build_args: image.build_args.clone(),
         target: build.repo.target(&build.version.to_string()),
         annotations,
+        platform_annotations,
         insecure_registries: live.insecure_registries(),
         auth_json: auth_json(registry, build.repo.registry(), build.pins.keys())?,
         ca_files: cfg

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use rebased_core::config::{Config, ImageConfig, Repository};
-use rebased_core::dockerfile::Dockerfile;
+use rebased_core::dockerfile::{BuildPlatforms, Dockerfile};
+use rebased_core::oci::Platform;
 use rebased_core::ImageRef;
 
 /// Reads and validates the config; errors read `FILE:LINE:COLUMN: key K: why`.
@@ -75,33 +76,75 @@ fn check_layouts(cfg: &Config) -> std::result::Result<(), String> {
 pub struct ParsedDockerfile {
     /// The text as read.
     pub text: String,
-    /// The model.
+    /// The model for the first platform built (the host's when none is
+    /// named).
     pub model: Dockerfile,
+    /// The model for each platform built, in order (BuildKit's platform
+    /// `ARG`s may give each its own bases).
+    pub per_platform: Vec<(String, Dockerfile)>,
 }
 
-/// Reads and parses `path` with `build_args`; errors read `FILE:LINE: why`.
-pub fn read_dockerfile(
+impl ParsedDockerfile {
+    /// The external bases of every platform, in order of first appearance,
+    /// without duplicates.
+    pub fn bases(&self) -> Vec<ImageRef> {
+        let mut out = self.model.bases();
+        for (_, m) in &self.per_platform {
+            for b in m.bases() {
+                if !out.contains(&b) {
+                    out.push(b);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Reads and parses `path` with `build_args` once for each of `platforms`
+/// (`os/arch[/variant]`; none: the host's); errors read `FILE:LINE: why`
+/// (and the platform, for a file that only one platform's `ARG`s break).
+pub fn read_dockerfile_for(
     path: &Path,
     build_args: &BTreeMap<String, String>,
+    platforms: &[String],
 ) -> Result<ParsedDockerfile> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read Dockerfile {}", path.display()))?;
-    let model = Dockerfile::parse(&text, build_args)
-        .map_err(|e| anyhow!("{}:{}: {}", path.display(), e.line, e.reason))?;
-    Ok(ParsedDockerfile { text, model })
+    let mut per_platform = Vec::new();
+    for p in platforms {
+        let target = Platform::parse(p).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let model = Dockerfile::parse_for(&text, build_args, &BuildPlatforms::target(target))
+            .map_err(|e| anyhow!("{}:{}: {} (for {p})", path.display(), e.line, e.reason))?;
+        per_platform.push((p.clone(), model));
+    }
+    let model = match per_platform.first() {
+        Some((_, m)) => m.clone(),
+        None => Dockerfile::parse(&text, build_args)
+            .map_err(|e| anyhow!("{}:{}: {}", path.display(), e.line, e.reason))?,
+    };
+    Ok(ParsedDockerfile {
+        text,
+        model,
+        per_platform,
+    })
 }
 
-/// The external bases of a Dockerfile.
+/// The external bases of a Dockerfile for `platforms` (none: the host's).
 pub fn dockerfile_bases(
     path: &Path,
     build_args: &BTreeMap<String, String>,
+    platforms: &[String],
 ) -> Result<Vec<ImageRef>> {
-    Ok(read_dockerfile(path, build_args)?.model.bases())
+    Ok(read_dockerfile_for(path, build_args, platforms)?.bases())
 }
 
-/// The external bases of an image.
+/// The external bases of an image: those of each of its platforms.
 pub fn image_bases(image: &ImageConfig) -> Result<Vec<ImageRef>> {
-    dockerfile_bases(&image.dockerfile_path(), &image.build_args)
+    dockerfile_bases(
+        &image.dockerfile_path(),
+        &image.build_args,
+        &image.platforms,
+    )
 }
 
 /// The dependency graph of the config's images (an image built FROM another

@@ -87,6 +87,7 @@ async fn read_back(registry: &Registry, image: &ImageConfig) -> Result<ImportedL
             *v,
             VersionRecord {
                 version: *v,
+                children: rebased_registry::index_platforms(&manifest.bytes),
                 digest: manifest.digest,
                 built_at: rec.created.unwrap_or_else(Utc::now),
                 bases: rec.bases.unwrap_or_default(),
@@ -122,6 +123,7 @@ async fn read_back(registry: &Registry, image: &ImageConfig) -> Result<ImportedL
                         reference: r.clone(),
                         before: p.bases.get(r).cloned(),
                         after: d.clone(),
+                        moved: Vec::new(),
                     })
                     .collect(),
             });

@@ -39,9 +39,12 @@ pub struct Live {
 pub struct Plan {
     /// The text as read.
     pub text: String,
-    /// The model.
+    /// The model (for the first platform built).
     pub model: rebased_core::dockerfile::Dockerfile,
-    /// Its external bases.
+    /// The model for each platform built (a platform `ARG` in a `FROM`
+    /// gives each its own bases).
+    pub per_platform: Vec<(String, rebased_core::dockerfile::Dockerfile)>,
+    /// Its external bases: every platform's.
     pub bases: Vec<ImageRef>,
 }
 
@@ -164,11 +167,16 @@ impl Live {
 
     /// Reads and parses an image's Dockerfile now.
     pub fn plan(&self, image: &ImageConfig) -> Result<Plan> {
-        let p = config::read_dockerfile(&image.dockerfile_path(), &image.build_args)?;
-        let bases = p.model.bases();
+        let p = config::read_dockerfile_for(
+            &image.dockerfile_path(),
+            &image.build_args,
+            &image.platforms,
+        )?;
+        let bases = p.bases();
         Ok(Plan {
             text: p.text,
             model: p.model,
+            per_platform: p.per_platform,
             bases,
         })
     }
@@ -179,7 +187,12 @@ impl Live {
     /// and parsed now. Errors are not cached.
     pub fn image_bases(&self, image: &ImageConfig) -> Result<Arc<[ImageRef]>> {
         let path = image.dockerfile_path();
-        let key = format!("{}\0{:?}", path.display(), image.build_args);
+        let key = format!(
+            "{}\0{:?}\0{:?}",
+            path.display(),
+            image.build_args,
+            image.platforms
+        );
         if let Some(c) = lock(&self.plans).entries.get(&key) {
             if c.verified.elapsed() < PLAN_VERIFY_EVERY {
                 return Ok(Arc::clone(&c.bases));
@@ -194,8 +207,8 @@ impl Live {
                 }
             }
         }
-        let p = config::read_dockerfile(&path, &image.build_args)?;
-        let bases = p.model.bases();
+        let p = config::read_dockerfile_for(&path, &image.build_args, &image.platforms)?;
+        let bases = p.bases();
         let mut cache = lock(&self.plans);
         let bases = match cache.interned.get(bases.as_slice()) {
             Some(shared) => Arc::clone(shared),

@@ -121,6 +121,10 @@ enum Command {
         /// Build arguments, `K=V`.
         #[arg(long = "build-arg", value_name = "K=V")]
         build_args: Vec<String>,
+        /// The platform built, `os/arch[/variant]` (default: the host's):
+        /// the value of `TARGETPLATFORM`, `TARGETARCH`, ... in `FROM`.
+        #[arg(long)]
+        platform: Option<String>,
     },
 }
 
@@ -133,7 +137,8 @@ fn main() -> ExitCode {
         Command::Bases {
             dockerfile,
             build_args,
-        } => bases(&dockerfile, &build_args),
+            platform,
+        } => bases(&dockerfile, &build_args, platform.as_deref()),
         Command::Status { api } => client_cmd(&api, client::status),
         Command::Images { api } => client_cmd(&api, client::images),
         Command::Image { name, api } => client_cmd(&api, |c| client::image(c, &name)),
@@ -222,6 +227,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 for b in bases {
                     println!("   FROM {b}");
                 }
+                for w in emulation_warnings(&cfg, image) {
+                    println!("   warning: {w}");
+                }
             }
             Err(e) => {
                 failed = true;
@@ -237,7 +245,28 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn bases(dockerfile: &std::path::Path, build_args: &[String]) -> ExitCode {
+/// What `check-config` warns about an image: a foreign platform whose
+/// `RUN` steps an engine cannot run here (no binfmt handler).
+fn emulation_warnings(
+    cfg: &rebased_core::config::Config,
+    image: &rebased_core::config::ImageConfig,
+) -> Vec<String> {
+    let has_run = config::read_dockerfile_for(&image.dockerfile_path(), &image.build_args, &[])
+        .is_ok_and(|p| p.model.instructions.iter().any(|i| i.keyword == "RUN"));
+    if !has_run {
+        return Vec::new();
+    }
+    rebased_builder::emulation::missing(
+        &image.platforms,
+        &rebased_core::oci::Platform::host(),
+        &cfg.builder.binfmt_dir,
+    )
+    .into_iter()
+    .map(|m| m.to_string())
+    .collect()
+}
+
+fn bases(dockerfile: &std::path::Path, build_args: &[String], platform: Option<&str>) -> ExitCode {
     let mut args = BTreeMap::new();
     for a in build_args {
         match a.split_once('=') {
@@ -250,7 +279,15 @@ fn bases(dockerfile: &std::path::Path, build_args: &[String]) -> ExitCode {
             }
         }
     }
-    match config::dockerfile_bases(dockerfile, &args) {
+    let platform = platform.map_or_else(
+        || rebased_core::oci::Platform::host().to_string(),
+        str::to_owned,
+    );
+    if let Err(e) = rebased_core::oci::Platform::parse(&platform) {
+        eprintln!("error: --platform: {e}");
+        return ExitCode::from(2);
+    }
+    match config::dockerfile_bases(dockerfile, &args, &[platform]) {
         Ok(bases) => {
             for b in bases {
                 println!("{b}");

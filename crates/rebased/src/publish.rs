@@ -92,7 +92,14 @@ pub async fn publish(
             d
         }
     };
-    let record = version_record(release, &digest);
+    let mut record = version_record(release, &digest);
+    if image.platforms.len() > 1 {
+        // An index: each platform's child, as the ledger's record of it.
+        match repo.manifest(registry, &tag).await {
+            Ok(m) => record.children = rebased_registry::index_platforms(&m.bytes),
+            Err(e) => error!("cannot read {target}'s children back: {e:#}"),
+        }
+    }
     let reason = release.supersedes.map(|_| Reason {
         trigger: release.trigger,
         bases: release
@@ -102,6 +109,7 @@ pub async fn publish(
                 reference: c.reference.clone(),
                 before: c.before.clone(),
                 after: c.after.clone(),
+                moved: c.moved.clone(),
             })
             .collect(),
     });
@@ -157,6 +165,7 @@ fn version_record(release: &Release<'_>, digest: &Digest) -> VersionRecord {
         built_at: Utc::now(),
         bases: release.inputs.digests.clone(),
         platforms: release.inputs.platforms.clone(),
+        children: Default::default(),
         trigger: release.trigger,
         superseded_by: None,
         superseded_at: None,

@@ -161,6 +161,7 @@ impl ReadModel {
                     built_at: v.built_at,
                     trigger: v.trigger,
                     bases: v.bases,
+                    children: v.children,
                     superseded_by: v.superseded_by,
                     superseded_at: v.superseded_at,
                     supersedes: v.supersedes,
@@ -173,6 +174,7 @@ impl ReadModel {
                                 reference: b.reference,
                                 before: b.before,
                                 after: b.after,
+                                moved: b.moved,
                             })
                             .collect(),
                     }),

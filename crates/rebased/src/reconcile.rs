@@ -381,6 +381,7 @@ impl Reconciler {
             plan: &plan,
             pins: &pins,
             inputs: &now,
+            changes: &changes,
             version,
             supersedes,
             trigger,
@@ -592,6 +593,7 @@ mod tests {
 
     fn publish(store: &Store, version: &str, from: &Digest) {
         let record = VersionRecord {
+            children: Default::default(),
             version: v(version),
             digest: d(version),
             built_at: Utc::now(),

@@ -41,6 +41,40 @@ fn bases_prints_normalised_references_in_order() {
 }
 
 #[test]
+fn bases_are_those_of_one_target_platform() {
+    let dir = tempfile::tempdir().unwrap();
+    let df = dir.path().join("Dockerfile");
+    // TARGETARCH and TARGETOS are predefined: no ARG needed.
+    fs::write(
+        &df,
+        "FROM scratch AS out-linux\nFROM out-$TARGETOS AS out\nFROM busybox:1-${TARGETARCH}\nCOPY --from=out / /\n",
+    )
+    .unwrap();
+    let f = df.to_str().unwrap();
+    let out = rebased(&["bases", f, "--platform", "linux/arm64"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "docker.io/library/busybox:1-arm64\n");
+    // Default: the host's platform.
+    let host = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let out = rebased(&["bases", f]);
+    assert_eq!(
+        text(&out.stdout),
+        format!("docker.io/library/busybox:1-{host}\n")
+    );
+    let out = rebased(&["bases", f, "--platform", "arm64"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("os/architecture"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn bad_dockerfile_names_the_line_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let df = dir.path().join("Dockerfile");

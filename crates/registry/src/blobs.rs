@@ -330,14 +330,63 @@ pub(crate) async fn copy(
     digest: &Digest,
 ) -> Result<u64, RegistryError> {
     let source = from.pinned(digest);
-    let target = to.pinned(digest);
     let hasher = hasher_for(&source, digest)?;
     let download = get(t, from, &source, digest).await?;
+    let size = upload_stream(t, to, digest, &source, hasher, pieces(download)).await?;
+    debug!(from = %source, to = %to.pinned(digest), size, "copied blob");
+    Ok(size)
+}
+
+/// Streams the file `path` as blob `digest` into `repository` (see
+/// [`crate::Registry::push_blob_file`]); the bytes sent.
+pub(crate) async fn push_file(
+    t: &Transport,
+    repository: &ImageRef,
+    path: &std::path::Path,
+    digest: &Digest,
+) -> Result<u64, RegistryError> {
+    let blob = repository.pinned(digest);
+    let hasher = hasher_for(&blob, digest)?;
+    let file = tokio::fs::File::open(path).await.map_err(|e| {
+        error(
+            &blob,
+            ErrorKind::Protocol,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let read = futures_util::stream::unfold(file, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        match f.read_buf(&mut buf).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(buf.freeze()), f)),
+            Err(e) => Some((Err(e), f)),
+        }
+    })
+    .boxed();
+    let size = upload_stream(t, repository, digest, &blob, hasher, read).await?;
+    debug!(blob = %blob, size, from = %path.display(), "pushed blob from a file");
+    Ok(size)
+}
+
+/// Uploads `inner` as blob `digest` into `to` in one streamed `PATCH` and
+/// a `PUT` without a body, verifying the bytes against `digest` on the way
+/// (a mismatch fails the upload before it is committed); a failure to read
+/// `inner` is reported against `source`. Returns the bytes sent.
+async fn upload_stream(
+    t: &Transport,
+    to: &ImageRef,
+    digest: &Digest,
+    source: &ImageRef,
+    hasher: Hasher,
+    inner: BoxStream<'static, Result<Bytes, std::io::Error>>,
+) -> Result<u64, RegistryError> {
+    let target = to.pinned(digest);
     let location = start_upload(t, to, &target).await?;
     let copied = Arc::new(AtomicU64::new(0));
     let failure = Arc::new(Mutex::new(None));
     let stream = Rechunk {
-        inner: pieces(download),
+        inner,
         buf: BytesMut::with_capacity(CHUNK),
         hasher: Some(hasher),
         expected: digest.clone(),
@@ -375,9 +424,7 @@ pub(crate) async fn copy(
             )
         })?;
     finish_upload(t, to, &target, &location, Body::Empty).await?;
-    let size = copied.load(Ordering::Relaxed);
-    debug!(from = %source, to = %target, size, "copied blob");
-    Ok(size)
+    Ok(copied.load(Ordering::Relaxed))
 }
 
 /// Reads blob `digest` of `repository` whole, refusing one larger than

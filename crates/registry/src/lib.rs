@@ -230,6 +230,21 @@ impl Registry {
         blobs::copy(&self.transport, from, to, digest).await
     }
 
+    /// Streams the file `path` as blob `digest` into `repository` (a layer
+    /// of an OCI layout on disk), holding at most a few MiB of it in
+    /// memory; returns the bytes sent. The content is verified against
+    /// `digest` before the upload is committed; like [`Registry::copy_blob`]
+    /// the streamed upload is sent once, not retried.
+    pub async fn push_blob_file(
+        &self,
+        repository: &ImageRef,
+        path: &std::path::Path,
+        digest: &Digest,
+    ) -> Result<u64, RegistryError> {
+        let _permits = self.transport.permits(&[repository.registry()]).await;
+        blobs::push_file(&self.transport, repository, path, digest).await
+    }
+
     /// Reads blob `digest` of `repository` whole, refusing (kind `Protocol`)
     /// one larger than `limit` bytes; the content is verified against
     /// `digest`.

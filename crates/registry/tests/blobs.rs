@@ -1,7 +1,8 @@
 //! Blob and manifest operations against Debian's real `docker-registry`
 //! (skipped, with a note, when `/usr/bin/docker-registry` is missing): push
 //! and existence, cross-repository mounts, streamed copies within and
-//! between registries, bounded reads, streaming into an OCI layout, and
+//! between registries, streamed uploads of a file, bounded reads,
+//! streaming into an OCI layout, and
 //! manifest pushes whose digest the registry reports back.
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -221,6 +222,33 @@ async fn copy_blob_within_and_between_registries() {
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
     assert_eq!(e.registry, one.host);
     assert!(!r.blob_exists(&other, &missing).await.unwrap());
+}
+
+#[tokio::test]
+async fn push_blob_file_streams_a_file_and_refuses_a_wrong_digest() {
+    let Some(reg) = LocalRegistry::start() else {
+        return;
+    };
+    let r = client(&[&reg]);
+    let repo = reg.repo("acme/file");
+    // Larger than one 4 MiB piece, not a multiple of it.
+    let blob = data(9 << 20 | 123, 7);
+    let digest = sha256(&blob);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("layer");
+    std::fs::write(&path, &blob).unwrap();
+    let n = r.push_blob_file(&repo, &path, &digest).await.unwrap();
+    assert_eq!(n, blob.len() as u64);
+    assert_eq!(r.blob(&repo, &digest, 16 << 20).await.unwrap(), blob);
+    // The file does not hold what its digest says: nothing is committed.
+    let other = sha256(b"something else");
+    let e = r.push_blob_file(&repo, &path, &other).await.unwrap_err();
+    assert!(!r.blob_exists(&repo, &other).await.unwrap(), "{e}");
+    let e = r
+        .push_blob_file(&repo, &dir.path().join("missing"), &digest)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
 }
 
 #[tokio::test]

@@ -61,6 +61,28 @@ pub fn select_platforms(
         .collect()
 }
 
+/// The platforms whose child digest differs between `before` and `now`
+/// (both known), as `platform: before -> after`; a platform new in `now`
+/// reads `platform: (none) -> after`.
+fn moved_children(
+    before: Option<&BTreeMap<String, Digest>>,
+    now: Option<&BTreeMap<String, Digest>>,
+) -> Vec<String> {
+    let (Some(before), Some(now)) = (before, now) else {
+        return Vec::new();
+    };
+    if before.is_empty() {
+        return Vec::new();
+    }
+    now.iter()
+        .filter(|(p, d)| before.get(*p) != Some(*d))
+        .map(|(p, d)| match before.get(p) {
+            Some(b) => format!("{p}: {b} -> {d}"),
+            None => format!("{p}: (none) -> {d}"),
+        })
+        .collect()
+}
+
 /// What an image was last published as.
 #[derive(Debug, Clone, Copy)]
 pub struct Published<'a> {
@@ -82,6 +104,9 @@ pub struct Change {
     pub before: Option<Digest>,
     /// The digest now.
     pub after: Digest,
+    /// For an index base: the platforms (of the image's) whose child
+    /// digest moved, `linux/arm64: sha256:... -> sha256:...`.
+    pub moved: Vec<String>,
 }
 
 /// The verdict for one image.
@@ -116,13 +141,14 @@ pub fn decide(
     now: &Inputs,
     trigger: Trigger,
 ) -> Decision {
-    let changes_from = |before: &BTreeMap<String, Digest>| -> Vec<Change> {
+    let changes_from = |before: &Inputs| -> Vec<Change> {
         now.digests
             .iter()
             .map(|(r, d)| Change {
                 reference: r.clone(),
-                before: before.get(r).cloned(),
+                before: before.digests.get(r).cloned(),
                 after: d.clone(),
+                moved: moved_children(before.platforms.get(r), now.platforms.get(r)),
             })
             .collect()
     };
@@ -131,14 +157,14 @@ pub fn decide(
             version: *first,
             supersedes: None,
             trigger: Trigger::Initial,
-            changes: changes_from(&BTreeMap::new()),
+            changes: changes_from(&Inputs::default()),
         },
         Some(p) if p.inputs.same_as(now) && trigger != Trigger::Manual => Decision::Fresh,
         Some(p) => Decision::Build {
             version: bump.next(p.highest.max(p.version)),
             supersedes: Some(*p.version),
             trigger,
-            changes: changes_from(&p.inputs.digests),
+            changes: changes_from(p.inputs),
         },
     }
 }
@@ -294,6 +320,63 @@ mod tests {
         // a variant is selected by its platform
         let sel = select_platforms(&plat('a', 'c'), &["linux/arm64".to_owned()]);
         assert_eq!(sel.keys().collect::<Vec<_>>(), ["linux/arm64/v8"]);
+    }
+
+    #[test]
+    fn a_moved_child_is_named_in_the_change() {
+        let wanted = vec!["linux/amd64".to_owned(), "linux/arm64".to_owned()];
+        let inputs = |index: char, amd: char, arm: char| Inputs {
+            digests: BTreeMap::from([("b".to_owned(), d(index))]),
+            platforms: BTreeMap::from([(
+                "b".to_owned(),
+                select_platforms(
+                    &BTreeMap::from([
+                        ("linux/amd64".to_owned(), d(amd)),
+                        ("linux/arm64".to_owned(), d(arm)),
+                        ("linux/s390x".to_owned(), d(index)),
+                    ]),
+                    &wanted,
+                ),
+            )]),
+        };
+        let built = inputs('1', 'a', 'c');
+        let cur = v("1.0.0");
+        let p = Published {
+            version: &cur,
+            inputs: &built,
+            highest: &cur,
+        };
+        let Decision::Build { changes, .. } = decide(
+            Some(p),
+            &cur,
+            Bump::Patch,
+            &inputs('2', 'a', 'e'),
+            Trigger::Poll,
+        ) else {
+            panic!("the arm64 child moved: stale");
+        };
+        assert_eq!(
+            changes[0].moved,
+            [format!("linux/arm64: {} -> {}", d('c'), d('e'))]
+        );
+        // A platform the image does not build moved (and the index): fresh.
+        assert_eq!(
+            decide(
+                Some(p),
+                &cur,
+                Bump::Patch,
+                &inputs('3', 'a', 'c'),
+                Trigger::Poll
+            ),
+            Decision::Fresh
+        );
+        // The first version names no move.
+        let Decision::Build { changes, .. } =
+            decide(None, &cur, Bump::Patch, &built, Trigger::Poll)
+        else {
+            panic!("first build");
+        };
+        assert!(changes[0].moved.is_empty());
     }
 
     #[test]

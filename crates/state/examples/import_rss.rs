@@ -37,6 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let v1 = Version::parse("1.0.0")?;
     for i in 0..images {
         let rec = VersionRecord {
+            children: Default::default(),
             version: v1,
             digest: digest(i),
             built_at: Utc::now(),

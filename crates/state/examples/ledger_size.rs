@@ -47,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let image = format!("image-{}", n % 10);
         let patch = n / 10;
         let rec = VersionRecord {
+            children: Default::default(),
             version: Version::parse(&format!("1.0.{patch}"))?,
             digest: digest(n),
             built_at: Utc::now(),

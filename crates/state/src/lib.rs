@@ -155,6 +155,10 @@ pub struct BaseChange {
     pub before: Option<Digest>,
     /// Its digest in the new version.
     pub after: Digest,
+    /// For an index base: which of the image's platforms' children moved
+    /// (`linux/arm64: before -> after`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<String>,
 }
 
 /// Why a version was superseded.
@@ -181,6 +185,9 @@ pub struct VersionRecord {
     /// the platforms the image builds.
     #[serde(default)]
     pub platforms: BTreeMap<String, BTreeMap<String, Digest>>,
+    /// When the version is an index: platform -> its child's digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub children: BTreeMap<String, Digest>,
     /// What caused the build.
     pub trigger: Trigger,
     /// The version that replaced it.
@@ -754,6 +761,7 @@ mod tests {
 
     fn version(v: &str, d: char, base: char) -> VersionRecord {
         VersionRecord {
+            children: Default::default(),
             version: Version::parse(v).expect("valid"),
             digest: digest(d),
             built_at: Utc::now(),
@@ -883,6 +891,7 @@ mod tests {
                     reference: "docker.io/library/base:latest".to_owned(),
                     before: Some(digest('1')),
                     after: digest('2'),
+                    moved: Vec::new(),
                 }],
             };
             store

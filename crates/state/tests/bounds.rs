@@ -18,6 +18,7 @@ fn digest(n: u64) -> Digest {
 
 fn record(patch: u64) -> VersionRecord {
     VersionRecord {
+        children: Default::default(),
         version: Version::parse(&format!("1.0.{patch}")).unwrap(),
         digest: digest(patch),
         built_at: Utc::now(),
