@@ -16,6 +16,7 @@ packages=(
   apache2-utils        # htpasswd: the registry's credentials
   openssl              # openssl: the registry's TLS certificate and CA
   curl                 # curl: the CLI test's unix-socket request
+  git                  # git: the source crate's tests (file://, git daemon), the git it drives
   procps               # kill: SIGTERM to the daemon, the engine's process group
   systemd              # systemd-analyze: checks the unit
   wrk                  # wrk: the benchmark harness's quick run loads the API

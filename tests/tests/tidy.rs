@@ -34,6 +34,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("wrk", "wrk"),
     ("python3", "python3"),
+    ("git", "git"),
 ];
 
 /// Packages `scripts/test.sh` installs for something other than a program
@@ -82,6 +83,8 @@ const SPAWNS: &[(&str, &str, &[&str])] = &[
         "&self.program",
         &["buildah", "podman", "docker"],
     ),
+    // git, as `rebased-source` drives it.
+    ("crates/source/src/lib.rs", "&self.program", &["git"]),
     // A `docker-credential-*` helper; the tests write their own.
     ("crates/registry/src/auth.rs", "&program", &[]),
     // `/usr/bin/docker-registry`.

@@ -112,7 +112,11 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
     Ok(BuildRequest {
         image: image.name.to_string(),
         job: build.job.to_string(),
-        context: image.context.clone(),
+        context: image
+            .context
+            .local()
+            .ok_or_else(|| anyhow!("context {} is not a local directory", image.context))?
+            .to_owned(),
         dockerfile: build.plan.model.pin(&build.plan.text, build.pins),
         build_args: image.build_args.clone(),
         target: build.repo.target(&build.version.to_string()),

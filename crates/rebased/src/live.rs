@@ -164,7 +164,7 @@ impl Live {
 
     /// Reads and parses an image's Dockerfile now.
     pub fn plan(&self, image: &ImageConfig) -> Result<Plan> {
-        let p = config::read_dockerfile(&image.dockerfile_path(), &image.build_args)?;
+        let p = config::read_dockerfile(&config::dockerfile_path(image)?, &image.build_args)?;
         let bases = p.model.bases();
         Ok(Plan {
             text: p.text,
@@ -178,7 +178,7 @@ impl Live {
     /// mtime and ctime; looked at once per [`PLAN_VERIFY_EVERY`]), else read
     /// and parsed now. Errors are not cached.
     pub fn image_bases(&self, image: &ImageConfig) -> Result<Arc<[ImageRef]>> {
-        let path = image.dockerfile_path();
+        let path = config::dockerfile_path(image)?;
         let key = format!("{}\0{:?}", path.display(), image.build_args);
         if let Some(c) = lock(&self.plans).entries.get(&key) {
             if c.verified.elapsed() < PLAN_VERIFY_EVERY {
