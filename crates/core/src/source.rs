@@ -171,6 +171,12 @@ impl GitContext {
         self.reference.as_deref().unwrap_or("HEAD")
     }
 
+    /// What identifies the source: the repository and the ref (not the
+    /// directory: images in several directories of one branch share it).
+    pub fn key(&self) -> String {
+        format!("{}#{}", self.url, self.reference_or_head())
+    }
+
     /// Whether the ref is a full commit id (then nothing moves it).
     pub fn is_commit(&self) -> bool {
         self.reference.as_deref().is_some_and(is_commit_id)

@@ -27,6 +27,9 @@ pub struct Build<'a> {
     pub repo: &'a Destination,
     /// Its Dockerfile, read for this build.
     pub plan: &'a Plan,
+    /// The context directory: the local one, or the checkout of the
+    /// decided commit.
+    pub context: &'a std::path::Path,
     /// Each base and the digest it is pinned to.
     pub pins: &'a BTreeMap<ImageRef, Digest>,
     /// The inputs (digests and platforms) it is built from.
@@ -92,6 +95,11 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         .rev()
         .find(|u| u.kind == BaseKind::From)
         .and_then(|u| build.pins.get(&u.reference).map(|d| (&u.reference, d)));
+    let source = image
+        .context
+        .git()
+        .map(|g| g.public_url())
+        .zip(build.inputs.source.clone());
     let annotations = provenance::Provenance {
         version: &build.version,
         created: Utc::now(),
@@ -100,6 +108,10 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         platforms: &build.inputs.platforms,
         supersedes: build.supersedes.as_ref(),
         trigger: build.trigger,
+        source: source.as_ref().map(|(url, commit)| provenance::Source::Git {
+            url,
+            commit,
+        }),
     }
     .annotations();
     let cfg = live.cfg();
@@ -112,11 +124,7 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
     Ok(BuildRequest {
         image: image.name.to_string(),
         job: build.job.to_string(),
-        context: image
-            .context
-            .local()
-            .ok_or_else(|| anyhow!("context {} is not a local directory", image.context))?
-            .to_owned(),
+        context: build.context.to_owned(),
         dockerfile: build.plan.model.pin(&build.plan.text, build.pins),
         build_args: image.build_args.clone(),
         target: build.repo.target(&build.version.to_string()),

@@ -29,6 +29,7 @@ pub fn set_state(store: &Store, name: &str, state: ImageState, error: Option<Str
         if state != ImageState::Failing {
             rec.failed_inputs = None;
             rec.failed_platforms.clear();
+            rec.failed_source = None;
         }
     });
     if let Err(e) = result {
@@ -43,6 +44,7 @@ pub fn set_failing(store: &Store, name: &str, error: Option<String>, inputs: &In
         rec.last_error = error.clone();
         rec.failed_inputs = Some(inputs.digests.clone());
         rec.failed_platforms = inputs.platforms.clone();
+        rec.failed_source = inputs.source.clone();
     });
     if let Err(e) = result {
         error!(image = %name, "cannot record failing state: {e}");
@@ -54,6 +56,7 @@ pub fn version_inputs(v: &VersionRecord) -> Inputs {
     Inputs {
         digests: v.bases.clone(),
         platforms: v.platforms.clone(),
+        source: v.source.clone(),
     }
 }
 
