@@ -83,6 +83,19 @@ pub struct ReasonView {
     pub trigger: Trigger,
     /// Every base, before and after.
     pub bases: Vec<BaseChangeView>,
+    /// The source's revision, before and after (an image with a git or
+    /// watched context).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceChangeView>,
+}
+
+/// How the source moved.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SourceChangeView {
+    /// The revision of the superseded version.
+    pub before: Option<String>,
+    /// The revision of the new version.
+    pub after: String,
 }
 
 /// One published version.
@@ -112,6 +125,10 @@ pub struct VersionView {
     /// The version it replaced.
     #[schema(value_type = Option<String>)]
     pub supersedes: Option<Version>,
+    /// The source revision it was built from: a git commit, or a watched
+    /// local context's content hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// A rollback of an image.

@@ -108,10 +108,9 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         platforms: &build.inputs.platforms,
         supersedes: build.supersedes.as_ref(),
         trigger: build.trigger,
-        source: source.as_ref().map(|(url, commit)| provenance::Source::Git {
-            url,
-            commit,
-        }),
+        source: source
+            .as_ref()
+            .map(|(url, commit)| provenance::Source::Git { url, commit }),
     }
     .annotations();
     let cfg = live.cfg();

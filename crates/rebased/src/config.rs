@@ -30,23 +30,7 @@ pub fn load(path: &Path) -> Result<Config> {
         .unwrap_or(Path::new("."));
     cfg.resolve_paths(dir);
     check_layouts(&cfg).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    check_contexts(&cfg).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(cfg)
-}
-
-/// A git context is parsed and validated (`rebased_core::source`), and
-/// the git side exists (`rebased-source`), but the daemon does not poll,
-/// pin or build sources yet: such a config is refused whole rather than
-/// built from something unrecorded.
-fn check_contexts(cfg: &Config) -> std::result::Result<(), String> {
-    match cfg.image.iter().find_map(|i| i.context.git().map(|g| (i, g))) {
-        Some((image, git)) => Err(format!(
-            "image {}: context {} is a git repository: this version does not build git contexts yet; check the repository out and give its directory",
-            image.name,
-            git.public_url()
-        )),
-        None => Ok(()),
-    }
 }
 
 /// Two images cannot share an OCI layout, however its path is written; and
@@ -120,8 +104,8 @@ pub fn image_bases(image: &ImageConfig) -> Result<Vec<ImageRef>> {
     dockerfile_bases(&dockerfile_path(image)?, &image.build_args)
 }
 
-/// The Dockerfile of an image with a local context (the only kind
-/// [`load`] accepts for now).
+/// The Dockerfile of an image with a local context (a git context's is
+/// in its checkout: `Live::dockerfile_path`).
 pub fn dockerfile_path(image: &ImageConfig) -> Result<std::path::PathBuf> {
     image.dockerfile_path().ok_or_else(|| {
         anyhow!(
@@ -195,22 +179,5 @@ mod tests {
         )
         .expect("write");
         assert!(load(&file).is_ok());
-    }
-
-    #[test]
-    fn git_contexts_are_refused_until_they_are_built() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("rebased.toml");
-        std::fs::write(
-            &file,
-            "[[image]]\nname = \"a\"\ncontext = \"https://x-access-token@git.example.com/a.git#main\"\nrepository = \"r.io/a\"\nversion = \"1.0.0\"\n",
-        )
-        .expect("write");
-        let e = load(&file).expect_err("refused").to_string();
-        assert!(e.contains("image a") && e.contains("git contexts"), "{e}");
-        assert!(
-            e.contains("https://git.example.com/a.git") && !e.contains("x-access-token"),
-            "{e}"
-        );
     }
 }

@@ -16,7 +16,9 @@ use rebased_core::job::JobState;
 use rebased_core::{Digest, ImageState, Trigger, Version};
 use rebased_registry::Registry;
 use rebased_scheduler::dispatch::{lock as lock_queue, Command, SharedQueue};
-use rebased_state::{BaseChange, ImportedLedger, Reason, RollbackEvent, Store, VersionRecord, SourceChange};
+use rebased_state::{
+    BaseChange, ImportedLedger, Reason, RollbackEvent, SourceChange, Store, VersionRecord,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};

@@ -15,8 +15,8 @@ use rebased_builder::{Engine, EngineKind, Native};
 use rebased_core::config::{Config, CronSpec, ImageConfig, SourceConfig};
 use rebased_core::source::{Context, GitContext};
 use rebased_core::ImageRef;
-use rebased_source::Sources;
 use rebased_registry::Registry;
+use rebased_source::Sources;
 use tracing::warn;
 
 use crate::config;

@@ -11,7 +11,7 @@ use rebased_api::metrics::Metrics;
 use rebased_api::{
     Accepted, ActionError, ApiError, Backend, BaseChangeView, BaseView, BoxFuture, CheckRequest,
     ImageBaseView, ImageView, JobReasonView, JobView, PendingView, ReasonView, RollbackView,
-    StatusView, VersionView, WebhookReply,
+    SourceChangeView, StatusView, VersionView, WebhookReply,
 };
 use rebased_core::config::ImageConfig;
 use rebased_core::job::{Job, JobState};
@@ -164,7 +164,12 @@ impl ReadModel {
                     superseded_by: v.superseded_by,
                     superseded_at: v.superseded_at,
                     supersedes: v.supersedes,
+                    revision: v.source,
                     reason: v.reason.map(|r| ReasonView {
+                        source: r.source.map(|c| SourceChangeView {
+                            before: c.before,
+                            after: c.after,
+                        }),
                         trigger: r.trigger,
                         bases: r
                             .bases

@@ -450,9 +450,21 @@ mod tests {
                 after: "c2".to_owned()
             })
         );
-        assert_eq!(version(&with('2', "c1"), bumps(Bump::Patch, SourceBump::Minor)).0, v("1.4.3"));
-        assert_eq!(version(&with('2', "c2"), bumps(Bump::Revision, SourceBump::Minor)).0, v("1.5.0"));
-        assert_eq!(version(&with('2', "c2"), bumps(Bump::Patch, SourceBump::Revision)).0, v("1.4.3"));
-        assert_eq!(version(&with('1', "c2"), bumps(Bump::Patch, SourceBump::Revision)).0, v("1.4.2-r1"));
+        assert_eq!(
+            version(&with('2', "c1"), bumps(Bump::Patch, SourceBump::Minor)).0,
+            v("1.4.3")
+        );
+        assert_eq!(
+            version(&with('2', "c2"), bumps(Bump::Revision, SourceBump::Minor)).0,
+            v("1.5.0")
+        );
+        assert_eq!(
+            version(&with('2', "c2"), bumps(Bump::Patch, SourceBump::Revision)).0,
+            v("1.4.3")
+        );
+        assert_eq!(
+            version(&with('1', "c2"), bumps(Bump::Patch, SourceBump::Revision)).0,
+            v("1.4.2-r1")
+        );
     }
 }
