@@ -127,3 +127,259 @@ fn a_pushed_commit_publishes_the_next_minor_version_built_from_it() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(s.registry.versions("web").len(), 3, "no version rebuilt");
 }
+
+fn post(
+    daemon: &rebased_e2e::Daemon,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::blocking::Client::new()
+        .post(format!("{}{path}", daemon.api))
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or_default())
+}
+
+#[test]
+fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
+    const TOKEN: &str = "hook-s3cret";
+    let s = Setup::new();
+    let host = s.host().to_owned();
+    let repo = GitRepo::new(s.dir(), "web");
+    let dockerfile = format!("FROM {host}/base:latest\nCOPY hello /hello\n");
+    let first = repo.commit(&[("Dockerfile", &dockerfile), ("hello", "one\n")]);
+    let token_file = s.dir().join("webhook-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let url = format!("{}#main", repo.file_url());
+    // Polls once a year: only a webhook makes the daemon look.
+    s.write_config(
+        "poll = \"0 0 0 1 1 *\"\nsettle = \"0s\"",
+        &format!(
+            "\n[webhooks]\ntoken_file = \"{}\"\n{}",
+            token_file.display(),
+            image_table(
+                "web",
+                std::path::Path::new(&url),
+                &format!("{host}/web"),
+                ""
+            )
+        ),
+    );
+    let daemon = s.start();
+    daemon.wait_version("web", "1.0.0", WAIT);
+    assert_eq!(revision(&s, "web:1.0.0"), first);
+
+    // generic: {"repository", "ref"}; a commit in the payload is never trusted.
+    let second = repo.commit(&[("hello", "two\n")]);
+    let body = format!(
+        r#"{{"repository": "{}", "ref": "refs/heads/main", "after": "{first}"}}"#,
+        repo.file_url()
+    );
+    let (st, _) = post(&daemon, "/v1/webhooks/generic", &[], body.clone());
+    assert_eq!(st, 401, "no token");
+    let (st, reply) = post(
+        &daemon,
+        "/v1/webhooks/generic",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        body,
+    );
+    assert_eq!(
+        (st, reply["status"].as_str()),
+        (202, Some("accepted")),
+        "{reply:#}"
+    );
+    daemon.wait_version("web", "1.1.0", WAIT);
+    assert_eq!(
+        revision(&s, "web:1.1.0"),
+        second,
+        "the ref's commit, not the payload's"
+    );
+
+    // A push to another branch or repository is ignored.
+    let (st, reply) = post(
+        &daemon,
+        "/v1/webhooks/generic",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        format!(
+            r#"{{"repository": "{}", "ref": "refs/heads/other"}}"#,
+            repo.file_url()
+        ),
+    );
+    assert_eq!(
+        (st, reply["status"].as_str()),
+        (202, Some("ignored")),
+        "{reply:#}"
+    );
+
+    // gitlab: Push Hook with X-Gitlab-Token.
+    let third = repo.commit(&[("hello", "three\n")]);
+    let gitlab = format!(
+        r#"{{"object_kind": "push", "ref": "refs/heads/main", "project": {{"git_http_url": "{}"}}}}"#,
+        repo.file_url()
+    );
+    let (st, _) = post(
+        &daemon,
+        "/v1/webhooks/gitlab",
+        &[("x-gitlab-event", "Push Hook"), ("x-gitlab-token", "wrong")],
+        gitlab.clone(),
+    );
+    assert_eq!(st, 401);
+    let (st, reply) = post(
+        &daemon,
+        "/v1/webhooks/gitlab",
+        &[("x-gitlab-event", "Push Hook"), ("x-gitlab-token", TOKEN)],
+        gitlab,
+    );
+    assert_eq!(
+        (st, reply["status"].as_str()),
+        (202, Some("accepted")),
+        "{reply:#}"
+    );
+    daemon.wait_version("web", "1.2.0", WAIT);
+    assert_eq!(revision(&s, "web:1.2.0"), third);
+    assert_eq!(
+        s.registry.file_in("web:1.2.0", "hello").as_deref(),
+        Some("three\n")
+    );
+
+    // gitea: X-Gitea-Signature, HMAC-SHA256 of the body in hex.
+    let fourth = repo.commit(&[("hello", "four\n")]);
+    let gitea = format!(
+        r#"{{"ref": "refs/heads/main", "repository": {{"clone_url": "{}"}}}}"#,
+        repo.file_url()
+    );
+    let sig = {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
+        mac.update(gitea.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let (st, _) = post(
+        &daemon,
+        "/v1/webhooks/gitea",
+        &[
+            ("x-gitea-event", "push"),
+            ("x-gitea-signature", &"0".repeat(64)),
+        ],
+        gitea.clone(),
+    );
+    assert_eq!(st, 401, "wrong signature");
+    let (st, reply) = post(
+        &daemon,
+        "/v1/webhooks/gitea",
+        &[("x-gitea-event", "push"), ("x-gitea-signature", &sig)],
+        gitea,
+    );
+    assert_eq!(
+        (st, reply["status"].as_str()),
+        (202, Some("accepted")),
+        "{reply:#}"
+    );
+    daemon.wait_version("web", "1.3.0", WAIT);
+    assert_eq!(revision(&s, "web:1.3.0"), fourth);
+
+    // GET /v1/sources and the image's view show the source.
+    let sources = daemon.get("/v1/sources");
+    assert_eq!(sources[0]["url"], repo.file_url(), "{sources:#}");
+    assert_eq!(sources[0]["ref"], "main");
+    assert_eq!(sources[0]["commit"], fourth.as_str());
+    assert_eq!(sources[0]["dependents"], serde_json::json!(["web"]));
+    assert_eq!(daemon.image("web")["source"]["commit"], fourth.as_str());
+    let out = daemon.cli(&["sources"]);
+    assert!(out.contains(&fourth[..12]) && out.contains("web"), "{out}");
+}
+
+#[test]
+fn two_images_of_one_repository_share_one_lookup_per_cycle_over_git_daemon() {
+    let s = Setup::new();
+    let host = s.host().to_owned();
+    let repo = GitRepo::new(s.dir(), "mono");
+    let df = format!("FROM {host}/base:latest\nCOPY hello /hello\n");
+    repo.commit(&[
+        ("a/Dockerfile", &df),
+        ("a/hello", "a\n"),
+        ("b/Dockerfile", &df),
+        ("b/hello", "b\n"),
+    ]);
+    let port = rebased_e2e::free_port();
+    let log = s.dir().join("git-daemon.log");
+    let mut git_daemon = std::process::Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--verbose",
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            &format!("--base-path={}", s.dir().display()),
+        ])
+        .arg(s.dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    rebased_e2e::wait_for("git daemon", WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let url = |dir: &str| format!("git://127.0.0.1:{port}/mono.git#main:{dir}");
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"0s\"",
+        &format!(
+            "{}{}",
+            image_table(
+                "a",
+                std::path::Path::new(&url("a")),
+                &format!("{host}/a"),
+                ""
+            ),
+            image_table(
+                "b",
+                std::path::Path::new(&url("b")),
+                &format!("{host}/b"),
+                ""
+            )
+        ),
+    );
+    let daemon = s.start();
+    daemon.wait_version("a", "1.0.0", WAIT);
+    daemon.wait_version("b", "1.0.0", WAIT);
+    assert_eq!(
+        s.registry.file_in("a:1.0.0", "hello").as_deref(),
+        Some("a\n")
+    );
+    assert_eq!(
+        s.registry.file_in("b:1.0.0", "hello").as_deref(),
+        Some("b\n")
+    );
+    // A few rounds more.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut daemon = daemon;
+    daemon.stop();
+    let _ = git_daemon.kill();
+    let _ = git_daemon.wait();
+    let rounds = daemon.log_text().matches("poll round finished").count();
+    let requests = std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("Request upload-pack")
+        .count();
+    assert!(rounds >= 3, "{rounds} rounds");
+    // One look-up per round, however many images, plus the one fetch of
+    // the commit (a shallow fetch by id, shared by both images).
+    assert!(
+        requests <= rounds + 1,
+        "{requests} upload-pack requests for {rounds} rounds"
+    );
+    assert!(
+        requests >= rounds.min(3),
+        "{requests} requests: the rounds looked"
+    );
+}

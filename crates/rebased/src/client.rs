@@ -422,3 +422,28 @@ pub fn resume(c: &Client, name: &str) -> Result<String> {
         |a: Accepted| format!("{}\n", a.detail),
     )
 }
+
+/// `rebased sources`: every git source.
+pub fn sources(c: &Client) -> Result<String> {
+    c.get("/v1/sources", |sources: Vec<rebased_api::SourceView>| {
+        let rows: Vec<Vec<String>> = sources
+            .iter()
+            .map(|s| {
+                vec![
+                    s.url.clone(),
+                    s.reference.clone(),
+                    s.commit
+                        .as_deref()
+                        .map_or_else(|| "-".to_owned(), |c| c.chars().take(12).collect()),
+                    opt_time(s.last_checked.as_ref()),
+                    s.dependents.join(","),
+                    brief(s.error.as_ref()),
+                ]
+            })
+            .collect();
+        table(
+            &["URL", "REF", "COMMIT", "CHECKED", "IMAGES", "ERROR"],
+            &rows,
+        )
+    })
+}

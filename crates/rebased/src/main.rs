@@ -114,6 +114,11 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// List the git sources: repository, ref, commit, dependents.
+    Sources {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// Print a Dockerfile's external bases, one normalised reference a line.
     Bases {
         /// The Dockerfile.
@@ -138,6 +143,7 @@ fn main() -> ExitCode {
         Command::Images { api } => client_cmd(&api, client::images),
         Command::Image { name, api } => client_cmd(&api, |c| client::image(c, &name)),
         Command::Jobs { api } => client_cmd(&api, client::jobs),
+        Command::Sources { api } => client_cmd(&api, client::sources),
         Command::Log { job, api } => client_cmd(&api, |c| client::log(c, job)),
         Command::Rebuild { name, api } => client_cmd(&api, |c| client::rebuild(c, &name)),
         Command::Rollback { name, to, api } => {
@@ -217,6 +223,27 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             image.repository,
             image.version
         );
+        if let Some(git) = image.context.git() {
+            println!(
+                "   source {} ref {} dir {} (bump {:?} for a source change)",
+                git.public_url(),
+                git.reference_or_head(),
+                if git.dir.as_os_str().is_empty() {
+                    ".".to_owned()
+                } else {
+                    git.dir.display().to_string()
+                },
+                image.source_bump
+            );
+            println!("   FROM: read from the source's commit when it is checked out");
+            continue;
+        }
+        if image.watch_context {
+            println!(
+                "   source {} (watched: a content change builds, bump {:?})",
+                image.context, image.source_bump
+            );
+        }
         match config::image_bases(image) {
             Ok(bases) => {
                 for b in bases {

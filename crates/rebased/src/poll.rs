@@ -51,6 +51,8 @@ pub struct CheckRequest {
     pub trigger: Trigger,
     /// Decide every image afterwards, changed or not (after a reload).
     pub all: bool,
+    /// Git sources (by key) to look up now (a push webhook).
+    pub sources: Vec<String>,
 }
 
 /// Each polled base and the schedules of the images using it.
@@ -94,6 +96,8 @@ pub struct PollLoop {
     sources_next: BTreeMap<String, DateTime<Utc>>,
     /// Sources asked for now (a source webhook).
     forced_sources: BTreeSet<String>,
+    /// Every source asked for now (`POST /v1/check` naming nothing).
+    all_sources: bool,
 }
 
 impl Default for PollLoop {
@@ -107,6 +111,7 @@ impl Default for PollLoop {
             webhook_rechecks: BTreeSet::new(),
             sources_next: BTreeMap::new(),
             forced_sources: BTreeSet::new(),
+            all_sources: false,
         }
     }
 }
@@ -195,9 +200,10 @@ impl PollLoop {
             self.sources_next.entry(k.clone()).or_insert(now);
         }
         let forced = std::mem::take(&mut self.forced_sources);
+        let all = std::mem::take(&mut self.all_sources);
         self.sources_next
             .iter()
-            .filter(|(k, t)| **t <= now || forced.contains(*k))
+            .filter(|(k, t)| all || **t <= now || forced.contains(*k))
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -224,11 +230,6 @@ impl PollLoop {
         }
     }
 
-    /// Sources asked for now (a webhook naming their repository).
-    pub fn force_sources(&mut self, keys: impl IntoIterator<Item = String>) {
-        self.forced_sources.extend(keys);
-    }
-
     /// Requests arrived: their bases are checked in the next round (every
     /// base of `specs` for a request naming none), as a webhook if any of
     /// them is one.
@@ -244,9 +245,13 @@ impl PollLoop {
         let mut refs: BTreeSet<ImageRef> = self.forced.take().unwrap_or_default();
         for req in reqs {
             self.evaluate_all |= req.all;
+            self.forced_sources.extend(req.sources);
             match req.references {
                 Some(r) => refs.extend(r),
-                None => refs.extend(specs.keys().cloned()),
+                None => {
+                    refs.extend(specs.keys().cloned());
+                    self.all_sources = true;
+                }
             }
         }
         self.forced = Some(refs);
@@ -359,10 +364,11 @@ impl Poller {
                 .collect();
             let now = Utc::now();
             let due_sources = state.plan_sources(&source_specs, now);
+            let trigger = state.trigger;
             let round = state.plan(&specs, now).or_else(|| {
                 (!due_sources.is_empty()).then(|| Round {
                     due: Vec::new(),
-                    trigger: Trigger::Poll,
+                    trigger,
                     all: false,
                 })
             });
@@ -761,6 +767,7 @@ mod tests {
             references: refs.map(|v| v.iter().map(|s| r(s)).collect()),
             trigger,
             all,
+            sources: Vec::new(),
         }
     }
 
