@@ -383,3 +383,64 @@ fn two_images_of_one_repository_share_one_lookup_per_cycle_over_git_daemon() {
         "{requests} requests: the rounds looked"
     );
 }
+
+#[test]
+fn a_watched_local_context_builds_once_per_content_change_and_not_for_a_touch() {
+    let s = Setup::new();
+    let host = s.host().to_owned();
+    let ctx = s.context(
+        "app",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
+    std::fs::write(ctx.join(".dockerignore"), "*.log\n").unwrap();
+    s.write_config(
+        "poll = \"0 0 0 1 1 *\"\nsettle = \"1s\"",
+        &image_table(
+            "app",
+            &ctx,
+            &format!("{host}/app"),
+            "watch_context = true\n",
+        ),
+    );
+    let daemon = s.start();
+    daemon.wait_version("app", "1.0.0", WAIT);
+    let hash = |tag: &str| {
+        s.registry.raw_manifest(&format!("app:{tag}"))["annotations"]["io.rebased.context"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let h0 = hash("1.0.0");
+    assert!(h0.starts_with("sha256:"), "{h0}");
+
+    // A touch, the same bytes saved again, an ignored file: nothing.
+    let hello = ctx.join("hello");
+    let same = std::fs::read(&hello).unwrap();
+    std::fs::File::options()
+        .append(true)
+        .open(&hello)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    std::fs::write(&hello, &same).unwrap();
+    std::fs::write(ctx.join("debug.log"), "noise").unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(s.registry.versions("app").len(), 1, "nothing built");
+
+    // A content change: one build after settle, the next minor version.
+    std::fs::write(&hello, "changed\n").unwrap();
+    std::fs::write(&hello, "changed again\n").unwrap();
+    daemon.wait_version("app", "1.1.0", WAIT);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        s.registry.versions("app").len(),
+        2,
+        "one build for the burst"
+    );
+    assert_ne!(hash("1.1.0"), h0);
+    assert_eq!(
+        s.registry.file_in("app:1.1.0", "hello").as_deref(),
+        Some("changed again\n")
+    );
+    assert_eq!(daemon.image("app")["versions"][1]["trigger"], "context");
+}

@@ -108,9 +108,11 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         platforms: &build.inputs.platforms,
         supersedes: build.supersedes.as_ref(),
         trigger: build.trigger,
-        source: source
-            .as_ref()
-            .map(|(url, commit)| provenance::Source::Git { url, commit }),
+        source: match (&source, &build.inputs.source) {
+            (Some((url, commit)), _) => Some(provenance::Source::Git { url, commit }),
+            (None, Some(hash)) => Some(provenance::Source::Local { hash }),
+            (None, None) => None,
+        },
     }
     .annotations();
     let cfg = live.cfg();

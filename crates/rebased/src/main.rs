@@ -12,6 +12,7 @@
 mod build;
 mod client;
 mod config;
+mod contexts;
 mod destination;
 mod ledger;
 mod live;
@@ -298,7 +299,7 @@ mod layering {
     const LAYERS: &[&[&str]] = &[
         &["main", "client"],
         &["supervisor"],
-        &["read_model", "reload"],
+        &["read_model", "reload", "contexts"],
         &["poll"],
         &["reconcile"],
         &["ledger"],

@@ -375,7 +375,7 @@ impl Poller {
             if let Some(round) = round {
                 // A round against a slow registry must not hold up a stop.
                 let (rechecks, source_rechecks) = tokio::select! {
-                    r = self.round_with_sources(&round, &due_sources, &sources) => r,
+                    r = self.round(&round, &due_sources, &sources) => r,
                     _ = shutdown.cancelled() => break,
                 };
                 let tz: Tz = self.live.cfg().daemon.timezone.parse().unwrap_or(Tz::UTC);
@@ -406,21 +406,14 @@ impl Poller {
         }
     }
 
-    /// One round: check `round.due`, fold the results through settle, and
-    /// have the images that a settled change (or, with `round.all`,
-    /// anything) makes stale queued. Returns the rechecks wanted.
-    pub async fn round(&mut self, round: &Round) -> BTreeMap<ImageRef, DateTime<Utc>> {
-        self.round_with_sources(round, &[], &BTreeMap::new())
-            .await
-            .0
-    }
-
-    /// A round that first looks up the sources `due_sources` (of
-    /// `sources`): their settled moves are changes like a base's. A source
+    /// One round: look up the sources `due_sources` (of `sources`) and
+    /// check `round.due`, fold the results through settle, and have the
+    /// images that a settled change (or, with `round.all`, anything) makes
+    /// stale queued. A source's settled move is a change like a base's. A source
     /// seen for the first time brings the bases of its Dockerfiles, which
     /// are checked in the same round. Returns the rechecks wanted, of
     /// bases and of sources.
-    pub async fn round_with_sources(
+    pub async fn round(
         &mut self,
         round: &Round,
         due_sources: &[String],

@@ -168,7 +168,17 @@ pub fn stored_inputs(
 /// local context); `Err` says the source's commit is not known yet.
 pub fn stored_source(store: &Store, image: &ImageConfig) -> Result<Option<String>, String> {
     let Some(git) = image.context.git() else {
-        return Ok(None);
+        // A watched local context: the content hash the watch recorded.
+        return match image.context.local().filter(|_| image.watch_context) {
+            None => Ok(None),
+            Some(dir) => store
+                .source(&format!("context:{}", dir.display()))
+                .ok()
+                .flatten()
+                .and_then(|r| r.commit)
+                .map(Some)
+                .ok_or_else(|| format!("content hash of context {} unknown", dir.display())),
+        };
     };
     store
         .source(&git.key())
@@ -358,7 +368,8 @@ impl Reconciler {
                     .local()
                     .map(std::path::Path::to_path_buf)
                     .unwrap_or_default();
-                (self.live.plan(image)?, dir, None)
+                let hash = stored_source(&self.store, image).map_err(|e| anyhow!("{e}"))?;
+                (self.live.plan(image)?, dir, hash)
             }
             Some(git) => {
                 let commit = stored_source(&self.store, image)
