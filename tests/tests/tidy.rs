@@ -35,6 +35,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("python3", "python3"),
     ("git", "git"),
+    ("sshd", "openssh-server"),
+    ("ssh-keygen", "openssh-client"),
 ];
 
 /// Packages `scripts/test.sh` installs for something other than a program
@@ -60,6 +62,7 @@ const BASE: &[(&str, &str)] = &[
     ("bash", "Debian essential"),
     ("tar", "Debian essential"),
     ("getconf", "libc-bin, Debian essential"),
+    ("id", "coreutils, Debian essential"),
     ("cargo", "the Rust toolchain"),
     (
         "docker",
