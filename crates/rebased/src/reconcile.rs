@@ -679,6 +679,7 @@ mod tests {
             reason: None,
             supersedes: None,
             job: None,
+            source: None,
         };
         store.publish("web", &record, None).expect("publish");
     }
@@ -704,6 +705,7 @@ mod tests {
             supersedes,
             trigger,
             changes,
+            ..
         }) = verdict
         else {
             panic!("{verdict:?}");
@@ -737,6 +739,7 @@ mod tests {
                 supersedes,
                 trigger,
                 changes,
+                ..
             }) => {
                 assert_eq!((version, supersedes), (v("1.4.3"), Some(v("1.4.2"))));
                 assert_eq!(trigger, Trigger::Webhook);

@@ -111,7 +111,10 @@ async fn a_deploy_key_and_known_hosts_reach_the_repository_and_a_wrong_host_key_
     let dir = tmp.path();
     // The repository.
     let bare: PathBuf = dir.join("repo.git");
-    git(dir, &["init", "--bare", "--quiet", "-b", "main", "repo.git"]);
+    git(
+        dir,
+        &["init", "--bare", "--quiet", "-b", "main", "repo.git"],
+    );
     let work = dir.join("work");
     std::fs::create_dir_all(&work).expect("mkdir");
     git(&work, &["init", "--quiet", "-b", "main"]);
@@ -139,8 +142,14 @@ async fn a_deploy_key_and_known_hosts_reach_the_repository_and_a_wrong_host_key_
         known_hosts_file: Some(known.clone()),
         ..SourceConfig::default()
     };
-    assert_eq!(sources.resolve(&c, Some(&creds)).await.expect("resolve"), commit);
-    let out = sources.checkout(&c, Some(&creds), &commit).await.expect("checkout");
+    assert_eq!(
+        sources.resolve(&c, Some(&creds)).await.expect("resolve"),
+        commit
+    );
+    let out = sources
+        .checkout(&c, Some(&creds), &commit)
+        .await
+        .expect("checkout");
     assert!(out.dir.join("Dockerfile").exists());
 
     // Another host key in known_hosts: refused, never trusted on first use.
@@ -151,7 +160,10 @@ async fn a_deploy_key_and_known_hosts_reach_the_repository_and_a_wrong_host_key_
         known_hosts_file: Some(wrong),
         ..creds.clone()
     };
-    let e = sources.resolve(&c, Some(&bad)).await.expect_err("wrong host key");
+    let e = sources
+        .resolve(&c, Some(&bad))
+        .await
+        .expect_err("wrong host key");
     assert_eq!(e.kind(), "auth", "{e}");
     // An empty known_hosts: refused too.
     let empty = dir.join("empty_known_hosts");
@@ -160,7 +172,10 @@ async fn a_deploy_key_and_known_hosts_reach_the_repository_and_a_wrong_host_key_
         known_hosts_file: Some(empty),
         ..creds.clone()
     };
-    let e = sources.resolve(&c, Some(&none)).await.expect_err("unknown host");
+    let e = sources
+        .resolve(&c, Some(&none))
+        .await
+        .expect_err("unknown host");
     assert_eq!(e.kind(), "auth", "{e}");
     // A key sshd does not know: refused.
     let stranger = dir.join("stranger_key");

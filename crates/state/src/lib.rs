@@ -849,6 +849,7 @@ mod tests {
             reason: None,
             supersedes: None,
             job: None,
+            source: None,
         }
     }
 
@@ -968,6 +969,7 @@ mod tests {
                     before: Some(digest('1')),
                     after: digest('2'),
                 }],
+                source: None,
             };
             store
                 .publish("app", &version("1.0.1", 'b', '2'), Some(reason.clone()))
