@@ -444,3 +444,73 @@ fn a_watched_local_context_builds_once_per_content_change_and_not_for_a_touch() 
     );
     assert_eq!(daemon.image("app")["versions"][1]["trigger"], "context");
 }
+
+#[test]
+fn a_broken_source_is_its_images_error_and_touches_no_other_image() {
+    let s = Setup::new();
+    let host = s.host().to_owned();
+    let repo = GitRepo::new(s.dir(), "web");
+    repo.commit(&[("Dockerfile", &format!("FROM {host}/base:latest\n"))]);
+    let good = s.context(
+        "good",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
+    let secret = "sup3r-s3cret-t0ken";
+    let pw = s.dir().join("git-token");
+    std::fs::write(&pw, format!("{secret}\n")).unwrap();
+    let closed = rebased_e2e::free_port();
+    let unreachable = format!("https://x-access-token@127.0.0.1:{closed}/acme/web.git#main");
+    let no_dir = format!("{}#main:nodir", repo.file_url());
+    let no_ref = format!("{}#nosuchbranch", repo.file_url());
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"0s\"",
+        &format!(
+            "\n[sources.\"127.0.0.1\"]\nusername = \"x-access-token\"\npassword_file = \"{}\"\n{}{}{}{}",
+            pw.display(),
+            image_table("good", &good, &format!("{host}/good"), ""),
+            image_table("unreachable", std::path::Path::new(&unreachable), &format!("{host}/unreachable"), ""),
+            image_table("nodir", std::path::Path::new(&no_dir), &format!("{host}/nodir"), ""),
+            image_table("noref", std::path::Path::new(&no_ref), &format!("{host}/noref"), ""),
+        ),
+    );
+    let daemon = s.start();
+    daemon.wait_version("good", "1.0.0", WAIT);
+    let e = daemon.wait_failing("unreachable", WAIT);
+    assert!(e.contains("127.0.0.1") && e.contains("unreachable"), "{e}");
+    let e = daemon.wait_failing("nodir", WAIT);
+    assert!(e.contains("nodir"), "{e}");
+    let e = daemon.wait_failing("noref", WAIT);
+    assert!(e.contains("nosuchbranch"), "{e}");
+    let sources = daemon.get("/v1/sources");
+    let errors: Vec<&str> = sources
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["error"].as_str())
+        .collect();
+    assert_eq!(errors.len(), 2, "unreachable and missing ref: {sources:#}");
+    for name in ["unreachable", "nodir", "noref"] {
+        assert_eq!(
+            daemon.image(name)["versions"].as_array().map(Vec::len),
+            Some(0),
+            "{name} built nothing"
+        );
+        assert!(s.registry.digest(&format!("{name}:1.0.0")).is_none());
+    }
+    // The credentials appear nowhere.
+    std::thread::sleep(Duration::from_secs(2));
+    let shown = format!(
+        "{}{}{}",
+        daemon.log_text(),
+        daemon.get("/v1/sources"),
+        daemon.get("/v1/images")
+    );
+    assert!(!shown.contains(secret), "the password leaked");
+    assert!(
+        !daemon
+            .get("/v1/sources")
+            .to_string()
+            .contains("x-access-token@"),
+        "URLs are shown without the user"
+    );
+}

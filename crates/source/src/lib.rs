@@ -491,6 +491,9 @@ fn classify(url: &str, what: &'static str, stderr: &str) -> SourceError {
         || has("not found")
         || has("No route to host")
         || has("Connection timed out")
+        || has("Failed to connect")
+        || has("Couldn't connect to server")
+        || has("Could not resolve proxy")
     {
         return SourceError::Unreachable { url, detail };
     }
@@ -567,6 +570,8 @@ mod tests {
         );
         assert_eq!(e.kind(), "auth");
         let e = classify("u", "ls-remote", "fatal: unable to connect to 127.0.0.1:\n127.0.0.1[0: 127.0.0.1]: errno=Connection refused\n");
+        assert_eq!(e.kind(), "unreachable");
+        let e = classify("u", "ls-remote", "fatal: unable to access 'https://127.0.0.1:1/a.git/': Failed to connect to 127.0.0.1 port 1 after 0 ms: Couldn't connect to server\n");
         assert_eq!(e.kind(), "unreachable");
         let long = "x".repeat(10_000);
         assert!(classify("u", "fetch", &long).to_string().len() < 500);
