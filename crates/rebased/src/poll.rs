@@ -994,4 +994,57 @@ mod tests {
         state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, now);
         assert_eq!(state.plan(&specs(), now), None, "only once");
     }
+
+    #[test]
+    fn sources_are_due_on_their_images_schedules_and_when_a_push_names_them() {
+        let minutely = CronSpec::parse("* * * * *").expect("cron");
+        let hourly = CronSpec::parse("0 * * * *").expect("cron");
+        let sources: SourceSchedules = BTreeMap::from([
+            ("file:///a#main".to_owned(), vec![minutely]),
+            ("file:///b#HEAD".to_owned(), vec![hourly]),
+        ]);
+        let mut state = PollLoop::default();
+        let t0 = at(T0);
+        let due = state.plan_sources(&sources, t0);
+        assert_eq!(due, ["file:///a#main", "file:///b#HEAD"], "all at first");
+        state.on_sources(&due, &BTreeMap::new(), &sources, Tz::UTC, t0);
+        assert!(state.plan_sources(&sources, t0).is_empty());
+        assert_eq!(state.next_wake(), Some(at("2026-01-01T00:01:00Z")));
+        let t1 = at("2026-01-01T00:01:00Z");
+        assert_eq!(state.plan_sources(&sources, t1), ["file:///a#main"]);
+        // A push webhook names b: due now, once, as a webhook round.
+        state.on_requests(
+            vec![CheckRequest {
+                references: Some(Vec::new()),
+                trigger: Trigger::Webhook,
+                all: false,
+                sources: vec!["file:///b#HEAD".to_owned()],
+            }],
+            &specs(),
+        );
+        assert_eq!(state.trigger, Trigger::Webhook);
+        assert_eq!(
+            state.plan_sources(&sources, t0),
+            ["file:///b#HEAD"],
+            "forced, though not due"
+        );
+        assert!(state.plan_sources(&sources, t0).is_empty(), "once");
+        // A settle recheck comes before the schedule.
+        let recheck = BTreeMap::from([("file:///b#HEAD".to_owned(), at("2026-01-01T00:00:40Z"))]);
+        state.on_sources(
+            &["file:///b#HEAD".to_owned()],
+            &recheck,
+            &sources,
+            Tz::UTC,
+            t0,
+        );
+        assert_eq!(
+            state.plan_sources(&sources, at("2026-01-01T00:00:40Z")),
+            ["file:///b#HEAD"]
+        );
+        // A source no image uses any more is forgotten.
+        let fewer: SourceSchedules = sources.into_iter().take(1).collect();
+        state.plan_sources(&fewer, t1);
+        assert!(!state.sources_next.contains_key("file:///b#HEAD"));
+    }
 }
