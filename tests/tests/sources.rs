@@ -95,13 +95,26 @@ fn a_pushed_commit_publishes_the_next_minor_version_built_from_it() {
         Some("two\n")
     );
 
+    // A rollback to 1.1.0 and a resume: the revisions stay; the next
+    // version (the base moved since 1.1.0, the source did not) is a patch
+    // of the highest with the same revision.
+    daemon.cli(&["rollback", "web", "--to", "1.1.0"]);
+    assert_eq!(daemon.image("web")["current_version"], "1.1.0");
+    assert_eq!(
+        s.registry.digest("web:latest"),
+        s.registry.digest("web:1.1.0")
+    );
+    daemon.cli(&["resume", "web"]);
+    daemon.wait_version("web", "1.1.2", WAIT);
+    assert_eq!(revision(&s, "web:1.1.2"), second);
+
     // The ledger recovered from the registry alone keeps the revisions.
     drop(daemon);
     std::fs::remove_dir_all(s.dir().join("state")).unwrap();
     let daemon = s.start();
     let image = rebased_e2e::wait_for("the ledger read back", WAIT, || {
         let i = daemon.try_get("/v1/images/web")?;
-        (i["versions"].as_array()?.len() == 3).then_some(i)
+        (i["versions"].as_array()?.len() == 4).then_some(i)
     });
     let revisions: Vec<(String, String)> = image["versions"]
         .as_array()
@@ -119,13 +132,14 @@ fn a_pushed_commit_publishes_the_next_minor_version_built_from_it() {
         [
             ("1.0.0".to_owned(), first.clone()),
             ("1.1.0".to_owned(), second.clone()),
-            ("1.1.1".to_owned(), second.clone())
+            ("1.1.1".to_owned(), second.clone()),
+            ("1.1.2".to_owned(), second.clone())
         ]
     );
     // Nothing new is built after the recovery: the image is fresh.
     daemon.wait_poll(WAIT);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(s.registry.versions("web").len(), 3, "no version rebuilt");
+    assert_eq!(s.registry.versions("web").len(), 4, "no version rebuilt");
 }
 
 fn post(
