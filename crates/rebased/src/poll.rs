@@ -516,7 +516,10 @@ impl Poller {
                         match git.checkout(&root, creds.as_ref(), c).await {
                             Ok(out) => {
                                 self.live.set_tree(key, Ok(out.tree));
-                                git.prune(&root.url, &[c.as_str()]).await;
+                                // Trees a build may still read are kept.
+                                let idle =
+                                    self.live.cfg().builder.timeout.0 + Duration::from_secs(600);
+                                git.prune(&root.url, &[c.as_str()], idle).await;
                             }
                             Err(e) => {
                                 warn!(source = %url, "{e}");

@@ -188,9 +188,17 @@ impl Sources {
             )));
         }
         let repo_dir = self.repository_dir(&ctx.url);
+        // One fetch or checkout per clone at a time (the poll loop and a
+        // job may ask together; git's shallow.lock would refuse the second).
+        let lock = repository_lock(&repo_dir);
+        let _held = lock.lock().await;
         let trees = repo_dir.join("trees");
         let tree = trees.join(commit);
-        if !tree.join(".rebased-complete").exists() {
+        let marker = tree.join(".rebased-complete");
+        if marker.exists() {
+            // Used now: [`Sources::prune`] leaves it alone for a while.
+            write(&marker, commit.as_bytes()).await?;
+        } else {
             let bare = repo_dir.join("repo.git");
             mkdir(&trees).await?;
             if !bare.join("HEAD").exists() {
@@ -271,15 +279,26 @@ impl Sources {
         })
     }
 
-    /// Removes the work trees of `url`'s repository other than `keep`.
-    pub async fn prune(&self, url: &str, keep: &[&str]) {
+    /// Removes the work trees of `url`'s repository other than `keep`
+    /// that no checkout has asked for within `idle` (a build reading one
+    /// must outlive it: give at least the build timeout).
+    pub async fn prune(&self, url: &str, keep: &[&str], idle: Duration) {
         let trees = self.repository_dir(url).join("trees");
         let Ok(mut rd) = tokio::fs::read_dir(&trees).await else {
             return;
         };
         while let Ok(Some(e)) = rd.next_entry().await {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') && !keep.contains(&name.as_str()) {
+            if name.starts_with('.') || keep.contains(&name.as_str()) {
+                continue;
+            }
+            let used = tokio::fs::metadata(e.path().join(".rebased-complete"))
+                .await
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            // A tree without its marker is an interrupted checkout.
+            if used.is_none_or(|u| u >= idle) {
                 let _ = tokio::fs::remove_dir_all(e.path()).await;
             }
         }
@@ -420,6 +439,18 @@ impl Sources {
         }
         Ok(path)
     }
+}
+
+/// The in-process lock of one clone directory.
+fn repository_lock(dir: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    Arc::clone(locks.entry(dir.to_owned()).or_default())
 }
 
 /// A path single-quoted for the shell git runs `GIT_SSH_COMMAND` with.

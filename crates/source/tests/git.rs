@@ -222,12 +222,15 @@ async fn a_force_push_gives_the_new_commit_and_the_old_one_still_checks_out_from
         .checkout(&c, None, &rewritten)
         .await
         .expect("rewritten");
-    sources.prune(&c.url, &[&rewritten]).await;
-    assert!(!sources
-        .repository_dir(&c.url)
-        .join("trees")
-        .join(&first)
-        .exists());
+    // A tree used recently (a build may read it) is kept; an idle one goes.
+    let trees = sources.repository_dir(&c.url).join("trees");
+    sources
+        .prune(&c.url, &[&rewritten], Duration::from_secs(3600))
+        .await;
+    assert!(trees.join(&first).exists());
+    sources.prune(&c.url, &[&rewritten], Duration::ZERO).await;
+    assert!(!trees.join(&first).exists());
+    assert!(trees.join(&rewritten).exists());
 }
 
 #[tokio::test]
