@@ -171,7 +171,7 @@ fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let url = format!("{}#main", repo.file_url());
     // Polls once a year: only a webhook makes the daemon look.
-    s.write_config(
+    let config = s.write_config(
         "poll = \"0 0 0 1 1 *\"\nsettle = \"0s\"",
         &format!(
             "\n[webhooks]\ntoken_file = \"{}\"\n{}",
@@ -310,6 +310,21 @@ fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
     assert_eq!(daemon.image("web")["source"]["commit"], fourth.as_str());
     let out = daemon.cli(&["sources"]);
     assert!(out.contains(&fourth[..12]) && out.contains("web"), "{out}");
+    let out = daemon.cli(&["image", "web"]);
+    assert!(
+        out.contains(&format!("source: {} ref main", repo.file_url()))
+            && out.contains(&format!("source {} -> {}", &third[..7], &fourth[..7])),
+        "{out}"
+    );
+    let out = rebased_e2e::run(
+        std::process::Command::new(rebased_e2e::rebased_bin())
+            .args(["check-config", "--config"])
+            .arg(&config),
+    );
+    assert!(
+        out.contains(&format!("source {} ref main dir .", repo.file_url())),
+        "{out}"
+    );
 }
 
 #[test]
