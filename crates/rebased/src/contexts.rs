@@ -20,11 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::live::Live;
 use crate::reconcile::Reconciler;
-
-/// The store key of a watched local context.
-pub fn key(dir: &Path) -> String {
-    format!("context:{}", dir.display())
-}
+use crate::records;
 
 /// The watched local contexts of the config: directory -> images.
 fn watched(live: &Live) -> BTreeMap<PathBuf, Vec<ImageConfig>> {
@@ -51,7 +47,7 @@ async fn hash(dir: &Path) -> Result<String, String> {
 
 /// Hashes `dir` and records it; `Some((before, after))` when it changed.
 async fn refresh(store: &Store, dir: &Path) -> Option<(Option<String>, String)> {
-    let k = key(dir);
+    let k = records::context_key(dir);
     let mut rec = store
         .source(&k)
         .ok()

@@ -38,6 +38,9 @@ pub const WEBHOOK_DELAY: Duration = Duration::from_millis(10);
 /// is checked once more after this long.
 pub const WEBHOOK_RECHECK: chrono::Duration = chrono::Duration::milliseconds(250);
 
+/// Git source look-ups in flight at once in a round.
+const SOURCE_LOOKUPS: usize = 8;
+
 /// Without a watchdog the loop still goes round this often.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
@@ -461,13 +464,34 @@ impl Poller {
         let mut moved = SourceMoves::new();
         let mut rechecks = BTreeMap::new();
         let git = self.live.sources();
-        for key in due {
-            let Some(src) = sources.get(key) else {
-                continue;
-            };
-            // The whole commit is checked out; each image reads its directory.
-            let mut root = src.git.clone();
-            root.dir = std::path::PathBuf::new();
+        // The whole commit is checked out; each image reads its directory.
+        let roots: Vec<(&String, rebased_core::source::GitContext)> = due
+            .iter()
+            .filter_map(|k| sources.get(k).map(|s| (k, s.git.clone())))
+            .map(|(k, mut g)| {
+                g.dir = std::path::PathBuf::new();
+                (k, g)
+            })
+            .collect();
+        // The look-ups, a few at a time (each is a network round trip).
+        let lookups: Vec<_> = roots
+            .iter()
+            .map(|(_, root)| {
+                let creds = self.live.source_credentials(root);
+                let git = git.clone();
+                let root = root.clone();
+                async move { git.resolve(&root, creds.as_ref()).await }
+            })
+            .collect();
+        let looked: Vec<_> = {
+            use futures_util::stream::{self, StreamExt};
+            stream::iter(lookups)
+                .buffered(SOURCE_LOOKUPS)
+                .collect()
+                .await
+        };
+        for ((key, root), seen) in roots.iter().zip(looked) {
+            let key: &String = key;
             let url = root.public_url();
             let mut rec = self
                 .store
@@ -478,8 +502,7 @@ impl Poller {
             let now = Utc::now();
             rec.checked_at = Some(now);
             self.status.beat();
-            let creds = self.live.source_credentials(&root);
-            let seen = git.resolve(&root, creds.as_ref()).await;
+            let creds = self.live.source_credentials(root);
             let outcome = match &seen {
                 Ok(_) => "ok",
                 Err(e) => e.kind(),
@@ -513,7 +536,7 @@ impl Poller {
                     rec.commit = watch.settled;
                     rec.pending = watch.pending;
                     if let Some(c) = &rec.commit {
-                        match git.checkout(&root, creds.as_ref(), c).await {
+                        match git.checkout(root, creds.as_ref(), c).await {
                             Ok(out) => {
                                 self.live.set_tree(key, Ok(out.tree));
                                 // Trees a build may still read are kept.

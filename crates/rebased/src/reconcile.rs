@@ -172,7 +172,7 @@ pub fn stored_source(store: &Store, image: &ImageConfig) -> Result<Option<String
         return match image.context.local().filter(|_| image.watch_context) {
             None => Ok(None),
             Some(dir) => store
-                .source(&format!("context:{}", dir.display()))
+                .source(&records::context_key(dir))
                 .ok()
                 .flatten()
                 .and_then(|r| r.commit)

@@ -51,6 +51,12 @@ pub fn set_failing(store: &Store, name: &str, error: Option<String>, inputs: &In
     }
 }
 
+/// The store key of a watched local context's source record (its
+/// content hash).
+pub fn context_key(dir: &std::path::Path) -> String {
+    format!("context:{}", dir.display())
+}
+
 /// What a published version was built from.
 pub fn version_inputs(v: &VersionRecord) -> Inputs {
     Inputs {
