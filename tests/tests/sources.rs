@@ -301,6 +301,49 @@ fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
     daemon.wait_version("web", "1.3.0", WAIT);
     assert_eq!(revision(&s, "web:1.3.0"), fourth);
 
+    // github: a push event signed with X-Hub-Signature-256; a rewritten
+    // branch (force push) is a change like any other: a new version.
+    rebased_e2e::git(
+        &repo.work,
+        &["commit", "--quiet", "--amend", "-m", "rewritten"],
+    );
+    rebased_e2e::git(
+        &repo.work,
+        &["push", "--quiet", "--force", "origin", "main"],
+    );
+    let rewritten = rebased_e2e::git(&repo.work, &["rev-parse", "HEAD"]);
+    assert_ne!(rewritten, fourth);
+    let github = format!(
+        r#"{{"ref": "refs/heads/main", "repository": {{"clone_url": "{}", "html_url": "https://example.com/x"}}}}"#,
+        repo.file_url()
+    );
+    let sig = {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
+        mac.update(github.as_bytes());
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256={hex}")
+    };
+    let (st, reply) = post(
+        &daemon,
+        "/v1/webhooks/github",
+        &[("x-github-event", "push"), ("x-hub-signature-256", &sig)],
+        github,
+    );
+    assert_eq!(
+        (st, reply["status"].as_str()),
+        (202, Some("accepted")),
+        "{reply:#}"
+    );
+    daemon.wait_version("web", "1.4.0", WAIT);
+    assert_eq!(revision(&s, "web:1.4.0"), rewritten);
+    let (before, fourth) = (fourth, rewritten);
+
     // GET /v1/sources and the image's view show the source.
     let sources = daemon.get("/v1/sources");
     assert_eq!(sources[0]["url"], repo.file_url(), "{sources:#}");
@@ -313,7 +356,8 @@ fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
     let out = daemon.cli(&["image", "web"]);
     assert!(
         out.contains(&format!("source: {} ref main", repo.file_url()))
-            && out.contains(&format!("source {} -> {}", &third[..7], &fourth[..7])),
+            && out.contains(&format!("source {} -> {}", &third[..7], &before[..7]))
+            && out.contains(&format!("source {} -> {}", &before[..7], &fourth[..7])),
         "{out}"
     );
     let out = rebased_e2e::run(
@@ -541,5 +585,39 @@ fn a_broken_source_is_its_images_error_and_touches_no_other_image() {
             .to_string()
             .contains("x-access-token@"),
         "URLs are shown without the user"
+    );
+}
+
+#[test]
+fn once_looks_up_git_sources_and_publishes_from_the_commit() {
+    let s = Setup::new();
+    let host = s.host().to_owned();
+    let repo = GitRepo::new(s.dir(), "web");
+    let commit = repo.commit(&[
+        (
+            "Dockerfile",
+            &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+        ),
+        ("hello", "once\n"),
+    ]);
+    let url = format!("{}#main", repo.file_url());
+    let config = s.write_config(
+        "",
+        &image_table(
+            "web",
+            std::path::Path::new(&url),
+            &format!("{host}/web"),
+            "",
+        ),
+    );
+    rebased_e2e::run(
+        std::process::Command::new(rebased_e2e::rebased_bin())
+            .args(["once", "--config"])
+            .arg(&config),
+    );
+    assert_eq!(revision(&s, "web:1.0.0"), commit);
+    assert_eq!(
+        s.registry.file_in("web:1.0.0", "hello").as_deref(),
+        Some("once\n")
     );
 }
