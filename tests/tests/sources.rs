@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use rebased_e2e::{image_table, GitRepo, Setup};
+use rebased_e2e::{image_table, rebased_bin, GitRepo, Setup};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -361,7 +361,7 @@ fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
         "{out}"
     );
     let out = rebased_e2e::run(
-        std::process::Command::new(rebased_e2e::rebased_bin())
+        std::process::Command::new(rebased_bin())
             .args(["check-config", "--config"])
             .arg(&config),
     );
@@ -611,7 +611,7 @@ fn once_looks_up_git_sources_and_publishes_from_the_commit() {
         ),
     );
     rebased_e2e::run(
-        std::process::Command::new(rebased_e2e::rebased_bin())
+        std::process::Command::new(rebased_bin())
             .args(["once", "--config"])
             .arg(&config),
     );
