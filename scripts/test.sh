@@ -16,6 +16,9 @@ packages=(
   apache2-utils        # htpasswd: the registry's credentials
   openssl              # openssl: the registry's TLS certificate and CA
   curl                 # curl: the CLI test's unix-socket request
+  git                  # git: the source crate's tests (file://, git daemon), the git it drives
+  openssh-server       # /usr/sbin/sshd: ssh:// sources with a deploy key and known_hosts
+  openssh-client       # ssh-keygen: the test keys; ssh: what git runs for ssh:// sources
   procps               # kill: SIGTERM to the daemon, the engine's process group
   systemd              # systemd-analyze: checks the unit
   wrk                  # wrk: the benchmark harness's quick run loads the API

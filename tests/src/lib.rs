@@ -1172,3 +1172,99 @@ pub fn rust_sources(dir: &Path) -> Vec<(PathBuf, String)> {
     out.sort();
     out
 }
+
+/// A bare git repository `dir/NAME.git` and a clone of it to commit in;
+/// commits are made and pushed with the real `git`.
+pub struct GitRepo {
+    pub bare: PathBuf,
+    pub work: PathBuf,
+}
+
+/// Runs `git args` in `dir` with a fixed identity; its trimmed output.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    run(Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com"))
+    .trim()
+    .to_owned()
+}
+
+impl GitRepo {
+    /// An empty repository with branch `main`.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let bare = dir.join(format!("{name}.git"));
+        let work = dir.join(format!("{name}-work"));
+        fs::create_dir_all(&work).unwrap();
+        git(
+            dir,
+            &[
+                "init",
+                "--bare",
+                "--quiet",
+                "-b",
+                "main",
+                &bare.to_string_lossy(),
+            ],
+        );
+        git(&work, &["init", "--quiet", "-b", "main"]);
+        git(&work, &["remote", "add", "origin", &bare.to_string_lossy()]);
+        Self { bare, work }
+    }
+
+    /// Writes `files` (path, contents), commits, pushes `main`; the commit.
+    pub fn commit(&self, files: &[(&str, &str)]) -> String {
+        for (name, body) in files {
+            let p = self.work.join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, body).unwrap();
+        }
+        git(&self.work, &["add", "-A"]);
+        git(
+            &self.work,
+            &["commit", "--quiet", "--allow-empty", "-m", "change"],
+        );
+        git(
+            &self.work,
+            &["push", "--quiet", "--force", "origin", "main"],
+        );
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// `file://` URL of the bare repository.
+    pub fn file_url(&self) -> String {
+        format!("file://{}", self.bare.display())
+    }
+}
+
+impl Registry {
+    /// The contents of `path` (no leading `/`) in the image `repo_tag`,
+    /// read from its layers, newest first.
+    pub fn file_in(&self, repo_tag: &str, path: &str) -> Option<String> {
+        use std::io::Read;
+        let (repo, _) = repo_tag.rsplit_once(':').unwrap();
+        let m = self.raw_manifest(repo_tag);
+        for layer in m["layers"].as_array()?.iter().rev() {
+            let digest = layer["digest"].as_str()?;
+            let bytes =
+                reqwest::blocking::get(format!("http://{}/v2/{repo}/blobs/{digest}", self.host))
+                    .ok()?
+                    .bytes()
+                    .ok()?;
+            let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+            for entry in archive.entries().ok()? {
+                let mut entry = entry.ok()?;
+                let name = entry.path().ok()?.to_string_lossy().into_owned();
+                if name.trim_start_matches("./") == path {
+                    let mut s = String::new();
+                    entry.read_to_string(&mut s).ok()?;
+                    return Some(s);
+                }
+            }
+        }
+        None
+    }
+}

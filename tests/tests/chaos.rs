@@ -314,3 +314,118 @@ fn invariants_hold_through_crashes_and_faults() {
         total / iterations.max(1) as u32,
     );
 }
+
+/// The source trigger under `kill -9`: commits are pushed to a git
+/// context and the daemon is killed while the build they cause runs (or
+/// at a random moment); after each restart exactly one new minor version
+/// exists per commit, annotated with that commit, no tag ever moved, the
+/// ledger matches the registry and no job is left behind.
+#[test]
+fn kill_9_during_a_source_triggered_build_loses_and_duplicates_no_version() {
+    let iterations: usize = std::env::var("REBASED_CHAOS_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut rng = Rng(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1);
+    let s = Setup::new();
+    let host = s.host().to_owned();
+    let repo = rebased_e2e::GitRepo::new(s.dir(), "src");
+    // A RUN: built by buildah, so the build lasts long enough to be hit.
+    let df = format!(
+        "FROM {host}/base:latest\nCOPY hello /hello\nRUN [\"/bin/busybox\", \"cp\", \"/hello\", \"/copied\"]\n"
+    );
+    let mut commits = vec![repo.commit(&[("Dockerfile", &df), ("hello", "0\n")])];
+    let url = format!("{}#main", repo.file_url());
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"0s\"\nstop_timeout = \"0s\"",
+        &image_table(
+            "src",
+            std::path::Path::new(&url),
+            &format!("{host}/src"),
+            "tags = [\"latest\"]",
+        ),
+    );
+    let mut daemon = s.start();
+    daemon.wait_version("src", "1.0.0", WAIT);
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for i in 1..=iterations {
+        commits.push(repo.commit(&[("hello", &format!("{i}\n"))]));
+        if i == 1 {
+            // Killed while the source-triggered build runs.
+            wait_for("the source-triggered build to run", WAIT, || {
+                let jobs = daemon.try_get("/v1/jobs")?;
+                jobs.as_array()?
+                    .iter()
+                    .any(|j| j["image"] == "src" && j["state"] == "running")
+                    .then_some(())
+            });
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.below(2500)));
+        }
+        println!("iteration {i}: kill -9");
+        daemon.kill_hard();
+        daemon = s.start();
+        let want = format!("1.{i}.0");
+        let mut nudged: Option<Instant> = None;
+        wait_for("the version of the new commit", WAIT, || {
+            let image = daemon.try_get("/v1/images/src")?;
+            if image["state"] == "fresh" && image["current_version"] == want.as_str() {
+                return Some(());
+            }
+            let running = daemon.try_get("/v1/jobs")?.as_array()?.iter().any(|j| {
+                j["image"] == "src" && (j["state"] == "running" || j["state"] == "queued")
+            });
+            let recent = nudged.is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+            if image["last_error"].is_string()
+                && !running
+                && !recent
+                && s.registry.digest(&format!("src:{want}")).is_none()
+            {
+                println!("  rebuild requested after: {}", image["last_error"]);
+                daemon.post("/v1/images/src/rebuild", None);
+                nudged = Some(Instant::now());
+            }
+            None
+        });
+        let versions = s.registry.versions("src");
+        let expected: Vec<String> = (0..=i).map(|n| format!("1.{n}.0")).collect();
+        assert_eq!(
+            versions.keys().cloned().collect::<Vec<_>>(),
+            expected,
+            "one version per commit, none lost, none twice"
+        );
+        for (n, commit) in commits.iter().enumerate() {
+            let tag = format!("src:1.{n}.0");
+            let revision = s.registry.raw_manifest(&tag)["annotations"]
+                ["org.opencontainers.image.revision"]
+                .clone();
+            assert_eq!(revision, Value::String(commit.clone()), "{tag}");
+        }
+        for (tag, digest) in &versions {
+            if let Some(before) = seen.insert(tag.clone(), digest.clone()) {
+                assert_eq!(&before, digest, "src:{tag} moved");
+            }
+        }
+        assert_eq!(
+            daemon.ledger("src"),
+            versions,
+            "the ledger matches the registry"
+        );
+        assert_eq!(
+            s.registry.digest("src:latest"),
+            versions.get(&want).cloned(),
+            "latest on the newest version"
+        );
+        for j in daemon.get("/v1/jobs").as_array().unwrap() {
+            assert!(
+                j["state"] != "queued" && j["state"] != "running",
+                "a job left behind: {j}"
+            );
+        }
+    }
+    daemon.stop();
+}

@@ -35,6 +35,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("python3", "python3"),
     ("update-binfmts", "binfmt-support"),
+    ("git", "git"),
+    ("sshd", "openssh-server"),
+    ("ssh-keygen", "openssh-client"),
 ];
 
 /// Packages `scripts/test.sh` installs for something other than a program
@@ -64,6 +67,7 @@ const BASE: &[(&str, &str)] = &[
     ("bash", "Debian essential"),
     ("tar", "Debian essential"),
     ("getconf", "libc-bin, Debian essential"),
+    ("id", "coreutils, Debian essential"),
     ("cargo", "the Rust toolchain"),
     (
         "apt-get",
@@ -92,6 +96,8 @@ const SPAWNS: &[(&str, &str, &[&str])] = &[
         "&self.program",
         &["buildah", "podman", "docker"],
     ),
+    // git, as `rebased-source` drives it.
+    ("crates/source/src/lib.rs", "&self.program", &["git"]),
     // A `docker-credential-*` helper; the tests write their own.
     ("crates/registry/src/auth.rs", "&program", &[]),
     // `/usr/bin/docker-registry`.

@@ -30,7 +30,7 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn unauthorized() -> Response {
     ApiError {
-        error: "unauthorized: send the webhook token as Authorization: Bearer, ?token=, or sign with X-Hub-Signature-256".to_owned(),
+        error: "unauthorized: send the webhook token as Authorization: Bearer, ?token=, X-Gitlab-Token, or sign with X-Hub-Signature-256 or X-Gitea-Signature".to_owned(),
         detail: None,
         status: 401,
     }
@@ -46,7 +46,7 @@ static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX
     post,
     path = "/v1/webhooks/{source}",
     params(
-        ("source" = String, Path, description = "distribution, dockerhub, harbor, quay, github, acr or generic"),
+        ("source" = String, Path, description = "distribution, dockerhub, harbor, quay, github, acr, gitlab, gitea or generic"),
         ("token" = Option<String>, Query, description = "The webhook token, if not sent as a bearer token or HMAC")
     ),
     request_body(content = Object, description = "The registry's payload (at most 1 MiB)"),
@@ -82,7 +82,10 @@ pub(crate) async fn webhook(
     // Without a signature to check, the token is checked before the body is
     // read, so unauthenticated senders hold nothing. Only GitHub signs its
     // deliveries; elsewhere the header does not put off the token check.
-    let signed = source == "github" && headers.contains_key("x-hub-signature-256");
+    let signed = (source == "github" && headers.contains_key("x-hub-signature-256"))
+        || (source == "gitea"
+            && (headers.contains_key("x-gitea-signature")
+                || headers.contains_key("x-forgejo-signature")));
     if let Some(want) = token.as_deref() {
         if !signed && !authorized(want, query.as_deref(), &headers, b"") {
             count("unauthorized");
@@ -141,7 +144,44 @@ pub(crate) async fn webhook(
             return unauthorized();
         }
     }
-    let event = headers.get("x-github-event").and_then(|v| v.to_str().ok());
+    let event = [
+        "x-github-event",
+        "x-gitlab-event",
+        "x-gitea-event",
+        "x-forgejo-event",
+    ]
+    .iter()
+    .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()));
+    if rebased_watcher::push::is_push(&source, event, &bytes) {
+        // A git host's push: the repository and ref it names are checked.
+        let push = match rebased_watcher::push::parse(&source, event, &bytes) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                count("ignored");
+                let reply = crate::WebhookReply {
+                    status: "ignored".to_owned(),
+                    references: Vec::new(),
+                    ignored: vec![format!(
+                        "{source} event {} is no push",
+                        event.unwrap_or("-")
+                    )],
+                };
+                return (StatusCode::ACCEPTED, Json(reply)).into_response();
+            }
+            Err(e) => {
+                count("malformed");
+                return ApiError::bad_request(format!("malformed {source} push: {e}"))
+                    .into_response();
+            }
+        };
+        return match b.source_webhook(&source, push) {
+            Ok(reply) => {
+                count(&reply.status);
+                (StatusCode::ACCEPTED, Json(reply)).into_response()
+            }
+            Err(e) => ApiError::from(e).into_response(),
+        };
+    }
     let references = match rebased_watcher::webhook::parse(&source, event, &bytes) {
         Ok(r) => r,
         Err(e) => {
@@ -183,17 +223,35 @@ pub(crate) fn authorized(
     if from_query.is_some_and(|t| constant_time_eq(t.as_bytes(), want.as_bytes())) {
         return true;
     }
+    // GitLab sends the secret token as it is.
+    let gitlab = headers.get("x-gitlab-token").and_then(|v| v.to_str().ok());
+    if gitlab.is_some_and(|t| constant_time_eq(t.as_bytes(), want.as_bytes())) {
+        return true;
+    }
+    // Gitea and Forgejo sign the body: HMAC-SHA256, hex, no prefix.
+    let gitea = ["x-gitea-signature", "x-forgejo-signature"]
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .and_then(hex_decode);
+    if let Some(sig) = gitea {
+        return hmac_ok(want, body, &sig);
+    }
     let signature = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("sha256="))
         .and_then(hex_decode);
     let Some(sig) = signature else { return false };
+    hmac_ok(want, body, &sig)
+}
+
+/// Whether `sig` is the HMAC-SHA256 of `body` under `key` (constant time).
+fn hmac_ok(key: &str, body: &[u8], sig: &[u8]) -> bool {
     use hmac::{KeyInit, Mac};
-    match hmac::Hmac::<sha2::Sha256>::new_from_slice(want.as_bytes()) {
+    match hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()) {
         Ok(mut mac) => {
             mac.update(body);
-            mac.verify_slice(&sig).is_ok()
+            mac.verify_slice(sig).is_ok()
         }
         Err(_) => false,
     }
@@ -316,5 +374,34 @@ mod tests {
             body
         ));
         assert!(!authorized("s3cret", None, &HeaderMap::new(), body));
+    }
+
+    #[test]
+    fn gitlab_token_and_gitea_signature() {
+        let body = br#"{"ref": "refs/heads/main"}"#;
+        assert!(authorized(
+            "s3cret",
+            None,
+            &headers(&[("x-gitlab-token", "s3cret")]),
+            body
+        ));
+        assert!(!authorized(
+            "s3cret",
+            None,
+            &headers(&[("x-gitlab-token", "nope")]),
+            body
+        ));
+        let sig = sign("s3cret", body);
+        let hex = sig.trim_start_matches("sha256=");
+        for h in ["x-gitea-signature", "x-forgejo-signature"] {
+            assert!(
+                authorized("s3cret", None, &headers(&[(h, hex)]), body),
+                "{h}"
+            );
+            assert!(
+                !authorized("s3cret", None, &headers(&[(h, hex)]), b"{}"),
+                "{h}: body changed"
+            );
+        }
     }
 }

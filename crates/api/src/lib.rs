@@ -87,6 +87,19 @@ pub struct ReasonView {
     pub trigger: Trigger,
     /// Every base, before and after.
     pub bases: Vec<BaseChangeView>,
+    /// The source's revision, before and after (an image with a git or
+    /// watched context).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceChangeView>,
+}
+
+/// How the source moved.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SourceChangeView {
+    /// The revision of the superseded version.
+    pub before: Option<String>,
+    /// The revision of the new version.
+    pub after: String,
 }
 
 /// One published version.
@@ -120,6 +133,10 @@ pub struct VersionView {
     /// The version it replaced.
     #[schema(value_type = Option<String>)]
     pub supersedes: Option<Version>,
+    /// The source revision it was built from: a git commit, or a watched
+    /// local context's content hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// A rollback of an image.
@@ -169,6 +186,47 @@ pub struct ImageView {
     pub versions: Vec<VersionView>,
     /// Every rollback, oldest first.
     pub rollbacks: Vec<RollbackView>,
+    /// Its git source, for a git context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ImageSourceView>,
+}
+
+/// An image's git source as it stands.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageSourceView {
+    /// The repository's URL (without credentials).
+    pub url: String,
+    /// The ref (`HEAD` when none is named).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The context's directory in the repository (empty: its root).
+    pub dir: String,
+    /// The settled commit.
+    pub commit: Option<String>,
+    /// The error of the last look-up or checkout.
+    pub error: Option<String>,
+}
+
+/// `GET /v1/sources` entry: one repository at one ref.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SourceView {
+    /// The repository's URL (without credentials).
+    pub url: String,
+    /// The ref (`HEAD` when none is named).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// The settled commit.
+    pub commit: Option<String>,
+    /// A newer commit waiting to settle.
+    pub pending: Option<String>,
+    /// When it was last looked up.
+    pub last_checked: Option<DateTime<Utc>>,
+    /// When the commit last changed.
+    pub last_changed: Option<DateTime<Utc>>,
+    /// The error of the last look-up or checkout.
+    pub error: Option<String>,
+    /// The images built from it.
+    pub dependents: Vec<String>,
 }
 
 /// One reason merged into a job.
@@ -412,6 +470,10 @@ pub trait Backend: Send + Sync + 'static {
     fn job_log(&self, id: u64) -> Result<Option<String>, ApiError>;
     /// Every base.
     fn bases(&self) -> Result<Vec<BaseView>, ApiError>;
+    /// Every git source.
+    fn sources(&self) -> Result<Vec<SourceView>, ApiError> {
+        Ok(Vec::new())
+    }
     /// Check bases now.
     fn check(&self, req: CheckRequest) -> Result<Accepted, ActionError>;
     /// Queue a rebuild of `name`, even if it is fresh or failing.
@@ -424,6 +486,19 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<RollbackView, ActionError>>;
     /// End the hold of `name`.
     fn resume<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Accepted, ActionError>>;
+    /// A git host's push named this repository and ref: check the
+    /// sources it moves now.
+    fn source_webhook(
+        &self,
+        _source: &str,
+        _push: rebased_watcher::push::Push,
+    ) -> Result<WebhookReply, ActionError> {
+        Ok(WebhookReply {
+            status: "ignored".to_owned(),
+            references: Vec::new(),
+            ignored: vec!["no git sources".to_owned()],
+        })
+    }
     /// A webhook named these references: check the watched ones now.
     fn webhook(&self, source: &str, references: Vec<String>) -> Result<WebhookReply, ActionError>;
     /// The daemon's metrics.
@@ -470,6 +545,7 @@ pub fn router(backend: Shared, secrets: Secrets) -> Router {
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/log", get(job_log))
         .route("/v1/bases", get(bases))
+        .route("/v1/sources", get(sources))
         .route("/v1/check", post(check))
         .fallback(|| async { ApiError::not_found("route".to_owned()) })
         .layer(axum::middleware::from_fn(
@@ -542,6 +618,11 @@ async fn job_log(State(b): State<Shared>, Path(id): Path<String>) -> Result<Stri
 #[utoipa::path(get, path = "/v1/bases", responses((status = 200, description = "Every base", body = Vec<BaseView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn bases(State(b): State<Shared>) -> Result<Json<Vec<BaseView>>, ApiError> {
     Ok(Json(b.bases()?))
+}
+
+#[utoipa::path(get, path = "/v1/sources", responses((status = 200, description = "Every git source", body = Vec<SourceView>), (status = 500, description = "Internal error", body = ApiError)))]
+async fn sources(State(b): State<Shared>) -> Result<Json<Vec<SourceView>>, ApiError> {
+    Ok(Json(b.sources()?))
 }
 
 #[utoipa::path(post, path = "/v1/check", request_body(content = Option<CheckRequest>, description = "Optional: one reference to check"), responses((status = 202, description = "Check queued", body = Accepted), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
@@ -732,7 +813,7 @@ impl utoipa::Modify for BearerScheme {
 #[openapi(
     info(title = "rebased", description = "The local API of rebased: images, versions, bases, jobs, webhooks."),
     paths(
-        healthz, readyz, openapi, status, images, image, rebuild, rollback, resume, jobs, job, job_log, bases, check,
+        healthz, readyz, openapi, status, images, image, rebuild, rollback, resume, jobs, job, job_log, bases, sources, check,
         hooks::webhook, hooks::metrics
     ),
     modifiers(&BearerScheme)

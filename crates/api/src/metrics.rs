@@ -25,6 +25,7 @@ pub struct Metrics {
 
 const HELP: &[(&str, &str, &str)] = &[
     ("rebased_polls_total", "counter", "Base checks, by registry and outcome (ok, error)."),
+    ("rebased_source_checks_total", "counter", "Git source look-ups, by outcome (ok, unreachable, auth, missing_ref, missing_dir, timeout, error)."),
     ("rebased_registry_requests_total", "counter", "Requests sent to registries, by registry."),
     ("rebased_builds_total", "counter", "Build attempts, by outcome (published, fresh, failed, interrupted)."),
     ("rebased_versions_published_total", "counter", "Versions published, by image."),

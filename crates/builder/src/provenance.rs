@@ -22,6 +22,29 @@ pub const SUPERSEDES: &str = "io.rebased.supersedes";
 pub const TRIGGER: &str = "io.rebased.trigger";
 /// `io.rebased.platforms`: for index bases, base -> platform -> child digest.
 pub const PLATFORMS: &str = "io.rebased.platforms";
+/// `org.opencontainers.image.source`: a git context's URL (without credentials).
+pub const SOURCE: &str = "org.opencontainers.image.source";
+/// `org.opencontainers.image.revision`: a git context's commit.
+pub const REVISION: &str = "org.opencontainers.image.revision";
+/// `io.rebased.context`: a local context's content hash (after `.dockerignore`).
+pub const CONTEXT: &str = "io.rebased.context";
+
+/// What a version was built from besides its bases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// A git repository's commit.
+    Git {
+        /// The URL without credentials.
+        url: &'a str,
+        /// The commit.
+        commit: &'a str,
+    },
+    /// A local context's content hash.
+    Local {
+        /// `sha256:...`.
+        hash: &'a str,
+    },
+}
 
 /// Everything a version is annotated with.
 #[derive(Debug, Clone)]
@@ -40,6 +63,8 @@ pub struct Provenance<'a> {
     pub supersedes: Option<&'a Version>,
     /// What caused the build.
     pub trigger: Trigger,
+    /// The source, when known.
+    pub source: Option<Source<'a>>,
 }
 
 impl Provenance<'_> {
@@ -53,6 +78,16 @@ impl Provenance<'_> {
             self.supersedes,
         );
         a.insert(TRIGGER.to_owned(), self.trigger.to_string());
+        match self.source {
+            Some(Source::Git { url, commit }) => {
+                a.insert(SOURCE.to_owned(), url.to_owned());
+                a.insert(REVISION.to_owned(), commit.to_owned());
+            }
+            Some(Source::Local { hash }) => {
+                a.insert(CONTEXT.to_owned(), hash.to_owned());
+            }
+            None => {}
+        }
         if !self.platforms.is_empty() {
             let platforms = self.platforms.iter().map(|(base, children)| {
                 let children = children
@@ -82,6 +117,9 @@ pub struct Recorded {
     pub supersedes: Option<Version>,
     /// `io.rebased.trigger`.
     pub trigger: Option<Trigger>,
+    /// The source revision: `org.opencontainers.image.revision`, else
+    /// `io.rebased.context`.
+    pub source: Option<String>,
 }
 
 /// Reads the annotations back; anything malformed is treated as absent.
@@ -102,6 +140,11 @@ pub fn recorded(annotations: &BTreeMap<String, String>) -> Recorded {
         trigger: annotations
             .get(TRIGGER)
             .and_then(|t| serde_json::from_value(Value::String(t.clone())).ok()),
+        source: annotations
+            .get(REVISION)
+            .or_else(|| annotations.get(CONTEXT))
+            .filter(|r| !r.is_empty() && r.len() <= 128)
+            .cloned(),
     }
 }
 
@@ -182,6 +225,10 @@ mod tests {
             platforms: &platforms,
             supersedes: Some(&prev),
             trigger: Trigger::Cascade,
+            source: Some(Source::Git {
+                url: "https://git.example.com/a.git",
+                commit: "0123456789abcdef0123456789abcdef01234567",
+            }),
         };
         // The exact text earlier versions wrote (compact, keys sorted):
         // ledger recovery reads these back from images already pushed.
@@ -204,6 +251,11 @@ mod tests {
         assert_eq!(back.supersedes, Some(prev));
         assert_eq!(back.trigger, Some(Trigger::Cascade));
         assert_eq!(back.platforms, platforms);
+        assert_eq!(a[SOURCE], "https://git.example.com/a.git");
+        assert_eq!(
+            back.source.as_deref(),
+            Some("0123456789abcdef0123456789abcdef01234567")
+        );
         assert!(back.created.is_some());
         assert_eq!(back.bases.map(|b| b.len()), Some(1));
         // foreign images: nothing

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::ConfigDuration;
 use crate::reference::{validate_tag, ImageRef};
+use crate::source::Context;
 use crate::version::Version;
 
 /// The whole config file.
@@ -28,6 +29,9 @@ pub struct Config {
     /// `[registries."HOST"]`.
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// `[sources."HOST"]`: credentials per git host.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
     /// `[webhooks]`.
     #[serde(default)]
     pub webhooks: WebhooksConfig,
@@ -166,6 +170,21 @@ impl Default for RegistryConfig {
     }
 }
 
+/// `[sources."HOST"]`: how git reaches a host (otherwise git's own
+/// configuration does).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// The user name for https.
+    pub username: Option<String>,
+    /// File holding the password or token (https).
+    pub password_file: Option<PathBuf>,
+    /// The deploy key (ssh).
+    pub ssh_key_file: Option<PathBuf>,
+    /// The host keys trusted for ssh; required with `ssh_key_file`.
+    pub known_hosts_file: Option<PathBuf>,
+}
+
 /// `[webhooks]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -180,18 +199,21 @@ pub struct WebhooksConfig {
 pub struct ImageConfig {
     /// Unique id used in the API and CLI.
     pub name: ImageName,
-    /// Build context directory.
-    pub context: PathBuf,
-    /// Dockerfile, relative to `context`.
+    /// Build context: a directory, or a git repository `URL#REF:DIR`.
+    pub context: Context,
+    /// Dockerfile, relative to `context` (to DIR for git).
     #[serde(default = "default_dockerfile")]
     pub dockerfile: PathBuf,
     /// Where versions are pushed.
     pub repository: Repository,
     /// First version, when the repository holds no semver tag.
     pub version: Version,
-    /// How the next version is made.
+    /// How the next version is made after a base change.
     #[serde(default)]
     pub bump: Bump,
+    /// How the next version is made after a source change.
+    #[serde(default)]
+    pub source_bump: SourceBump,
     /// Floating tags moved to each new version.
     #[serde(default = "default_tags")]
     pub tags: Vec<TagTemplate>,
@@ -207,15 +229,16 @@ pub struct ImageConfig {
     /// Overrides `daemon.poll` for this image's bases.
     #[serde(default)]
     pub poll: Option<CronSpec>,
-    /// A change under `context` also triggers a rebuild.
+    /// A content change under a local `context` triggers a build.
     #[serde(default)]
     pub watch_context: bool,
 }
 
 impl ImageConfig {
-    /// The Dockerfile's path (`context` joined with `dockerfile`).
-    pub fn dockerfile_path(&self) -> PathBuf {
-        self.context.join(&self.dockerfile)
+    /// The Dockerfile's path for a local context (`context` joined with
+    /// `dockerfile`); a git context's is inside its checkout.
+    pub fn dockerfile_path(&self) -> Option<PathBuf> {
+        self.context.local().map(|c| c.join(&self.dockerfile))
     }
 }
 
@@ -251,6 +274,39 @@ impl Bump {
         match self {
             Self::Patch => v.next_patch(),
             Self::Revision => v.next_revision(),
+        }
+    }
+}
+
+/// `source_bump`: the next version after a source change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceBump {
+    /// 1.4.2 -> 1.4.2-r1.
+    Revision,
+    /// 1.4.2 -> 1.4.3.
+    Patch,
+    /// 1.4.2 -> 1.5.0.
+    #[default]
+    Minor,
+}
+
+impl SourceBump {
+    /// The version after `v`.
+    pub fn next(self, v: &Version) -> Version {
+        match self {
+            Self::Minor => v.next_minor(),
+            Self::Patch => v.next_patch(),
+            Self::Revision => v.next_revision(),
+        }
+    }
+}
+
+impl From<Bump> for SourceBump {
+    fn from(b: Bump) -> Self {
+        match b {
+            Bump::Patch => Self::Patch,
+            Bump::Revision => Self::Revision,
         }
     }
 }
@@ -540,8 +596,15 @@ impl Config {
             r.password_file.iter_mut().for_each(fix);
             r.ca_file.iter_mut().for_each(fix);
         }
+        for s in self.sources.values_mut() {
+            s.password_file.iter_mut().for_each(fix);
+            s.ssh_key_file.iter_mut().for_each(fix);
+            s.known_hosts_file.iter_mut().for_each(fix);
+        }
         for i in &mut self.image {
-            fix(&mut i.context);
+            if let Context::Local(c) = &mut i.context {
+                fix(c);
+            }
             i.secrets.values_mut().for_each(fix);
             if let Repository::OciLayout(p) = &mut i.repository {
                 fix(p);
@@ -610,6 +673,36 @@ impl Config {
                 );
                 e.key = Some(format!("image[{i}].platforms"));
                 return Err(e);
+            }
+        }
+        for (i, image) in self.image.iter().enumerate() {
+            if image.watch_context && image.context.git().is_some() {
+                let offset = nth_key_offset(text, "watch_context", "true", 0).unwrap_or(0);
+                let mut e = located(
+                    text,
+                    offset,
+                    "watch_context is for a local directory: a git context is watched by polling its ref".to_owned(),
+                );
+                e.key = Some(format!("image[{i}].watch_context"));
+                return Err(e);
+            }
+        }
+        for (host, s) in &self.sources {
+            if s.ssh_key_file.is_some() && s.known_hosts_file.is_none() {
+                return Err(key_error(
+                    text,
+                    &format!("sources.\"{host}\""),
+                    "ssh_key_file",
+                    "ssh_key_file needs known_hosts_file: host keys are never trusted on first use",
+                ));
+            }
+            if s.password_file.is_some() && s.username.is_none() {
+                return Err(key_error(
+                    text,
+                    &format!("sources.\"{host}\""),
+                    "password_file",
+                    "password_file needs username (e.g. x-access-token, oauth2)",
+                ));
             }
         }
         if self.daemon.timezone.parse::<chrono_tz::Tz>().is_err() {
@@ -730,7 +823,11 @@ version = "1.0.0"
         assert_eq!(c.daemon.listen, "127.0.0.1:8780");
         assert_eq!(c.daemon.poll.as_str(), "*/15 * * * *");
         let img = &c.image[0];
-        assert_eq!(img.dockerfile_path(), PathBuf::from("/srv/app/Dockerfile"));
+        assert_eq!(
+            img.dockerfile_path(),
+            Some(PathBuf::from("/srv/app/Dockerfile"))
+        );
+        assert_eq!(img.source_bump, SourceBump::Minor);
         let tags: Vec<_> = img.tags.iter().map(|t| t.render(&img.version)).collect();
         assert_eq!(tags, ["1.0", "1", "latest"]);
         assert_eq!(img.platforms, ["linux/amd64"]);
@@ -766,7 +863,7 @@ secrets = { npm = "npm-token" }
             Some(std::path::Path::new("/etc/rebased/ca.pem"))
         );
         let i = &c.image[0];
-        assert_eq!(i.context, PathBuf::from("/etc/rebased/app"));
+        assert_eq!(i.context, Context::Local(PathBuf::from("/etc/rebased/app")));
         assert_eq!(i.secrets["npm"], PathBuf::from("/etc/rebased/npm-token"));
         assert_eq!(
             i.repository,
@@ -936,6 +1033,63 @@ watch_context = false
             (9, Some("image[1].name")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn git_contexts_and_sources_parse() {
+        let text = r#"
+[sources."git.example.com"]
+username = "x-access-token"
+password_file = "git-token"
+[sources."ssh.example.com"]
+ssh_key_file = "/etc/rebased/deploy_key"
+known_hosts_file = "/etc/rebased/known_hosts"
+
+[[image]]
+name = "web"
+context = "https://git.example.com/acme/web.git#main:docker"
+dockerfile = "Dockerfile"
+repository = "127.0.0.1:5000/web"
+version = "1.0.0"
+source_bump = "patch"
+"#;
+        let mut c = Config::parse(text).expect("valid");
+        c.resolve_paths(std::path::Path::new("/etc/rebased"));
+        let g = c.image[0].context.git().expect("git");
+        assert_eq!(g.host(), Some("git.example.com"));
+        assert_eq!(c.image[0].dockerfile_path(), None);
+        assert_eq!(c.image[0].source_bump, SourceBump::Patch);
+        assert_eq!(
+            c.sources["git.example.com"].password_file.as_deref(),
+            Some(std::path::Path::new("/etc/rebased/git-token"))
+        );
+    }
+
+    #[test]
+    fn bad_sources_are_refused_with_line_and_key() {
+        let e = err(&MINIMAL.replace("/srv/app", "https://bot:hunter2@git.example.com/a/b.git"));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (4, Some("image[0].context")),
+            "{e}"
+        );
+        assert!(e.message.contains("password_file"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+
+        let e = err(&format!(
+            "[sources.\"h\"]\nssh_key_file = \"/k\"\n{MINIMAL}"
+        ));
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("known_hosts_file"), "{e}");
+
+        let e = err(&format!(
+            "{}watch_context = true\n",
+            MINIMAL.replace("/srv/app", "https://h/a.git")
+        ));
+        assert_eq!(e.key.as_deref(), Some("image[0].watch_context"), "{e}");
+
+        let e = err(&format!("{MINIMAL}source_bump = \"major\"\n"));
+        assert_eq!(e.key.as_deref(), Some("image[0].source_bump"), "{e}");
     }
 
     #[test]

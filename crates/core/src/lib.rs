@@ -12,6 +12,7 @@ pub mod duration;
 pub mod job;
 pub mod oci;
 pub mod reference;
+pub mod source;
 pub mod status;
 pub mod trigger;
 pub mod version;

@@ -76,6 +76,20 @@ impl Version {
         }
     }
 
+    /// `1.4.2` -> `1.5.0` (any revision dropped; saturating, as
+    /// [`Version::next_patch`]).
+    pub fn next_minor(&self) -> Self {
+        match self.minor.checked_add(1) {
+            Some(minor) => Self {
+                minor,
+                patch: 0,
+                revision: None,
+                ..*self
+            },
+            None => *self,
+        }
+    }
+
     /// `1.4.2` -> `1.4.2-r1` -> `1.4.2-r2` (saturating, as
     /// [`Version::next_patch`]).
     pub fn next_revision(&self) -> Self {

@@ -27,6 +27,9 @@ pub struct Build<'a> {
     pub repo: &'a Destination,
     /// Its Dockerfile, read for this build.
     pub plan: &'a Plan,
+    /// The context directory: the local one, or the checkout of the
+    /// decided commit.
+    pub context: &'a std::path::Path,
     /// Each base and the digest it is pinned to.
     pub pins: &'a BTreeMap<ImageRef, Digest>,
     /// The inputs (digests and platforms) it is built from.
@@ -147,6 +150,11 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         .rev()
         .find(|u| u.kind == BaseKind::From)
         .and_then(|u| build.pins.get(&u.reference).map(|d| (&u.reference, d)));
+    let source = image
+        .context
+        .git()
+        .map(|g| g.public_url())
+        .zip(build.inputs.source.clone());
     let annotations = provenance::Provenance {
         version: &build.version,
         created: Utc::now(),
@@ -155,6 +163,11 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         platforms: &build.inputs.platforms,
         supersedes: build.supersedes.as_ref(),
         trigger: build.trigger,
+        source: match (&source, &build.inputs.source) {
+            (Some((url, commit)), _) => Some(provenance::Source::Git { url, commit }),
+            (None, Some(hash)) => Some(provenance::Source::Local { hash }),
+            (None, None) => None,
+        },
     }
     .annotations();
     // Each platform's image names the base of its own final stage.
@@ -188,7 +201,7 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
     Ok(BuildRequest {
         image: image.name.to_string(),
         job: build.job.to_string(),
-        context: image.context.clone(),
+        context: build.context.to_owned(),
         dockerfile: build.plan.model.pin(&build.plan.text, build.pins),
         platform_dockerfiles: if build.plan.per_platform.len() > 1 {
             build

@@ -265,7 +265,7 @@ fn reason(r: Option<&ReasonView>) -> String {
     let Some(r) = r else {
         return "-".to_owned();
     };
-    let bases: Vec<String> = r
+    let mut bases: Vec<String> = r
         .bases
         .iter()
         .filter(|b| b.before.as_ref() != Some(&b.after))
@@ -278,6 +278,27 @@ fn reason(r: Option<&ReasonView>) -> String {
             )
         })
         .collect();
+    // The source's move, commits (or content hashes) shortened.
+    if let Some(s) = r
+        .source
+        .as_ref()
+        .filter(|s| s.before.as_ref() != Some(&s.after))
+    {
+        let cut = |c: &str| {
+            c.trim_start_matches("sha256:")
+                .chars()
+                .take(7)
+                .collect::<String>()
+        };
+        bases.insert(
+            0,
+            format!(
+                "source {} -> {}",
+                s.before.as_deref().map_or("-".to_owned(), cut),
+                cut(&s.after)
+            ),
+        );
+    }
     if bases.is_empty() {
         r.trigger.to_string()
     } else {
@@ -298,6 +319,19 @@ pub fn image(c: &Client, name: &str) -> Result<String> {
         );
         if let Some(e) = &v.last_error {
             out.push_str(&format!("last error: {e}\n"));
+        }
+        if let Some(s) = &v.source {
+            out.push_str(&format!(
+                "source: {} ref {} dir {}, commit {}{}\n",
+                s.url,
+                s.reference,
+                if s.dir.is_empty() { "." } else { &s.dir },
+                or_dash(s.commit.as_deref()),
+                s.error
+                    .as_deref()
+                    .map(|e| format!(", error: {e}"))
+                    .unwrap_or_default()
+            ));
         }
         out.push('\n');
         let rows: Vec<Vec<String>> = v
@@ -421,4 +455,29 @@ pub fn resume(c: &Client, name: &str) -> Result<String> {
         None::<&()>,
         |a: Accepted| format!("{}\n", a.detail),
     )
+}
+
+/// `rebased sources`: every git source.
+pub fn sources(c: &Client) -> Result<String> {
+    c.get("/v1/sources", |sources: Vec<rebased_api::SourceView>| {
+        let rows: Vec<Vec<String>> = sources
+            .iter()
+            .map(|s| {
+                vec![
+                    s.url.clone(),
+                    s.reference.clone(),
+                    s.commit
+                        .as_deref()
+                        .map_or_else(|| "-".to_owned(), |c| c.chars().take(12).collect()),
+                    opt_time(s.last_checked.as_ref()),
+                    s.dependents.join(","),
+                    brief(s.error.as_ref()),
+                ]
+            })
+            .collect();
+        table(
+            &["URL", "REF", "COMMIT", "CHECKED", "IMAGES", "ERROR"],
+            &rows,
+        )
+    })
 }

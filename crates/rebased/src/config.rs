@@ -141,10 +141,22 @@ pub fn dockerfile_bases(
 /// The external bases of an image: those of each of its platforms.
 pub fn image_bases(image: &ImageConfig) -> Result<Vec<ImageRef>> {
     dockerfile_bases(
-        &image.dockerfile_path(),
+        &dockerfile_path(image)?,
         &image.build_args,
         &image.platforms,
     )
+}
+
+/// The Dockerfile of an image with a local context (a git context's is
+/// in its checkout: `Live::dockerfile_path`).
+pub fn dockerfile_path(image: &ImageConfig) -> Result<std::path::PathBuf> {
+    image.dockerfile_path().ok_or_else(|| {
+        anyhow!(
+            "image {}: context {} is not a local directory",
+            image.name,
+            image.context
+        )
+    })
 }
 
 /// The dependency graph of the config's images (an image built FROM another

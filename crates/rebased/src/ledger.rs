@@ -16,7 +16,9 @@ use rebased_core::job::JobState;
 use rebased_core::{Digest, ImageState, Trigger, Version};
 use rebased_registry::Registry;
 use rebased_scheduler::dispatch::{lock as lock_queue, Command, SharedQueue};
-use rebased_state::{BaseChange, ImportedLedger, Reason, RollbackEvent, Store, VersionRecord};
+use rebased_state::{
+    BaseChange, ImportedLedger, Reason, RollbackEvent, SourceChange, Store, VersionRecord,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -98,6 +100,7 @@ async fn read_back(registry: &Registry, image: &ImageConfig) -> Result<ImportedL
                 reason: None,
                 supersedes: rec.supersedes,
                 job: None,
+                source: rec.source,
             },
         );
     }
@@ -126,6 +129,10 @@ async fn read_back(registry: &Registry, image: &ImageConfig) -> Result<ImportedL
                         moved: Vec::new(),
                     })
                     .collect(),
+                source: rec.source.clone().map(|after| SourceChange {
+                    before: p.source.clone(),
+                    after,
+                }),
             });
         }
     }

@@ -12,9 +12,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use anyhow::Result;
 use rebased_builder::native::cache::LayerCache;
 use rebased_builder::{Engine, EngineKind, Native};
-use rebased_core::config::{Config, CronSpec, ImageConfig};
+use rebased_core::config::{Config, CronSpec, ImageConfig, SourceConfig};
+use rebased_core::source::{Context, GitContext};
 use rebased_core::ImageRef;
 use rebased_registry::Registry;
+use rebased_source::Sources;
 use tracing::warn;
 
 use crate::config;
@@ -31,6 +33,10 @@ pub struct Live {
     config: RwLock<Arc<Config>>,
     registry: RwLock<Arc<Registry>>,
     plans: Mutex<PlanCache>,
+    /// Each git source's work tree of its settled commit (by
+    /// [`GitContext::key`]), or why there is none: set by the poll loop,
+    /// read for the images' bases.
+    trees: Mutex<BTreeMap<String, std::result::Result<PathBuf, String>>>,
     /// `rebased once`: no settle delay.
     once: bool,
 }
@@ -56,6 +62,7 @@ impl Live {
             registry: RwLock::new(Arc::new(Registry::new(&cfg.registries))),
             config: RwLock::new(Arc::new(cfg)),
             plans: Mutex::new(PlanCache::default()),
+            trees: Mutex::new(BTreeMap::new()),
             once,
         }
     }
@@ -165,10 +172,84 @@ impl Live {
         }
     }
 
+    /// The git side of sources, kept under `state_dir/sources`.
+    pub fn sources(&self) -> Sources {
+        Sources::new(self.cfg().daemon.state_dir.join("sources"), GIT_TIMEOUT)
+    }
+
+    /// The credentials configured for a git context's host, if any.
+    pub fn source_credentials(&self, git: &GitContext) -> Option<SourceConfig> {
+        let cfg = self.cfg();
+        git.host().and_then(|h| cfg.sources.get(h).cloned())
+    }
+
+    /// Each git source (repository and ref) of the config: the context
+    /// (of its first image), the schedules of the images using it and
+    /// their names.
+    pub fn git_sources(&self) -> BTreeMap<String, GitSource> {
+        let cfg = self.cfg();
+        let mut out: BTreeMap<String, GitSource> = BTreeMap::new();
+        for image in &cfg.image {
+            let Some(git) = image.context.git() else {
+                continue;
+            };
+            let spec = image.poll.as_ref().unwrap_or(&cfg.daemon.poll);
+            let s = out.entry(git.key()).or_insert_with(|| GitSource {
+                git: git.clone(),
+                specs: Vec::new(),
+                images: Vec::new(),
+            });
+            if !s.specs.contains(spec) {
+                s.specs.push(spec.clone());
+            }
+            s.images.push(image.name.to_string());
+        }
+        out
+    }
+
+    /// Records the work tree of source `key`'s settled commit (or why there
+    /// is none).
+    pub fn set_tree(&self, key: &str, tree: std::result::Result<PathBuf, String>) {
+        lock(&self.trees).insert(key.to_owned(), tree);
+    }
+
+    /// The Dockerfile of `image` now: under its local context, or in the
+    /// work tree of its source's settled commit.
+    pub fn dockerfile_path(&self, image: &ImageConfig) -> Result<PathBuf> {
+        match &image.context {
+            Context::Local(_) => config::dockerfile_path(image),
+            Context::Git(git) => match lock(&self.trees).get(&git.key()) {
+                Some(Ok(tree)) => Ok(tree.join(&git.dir).join(&image.dockerfile)),
+                Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+                None => Err(anyhow::anyhow!(
+                    "source {} not checked out yet",
+                    git.public_url()
+                )),
+            },
+        }
+    }
+
+    /// Reads and parses the Dockerfile of `image` in the context directory
+    /// `dir` (a checkout of the decided commit).
+    pub fn plan_in(&self, image: &ImageConfig, dir: &Path) -> Result<Plan> {
+        let p = config::read_dockerfile_for(
+            &dir.join(&image.dockerfile),
+            &image.build_args,
+            &image.platforms,
+        )?;
+        let bases = p.bases();
+        Ok(Plan {
+            text: p.text,
+            model: p.model,
+            per_platform: p.per_platform,
+            bases,
+        })
+    }
+
     /// Reads and parses an image's Dockerfile now.
     pub fn plan(&self, image: &ImageConfig) -> Result<Plan> {
         let p = config::read_dockerfile_for(
-            &image.dockerfile_path(),
+            &self.dockerfile_path(image)?,
             &image.build_args,
             &image.platforms,
         )?;
@@ -186,7 +267,7 @@ impl Live {
     /// mtime and ctime; looked at once per [`PLAN_VERIFY_EVERY`]), else read
     /// and parsed now. Errors are not cached.
     pub fn image_bases(&self, image: &ImageConfig) -> Result<Arc<[ImageRef]>> {
-        let path = image.dockerfile_path();
+        let path = self.dockerfile_path(image)?;
         let key = format!(
             "{}\0{:?}\0{:?}",
             path.display(),
@@ -256,6 +337,22 @@ impl Live {
     pub fn watched(&self) -> BTreeSet<ImageRef> {
         self.schedules().into_keys().collect()
     }
+}
+
+/// How long one git command may run (a look-up, a fetch, a checkout)
+/// before it is killed.
+pub const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// One git source of the config.
+#[derive(Debug, Clone)]
+pub struct GitSource {
+    /// The context of its first image (the repository and ref are the
+    /// source's; the directory that image's).
+    pub git: GitContext,
+    /// The schedules of the images using it.
+    pub specs: Vec<CronSpec>,
+    /// The images using it.
+    pub images: Vec<String>,
 }
 
 /// The bases of each Dockerfile, by its path and the build args it is read

@@ -12,6 +12,7 @@
 mod build;
 mod client;
 mod config;
+mod contexts;
 mod destination;
 mod ledger;
 mod live;
@@ -114,6 +115,11 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// List the git sources: repository, ref, commit, dependents.
+    Sources {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// Print a Dockerfile's external bases, one normalised reference a line.
     Bases {
         /// The Dockerfile.
@@ -143,6 +149,7 @@ fn main() -> ExitCode {
         Command::Images { api } => client_cmd(&api, client::images),
         Command::Image { name, api } => client_cmd(&api, |c| client::image(c, &name)),
         Command::Jobs { api } => client_cmd(&api, client::jobs),
+        Command::Sources { api } => client_cmd(&api, client::sources),
         Command::Log { job, api } => client_cmd(&api, |c| client::log(c, job)),
         Command::Rebuild { name, api } => client_cmd(&api, |c| client::rebuild(c, &name)),
         Command::Rollback { name, to, api } => {
@@ -222,6 +229,27 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             image.repository,
             image.version
         );
+        if let Some(git) = image.context.git() {
+            println!(
+                "   source {} ref {} dir {} (bump {:?} for a source change)",
+                git.public_url(),
+                git.reference_or_head(),
+                if git.dir.as_os_str().is_empty() {
+                    ".".to_owned()
+                } else {
+                    git.dir.display().to_string()
+                },
+                image.source_bump
+            );
+            println!("   FROM: read from the source's commit when it is checked out");
+            continue;
+        }
+        if image.watch_context {
+            println!(
+                "   source {} (watched: a content change builds, bump {:?})",
+                image.context, image.source_bump
+            );
+        }
         match config::image_bases(image) {
             Ok(bases) => {
                 for b in bases {
@@ -251,8 +279,12 @@ fn emulation_warnings(
     cfg: &rebased_core::config::Config,
     image: &rebased_core::config::ImageConfig,
 ) -> Vec<String> {
-    let has_run = config::read_dockerfile_for(&image.dockerfile_path(), &image.build_args, &[])
-        .is_ok_and(|p| p.model.instructions.iter().any(|i| i.keyword == "RUN"));
+    // A git context's Dockerfile is in a checkout check-config does not
+    // make: it may have RUN steps.
+    let has_run = image.dockerfile_path().is_none_or(|path| {
+        config::read_dockerfile_for(&path, &image.build_args, &[])
+            .is_ok_and(|p| p.model.instructions.iter().any(|i| i.keyword == "RUN"))
+    });
     if !has_run {
         return Vec::new();
     }
@@ -308,7 +340,7 @@ mod layering {
     const LAYERS: &[&[&str]] = &[
         &["main", "client"],
         &["supervisor"],
-        &["read_model", "reload"],
+        &["read_model", "reload", "contexts"],
         &["poll"],
         &["reconcile"],
         &["ledger"],

@@ -20,12 +20,12 @@ use rebased_core::{Digest, ImageRef, ImageState, Trigger};
 use rebased_scheduler::dispatch::{Clock, SharedQueue};
 use rebased_scheduler::schedule::next_of;
 use rebased_scheduler::settle::{Observation, Watch};
-use rebased_state::{BaseRecord, Store};
+use rebased_state::{BaseRecord, SourceRecord, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::live::Live;
+use crate::live::{GitSource, Live};
 use crate::reconcile::Reconciler;
 use crate::records;
 use crate::status::Status;
@@ -37,6 +37,9 @@ pub const WEBHOOK_DELAY: Duration = Duration::from_millis(10);
 /// When a webhook's check still finds the digest unchanged, the reference
 /// is checked once more after this long.
 pub const WEBHOOK_RECHECK: chrono::Duration = chrono::Duration::milliseconds(250);
+
+/// Git source look-ups in flight at once in a round.
+const SOURCE_LOOKUPS: usize = 8;
 
 /// Without a watchdog the loop still goes round this often.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
@@ -51,10 +54,19 @@ pub struct CheckRequest {
     pub trigger: Trigger,
     /// Decide every image afterwards, changed or not (after a reload).
     pub all: bool,
+    /// Git sources (by key) to look up now (a push webhook).
+    pub sources: Vec<String>,
 }
 
 /// Each polled base and the schedules of the images using it.
 pub type Schedules = BTreeMap<ImageRef, Vec<CronSpec>>;
+
+/// Each git source (by its key, repository and ref) and the schedules of
+/// the images using it.
+pub type SourceSchedules = BTreeMap<String, Vec<CronSpec>>;
+
+/// A source's settled move: its commit before (none at first sight) and after.
+pub type SourceMoves = BTreeMap<String, (Option<String>, String)>;
 
 /// What one round does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +95,12 @@ pub struct PollLoop {
     /// Bases looked at again because of a webhook (the tag not moved yet,
     /// or a change settling): what that look finds is the webhook's doing.
     webhook_rechecks: BTreeSet<ImageRef>,
+    /// When each git source is due.
+    sources_next: BTreeMap<String, DateTime<Utc>>,
+    /// Sources asked for now (a source webhook).
+    forced_sources: BTreeSet<String>,
+    /// Every source asked for now (`POST /v1/check` naming nothing).
+    all_sources: bool,
 }
 
 impl Default for PollLoop {
@@ -94,6 +112,9 @@ impl Default for PollLoop {
             forced: None,
             evaluate_all: false,
             webhook_rechecks: BTreeSet::new(),
+            sources_next: BTreeMap::new(),
+            forced_sources: BTreeSet::new(),
+            all_sources: false,
         }
     }
 }
@@ -165,9 +186,51 @@ impl PollLoop {
         self.trigger = Trigger::Poll;
     }
 
-    /// When a base is due next.
+    /// When a base or a source is due next.
     pub fn next_wake(&self) -> Option<DateTime<Utc>> {
-        self.next.values().min().copied()
+        self.next
+            .values()
+            .chain(self.sources_next.values())
+            .min()
+            .copied()
+    }
+
+    /// The sources of `specs` due at `now` (each once per round, however
+    /// many images share it), and the ones asked for.
+    pub fn plan_sources(&mut self, specs: &SourceSchedules, now: DateTime<Utc>) -> Vec<String> {
+        self.sources_next.retain(|k, _| specs.contains_key(k));
+        for k in specs.keys() {
+            self.sources_next.entry(k.clone()).or_insert(now);
+        }
+        let forced = std::mem::take(&mut self.forced_sources);
+        let all = std::mem::take(&mut self.all_sources);
+        self.sources_next
+            .iter()
+            .filter(|(k, t)| all || **t <= now || forced.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// `checked` sources were looked at, finishing at `after`: each is due
+    /// at its schedule's next time, or at its settle recheck if sooner.
+    pub fn on_sources(
+        &mut self,
+        checked: &[String],
+        rechecks: &BTreeMap<String, DateTime<Utc>>,
+        specs: &SourceSchedules,
+        tz: Tz,
+        after: DateTime<Utc>,
+    ) {
+        for k in checked {
+            let mut t = specs
+                .get(k)
+                .and_then(|s| next_of(&s.iter().collect::<Vec<_>>(), tz, after))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            if let Some(at) = rechecks.get(k) {
+                t = t.min(*at);
+            }
+            self.sources_next.insert(k.clone(), t);
+        }
     }
 
     /// Requests arrived: their bases are checked in the next round (every
@@ -185,9 +248,13 @@ impl PollLoop {
         let mut refs: BTreeSet<ImageRef> = self.forced.take().unwrap_or_default();
         for req in reqs {
             self.evaluate_all |= req.all;
+            self.forced_sources.extend(req.sources);
             match req.references {
                 Some(r) => refs.extend(r),
-                None => refs.extend(specs.keys().cloned()),
+                None => {
+                    refs.extend(specs.keys().cloned());
+                    self.all_sources = true;
+                }
             }
         }
         self.forced = Some(refs);
@@ -293,14 +360,36 @@ impl Poller {
         loop {
             let began = std::time::Instant::now();
             let specs = self.live.schedules();
-            if let Some(round) = state.plan(&specs, Utc::now()) {
+            let sources = self.live.git_sources();
+            let source_specs: SourceSchedules = sources
+                .iter()
+                .map(|(k, s)| (k.clone(), s.specs.clone()))
+                .collect();
+            let now = Utc::now();
+            let due_sources = state.plan_sources(&source_specs, now);
+            let trigger = state.trigger;
+            let round = state.plan(&specs, now).or_else(|| {
+                (!due_sources.is_empty()).then(|| Round {
+                    due: Vec::new(),
+                    trigger,
+                    all: false,
+                })
+            });
+            if let Some(round) = round {
                 // A round against a slow registry must not hold up a stop.
-                let rechecks = tokio::select! {
-                    r = self.round(&round) => r,
+                let (rechecks, source_rechecks) = tokio::select! {
+                    r = self.round(&round, &due_sources, &sources) => r,
                     _ = shutdown.cancelled() => break,
                 };
                 let tz: Tz = self.live.cfg().daemon.timezone.parse().unwrap_or(Tz::UTC);
                 state.on_round(&round, &rechecks, &specs, tz, Utc::now());
+                state.on_sources(
+                    &due_sources,
+                    &source_rechecks,
+                    &source_specs,
+                    tz,
+                    Utc::now(),
+                );
                 info!(
                     bases = round.due.len(),
                     images = self.live.cfg().image.len(),
@@ -320,17 +409,160 @@ impl Poller {
         }
     }
 
-    /// One round: check `round.due`, fold the results through settle, and
-    /// have the images that a settled change (or, with `round.all`,
-    /// anything) makes stale queued. Returns the rechecks wanted.
-    pub async fn round(&mut self, round: &Round) -> BTreeMap<ImageRef, DateTime<Utc>> {
+    /// One round: look up the sources `due_sources` (of `sources`) and
+    /// check `round.due`, fold the results through settle, and have the
+    /// images that a settled change (or, with `round.all`, anything) makes
+    /// stale queued. A source's settled move is a change like a base's. A source
+    /// seen for the first time brings the bases of its Dockerfiles, which
+    /// are checked in the same round. Returns the rechecks wanted, of
+    /// bases and of sources.
+    pub async fn round(
+        &mut self,
+        round: &Round,
+        due_sources: &[String],
+        sources: &BTreeMap<String, GitSource>,
+    ) -> (
+        BTreeMap<ImageRef, DateTime<Utc>>,
+        BTreeMap<String, DateTime<Utc>>,
+    ) {
         let started = Utc::now();
-        let (changed, rechecks) = self.check(round).await;
+        let (moved, source_rechecks) = self.check_sources(due_sources, sources).await;
+        let mut round = round.clone();
+        if !moved.is_empty() {
+            let known = |r: &ImageRef| {
+                self.store
+                    .base(&r.to_string())
+                    .ok()
+                    .flatten()
+                    .is_some_and(|b| b.digest.is_some())
+            };
+            let new: Vec<ImageRef> = self
+                .live
+                .schedules()
+                .into_keys()
+                .filter(|r| !round.due.contains(r) && !known(r))
+                .collect();
+            round.due.extend(new);
+            round.due.sort();
+        }
+        let (changed, rechecks) = self.check(&round).await;
         self.status.update(|t| t.last_poll = Some(started));
         for image in &self.live.cfg().image {
-            self.decide_image(image, &changed, round).await;
+            self.decide_image(image, &changed, &moved, &round).await;
         }
-        rechecks
+        (rechecks, source_rechecks)
+    }
+
+    /// Looks up each due source once, folds the commit through settle, and
+    /// checks the settled commit out (its work tree is where the images'
+    /// Dockerfiles are read). Returns the settled moves and the rechecks.
+    async fn check_sources(
+        &self,
+        due: &[String],
+        sources: &BTreeMap<String, GitSource>,
+    ) -> (SourceMoves, BTreeMap<String, DateTime<Utc>>) {
+        let mut moved = SourceMoves::new();
+        let mut rechecks = BTreeMap::new();
+        let git = self.live.sources();
+        // The whole commit is checked out; each image reads its directory.
+        let roots: Vec<(&String, rebased_core::source::GitContext)> = due
+            .iter()
+            .filter_map(|k| sources.get(k).map(|s| (k, s.git.clone())))
+            .map(|(k, mut g)| {
+                g.dir = std::path::PathBuf::new();
+                (k, g)
+            })
+            .collect();
+        // The look-ups, a few at a time (each is a network round trip).
+        let lookups: Vec<_> = roots
+            .iter()
+            .map(|(_, root)| {
+                let creds = self.live.source_credentials(root);
+                let git = git.clone();
+                let root = root.clone();
+                async move { git.resolve(&root, creds.as_ref()).await }
+            })
+            .collect();
+        let looked: Vec<_> = {
+            use futures_util::stream::{self, StreamExt};
+            stream::iter(lookups)
+                .buffered(SOURCE_LOOKUPS)
+                .collect()
+                .await
+        };
+        for ((key, root), seen) in roots.iter().zip(looked) {
+            let key: &String = key;
+            let url = root.public_url();
+            let mut rec = self
+                .store
+                .source(key)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| SourceRecord::new(key, &url, root.reference_or_head()));
+            let now = Utc::now();
+            rec.checked_at = Some(now);
+            self.status.beat();
+            let creds = self.live.source_credentials(root);
+            let outcome = match &seen {
+                Ok(_) => "ok",
+                Err(e) => e.kind(),
+            };
+            self.metrics
+                .inc("rebased_source_checks_total", &[("outcome", outcome)]);
+            match seen {
+                Ok(commit) => {
+                    rec.error = None;
+                    let mut watch = Watch {
+                        settled: rec.commit.clone(),
+                        pending: rec.pending.clone(),
+                    };
+                    match watch.observe(&commit, now, self.live.settle()) {
+                        Observation::Unchanged | Observation::Reverted => {}
+                        Observation::First(c) => {
+                            rec.changed_at.get_or_insert(now);
+                            info!(source = %url, commit = %c, "source first seen");
+                            moved.insert(key.clone(), (None, c));
+                        }
+                        Observation::Waiting(at) => {
+                            info!(source = %url, %commit, settles_at = %at, "source changed; waiting for it to settle");
+                            rechecks.insert(key.clone(), at);
+                        }
+                        Observation::Settled { before, after } => {
+                            info!(source = %url, from = ?before, to = %after, "source changed and settled");
+                            rec.changed_at = Some(now);
+                            moved.insert(key.clone(), (before, after));
+                        }
+                    }
+                    rec.commit = watch.settled;
+                    rec.pending = watch.pending;
+                    if let Some(c) = &rec.commit {
+                        match git.checkout(root, creds.as_ref(), c).await {
+                            Ok(out) => {
+                                self.live.set_tree(key, Ok(out.tree));
+                                // Trees a build may still read are kept.
+                                let idle =
+                                    self.live.cfg().builder.timeout.0 + Duration::from_secs(600);
+                                git.prune(&root.url, &[c.as_str()], idle).await;
+                            }
+                            Err(e) => {
+                                warn!(source = %url, "{e}");
+                                rec.error = Some(e.to_string());
+                                self.live.set_tree(key, Err(e.to_string()));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(source = %url, "{e}");
+                    rec.error = Some(e.to_string());
+                    self.live.set_tree(key, Err(e.to_string()));
+                }
+            }
+            if let Err(e) = self.store.put_source(&rec) {
+                error!(source = %url, "cannot record source: {e}");
+            }
+        }
+        (moved, rechecks)
     }
 
     /// Checks each due base once and records what was seen; returns the
@@ -441,9 +673,11 @@ impl Poller {
         &mut self,
         image: &ImageConfig,
         changed: &BTreeMap<ImageRef, (Option<Digest>, Digest)>,
+        moved: &SourceMoves,
         round: &Round,
     ) {
         let name = image.name.as_str();
+        let source_moved = image.context.git().and_then(|g| moved.get(&g.key()));
         let bases = match self.live.image_bases(image) {
             Ok(b) => b,
             Err(e) => {
@@ -454,30 +688,43 @@ impl Poller {
         let touched: Vec<&ImageRef> = bases.iter().filter(|b| changed.contains_key(*b)).collect();
         // Its Dockerfile could not be read before and can now: decide it.
         let was_bad_plan = self.bad_plans.remove(name);
-        if !round.all && touched.is_empty() && !was_bad_plan {
+        if !round.all && touched.is_empty() && source_moved.is_none() && !was_bad_plan {
             return;
         }
         // A queued or running job decides with the inputs of its start: with
         // no change seen, it covers this image already.
         if touched.is_empty()
+            && source_moved.is_none()
             && rebased_scheduler::dispatch::lock(&self.queue)
                 .active(name)
                 .is_some()
         {
             return;
         }
+        let source_detail = source_moved.map(|(from, to)| {
+            let short = |c: &str| c.chars().take(7).collect::<String>();
+            format!(
+                "source: {} -> {}",
+                from.as_deref().map_or("none".to_owned(), short),
+                short(to)
+            )
+        });
         let detail = if touched.is_empty() {
-            "check".to_owned()
+            source_detail.unwrap_or_else(|| "check".to_owned())
         } else {
-            touched
-                .iter()
-                .filter_map(|b| changed.get(*b).map(|(from, to)| (b, from, to)))
-                .map(|(b, from, to)| {
-                    format!(
-                        "{b}: {} -> {to}",
-                        from.as_ref().map_or("none".to_owned(), ToString::to_string)
-                    )
-                })
+            source_detail
+                .into_iter()
+                .chain(
+                    touched
+                        .iter()
+                        .filter_map(|b| changed.get(*b).map(|(from, to)| (b, from, to)))
+                        .map(|(b, from, to)| {
+                            format!(
+                                "{b}: {} -> {to}",
+                                from.as_ref().map_or("none".to_owned(), ToString::to_string)
+                            )
+                        }),
+                )
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -539,6 +786,7 @@ mod tests {
             references: refs.map(|v| v.iter().map(|s| r(s)).collect()),
             trigger,
             all,
+            sources: Vec::new(),
         }
     }
 
@@ -771,5 +1019,58 @@ mod tests {
         assert!(round.due.is_empty() && round.all, "{round:?}");
         state.on_round(&round, &BTreeMap::new(), &specs(), Tz::UTC, now);
         assert_eq!(state.plan(&specs(), now), None, "only once");
+    }
+
+    #[test]
+    fn sources_are_due_on_their_images_schedules_and_when_a_push_names_them() {
+        let minutely = CronSpec::parse("* * * * *").expect("cron");
+        let hourly = CronSpec::parse("0 * * * *").expect("cron");
+        let sources: SourceSchedules = BTreeMap::from([
+            ("file:///a#main".to_owned(), vec![minutely]),
+            ("file:///b#HEAD".to_owned(), vec![hourly]),
+        ]);
+        let mut state = PollLoop::default();
+        let t0 = at(T0);
+        let due = state.plan_sources(&sources, t0);
+        assert_eq!(due, ["file:///a#main", "file:///b#HEAD"], "all at first");
+        state.on_sources(&due, &BTreeMap::new(), &sources, Tz::UTC, t0);
+        assert!(state.plan_sources(&sources, t0).is_empty());
+        assert_eq!(state.next_wake(), Some(at("2026-01-01T00:01:00Z")));
+        let t1 = at("2026-01-01T00:01:00Z");
+        assert_eq!(state.plan_sources(&sources, t1), ["file:///a#main"]);
+        // A push webhook names b: due now, once, as a webhook round.
+        state.on_requests(
+            vec![CheckRequest {
+                references: Some(Vec::new()),
+                trigger: Trigger::Webhook,
+                all: false,
+                sources: vec!["file:///b#HEAD".to_owned()],
+            }],
+            &specs(),
+        );
+        assert_eq!(state.trigger, Trigger::Webhook);
+        assert_eq!(
+            state.plan_sources(&sources, t0),
+            ["file:///b#HEAD"],
+            "forced, though not due"
+        );
+        assert!(state.plan_sources(&sources, t0).is_empty(), "once");
+        // A settle recheck comes before the schedule.
+        let recheck = BTreeMap::from([("file:///b#HEAD".to_owned(), at("2026-01-01T00:00:40Z"))]);
+        state.on_sources(
+            &["file:///b#HEAD".to_owned()],
+            &recheck,
+            &sources,
+            Tz::UTC,
+            t0,
+        );
+        assert_eq!(
+            state.plan_sources(&sources, at("2026-01-01T00:00:40Z")),
+            ["file:///b#HEAD"]
+        );
+        // A source no image uses any more is forgotten.
+        let fewer: SourceSchedules = sources.into_iter().take(1).collect();
+        state.plan_sources(&fewer, t1);
+        assert!(!state.sources_next.contains_key("file:///b#HEAD"));
     }
 }

@@ -17,7 +17,7 @@ use rebased_core::job::JobId;
 use rebased_core::{Digest, Trigger, Version};
 use rebased_registry::Registry;
 use rebased_scheduler::{Change, Inputs};
-use rebased_state::{BaseChange, Reason, Store, VersionRecord};
+use rebased_state::{BaseChange, Reason, SourceChange, Store, VersionRecord};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -49,6 +49,8 @@ pub struct Release<'a> {
     pub inputs: &'a Inputs,
     /// Each base's move since the superseded version.
     pub changes: &'a [Change],
+    /// The source's move since the superseded version.
+    pub source: Option<&'a rebased_scheduler::SourceChange>,
     /// The job that builds it.
     pub job: JobId,
 }
@@ -112,6 +114,10 @@ pub async fn publish(
                 moved: c.moved.clone(),
             })
             .collect(),
+        source: release.source.map(|c| SourceChange {
+            before: c.before.clone(),
+            after: c.after.clone(),
+        }),
     });
     let owned = name.to_owned();
     records::write(store, move |s| s.publish(&owned, &record, reason))
@@ -145,13 +151,15 @@ async fn adoptable(registry: &Registry, release: &Release<'_>) -> Result<Option<
         return Ok(None);
     };
     let manifest = repo.manifest(registry, &tag).await?;
-    match provenance::bases_from(&repo.provenance(registry, &manifest).await) {
-        Some(b) if b == release.inputs.digests => {
+    let annotations = repo.provenance(registry, &manifest).await;
+    let revision = provenance::recorded(&annotations).source;
+    match provenance::bases_from(&annotations) {
+        Some(b) if b == release.inputs.digests && revision == release.inputs.source => {
             info!(digest = %d, "version tag already pushed with the same inputs: adopting it");
             Ok(Some(d))
         }
         _ => bail!(
-            "version tag {} already exists ({d}) and was not built by rebased from the current bases; refusing to overwrite it",
+            "version tag {} already exists ({d}) and was not built by rebased from the current bases and source; refusing to overwrite it",
             repo.target(&tag)
         ),
     }
@@ -172,6 +180,7 @@ fn version_record(release: &Release<'_>, digest: &Digest) -> VersionRecord {
         reason: None,
         supersedes: release.supersedes,
         job: Some(release.job),
+        source: release.inputs.source.clone(),
     }
 }
 

@@ -10,8 +10,8 @@ use chrono::Utc;
 use rebased_api::metrics::Metrics;
 use rebased_api::{
     Accepted, ActionError, ApiError, Backend, BaseChangeView, BaseView, BoxFuture, CheckRequest,
-    ImageBaseView, ImageView, JobReasonView, JobView, PendingView, ReasonView, RollbackView,
-    StatusView, VersionView, WebhookReply,
+    ImageBaseView, ImageSourceView, ImageView, JobReasonView, JobView, PendingView, ReasonView,
+    RollbackView, SourceChangeView, SourceView, StatusView, VersionView, WebhookReply,
 };
 use rebased_core::config::ImageConfig;
 use rebased_core::job::{Job, JobState};
@@ -144,7 +144,18 @@ impl ReadModel {
                 digest: r.digest,
             })
             .collect();
+        let source = image.context.git().map(|g| {
+            let rec = self.store.source(&g.key()).ok().flatten();
+            ImageSourceView {
+                url: g.public_url(),
+                reference: g.reference_or_head().to_owned(),
+                dir: g.dir.display().to_string(),
+                commit: rec.as_ref().and_then(|r| r.commit.clone()),
+                error: rec.and_then(|r| r.error),
+            }
+        });
         Ok(ImageView {
+            source,
             rollbacks,
             name: name.to_owned(),
             state,
@@ -165,7 +176,12 @@ impl ReadModel {
                     superseded_by: v.superseded_by,
                     superseded_at: v.superseded_at,
                     supersedes: v.supersedes,
+                    revision: v.source,
                     reason: v.reason.map(|r| ReasonView {
+                        source: r.source.map(|c| SourceChangeView {
+                            before: c.before,
+                            after: c.after,
+                        }),
                         trigger: r.trigger,
                         bases: r
                             .bases
@@ -271,6 +287,28 @@ impl Backend for ReadModel {
         }
     }
 
+    fn sources(&self) -> Result<Vec<SourceView>, ApiError> {
+        let records = self.store.sources().map_err(internal)?;
+        Ok(self
+            .live
+            .git_sources()
+            .into_iter()
+            .map(|(key, s)| {
+                let rec = records.iter().find(|r| r.key == key);
+                SourceView {
+                    url: s.git.public_url(),
+                    reference: s.git.reference_or_head().to_owned(),
+                    commit: rec.and_then(|r| r.commit.clone()),
+                    pending: rec.and_then(|r| r.pending.as_ref().map(|(c, _)| c.clone())),
+                    last_checked: rec.and_then(|r| r.checked_at),
+                    last_changed: rec.and_then(|r| r.changed_at),
+                    error: rec.and_then(|r| r.error.clone()),
+                    dependents: s.images,
+                }
+            })
+            .collect())
+    }
+
     fn bases(&self) -> Result<Vec<BaseView>, ApiError> {
         let mut dependents: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for image in &self.live.cfg().image {
@@ -321,6 +359,7 @@ impl Backend for ReadModel {
                 // A check only looks; a build it causes is due to the base change.
                 trigger: Trigger::Poll,
                 all: false,
+                sources: Vec::new(),
             })
             .map_err(|e| ActionError::Unavailable(format!("cannot queue the check: {e}")))?;
         Ok(Accepted {
@@ -405,6 +444,7 @@ impl Backend for ReadModel {
                     references: Some(check.clone()),
                     trigger: Trigger::Webhook,
                     all: false,
+                    sources: Vec::new(),
                 })
                 .map_err(|e| ActionError::Unavailable(format!("cannot queue the check: {e}")))?;
         }
@@ -412,6 +452,57 @@ impl Backend for ReadModel {
             status: status.to_owned(),
             references: check.iter().map(ToString::to_string).collect(),
             ignored,
+        })
+    }
+
+    fn source_webhook(
+        &self,
+        source: &str,
+        push: rebased_watcher::push::Push,
+    ) -> Result<WebhookReply, ActionError> {
+        use rebased_watcher::push::{canonical, ref_matches};
+        self.refuse_if_stopping()?;
+        let named: Vec<String> = push.repositories.iter().map(|u| canonical(u)).collect();
+        let keys: Vec<(String, String)> = self
+            .live
+            .git_sources()
+            .into_iter()
+            .filter(|(_, s)| {
+                named.contains(&canonical(&s.git.url))
+                    && !s.git.is_commit()
+                    && ref_matches(s.git.reference_or_head(), push.reference.as_deref())
+            })
+            .map(|(k, s)| {
+                (
+                    k,
+                    format!("{}#{}", s.git.public_url(), s.git.reference_or_head()),
+                )
+            })
+            .collect();
+        if keys.is_empty() {
+            return Ok(WebhookReply {
+                status: "ignored".to_owned(),
+                references: Vec::new(),
+                ignored: vec![format!(
+                    "{} {}: not the repository and ref of any source",
+                    push.repositories.first().map_or("-", String::as_str),
+                    push.reference.as_deref().unwrap_or("-")
+                )],
+            });
+        }
+        tracing::info!(source, sources = ?keys.iter().map(|(_, s)| s).collect::<Vec<_>>(), "push webhook: looking up now");
+        self.checks
+            .try_send(poll::CheckRequest {
+                references: Some(Vec::new()),
+                trigger: Trigger::Webhook,
+                all: false,
+                sources: keys.iter().map(|(k, _)| k.clone()).collect(),
+            })
+            .map_err(|e| ActionError::Unavailable(format!("cannot queue the check: {e}")))?;
+        Ok(WebhookReply {
+            status: "accepted".to_owned(),
+            references: keys.into_iter().map(|(_, s)| s).collect(),
+            ignored: Vec::new(),
         })
     }
 

@@ -18,7 +18,9 @@ use rebased_core::job::{Job, JobId, JobState};
 use rebased_core::{Digest, ImageRef, ImageState, Trigger, Version};
 use rebased_scheduler::dispatch::{Attempt, Command, Executor, SharedQueue};
 use rebased_scheduler::queue::{reason, Failure, Finished, Outcome};
-use rebased_scheduler::{select_platforms, Change, Decision, Inputs, Published};
+use rebased_scheduler::{
+    select_platforms, Bumps, Change, Decision, Inputs, Published, SourceChange,
+};
 use rebased_state::{BaseRecord, RollbackEvent, StateError, Store, VersionRecord};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +63,8 @@ pub enum Verdict {
         trigger: Trigger,
         /// Every base, before and after.
         changes: Vec<Change>,
+        /// The source, before and after (for an image with one).
+        source: Option<SourceChange>,
     },
 }
 
@@ -85,6 +89,7 @@ pub fn decide(
             let failed_with = r.failed_inputs.as_ref().map(|d| Inputs {
                 digests: d.clone(),
                 platforms: r.failed_platforms.clone(),
+                source: r.failed_source.clone(),
             });
             if failed_with.is_some_and(|f| f.same_as(now)) {
                 return Ok(Verdict::Failing);
@@ -97,6 +102,10 @@ pub fn decide(
     };
     let built = current.as_ref().map(version_inputs);
     let highest = records::highest(store, name)?;
+    let bumps = Bumps {
+        base: image.bump,
+        source: image.source_bump,
+    };
     let published = current
         .as_ref()
         .zip(built.as_ref())
@@ -107,18 +116,20 @@ pub fn decide(
             highest,
         });
     Ok(
-        match rebased_scheduler::decide(published, &image.version, image.bump, now, trigger) {
+        match rebased_scheduler::decide(published, &image.version, bumps, now, trigger) {
             Decision::Fresh => Verdict::Fresh(current.map(Box::new)),
             Decision::Build {
                 version,
                 supersedes,
                 trigger,
                 changes,
+                source,
             } => Verdict::Build {
                 version,
                 supersedes,
                 trigger,
                 changes,
+                source,
             },
         },
     )
@@ -151,6 +162,31 @@ pub fn stored_inputs(
         inputs.digests.insert(key, digest);
     }
     Ok(inputs)
+}
+
+/// The settled revision of `image`'s source in `store` (`None` for a
+/// local context); `Err` says the source's commit is not known yet.
+pub fn stored_source(store: &Store, image: &ImageConfig) -> Result<Option<String>, String> {
+    let Some(git) = image.context.git() else {
+        // A watched local context: the content hash the watch recorded.
+        return match image.context.local().filter(|_| image.watch_context) {
+            None => Ok(None),
+            Some(dir) => store
+                .source(&records::context_key(dir))
+                .ok()
+                .flatten()
+                .and_then(|r| r.commit)
+                .map(Some)
+                .ok_or_else(|| format!("content hash of context {} unknown", dir.display())),
+        };
+    };
+    store
+        .source(&git.key())
+        .ok()
+        .flatten()
+        .and_then(|r| r.commit)
+        .map(Some)
+        .ok_or_else(|| format!("commit of source {} unknown", git.public_url()))
 }
 
 /// Decides images and runs their jobs.
@@ -216,10 +252,17 @@ impl Reconciler {
         detail: &str,
     ) {
         let name = image.name.as_str();
-        let now = match stored_inputs(&self.store, image, bases) {
+        let mut now = match stored_inputs(&self.store, image, bases) {
             Ok(i) => i,
             Err(base) => {
                 warn!(image = %name, base = %base, "base digest unknown; image not decided this round");
+                return;
+            }
+        };
+        now.source = match stored_source(&self.store, image) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(image = %name, "{e}; image not decided this round");
                 return;
             }
         };
@@ -316,8 +359,38 @@ impl Reconciler {
             info!("image is held (rolled back); not building");
             return Ok(None);
         }
-        let plan = self.live.plan(image)?;
-        let (now, pins) = self.unless_stopping(self.inputs(image, &plan)).await?;
+        // The source's settled commit, read once: the Dockerfile, the
+        // context and the inputs all come from this one checkout by id.
+        let (plan, context, source) = match image.context.git() {
+            None => {
+                let dir = image
+                    .context
+                    .local()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default();
+                let hash = stored_source(&self.store, image).map_err(|e| anyhow!("{e}"))?;
+                (self.live.plan(image)?, dir, hash)
+            }
+            Some(git) => {
+                let commit = stored_source(&self.store, image)
+                    .map_err(|e| anyhow!("{e}"))?
+                    .unwrap_or_default();
+                let creds = self.live.source_credentials(git);
+                let checkout = self
+                    .unless_stopping(async {
+                        Ok(self
+                            .live
+                            .sources()
+                            .checkout(git, creds.as_ref(), &commit)
+                            .await?)
+                    })
+                    .await?;
+                let plan = self.live.plan_in(image, &checkout.dir)?;
+                (plan, checkout.dir, Some(commit))
+            }
+        };
+        let (mut now, pins) = self.unless_stopping(self.inputs(image, &plan)).await?;
+        now.source = source;
         *tried = Some(now.clone());
         // A rebuild request merged into the job forces a build.
         let trigger = if job.is_manual() {
@@ -325,14 +398,15 @@ impl Reconciler {
         } else {
             job.trigger()
         };
-        let (version, supersedes, trigger, changes) =
+        let (version, supersedes, trigger, changes, source_change) =
             match decide(&self.store, image, &now, trigger, Asker::Job)? {
                 Verdict::Build {
                     version,
                     supersedes,
                     trigger,
                     changes,
-                } => (version, supersedes, trigger, changes),
+                    source,
+                } => (version, supersedes, trigger, changes, source),
                 Verdict::Held => {
                     info!("image is held (rolled back); not building");
                     return Ok(None);
@@ -373,12 +447,14 @@ impl Reconciler {
             trigger,
             inputs: &now,
             changes: &changes,
+            source: source_change.as_ref(),
             job: job.id,
         };
         let build = Build {
             image,
             repo: &repo,
             plan: &plan,
+            context: &context,
             pins: &pins,
             inputs: &now,
             changes: &changes,
@@ -605,6 +681,7 @@ mod tests {
             reason: None,
             supersedes: None,
             job: None,
+            source: None,
         };
         store.publish("web", &record, None).expect("publish");
     }
@@ -630,6 +707,7 @@ mod tests {
             supersedes,
             trigger,
             changes,
+            ..
         }) = verdict
         else {
             panic!("{verdict:?}");
@@ -663,6 +741,7 @@ mod tests {
                 supersedes,
                 trigger,
                 changes,
+                ..
             }) => {
                 assert_eq!((version, supersedes), (v("1.4.3"), Some(v("1.4.2"))));
                 assert_eq!(trigger, Trigger::Webhook);

@@ -29,6 +29,7 @@ pub fn set_state(store: &Store, name: &str, state: ImageState, error: Option<Str
         if state != ImageState::Failing {
             rec.failed_inputs = None;
             rec.failed_platforms.clear();
+            rec.failed_source = None;
         }
     });
     if let Err(e) = result {
@@ -43,10 +44,17 @@ pub fn set_failing(store: &Store, name: &str, error: Option<String>, inputs: &In
         rec.last_error = error.clone();
         rec.failed_inputs = Some(inputs.digests.clone());
         rec.failed_platforms = inputs.platforms.clone();
+        rec.failed_source = inputs.source.clone();
     });
     if let Err(e) = result {
         error!(image = %name, "cannot record failing state: {e}");
     }
+}
+
+/// The store key of a watched local context's source record (its
+/// content hash).
+pub fn context_key(dir: &std::path::Path) -> String {
+    format!("context:{}", dir.display())
 }
 
 /// What a published version was built from.
@@ -54,6 +62,7 @@ pub fn version_inputs(v: &VersionRecord) -> Inputs {
     Inputs {
         digests: v.bases.clone(),
         platforms: v.platforms.clone(),
+        source: v.source.clone(),
     }
 }
 

@@ -146,6 +146,7 @@ impl Reloader {
                     references: Some(Vec::new()),
                     trigger: rebased_core::Trigger::Poll,
                     all: true,
+                    sources: Vec::new(),
                 });
                 info!(images, "config reloaded");
             }

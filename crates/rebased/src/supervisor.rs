@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::contexts;
 use crate::ledger;
 use crate::live::Live;
 use crate::notify::Notifier;
@@ -183,12 +184,15 @@ async fn once(
         &never,
     )
     .await;
+    contexts::init(&live, &store).await;
     let round = Round {
         due: live.watched().into_iter().collect(),
         trigger: Trigger::Poll,
         all: true,
     };
-    poller.round(&round).await;
+    let sources = live.git_sources();
+    let due_sources: Vec<String> = sources.keys().cloned().collect();
+    poller.round(&round, &due_sources, &sources).await;
     dispatcher.run_until_idle(jobs_rx).await;
     flush(&store, "exit").await?;
     let failed = rebased_scheduler::dispatch::lock(&queue)
@@ -237,6 +241,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     // Cancelled once the dispatcher has ended: no signal can matter after.
     let stopped = CancellationToken::new();
     let api_shutdown = CancellationToken::new();
+    let context_reconciler = Arc::clone(&reconciler);
     let read_model = ReadModel::new(read_model::Parts {
         live: Arc::clone(&live),
         store: store.clone(),
@@ -275,6 +280,16 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     let registry = live.registry();
     ledger::import_all(&store, &registry, &cfg.image, &status, pulse, &shutdown).await;
     drop((cfg, registry));
+    // Watched contexts are hashed before the first round decides them.
+    contexts::init(&live, &store).await;
+    tasks.spawn(contexts::run(
+        contexts::Parts {
+            live: Arc::clone(&live),
+            store: store.clone(),
+            reconciler: Arc::clone(&context_reconciler),
+        },
+        shutdown.clone(),
+    ));
     let poll = (!shutdown.is_cancelled())
         .then(|| tasks.spawn(poller.run(check_rx, pulse, shutdown.clone())));
     tasks.spawn(reload::run(

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rebased_core::config::Bump;
+use rebased_core::config::{Bump, SourceBump};
 use rebased_core::{Digest, Trigger, Version};
 
 /// An image's inputs: each base's digest and, for a base that is an index,
@@ -13,6 +13,9 @@ pub struct Inputs {
     pub digests: BTreeMap<String, Digest>,
     /// Base reference -> platform -> child digest (only the image's platforms).
     pub platforms: BTreeMap<String, BTreeMap<String, Digest>>,
+    /// The source's revision: the commit of a git context, the content
+    /// hash of a watched local one; `None` for a local context not watched.
+    pub source: Option<String>,
 }
 
 impl Inputs {
@@ -21,13 +24,19 @@ impl Inputs {
         Self {
             digests,
             platforms: BTreeMap::new(),
+            source: None,
         }
     }
 
     /// Whether an image built from `self` is still fresh with `now`: the
-    /// same bases, and for each, the same child digests of the image's
-    /// platforms when both sides know them, else the same digest.
+    /// same source and the same bases ([`Inputs::same_bases_as`]).
     pub fn same_as(&self, now: &Inputs) -> bool {
+        self.source == now.source && self.same_bases_as(now)
+    }
+
+    /// The same bases, and for each, the same child digests of the image's
+    /// platforms when both sides know them, else the same digest.
+    pub fn same_bases_as(&self, now: &Inputs) -> bool {
         if self.digests.len() != now.digests.len() {
             return false;
         }
@@ -109,6 +118,34 @@ pub struct Change {
     pub moved: Vec<String>,
 }
 
+/// The source's move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceChange {
+    /// The revision the current version was built from (`None`: none recorded).
+    pub before: Option<String>,
+    /// The revision now.
+    pub after: String,
+}
+
+/// How the next version is made: `base` after a base change, `source`
+/// after a source change, the larger of the two when both changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bumps {
+    /// `bump`.
+    pub base: Bump,
+    /// `source_bump`.
+    pub source: SourceBump,
+}
+
+impl From<Bump> for Bumps {
+    fn from(base: Bump) -> Self {
+        Self {
+            base,
+            source: SourceBump::default(),
+        }
+    }
+}
+
 /// The verdict for one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -124,6 +161,9 @@ pub enum Decision {
         trigger: Trigger,
         /// Every base, before and after (unchanged ones included).
         changes: Vec<Change>,
+        /// The source, before and after, when the image has one
+        /// (unchanged included).
+        source: Option<SourceChange>,
     },
 }
 
@@ -134,13 +174,23 @@ pub enum Decision {
 /// current version was built from; then `bump` of the current version is
 /// built. A `Manual` trigger builds the next version even when nothing
 /// changed. `now` must hold a digest for every base of the image.
+///
+/// A changed source bumps by `bumps.source`, a changed base by
+/// `bumps.base`, both at once by the larger.
 pub fn decide(
     published: Option<Published<'_>>,
     first: &Version,
-    bump: Bump,
+    bumps: impl Into<Bumps>,
     now: &Inputs,
     trigger: Trigger,
 ) -> Decision {
+    let bumps = bumps.into();
+    let source_from = |before: Option<&String>| {
+        now.source.as_ref().map(|after| SourceChange {
+            before: before.cloned(),
+            after: after.clone(),
+        })
+    };
     let changes_from = |before: &Inputs| -> Vec<Change> {
         now.digests
             .iter()
@@ -158,14 +208,26 @@ pub fn decide(
             supersedes: None,
             trigger: Trigger::Initial,
             changes: changes_from(&Inputs::default()),
+            source: source_from(None),
         },
         Some(p) if p.inputs.same_as(now) && trigger != Trigger::Manual => Decision::Fresh,
-        Some(p) => Decision::Build {
-            version: bump.next(p.highest.max(p.version)),
-            supersedes: Some(*p.version),
-            trigger,
-            changes: changes_from(p.inputs),
-        },
+        Some(p) => {
+            let from = p.highest.max(p.version);
+            let source_moved = p.inputs.source != now.source;
+            let bases_moved = !p.inputs.same_bases_as(now);
+            let version = match (source_moved, bases_moved) {
+                (true, false) => bumps.source.next(from),
+                (true, true) => bumps.source.max(bumps.base.into()).next(from),
+                (false, _) => bumps.base.next(from),
+            };
+            Decision::Build {
+                version,
+                supersedes: Some(*p.version),
+                trigger,
+                changes: changes_from(p.inputs),
+                source: source_from(p.inputs.source.as_ref()),
+            }
+        }
     }
 }
 
@@ -194,6 +256,7 @@ mod tests {
                 supersedes,
                 trigger,
                 changes,
+                ..
             } => {
                 assert_eq!(version, v("1.0.0"));
                 assert_eq!(supersedes, None);
@@ -240,6 +303,7 @@ mod tests {
             supersedes,
             trigger,
             changes,
+            ..
         } = decide(Some(p), &v("1.0.0"), Bump::Patch, &now, Trigger::Webhook)
         else {
             panic!("must build");
@@ -287,6 +351,7 @@ mod tests {
                 "b".to_owned(),
                 select_platforms(&plat(amd, arm), &wanted),
             )]),
+            source: None,
         };
         let built = inputs('1', 'a', 'c');
         let cur = v("1.0.0");
@@ -338,6 +403,7 @@ mod tests {
                     &wanted,
                 ),
             )]),
+            source: None,
         };
         let built = inputs('1', 'a', 'c');
         let cur = v("1.0.0");
@@ -433,5 +499,56 @@ mod tests {
             decide(Some(p), &v("1.0.0"), Bump::Patch, &now, Trigger::Poll),
             Decision::Build { .. }
         ));
+    }
+
+    #[test]
+    fn a_source_change_bumps_source_bump_and_both_bump_the_larger() {
+        let with = |base: char, rev: &str| Inputs {
+            source: Some(rev.to_owned()),
+            ..bases(&[("a", base)])
+        };
+        let built = with('1', "c1");
+        let cur = v("1.4.2");
+        let p = Published {
+            version: &cur,
+            inputs: &built,
+            highest: &cur,
+        };
+        let bumps = |base, source| Bumps { base, source };
+        let version = |now: &Inputs, b: Bumps| match decide(Some(p), &cur, b, now, Trigger::Poll) {
+            Decision::Build {
+                version, source, ..
+            } => (version, source),
+            Decision::Fresh => panic!("must build"),
+        };
+        assert_eq!(
+            decide(Some(p), &cur, Bump::Patch, &with('1', "c1"), Trigger::Poll),
+            Decision::Fresh
+        );
+        let (ver, source) = version(&with('1', "c2"), bumps(Bump::Patch, SourceBump::Minor));
+        assert_eq!(ver, v("1.5.0"));
+        assert_eq!(
+            source,
+            Some(SourceChange {
+                before: Some("c1".to_owned()),
+                after: "c2".to_owned()
+            })
+        );
+        assert_eq!(
+            version(&with('2', "c1"), bumps(Bump::Patch, SourceBump::Minor)).0,
+            v("1.4.3")
+        );
+        assert_eq!(
+            version(&with('2', "c2"), bumps(Bump::Revision, SourceBump::Minor)).0,
+            v("1.5.0")
+        );
+        assert_eq!(
+            version(&with('2', "c2"), bumps(Bump::Patch, SourceBump::Revision)).0,
+            v("1.4.3")
+        );
+        assert_eq!(
+            version(&with('1', "c2"), bumps(Bump::Patch, SourceBump::Revision)).0,
+            v("1.4.2-r1")
+        );
     }
 }

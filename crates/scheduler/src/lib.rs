@@ -19,5 +19,7 @@ pub mod queue;
 pub mod schedule;
 pub mod settle;
 
-pub use decide::{decide, select_platforms, Change, Decision, Inputs, Published};
+pub use decide::{
+    decide, select_platforms, Bumps, Change, Decision, Inputs, Published, SourceChange,
+};
 pub use schedule::next_after;

@@ -7,38 +7,48 @@ use chrono::{DateTime, Utc};
 use rebased_core::Digest;
 use serde::{Deserialize, Serialize};
 
-/// What is known of one base's digest.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Watch {
+/// What is known of one base's digest (or, `T = String`, of a source's
+/// commit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch<T = Digest> {
     /// The digest that held: what builds use.
-    pub settled: Option<Digest>,
+    pub settled: Option<T>,
     /// A different digest seen, and since when.
-    pub pending: Option<(Digest, DateTime<Utc>)>,
+    pub pending: Option<(T, DateTime<Utc>)>,
+}
+
+impl<T> Default for Watch<T> {
+    fn default() -> Self {
+        Self {
+            settled: None,
+            pending: None,
+        }
+    }
 }
 
 /// What one observation means.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observation {
+pub enum Observation<T = Digest> {
     /// Nothing new.
     Unchanged,
     /// First sight of this base: taken as settled at once.
-    First(Digest),
+    First(T),
     /// A new digest is waiting to settle; check again at this time.
     Waiting(DateTime<Utc>),
     /// A new digest held for the settle time.
     Settled {
         /// The digest before.
-        before: Option<Digest>,
+        before: Option<T>,
         /// The digest now.
-        after: Digest,
+        after: T,
     },
     /// A pending digest flipped back to the settled one: nothing happens.
     Reverted,
 }
 
-impl Watch {
+impl<T: Clone + PartialEq> Watch<T> {
     /// Folds in a digest seen at `now`.
-    pub fn observe(&mut self, seen: &Digest, now: DateTime<Utc>, settle: Duration) -> Observation {
+    pub fn observe(&mut self, seen: &T, now: DateTime<Utc>, settle: Duration) -> Observation<T> {
         let settle = chrono::Duration::from_std(settle).unwrap_or(chrono::Duration::MAX);
         match &self.settled {
             None => {

@@ -52,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             reason: None,
             supersedes: None,
             job: None,
+            source: None,
         };
         store.import(&format!("img-{i}"), &[rec], Some(v1))?;
         if (i + 1) % (images / 5).max(1) == 0 {

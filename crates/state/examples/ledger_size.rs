@@ -61,6 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .checked_sub(1)
                 .and_then(|p| Version::parse(&format!("1.0.{p}")).ok()),
             job: Some(n),
+            source: None,
         };
         store.publish(&image, &rec, None)?;
     }

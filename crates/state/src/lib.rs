@@ -103,6 +103,45 @@ impl BaseRecord {
     }
 }
 
+/// What is known about one source: a git repository at a ref.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    /// The key: the repository's URL and the ref (`URL#REF`, the ref
+    /// `HEAD` when none is named).
+    pub key: String,
+    /// The URL without credentials.
+    pub url: String,
+    /// The ref.
+    pub reference: String,
+    /// The commit that held: what builds use.
+    pub commit: Option<String>,
+    /// A different commit seen but not yet settled, and since when.
+    #[serde(default)]
+    pub pending: Option<(String, DateTime<Utc>)>,
+    /// When it was last looked up.
+    pub checked_at: Option<DateTime<Utc>>,
+    /// When the commit last changed.
+    pub changed_at: Option<DateTime<Utc>>,
+    /// The error of the last look-up or checkout, if it failed.
+    pub error: Option<String>,
+}
+
+impl SourceRecord {
+    /// A record for a source never looked up.
+    pub fn new(key: &str, url: &str, reference: &str) -> Self {
+        Self {
+            key: key.to_owned(),
+            url: url.to_owned(),
+            reference: reference.to_owned(),
+            commit: None,
+            pending: None,
+            checked_at: None,
+            changed_at: None,
+            error: None,
+        }
+    }
+}
+
 /// One image's standing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -124,6 +163,9 @@ pub struct ImageRecord {
     /// platforms (a new architecture upstream does not retry a failing image).
     #[serde(default)]
     pub failed_platforms: BTreeMap<String, BTreeMap<String, Digest>>,
+    /// With `failed_inputs`: the source revision the failed job had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_source: Option<String>,
     /// The ledger was read from the registry (or found empty there): the
     /// registry's versions need not be imported again.
     #[serde(default)]
@@ -141,6 +183,7 @@ impl ImageRecord {
             updated_at: Utc::now(),
             failed_inputs: None,
             failed_platforms: BTreeMap::new(),
+            failed_source: None,
             ledger_synced: false,
         }
     }
@@ -168,6 +211,18 @@ pub struct Reason {
     pub trigger: Trigger,
     /// Every base, before and after.
     pub bases: Vec<BaseChange>,
+    /// The source's revision, before and after, when the image has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceChange>,
+}
+
+/// The source's move between two versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceChange {
+    /// The revision of the superseded version (`None`: none recorded).
+    pub before: Option<String>,
+    /// The revision of the new version.
+    pub after: String,
 }
 
 /// One published version.
@@ -202,6 +257,11 @@ pub struct VersionRecord {
     /// The job that published it (absent for versions read back from the registry).
     #[serde(default)]
     pub job: Option<JobId>,
+    /// The source's revision it was built from: the commit of a git
+    /// context (`org.opencontainers.image.revision`), the content hash of
+    /// a watched local one (`io.rebased.context`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// An operator moved an image's floating tags back to an earlier version.
@@ -222,6 +282,7 @@ pub struct RollbackEvent {
 pub struct Store {
     db: sled::Db,
     bases: sled::Tree,
+    sources: sled::Tree,
     images: sled::Tree,
     versions: sled::Tree,
     jobs: sled::Tree,
@@ -277,6 +338,7 @@ impl Store {
         Ok(Self {
             rollbacks: tree("rollbacks")?,
             bases: tree("bases")?,
+            sources: tree("sources")?,
             images: tree("images")?,
             versions: tree("versions")?,
             jobs: tree("jobs")?,
@@ -305,6 +367,26 @@ impl Store {
             record.reference.as_bytes(),
             record,
             &format!("base {}", record.reference),
+        )
+    }
+
+    /// The record of source `key`.
+    pub fn source(&self, key: &str) -> Result<Option<SourceRecord>, StateError> {
+        get(&self.sources, key.as_bytes(), &format!("source {key}"))
+    }
+
+    /// Every source record, ordered by key.
+    pub fn sources(&self) -> Result<Vec<SourceRecord>, StateError> {
+        all(&self.sources, "sources")
+    }
+
+    /// Stores a source record.
+    pub fn put_source(&self, record: &SourceRecord) -> Result<(), StateError> {
+        put(
+            &self.sources,
+            record.key.as_bytes(),
+            record,
+            &format!("source {}", record.key),
         )
     }
 
@@ -421,6 +503,7 @@ impl Store {
             image.last_error = None;
             image.failed_inputs = None;
             image.failed_platforms.clear();
+            image.failed_source = None;
             image.updated_at = Utc::now();
             let bytes = serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?;
             images.insert(name.as_bytes(), bytes)?;
@@ -522,6 +605,7 @@ impl Store {
                         rec.reason = Some(Reason {
                             trigger: Trigger::Rollback,
                             bases: Vec::new(),
+                            source: None,
                         });
                         versions.insert(
                             k,
@@ -773,6 +857,7 @@ mod tests {
             reason: None,
             supersedes: None,
             job: None,
+            source: None,
         }
     }
 
@@ -893,6 +978,7 @@ mod tests {
                     after: digest('2'),
                     moved: Vec::new(),
                 }],
+                source: None,
             };
             store
                 .publish("app", &version("1.0.1", 'b', '2'), Some(reason.clone()))

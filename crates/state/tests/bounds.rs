@@ -35,6 +35,7 @@ fn record(patch: u64) -> VersionRecord {
             .checked_sub(1)
             .map(|p| Version::parse(&format!("1.0.{p}")).unwrap()),
         job: Some(patch),
+        source: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Watching bases: each unique base reference is checked once per cycle,
 //! however many images use it, with a bound on requests in flight.
 
+pub mod push;
 pub mod webhook;
 
 use std::collections::BTreeSet;

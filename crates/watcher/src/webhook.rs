@@ -30,6 +30,8 @@ pub const SOURCES: &[&str] = &[
     "github",
     "acr",
     "generic",
+    "gitlab",
+    "gitea",
 ];
 
 /// Why a payload was refused.

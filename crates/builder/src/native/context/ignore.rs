@@ -49,6 +49,12 @@ impl Ignore {
         Ok(Ignore { rules })
     }
 
+    /// Whether any rule includes again (`!pattern`): then an excluded
+    /// directory may still hold visible paths.
+    pub(super) fn has_exceptions(&self) -> bool {
+        self.rules.iter().any(|r| r.include)
+    }
+
     /// Whether `path` (non-empty, relative to the root) is excluded: a rule
     /// matches a path or any of its parents.
     pub(super) fn excluded(&self, path: &[&str]) -> bool {

@@ -13,10 +13,12 @@
 //!
 //! By concern: `copy.rs` resolves one `COPY`/`ADD` into layer entries,
 //! `ignore.rs` is the `.dockerignore` and glob engine, `archive.rs` unpacks
-//! the local archives `ADD` is given.
+//! the local archives `ADD` is given, `hash.rs` is the content hash a
+//! watched context is versioned by.
 
 mod archive;
 mod copy;
+mod hash;
 mod ignore;
 
 use std::fs;
