@@ -169,6 +169,38 @@ fn rollback_holds_until_resume_then_the_next_version_supersedes_the_held_one() {
     assert_eq!(v("1.0.0")["superseded_by"], "1.0.2");
     assert_eq!(v("1.0.1")["superseded_by"], "1.0.0");
     assert_eq!(v("1.0.1")["reason"]["trigger"], "rollback");
+    // The ledger is append-only: 1.0.0's first supersession (by 1.0.1,
+    // after a base update) stays beside the one by 1.0.2.
+    let history = |name: &str| -> Vec<(String, String)> {
+        v(name)["supersessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["by"].as_str().unwrap().to_owned(),
+                    s["reason"]["trigger"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        history("1.0.0"),
+        [pair("1.0.1", "poll"), pair("1.0.2", "poll")],
+        "{img:#}"
+    );
+    assert_eq!(
+        v("1.0.0")["supersessions"][0]["reason"]["bases"][0]["before"],
+        v("1.0.0")["bases"][format!("{}/base:latest", s.host())],
+        "with the base change of the time"
+    );
+    assert_eq!(history("1.0.1"), [pair("1.0.0", "rollback")]);
+    let table = daemon.cli(&["image", "app"]);
+    assert!(
+        table.contains("superseded more than once:") && table.contains("1.0.0    1.0.1"),
+        "{table}"
+    );
     assert_eq!(
         s.registry.raw_manifest("app:1.0.2")["annotations"]["io.rebased.supersedes"],
         "1.0.0"

@@ -112,6 +112,23 @@ pub struct VersionView {
     /// The version it replaced.
     #[schema(value_type = Option<String>)]
     pub supersedes: Option<Version>,
+    /// Every time it was superseded, oldest first (the ledger is
+    /// append-only: a rollback to it and a later build add one each);
+    /// `superseded_by`, `superseded_at` and `reason` are the last of these.
+    #[serde(default)]
+    pub supersessions: Vec<SupersessionView>,
+}
+
+/// One time a version was superseded.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SupersessionView {
+    /// The version current after it.
+    #[schema(value_type = String)]
+    pub by: Version,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why.
+    pub reason: ReasonView,
 }
 
 /// A rollback of an image.

@@ -327,6 +327,28 @@ pub fn image(c: &Client, name: &str) -> Result<String> {
             ],
             &rows,
         ));
+        // The table shows each version's latest supersession; a version
+        // superseded more than once (a rollback to it, then a new build)
+        // has its whole history here.
+        let again: Vec<Vec<String>> = v
+            .versions
+            .iter()
+            .filter(|ver| ver.supersessions.len() > 1)
+            .flat_map(|ver| {
+                ver.supersessions.iter().map(move |s| {
+                    vec![
+                        ver.version.to_string(),
+                        s.by.to_string(),
+                        time(&s.at),
+                        reason(Some(&s.reason)),
+                    ]
+                })
+            })
+            .collect();
+        if !again.is_empty() {
+            out.push_str("\nsuperseded more than once:\n");
+            out.push_str(&table(&["VERSION", "BY", "AT", "REASON"], &again));
+        }
         if !v.rollbacks.is_empty() {
             out.push_str("\nrollbacks:\n");
             let rows: Vec<Vec<String>> = v

@@ -11,7 +11,7 @@ use rebased_api::metrics::Metrics;
 use rebased_api::{
     Accepted, ActionError, ApiError, Backend, BaseChangeView, BaseView, BoxFuture, CheckRequest,
     ImageBaseView, ImageView, JobReasonView, JobView, PendingView, ReasonView, RollbackView,
-    StatusView, VersionView, WebhookReply,
+    StatusView, SupersessionView, VersionView, WebhookReply,
 };
 use rebased_core::config::ImageConfig;
 use rebased_core::job::{Job, JobState};
@@ -106,6 +106,7 @@ impl ReadModel {
         let name = image.name.as_str();
         let record = self.store.image(name).map_err(internal)?;
         let versions = self.store.versions(name).map_err(internal)?;
+        let mut history = self.store.supersessions(name).map_err(internal)?;
         let current = record.as_ref().and_then(|r| r.current);
         let current_digest = current
             .and_then(|c| versions.iter().find(|v| v.version == c))
@@ -155,30 +156,60 @@ impl ReadModel {
             last_error: record.and_then(|r| r.last_error),
             versions: versions
                 .into_iter()
-                .map(|v| VersionView {
-                    version: v.version,
-                    digest: v.digest,
-                    built_at: v.built_at,
-                    trigger: v.trigger,
-                    bases: v.bases,
-                    superseded_by: v.superseded_by,
-                    superseded_at: v.superseded_at,
-                    supersedes: v.supersedes,
-                    reason: v.reason.map(|r| ReasonView {
-                        trigger: r.trigger,
-                        bases: r
-                            .bases
-                            .into_iter()
-                            .map(|b| BaseChangeView {
-                                reference: b.reference,
-                                before: b.before,
-                                after: b.after,
-                            })
-                            .collect(),
-                    }),
+                .map(|v| {
+                    let mut supersessions: Vec<SupersessionView> = history
+                        .remove(&v.version)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|s| SupersessionView {
+                            by: s.by,
+                            at: s.at,
+                            reason: reason_view(s.reason),
+                        })
+                        .collect();
+                    // A version read back from the registry has its one
+                    // supersession in the record, not in events.
+                    if supersessions.is_empty() {
+                        if let (Some(by), Some(at), Some(r)) =
+                            (v.superseded_by, v.superseded_at, v.reason.clone())
+                        {
+                            supersessions.push(SupersessionView {
+                                by,
+                                at,
+                                reason: reason_view(r),
+                            });
+                        }
+                    }
+                    VersionView {
+                        version: v.version,
+                        digest: v.digest,
+                        built_at: v.built_at,
+                        trigger: v.trigger,
+                        bases: v.bases,
+                        superseded_by: v.superseded_by,
+                        superseded_at: v.superseded_at,
+                        supersedes: v.supersedes,
+                        reason: v.reason.map(reason_view),
+                        supersessions,
+                    }
                 })
                 .collect(),
         })
+    }
+}
+
+fn reason_view(r: rebased_state::Reason) -> ReasonView {
+    ReasonView {
+        trigger: r.trigger,
+        bases: r
+            .bases
+            .into_iter()
+            .map(|b| BaseChangeView {
+                reference: b.reference,
+                before: b.before,
+                after: b.after,
+            })
+            .collect(),
     }
 }
 

@@ -264,24 +264,17 @@ impl Reconciler {
             .image(name)
             .ok_or_else(|| ActionError::NotFound(format!("no image {name:?}")))?;
         let internal = |e: StateError| ActionError::Internal(e.to_string());
-        let state = self
-            .store
-            .image(name)
-            .map_err(internal)?
-            .map_or(ImageState::Stale, |r| r.state);
-        if state != ImageState::Held {
+        if self.store.resume(name).map_err(internal)?.is_none() {
+            let state = self
+                .store
+                .image(name)
+                .map_err(internal)?
+                .map_or(ImageState::Stale, |r| r.state);
             return Err(ActionError::Conflict {
                 image: name.to_owned(),
                 conflict: Conflict::NotHeld(state.to_string()),
             });
         }
-        self.store
-            .update_image(name, |r| {
-                if r.state == ImageState::Held {
-                    r.state = ImageState::Fresh;
-                }
-            })
-            .map_err(internal)?;
         info!(image = %name, "resumed");
         let bases = self
             .live
