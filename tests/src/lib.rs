@@ -729,6 +729,22 @@ impl Daemon {
         }
     }
 
+    /// Runs a CLI client command against this daemon, whatever its exit:
+    /// the exit code, stdout and stderr.
+    pub fn cli_output(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(rebased_bin())
+            .args(args)
+            .arg("--api")
+            .arg(&self.api)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Runs a CLI client command against this daemon; returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(rebased_bin())

@@ -141,6 +141,18 @@ fn rollback_holds_until_resume_then_the_next_version_supersedes_the_held_one() {
     assert_eq!(image(&daemon)["state"], "held");
     assert!(floating_on(&s, &v100));
 
+    // A rebuild of a held image is refused, saying how to go on.
+    let (code, _, err) = daemon.cli_output(&["rebuild", "app"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("409")
+            && err.contains("app is held (rolled back to 1.0.0)")
+            && err.contains("`rebased resume app`")
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(image(&daemon)["state"], "held");
+
     let table = daemon.cli(&["image", "app"]);
     assert!(table.contains("app: held, current 1.0.0"), "{table}");
     assert!(
@@ -148,8 +160,17 @@ fn rollback_holds_until_resume_then_the_next_version_supersedes_the_held_one() {
         "{table}"
     );
 
-    daemon.cli(&["resume", "app"]);
+    let out = daemon.cli(&["resume", "app"]);
+    let queued = out
+        .split("queued as job ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("resume names the job it queued: {out}"))
+        .trim()
+        .to_owned();
     daemon.wait_version("app", "1.0.2", WAIT);
+    let job = daemon.get(&format!("/v1/jobs/{queued}"));
+    assert_eq!(job["published"], "1.0.2", "{job:#}");
+    assert_eq!(job["attempts"], 1, "attempts count from 1: {job:#}");
     let v102 = s.registry.digest("app:1.0.2").unwrap();
     assert!(floating_on(&s, &v102));
     let img = image(&daemon);
@@ -206,6 +227,40 @@ fn rollback_holds_until_resume_then_the_next_version_supersedes_the_held_one() {
         "1.0.0"
     );
     assert_eq!(img["rollbacks"].as_array().unwrap().len(), 1);
+
+    // Held again: --force builds anyway and says so; the hold stays.
+    daemon.cli(&["rollback", "app", "--to", "1.0.1"]);
+    let out = daemon.cli(&["rebuild", "app", "--force"]);
+    assert!(
+        out.contains("rebuild of app queued as job ") && out.contains("forced: app is held"),
+        "{out}"
+    );
+    rebased_e2e::wait_for("the forced build", WAIT, || {
+        (image(&daemon)["current_version"] == "1.0.3").then_some(())
+    });
+    assert_eq!(image(&daemon)["state"], "held", "the hold stays");
+    let v103 = rebased_e2e::wait_for("the tags", WAIT, || s.registry.digest("app:1.0.3"));
+    rebased_e2e::wait_for("the floating tags on 1.0.3", WAIT, || {
+        floating_on(&s, &v103).then_some(())
+    });
+    let out = daemon.cli(&["resume", "app"]);
+    assert!(out.contains("app builds automatically again"), "{out}");
+    let out = daemon.cli(&["rebuild", "app"]);
+    let id = out
+        .trim()
+        .strip_prefix("rebuild of app queued as job ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let job = rebased_e2e::wait_for("the rebuild to end", WAIT, || {
+        let j = daemon.get(&format!("/v1/jobs/{id}"));
+        (j["state"] != "queued" && j["state"] != "running").then_some(j)
+    });
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let published = job["published"].as_str().unwrap().to_owned();
+    assert_eq!(published, "1.0.4", "a manual rebuild builds: {job:#}");
+    let (code, _, err) = daemon.cli_output(&["log", "999"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404"), "a job that does not exist: {err}");
 }
 
 #[test]

@@ -206,7 +206,8 @@ pub struct JobView {
     pub trigger: Trigger,
     /// Every reason merged into it.
     pub reasons: Vec<JobReasonView>,
-    /// Failed attempts so far.
+    /// Attempts made, counted from 1: the failed ones and the one running
+    /// (or that succeeded); 0 while the first has not started.
     pub attempts: u32,
     /// Not started before.
     pub not_before: DateTime<Utc>,
@@ -221,6 +222,9 @@ pub struct JobView {
     /// The version it published.
     #[schema(value_type = Option<String>)]
     pub published: Option<Version>,
+    /// Why a finished job published nothing (already fresh, held).
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// A digest seen but not yet settled.
@@ -268,10 +272,21 @@ pub struct CheckRequest {
 /// An accepted action.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Accepted {
-    /// `"accepted"`.
+    /// `"accepted"` (`"resumed"` for a resume).
     pub status: String,
     /// What was done.
     pub detail: String,
+    /// The job it queued (or merged into), when it queued one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<u64>,
+}
+
+/// The query of `POST /v1/images/{name}/rebuild`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+pub struct RebuildQuery {
+    /// Build even a held (rolled back) image; it stays held.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// The answer to a webhook.
@@ -376,6 +391,14 @@ pub enum Conflict {
     /// It is not held, so there is nothing to resume.
     #[error("is not held (it is {0})")]
     NotHeld(String),
+    /// It is held (rolled back): nothing builds it until it is resumed.
+    #[error("is held (rolled back to {version}): `rebased resume {image}` ends the hold, `rebased rebuild {image} --force` builds it anyway")]
+    Held {
+        /// The image, for the commands in the hint.
+        image: String,
+        /// The version it was rolled back to.
+        version: String,
+    },
 }
 
 impl From<ActionError> for ApiError {
@@ -423,8 +446,13 @@ pub trait Backend: Send + Sync + 'static {
     fn bases(&self) -> Result<Vec<BaseView>, ApiError>;
     /// Check bases now.
     fn check(&self, req: CheckRequest) -> Result<Accepted, ActionError>;
-    /// Queue a rebuild of `name`, even if it is fresh or failing.
-    fn rebuild(&self, name: &str) -> Result<Accepted, ActionError>;
+    /// Queue a rebuild of `name`, even if it is fresh or failing; a held
+    /// image only when `force`.
+    fn rebuild<'a>(
+        &'a self,
+        name: &'a str,
+        force: bool,
+    ) -> BoxFuture<'a, Result<Accepted, ActionError>>;
     /// Roll `name` back to version `to` and hold it.
     fn rollback<'a>(
         &'a self,
@@ -589,12 +617,13 @@ async fn resume(
     Ok(Json(b.resume(&name).await?))
 }
 
-#[utoipa::path(post, path = "/v1/images/{name}/rebuild", params(("name" = String, Path, description = "Image name")), responses((status = 202, description = "Rebuild queued", body = Accepted), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/images/{name}/rebuild", params(("name" = String, Path, description = "Image name"), RebuildQuery), responses((status = 202, description = "Rebuild queued (`job` names it)", body = Accepted), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is held (rolled back); `?force=true` builds it anyway", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
 async fn rebuild(
     State(b): State<Shared>,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RebuildQuery>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(b.rebuild(&name)?)))
+    Ok((StatusCode::ACCEPTED, Json(b.rebuild(&name, q.force).await?)))
 }
 
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Ready"), (status = 503, description = "Not ready", body = ApiError)))]
@@ -768,6 +797,13 @@ mod tests {
             (ActionError::NotFound("no image \"web\"".into()), 404),
             (conflict(Conflict::Building), 409),
             (conflict(Conflict::NotHeld("fresh".into())), 409),
+            (
+                conflict(Conflict::Held {
+                    image: "web".into(),
+                    version: "1.0.0".into(),
+                }),
+                409,
+            ),
             (ActionError::BadRequest("bad version".into()), 400),
             (ActionError::Unavailable("stopping".into()), 503),
             (ActionError::Upstream("registry refused".into()), 502),

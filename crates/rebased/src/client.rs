@@ -410,10 +410,11 @@ pub fn log(c: &Client, job: u64) -> Result<String> {
     c.get_text(&format!("/v1/jobs/{job}/log"))
 }
 
-/// `rebased rebuild NAME`.
-pub fn rebuild(c: &Client, name: &str) -> Result<String> {
+/// `rebased rebuild NAME [--force]`.
+pub fn rebuild(c: &Client, name: &str, force: bool) -> Result<String> {
+    let query = if force { "?force=true" } else { "" };
     c.post(
-        &format!("/v1/images/{name}/rebuild"),
+        &format!("/v1/images/{name}/rebuild{query}"),
         None::<&()>,
         |a: Accepted| format!("{}\n", a.detail),
     )

@@ -90,10 +90,13 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
-    /// Queue a rebuild of an image now.
+    /// Queue a rebuild of an image now; prints the job's id.
     Rebuild {
         /// The image's name.
         name: String,
+        /// Build even if the image is held (rolled back); it stays held.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         api: client::ApiArgs,
     },
@@ -139,7 +142,9 @@ fn main() -> ExitCode {
         Command::Image { name, api } => client_cmd(&api, |c| client::image(c, &name)),
         Command::Jobs { api } => client_cmd(&api, client::jobs),
         Command::Log { job, api } => client_cmd(&api, |c| client::log(c, job)),
-        Command::Rebuild { name, api } => client_cmd(&api, |c| client::rebuild(c, &name)),
+        Command::Rebuild { name, force, api } => {
+            client_cmd(&api, |c| client::rebuild(c, &name, force))
+        }
         Command::Rollback { name, to, api } => {
             client_cmd(&api, |c| client::rollback(c, &name, &to))
         }

@@ -34,8 +34,8 @@ pub fn backoff(attempt: u32) -> Duration {
 pub enum Outcome {
     /// A version was published (children cascade).
     Published(rebased_core::Version),
-    /// The image was already fresh: nothing to do.
-    Fresh,
+    /// Nothing was published, and why (already fresh, held).
+    Fresh(String),
     /// The attempt failed.
     Failed(Failure),
     /// The attempt was cancelled (shutdown): it runs again after restart.
@@ -177,8 +177,9 @@ impl Queue {
                 job.finished_at = Some(now);
                 Finished::Done
             }
-            Outcome::Fresh => {
+            Outcome::Fresh(why) => {
                 job.state = JobState::Succeeded;
+                job.note = Some(why.clone());
                 job.error = None;
                 job.finished_at = Some(now);
                 Finished::Done
@@ -341,6 +342,7 @@ pub fn reason(trigger: Trigger, at: DateTime<Utc>, detail: impl Into<String>) ->
         trigger,
         at,
         detail: detail.into(),
+        force: false,
     }
 }
 
@@ -437,7 +439,7 @@ mod tests {
             q.start(*id, at(0));
         }
         assert!(q.runnable(at(0), 2, &g).is_empty(), "limit reached");
-        q.finish(first[0], &Outcome::Fresh, at(1), 5);
+        q.finish(first[0], &Outcome::Fresh("fresh".into()), at(1), 5);
         assert_eq!(q.runnable(at(1), 2, &g).len(), 1);
     }
 

@@ -1319,6 +1319,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let reason = rebased_core::job::JobReason {
             trigger: Trigger::Poll,
+            force: false,
             at: Utc::now(),
             detail: "base moved".to_owned(),
         };

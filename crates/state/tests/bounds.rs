@@ -82,6 +82,7 @@ fn jobs_that_come_and_go_do_not_grow_the_database() {
     let store = Store::open(dir.path()).unwrap();
     let reason = JobReason {
         trigger: Trigger::Poll,
+        force: false,
         at: Utc::now(),
         detail: "base changed".to_owned(),
     };
