@@ -4,15 +4,21 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rebased_core::config::{Config, ImageConfig, Repository};
 use rebased_core::dockerfile::Dockerfile;
 use rebased_core::ImageRef;
 
 /// Reads and validates the config; errors read `FILE:LINE:COLUMN: key K: why`.
 pub fn load(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "config file {} does not exist (without --config, rebased reads {DEFAULT_CONFIG}): pass --config FILE",
+            path.display()
+        ),
+        Err(e) => bail!("cannot read config {}: {e}", path.display()),
+    };
     let mut cfg = Config::parse(&text).map_err(|e| {
         let key = e.key.map(|k| format!("key {k}: ")).unwrap_or_default();
         anyhow!(
@@ -79,6 +85,9 @@ pub struct ParsedDockerfile {
     pub model: Dockerfile,
 }
 
+/// The config file read without `--config`.
+pub const DEFAULT_CONFIG: &str = "/etc/rebased/rebased.toml";
+
 /// Reads and parses `path` with `build_args`; errors read `FILE:LINE: why`.
 pub fn read_dockerfile(
     path: &Path,
@@ -91,6 +100,26 @@ pub fn read_dockerfile(
     Ok(ParsedDockerfile { text, model })
 }
 
+/// Reads and parses `image`'s Dockerfile; a context directory that does
+/// not exist is said to be that (not an unreadable Dockerfile).
+pub fn read_image_dockerfile(image: &ImageConfig) -> Result<ParsedDockerfile> {
+    let context = &image.context;
+    match std::fs::metadata(context) {
+        Ok(m) if !m.is_dir() => bail!(
+            "image {}: context {} is not a directory",
+            image.name,
+            context.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "image {}: context directory {} does not exist",
+            image.name,
+            context.display()
+        ),
+        _ => {}
+    }
+    read_dockerfile(&image.dockerfile_path(), &image.build_args)
+}
+
 /// The external bases of a Dockerfile.
 pub fn dockerfile_bases(
     path: &Path,
@@ -101,7 +130,7 @@ pub fn dockerfile_bases(
 
 /// The external bases of an image.
 pub fn image_bases(image: &ImageConfig) -> Result<Vec<ImageRef>> {
-    dockerfile_bases(&image.dockerfile_path(), &image.build_args)
+    Ok(read_image_dockerfile(image)?.model.bases())
 }
 
 /// The dependency graph of the config's images (an image built FROM another

@@ -164,7 +164,7 @@ impl Live {
 
     /// Reads and parses an image's Dockerfile now.
     pub fn plan(&self, image: &ImageConfig) -> Result<Plan> {
-        let p = config::read_dockerfile(&image.dockerfile_path(), &image.build_args)?;
+        let p = config::read_image_dockerfile(image)?;
         let bases = p.model.bases();
         Ok(Plan {
             text: p.text,
@@ -194,7 +194,7 @@ impl Live {
                 }
             }
         }
-        let p = config::read_dockerfile(&path, &image.build_args)?;
+        let p = config::read_image_dockerfile(image)?;
         let bases = p.model.bases();
         let mut cache = lock(&self.plans);
         let bases = match cache.interned.get(bases.as_slice()) {

@@ -46,19 +46,20 @@ enum Command {
     /// Run the daemon.
     Run {
         /// The config file.
-        #[arg(long, short, default_value = "/etc/rebased/rebased.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// One check and the builds it causes, then exit (non-zero if a build failed).
+    /// One check and the builds it causes, then exit: 1 when a base could
+    /// not be checked, a Dockerfile could not be read or a build failed.
     Once {
         /// The config file.
-        #[arg(long, short, default_value = "/etc/rebased/rebased.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate the config and print the plan: images, bases, build order.
     CheckConfig {
         /// The config file.
-        #[arg(long, short, default_value = "/etc/rebased/rebased.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Show the daemon's status.
@@ -178,9 +179,15 @@ fn daemon(config_file: PathBuf, mode: supervisor::Mode) -> ExitCode {
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(supervisor::Exit::Clean) => ExitCode::SUCCESS,
-        Ok(supervisor::Exit::BuildFailed) => ExitCode::FAILURE,
+        Ok(supervisor::Exit::Failed(problems)) => {
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            ExitCode::FAILURE
+        }
+        // Said once, on stderr (where the text log goes, and what the
+        // journal records under systemd).
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
@@ -211,9 +218,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("config {} is valid", path.display());
+    println!("config {}", path.display());
     println!("poll: {}", cfg.daemon.poll.as_str());
-    let mut failed = false;
+    let mut failed = 0;
     for (i, image) in cfg.image.iter().enumerate() {
         println!(
             "{}. {} -> {} (first version {})",
@@ -229,15 +236,21 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 }
             }
             Err(e) => {
-                failed = true;
+                failed += 1;
                 println!("   error: {e:#}");
             }
         }
     }
     println!("build order: {}", graph.order().join(", "));
-    if failed {
+    if failed > 0 {
+        let images = if failed == 1 { "image" } else { "images" };
+        eprintln!(
+            "error: config {} is not valid: {failed} {images} cannot be built as configured (see above)",
+            path.display()
+        );
         ExitCode::from(2)
     } else {
+        println!("config {} is valid", path.display());
         ExitCode::SUCCESS
     }
 }

@@ -35,6 +35,13 @@ pub enum StateError {
         /// The cause.
         source: sled::Error,
     },
+    /// Another process holds the database's lock (another rebased on the
+    /// same state directory).
+    #[error("state database {path} is locked by another process")]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
+    },
     /// A read or write failed.
     #[error("state {what}: {source}")]
     Db {
@@ -338,7 +345,18 @@ impl Store {
             .path(dir)
             .cache_capacity(CACHE_BYTES)
             .open()
-            .map_err(open_err)?;
+            .map_err(|e| match e {
+                // sled words the lock's EWOULDBLOCK into an io::Error of its own.
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StateError::Locked {
+                        path: dir.to_owned(),
+                    }
+                }
+                e => open_err(e),
+            })?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
         let meta = tree("meta")?;
         match meta.get("schema").map_err(open_err)? {
@@ -1020,6 +1038,21 @@ mod tests {
             supersedes: None,
             job: None,
         }
+    }
+
+    #[test]
+    fn a_locked_database_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _held = Store::open(dir.path()).expect("first");
+        let err = Store::open(dir.path()).err().expect("second refused");
+        assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state database {} is locked by another process",
+                dir.path().display()
+            )
+        );
     }
 
     #[test]

@@ -441,16 +441,27 @@ impl Transport {
 }
 
 fn unreachable(target: &ImageRef, e: &reqwest::Error) -> RegistryError {
+    let cause = chain(e);
+    if speaks_plain_http(&cause) {
+        let host = target.registry();
+        return error(
+            target,
+            ErrorKind::Unreachable,
+            format!("{host} answers plain http: set `insecure = true` under [registries.\"{host}\"] (TLS handshake: {cause})"),
+        );
+    }
     let what = if e.is_timeout() {
         "timed out"
     } else {
         "cannot connect"
     };
-    error(
-        target,
-        ErrorKind::Unreachable,
-        format!("{what}: {}", chain(e)),
-    )
+    error(target, ErrorKind::Unreachable, format!("{what}: {cause}"))
+}
+
+/// True when a TLS handshake failed because the server answered in plain
+/// http (rustls reads the reply as a record of an invalid content type).
+fn speaks_plain_http(cause: &str) -> bool {
+    cause.contains("InvalidContentType") || cause.contains("corrupt message")
 }
 
 /// How long to wait before attempt `attempt + 1` after `resp`: a 5xx
