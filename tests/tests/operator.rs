@@ -234,3 +234,40 @@ fn plain_http_without_insecure_says_to_set_it() {
         "{err}"
     );
 }
+
+/// The log written to a file: no colours, values as users write them, and
+/// the per-round line at DEBUG unless something changed.
+#[test]
+fn a_log_file_reads_as_plain_text() {
+    let s = Setup::new();
+    let host = s.host();
+    let ctx = s.context(
+        "app",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"0s\"",
+        &image_table("app", &ctx, &format!("{host}/app"), "tags = [\"latest\"]"),
+    );
+    let daemon = s.start_with_env(&[("RUST_LOG", "info")]);
+    daemon.wait_version("app", "1.0.0", WAIT);
+    s.bases.push(&s.registry, "base:latest", "v2");
+    daemon.wait_version("app", "1.0.1", WAIT);
+    // Quiet rounds: a second per round.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = daemon.log_text();
+    assert!(!log.contains('\u{1b}'), "no ANSI escapes in a file:\n{log}");
+    for debug_form in ["Some(", "Version {", "Os {", "Published("] {
+        assert!(!log.contains(debug_form), "{debug_form} in:\n{log}");
+    }
+    assert!(
+        log.contains("outcome=published 1.0.1") || log.contains("outcome=\"published 1.0.1\""),
+        "{log}"
+    );
+    assert!(log.contains("from=sha256:"), "a digest as written: {log}");
+    let rounds = log.matches("poll round finished").count();
+    assert!(
+        (1..=3).contains(&rounds),
+        "only rounds that saw something at INFO, not one a second: {rounds}\n{log}"
+    );
+}

@@ -14,6 +14,7 @@ pub mod oci;
 pub mod reference;
 pub mod status;
 pub mod trigger;
+pub mod units;
 pub mod version;
 
 pub use digest::Digest;

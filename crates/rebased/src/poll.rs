@@ -327,15 +327,15 @@ impl Poller {
                     .then(|| next_of(&[&self.live.cfg().daemon.poll], tz, now))
                     .flatten();
                 state.plans_due_at(retry);
-                let elapsed = format!("{:.0?}", began.elapsed());
+                let elapsed = rebased_core::units::duration(began.elapsed());
                 let images = self.live.cfg().image.len();
                 let bases = round.due.len();
                 // At INFO only when a round saw something new: a change, or
                 // a base's check starting or stopping to fail.
                 if std::mem::take(&mut self.news) {
-                    info!(bases, images, elapsed, "poll round finished");
+                    info!(bases, images, %elapsed, "poll round finished");
                 } else {
-                    debug!(bases, images, elapsed, "poll round finished");
+                    debug!(bases, images, %elapsed, "poll round finished");
                 }
             }
             self.status.update(|t| t.next_poll = state.next_wake());
@@ -419,7 +419,7 @@ impl Poller {
                             rechecks.insert(reference.clone(), at);
                         }
                         Observation::Settled { before, after } => {
-                            info!(base = %key, from = ?before.as_ref().map(Digest::as_str), to = %after, "base changed and settled");
+                            info!(base = %key, from = %before.as_ref().map_or("none", Digest::as_str), to = %after, "base changed and settled");
                             rec.changed_at = Some(now);
                             changed.insert(reference.clone(), (before, after));
                         }

@@ -512,7 +512,7 @@ impl Backend for ReadModel {
             "accepted"
         };
         if !check.is_empty() {
-            tracing::info!(source, references = ?check.iter().map(ToString::to_string).collect::<Vec<_>>(), "webhook: checking now");
+            tracing::info!(source, references = %check.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "webhook: checking now");
             self.checks
                 .try_send(poll::CheckRequest {
                     references: Some(check.clone()),

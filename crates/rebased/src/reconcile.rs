@@ -369,60 +369,55 @@ impl Reconciler {
             job.trigger()
         };
         let asker = if forced { Asker::Forced } else { Asker::Job };
-        let (version, supersedes, trigger, changes) = match decide(
-            &self.store,
-            image,
-            &now,
-            trigger,
-            asker,
-        )? {
-            Verdict::Build {
-                version,
-                supersedes,
-                trigger,
-                changes,
-            } => (version, supersedes, trigger, changes),
-            Verdict::Held => {
-                info!("image is held (rolled back); not building");
-                return Ok(Err(held_note(name)));
-            }
-            Verdict::Failing | Verdict::Fresh(None) => {
-                info!("image is already fresh; nothing to build");
-                return Ok(Err(format!(
-                    "nothing published: {name} is already built from the bases of now"
-                )));
-            }
-            Verdict::Fresh(Some(current)) => {
-                info!("image is already fresh; nothing to build");
-                // A crash may have cut the floating tags' move short: finish it.
-                let repo = Destination::from(&image.repository);
-                let tags: Vec<String> = image
-                    .tags
-                    .iter()
-                    .map(|t| t.render(&current.version))
-                    .collect();
-                move_tags(
-                    &repo,
-                    &registry,
-                    &current.digest,
-                    &tags,
-                    Move::WhereDifferent,
-                )
-                .await?;
-                // This job published it before a crash: it still counts
-                // as its publish (and cascades).
-                return Ok(if current.job == Some(job.id) {
-                    Ok(current.version)
-                } else {
-                    Err(format!(
+        let (version, supersedes, trigger, changes) =
+            match decide(&self.store, image, &now, trigger, asker)? {
+                Verdict::Build {
+                    version,
+                    supersedes,
+                    trigger,
+                    changes,
+                } => (version, supersedes, trigger, changes),
+                Verdict::Held => {
+                    info!("image is held (rolled back); not building");
+                    return Ok(Err(held_note(name)));
+                }
+                Verdict::Failing | Verdict::Fresh(None) => {
+                    info!("image is already fresh; nothing to build");
+                    return Ok(Err(format!(
+                        "nothing published: {name} is already built from the bases of now"
+                    )));
+                }
+                Verdict::Fresh(Some(current)) => {
+                    info!("image is already fresh; nothing to build");
+                    // A crash may have cut the floating tags' move short: finish it.
+                    let repo = Destination::from(&image.repository);
+                    let tags: Vec<String> = image
+                        .tags
+                        .iter()
+                        .map(|t| t.render(&current.version))
+                        .collect();
+                    move_tags(
+                        &repo,
+                        &registry,
+                        &current.digest,
+                        &tags,
+                        Move::WhereDifferent,
+                    )
+                    .await?;
+                    // This job published it before a crash: it still counts
+                    // as its publish (and cascades).
+                    return Ok(if current.job == Some(job.id) {
+                        Ok(current.version)
+                    } else {
+                        Err(format!(
                         "nothing published: {name} is already built from the bases of now, as {}",
                         current.version
                     ))
-                });
-            }
-        };
+                    });
+                }
+            };
         let repo = Destination::from(&image.repository);
-        info!(%version, %trigger, supersedes = ?supersedes.map(|v| v.to_string()), "building");
+        info!(%version, %trigger, supersedes = %supersedes.map_or_else(|| "-".to_owned(), |v| v.to_string()), "building");
         let release = Release {
             image,
             repo: &repo,

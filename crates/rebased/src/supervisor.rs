@@ -77,7 +77,7 @@ pub async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) ->
         },
     };
     let parts = Wiring::new(store, queue, cfg, config_file, mode);
-    info!(config = %parts.live.config_file().display(), images = parts.live.cfg().image.len(), order = ?graph.order(), "rebased starting");
+    info!(config = %parts.live.config_file().display(), images = parts.live.cfg().image.len(), order = %graph.order().join(", "), "rebased starting");
     let dispatcher = Dispatcher::new(
         Arc::clone(&parts.queue),
         graph,

@@ -294,12 +294,12 @@ impl<E: Executor> Dispatcher<E> {
         let Some((job, fin)) = finished else { return };
         match &fin {
             Finished::Retry(at) => {
-                warn!(image = %job.image, job = id, attempts = job.attempts, retry_at = %at, error = ?job.error, "job failed; will retry")
+                warn!(image = %job.image, job = id, attempts = job.attempts, retry_at = %at, error = %job.error.as_deref().unwrap_or("-"), "job failed; will retry")
             }
             Finished::GaveUp => {
-                warn!(image = %job.image, job = id, attempts = job.attempts, error = ?job.error, "job failed; giving up")
+                warn!(image = %job.image, job = id, attempts = job.attempts, error = %job.error.as_deref().unwrap_or("-"), "job failed; giving up")
             }
-            Finished::Done => info!(image = %job.image, job = id, ?outcome, "job done"),
+            Finished::Done => info!(image = %job.image, job = id, %outcome, "job done"),
             Finished::Requeued => {
                 info!(image = %job.image, job = id, "job interrupted; queued again")
             }

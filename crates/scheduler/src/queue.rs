@@ -42,6 +42,17 @@ pub enum Outcome {
     Interrupted,
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Published(v) => write!(f, "published {v}"),
+            Self::Fresh(why) => f.write_str(why),
+            Self::Failed(e) => write!(f, "failed: {}", e.error),
+            Self::Interrupted => f.write_str("interrupted"),
+        }
+    }
+}
+
 /// A failed attempt: why, and the inputs it was decided with (none when it
 /// failed before they were known), so that a failing image is decided
 /// again only once its inputs change.
