@@ -271,3 +271,71 @@ fn a_log_file_reads_as_plain_text() {
         "only rounds that saw something at INFO, not one a second: {rounds}\n{log}"
     );
 }
+
+/// issue 22: a base that could not be checked showed the image as `stale`
+/// with an empty ERROR column, and `rebased image` did not show the bases.
+#[test]
+fn an_image_whose_base_could_not_be_checked_is_shown_as_such() {
+    let s = Setup::new();
+    let host = s.host();
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let ctx = s.context("app", &format!("FROM {nowhere}/base:latest\n"));
+    let good = s.context(
+        "good",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
+    s.write_config(
+        &format!("settle = \"0s\"\n[registries.\"{nowhere}\"]\ninsecure = true"),
+        &format!(
+            "{}{}",
+            image_table("app", &ctx, &format!("{host}/app"), ""),
+            image_table("good", &good, &format!("{host}/good"), "")
+        ),
+    );
+    let daemon = s.start();
+    daemon.wait_version("good", "1.0.0", WAIT);
+    let image = wait_for("the failed check", WAIT, || {
+        let i = daemon.image("app");
+        (i["unchecked"] == true).then_some(i)
+    });
+    assert_eq!(
+        image["state"], "stale",
+        "the API's state is unchanged: {image:#}"
+    );
+    let list = daemon.cli(&["images"]);
+    let row = list.lines().find(|l| l.starts_with("app ")).unwrap();
+    assert!(row.contains(" unchecked "), "{list}");
+    assert!(
+        row.contains(&format!("base {nowhere}/base:"))
+            && row.contains("...")
+            && row
+                .trim_end()
+                .ends_with("Connection refused (os error 111)"),
+        "the error keeps its start and its cause: {list}"
+    );
+    let good_row = list.lines().find(|l| l.starts_with("good ")).unwrap();
+    assert!(good_row.contains(" fresh "), "{list}");
+
+    let view = daemon.cli(&["image", "app"]);
+    assert!(view.starts_with("app: unchecked"), "{view}");
+    assert!(view.contains("bases:\nBASE"), "{view}");
+    let base_row = view
+        .lines()
+        .find(|l| l.starts_with(&format!("{nowhere}/base:latest")))
+        .unwrap_or_else(|| panic!("{view}"));
+    assert!(base_row.contains("unreachable"), "{view}");
+    let view = daemon.cli(&["image", "good"]);
+    assert!(
+        view.lines()
+            .any(|l| l.starts_with(&format!("{host}/base:latest  sha256:"))),
+        "digest and last check of a checked base: {view}"
+    );
+
+    let out = daemon.cli(&["check", &format!("{host}/base:latest")]);
+    assert!(
+        out.starts_with(&format!("checking {host}/base:latest")),
+        "{out}"
+    );
+    let out = daemon.cli(&["check"]);
+    assert!(out.starts_with("checking every base"), "{out}");
+}

@@ -60,6 +60,9 @@ pub struct ImageBaseView {
     pub digest: Option<Digest>,
     /// The error of the last check.
     pub error: Option<String>,
+    /// When it was last checked.
+    #[serde(default)]
+    pub last_checked: Option<DateTime<Utc>>,
 }
 
 /// How one base moved.
@@ -162,6 +165,11 @@ pub struct ImageView {
     /// Where it stands.
     #[schema(value_type = String)]
     pub state: ImageState,
+    /// The last check of one of its bases failed (each base's `error`
+    /// says why): a `stale` image with this flag is not known to be stale,
+    /// only not known to be fresh. Absent in answers of older daemons.
+    #[serde(default)]
+    pub unchecked: bool,
     /// Where versions are pushed.
     pub repository: String,
     /// Current version.

@@ -1,5 +1,5 @@
 //! The CLI clients of the local API: `status`, `images`, `image`, `jobs`,
-//! `log`, `rebuild`, `rollback`, `resume`.
+//! `log`, `check`, `rebuild`, `rollback`, `resume`.
 //!
 //! Answers are deserialised into rebased-api's view types, the types the
 //! daemon serialises; the tables print each value as the API writes it
@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rebased_api::{
-    Accepted, ApiError, ImageView, JobView, ReasonView, RollbackRequest, RollbackView, StatusView,
+    Accepted, ApiError, CheckRequest, ImageView, JobView, ReasonView, RollbackRequest,
+    RollbackView, StatusView,
 };
-use rebased_core::Digest;
+use rebased_core::{Digest, ImageState};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -179,9 +180,46 @@ fn short(d: Option<&Digest>) -> String {
     }
 }
 
-/// The first 60 characters of an error, empty when there is none.
+/// An error in at most [`BRIEF`] characters, empty when there is none: a
+/// longer one keeps its start (what failed) and its end (the cause), the
+/// middle shortened to `...`.
 fn brief(e: Option<&String>) -> String {
-    e.map(|e| e.chars().take(60).collect()).unwrap_or_default()
+    let Some(e) = e else {
+        return String::new();
+    };
+    let chars: Vec<char> = e.chars().collect();
+    if chars.len() <= BRIEF {
+        return e.clone();
+    }
+    let head = BRIEF / 3;
+    let tail = BRIEF - head - 3;
+    let start: String = chars[..head].iter().collect();
+    let end: String = chars[chars.len() - tail..].iter().collect();
+    format!("{}...{}", start.trim_end(), end.trim_start())
+}
+
+/// The widest an error column gets.
+const BRIEF: usize = 80;
+
+/// The state an image is shown in: `unchecked` for a stale (or never
+/// decided) image whose base could not be checked.
+fn shown_state(i: &ImageView) -> String {
+    match i.state {
+        ImageState::Stale if i.unchecked => "unchecked".to_owned(),
+        s => s.to_string(),
+    }
+}
+
+/// Why an image is not fresh, in a line: its last error, else the first
+/// base whose check failed.
+fn image_error(i: &ImageView) -> Option<String> {
+    i.last_error.clone().or_else(|| {
+        i.bases.iter().find_map(|b| {
+            b.error
+                .as_ref()
+                .map(|e| format!("base {}: {e}", b.reference))
+        })
+    })
 }
 
 /// Left-aligned columns.
@@ -245,11 +283,11 @@ pub fn images(c: &Client) -> Result<String> {
             .map(|i| {
                 vec![
                     i.name.clone(),
-                    i.state.to_string(),
+                    shown_state(i),
                     or_dash(i.current_version.as_ref()),
                     short(i.current_digest.as_ref()),
                     i.repository.clone(),
-                    brief(i.last_error.as_ref()),
+                    brief(image_error(i).as_ref()),
                 ]
             })
             .collect();
@@ -291,13 +329,29 @@ pub fn image(c: &Client, name: &str) -> Result<String> {
         let mut out = format!(
             "{}: {}, current {} ({}), repository {}\n",
             v.name,
-            v.state,
+            shown_state(&v),
             or_dash(v.current_version.as_ref()),
             short(v.current_digest.as_ref()),
             v.repository
         );
         if let Some(e) = &v.last_error {
             out.push_str(&format!("last error: {e}\n"));
+        }
+        if !v.bases.is_empty() {
+            out.push_str("\nbases:\n");
+            let rows: Vec<Vec<String>> = v
+                .bases
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.reference.clone(),
+                        short(b.digest.as_ref()),
+                        opt_time(b.last_checked.as_ref()),
+                        b.error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["BASE", "DIGEST", "CHECKED", "ERROR"], &rows));
         }
         out.push('\n');
         let rows: Vec<Vec<String>> = v
@@ -420,6 +474,16 @@ pub fn rebuild(c: &Client, name: &str, force: bool) -> Result<String> {
     )
 }
 
+/// `rebased check [REFERENCE]`: every base now, or one.
+pub fn check(c: &Client, reference: Option<&str>) -> Result<String> {
+    let body = CheckRequest {
+        reference: reference.map(str::to_owned),
+    };
+    c.post("/v1/check", Some(&body), |a: Accepted| {
+        format!("{}; `rebased images` shows what it finds\n", a.detail)
+    })
+}
+
 /// `rebased rollback NAME --to VERSION`.
 pub fn rollback(c: &Client, name: &str, to: &str) -> Result<String> {
     let body = RollbackRequest { to: to.to_owned() };
@@ -444,4 +508,23 @@ pub fn resume(c: &Client, name: &str) -> Result<String> {
         None::<&()>,
         |a: Accepted| format!("{}\n", a.detail),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// issue 22: the ERROR column was cut at 60 characters, before the cause.
+    #[test]
+    fn a_long_error_keeps_its_start_and_its_cause() {
+        let e = "listing the tags of 127.0.0.1:5999/hello: 127.0.0.1:5999/hello (registry 127.0.0.1:5999): unreachable: cannot connect: error sending request: Connection refused (os error 111)".to_owned();
+        let b = brief(Some(&e));
+        assert!(b.chars().count() <= BRIEF, "{b}");
+        assert!(b.starts_with("listing the tags of"), "{b}");
+        assert!(b.ends_with("Connection refused (os error 111)"), "{b}");
+        assert!(b.contains("..."), "{b}");
+        let short_one = "cannot read Dockerfile".to_owned();
+        assert_eq!(brief(Some(&short_one)), short_one);
+        assert_eq!(brief(None), "");
+    }
 }

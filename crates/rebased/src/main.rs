@@ -91,6 +91,13 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// Check bases now (every one, or REFERENCE): what `POST /v1/check` does.
+    Check {
+        /// One base reference to check, as a Dockerfile names it.
+        reference: Option<String>,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// Queue a rebuild of an image now; prints the job's id.
     Rebuild {
         /// The image's name.
@@ -143,6 +150,9 @@ fn main() -> ExitCode {
         Command::Image { name, api } => client_cmd(&api, |c| client::image(c, &name)),
         Command::Jobs { api } => client_cmd(&api, client::jobs),
         Command::Log { job, api } => client_cmd(&api, |c| client::log(c, job)),
+        Command::Check { reference, api } => {
+            client_cmd(&api, |c| client::check(c, reference.as_deref()))
+        }
         Command::Rebuild { name, force, api } => {
             client_cmd(&api, |c| client::rebuild(c, &name, force))
         }

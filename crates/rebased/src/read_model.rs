@@ -124,7 +124,9 @@ impl ReadModel {
                             .digest()
                             .cloned()
                             .or_else(|| rec.as_ref().and_then(|b| b.digest.clone())),
-                        error: rec.and_then(|b| b.error),
+                        last_checked: rec.as_ref().and_then(|b| b.checked_at),
+                        // A pinned base is never checked, so never fails.
+                        error: rec.and_then(|b| b.error).filter(|_| r.digest().is_none()),
                         reference: key,
                     }
                 })
@@ -145,10 +147,12 @@ impl ReadModel {
                 digest: r.digest,
             })
             .collect();
+        let unchecked = bases.iter().any(|b: &ImageBaseView| b.error.is_some());
         Ok(ImageView {
             rollbacks,
             name: name.to_owned(),
             state,
+            unchecked,
             repository: image.repository.to_string(),
             current_version: current,
             current_digest,
