@@ -331,6 +331,42 @@ fn an_image_whose_base_could_not_be_checked_is_shown_as_such() {
         "digest and last check of a checked base: {view}"
     );
 
+    // Metrics: every request by registry, kind and outcome (the poll, the
+    // native build's pushes, the tag moves), and images by state.
+    let metrics = daemon.get_text("/metrics");
+    let count = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    for kind in [
+        "manifest_head",
+        "manifest_get",
+        "manifest_put",
+        "blob_upload",
+        "blob_mount",
+    ] {
+        let series = format!(
+            "rebased_registry_requests_total{{registry=\"{host}\",kind=\"{kind}\",outcome=\"ok\"}}"
+        );
+        assert!(count(&series) >= 1, "{series}\n{metrics}");
+    }
+    let series = format!(
+        "rebased_registry_requests_total{{registry=\"{nowhere}\",kind=\"manifest_head\",outcome=\"unreachable\"}}"
+    );
+    assert!(count(&series) >= 1, "{series}\n{metrics}");
+    assert_eq!(count("rebased_images{state=\"fresh\"}"), 1, "{metrics}");
+    assert_eq!(count("rebased_images{state=\"stale\"}"), 1, "{metrics}");
+    assert_eq!(count("rebased_images{state=\"failing\"}"), 0, "{metrics}");
+    assert!(
+        metrics.contains("rebased_images{state=\"held\"} 0"),
+        "{metrics}"
+    );
+    assert_eq!(count("rebased_images_unchecked"), 1, "{metrics}");
+    assert_eq!(count("rebased_bases_unchecked"), 1, "{metrics}");
+
     let out = daemon.cli(&["check", &format!("{host}/base:latest")]);
     assert!(
         out.starts_with(&format!("checking {host}/base:latest")),

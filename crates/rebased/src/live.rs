@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Result;
+use rebased_api::metrics::Metrics;
 use rebased_builder::native::cache::LayerCache;
 use rebased_builder::{Engine, EngineKind, Native};
 use rebased_core::config::{Config, CronSpec, ImageConfig};
@@ -33,6 +34,8 @@ pub struct Live {
     plans: Mutex<PlanCache>,
     /// `rebased once`: no settle delay.
     once: bool,
+    /// Where the registry clients count their requests.
+    metrics: Arc<Metrics>,
 }
 
 /// One image's Dockerfile as read now (for a build: always read afresh).
@@ -45,12 +48,37 @@ pub struct Plan {
     pub bases: Vec<ImageRef>,
 }
 
+/// Counts every registry request in `rebased_registry_requests_total`.
+struct Counted(Arc<Metrics>);
+
+impl rebased_registry::Observer for Counted {
+    fn request(
+        &self,
+        registry: &str,
+        kind: rebased_registry::RequestKind,
+        outcome: rebased_registry::RequestOutcome,
+    ) {
+        self.0.inc(
+            "rebased_registry_requests_total",
+            &[
+                ("registry", registry),
+                ("kind", kind.as_str()),
+                ("outcome", outcome.as_str()),
+            ],
+        );
+    }
+}
+
 impl Live {
-    /// The config `cfg` read from `config_file`.
-    pub fn new(config_file: PathBuf, cfg: Config, once: bool) -> Self {
+    /// The config `cfg` read from `config_file`; the registry clients
+    /// made from it count their requests in `metrics`.
+    pub fn new(config_file: PathBuf, cfg: Config, once: bool, metrics: Arc<Metrics>) -> Self {
+        let registry =
+            Registry::new(&cfg.registries).observed_by(Arc::new(Counted(Arc::clone(&metrics))));
         Self {
+            metrics,
             config_file,
-            registry: RwLock::new(Arc::new(Registry::new(&cfg.registries))),
+            registry: RwLock::new(Arc::new(registry)),
             config: RwLock::new(Arc::new(cfg)),
             plans: Mutex::new(PlanCache::default()),
             once,
@@ -95,7 +123,10 @@ impl Live {
         // The registry client keeps its token cache and concurrency pools
         // unless the registry settings changed.
         if cfg.registries != self.cfg().registries {
-            let registry = Arc::new(Registry::new(&cfg.registries));
+            let registry = Arc::new(
+                Registry::new(&cfg.registries)
+                    .observed_by(Arc::new(Counted(Arc::clone(&self.metrics)))),
+            );
             *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
         }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);

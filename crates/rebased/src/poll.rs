@@ -463,11 +463,8 @@ impl Poller {
 
     /// The metrics of one check.
     fn count(&self, check: &rebased_watcher::Check, rec: &mut BaseRecord) {
+        // The request itself is counted by the registry client's observer.
         let registry = check.reference.registry().to_owned();
-        self.metrics.inc(
-            "rebased_registry_requests_total",
-            &[("registry", &registry)],
-        );
         let outcome = if check.result.is_ok() { "ok" } else { "error" };
         if let Some(left) = check.rate_limit_remaining {
             self.metrics.set_rate_limit_remaining(&registry, left);

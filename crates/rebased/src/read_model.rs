@@ -202,6 +202,70 @@ impl ReadModel {
     }
 }
 
+impl ReadModel {
+    /// The gauges of `/metrics` that count images by shown state, images
+    /// with an unchecked base, and unchecked bases.
+    fn state_gauges(&self) {
+        const STATES: [ImageState; 6] = [
+            ImageState::Fresh,
+            ImageState::Stale,
+            ImageState::Queued,
+            ImageState::Building,
+            ImageState::Failing,
+            ImageState::Held,
+        ];
+        let cfg = self.live.cfg();
+        let jobs: BTreeMap<String, JobState> = {
+            let q = lock_queue(&self.queue);
+            cfg.image
+                .iter()
+                .filter_map(|i| {
+                    q.active(i.name.as_str())
+                        .map(|j| (i.name.to_string(), j.state))
+                })
+                .collect()
+        };
+        let bases: BTreeMap<String, rebased_state::BaseRecord> = self
+            .store
+            .bases()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| (b.reference.clone(), b))
+            .collect();
+        let mut counts: BTreeMap<String, u64> = STATES.iter().map(|s| (s.to_string(), 0)).collect();
+        let mut unchecked_images = 0;
+        let mut unchecked_bases = std::collections::BTreeSet::new();
+        for image in &cfg.image {
+            let name = image.name.as_str();
+            let stored = self.store.image(name).ok().flatten().map(|r| r.state);
+            let (mut settling, mut unchecked) = (false, false);
+            if let Ok(refs) = self.live.image_bases(image) {
+                for r in refs.iter().filter(|r| r.digest().is_none()) {
+                    let key = r.to_string();
+                    if let Some(b) = bases.get(&key) {
+                        settling |= b.pending.is_some();
+                        if b.error.is_some() {
+                            unchecked = true;
+                            unchecked_bases.insert(key);
+                        }
+                    }
+                }
+            }
+            let state = image_state(stored, jobs.get(name).copied(), settling);
+            *counts.entry(state.to_string()).or_insert(0) += 1;
+            unchecked_images += u64::from(unchecked);
+        }
+        for (state, n) in counts {
+            self.metrics
+                .set_gauge("rebased_images", &[("state", &state)], n);
+        }
+        self.metrics
+            .set_gauge("rebased_images_unchecked", &[], unchecked_images);
+        self.metrics
+            .set_gauge("rebased_bases_unchecked", &[], unchecked_bases.len() as u64);
+    }
+}
+
 fn reason_view(r: rebased_state::Reason) -> ReasonView {
     ReasonView {
         trigger: r.trigger,
@@ -535,6 +599,7 @@ impl Backend for ReadModel {
     fn metrics(&self) -> &Metrics {
         self.metrics
             .set_queue_depth(lock_queue(&self.queue).depth());
+        self.state_gauges();
         &self.metrics
     }
 }

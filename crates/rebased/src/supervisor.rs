@@ -118,9 +118,14 @@ impl Wiring {
     ) -> Self {
         let (jobs_tx, jobs_rx) = mpsc::channel(1 << 16);
         let (check_tx, check_rx) = mpsc::channel(64);
-        let live = Arc::new(Live::new(config_file, cfg, mode == Mode::Once));
-        let status = Arc::new(Status::new(Notifier::from_env()));
         let metrics = Arc::new(Metrics::default());
+        let live = Arc::new(Live::new(
+            config_file,
+            cfg,
+            mode == Mode::Once,
+            Arc::clone(&metrics),
+        ));
+        let status = Arc::new(Status::new(Notifier::from_env()));
         let builds = CancellationToken::new();
         let reconciler = Arc::new(Reconciler::new(reconcile::Parts {
             live: Arc::clone(&live),
