@@ -559,6 +559,7 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// List every job (queued, running and the recent finished ones).
 #[utoipa::path(get, path = "/v1/jobs", responses((status = 200, description = "Every job", body = Vec<JobView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn jobs(State(b): State<Shared>) -> Result<Json<Vec<JobView>>, ApiError> {
     Ok(Json(b.jobs()?))
@@ -569,7 +570,8 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("job id {id:?} is not a number")))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "Job id")), responses((status = 200, description = "The job", body = JobView), (status = 400, description = "Malformed request", body = ApiError), (status = 404, description = "No such thing", body = ApiError)))]
+/// One job: trigger, state, attempts, timings, what it published or why not.
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "Job id")), responses((status = 200, description = "The job", body = JobView), (status = 400, description = "Malformed request", body = ApiError), (status = 404, description = "No such job", body = ApiError), (status = 500, description = "Internal error", body = ApiError)))]
 async fn job(State(b): State<Shared>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
     b.job(id)?
@@ -577,18 +579,21 @@ async fn job(State(b): State<Shared>, Path(id): Path<String>) -> Result<Json<Job
         .ok_or_else(|| ApiError::not_found(format!("job {id}")))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}/log", params(("id" = u64, Path, description = "Job id")), responses((status = 200, description = "The captured build log", body = String, content_type = "text/plain"), (status = 400, description = "Malformed request", body = ApiError), (status = 404, description = "No such thing", body = ApiError)))]
+/// A job's build log, or why it has none.
+#[utoipa::path(get, path = "/v1/jobs/{id}/log", params(("id" = u64, Path, description = "Job id")), responses((status = 200, description = "The captured build log", body = String, content_type = "text/plain"), (status = 400, description = "Malformed request", body = ApiError), (status = 404, description = "No such job", body = ApiError), (status = 500, description = "Internal error", body = ApiError)))]
 async fn job_log(State(b): State<Shared>, Path(id): Path<String>) -> Result<String, ApiError> {
     let id = parse_id(&id)?;
     b.job_log(id)?
         .ok_or_else(|| ApiError::not_found(format!("log of job {id}")))
 }
 
+/// Every watched base: digest, platforms, last check and change, its error.
 #[utoipa::path(get, path = "/v1/bases", responses((status = 200, description = "Every base", body = Vec<BaseView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn bases(State(b): State<Shared>) -> Result<Json<Vec<BaseView>>, ApiError> {
     Ok(Json(b.bases()?))
 }
 
+/// Check every base now, or one reference.
 #[utoipa::path(post, path = "/v1/check", request_body(content = Option<CheckRequest>, description = "Optional: one reference to check"), responses((status = 202, description = "Check queued", body = Accepted), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
 async fn check(
     State(b): State<Shared>,
@@ -603,7 +608,8 @@ async fn check(
     Ok((StatusCode::ACCEPTED, Json(b.check(req)?)))
 }
 
-#[utoipa::path(post, path = "/v1/images/{name}/rollback", params(("name" = String, Path, description = "Image name")), request_body = RollbackRequest, responses((status = 200, description = "Rolled back and held", body = RollbackView), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is building", body = ApiError), (status = 502, description = "Registry refused", body = ApiError)), security(("bearer" = [])))]
+/// Point an image's floating tags back at a version and hold it.
+#[utoipa::path(post, path = "/v1/images/{name}/rollback", params(("name" = String, Path, description = "Image name")), request_body = RollbackRequest, responses((status = 200, description = "Rolled back and held", body = RollbackView), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is building", body = ApiError), (status = 502, description = "Registry refused", body = ApiError), (status = 500, description = "Internal error", body = ApiError)), security(("bearer" = [])))]
 async fn rollback(
     State(b): State<Shared>,
     Path(name): Path<String>,
@@ -617,7 +623,8 @@ async fn rollback(
     Ok(Json(b.rollback(&name, &req.to).await?))
 }
 
-#[utoipa::path(post, path = "/v1/images/{name}/resume", params(("name" = String, Path, description = "Image name")), responses((status = 200, description = "Resumed", body = Accepted), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is not held", body = ApiError)), security(("bearer" = [])))]
+/// End an image's hold: it builds automatically again.
+#[utoipa::path(post, path = "/v1/images/{name}/resume", params(("name" = String, Path, description = "Image name")), responses((status = 200, description = "Resumed", body = Accepted), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is not held", body = ApiError), (status = 500, description = "Internal error", body = ApiError)), security(("bearer" = [])))]
 async fn resume(
     State(b): State<Shared>,
     Path(name): Path<String>,
@@ -625,7 +632,8 @@ async fn resume(
     Ok(Json(b.resume(&name).await?))
 }
 
-#[utoipa::path(post, path = "/v1/images/{name}/rebuild", params(("name" = String, Path, description = "Image name"), RebuildQuery), responses((status = 202, description = "Rebuild queued (`job` names it)", body = Accepted), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is held (rolled back); `?force=true` builds it anyway", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
+/// Queue a rebuild of an image now.
+#[utoipa::path(post, path = "/v1/images/{name}/rebuild", params(("name" = String, Path, description = "Image name"), RebuildQuery), responses((status = 202, description = "Rebuild queued (`job` names it)", body = Accepted), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is held (rolled back); `?force=true` builds it anyway", body = ApiError), (status = 500, description = "Internal error", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
 async fn rebuild(
     State(b): State<Shared>,
     Path(name): Path<String>,
@@ -634,6 +642,7 @@ async fn rebuild(
     Ok((StatusCode::ACCEPTED, Json(b.rebuild(&name, q.force).await?)))
 }
 
+/// Readiness: the state is open and the config loaded.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Ready"), (status = 503, description = "Not ready", body = ApiError)))]
 async fn readyz(State(b): State<Shared>) -> Response {
     if b.ready() {
@@ -648,17 +657,20 @@ async fn readyz(State(b): State<Shared>) -> Response {
     }
 }
 
+/// The daemon's status: version, config, queue, polls.
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, description = "Daemon status", body = StatusView)))]
 async fn status(State(b): State<Shared>) -> Json<StatusView> {
     Json(b.status())
 }
 
+/// List every managed image with its state, versions and bases.
 #[utoipa::path(get, path = "/v1/images", responses((status = 200, description = "Every image", body = Vec<ImageView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn images(State(b): State<Shared>) -> Result<Json<Vec<ImageView>>, ApiError> {
     Ok(Json(b.images()?))
 }
 
-#[utoipa::path(get, path = "/v1/images/{name}", params(("name" = String, Path, description = "Image name")), responses((status = 200, description = "The image and its history", body = ImageView), (status = 404, description = "No such thing", body = ApiError)))]
+/// One image: state, bases, every version and its supersessions, rollbacks.
+#[utoipa::path(get, path = "/v1/images/{name}", params(("name" = String, Path, description = "Image name")), responses((status = 200, description = "The image and its history", body = ImageView), (status = 404, description = "No such image", body = ApiError), (status = 500, description = "Internal error", body = ApiError)))]
 async fn image(
     State(b): State<Shared>,
     Path(name): Path<String>,
@@ -794,6 +806,43 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// issue 22: 11 of 16 operations had no summary.
+    #[test]
+    fn every_operation_has_a_summary_and_its_error_responses() {
+        let doc = serde_json::to_value(openapi_document()).expect("json");
+        let paths = doc["paths"].as_object().expect("paths");
+        // These cannot fail: they answer whatever the state.
+        let infallible = ["/healthz", "/openapi.json", "/v1/status", "/metrics"];
+        let mut seen = 0;
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().expect("operations") {
+                seen += 1;
+                let summary = op["summary"].as_str().unwrap_or_default();
+                assert!(!summary.is_empty(), "{method} {path} has no summary");
+                let codes: Vec<&String> = op["responses"]
+                    .as_object()
+                    .expect("responses")
+                    .keys()
+                    .collect();
+                if !infallible.contains(&path.as_str()) {
+                    assert!(
+                        codes
+                            .iter()
+                            .any(|c| c.starts_with('4') || c.starts_with('5')),
+                        "{method} {path} documents no error response: {codes:?}"
+                    );
+                }
+                if method == "post" && !path.starts_with("/v1/webhooks/") {
+                    assert!(
+                        codes.iter().any(|c| *c == "401"),
+                        "{method} {path}: {codes:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(seen, 16, "every route is in the document");
+    }
 
     #[test]
     fn action_errors_map_to_their_status() {
