@@ -429,10 +429,16 @@ pub fn jobs(c: &Client) -> Result<String> {
         let rows: Vec<Vec<String>> = jobs
             .iter()
             .map(|j| {
+                // A queued job after a failure: when it tries again.
+                let state = if j.state == "queued" && j.attempts > 0 {
+                    format!("queued, retry at {}", time(&j.not_before))
+                } else {
+                    j.state.clone()
+                };
                 vec![
                     j.id.to_string(),
                     j.image.clone(),
-                    j.state.clone(),
+                    state,
                     j.trigger.to_string(),
                     j.attempts.to_string(),
                     time(&j.created_at),

@@ -169,7 +169,7 @@ fn daemon(config_file: PathBuf, mode: supervisor::Mode) -> ExitCode {
     let (cfg, graph) = match config::load_checked(&config_file) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             return ExitCode::from(2);
         }
     };
@@ -198,10 +198,28 @@ fn daemon(config_file: PathBuf, mode: supervisor::Mode) -> ExitCode {
         // Said once, on stderr (where the text log goes, and what the
         // journal records under systemd).
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: a cause whose text the
+/// message already holds (a library error that prints its source) is not
+/// repeated.
+fn said_once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn client_cmd(
@@ -214,7 +232,7 @@ fn client_cmd(
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             ExitCode::FAILURE
         }
     }
@@ -224,7 +242,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     let (cfg, graph) = match config::load_checked(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             return ExitCode::from(2);
         }
     };
@@ -286,9 +304,37 @@ fn bases(dockerfile: &std::path::Path, build_args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// issue 22: "Address already in use (os error 98): Address already in
+    /// use (os error 98)".
+    #[test]
+    fn each_cause_is_said_once() {
+        #[derive(Debug)]
+        struct Bind {
+            source: std::io::Error,
+        }
+        impl std::fmt::Display for Bind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot listen on x: {}", self.source)
+            }
+        }
+        impl std::error::Error for Bind {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.source)
+            }
+        }
+        let e = anyhow::Error::new(Bind {
+            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "in use"),
+        })
+        .context("starting");
+        assert_eq!(super::said_once(&e), "starting: cannot listen on x: in use");
     }
 }
 
