@@ -444,7 +444,8 @@ pub fn jobs(c: &Client) -> Result<String> {
                     time(&j.created_at),
                     opt_time(j.finished_at.as_ref()),
                     or_dash(j.published.as_ref()),
-                    brief(j.error.as_ref()),
+                    // Why it failed, else why it published nothing.
+                    brief(j.error.as_ref().or(j.note.as_ref())),
                 ]
             })
             .collect();
@@ -458,7 +459,7 @@ pub fn jobs(c: &Client) -> Result<String> {
                 "QUEUED",
                 "FINISHED",
                 "PUBLISHED",
-                "ERROR",
+                "ERROR / NOTE",
             ],
             &rows,
         )
