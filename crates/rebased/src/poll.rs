@@ -327,15 +327,16 @@ impl Poller {
                     .then(|| next_of(&[&self.live.cfg().daemon.poll], tz, now))
                     .flatten();
                 state.plans_due_at(retry);
-                let elapsed = rebased_core::units::duration(began.elapsed());
+                // Milliseconds, rounded to hundredths (the bench reads them).
+                let elapsed_ms = (began.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
                 let images = self.live.cfg().image.len();
                 let bases = round.due.len();
                 // At INFO only when a round saw something new: a change, or
                 // a base's check starting or stopping to fail.
                 if std::mem::take(&mut self.news) {
-                    info!(bases, images, %elapsed, "poll round finished");
+                    info!(bases, images, elapsed_ms, "poll round finished");
                 } else {
-                    debug!(bases, images, %elapsed, "poll round finished");
+                    debug!(bases, images, elapsed_ms, "poll round finished");
                 }
             }
             self.status.update(|t| t.next_poll = state.next_wake());
