@@ -670,8 +670,8 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(config)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info,rebased=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -860,6 +860,22 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Runs a CLI client command against this daemon, whatever its exit:
+    /// the exit code, stdout and stderr.
+    pub fn cli_output(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(rebased_bin())
+            .args(args)
+            .arg("--api")
+            .arg(&self.api)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Runs a CLI client command against this daemon; returns stdout.

@@ -141,6 +141,18 @@ fn rollback_holds_until_resume_then_the_next_version_supersedes_the_held_one() {
     assert_eq!(image(&daemon)["state"], "held");
     assert!(floating_on(&s, &v100));
 
+    // A rebuild of a held image is refused, saying how to go on.
+    let (code, _, err) = daemon.cli_output(&["rebuild", "app"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("409")
+            && err.contains("app is held (rolled back to 1.0.0)")
+            && err.contains("`rebased resume app`")
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(image(&daemon)["state"], "held");
+
     let table = daemon.cli(&["image", "app"]);
     assert!(table.contains("app: held, current 1.0.0"), "{table}");
     assert!(
@@ -148,8 +160,17 @@ fn rollback_holds_until_resume_then_the_next_version_supersedes_the_held_one() {
         "{table}"
     );
 
-    daemon.cli(&["resume", "app"]);
+    let out = daemon.cli(&["resume", "app"]);
+    let queued = out
+        .split("queued as job ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("resume names the job it queued: {out}"))
+        .trim()
+        .to_owned();
     daemon.wait_version("app", "1.0.2", WAIT);
+    let job = daemon.get(&format!("/v1/jobs/{queued}"));
+    assert_eq!(job["published"], "1.0.2", "{job:#}");
+    assert_eq!(job["attempts"], 1, "attempts count from 1: {job:#}");
     let v102 = s.registry.digest("app:1.0.2").unwrap();
     assert!(floating_on(&s, &v102));
     let img = image(&daemon);
@@ -169,11 +190,77 @@ fn rollback_holds_until_resume_then_the_next_version_supersedes_the_held_one() {
     assert_eq!(v("1.0.0")["superseded_by"], "1.0.2");
     assert_eq!(v("1.0.1")["superseded_by"], "1.0.0");
     assert_eq!(v("1.0.1")["reason"]["trigger"], "rollback");
+    // The ledger is append-only: 1.0.0's first supersession (by 1.0.1,
+    // after a base update) stays beside the one by 1.0.2.
+    let history = |name: &str| -> Vec<(String, String)> {
+        v(name)["supersessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["by"].as_str().unwrap().to_owned(),
+                    s["reason"]["trigger"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        history("1.0.0"),
+        [pair("1.0.1", "poll"), pair("1.0.2", "poll")],
+        "{img:#}"
+    );
+    assert_eq!(
+        v("1.0.0")["supersessions"][0]["reason"]["bases"][0]["before"],
+        v("1.0.0")["bases"][format!("{}/base:latest", s.host())],
+        "with the base change of the time"
+    );
+    assert_eq!(history("1.0.1"), [pair("1.0.0", "rollback")]);
+    let table = daemon.cli(&["image", "app"]);
+    assert!(
+        table.contains("superseded more than once:") && table.contains("1.0.0    1.0.1"),
+        "{table}"
+    );
     assert_eq!(
         s.registry.raw_manifest("app:1.0.2")["annotations"]["io.rebased.supersedes"],
         "1.0.0"
     );
     assert_eq!(img["rollbacks"].as_array().unwrap().len(), 1);
+
+    // Held again: --force builds anyway and says so; the hold stays.
+    daemon.cli(&["rollback", "app", "--to", "1.0.1"]);
+    let out = daemon.cli(&["rebuild", "app", "--force"]);
+    assert!(
+        out.contains("rebuild of app queued as job ") && out.contains("forced: app is held"),
+        "{out}"
+    );
+    rebased_e2e::wait_for("the forced build", WAIT, || {
+        (image(&daemon)["current_version"] == "1.0.3").then_some(())
+    });
+    assert_eq!(image(&daemon)["state"], "held", "the hold stays");
+    let v103 = rebased_e2e::wait_for("the tags", WAIT, || s.registry.digest("app:1.0.3"));
+    rebased_e2e::wait_for("the floating tags on 1.0.3", WAIT, || {
+        floating_on(&s, &v103).then_some(())
+    });
+    let out = daemon.cli(&["resume", "app"]);
+    assert!(out.contains("app builds automatically again"), "{out}");
+    let out = daemon.cli(&["rebuild", "app"]);
+    let id = out
+        .trim()
+        .strip_prefix("rebuild of app queued as job ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let job = rebased_e2e::wait_for("the rebuild to end", WAIT, || {
+        let j = daemon.get(&format!("/v1/jobs/{id}"));
+        (j["state"] != "queued" && j["state"] != "running").then_some(j)
+    });
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let published = job["published"].as_str().unwrap().to_owned();
+    assert_eq!(published, "1.0.4", "a manual rebuild builds: {job:#}");
+    let (code, _, err) = daemon.cli_output(&["log", "999"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404"), "a job that does not exist: {err}");
 }
 
 #[test]

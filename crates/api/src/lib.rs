@@ -60,6 +60,9 @@ pub struct ImageBaseView {
     pub digest: Option<Digest>,
     /// The error of the last check.
     pub error: Option<String>,
+    /// When it was last checked.
+    #[serde(default)]
+    pub last_checked: Option<DateTime<Utc>>,
 }
 
 /// How one base moved.
@@ -137,6 +140,23 @@ pub struct VersionView {
     /// local context's content hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// Every time it was superseded, oldest first (the ledger is
+    /// append-only: a rollback to it and a later build add one each);
+    /// `superseded_by`, `superseded_at` and `reason` are the last of these.
+    #[serde(default)]
+    pub supersessions: Vec<SupersessionView>,
+}
+
+/// One time a version was superseded.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SupersessionView {
+    /// The version current after it.
+    #[schema(value_type = String)]
+    pub by: Version,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why.
+    pub reason: ReasonView,
 }
 
 /// A rollback of an image.
@@ -170,6 +190,11 @@ pub struct ImageView {
     /// Where it stands.
     #[schema(value_type = String)]
     pub state: ImageState,
+    /// The last check of one of its bases failed (each base's `error`
+    /// says why): a `stale` image with this flag is not known to be stale,
+    /// only not known to be fresh. Absent in answers of older daemons.
+    #[serde(default)]
+    pub unchecked: bool,
     /// Where versions are pushed.
     pub repository: String,
     /// Current version.
@@ -255,7 +280,8 @@ pub struct JobView {
     pub trigger: Trigger,
     /// Every reason merged into it.
     pub reasons: Vec<JobReasonView>,
-    /// Failed attempts so far.
+    /// Attempts made, counted from 1: the failed ones and the one running
+    /// (or that succeeded); 0 while the first has not started.
     pub attempts: u32,
     /// Not started before.
     pub not_before: DateTime<Utc>,
@@ -270,6 +296,9 @@ pub struct JobView {
     /// The version it published.
     #[schema(value_type = Option<String>)]
     pub published: Option<Version>,
+    /// Why a finished job published nothing (already fresh, held).
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// A digest seen but not yet settled.
@@ -317,10 +346,21 @@ pub struct CheckRequest {
 /// An accepted action.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Accepted {
-    /// `"accepted"`.
+    /// `"accepted"` (`"resumed"` for a resume).
     pub status: String,
     /// What was done.
     pub detail: String,
+    /// The job it queued (or merged into), when it queued one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<u64>,
+}
+
+/// The query of `POST /v1/images/{name}/rebuild`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+pub struct RebuildQuery {
+    /// Build even a held (rolled back) image; it stays held.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// The answer to a webhook.
@@ -425,6 +465,14 @@ pub enum Conflict {
     /// It is not held, so there is nothing to resume.
     #[error("is not held (it is {0})")]
     NotHeld(String),
+    /// It is held (rolled back): nothing builds it until it is resumed.
+    #[error("is held (rolled back to {version}): `rebased resume {image}` ends the hold, `rebased rebuild {image} --force` builds it anyway")]
+    Held {
+        /// The image, for the commands in the hint.
+        image: String,
+        /// The version it was rolled back to.
+        version: String,
+    },
 }
 
 impl From<ActionError> for ApiError {
@@ -476,8 +524,13 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Check bases now.
     fn check(&self, req: CheckRequest) -> Result<Accepted, ActionError>;
-    /// Queue a rebuild of `name`, even if it is fresh or failing.
-    fn rebuild(&self, name: &str) -> Result<Accepted, ActionError>;
+    /// Queue a rebuild of `name`, even if it is fresh or failing; a held
+    /// image only when `force`.
+    fn rebuild<'a>(
+        &'a self,
+        name: &'a str,
+        force: bool,
+    ) -> BoxFuture<'a, Result<Accepted, ActionError>>;
     /// Roll `name` back to version `to` and hold it.
     fn rollback<'a>(
         &'a self,
@@ -590,6 +643,7 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// List every job (queued, running and the recent finished ones).
 #[utoipa::path(get, path = "/v1/jobs", responses((status = 200, description = "Every job", body = Vec<JobView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn jobs(State(b): State<Shared>) -> Result<Json<Vec<JobView>>, ApiError> {
     Ok(Json(b.jobs()?))
@@ -600,7 +654,8 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("job id {id:?} is not a number")))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "Job id")), responses((status = 200, description = "The job", body = JobView), (status = 400, description = "Malformed request", body = ApiError), (status = 404, description = "No such thing", body = ApiError)))]
+/// One job: trigger, state, attempts, timings, what it published or why not.
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "Job id")), responses((status = 200, description = "The job", body = JobView), (status = 400, description = "Malformed request", body = ApiError), (status = 404, description = "No such job", body = ApiError), (status = 500, description = "Internal error", body = ApiError)))]
 async fn job(State(b): State<Shared>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
     b.job(id)?
@@ -608,23 +663,27 @@ async fn job(State(b): State<Shared>, Path(id): Path<String>) -> Result<Json<Job
         .ok_or_else(|| ApiError::not_found(format!("job {id}")))
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}/log", params(("id" = u64, Path, description = "Job id")), responses((status = 200, description = "The captured build log", body = String, content_type = "text/plain"), (status = 400, description = "Malformed request", body = ApiError), (status = 404, description = "No such thing", body = ApiError)))]
+/// A job's build log, or why it has none.
+#[utoipa::path(get, path = "/v1/jobs/{id}/log", params(("id" = u64, Path, description = "Job id")), responses((status = 200, description = "The captured build log", body = String, content_type = "text/plain"), (status = 400, description = "Malformed request", body = ApiError), (status = 404, description = "No such job", body = ApiError), (status = 500, description = "Internal error", body = ApiError)))]
 async fn job_log(State(b): State<Shared>, Path(id): Path<String>) -> Result<String, ApiError> {
     let id = parse_id(&id)?;
     b.job_log(id)?
         .ok_or_else(|| ApiError::not_found(format!("log of job {id}")))
 }
 
+/// Every watched base: digest, platforms, last check and change, its error.
 #[utoipa::path(get, path = "/v1/bases", responses((status = 200, description = "Every base", body = Vec<BaseView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn bases(State(b): State<Shared>) -> Result<Json<Vec<BaseView>>, ApiError> {
     Ok(Json(b.bases()?))
 }
 
+/// Every git source: its URL, ref, settled commit, last check and change, error and dependents.
 #[utoipa::path(get, path = "/v1/sources", responses((status = 200, description = "Every git source", body = Vec<SourceView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn sources(State(b): State<Shared>) -> Result<Json<Vec<SourceView>>, ApiError> {
     Ok(Json(b.sources()?))
 }
 
+/// Check every base now, or one reference.
 #[utoipa::path(post, path = "/v1/check", request_body(content = Option<CheckRequest>, description = "Optional: one reference to check"), responses((status = 202, description = "Check queued", body = Accepted), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
 async fn check(
     State(b): State<Shared>,
@@ -639,7 +698,8 @@ async fn check(
     Ok((StatusCode::ACCEPTED, Json(b.check(req)?)))
 }
 
-#[utoipa::path(post, path = "/v1/images/{name}/rollback", params(("name" = String, Path, description = "Image name")), request_body = RollbackRequest, responses((status = 200, description = "Rolled back and held", body = RollbackView), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is building", body = ApiError), (status = 502, description = "Registry refused", body = ApiError)), security(("bearer" = [])))]
+/// Point an image's floating tags back at a version and hold it.
+#[utoipa::path(post, path = "/v1/images/{name}/rollback", params(("name" = String, Path, description = "Image name")), request_body = RollbackRequest, responses((status = 200, description = "Rolled back and held", body = RollbackView), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is building", body = ApiError), (status = 502, description = "Registry refused", body = ApiError), (status = 500, description = "Internal error", body = ApiError)), security(("bearer" = [])))]
 async fn rollback(
     State(b): State<Shared>,
     Path(name): Path<String>,
@@ -653,7 +713,8 @@ async fn rollback(
     Ok(Json(b.rollback(&name, &req.to).await?))
 }
 
-#[utoipa::path(post, path = "/v1/images/{name}/resume", params(("name" = String, Path, description = "Image name")), responses((status = 200, description = "Resumed", body = Accepted), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is not held", body = ApiError)), security(("bearer" = [])))]
+/// End an image's hold: it builds automatically again.
+#[utoipa::path(post, path = "/v1/images/{name}/resume", params(("name" = String, Path, description = "Image name")), responses((status = 200, description = "Resumed", body = Accepted), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is not held", body = ApiError), (status = 500, description = "Internal error", body = ApiError)), security(("bearer" = [])))]
 async fn resume(
     State(b): State<Shared>,
     Path(name): Path<String>,
@@ -661,14 +722,17 @@ async fn resume(
     Ok(Json(b.resume(&name).await?))
 }
 
-#[utoipa::path(post, path = "/v1/images/{name}/rebuild", params(("name" = String, Path, description = "Image name")), responses((status = 202, description = "Rebuild queued", body = Accepted), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
+/// Queue a rebuild of an image now.
+#[utoipa::path(post, path = "/v1/images/{name}/rebuild", params(("name" = String, Path, description = "Image name"), RebuildQuery), responses((status = 202, description = "Rebuild queued (`job` names it)", body = Accepted), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such thing", body = ApiError), (status = 409, description = "Image is held (rolled back); `?force=true` builds it anyway", body = ApiError), (status = 500, description = "Internal error", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
 async fn rebuild(
     State(b): State<Shared>,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RebuildQuery>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(b.rebuild(&name)?)))
+    Ok((StatusCode::ACCEPTED, Json(b.rebuild(&name, q.force).await?)))
 }
 
+/// Readiness: the state is open and the config loaded.
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "Ready"), (status = 503, description = "Not ready", body = ApiError)))]
 async fn readyz(State(b): State<Shared>) -> Response {
     if b.ready() {
@@ -683,17 +747,20 @@ async fn readyz(State(b): State<Shared>) -> Response {
     }
 }
 
+/// The daemon's status: version, config, queue, polls.
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, description = "Daemon status", body = StatusView)))]
 async fn status(State(b): State<Shared>) -> Json<StatusView> {
     Json(b.status())
 }
 
+/// List every managed image with its state, versions and bases.
 #[utoipa::path(get, path = "/v1/images", responses((status = 200, description = "Every image", body = Vec<ImageView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn images(State(b): State<Shared>) -> Result<Json<Vec<ImageView>>, ApiError> {
     Ok(Json(b.images()?))
 }
 
-#[utoipa::path(get, path = "/v1/images/{name}", params(("name" = String, Path, description = "Image name")), responses((status = 200, description = "The image and its history", body = ImageView), (status = 404, description = "No such thing", body = ApiError)))]
+/// One image: state, bases, every version and its supersessions, rollbacks.
+#[utoipa::path(get, path = "/v1/images/{name}", params(("name" = String, Path, description = "Image name")), responses((status = 200, description = "The image and its history", body = ImageView), (status = 404, description = "No such image", body = ApiError), (status = 500, description = "Internal error", body = ApiError)))]
 async fn image(
     State(b): State<Shared>,
     Path(name): Path<String>,
@@ -830,6 +897,43 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 mod tests {
     use super::*;
 
+    /// issue 22: 11 of 16 operations had no summary.
+    #[test]
+    fn every_operation_has_a_summary_and_its_error_responses() {
+        let doc = serde_json::to_value(openapi_document()).expect("json");
+        let paths = doc["paths"].as_object().expect("paths");
+        // These cannot fail: they answer whatever the state.
+        let infallible = ["/healthz", "/openapi.json", "/v1/status", "/metrics"];
+        let mut seen = 0;
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().expect("operations") {
+                seen += 1;
+                let summary = op["summary"].as_str().unwrap_or_default();
+                assert!(!summary.is_empty(), "{method} {path} has no summary");
+                let codes: Vec<&String> = op["responses"]
+                    .as_object()
+                    .expect("responses")
+                    .keys()
+                    .collect();
+                if !infallible.contains(&path.as_str()) {
+                    assert!(
+                        codes
+                            .iter()
+                            .any(|c| c.starts_with('4') || c.starts_with('5')),
+                        "{method} {path} documents no error response: {codes:?}"
+                    );
+                }
+                if method == "post" && !path.starts_with("/v1/webhooks/") {
+                    assert!(
+                        codes.iter().any(|c| *c == "401"),
+                        "{method} {path}: {codes:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(seen, 16, "every route is in the document");
+    }
+
     #[test]
     fn action_errors_map_to_their_status() {
         let conflict = |conflict| ActionError::Conflict {
@@ -840,6 +944,13 @@ mod tests {
             (ActionError::NotFound("no image \"web\"".into()), 404),
             (conflict(Conflict::Building), 409),
             (conflict(Conflict::NotHeld("fresh".into())), 409),
+            (
+                conflict(Conflict::Held {
+                    image: "web".into(),
+                    version: "1.0.0".into(),
+                }),
+                409,
+            ),
             (ActionError::BadRequest("bad version".into()), 400),
             (ActionError::Unavailable("stopping".into()), 503),
             (ActionError::Upstream("registry refused".into()), 502),

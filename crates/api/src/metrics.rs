@@ -21,12 +21,19 @@ pub struct Metrics {
     build_count: AtomicU64,
     queue_depth: AtomicU64,
     rate_limit: Mutex<BTreeMap<String, u64>>,
+    gauges: Mutex<Counters>,
 }
+
+const GAUGE_HELP: &[(&str, &str)] = &[
+    ("rebased_images", "Managed images by the state they are shown in (fresh, stale, queued, building, failing, held)."),
+    ("rebased_images_unchecked", "Images with a base whose last check failed."),
+    ("rebased_bases_unchecked", "Watched bases whose last check failed."),
+];
 
 const HELP: &[(&str, &str, &str)] = &[
     ("rebased_polls_total", "counter", "Base checks, by registry and outcome (ok, error)."),
     ("rebased_source_checks_total", "counter", "Git source look-ups, by outcome (ok, unreachable, auth, missing_ref, missing_dir, timeout, error)."),
-    ("rebased_registry_requests_total", "counter", "Requests sent to registries, by registry."),
+    ("rebased_registry_requests_total", "counter", "HTTP requests rebased sent to registries (polls, native builds' pulls and pushes, tag moves, tokens; each retry counted), by registry, kind (manifest_head, manifest_get, manifest_put, tags, blob_head, blob_get, blob_mount, blob_upload, token, other) and outcome (ok, unauthorized, not_found, rate_limited, error, unreachable)."),
     ("rebased_builds_total", "counter", "Build attempts, by outcome (published, fresh, failed, interrupted)."),
     ("rebased_versions_published_total", "counter", "Versions published, by image."),
     ("rebased_webhook_deliveries_total", "counter", "Webhook deliveries, by source and outcome (accepted, ignored, unauthorized, malformed, too_large)."),
@@ -64,6 +71,16 @@ impl Metrics {
         self.build_count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Sets gauge `name` with `labels` to `value`.
+    pub fn set_gauge(&self, name: &'static str, labels: &[(&'static str, &str)], value: u64) {
+        let key = (
+            name,
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        );
+        let mut g = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        g.insert(key, value);
+    }
+
     /// Sets the queue depth gauge.
     pub fn set_queue_depth(&self, depth: usize) {
         self.queue_depth.store(depth as u64, Ordering::Relaxed);
@@ -86,6 +103,17 @@ impl Metrics {
         for (name, kind, help) in HELP {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for ((n, labels), v) in counters.iter().filter(|((n, _), _)| n == name) {
+                let _ = writeln!(out, "{n}{} {v}", render_labels(labels));
+            }
+        }
+        let gauges = self
+            .gauges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (name, help) in GAUGE_HELP {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for ((n, labels), v) in gauges.iter().filter(|((n, _), _)| n == name) {
                 let _ = writeln!(out, "{n}{} {v}", render_labels(labels));
             }
         }

@@ -433,7 +433,9 @@ impl Daemon {
             .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
-                std::env::var("REBASED_BENCH_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+                // Every round's line: a quiet round logs it at debug.
+                std::env::var("REBASED_BENCH_RUST_LOG")
+                    .unwrap_or_else(|_| "info,rebased::poll=debug".to_owned()),
             )
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

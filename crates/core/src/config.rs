@@ -455,8 +455,29 @@ pub struct CronSpec {
 impl CronSpec {
     /// Parses and validates.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let fields: Vec<&str> = text.split_whitespace().collect();
-        let bad = |e: &dyn fmt::Display| format!("cron {text:?}: {e}");
+        let expanded = match text.trim() {
+            "@yearly" | "@annually" => "0 0 1 1 *",
+            "@monthly" => "0 0 1 * *",
+            "@weekly" => "0 0 * * 0",
+            "@daily" | "@midnight" => "0 0 * * *",
+            "@hourly" => "0 * * * *",
+            t if t.starts_with('@') => {
+                return Err(format!(
+                    "cron {text:?}: unknown shortcut; use @yearly, @annually, @monthly, @weekly, @daily, @midnight or @hourly"
+                ))
+            }
+            t => t,
+        };
+        let fields: Vec<&str> = expanded.split_whitespace().collect();
+        // The `cron` crate's own messages show its internal 6-field form
+        // and wrong bounds ("must be less than 59"): check the user's
+        // fields first, in the user's terms.
+        check_bounds(text, &fields)?;
+        let bad = |e: &dyn fmt::Display| {
+            let e = e.to_string();
+            let first = e.lines().next().unwrap_or_default().trim().to_owned();
+            format!("cron {text:?}: {first}")
+        };
         let exprs: Vec<String> = match fields.len() {
             5 => {
                 let dow = standard_dow(fields[4]).map_err(|e| bad(&e))?;
@@ -472,13 +493,19 @@ impl CronSpec {
                     vec![format!("0 {min} {hour} {dom} {mon} {dow}")]
                 }
             }
-            6 | 7 => vec![text.to_owned()],
-            n => return Err(format!("cron {text:?} has {n} fields: expected 5, 6 or 7")),
+            6 | 7 => vec![expanded.to_owned()],
+            n => return Err(format!("cron {text:?} has {n} fields: expected 5 (minute hour day-of-month month day-of-week), 6 or 7 (with seconds first, and a year), or a shortcut such as @hourly")),
         };
         let schedules = exprs
             .iter()
             .map(|e| cron::Schedule::from_str(e).map_err(|err| bad(&err)))
             .collect::<Result<Vec<_>, _>>()?;
+        if schedules
+            .iter()
+            .all(|s| s.upcoming(chrono::Utc).next().is_none())
+        {
+            return Err(format!("cron {text:?} never fires: no date matches it"));
+        }
         Ok(Self {
             text: text.to_owned(),
             schedules,
@@ -495,6 +522,58 @@ impl CronSpec {
     pub fn schedules(&self) -> &[cron::Schedule] {
         &self.schedules
     }
+}
+
+/// Checks the numbers of each field against its bounds, naming the field
+/// as the user wrote it: 5 fields are standard cron, 6 or 7 start with
+/// seconds (and may end with a year).
+fn check_bounds(text: &str, fields: &[&str]) -> Result<(), String> {
+    const STANDARD: &[(&str, u32, u32)] = &[
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    const SECONDS: &[(&str, u32, u32)] = &[
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 1, 7),
+        ("year", 1970, 2099),
+    ];
+    let bounds = match fields.len() {
+        5 => STANDARD,
+        6 | 7 => SECONDS,
+        _ => return Ok(()),
+    };
+    for (field, (name, lo, hi)) in fields.iter().zip(bounds) {
+        for item in field.split(',') {
+            let (range, step) = match item.split_once('/') {
+                Some((r, s)) => (r, Some(s)),
+                None => (item, None),
+            };
+            if let Some(s) = step {
+                if s.parse::<u32>().map_or(true, |n| n == 0) {
+                    return Err(format!(
+                        "cron {text:?}: {name} step {s:?} must be a number from 1"
+                    ));
+                }
+            }
+            for n in range.split('-') {
+                // Names (MON, JAN), `*`, `?` are the crate's to read.
+                let Ok(n) = n.parse::<u32>() else { continue };
+                if n < *lo || n > *hi {
+                    return Err(format!(
+                        "cron {text:?}: {name} {n} is out of range {lo}-{hi}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Standard cron's day-of-week field (0-7, 0 and 7 Sunday) in day names,
@@ -950,6 +1029,46 @@ watch_context = false
         let t = next("0 3 15 * 1");
         assert_eq!((t.day(), t.weekday()), (5, chrono::Weekday::Mon));
         assert!(CronSpec::parse("0 3 * * 8").is_err());
+    }
+
+    /// issue 22: the messages showed the crate's internal 6-field form
+    /// and wrong bounds, `@hourly` had "1 fields", and a schedule that
+    /// never fires was accepted.
+    #[test]
+    fn cron_errors_speak_the_users_expression() {
+        let e = CronSpec::parse("61 * * * *").expect_err("out of range");
+        assert_eq!(e, "cron \"61 * * * *\": minute 61 is out of range 0-59");
+        let e = CronSpec::parse("0 24 * * *").expect_err("out of range");
+        assert_eq!(e, "cron \"0 24 * * *\": hour 24 is out of range 0-23");
+        let e = CronSpec::parse("0 0 0 * *").expect_err("out of range");
+        assert!(e.contains("day of month 0 is out of range 1-31"), "{e}");
+        let e = CronSpec::parse("0 0 * * 8").expect_err("out of range");
+        assert!(e.contains("day of week 8 is out of range 0-7"), "{e}");
+        let e = CronSpec::parse("*/0 * * * *").expect_err("zero step");
+        assert!(e.contains("minute step \"0\""), "{e}");
+        let e = CronSpec::parse("0 0 31 2 *").expect_err("never fires");
+        assert_eq!(e, "cron \"0 0 31 2 *\" never fires: no date matches it");
+        assert!(
+            CronSpec::parse("59 23 31 12 7").is_ok(),
+            "the upper bounds are in range"
+        );
+        for s in [
+            "@hourly",
+            "@daily",
+            "@midnight",
+            "@weekly",
+            "@monthly",
+            "@yearly",
+            "@annually",
+        ] {
+            let spec = CronSpec::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(spec.as_str(), s, "kept as written");
+        }
+        let e = CronSpec::parse("@often").expect_err("unknown");
+        assert!(e.contains("@hourly"), "{e}");
+        let e = CronSpec::parse("* *").expect_err("fields");
+        assert!(e.contains("has 2 fields") && e.contains("@hourly"), "{e}");
+        assert!(!e.contains('\n'));
     }
 
     #[test]

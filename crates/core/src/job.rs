@@ -47,6 +47,9 @@ pub struct JobReason {
     pub at: DateTime<Utc>,
     /// Human detail: the base and digests, the parent image, who asked.
     pub detail: String,
+    /// An operator's rebuild through a hold (`rebuild --force`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// A build job for one image.
@@ -74,6 +77,10 @@ pub struct Job {
     pub error: Option<String>,
     /// The version it published, if it published one.
     pub published: Option<Version>,
+    /// Why a finished job published nothing (the image was already fresh,
+    /// or held).
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 impl Job {
@@ -91,6 +98,7 @@ impl Job {
             finished_at: None,
             error: None,
             published: None,
+            note: None,
         }
     }
 
@@ -102,6 +110,20 @@ impl Job {
     /// True when an operator asked for it (builds even a fresh image).
     pub fn is_manual(&self) -> bool {
         self.reasons.iter().any(|r| r.trigger == Trigger::Manual)
+    }
+
+    /// True when an operator forced it through a hold.
+    pub fn is_forced(&self) -> bool {
+        self.reasons.iter().any(|r| r.force)
+    }
+
+    /// Attempts made, counted from 1: the failed ones and the one running
+    /// or that succeeded (what the log calls `attempt=N`).
+    pub fn attempts_made(&self) -> u32 {
+        match self.state {
+            JobState::Running | JobState::Succeeded => self.attempts + 1,
+            _ => self.attempts,
+        }
     }
 
     /// True once it will not run again.

@@ -15,6 +15,7 @@ pub mod reference;
 pub mod source;
 pub mod status;
 pub mod trigger;
+pub mod units;
 pub mod version;
 
 pub use digest::Digest;

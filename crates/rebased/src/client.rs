@@ -1,5 +1,5 @@
 //! The CLI clients of the local API: `status`, `images`, `image`, `jobs`,
-//! `log`, `rebuild`, `rollback`, `resume`.
+//! `log`, `check`, `rebuild`, `rollback`, `resume`.
 //!
 //! Answers are deserialised into rebased-api's view types, the types the
 //! daemon serialises; the tables print each value as the API writes it
@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rebased_api::{
-    Accepted, ApiError, ImageView, JobView, ReasonView, RollbackRequest, RollbackView, StatusView,
+    Accepted, ApiError, CheckRequest, ImageView, JobView, ReasonView, RollbackRequest,
+    RollbackView, StatusView,
 };
-use rebased_core::Digest;
+use rebased_core::{Digest, ImageState};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -179,9 +180,46 @@ fn short(d: Option<&Digest>) -> String {
     }
 }
 
-/// The first 60 characters of an error, empty when there is none.
+/// An error in at most [`BRIEF`] characters, empty when there is none: a
+/// longer one keeps its start (what failed) and its end (the cause), the
+/// middle shortened to `...`.
 fn brief(e: Option<&String>) -> String {
-    e.map(|e| e.chars().take(60).collect()).unwrap_or_default()
+    let Some(e) = e else {
+        return String::new();
+    };
+    let chars: Vec<char> = e.chars().collect();
+    if chars.len() <= BRIEF {
+        return e.clone();
+    }
+    let head = BRIEF / 3;
+    let tail = BRIEF - head - 3;
+    let start: String = chars[..head].iter().collect();
+    let end: String = chars[chars.len() - tail..].iter().collect();
+    format!("{}...{}", start.trim_end(), end.trim_start())
+}
+
+/// The widest an error column gets.
+const BRIEF: usize = 80;
+
+/// The state an image is shown in: `unchecked` for a stale (or never
+/// decided) image whose base could not be checked.
+fn shown_state(i: &ImageView) -> String {
+    match i.state {
+        ImageState::Stale if i.unchecked => "unchecked".to_owned(),
+        s => s.to_string(),
+    }
+}
+
+/// Why an image is not fresh, in a line: its last error, else the first
+/// base whose check failed.
+fn image_error(i: &ImageView) -> Option<String> {
+    i.last_error.clone().or_else(|| {
+        i.bases.iter().find_map(|b| {
+            b.error
+                .as_ref()
+                .map(|e| format!("base {}: {e}", b.reference))
+        })
+    })
 }
 
 /// Left-aligned columns.
@@ -245,11 +283,11 @@ pub fn images(c: &Client) -> Result<String> {
             .map(|i| {
                 vec![
                     i.name.clone(),
-                    i.state.to_string(),
+                    shown_state(i),
                     or_dash(i.current_version.as_ref()),
                     short(i.current_digest.as_ref()),
                     i.repository.clone(),
-                    brief(i.last_error.as_ref()),
+                    brief(image_error(i).as_ref()),
                 ]
             })
             .collect();
@@ -312,7 +350,7 @@ pub fn image(c: &Client, name: &str) -> Result<String> {
         let mut out = format!(
             "{}: {}, current {} ({}), repository {}\n",
             v.name,
-            v.state,
+            shown_state(&v),
             or_dash(v.current_version.as_ref()),
             short(v.current_digest.as_ref()),
             v.repository
@@ -332,6 +370,22 @@ pub fn image(c: &Client, name: &str) -> Result<String> {
                     .map(|e| format!(", error: {e}"))
                     .unwrap_or_default()
             ));
+        }
+        if !v.bases.is_empty() {
+            out.push_str("\nbases:\n");
+            let rows: Vec<Vec<String>> = v
+                .bases
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.reference.clone(),
+                        short(b.digest.as_ref()),
+                        opt_time(b.last_checked.as_ref()),
+                        b.error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["BASE", "DIGEST", "CHECKED", "ERROR"], &rows));
         }
         out.push('\n');
         let rows: Vec<Vec<String>> = v
@@ -361,6 +415,28 @@ pub fn image(c: &Client, name: &str) -> Result<String> {
             ],
             &rows,
         ));
+        // The table shows each version's latest supersession; a version
+        // superseded more than once (a rollback to it, then a new build)
+        // has its whole history here.
+        let again: Vec<Vec<String>> = v
+            .versions
+            .iter()
+            .filter(|ver| ver.supersessions.len() > 1)
+            .flat_map(|ver| {
+                ver.supersessions.iter().map(move |s| {
+                    vec![
+                        ver.version.to_string(),
+                        s.by.to_string(),
+                        time(&s.at),
+                        reason(Some(&s.reason)),
+                    ]
+                })
+            })
+            .collect();
+        if !again.is_empty() {
+            out.push_str("\nsuperseded more than once:\n");
+            out.push_str(&table(&["VERSION", "BY", "AT", "REASON"], &again));
+        }
         if !v.rollbacks.is_empty() {
             out.push_str("\nrollbacks:\n");
             let rows: Vec<Vec<String>> = v
@@ -387,16 +463,23 @@ pub fn jobs(c: &Client) -> Result<String> {
         let rows: Vec<Vec<String>> = jobs
             .iter()
             .map(|j| {
+                // A queued job after a failure: when it tries again.
+                let state = if j.state == "queued" && j.attempts > 0 {
+                    format!("queued, retry at {}", time(&j.not_before))
+                } else {
+                    j.state.clone()
+                };
                 vec![
                     j.id.to_string(),
                     j.image.clone(),
-                    j.state.clone(),
+                    state,
                     j.trigger.to_string(),
                     j.attempts.to_string(),
                     time(&j.created_at),
                     opt_time(j.finished_at.as_ref()),
                     or_dash(j.published.as_ref()),
-                    brief(j.error.as_ref()),
+                    // Why it failed, else why it published nothing.
+                    brief(j.error.as_ref().or(j.note.as_ref())),
                 ]
             })
             .collect();
@@ -410,7 +493,7 @@ pub fn jobs(c: &Client) -> Result<String> {
                 "QUEUED",
                 "FINISHED",
                 "PUBLISHED",
-                "ERROR",
+                "ERROR / NOTE",
             ],
             &rows,
         )
@@ -422,13 +505,24 @@ pub fn log(c: &Client, job: u64) -> Result<String> {
     c.get_text(&format!("/v1/jobs/{job}/log"))
 }
 
-/// `rebased rebuild NAME`.
-pub fn rebuild(c: &Client, name: &str) -> Result<String> {
+/// `rebased rebuild NAME [--force]`.
+pub fn rebuild(c: &Client, name: &str, force: bool) -> Result<String> {
+    let query = if force { "?force=true" } else { "" };
     c.post(
-        &format!("/v1/images/{name}/rebuild"),
+        &format!("/v1/images/{name}/rebuild{query}"),
         None::<&()>,
         |a: Accepted| format!("{}\n", a.detail),
     )
+}
+
+/// `rebased check [REFERENCE]`: every base now, or one.
+pub fn check(c: &Client, reference: Option<&str>) -> Result<String> {
+    let body = CheckRequest {
+        reference: reference.map(str::to_owned),
+    };
+    c.post("/v1/check", Some(&body), |a: Accepted| {
+        format!("{}; `rebased images` shows what it finds\n", a.detail)
+    })
 }
 
 /// `rebased rollback NAME --to VERSION`.
@@ -480,4 +574,23 @@ pub fn sources(c: &Client) -> Result<String> {
             &rows,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// issue 22: the ERROR column was cut at 60 characters, before the cause.
+    #[test]
+    fn a_long_error_keeps_its_start_and_its_cause() {
+        let e = "listing the tags of 127.0.0.1:5999/hello: 127.0.0.1:5999/hello (registry 127.0.0.1:5999): unreachable: cannot connect: error sending request: Connection refused (os error 111)".to_owned();
+        let b = brief(Some(&e));
+        assert!(b.chars().count() <= BRIEF, "{b}");
+        assert!(b.starts_with("listing the tags of"), "{b}");
+        assert!(b.ends_with("Connection refused (os error 111)"), "{b}");
+        assert!(b.contains("..."), "{b}");
+        let short_one = "cannot read Dockerfile".to_owned();
+        assert_eq!(brief(Some(&short_one)), short_one);
+        assert_eq!(brief(None), "");
+    }
 }

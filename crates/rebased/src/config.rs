@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rebased_core::config::{Config, ImageConfig, Repository};
 use rebased_core::dockerfile::{BuildPlatforms, Dockerfile};
 use rebased_core::oci::Platform;
@@ -12,8 +12,14 @@ use rebased_core::ImageRef;
 
 /// Reads and validates the config; errors read `FILE:LINE:COLUMN: key K: why`.
 pub fn load(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "config file {} does not exist (without --config, rebased reads {DEFAULT_CONFIG}): pass --config FILE",
+            path.display()
+        ),
+        Err(e) => bail!("cannot read config {}: {e}", path.display()),
+    };
     let mut cfg = Config::parse(&text).map_err(|e| {
         let key = e.key.map(|k| format!("key {k}: ")).unwrap_or_default();
         anyhow!(
@@ -100,6 +106,9 @@ impl ParsedDockerfile {
     }
 }
 
+/// The config file read without `--config`.
+pub const DEFAULT_CONFIG: &str = "/etc/rebased/rebased.toml";
+
 /// Reads and parses `path` with `build_args` once for each of `platforms`
 /// (`os/arch[/variant]`; none: the host's); errors read `FILE:LINE: why`
 /// (and the platform, for a file that only one platform's `ARG`s break).
@@ -129,6 +138,33 @@ pub fn read_dockerfile_for(
     })
 }
 
+/// Reads and parses `image`'s Dockerfile for its platforms; a context
+/// directory that does not exist is said to be that (not an unreadable
+/// Dockerfile). A git context's Dockerfile is in its checkout
+/// (`Live::dockerfile_path`): an error here.
+pub fn read_image_dockerfile(image: &ImageConfig) -> Result<ParsedDockerfile> {
+    if let Some(context) = image.context.local() {
+        match std::fs::metadata(context) {
+            Ok(m) if !m.is_dir() => bail!(
+                "image {}: context {} is not a directory",
+                image.name,
+                context.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "image {}: context directory {} does not exist",
+                image.name,
+                context.display()
+            ),
+            _ => {}
+        }
+    }
+    read_dockerfile_for(
+        &dockerfile_path(image)?,
+        &image.build_args,
+        &image.platforms,
+    )
+}
+
 /// The external bases of a Dockerfile for `platforms` (none: the host's).
 pub fn dockerfile_bases(
     path: &Path,
@@ -140,11 +176,7 @@ pub fn dockerfile_bases(
 
 /// The external bases of an image: those of each of its platforms.
 pub fn image_bases(image: &ImageConfig) -> Result<Vec<ImageRef>> {
-    dockerfile_bases(
-        &dockerfile_path(image)?,
-        &image.build_args,
-        &image.platforms,
-    )
+    Ok(read_image_dockerfile(image)?.bases())
 }
 
 /// The Dockerfile of an image with a local context (a git context's is

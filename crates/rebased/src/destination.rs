@@ -81,7 +81,8 @@ impl Destination {
             Self::Registry(r) => registry
                 .list_tags(r)
                 .await
-                .with_context(|| format!("listing the tags of {}", r.name())),
+                // The registry's error names the repository and registry.
+                .context("listing the tags"),
             Self::Layout(p) => match Self::layout(p)? {
                 Some(l) => l
                     .list_tags()

@@ -357,6 +357,6 @@ async fn move_back(
     };
     let (owned, recorded) = (name.to_owned(), event.clone());
     records::write(store, move |s| s.rollback(&owned, &recorded)).await?;
-    info!(image = %name, to = %to, from = ?from.map(|f| f.to_string()), tags = ?tags, "rolled back; image held");
+    info!(image = %name, to = %to, from = %from.map_or_else(|| "-".to_owned(), |f| f.to_string()), tags = %tags.join(", "), "rolled back; image held");
     Ok(event)
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Result;
+use rebased_api::metrics::Metrics;
 use rebased_builder::native::cache::LayerCache;
 use rebased_builder::{Engine, EngineKind, Native};
 use rebased_core::config::{Config, CronSpec, ImageConfig, SourceConfig};
@@ -39,6 +40,8 @@ pub struct Live {
     trees: Mutex<BTreeMap<String, std::result::Result<PathBuf, String>>>,
     /// `rebased once`: no settle delay.
     once: bool,
+    /// Where the registry clients count their requests.
+    metrics: Arc<Metrics>,
 }
 
 /// One image's Dockerfile as read now (for a build: always read afresh).
@@ -54,12 +57,37 @@ pub struct Plan {
     pub bases: Vec<ImageRef>,
 }
 
+/// Counts every registry request in `rebased_registry_requests_total`.
+struct Counted(Arc<Metrics>);
+
+impl rebased_registry::Observer for Counted {
+    fn request(
+        &self,
+        registry: &str,
+        kind: rebased_registry::RequestKind,
+        outcome: rebased_registry::RequestOutcome,
+    ) {
+        self.0.inc(
+            "rebased_registry_requests_total",
+            &[
+                ("registry", registry),
+                ("kind", kind.as_str()),
+                ("outcome", outcome.as_str()),
+            ],
+        );
+    }
+}
+
 impl Live {
-    /// The config `cfg` read from `config_file`.
-    pub fn new(config_file: PathBuf, cfg: Config, once: bool) -> Self {
+    /// The config `cfg` read from `config_file`; the registry clients
+    /// made from it count their requests in `metrics`.
+    pub fn new(config_file: PathBuf, cfg: Config, once: bool, metrics: Arc<Metrics>) -> Self {
+        let registry =
+            Registry::new(&cfg.registries).observed_by(Arc::new(Counted(Arc::clone(&metrics))));
         Self {
+            metrics,
             config_file,
-            registry: RwLock::new(Arc::new(Registry::new(&cfg.registries))),
+            registry: RwLock::new(Arc::new(registry)),
             config: RwLock::new(Arc::new(cfg)),
             plans: Mutex::new(PlanCache::default()),
             trees: Mutex::new(BTreeMap::new()),
@@ -105,7 +133,10 @@ impl Live {
         // The registry client keeps its token cache and concurrency pools
         // unless the registry settings changed.
         if cfg.registries != self.cfg().registries {
-            let registry = Arc::new(Registry::new(&cfg.registries));
+            let registry = Arc::new(
+                Registry::new(&cfg.registries)
+                    .observed_by(Arc::new(Counted(Arc::clone(&self.metrics)))),
+            );
             *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
         }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
@@ -246,13 +277,19 @@ impl Live {
         })
     }
 
+    /// Reads `image`'s Dockerfile at `path` (its [`Live::dockerfile_path`])
+    /// for its platforms; for a local context, a context directory that
+    /// does not exist is said to be that.
+    fn read(&self, image: &ImageConfig, path: &Path) -> Result<config::ParsedDockerfile> {
+        if image.context.local().is_some() {
+            return config::read_image_dockerfile(image);
+        }
+        config::read_dockerfile_for(path, &image.build_args, &image.platforms)
+    }
+
     /// Reads and parses an image's Dockerfile now.
     pub fn plan(&self, image: &ImageConfig) -> Result<Plan> {
-        let p = config::read_dockerfile_for(
-            &self.dockerfile_path(image)?,
-            &image.build_args,
-            &image.platforms,
-        )?;
+        let p = self.read(image, &self.dockerfile_path(image)?)?;
         let bases = p.bases();
         Ok(Plan {
             text: p.text,
@@ -288,7 +325,7 @@ impl Live {
                 }
             }
         }
-        let p = config::read_dockerfile_for(&path, &image.build_args, &image.platforms)?;
+        let p = self.read(image, &path)?;
         let bases = p.bases();
         let mut cache = lock(&self.plans);
         let bases = match cache.interned.get(bases.as_slice()) {

@@ -19,7 +19,13 @@ pub fn init(cfg: &Config) {
         f => f,
     };
     let registry = tracing_subscriber::registry().with(filter);
-    let text = || tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let text = || {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+    };
     let _ = match format {
         LogFormat::Json => registry
             .with(

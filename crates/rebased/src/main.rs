@@ -47,19 +47,20 @@ enum Command {
     /// Run the daemon.
     Run {
         /// The config file.
-        #[arg(long, short, default_value = "/etc/rebased/rebased.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// One check and the builds it causes, then exit (non-zero if a build failed).
+    /// One check and the builds it causes, then exit: 1 when a base could
+    /// not be checked, a Dockerfile could not be read or a build failed.
     Once {
         /// The config file.
-        #[arg(long, short, default_value = "/etc/rebased/rebased.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate the config and print the plan: images, bases, build order.
     CheckConfig {
         /// The config file.
-        #[arg(long, short, default_value = "/etc/rebased/rebased.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Show the daemon's status.
@@ -91,10 +92,20 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
-    /// Queue a rebuild of an image now.
+    /// Check bases now (every one, or REFERENCE): what `POST /v1/check` does.
+    Check {
+        /// One base reference to check, as a Dockerfile names it.
+        reference: Option<String>,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Queue a rebuild of an image now; prints the job's id.
     Rebuild {
         /// The image's name.
         name: String,
+        /// Build even if the image is held (rolled back); it stays held.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         api: client::ApiArgs,
     },
@@ -151,7 +162,12 @@ fn main() -> ExitCode {
         Command::Jobs { api } => client_cmd(&api, client::jobs),
         Command::Sources { api } => client_cmd(&api, client::sources),
         Command::Log { job, api } => client_cmd(&api, |c| client::log(c, job)),
-        Command::Rebuild { name, api } => client_cmd(&api, |c| client::rebuild(c, &name)),
+        Command::Check { reference, api } => {
+            client_cmd(&api, |c| client::check(c, reference.as_deref()))
+        }
+        Command::Rebuild { name, force, api } => {
+            client_cmd(&api, |c| client::rebuild(c, &name, force))
+        }
         Command::Rollback { name, to, api } => {
             client_cmd(&api, |c| client::rollback(c, &name, &to))
         }
@@ -165,7 +181,7 @@ fn daemon(config_file: PathBuf, mode: supervisor::Mode) -> ExitCode {
     let (cfg, graph) = match config::load_checked(&config_file) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             return ExitCode::from(2);
         }
     };
@@ -185,13 +201,37 @@ fn daemon(config_file: PathBuf, mode: supervisor::Mode) -> ExitCode {
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(supervisor::Exit::Clean) => ExitCode::SUCCESS,
-        Ok(supervisor::Exit::BuildFailed) => ExitCode::FAILURE,
+        Ok(supervisor::Exit::Failed(problems)) => {
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            ExitCode::FAILURE
+        }
+        // Said once, on stderr (where the text log goes, and what the
+        // journal records under systemd).
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: a cause whose text the
+/// message already holds (a library error that prints its source) is not
+/// repeated.
+fn said_once(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn client_cmd(
@@ -204,7 +244,7 @@ fn client_cmd(
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             ExitCode::FAILURE
         }
     }
@@ -214,13 +254,13 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     let (cfg, graph) = match config::load_checked(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             return ExitCode::from(2);
         }
     };
-    println!("config {} is valid", path.display());
+    println!("config {}", path.display());
     println!("poll: {}", cfg.daemon.poll.as_str());
-    let mut failed = false;
+    let mut failed = 0;
     for (i, image) in cfg.image.iter().enumerate() {
         println!(
             "{}. {} -> {} (first version {})",
@@ -260,15 +300,21 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 }
             }
             Err(e) => {
-                failed = true;
+                failed += 1;
                 println!("   error: {e:#}");
             }
         }
     }
     println!("build order: {}", graph.order().join(", "));
-    if failed {
+    if failed > 0 {
+        let images = if failed == 1 { "image" } else { "images" };
+        eprintln!(
+            "error: config {} is not valid: {failed} {images} cannot be built as configured (see above)",
+            path.display()
+        );
         ExitCode::from(2)
     } else {
+        println!("config {} is valid", path.display());
         ExitCode::SUCCESS
     }
 }
@@ -327,9 +373,37 @@ fn bases(dockerfile: &std::path::Path, build_args: &[String], platform: Option<&
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", said_once(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// issue 22: "Address already in use (os error 98): Address already in
+    /// use (os error 98)".
+    #[test]
+    fn each_cause_is_said_once() {
+        #[derive(Debug)]
+        struct Bind {
+            source: std::io::Error,
+        }
+        impl std::fmt::Display for Bind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot listen on x: {}", self.source)
+            }
+        }
+        impl std::error::Error for Bind {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.source)
+            }
+        }
+        let e = anyhow::Error::new(Bind {
+            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "in use"),
+        })
+        .context("starting");
+        assert_eq!(super::said_once(&e), "starting: cannot listen on x: in use");
     }
 }
 

@@ -23,7 +23,7 @@ use rebased_scheduler::settle::{Observation, Watch};
 use rebased_state::{BaseRecord, SourceRecord, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::live::{GitSource, Live};
 use crate::reconcile::Reconciler;
@@ -101,6 +101,11 @@ pub struct PollLoop {
     forced_sources: BTreeSet<String>,
     /// Every source asked for now (`POST /v1/check` naming nothing).
     all_sources: bool,
+    /// When to look again at images whose Dockerfile (or context) could
+    /// not be read: the next `daemon.poll` time, so a file that appears or
+    /// is fixed is picked up without a manual check, even when no base is
+    /// watched at all.
+    plans_due: Option<DateTime<Utc>>,
 }
 
 impl Default for PollLoop {
@@ -115,6 +120,7 @@ impl Default for PollLoop {
             sources_next: BTreeMap::new(),
             forced_sources: BTreeSet::new(),
             all_sources: false,
+            plans_due: None,
         }
     }
 }
@@ -146,7 +152,11 @@ impl PollLoop {
             self.trigger = Trigger::Webhook;
         }
         let all = self.first || self.evaluate_all;
-        if due.is_empty() && !all {
+        let plans = self.plans_due.is_some_and(|t| t <= now);
+        if plans {
+            self.plans_due = None;
+        }
+        if due.is_empty() && !all && !plans {
             self.trigger = Trigger::Poll;
             return None;
         }
@@ -186,11 +196,13 @@ impl PollLoop {
         self.trigger = Trigger::Poll;
     }
 
-    /// When a base or a source is due next.
+    /// When a base or a source is due next (or the unreadable Dockerfiles
+    /// are looked at again).
     pub fn next_wake(&self) -> Option<DateTime<Utc>> {
         self.next
             .values()
             .chain(self.sources_next.values())
+            .chain(&self.plans_due)
             .min()
             .copied()
     }
@@ -231,6 +243,13 @@ impl PollLoop {
             }
             self.sources_next.insert(k.clone(), t);
         }
+    }
+
+    /// Some images' Dockerfile or context could not be read: a round at
+    /// `at` (the daemon's next poll time) looks again; `None` when every
+    /// one could.
+    pub fn plans_due_at(&mut self, at: Option<DateTime<Utc>>) {
+        self.plans_due = at;
     }
 
     /// Requests arrived: their bases are checked in the next round (every
@@ -315,6 +334,8 @@ pub struct Poller {
     /// (marked failing for that): a round decides them again once it can.
     /// The first round after a start or a reload decides every image.
     bad_plans: HashSet<String>,
+    /// The last round saw a change, or a check that began or ceased to fail.
+    news: bool,
 }
 
 /// What a [`Poller`] works with.
@@ -344,6 +365,7 @@ impl Poller {
             status: parts.status,
             reconciler: parts.reconciler,
             bad_plans: HashSet::new(),
+            news: false,
         }
     }
 
@@ -382,20 +404,24 @@ impl Poller {
                     _ = shutdown.cancelled() => break,
                 };
                 let tz: Tz = self.live.cfg().daemon.timezone.parse().unwrap_or(Tz::UTC);
-                state.on_round(&round, &rechecks, &specs, tz, Utc::now());
-                state.on_sources(
-                    &due_sources,
-                    &source_rechecks,
-                    &source_specs,
-                    tz,
-                    Utc::now(),
-                );
-                info!(
-                    bases = round.due.len(),
-                    images = self.live.cfg().image.len(),
-                    elapsed_ms = began.elapsed().as_secs_f64() * 1000.0,
-                    "poll round finished"
-                );
+                let now = Utc::now();
+                state.on_round(&round, &rechecks, &specs, tz, now);
+                state.on_sources(&due_sources, &source_rechecks, &source_specs, tz, now);
+                let retry = (!self.bad_plans.is_empty())
+                    .then(|| next_of(&[&self.live.cfg().daemon.poll], tz, now))
+                    .flatten();
+                state.plans_due_at(retry);
+                // Milliseconds, rounded to hundredths (the bench reads them).
+                let elapsed_ms = (began.elapsed().as_secs_f64() * 100_000.0).round() / 100.0;
+                let images = self.live.cfg().image.len();
+                let bases = round.due.len();
+                // At INFO only when a round saw something new: a change, or
+                // a base's check starting or stopping to fail.
+                if std::mem::take(&mut self.news) {
+                    info!(bases, images, elapsed_ms, "poll round finished");
+                } else {
+                    debug!(bases, images, elapsed_ms, "poll round finished");
+                }
             }
             self.status.update(|t| t.next_poll = state.next_wake());
             self.status.beat();
@@ -568,7 +594,7 @@ impl Poller {
     /// Checks each due base once and records what was seen; returns the
     /// settled changes and the rechecks wanted.
     async fn check(
-        &self,
+        &mut self,
         round: &Round,
     ) -> (
         BTreeMap<ImageRef, (Option<Digest>, Digest)>,
@@ -593,7 +619,10 @@ impl Poller {
             self.count(&check, &mut rec);
             match &check.result {
                 Ok(seen) => {
-                    rec.error = None;
+                    if rec.error.take().is_some() {
+                        info!(base = %key, "the base can be checked again");
+                        self.news = true;
+                    }
                     let mut watch = Watch {
                         settled: rec.digest.clone(),
                         pending: rec.pending.clone(),
@@ -618,7 +647,7 @@ impl Poller {
                             rechecks.insert(reference.clone(), at);
                         }
                         Observation::Settled { before, after } => {
-                            info!(base = %key, from = ?before.as_ref().map(Digest::as_str), to = %after, "base changed and settled");
+                            info!(base = %key, from = %before.as_ref().map_or("none", Digest::as_str), to = %after, "base changed and settled");
                             rec.changed_at = Some(now);
                             changed.insert(reference.clone(), (before, after));
                         }
@@ -641,7 +670,17 @@ impl Poller {
                         }
                     }
                 }
-                Err(e) => rec.error = Some(e.to_string()),
+                Err(e) => {
+                    let error = e.to_string();
+                    if rec.error.as_ref() != Some(&error) {
+                        warn!(base = %key, "cannot check the base: {error}");
+                        self.news = true;
+                    }
+                    rec.error = Some(error);
+                }
+            }
+            if !changed.is_empty() || !rechecks.is_empty() {
+                self.news = true;
             }
             if let Err(e) = self.store.put_base(&rec) {
                 error!(base = %key, "cannot record base: {e}");
@@ -652,11 +691,8 @@ impl Poller {
 
     /// The metrics of one check.
     fn count(&self, check: &rebased_watcher::Check, rec: &mut BaseRecord) {
+        // The request itself is counted by the registry client's observer.
         let registry = check.reference.registry().to_owned();
-        self.metrics.inc(
-            "rebased_registry_requests_total",
-            &[("registry", &registry)],
-        );
         let outcome = if check.result.is_ok() { "ok" } else { "error" };
         if let Some(left) = check.rate_limit_remaining {
             self.metrics.set_rate_limit_remaining(&registry, left);
@@ -731,6 +767,26 @@ impl Poller {
         self.reconciler
             .evaluate(image, &bases, round.trigger, &detail)
             .await;
+    }
+
+    /// The images whose Dockerfile (or context) could not be read at the
+    /// last look, each with why.
+    pub fn unreadable(&self) -> Vec<String> {
+        let mut names: Vec<&String> = self.bad_plans.iter().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let why = self
+                    .store
+                    .image(name)
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.last_error)
+                    .unwrap_or_else(|| "its Dockerfile could not be read".to_owned());
+                format!("image {name}: {why}")
+            })
+            .collect()
     }
 
     /// An image whose Dockerfile cannot be read or parsed is failing for

@@ -53,13 +53,17 @@ pub struct Release<'a> {
     pub source: Option<&'a rebased_scheduler::SourceChange>,
     /// The job that builds it.
     pub job: JobId,
+    /// An operator forced it through a hold (`rebuild --force`): the
+    /// floating tags move to it although the image is held (and stays so).
+    pub forced: bool,
 }
 
 /// Publishes `release`: looks up its version tag (an existing one is
 /// adopted when it was built from the same bases, else refused), else runs
 /// `push` (the build, which pushes the version tag and returns its
 /// digest); records the version; then, unless the image was rolled back
-/// meanwhile, moves the floating tags. A tag that did not move is the
+/// meanwhile (and the build was not forced through the hold), moves the
+/// floating tags. A tag that did not move is the
 /// image's error, finished by its next job; the version still counts.
 /// `cancel` (a stop) abandons the look before the push; `push` observes it
 /// itself; once `push` has returned, the version is recorded whatever
@@ -124,7 +128,7 @@ pub async fn publish(
         .await
         .with_context(|| format!("recording {target} ({digest})"))?;
     info!(%digest, "published {target}");
-    if records::is_held(store, name) {
+    if !release.forced && records::is_held(store, name) {
         info!("image was rolled back meanwhile: floating tags stay where they are");
         return Ok(digest);
     }

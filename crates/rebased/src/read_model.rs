@@ -10,8 +10,9 @@ use chrono::Utc;
 use rebased_api::metrics::Metrics;
 use rebased_api::{
     Accepted, ActionError, ApiError, Backend, BaseChangeView, BaseView, BoxFuture, CheckRequest,
-    ImageBaseView, ImageSourceView, ImageView, JobReasonView, JobView, PendingView, ReasonView,
-    RollbackView, SourceChangeView, SourceView, StatusView, VersionView, WebhookReply,
+    Conflict, ImageBaseView, ImageSourceView, ImageView, JobReasonView, JobView, PendingView,
+    ReasonView, RollbackView, SourceChangeView, SourceView, StatusView, SupersessionView,
+    VersionView, WebhookReply,
 };
 use rebased_core::config::ImageConfig;
 use rebased_core::job::{Job, JobState};
@@ -106,6 +107,7 @@ impl ReadModel {
         let name = image.name.as_str();
         let record = self.store.image(name).map_err(internal)?;
         let versions = self.store.versions(name).map_err(internal)?;
+        let mut history = self.store.supersessions(name).map_err(internal)?;
         let current = record.as_ref().and_then(|r| r.current);
         let current_digest = current
             .and_then(|c| versions.iter().find(|v| v.version == c))
@@ -123,7 +125,9 @@ impl ReadModel {
                             .digest()
                             .cloned()
                             .or_else(|| rec.as_ref().and_then(|b| b.digest.clone())),
-                        error: rec.and_then(|b| b.error),
+                        last_checked: rec.as_ref().and_then(|b| b.checked_at),
+                        // A pinned base is never checked, so never fails.
+                        error: rec.and_then(|b| b.error).filter(|_| r.digest().is_none()),
                         reference: key,
                     }
                 })
@@ -154,11 +158,13 @@ impl ReadModel {
                 error: rec.and_then(|r| r.error),
             }
         });
+        let unchecked = bases.iter().any(|b: &ImageBaseView| b.error.is_some());
         Ok(ImageView {
             source,
             rollbacks,
             name: name.to_owned(),
             state,
+            unchecked,
             repository: image.repository.to_string(),
             current_version: current,
             current_digest,
@@ -166,37 +172,131 @@ impl ReadModel {
             last_error: record.and_then(|r| r.last_error),
             versions: versions
                 .into_iter()
-                .map(|v| VersionView {
-                    version: v.version,
-                    digest: v.digest,
-                    built_at: v.built_at,
-                    trigger: v.trigger,
-                    bases: v.bases,
-                    children: v.children,
-                    superseded_by: v.superseded_by,
-                    superseded_at: v.superseded_at,
-                    supersedes: v.supersedes,
-                    revision: v.source,
-                    reason: v.reason.map(|r| ReasonView {
-                        source: r.source.map(|c| SourceChangeView {
-                            before: c.before,
-                            after: c.after,
-                        }),
-                        trigger: r.trigger,
-                        bases: r
-                            .bases
-                            .into_iter()
-                            .map(|b| BaseChangeView {
-                                reference: b.reference,
-                                before: b.before,
-                                after: b.after,
-                                moved: b.moved,
-                            })
-                            .collect(),
-                    }),
+                .map(|v| {
+                    let mut supersessions: Vec<SupersessionView> = history
+                        .remove(&v.version)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|s| SupersessionView {
+                            by: s.by,
+                            at: s.at,
+                            reason: reason_view(s.reason),
+                        })
+                        .collect();
+                    // A version read back from the registry has its one
+                    // supersession in the record, not in events.
+                    if supersessions.is_empty() {
+                        if let (Some(by), Some(at), Some(r)) =
+                            (v.superseded_by, v.superseded_at, v.reason.clone())
+                        {
+                            supersessions.push(SupersessionView {
+                                by,
+                                at,
+                                reason: reason_view(r),
+                            });
+                        }
+                    }
+                    VersionView {
+                        version: v.version,
+                        digest: v.digest,
+                        built_at: v.built_at,
+                        trigger: v.trigger,
+                        bases: v.bases,
+                        children: v.children,
+                        superseded_by: v.superseded_by,
+                        superseded_at: v.superseded_at,
+                        supersedes: v.supersedes,
+                        revision: v.source,
+                        reason: v.reason.map(reason_view),
+                        supersessions,
+                    }
                 })
                 .collect(),
         })
+    }
+}
+
+impl ReadModel {
+    /// The gauges of `/metrics` that count images by shown state, images
+    /// with an unchecked base, and unchecked bases.
+    fn state_gauges(&self) {
+        const STATES: [ImageState; 6] = [
+            ImageState::Fresh,
+            ImageState::Stale,
+            ImageState::Queued,
+            ImageState::Building,
+            ImageState::Failing,
+            ImageState::Held,
+        ];
+        let cfg = self.live.cfg();
+        let jobs: BTreeMap<String, JobState> = {
+            let q = lock_queue(&self.queue);
+            cfg.image
+                .iter()
+                .filter_map(|i| {
+                    q.active(i.name.as_str())
+                        .map(|j| (i.name.to_string(), j.state))
+                })
+                .collect()
+        };
+        let bases: BTreeMap<String, rebased_state::BaseRecord> = self
+            .store
+            .bases()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| (b.reference.clone(), b))
+            .collect();
+        let mut counts: BTreeMap<String, u64> = STATES.iter().map(|s| (s.to_string(), 0)).collect();
+        let mut unchecked_images = 0;
+        let mut unchecked_bases = std::collections::BTreeSet::new();
+        for image in &cfg.image {
+            let name = image.name.as_str();
+            let stored = self.store.image(name).ok().flatten().map(|r| r.state);
+            let (mut settling, mut unchecked) = (false, false);
+            if let Ok(refs) = self.live.image_bases(image) {
+                for r in refs.iter().filter(|r| r.digest().is_none()) {
+                    let key = r.to_string();
+                    if let Some(b) = bases.get(&key) {
+                        settling |= b.pending.is_some();
+                        if b.error.is_some() {
+                            unchecked = true;
+                            unchecked_bases.insert(key);
+                        }
+                    }
+                }
+            }
+            let state = image_state(stored, jobs.get(name).copied(), settling);
+            *counts.entry(state.to_string()).or_insert(0) += 1;
+            unchecked_images += u64::from(unchecked);
+        }
+        for (state, n) in counts {
+            self.metrics
+                .set_gauge("rebased_images", &[("state", &state)], n);
+        }
+        self.metrics
+            .set_gauge("rebased_images_unchecked", &[], unchecked_images);
+        self.metrics
+            .set_gauge("rebased_bases_unchecked", &[], unchecked_bases.len() as u64);
+    }
+}
+
+fn reason_view(r: rebased_state::Reason) -> ReasonView {
+    ReasonView {
+        source: r.source.map(|c| SourceChangeView {
+            before: c.before,
+            after: c.after,
+        }),
+        trigger: r.trigger,
+        bases: r
+            .bases
+            .into_iter()
+            .map(|b| BaseChangeView {
+                reference: b.reference,
+                before: b.before,
+                after: b.after,
+                moved: b.moved,
+            })
+            .collect(),
     }
 }
 
@@ -219,14 +319,57 @@ fn job_view(j: &Job) -> JobView {
                 detail: r.detail.clone(),
             })
             .collect(),
-        attempts: j.attempts,
+        attempts: j.attempts_made(),
         not_before: j.not_before,
         created_at: j.created_at,
         started_at: j.started_at,
         finished_at: j.finished_at,
         error: j.error.clone(),
         published: j.published,
+        note: j.note.clone(),
     }
+}
+
+/// Queues a build through the dispatcher and waits for the job it made or
+/// merged into.
+async fn request(
+    jobs: &mpsc::Sender<Command>,
+    image: &str,
+    reason: rebased_core::job::JobReason,
+) -> Result<(Job, bool), ActionError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    jobs.try_send(Command::Request {
+        image: image.to_owned(),
+        reason,
+        reply,
+    })
+    .map_err(|e| ActionError::Unavailable(format!("cannot queue the rebuild: {e}")))?;
+    match tokio::time::timeout(std::time::Duration::from_secs(30), answer).await {
+        Ok(Ok(answer)) => Ok(answer),
+        _ => Err(ActionError::Unavailable(format!(
+            "the rebuild of {image} was not queued: the dispatcher did not answer (rebased is stopping?)"
+        ))),
+    }
+}
+
+/// What a job's log says when it has no build log: it built nothing (why),
+/// or failed before its build started (the error), or has not run yet.
+fn job_summary(j: &Job) -> String {
+    let why = match (&j.note, &j.error, j.state) {
+        (Some(note), _, _) => note.clone(),
+        (None, Some(e), _) => format!("failed before its build started: {e}"),
+        (None, None, JobState::Queued) => "not started yet".to_owned(),
+        (None, None, JobState::Running) => "running; its build has not started yet".to_owned(),
+        (None, None, JobState::Cancelled) => "cancelled before its build started".to_owned(),
+        (None, None, _) => "no build log was captured".to_owned(),
+    };
+    format!(
+        "job {} ({}): {}, attempts {}: {why}\n",
+        j.id,
+        j.image,
+        j.state,
+        j.attempts_made()
+    )
 }
 
 impl Backend for ReadModel {
@@ -277,12 +420,13 @@ impl Backend for ReadModel {
     }
 
     fn job_log(&self, id: u64) -> Result<Option<String>, ApiError> {
-        if lock_queue(&self.queue).get(id).is_none() {
+        let Some(job) = lock_queue(&self.queue).get(id).cloned() else {
             return Ok(None);
-        }
+        };
         match std::fs::read_to_string(self.live.log_path(id)) {
             Ok(log) => Ok(Some(log)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            // A job that exists always has an answer: why it has no build log.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(job_summary(&job))),
             Err(e) => Err(ApiError::internal(format!("reading log of job {id}: {e}"))),
         }
     }
@@ -365,27 +509,60 @@ impl Backend for ReadModel {
         Ok(Accepted {
             status: "accepted".to_owned(),
             detail,
+            job: None,
         })
     }
 
-    fn rebuild(&self, name: &str) -> Result<Accepted, ActionError> {
-        self.refuse_if_stopping()?;
-        if self.live.image(name).is_none() {
-            return Err(ActionError::NotFound(format!("image {name:?} not found")));
-        }
-        self.jobs
-            .try_send(Command::Enqueue {
-                image: name.to_owned(),
-                reason: reason(
-                    Trigger::Manual,
-                    Utc::now(),
-                    "rebuild requested through the API",
-                ),
+    fn rebuild<'a>(
+        &'a self,
+        name: &'a str,
+        force: bool,
+    ) -> BoxFuture<'a, Result<Accepted, ActionError>> {
+        Box::pin(async move {
+            self.refuse_if_stopping()?;
+            if self.live.image(name).is_none() {
+                return Err(ActionError::NotFound(format!("image {name:?} not found")));
+            }
+            let record = self
+                .store
+                .image(name)
+                .map_err(|e| ActionError::Internal(e.to_string()))?;
+            let held = record.as_ref().filter(|r| crate::records::held(r));
+            if let (Some(r), false) = (held, force) {
+                return Err(ActionError::Conflict {
+                    image: name.to_owned(),
+                    conflict: Conflict::Held {
+                        image: name.to_owned(),
+                        version: r.current.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                    },
+                });
+            }
+            let mut why = reason(
+                Trigger::Manual,
+                Utc::now(),
+                if held.is_some() {
+                    "rebuild through the hold requested through the API (--force)"
+                } else {
+                    "rebuild requested through the API"
+                },
+            );
+            why.force = force;
+            let (job, merged) = request(&self.jobs, name, why).await?;
+            let mut detail = if merged {
+                format!("rebuild of {name} merged into queued job {}", job.id)
+            } else {
+                format!("rebuild of {name} queued as job {}", job.id)
+            };
+            if held.is_some() {
+                detail.push_str(&format!(
+                    " (forced: {name} is held; the build is published and tagged, and {name} stays held until `rebased resume {name}`)"
+                ));
+            }
+            Ok(Accepted {
+                status: "accepted".to_owned(),
+                detail,
+                job: Some(job.id),
             })
-            .map_err(|e| ActionError::Unavailable(format!("cannot queue the rebuild: {e}")))?;
-        Ok(Accepted {
-            status: "accepted".to_owned(),
-            detail: format!("rebuild of {name} queued"),
         })
     }
 
@@ -408,10 +585,17 @@ impl Backend for ReadModel {
 
     fn resume<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Accepted, ActionError>> {
         Box::pin(async move {
-            self.reconciler.resume(name).await?;
+            let job = self.reconciler.resume(name).await?;
+            let detail = match job {
+                Some(id) => {
+                    format!("{name} builds automatically again; a build is queued as job {id}")
+                }
+                None => format!("{name} builds automatically again"),
+            };
             Ok(Accepted {
                 status: "resumed".to_owned(),
-                detail: format!("{name} builds automatically again"),
+                detail,
+                job,
             })
         })
     }
@@ -438,7 +622,7 @@ impl Backend for ReadModel {
             "accepted"
         };
         if !check.is_empty() {
-            tracing::info!(source, references = ?check.iter().map(ToString::to_string).collect::<Vec<_>>(), "webhook: checking now");
+            tracing::info!(source, references = %check.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "webhook: checking now");
             self.checks
                 .try_send(poll::CheckRequest {
                     references: Some(check.clone()),
@@ -509,6 +693,7 @@ impl Backend for ReadModel {
     fn metrics(&self) -> &Metrics {
         self.metrics
             .set_queue_depth(lock_queue(&self.queue).depth());
+        self.state_gauges();
         &self.metrics
     }
 }
@@ -516,6 +701,30 @@ impl Backend for ReadModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_without_a_build_log_says_why() {
+        let at = Utc::now();
+        let mut job = Job::new(3, "hello", reason(Trigger::Manual, at, "asked"));
+        job.state = JobState::Succeeded;
+        job.note = Some("nothing published: hello is held (rolled back)".to_owned());
+        assert_eq!(
+            job_summary(&job),
+            "job 3 (hello): succeeded, attempts 1: nothing published: hello is held (rolled back)\n"
+        );
+        let mut job = Job::new(4, "hello", reason(Trigger::Poll, at, "base moved"));
+        job.state = JobState::Failed;
+        job.attempts = 1;
+        job.error = Some("cannot read Dockerfile /x/Dockerfile".to_owned());
+        assert_eq!(
+            job_summary(&job),
+            "job 4 (hello): failed, attempts 1: failed before its build started: cannot read Dockerfile /x/Dockerfile\n"
+        );
+        assert!(
+            job_summary(&Job::new(5, "a", reason(Trigger::Poll, at, "x")))
+                .contains("queued, attempts 0: not started yet")
+        );
+    }
 
     #[test]
     fn the_shown_state_follows_hold_then_job_then_store() {

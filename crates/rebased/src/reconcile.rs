@@ -42,6 +42,13 @@ pub enum Asker {
     Poll,
     /// A job (a retry, a rebuild, a cascade): it runs whatever failed before.
     Job,
+    /// A rebuild forced through a hold (`rebuild --force`).
+    Forced,
+}
+
+/// What a job did when it published nothing: why, for its record and log.
+fn held_note(name: &str) -> String {
+    format!("nothing published: {name} is held (rolled back); `rebased resume {name}` ends the hold, `rebased rebuild {name} --force` builds it anyway")
 }
 
 /// What [`decide`] says about an image.
@@ -82,7 +89,7 @@ pub fn decide(
     let name = image.name.as_str();
     let record = store.image(name)?;
     if let Some(r) = &record {
-        if records::held(r) {
+        if records::held(r) && asker != Asker::Forced {
             return Ok(Verdict::Held);
         }
         if asker == Asker::Poll && r.state == ImageState::Failing {
@@ -251,30 +258,44 @@ impl Reconciler {
         trigger: Trigger,
         detail: &str,
     ) {
+        self.decide_and_queue(image, bases, trigger, detail, false)
+            .await;
+    }
+
+    /// [`Reconciler::evaluate`]; with `answer`, waits for the dispatcher
+    /// to say which job it queued (a resume reports it).
+    async fn decide_and_queue(
+        &self,
+        image: &ImageConfig,
+        bases: &[ImageRef],
+        trigger: Trigger,
+        detail: &str,
+        answer: bool,
+    ) -> Option<JobId> {
         let name = image.name.as_str();
         let mut now = match stored_inputs(&self.store, image, bases) {
             Ok(i) => i,
             Err(base) => {
                 warn!(image = %name, base = %base, "base digest unknown; image not decided this round");
-                return;
+                return None;
             }
         };
         now.source = match stored_source(&self.store, image) {
             Ok(s) => s,
             Err(e) => {
                 warn!(image = %name, "{e}; image not decided this round");
-                return;
+                return None;
             }
         };
         let verdict = match decide(&self.store, image, &now, trigger, Asker::Poll) {
             Ok(v) => v,
             Err(e) => {
                 error!(image = %name, "cannot read the ledger: {e}");
-                return;
+                return None;
             }
         };
         match verdict {
-            Verdict::Held | Verdict::Failing => {}
+            Verdict::Held | Verdict::Failing => None,
             Verdict::Fresh(_) => {
                 let stored = self.store.image(name).ok().flatten().map(|r| r.state);
                 if stored != Some(ImageState::Fresh)
@@ -284,55 +305,74 @@ impl Reconciler {
                 {
                     records::set_state(&self.store, name, ImageState::Fresh, None);
                 }
+                None
             }
             Verdict::Build {
                 version, trigger, ..
             } => {
                 info!(image = %name, %version, %trigger, detail, "image is stale: queueing a build");
-                let cmd = Command::Enqueue {
+                let why = reason(trigger, Utc::now(), detail);
+                if !answer {
+                    let cmd = Command::Enqueue {
+                        image: name.to_owned(),
+                        reason: why,
+                    };
+                    if self.jobs.send(cmd).await.is_err() {
+                        warn!(image = %name, "dispatcher gone; build not queued");
+                    }
+                    return None;
+                }
+                let (reply, job) = tokio::sync::oneshot::channel();
+                let cmd = Command::Request {
                     image: name.to_owned(),
-                    reason: reason(trigger, Utc::now(), detail),
+                    reason: why,
+                    reply,
                 };
                 if self.jobs.send(cmd).await.is_err() {
                     warn!(image = %name, "dispatcher gone; build not queued");
+                    return None;
+                }
+                match tokio::time::timeout(std::time::Duration::from_secs(30), job).await {
+                    Ok(Ok((job, _))) => Some(job.id),
+                    _ => None,
                 }
             }
         }
     }
 
-    /// Ends a hold: the image is decided again at once.
-    pub async fn resume(&self, name: &str) -> Result<(), ActionError> {
+    /// Ends a hold: the image is decided again at once; the job queued,
+    /// if it is stale.
+    pub async fn resume(&self, name: &str) -> Result<Option<JobId>, ActionError> {
         let image = self
             .live
             .image(name)
             .ok_or_else(|| ActionError::NotFound(format!("no image {name:?}")))?;
         let internal = |e: StateError| ActionError::Internal(e.to_string());
-        let state = self
-            .store
-            .image(name)
-            .map_err(internal)?
-            .map_or(ImageState::Stale, |r| r.state);
-        if state != ImageState::Held {
+        if self.store.resume(name).map_err(internal)?.is_none() {
+            let state = self
+                .store
+                .image(name)
+                .map_err(internal)?
+                .map_or(ImageState::Stale, |r| r.state);
             return Err(ActionError::Conflict {
                 image: name.to_owned(),
                 conflict: Conflict::NotHeld(state.to_string()),
             });
         }
-        self.store
-            .update_image(name, |r| {
-                if r.state == ImageState::Held {
-                    r.state = ImageState::Fresh;
-                }
-            })
-            .map_err(internal)?;
         info!(image = %name, "resumed");
         let bases = self
             .live
             .image_bases(&image)
             .map_err(|e| ActionError::Internal(format!("{e:#}")))?;
-        self.evaluate(&image, &bases, Trigger::Poll, "resumed after a rollback")
-            .await;
-        Ok(())
+        Ok(self
+            .decide_and_queue(
+                &image,
+                &bases,
+                Trigger::Poll,
+                "resumed after a rollback",
+                true,
+            )
+            .await)
     }
 
     /// Rolls `name` back to `to` and holds it.
@@ -345,19 +385,22 @@ impl Reconciler {
         ledger::rollback(&self.store, &registry, &image, to, &self.queue, &self.jobs).await
     }
 
-    /// One attempt: `Some(version)` when a version was published.
+    /// One attempt: `Ok(version)` when a version was published, else
+    /// why nothing was.
     async fn run_job(
         &self,
         image: &ImageConfig,
         job: &Job,
         tried: &mut Option<Inputs>,
-    ) -> Result<Option<Version>> {
+    ) -> Result<std::result::Result<Version, String>> {
         let registry = self.live.registry();
+        let name = image.name.as_str();
         self.unless_stopping(ledger::ensure(&self.store, &registry, image))
             .await?;
-        if records::is_held(&self.store, image.name.as_str()) {
+        let forced = job.is_forced();
+        if !forced && records::is_held(&self.store, name) {
             info!("image is held (rolled back); not building");
-            return Ok(None);
+            return Ok(Err(held_note(name)));
         }
         // The source's settled commit, read once: the Dockerfile, the
         // context and the inputs all come from this one checkout by id.
@@ -398,8 +441,9 @@ impl Reconciler {
         } else {
             job.trigger()
         };
+        let asker = if forced { Asker::Forced } else { Asker::Job };
         let (version, supersedes, trigger, changes, source_change) =
-            match decide(&self.store, image, &now, trigger, Asker::Job)? {
+            match decide(&self.store, image, &now, trigger, asker)? {
                 Verdict::Build {
                     version,
                     supersedes,
@@ -409,11 +453,13 @@ impl Reconciler {
                 } => (version, supersedes, trigger, changes, source),
                 Verdict::Held => {
                     info!("image is held (rolled back); not building");
-                    return Ok(None);
+                    return Ok(Err(held_note(name)));
                 }
                 Verdict::Failing | Verdict::Fresh(None) => {
                     info!("image is already fresh; nothing to build");
-                    return Ok(None);
+                    return Ok(Err(format!(
+                        "nothing published: {name} is already built from the bases of now"
+                    )));
                 }
                 Verdict::Fresh(Some(current)) => {
                     info!("image is already fresh; nothing to build");
@@ -434,11 +480,18 @@ impl Reconciler {
                     .await?;
                     // This job published it before a crash: it still counts
                     // as its publish (and cascades).
-                    return Ok((current.job == Some(job.id)).then_some(current.version));
+                    return Ok(if current.job == Some(job.id) {
+                        Ok(current.version)
+                    } else {
+                        Err(format!(
+                        "nothing published: {name} is already built from the bases of now, as {}",
+                        current.version
+                    ))
+                    });
                 }
             };
         let repo = Destination::from(&image.repository);
-        info!(%version, %trigger, supersedes = ?supersedes.map(|v| v.to_string()), "building");
+        info!(%version, %trigger, supersedes = %supersedes.map_or_else(|| "-".to_owned(), |v| v.to_string()), "building");
         let release = Release {
             image,
             repo: &repo,
@@ -449,6 +502,7 @@ impl Reconciler {
             changes: &changes,
             source: source_change.as_ref(),
             job: job.id,
+            forced,
         };
         let build = Build {
             image,
@@ -465,7 +519,10 @@ impl Reconciler {
         };
         let push = build::run(&self.live, &registry, &self.builds, &build);
         publish::publish(&self.store, &registry, &release, push, &self.builds).await?;
-        Ok(Some(version))
+        if forced && records::is_held(&self.store, name) {
+            info!(%version, "forced through the hold: published and tagged; the image stays held");
+        }
+        Ok(Ok(version))
     }
 
     /// `step`, unless builds are cancelled first (a stop): for the steps of
@@ -535,7 +592,10 @@ impl Executor for Reconciler {
     async fn execute(&self, job: Job) -> Outcome {
         let Some(image) = self.live.image(&job.image) else {
             warn!(image = %job.image, job = job.id, "image no longer configured; job dropped");
-            return Outcome::Fresh;
+            return Outcome::Fresh(format!(
+                "nothing published: {} is no longer in the config",
+                job.image
+            ));
         };
         let span = info_span!("job", image = %job.image, job = job.id);
         let started = std::time::Instant::now();
@@ -545,14 +605,14 @@ impl Executor for Reconciler {
             .instrument(span)
             .await;
         let outcome = match result {
-            Ok(Some(v)) => {
+            Ok(Ok(v)) => {
                 self.metrics.inc(
                     "rebased_versions_published_total",
                     &[("image", job.image.as_str())],
                 );
                 Outcome::Published(v)
             }
-            Ok(None) => Outcome::Fresh,
+            Ok(Err(why)) => Outcome::Fresh(why),
             Err(_) if self.builds.is_cancelled() => Outcome::Interrupted,
             Err(e) => {
                 error!(image = %job.image, job = job.id, "{e:#}");
@@ -564,13 +624,13 @@ impl Executor for Reconciler {
         };
         let label = match &outcome {
             Outcome::Published(_) => "published",
-            Outcome::Fresh => "fresh",
+            Outcome::Fresh(_) => "fresh",
             Outcome::Failed(_) => "failed",
             Outcome::Interrupted => "interrupted",
         };
         self.metrics
             .inc("rebased_builds_total", &[("outcome", label)]);
-        if !matches!(outcome, Outcome::Fresh) {
+        if !matches!(outcome, Outcome::Fresh(_)) {
             self.metrics.observe_build(started.elapsed().as_secs_f64());
         }
         outcome

@@ -127,7 +127,7 @@ impl Reloader {
                     kept.push("daemon.log, daemon.log_format");
                 }
                 if !kept.is_empty() {
-                    warn!(keys = ?kept, "these settings apply only at start: restart to change them");
+                    warn!(keys = %kept.join(", "), "these settings apply only at start: restart to change them");
                 }
                 let limits = Limits {
                     max_concurrent: cfg.daemon.max_concurrent_builds,

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rebased_api::metrics::Metrics;
 use rebased_core::config::Config;
 use rebased_core::job::JobState;
@@ -52,12 +52,13 @@ pub enum Mode {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     /// Stopped (run) or every build succeeded (once).
     Clean,
-    /// `once`: a build failed.
-    BuildFailed,
+    /// `once`: a base could not be checked, a Dockerfile could not be
+    /// read, or a build failed; each said in a line.
+    Failed(Vec<String>),
 }
 
 /// Without a watchdog the start-up import and the poll loop still show
@@ -77,7 +78,7 @@ pub async fn run(cfg: Config, graph: Graph, config_file: PathBuf, mode: Mode) ->
         },
     };
     let parts = Wiring::new(store, queue, cfg, config_file, mode);
-    info!(config = %parts.live.config_file().display(), images = parts.live.cfg().image.len(), order = ?graph.order(), "rebased starting");
+    info!(config = %parts.live.config_file().display(), images = parts.live.cfg().image.len(), order = %graph.order().join(", "), "rebased starting");
     let dispatcher = Dispatcher::new(
         Arc::clone(&parts.queue),
         graph,
@@ -118,9 +119,14 @@ impl Wiring {
     ) -> Self {
         let (jobs_tx, jobs_rx) = mpsc::channel(1 << 16);
         let (check_tx, check_rx) = mpsc::channel(64);
-        let live = Arc::new(Live::new(config_file, cfg, mode == Mode::Once));
-        let status = Arc::new(Status::new(Notifier::from_env()));
         let metrics = Arc::new(Metrics::default());
+        let live = Arc::new(Live::new(
+            config_file,
+            cfg,
+            mode == Mode::Once,
+            Arc::clone(&metrics),
+        ));
+        let status = Arc::new(Status::new(Notifier::from_env()));
         let builds = CancellationToken::new();
         let reconciler = Arc::new(Reconciler::new(reconcile::Parts {
             live: Arc::clone(&live),
@@ -195,14 +201,31 @@ async fn once(
     poller.round(&round, &due_sources, &sources).await;
     dispatcher.run_until_idle(jobs_rx).await;
     flush(&store, "exit").await?;
-    let failed = rebased_scheduler::dispatch::lock(&queue)
-        .jobs()
-        .filter(|j| j.id >= first_new_job && j.state == JobState::Failed)
-        .count();
-    Ok(if failed == 0 {
+    let mut problems: Vec<String> = Vec::new();
+    for base in &round.due {
+        let key = base.to_string();
+        if let Some(e) = store.base(&key)?.and_then(|b| b.error) {
+            problems.push(format!("base {key} could not be checked: {e}"));
+        }
+    }
+    problems.extend(poller.unreadable());
+    problems.extend(
+        rebased_scheduler::dispatch::lock(&queue)
+            .jobs()
+            .filter(|j| j.id >= first_new_job && j.state == JobState::Failed)
+            .map(|j| {
+                format!(
+                    "build of {} failed (job {}): {}",
+                    j.image,
+                    j.id,
+                    j.error.as_deref().unwrap_or("no error recorded")
+                )
+            }),
+    );
+    Ok(if problems.is_empty() {
         Exit::Clean
     } else {
-        Exit::BuildFailed
+        Exit::Failed(problems)
     })
 }
 
@@ -232,7 +255,9 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         &cfg.daemon.listen,
         secrets.api_token.is_some() && secrets.webhook_token.is_some(),
     )?;
-    let listener = rebased_api::bind(&cfg.daemon.listen).await?;
+    let listener = rebased_api::bind(&cfg.daemon.listen)
+        .await
+        .map_err(bind_error)?;
     let stop_timeout = cfg.daemon.stop_timeout.0;
     drop(cfg);
 
@@ -329,6 +354,17 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     Ok(Exit::Clean)
 }
 
+/// Why the API cannot listen, said once, naming `daemon.listen`.
+fn bind_error(e: rebased_api::BindError) -> anyhow::Error {
+    let listen = &e.listen;
+    let cause = &e.source;
+    if cause.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow!("daemon.listen = \"{listen}\" is in use ({cause}): another process (another rebased?) listens there; stop it, or set another daemon.listen")
+    } else {
+        anyhow!("cannot listen on daemon.listen = \"{listen}\": {cause}")
+    }
+}
+
 /// Creates the state directory (0700: the ledger, build scratch with auth
 /// files, and logs are rebased's alone) and opens the store in it.
 fn open_store(cfg: &Config) -> Result<Store> {
@@ -338,7 +374,14 @@ fn open_store(cfg: &Config) -> Result<Store> {
         .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
     std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict state_dir {}", state_dir.display()))?;
-    Ok(Store::open(&state_dir.join("db"))?)
+    match Store::open(&state_dir.join("db")) {
+        Ok(store) => Ok(store),
+        Err(rebased_state::StateError::Locked { .. }) => bail!(
+            "another rebased is running on state_dir {}: its database is locked; stop that one, or give this one another daemon.state_dir",
+            state_dir.display()
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The queue as it was: jobs running at a crash run again. Returns it and

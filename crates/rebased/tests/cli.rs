@@ -263,3 +263,88 @@ fn the_api_listens_on_a_unix_socket_with_mode_0660() {
     assert!(status.success());
     assert!(!sock.exists(), "socket removed on exit");
 }
+
+/// issue 22: `check-config` printed "valid" and then the error of a
+/// Dockerfile that does not exist; a misspelt context was reported as an
+/// unreadable Dockerfile.
+#[test]
+fn check_config_says_valid_only_when_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_images(dir.path(), &[("app", "alpine")]);
+    let out = rebased(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).ends_with(&format!("config {} is valid\n", cfg.display())),
+        "{}",
+        text(&out.stdout)
+    );
+
+    fs::remove_file(dir.path().join("app/Dockerfile")).unwrap();
+    let out = rebased(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!stdout.contains("is valid"), "{stdout}");
+    assert!(stdout.contains("cannot read Dockerfile"), "{stdout}");
+    assert!(
+        stderr.contains("is not valid: 1 image cannot be built as configured"),
+        "{stderr}"
+    );
+
+    fs::remove_dir_all(dir.path().join("app")).unwrap();
+    let out = rebased(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "image app: context directory {} does not exist",
+            dir.path().join("app").display()
+        )) && !stdout.contains("cannot read Dockerfile"),
+        "{stdout}"
+    );
+}
+
+/// issue 22: without --config the default path was read, and neither the
+/// README nor the error said so.
+#[test]
+fn a_missing_config_names_the_default_path_and_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    for cmd in ["check-config", "once", "run"] {
+        let out = rebased(&[cmd, "--config", missing.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = text(&out.stderr);
+        assert_eq!(
+            err,
+            format!(
+                "error: config file {} does not exist (without --config, rebased reads /etc/rebased/rebased.toml): pass --config FILE\n",
+                missing.display()
+            ),
+            "{cmd}"
+        );
+    }
+}
+
+/// A cron expression is refused in the user's own terms, once, on one line.
+#[test]
+fn a_bad_cron_is_refused_in_the_users_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rebased.toml");
+    for (poll, want) in [
+        ("61 * * * *", "minute 61 is out of range 0-59"),
+        ("0 0 31 2 *", "never fires"),
+    ] {
+        fs::write(&cfg, format!("[daemon]\npoll = \"{poll}\"\n")).unwrap();
+        let out = rebased(&["check-config", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("cron \"{poll}\"")) && err.contains(want),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    fs::write(&cfg, "[daemon]\npoll = \"@hourly\"\n").unwrap();
+    let out = rebased(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("poll: @hourly"));
+}

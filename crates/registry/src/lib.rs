@@ -42,7 +42,7 @@ pub use error::{ErrorKind, RegistryError};
 pub use layout::{BlobWriter, Layout, LayoutError, Platform};
 pub use manifests::Head;
 pub use transport::token::{parse_token_response, Challenge};
-pub use transport::{parse_rate_limit, parse_retry_after};
+pub use transport::{parse_rate_limit, parse_retry_after, Observer, RequestKind, RequestOutcome};
 
 /// `WWW-Authenticate` parsing, re-exported for the fuzz targets and tests.
 pub use transport::token::parse_challenge;
@@ -68,6 +68,13 @@ impl Registry {
         Self {
             transport: transport::Transport::new(registries, timeout),
         }
+    }
+
+    /// This client, telling `observer` of every HTTP request it sends
+    /// (polls, a build's pulls and pushes, tag moves, token requests).
+    pub fn observed_by(mut self, observer: std::sync::Arc<dyn Observer>) -> Self {
+        self.transport.observe(observer);
+        self
     }
 
     /// Credentials for `host`, from the config, Docker's config.json or a

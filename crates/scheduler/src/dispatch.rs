@@ -55,6 +55,15 @@ pub enum Command {
         /// Why.
         reason: JobReason,
     },
+    /// [`Command::Enqueue`], answered with the job it made or merged into.
+    Request {
+        /// The image.
+        image: String,
+        /// Why.
+        reason: JobReason,
+        /// Gets the job (`true`: merged into a queued one).
+        reply: tokio::sync::oneshot::Sender<(Job, bool)>,
+    },
     /// Drop the queued job of `image`, if any.
     Cancel {
         /// The image.
@@ -190,7 +199,7 @@ impl<E: Executor> Dispatcher<E> {
             if (shutdown.is_cancelled() || !open || until_idle) && running.is_empty() {
                 // Commands that arrived while stopping are kept for the next start.
                 while let Ok(cmd) = rx.try_recv() {
-                    if let Command::Enqueue { .. } = cmd {
+                    if let Command::Enqueue { .. } | Command::Request { .. } = cmd {
                         self.command(cmd).await;
                     }
                 }
@@ -229,7 +238,17 @@ impl<E: Executor> Dispatcher<E> {
 
     async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Enqueue { image, reason } => self.enqueue(&image, reason).await,
+            Command::Enqueue { image, reason } => {
+                self.enqueue(&image, reason).await;
+            }
+            Command::Request {
+                image,
+                reason,
+                reply,
+            } => {
+                let answer = self.enqueue(&image, reason).await;
+                let _ = reply.send(answer);
+            }
             Command::Cancel { image } => {
                 let cancelled = lock(&self.queue).cancel_image(&image, self.clock.now());
                 if let Some(job) = cancelled {
@@ -241,10 +260,11 @@ impl<E: Executor> Dispatcher<E> {
         }
     }
 
-    async fn enqueue(&self, image: &str, reason: JobReason) {
+    async fn enqueue(&self, image: &str, reason: JobReason) -> (Job, bool) {
         let (job, merged) = lock(&self.queue).enqueue(image, reason);
         debug!(image, job = job.id, merged, "enqueued");
-        self.executor.record(job, None).await;
+        self.executor.record(job.clone(), None).await;
+        (job, merged)
     }
 
     async fn start_due(
@@ -274,12 +294,12 @@ impl<E: Executor> Dispatcher<E> {
         let Some((job, fin)) = finished else { return };
         match &fin {
             Finished::Retry(at) => {
-                warn!(image = %job.image, job = id, attempts = job.attempts, retry_at = %at, error = ?job.error, "job failed; will retry")
+                warn!(image = %job.image, job = id, attempts = job.attempts, retry_at = %at, error = %job.error.as_deref().unwrap_or("-"), "job failed; will retry")
             }
             Finished::GaveUp => {
-                warn!(image = %job.image, job = id, attempts = job.attempts, error = ?job.error, "job failed; giving up")
+                warn!(image = %job.image, job = id, attempts = job.attempts, error = %job.error.as_deref().unwrap_or("-"), "job failed; giving up")
             }
-            Finished::Done => info!(image = %job.image, job = id, ?outcome, "job done"),
+            Finished::Done => info!(image = %job.image, job = id, %outcome, "job done"),
             Finished::Requeued => {
                 info!(image = %job.image, job = id, "job interrupted; queued again")
             }
@@ -617,7 +637,7 @@ mod tests {
         fake.script
             .lock()
             .expect("lock")
-            .insert("a".into(), vec![Outcome::Fresh]);
+            .insert("a".into(), vec![Outcome::Fresh("fresh".into())]);
         let g = graph(&[("a", &[]), ("b", &["a"])]);
         drive(
             Arc::clone(&fake),

@@ -34,12 +34,23 @@ pub fn backoff(attempt: u32) -> Duration {
 pub enum Outcome {
     /// A version was published (children cascade).
     Published(rebased_core::Version),
-    /// The image was already fresh: nothing to do.
-    Fresh,
+    /// Nothing was published, and why (already fresh, held).
+    Fresh(String),
     /// The attempt failed.
     Failed(Failure),
     /// The attempt was cancelled (shutdown): it runs again after restart.
     Interrupted,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Published(v) => write!(f, "published {v}"),
+            Self::Fresh(why) => f.write_str(why),
+            Self::Failed(e) => write!(f, "failed: {}", e.error),
+            Self::Interrupted => f.write_str("interrupted"),
+        }
+    }
 }
 
 /// A failed attempt: why, and the inputs it was decided with (none when it
@@ -177,8 +188,9 @@ impl Queue {
                 job.finished_at = Some(now);
                 Finished::Done
             }
-            Outcome::Fresh => {
+            Outcome::Fresh(why) => {
                 job.state = JobState::Succeeded;
+                job.note = Some(why.clone());
                 job.error = None;
                 job.finished_at = Some(now);
                 Finished::Done
@@ -341,6 +353,7 @@ pub fn reason(trigger: Trigger, at: DateTime<Utc>, detail: impl Into<String>) ->
         trigger,
         at,
         detail: detail.into(),
+        force: false,
     }
 }
 
@@ -437,7 +450,7 @@ mod tests {
             q.start(*id, at(0));
         }
         assert!(q.runnable(at(0), 2, &g).is_empty(), "limit reached");
-        q.finish(first[0], &Outcome::Fresh, at(1), 5);
+        q.finish(first[0], &Outcome::Fresh("fresh".into()), at(1), 5);
         assert_eq!(q.runnable(at(1), 2, &g).len(), 1);
     }
 

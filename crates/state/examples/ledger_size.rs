@@ -72,6 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let reason = JobReason {
         trigger: Trigger::Poll,
+        force: false,
         at: Utc::now(),
         detail: "docker.io/library/debian:stable changed".to_owned(),
     };

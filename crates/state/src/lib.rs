@@ -5,6 +5,14 @@
 //! [`ImageRecord`]) and `versions` (name, NUL, sortable version ->
 //! [`VersionRecord`]). Publishing a version and marking its predecessor
 //! superseded is one transaction, flushed before it returns.
+//!
+//! The ledger is append-only: every publish, supersession, rollback, hold
+//! and resume is a [`LedgerEvent`] in the `events` tree (name, NUL,
+//! sequence number -> event), written in the same transaction as the
+//! change and never rewritten. Each image's events are numbered from 1 by
+//! [`ImageRecord::last_event`]. A version's `superseded_by`, `superseded_at`
+//! and `reason` are the derived current view (the latest supersession);
+//! [`Store::supersessions`] gives every one from the events.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +34,13 @@ pub enum StateError {
         path: PathBuf,
         /// The cause.
         source: sled::Error,
+    },
+    /// Another process holds the database's lock (another rebased on the
+    /// same state directory).
+    #[error("state database {path} is locked by another process")]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
     },
     /// A read or write failed.
     #[error("state {what}: {source}")]
@@ -170,6 +185,9 @@ pub struct ImageRecord {
     /// registry's versions need not be imported again.
     #[serde(default)]
     pub ledger_synced: bool,
+    /// The sequence number of the image's newest [`LedgerEvent`] (0: none yet).
+    #[serde(default)]
+    pub last_event: u64,
 }
 
 impl ImageRecord {
@@ -185,6 +203,7 @@ impl ImageRecord {
             failed_platforms: BTreeMap::new(),
             failed_source: None,
             ledger_synced: false,
+            last_event: 0,
         }
     }
 }
@@ -277,6 +296,80 @@ pub struct RollbackEvent {
     pub digest: Digest,
 }
 
+/// One change of an image's ledger, kept for good (trimmed only by
+/// [`KEEP_EVENTS`], oldest first). `(image, seq)` identifies it; `seq`
+/// grows by one with every event of the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEvent {
+    /// The image.
+    pub image: String,
+    /// Its number among the image's events, from 1.
+    pub seq: u64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What a [`LedgerEvent`] records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A version was published (or re-recorded).
+    Published {
+        /// The version.
+        version: Version,
+        /// Its manifest digest.
+        digest: Digest,
+        /// The version it replaced.
+        supersedes: Option<Version>,
+        /// What caused the build.
+        trigger: Trigger,
+        /// The job that published it.
+        job: Option<JobId>,
+    },
+    /// A version stopped being current: a newer one was published, or a
+    /// rollback went back to an earlier one.
+    Superseded {
+        /// The version superseded.
+        version: Version,
+        /// The version current after it.
+        by: Version,
+        /// Why.
+        reason: Reason,
+    },
+    /// The floating tags were moved back.
+    RolledBack {
+        /// The version that was current.
+        from: Option<Version>,
+        /// The version current again.
+        to: Version,
+        /// Its digest.
+        digest: Digest,
+    },
+    /// The image was held: nothing builds it until it is resumed.
+    Held {
+        /// Why.
+        reason: String,
+    },
+    /// A hold ended.
+    Resumed,
+}
+
+/// One time a version was superseded, from the ledger's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Supersession {
+    /// The event's sequence number.
+    pub seq: u64,
+    /// The version current after it.
+    pub by: Version,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why.
+    pub reason: Reason,
+}
+
 /// The store.
 #[derive(Clone)]
 pub struct Store {
@@ -287,6 +380,7 @@ pub struct Store {
     versions: sled::Tree,
     jobs: sled::Tree,
     rollbacks: sled::Tree,
+    events: sled::Tree,
 }
 
 /// Versions kept in the ledger per image; older ones are dropped (the
@@ -294,6 +388,10 @@ pub struct Store {
 pub const KEEP_VERSIONS: usize = 1000;
 /// Rollback events kept per image.
 pub const KEEP_ROLLBACKS: usize = 100;
+/// Ledger events kept per image: enough for the publishes and
+/// supersessions of [`KEEP_VERSIONS`] versions and the events of
+/// [`KEEP_ROLLBACKS`] rollbacks (rollback, supersession, hold, resume).
+pub const KEEP_EVENTS: usize = 2 * KEEP_VERSIONS + 4 * KEEP_ROLLBACKS;
 
 /// sled's page cache. Its default is 1 GiB, and at 10,000 images the
 /// store then holds 15 MB of RSS after start-up against 9 MB with 1 MiB
@@ -315,7 +413,18 @@ impl Store {
             .path(dir)
             .cache_capacity(CACHE_BYTES)
             .open()
-            .map_err(open_err)?;
+            .map_err(|e| match e {
+                // sled words the lock's EWOULDBLOCK into an io::Error of its own.
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StateError::Locked {
+                        path: dir.to_owned(),
+                    }
+                }
+                e => open_err(e),
+            })?;
         let tree = |name: &str| db.open_tree(name).map_err(open_err);
         let meta = tree("meta")?;
         match meta.get("schema").map_err(open_err)? {
@@ -337,6 +446,7 @@ impl Store {
         }
         Ok(Self {
             rollbacks: tree("rollbacks")?,
+            events: tree("events")?,
             bases: tree("bases")?,
             sources: tree("sources")?,
             images: tree("images")?,
@@ -465,52 +575,89 @@ impl Store {
         let what = format!("publish {name} {}", new.version);
         let new_key = version_key(name, &new.version);
         let new_bytes = encode(new, &what)?;
-        let result = (&self.images, &self.versions).transaction(|(images, versions)| {
-            let abort = |reason: String| ConflictableTransactionError::Abort(reason);
-            if let Some(existing) = versions.get(&new_key)? {
-                let existing: VersionRecord = serde_json::from_slice(&existing)
-                    .map_err(|e| abort(format!("stored version does not decode: {e}")))?;
-                if existing.digest != new.digest {
-                    return Err(abort(format!(
-                        "version {} is already recorded with digest {}",
-                        new.version, existing.digest
-                    )));
-                }
-            }
-            let mut image: ImageRecord = match images.get(name.as_bytes())? {
-                Some(b) => serde_json::from_slice(&b)
-                    .map_err(|e| abort(format!("image record does not decode: {e}")))?,
-                None => ImageRecord::new(name),
-            };
-            if let Some(prev) = image.current.filter(|p| *p != new.version) {
-                let prev_key = version_key(name, &prev);
-                if let Some(b) = versions.get(&prev_key)? {
-                    let mut prev_rec: VersionRecord = serde_json::from_slice(&b)
+        let result = (&self.images, &self.versions, &self.events).transaction(
+            |(images, versions, events)| {
+                let abort = |reason: String| ConflictableTransactionError::Abort(reason);
+                let mut known = false;
+                if let Some(existing) = versions.get(&new_key)? {
+                    let existing: VersionRecord = serde_json::from_slice(&existing)
                         .map_err(|e| abort(format!("stored version does not decode: {e}")))?;
-                    prev_rec.superseded_by = Some(new.version);
-                    prev_rec.superseded_at = Some(new.built_at);
-                    prev_rec.reason = reason.clone();
-                    let bytes = serde_json::to_vec(&prev_rec).map_err(|e| abort(e.to_string()))?;
-                    versions.insert(prev_key, bytes)?;
+                    if existing.digest != new.digest {
+                        return Err(abort(format!(
+                            "version {} is already recorded with digest {}",
+                            new.version, existing.digest
+                        )));
+                    }
+                    known = true;
                 }
-            }
-            versions.insert(new_key.clone(), new_bytes.clone())?;
-            image.current = Some(new.version);
-            image.ledger_synced = true;
-            if image.state != ImageState::Held {
-                image.state = ImageState::Fresh;
-            }
-            image.last_error = None;
-            image.failed_inputs = None;
-            image.failed_platforms.clear();
-            image.failed_source = None;
-            image.updated_at = Utc::now();
-            let bytes = serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?;
-            images.insert(name.as_bytes(), bytes)?;
-            Ok(())
-        });
+                let mut image: ImageRecord = match images.get(name.as_bytes())? {
+                    Some(b) => serde_json::from_slice(&b)
+                        .map_err(|e| abort(format!("image record does not decode: {e}")))?,
+                    None => ImageRecord::new(name),
+                };
+                if !known {
+                    append(
+                        events,
+                        &mut image,
+                        new.built_at,
+                        EventKind::Published {
+                            version: new.version,
+                            digest: new.digest.clone(),
+                            supersedes: new.supersedes,
+                            trigger: new.trigger,
+                            job: new.job,
+                        },
+                    )?;
+                }
+                if let Some(prev) = image.current.filter(|p| *p != new.version) {
+                    let prev_key = version_key(name, &prev);
+                    if let Some(b) = versions.get(&prev_key)? {
+                        let mut prev_rec: VersionRecord = serde_json::from_slice(&b)
+                            .map_err(|e| abort(format!("stored version does not decode: {e}")))?;
+                        let why = reason.clone().unwrap_or(Reason {
+                            trigger: new.trigger,
+                            bases: Vec::new(),
+                            source: None,
+                        });
+                        // The record's fields are the current view; the
+                        // event keeps this supersession for good.
+                        prev_rec.superseded_by = Some(new.version);
+                        prev_rec.superseded_at = Some(new.built_at);
+                        prev_rec.reason = reason.clone();
+                        let bytes =
+                            serde_json::to_vec(&prev_rec).map_err(|e| abort(e.to_string()))?;
+                        versions.insert(prev_key, bytes)?;
+                        append(
+                            events,
+                            &mut image,
+                            new.built_at,
+                            EventKind::Superseded {
+                                version: prev,
+                                by: new.version,
+                                reason: why,
+                            },
+                        )?;
+                    }
+                }
+                versions.insert(new_key.clone(), new_bytes.clone())?;
+                image.current = Some(new.version);
+                image.ledger_synced = true;
+                if image.state != ImageState::Held {
+                    image.state = ImageState::Fresh;
+                }
+                image.last_error = None;
+                image.failed_inputs = None;
+                image.failed_platforms.clear();
+                image.failed_source = None;
+                image.updated_at = Utc::now();
+                let bytes = serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?;
+                images.insert(name.as_bytes(), bytes)?;
+                Ok(())
+            },
+        );
         self.committed(result, what)?;
-        self.trim(&self.versions, name, KEEP_VERSIONS, Some(new.version))
+        self.trim(&self.versions, name, KEEP_VERSIONS, Some(new.version))?;
+        self.trim(&self.events, name, KEEP_EVENTS, None)
     }
 
     /// Drops the oldest entries of image `name` in `tree` beyond `keep`
@@ -584,8 +731,8 @@ impl Store {
         let mut key = image_prefix(name);
         key.extend_from_slice(&event.at.timestamp_micros().to_be_bytes());
         let event_bytes = encode(event, &what)?;
-        let result = (&self.images, &self.versions, &self.rollbacks).transaction(
-            |(images, versions, rollbacks)| {
+        let result = (&self.images, &self.versions, &self.rollbacks, &self.events).transaction(
+            |(images, versions, rollbacks, events)| {
                 let abort = |reason: String| ConflictableTransactionError::Abort(reason);
                 if versions.get(version_key(name, &event.to))?.is_none() {
                     return Err(abort(format!("version {} is not in the ledger", event.to)));
@@ -595,24 +742,53 @@ impl Store {
                         .map_err(|e| abort(format!("image record does not decode: {e}")))?,
                     None => return Err(abort("image has no ledger".to_owned())),
                 };
+                append(
+                    events,
+                    &mut image,
+                    event.at,
+                    EventKind::RolledBack {
+                        from: event.from,
+                        to: event.to,
+                        digest: event.digest.clone(),
+                    },
+                )?;
                 if let Some(from) = event.from.filter(|f| *f != event.to) {
                     let k = version_key(name, &from);
                     if let Some(b) = versions.get(&k)? {
                         let mut rec: VersionRecord = serde_json::from_slice(&b)
                             .map_err(|e| abort(format!("stored version does not decode: {e}")))?;
-                        rec.superseded_by = Some(event.to);
-                        rec.superseded_at = Some(event.at);
-                        rec.reason = Some(Reason {
+                        let reason = Reason {
                             trigger: Trigger::Rollback,
                             bases: Vec::new(),
                             source: None,
-                        });
+                        };
+                        rec.superseded_by = Some(event.to);
+                        rec.superseded_at = Some(event.at);
+                        rec.reason = Some(reason.clone());
                         versions.insert(
                             k,
                             serde_json::to_vec(&rec).map_err(|e| abort(e.to_string()))?,
                         )?;
+                        append(
+                            events,
+                            &mut image,
+                            event.at,
+                            EventKind::Superseded {
+                                version: from,
+                                by: event.to,
+                                reason,
+                            },
+                        )?;
                     }
                 }
+                append(
+                    events,
+                    &mut image,
+                    event.at,
+                    EventKind::Held {
+                        reason: format!("rolled back to {}", event.to),
+                    },
+                )?;
                 image.current = Some(event.to);
                 image.state = ImageState::Held;
                 image.last_error = None;
@@ -626,7 +802,73 @@ impl Store {
             },
         );
         self.committed(result, what)?;
-        self.trim(&self.rollbacks, name, KEEP_ROLLBACKS, None)
+        self.trim(&self.rollbacks, name, KEEP_ROLLBACKS, None)?;
+        self.trim(&self.events, name, KEEP_EVENTS, None)
+    }
+
+    /// Ends the hold of image `name`: it is fresh again (the next decision
+    /// says whether it is), and a [`EventKind::Resumed`] event is recorded.
+    /// `Ok(None)` when the image is not held (nothing changes), else the
+    /// record after.
+    pub fn resume(&self, name: &str) -> Result<Option<ImageRecord>, StateError> {
+        let what = format!("resume {name}");
+        let mut after = None;
+        let result = (&self.images, &self.events).transaction(|(images, events)| {
+            let abort = |reason: String| ConflictableTransactionError::Abort(reason);
+            let Some(b) = images.get(name.as_bytes())? else {
+                return Ok(None);
+            };
+            let mut image: ImageRecord = serde_json::from_slice(&b)
+                .map_err(|e| abort(format!("image record does not decode: {e}")))?;
+            if image.state != ImageState::Held {
+                return Ok(None);
+            }
+            let now = Utc::now();
+            append(events, &mut image, now, EventKind::Resumed)?;
+            image.state = ImageState::Fresh;
+            image.updated_at = now;
+            images.insert(
+                name.as_bytes(),
+                serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?,
+            )?;
+            Ok(Some(image))
+        });
+        let result = result.map(|r| {
+            after = r;
+        });
+        self.committed(result, what)?;
+        self.trim(&self.events, name, KEEP_EVENTS, None)?;
+        Ok(after)
+    }
+
+    /// Every ledger event of image `name` still kept, oldest first.
+    pub fn events(&self, name: &str) -> Result<Vec<LedgerEvent>, StateError> {
+        of_image(&self.events, name, &format!("events of {name}"))
+    }
+
+    /// Every supersession of each of image `name`'s versions, oldest first,
+    /// from the ledger's events.
+    pub fn supersessions(
+        &self,
+        name: &str,
+    ) -> Result<BTreeMap<Version, Vec<Supersession>>, StateError> {
+        let mut out: BTreeMap<Version, Vec<Supersession>> = BTreeMap::new();
+        for e in self.events(name)? {
+            if let EventKind::Superseded {
+                version,
+                by,
+                reason,
+            } = e.kind
+            {
+                out.entry(version).or_default().push(Supersession {
+                    seq: e.seq,
+                    by,
+                    at: e.at,
+                    reason,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Every rollback of image `name`, oldest first.
@@ -736,6 +978,37 @@ fn import_into(
         serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?,
     )?;
     Ok(())
+}
+
+/// Appends an event to `image`'s ledger inside a transaction: the next
+/// sequence number is taken from (and written back to) `image`, which the
+/// caller stores in the same transaction.
+fn append(
+    events: &sled::transaction::TransactionalTree,
+    image: &mut ImageRecord,
+    at: DateTime<Utc>,
+    kind: EventKind,
+) -> Result<(), ConflictableTransactionError<String>> {
+    let seq = image.last_event + 1;
+    let event = LedgerEvent {
+        image: image.name.clone(),
+        seq,
+        at,
+        kind,
+    };
+    let bytes = serde_json::to_vec(&event)
+        .map_err(|e| ConflictableTransactionError::Abort(e.to_string()))?;
+    events.insert(event_key(&image.name, seq), bytes)?;
+    image.last_event = seq;
+    Ok(())
+}
+
+/// An event's key: the image's prefix and the sequence number, big-endian
+/// so that keys sort by sequence.
+fn event_key(name: &str, seq: u64) -> Vec<u8> {
+    let mut k = image_prefix(name);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
 }
 
 /// Keys sort by image, then numerically by version.
@@ -862,6 +1135,21 @@ mod tests {
     }
 
     #[test]
+    fn a_locked_database_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _held = Store::open(dir.path()).expect("first");
+        let err = Store::open(dir.path()).err().expect("second refused");
+        assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "state database {} is locked by another process",
+                dir.path().display()
+            )
+        );
+    }
+
+    #[test]
     fn schema_version_is_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         drop(Store::open(dir.path()).expect("new db gets the schema"));
@@ -915,6 +1203,120 @@ mod tests {
             store.rollback("app", &bad).is_err(),
             "only versions in the ledger"
         );
+    }
+
+    #[test]
+    fn supersessions_are_never_rewritten_through_rollback_resume_and_rebuild() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = |s: &str| Version::parse(s).expect("v");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store
+                .publish("app", &version("1.0.0", 'a', '1'), None)
+                .expect("1.0.0");
+            let poll = Reason {
+                trigger: Trigger::Poll,
+                bases: vec![BaseChange {
+                    reference: "docker.io/library/base:latest".to_owned(),
+                    before: Some(digest('1')),
+                    after: digest('2'),
+                    moved: Vec::new(),
+                }],
+                source: None,
+            };
+            store
+                .publish("app", &version("1.0.1", 'b', '2'), Some(poll))
+                .expect("1.0.1");
+            let back = RollbackEvent {
+                at: Utc::now(),
+                from: Some(v("1.0.1")),
+                to: v("1.0.0"),
+                digest: digest('a'),
+            };
+            store.rollback("app", &back).expect("rollback");
+            assert!(store.resume("app").expect("resume").is_some());
+            assert!(
+                store.resume("app").expect("again").is_none(),
+                "not held: nothing to resume, no event"
+            );
+            let manual = Reason {
+                trigger: Trigger::Manual,
+                bases: Vec::new(),
+                source: None,
+            };
+            store
+                .publish("app", &version("1.0.2", 'c', '3'), Some(manual))
+                .expect("1.0.2");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let history = store.supersessions("app").expect("history");
+        let of_100: Vec<(Version, Trigger)> = history[&v("1.0.0")]
+            .iter()
+            .map(|s| (s.by, s.reason.trigger))
+            .collect();
+        assert_eq!(
+            of_100,
+            [(v("1.0.1"), Trigger::Poll), (v("1.0.2"), Trigger::Manual)],
+            "the first supersession of 1.0.0 stays"
+        );
+        assert_eq!(
+            history[&v("1.0.0")][0].reason.bases[0].after,
+            digest('2'),
+            "with its base change"
+        );
+        let of_101: Vec<(Version, Trigger)> = history[&v("1.0.1")]
+            .iter()
+            .map(|s| (s.by, s.reason.trigger))
+            .collect();
+        assert_eq!(of_101, [(v("1.0.0"), Trigger::Rollback)]);
+        // The record's fields are the current (latest) supersession.
+        let rec = store
+            .version("app", &v("1.0.0"))
+            .expect("get")
+            .expect("1.0.0");
+        assert_eq!(rec.superseded_by, Some(v("1.0.2")));
+        // Every change, numbered from 1 in order.
+        let kinds: Vec<(u64, &str)> = store
+            .events("app")
+            .expect("events")
+            .iter()
+            .map(|e| {
+                let k = match &e.kind {
+                    EventKind::Published { .. } => "published",
+                    EventKind::Superseded { .. } => "superseded",
+                    EventKind::RolledBack { .. } => "rolled_back",
+                    EventKind::Held { .. } => "held",
+                    EventKind::Resumed => "resumed",
+                };
+                (e.seq, k)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, "published"),
+                (2, "published"),
+                (3, "superseded"),
+                (4, "rolled_back"),
+                (5, "superseded"),
+                (6, "held"),
+                (7, "resumed"),
+                (8, "published"),
+                (9, "superseded"),
+            ]
+        );
+        let image = store.image("app").expect("get").expect("app");
+        assert_eq!((image.last_event, image.state), (9, ImageState::Fresh));
+        // Re-recording a known version adds nothing.
+        store
+            .publish("app", &version("1.0.2", 'c', '3'), None)
+            .expect("again");
+        assert_eq!(store.events("app").expect("events").len(), 9);
+        // The JSON form: a tagged enum beside the key fields.
+        let json = serde_json::to_value(&store.events("app").expect("events")[6]).expect("json");
+        assert_eq!(json["kind"], "resumed");
+        assert_eq!(json["seq"], 7);
+        assert_eq!(json["image"], "app");
     }
 
     #[test]
@@ -1049,6 +1451,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let reason = rebased_core::job::JobReason {
             trigger: Trigger::Poll,
+            force: false,
             at: Utc::now(),
             detail: "base moved".to_owned(),
         };

@@ -84,6 +84,7 @@ fn jobs_that_come_and_go_do_not_grow_the_database() {
     let store = Store::open(dir.path()).unwrap();
     let reason = JobReason {
         trigger: Trigger::Poll,
+        force: false,
         at: Utc::now(),
         detail: "base changed".to_owned(),
     };
@@ -117,4 +118,39 @@ fn jobs_that_come_and_go_do_not_grow_the_database() {
         last <= first.max(1) * 3,
         "the database keeps growing with finished jobs: {sizes:?}"
     );
+}
+
+#[test]
+fn ledger_events_are_trimmed_to_the_newest() {
+    use rebased_state::{EventKind, RollbackEvent, KEEP_EVENTS, KEEP_ROLLBACKS};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Each publish after the first is two events (published, superseded).
+    let total = (KEEP_EVENTS / 2) as u64 + 20;
+    for p in 0..total {
+        store.publish("app", &record(p), None).unwrap();
+    }
+    let events = store.events("app").unwrap();
+    assert_eq!(events.len(), KEEP_EVENTS);
+    let last = events.last().unwrap();
+    assert_eq!(last.seq, 2 * total - 1, "numbering goes on past the trim");
+    assert!(matches!(last.kind, EventKind::Superseded { .. }));
+    assert!(
+        events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "the newest kept, in order"
+    );
+    // Rollbacks: their own bound, and their events are trimmed likewise.
+    let to = Version::parse(&format!("1.0.{}", total - 2)).unwrap();
+    for i in 0..KEEP_ROLLBACKS + 5 {
+        let event = RollbackEvent {
+            at: Utc::now() + chrono::Duration::microseconds(i as i64),
+            from: store.image("app").unwrap().unwrap().current,
+            to,
+            digest: digest(total - 2),
+        };
+        store.rollback("app", &event).unwrap();
+        store.resume("app").unwrap();
+    }
+    assert_eq!(store.rollbacks("app").unwrap().len(), KEEP_ROLLBACKS);
+    assert_eq!(store.events("app").unwrap().len(), KEEP_EVENTS);
 }

@@ -407,12 +407,12 @@ impl Build<'_> {
             .await
             .map_err(refuse)?;
             self.log.line(format!(
-                "line {}: {} -> layer {} ({} files, {} bytes){}",
+                "line {}: {} -> layer {} ({}, {}){}",
                 step.line,
                 copy.created_by.trim_end_matches(" # rebased"),
                 made.known.digest,
-                made.known.files,
-                made.known.size,
+                rebased_core::units::count(made.known.files as u64, "file"),
+                rebased_core::units::bytes(made.known.size),
                 made.how
             ));
             layers.insert(key.clone(), made);
@@ -1233,7 +1233,7 @@ async fn publish_registry(
     log.line(format!(
         "pushed {repo}:{tag} {digest}; layer bytes uploaded: {uploaded}"
     ));
-    info!(target = %target, %digest, uploaded, "native build pushed");
+    info!(target = %target, %digest, uploaded = %rebased_core::units::bytes(uploaded), "native build pushed");
     Ok(digest)
 }
 

@@ -41,6 +41,128 @@ use crate::auth::{self, Credentials};
 use crate::error::{chain, error, ErrorKind, RegistryError};
 use token::{fetch_token, parse_challenge, Challenge, Scopes, TokenCache, TokenRequest};
 
+/// What a registry request was for, from its method and path: the labels
+/// of the request counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestKind {
+    /// `HEAD` of a manifest (a poll, a tag lookup).
+    ManifestHead,
+    /// `GET` of a manifest.
+    ManifestGet,
+    /// `PUT` of a manifest (a version tag, a floating tag's move).
+    ManifestPut,
+    /// A tag list page.
+    Tags,
+    /// `HEAD` of a blob (is it there).
+    BlobHead,
+    /// `GET` of a blob (a base layer, a config).
+    BlobGet,
+    /// A cross-repository mount.
+    BlobMount,
+    /// An upload: start, chunk or finish.
+    BlobUpload,
+    /// A token request.
+    Token,
+    /// Anything else.
+    Other,
+}
+
+impl RequestKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ManifestHead => "manifest_head",
+            Self::ManifestGet => "manifest_get",
+            Self::ManifestPut => "manifest_put",
+            Self::Tags => "tags",
+            Self::BlobHead => "blob_head",
+            Self::BlobGet => "blob_get",
+            Self::BlobMount => "blob_mount",
+            Self::BlobUpload => "blob_upload",
+            Self::Token => "token",
+            Self::Other => "other",
+        }
+    }
+
+    /// The kind of `method url` (a distribution API URL).
+    fn of(method: &Method, url: &str) -> Self {
+        let path = url.split('?').next().unwrap_or(url);
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        if path.contains("/manifests/") {
+            match *method {
+                Method::HEAD => Self::ManifestHead,
+                Method::GET => Self::ManifestGet,
+                Method::PUT => Self::ManifestPut,
+                _ => Self::Other,
+            }
+        } else if path.ends_with("/tags/list") {
+            Self::Tags
+        } else if path.contains("/blobs/uploads") {
+            if query.contains("mount=") {
+                Self::BlobMount
+            } else {
+                Self::BlobUpload
+            }
+        } else if path.contains("/blobs/") {
+            match *method {
+                Method::HEAD => Self::BlobHead,
+                Method::GET => Self::BlobGet,
+                _ => Self::Other,
+            }
+        } else {
+            Self::Other
+        }
+    }
+}
+
+/// How a registry request ended: the class of its status, or no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// 2xx or 3xx.
+    Ok,
+    /// 401 or 403.
+    Unauthorized,
+    /// 404.
+    NotFound,
+    /// 429.
+    RateLimited,
+    /// Another 4xx or a 5xx.
+    Error,
+    /// No response: refused, timed out, TLS.
+    Unreachable,
+}
+
+impl RequestOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::RateLimited => "rate_limited",
+            Self::Error => "error",
+            Self::Unreachable => "unreachable",
+        }
+    }
+
+    fn of(status: StatusCode) -> Self {
+        match status.as_u16() {
+            200..=399 => Self::Ok,
+            401 | 403 => Self::Unauthorized,
+            404 => Self::NotFound,
+            429 => Self::RateLimited,
+            _ => Self::Error,
+        }
+    }
+}
+
+/// Told of every HTTP request the transport sends (each attempt, each
+/// token request), for metrics: the one place that sees them all.
+pub trait Observer: Send + Sync {
+    /// A request to `registry` of `kind` ended with `outcome`.
+    fn request(&self, registry: &str, kind: RequestKind, outcome: RequestOutcome);
+}
+
 /// Attempts per request (the first plus retries).
 const ATTEMPTS: u32 = 4;
 /// Longest `Retry-After` honoured before giving up for this round.
@@ -147,6 +269,8 @@ pub(crate) struct Transport {
     creds: Mutex<BTreeMap<String, (Instant, CredsResult)>>,
     /// Registries that could not be reached after every attempt, and when.
     down: Mutex<BTreeMap<String, Instant>>,
+    /// Told of every request.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 /// An HTTP client trusting the system roots and, when given, `ca_file`.
@@ -183,6 +307,19 @@ impl Transport {
             limits: Mutex::new(BTreeMap::new()),
             creds: Mutex::new(BTreeMap::new()),
             down: Mutex::new(BTreeMap::new()),
+            observer: None,
+        }
+    }
+
+    /// Tells `observer` of every request from now on.
+    pub(crate) fn observe(&mut self, observer: Arc<dyn Observer>) {
+        self.observer = Some(observer);
+    }
+
+    /// Tells the observer of one request.
+    pub(crate) fn observed(&self, registry: &str, kind: RequestKind, outcome: RequestOutcome) {
+        if let Some(o) = &self.observer {
+            o.request(registry, kind, outcome);
         }
     }
 
@@ -318,10 +455,20 @@ impl Transport {
         } else {
             ATTEMPTS
         };
+        let kind = RequestKind::of(&req.method, &req.url);
+        let registry = target.registry();
         loop {
             attempt += 1;
             let (rb, repeatable) = req.attempt(ep.client, auth.as_deref());
-            let resp = match rb.send().await {
+            let sent = rb.send().await;
+            self.observed(
+                registry,
+                kind,
+                sent.as_ref().map_or(RequestOutcome::Unreachable, |r| {
+                    RequestOutcome::of(r.status())
+                }),
+            );
+            let resp = match sent {
                 Ok(resp) => resp,
                 Err(e) if repeatable && attempt < connect_attempts => {
                     debug!(method = %req.method, url = %req.url, attempt, error = %chain(&e), "retrying");
@@ -406,7 +553,18 @@ impl Transport {
                     scopes,
                     challenged: scope.as_deref(),
                 };
-                let (token, ttl) = fetch_token(client, target, &want, creds).await?;
+                let fetched = fetch_token(client, target, &want, creds).await;
+                self.observed(
+                    registry,
+                    RequestKind::Token,
+                    match &fetched {
+                        Ok(_) => RequestOutcome::Ok,
+                        Err(e) if e.kind == ErrorKind::Unauthorized => RequestOutcome::Unauthorized,
+                        Err(e) if e.kind == ErrorKind::Unreachable => RequestOutcome::Unreachable,
+                        Err(_) => RequestOutcome::Error,
+                    },
+                );
+                let (token, ttl) = fetched?;
                 self.tokens.put(registry, scopes, token.clone(), ttl);
                 Ok(Some(format!("Bearer {token}")))
             }
@@ -441,16 +599,27 @@ impl Transport {
 }
 
 fn unreachable(target: &ImageRef, e: &reqwest::Error) -> RegistryError {
+    let cause = chain(e);
+    if speaks_plain_http(&cause) {
+        let host = target.registry();
+        return error(
+            target,
+            ErrorKind::Unreachable,
+            format!("{host} answers plain http: set `insecure = true` under [registries.\"{host}\"] (TLS handshake: {cause})"),
+        );
+    }
     let what = if e.is_timeout() {
         "timed out"
     } else {
         "cannot connect"
     };
-    error(
-        target,
-        ErrorKind::Unreachable,
-        format!("{what}: {}", chain(e)),
-    )
+    error(target, ErrorKind::Unreachable, format!("{what}: {cause}"))
+}
+
+/// True when a TLS handshake failed because the server answered in plain
+/// http (rustls reads the reply as a record of an invalid content type).
+fn speaks_plain_http(cause: &str) -> bool {
+    cause.contains("InvalidContentType") || cause.contains("corrupt message")
 }
 
 /// How long to wait before attempt `attempt + 1` after `resp`: a 5xx
@@ -589,6 +758,49 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_request_has_its_kind() {
+        let u = "http://r:5000/v2/a/b";
+        let k = |m: Method, tail: &str| RequestKind::of(&m, &format!("{u}/{tail}"));
+        assert_eq!(
+            k(Method::HEAD, "manifests/latest"),
+            RequestKind::ManifestHead
+        );
+        assert_eq!(
+            k(Method::GET, "manifests/sha256:ab"),
+            RequestKind::ManifestGet
+        );
+        assert_eq!(k(Method::PUT, "manifests/1.0.0"), RequestKind::ManifestPut);
+        assert_eq!(k(Method::GET, "tags/list?n=1000"), RequestKind::Tags);
+        assert_eq!(k(Method::HEAD, "blobs/sha256:ab"), RequestKind::BlobHead);
+        assert_eq!(k(Method::GET, "blobs/sha256:ab"), RequestKind::BlobGet);
+        assert_eq!(
+            k(Method::POST, "blobs/uploads/?mount=sha256:ab&from=x/y"),
+            RequestKind::BlobMount
+        );
+        assert_eq!(k(Method::POST, "blobs/uploads/"), RequestKind::BlobUpload);
+        assert_eq!(
+            k(Method::PUT, "blobs/uploads/uuid?digest=sha256:ab"),
+            RequestKind::BlobUpload
+        );
+        assert_eq!(
+            RequestOutcome::of(StatusCode::TEMPORARY_REDIRECT),
+            RequestOutcome::Ok
+        );
+        assert_eq!(
+            RequestOutcome::of(StatusCode::FORBIDDEN),
+            RequestOutcome::Unauthorized
+        );
+        assert_eq!(
+            RequestOutcome::of(StatusCode::TOO_MANY_REQUESTS),
+            RequestOutcome::RateLimited
+        );
+        assert_eq!(
+            RequestOutcome::of(StatusCode::BAD_GATEWAY),
+            RequestOutcome::Error
+        );
+    }
 
     #[test]
     fn retry_after_forms() {
