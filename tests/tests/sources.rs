@@ -446,9 +446,11 @@ fn two_images_of_one_repository_share_one_lookup_per_cycle_over_git_daemon() {
         .count();
     assert!(rounds >= 3, "{rounds} rounds");
     // One look-up per round, however many images, plus the one fetch of
-    // the commit (a shallow fetch by id, shared by both images).
+    // the commit (a shallow fetch by id, shared by both images), plus the
+    // look-up of a round the stop may cut short before its line is logged.
+    // A look-up per image would be two per round.
     assert!(
-        requests <= rounds + 1,
+        requests <= rounds + 2,
         "{requests} upload-pack requests for {rounds} rounds"
     );
     assert!(

@@ -931,7 +931,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 16, "every route is in the document");
+        assert_eq!(seen, 17, "every route is in the document");
     }
 
     #[test]

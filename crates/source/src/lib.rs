@@ -328,8 +328,12 @@ impl Sources {
         let url = ctx.public_url();
         let mut c = Command::new(&self.program);
         if creds.is_some_and(|c| c.password_file.is_some()) {
-            // Only our answer counts: no stored credentials are tried.
-            c.args(["-c", "credential.helper="]);
+            // Only our answer counts: no stored credentials are tried
+            // (`credential.helper=` as git's environment-given config,
+            // git 2.31 and later).
+            c.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "credential.helper")
+                .env("GIT_CONFIG_VALUE_0", "");
         }
         if let Some(d) = git_dir {
             c.arg(format!("--git-dir={}", d.display()));
