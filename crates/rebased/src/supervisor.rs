@@ -3,9 +3,10 @@
 //! stops in order.
 //!
 //! Start: state directory, store, the queue as it was (jobs found running
-//! are queued again), the API bound, `READY=1`, the ledger import of every
-//! image (cancellable, feeding the watchdog), then the poll loop and the
-//! reload watch.
+//! are queued again), the API bound, SIGHUP listened for, `READY=1`, the
+//! ledger import of every image (cancellable, feeding the watchdog), then
+//! the poll loop and the reload watch (a SIGHUP received during the import
+//! is answered then).
 //!
 //! Stop: the first SIGTERM or SIGINT cancels the shutdown token: the poll
 //! loop ends, the dispatcher starts no new job and the API refuses new work
@@ -260,6 +261,10 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         stopped.clone(),
     ));
     let dispatch = tasks.spawn(dispatcher.run(jobs_rx, shutdown.clone()));
+    // Before READY=1: from then on `systemctl reload` may send SIGHUP, whose
+    // default action would end the process during the import; the reload
+    // itself waits for the reload task, after the import.
+    let hup = reload::listen_hangup();
     // State open, config loaded, API bound.
     status.notify("READY=1");
     status.report(&queue, live.cfg().image.len());
@@ -285,6 +290,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
             checks: check_tx,
             queue: Arc::clone(&queue),
         },
+        hup,
         shutdown.clone(),
     ));
 
