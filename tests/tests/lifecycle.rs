@@ -117,6 +117,12 @@ fn sigterm_during_build(stop_timeout: &str, expect_finished_before_exit: bool) {
             .any(|j| j["state"] == "running")
             .then_some(())
     });
+    let readyz = || {
+        reqwest::blocking::get(format!("{}/readyz", daemon.api))
+            .ok()
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(readyz(), Some(200), "ready while running");
     daemon.signal("-TERM");
     if expect_finished_before_exit {
         // While the build finishes, new work is refused.
@@ -130,6 +136,7 @@ fn sigterm_during_build(stop_timeout: &str, expect_finished_before_exit: bool) {
             (c == 503).then_some(c)
         });
         assert_eq!(code, 503);
+        assert_eq!(readyz(), Some(503), "not ready while stopping");
     }
     let status = daemon.wait_exit(WAIT);
     assert!(
