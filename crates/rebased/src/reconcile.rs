@@ -312,7 +312,7 @@ impl Reconciler {
         let registry = self.live.registry();
         self.unless_stopping(ledger::ensure(&self.store, &registry, image))
             .await?;
-        if records::is_held(&self.store, image.name.as_str()) {
+        if records::is_held(&self.store, image.name.as_str())? {
             info!("image is held (rolled back); not building");
             return Ok(None);
         }
@@ -535,8 +535,13 @@ fn record_job(store: &Store, queue: &SharedQueue, job: &Job, attempt: Option<&At
         error!(job = job.id, "cannot record job: {e}");
     }
     let name = job.image.as_str();
-    if records::is_held(store, name) {
-        return;
+    match records::is_held(store, name) {
+        Ok(false) => {}
+        Ok(true) => return,
+        Err(e) => {
+            error!(image = %name, "cannot record the image state: {e}");
+            return;
+        }
     }
     match (job.state, attempt.map(|a| (&a.finished, &a.outcome))) {
         (JobState::Queued, Some((Finished::Retry(_), _))) => {
@@ -696,7 +701,7 @@ mod tests {
                 );
             }
         }
-        assert!(records::is_held(&store, "web"));
+        assert!(records::is_held(&store, "web").expect("readable"));
     }
 
     #[test]

@@ -10,9 +10,9 @@ use tracing::error;
 
 /// True when image `name` is held (rolled back): nothing builds it and no
 /// floating tag of it moves until it is resumed. An unreadable record is
-/// not held.
-pub fn is_held(store: &Store, name: &str) -> bool {
-    store.image(name).ok().flatten().is_some_and(|r| held(&r))
+/// an error: the caller cannot know, and does nothing a hold forbids.
+pub fn is_held(store: &Store, name: &str) -> Result<bool, StateError> {
+    Ok(store.image(name)?.is_some_and(|r| held(&r)))
 }
 
 /// True when `record` says its image is held (see [`is_held`]).
