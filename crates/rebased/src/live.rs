@@ -28,11 +28,18 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The config in force, shared by every task.
 pub struct Live {
     config_file: PathBuf,
-    config: RwLock<Arc<Config>>,
-    registry: RwLock<Arc<Registry>>,
+    /// One lock over both: a reader never pairs one config with another's
+    /// registry client.
+    in_force: RwLock<InForce>,
     plans: Mutex<PlanCache>,
     /// `rebased once`: no settle delay.
     once: bool,
+}
+
+/// A config and the registry client made from it.
+struct InForce {
+    config: Arc<Config>,
+    registry: Arc<Registry>,
 }
 
 /// One image's Dockerfile as read now (for a build: always read afresh).
@@ -50,8 +57,10 @@ impl Live {
     pub fn new(config_file: PathBuf, cfg: Config, once: bool) -> Self {
         Self {
             config_file,
-            registry: RwLock::new(Arc::new(Registry::new(&cfg.registries))),
-            config: RwLock::new(Arc::new(cfg)),
+            in_force: RwLock::new(InForce {
+                registry: Arc::new(Registry::new(&cfg.registries)),
+                config: Arc::new(cfg),
+            }),
             plans: Mutex::new(PlanCache::default()),
             once,
         }
@@ -64,12 +73,23 @@ impl Live {
 
     /// The config in force.
     pub fn cfg(&self) -> Arc<Config> {
-        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.read().config)
     }
 
     /// The registry client of the config in force.
     pub fn registry(&self) -> Arc<Registry> {
-        Arc::clone(&self.registry.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.read().registry)
+    }
+
+    /// The config in force and its registry client, read together (two
+    /// calls of [`Live::cfg`] and [`Live::registry`] may straddle a reload).
+    pub fn in_force(&self) -> (Arc<Config>, Arc<Registry>) {
+        let now = self.read();
+        (Arc::clone(&now.config), Arc::clone(&now.registry))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, InForce> {
+        self.in_force.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The settle time in force (none in `once` mode).
@@ -92,13 +112,14 @@ impl Live {
 
     /// Swaps in a new config (and what is made from it).
     pub fn install(&self, cfg: Config) {
+        let mut now = self.in_force.write().unwrap_or_else(|p| p.into_inner());
         // The registry client keeps its token cache and concurrency pools
         // unless the registry settings changed.
-        if cfg.registries != self.cfg().registries {
-            let registry = Arc::new(Registry::new(&cfg.registries));
-            *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
+        if cfg.registries != now.config.registries {
+            now.registry = Arc::new(Registry::new(&cfg.registries));
         }
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+        now.config = Arc::new(cfg);
+        drop(now);
         *lock(&self.plans) = PlanCache::default();
     }
 
@@ -294,5 +315,49 @@ impl FileStamp {
             mtime: m.modified().ok(),
             ctime: (m.ctime(), m.ctime_nsec()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config whose only registry logs in as `user`.
+    fn config(user: &str, password_file: &Path) -> Config {
+        Config::parse(&format!(
+            "[registries.\"r.io\"]\nusername = \"{user}\"\npassword_file = \"{}\"\n",
+            password_file.display()
+        ))
+        .expect("valid")
+    }
+
+    /// A reload swaps the registry client with the config when the
+    /// registry settings changed, and keeps it (its token cache, its
+    /// pools) when they did not; [`Live::in_force`] answers the pair.
+    #[test]
+    fn install_swaps_the_registry_client_with_its_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret").expect("password file");
+        let user = |live: &Live| {
+            let (cfg, registry) = live.in_force();
+            let in_client = registry
+                .credentials("r.io")
+                .expect("credentials")
+                .map(|c| c.username);
+            assert_eq!(cfg.registries["r.io"].username, in_client);
+            in_client
+        };
+        let live = Live::new(dir.path().join("rebased.toml"), config("a", &pw), false);
+        let first = live.registry();
+        assert_eq!(user(&live).as_deref(), Some("a"));
+        live.install(config("a", &pw));
+        assert!(Arc::ptr_eq(&first, &live.registry()), "same settings: kept");
+        live.install(config("b", &pw));
+        assert!(
+            !Arc::ptr_eq(&first, &live.registry()),
+            "new settings: new client"
+        );
+        assert_eq!(user(&live).as_deref(), Some("b"));
     }
 }

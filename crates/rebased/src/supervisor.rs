@@ -172,8 +172,9 @@ async fn once(
         jobs_rx,
         ..
     } = parts;
-    let images = live.cfg().image.clone();
-    let registry = live.registry();
+    let (cfg, registry) = live.in_force();
+    let images = cfg.image.clone();
+    drop(cfg);
     let never = CancellationToken::new();
     ledger::import_all(
         &store,
@@ -276,8 +277,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     // Read back what the registries already hold before deciding anything.
     // The config's image list as it is (no copy of thousands of tables);
     // no reload can swap it before the reload task starts, below.
-    let cfg = live.cfg();
-    let registry = live.registry();
+    let (cfg, registry) = live.in_force();
     ledger::import_all(&store, &registry, &cfg.image, &status, pulse, &shutdown).await;
     drop((cfg, registry));
     let poll = (!shutdown.is_cancelled())
