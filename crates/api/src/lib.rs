@@ -356,9 +356,9 @@ pub enum Conflict {
     /// It is being built: roll back when the build is done.
     #[error("is building; roll back when the build is done")]
     Building,
-    /// It is not held, so there is nothing to resume.
+    /// It is not held, so there is nothing to resume; its state.
     #[error("is not held (it is {0})")]
-    NotHeld(String),
+    NotHeld(rebased_core::ImageState),
 }
 
 impl From<ActionError> for ApiError {
@@ -750,7 +750,10 @@ mod tests {
         let cases = [
             (ActionError::NotFound("no image \"web\"".into()), 404),
             (conflict(Conflict::Building), 409),
-            (conflict(Conflict::NotHeld("fresh".into())), 409),
+            (
+                conflict(Conflict::NotHeld(rebased_core::ImageState::Fresh)),
+                409,
+            ),
             (ActionError::BadRequest("bad version".into()), 400),
             (ActionError::Unavailable("stopping".into()), 503),
             (ActionError::Upstream("registry refused".into()), 502),
@@ -759,7 +762,7 @@ mod tests {
         for (e, status) in cases {
             assert_eq!(ApiError::from(e.clone()).status, status, "{e}");
         }
-        let e = ApiError::from(conflict(Conflict::NotHeld("fresh".into())));
+        let e = ApiError::from(conflict(Conflict::NotHeld(rebased_core::ImageState::Fresh)));
         assert_eq!(e.error, "web is not held (it is fresh)");
         let e = ApiError::from(conflict(Conflict::Building));
         assert_eq!(e.error, "web is building; roll back when the build is done");

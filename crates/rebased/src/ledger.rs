@@ -290,9 +290,7 @@ pub async fn rollback(
             conflict: Conflict::Building,
         });
     }
-    ensure(store, registry, image)
-        .await
-        .map_err(|e| ActionError::Upstream(format!("{e:#}")))?;
+    ensure(store, registry, image).await.map_err(action_error)?;
     let target = store.version(name, to).map_err(internal)?.ok_or_else(|| {
         ActionError::NotFound(format!("{name} has no version {to} in its ledger"))
     })?;
@@ -314,8 +312,19 @@ pub async fn rollback(
             store
                 .update_image(name, |r| r.state = restore)
                 .map_err(internal)?;
-            Err(ActionError::Upstream(format!("{e:#}")))
+            Err(action_error(e))
         }
+    }
+}
+
+/// An action's failure: the store's own (500) when a store error is among
+/// its causes, else a registry's or an OCI layout's (502).
+fn action_error(e: anyhow::Error) -> ActionError {
+    let text = format!("{e:#}");
+    if e.chain().any(|c| c.is::<rebased_state::StateError>()) {
+        ActionError::Internal(text)
+    } else {
+        ActionError::Upstream(text)
     }
 }
 
@@ -350,4 +359,44 @@ async fn move_back(
     records::write(store, move |s| s.rollback(&owned, &recorded)).await?;
     info!(image = %name, to = %to, from = ?from.map(|f| f.to_string()), tags = ?tags, "rolled back; image held");
     Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rebased_core::config::Config;
+
+    fn image() -> ImageConfig {
+        let cfg = Config::parse(
+            "[[image]]\nname = \"web\"\ncontext = \"/srv/web\"\nrepository = \"127.0.0.1:9/web\"\nversion = \"1.0.0\"\n",
+        )
+        .expect("config");
+        cfg.image.into_iter().next().expect("image")
+    }
+
+    /// A rollback that fails on the store is the daemon's failure (500),
+    /// not a registry's (502).
+    #[tokio::test]
+    async fn a_store_failure_in_a_rollback_is_internal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        store.damage_image_record("web").expect("damage");
+        let registry = Registry::new(&BTreeMap::new());
+        let queue: SharedQueue = std::sync::Arc::default();
+        let (jobs, _rx) = mpsc::channel(1);
+        let to = Version::parse("1.0.0").expect("version");
+        let e = rollback(&store, &registry, &image(), &to, &queue, &jobs)
+            .await
+            .expect_err("unreadable record");
+        assert!(
+            matches!(&e, ActionError::Internal(t) if t.contains("image web")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn registry_failures_stay_upstream() {
+        let e = anyhow::anyhow!("manifest unknown").context("pointing the floating tags at 1.0.0");
+        assert!(matches!(action_error(e), ActionError::Upstream(_)));
+    }
 }

@@ -272,7 +272,7 @@ impl Reconciler {
         if state != ImageState::Held {
             return Err(ActionError::Conflict {
                 image: name.to_owned(),
-                conflict: Conflict::NotHeld(state.to_string()),
+                conflict: Conflict::NotHeld(state),
             });
         }
         self.store
