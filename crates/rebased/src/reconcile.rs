@@ -550,11 +550,12 @@ fn record_job(store: &Store, queue: &SharedQueue, job: &Job, attempt: Option<&At
         (JobState::Queued, _) => records::set_state(store, name, ImageState::Queued, None),
         (JobState::Running, _) => records::set_state(store, name, ImageState::Building, None),
         (JobState::Failed, outcome) => {
+            // Unknown inputs (a failure before they were known) stay unknown.
             let inputs = match outcome {
-                Some((_, Outcome::Failed(f))) => f.inputs.clone().unwrap_or_default(),
-                _ => Inputs::default(),
+                Some((_, Outcome::Failed(f))) => f.inputs.as_ref(),
+                _ => None,
             };
-            records::set_failing(store, name, job.error.clone(), &inputs);
+            records::set_failing(store, name, job.error.clone(), inputs);
         }
         (JobState::Succeeded, _) => {
             if rebased_scheduler::dispatch::lock(queue)
@@ -708,7 +709,7 @@ mod tests {
     fn failing_with_the_same_inputs_waits_for_a_change_but_not_a_job() {
         let (_dir, store) = store();
         publish(&store, "1.4.2", &d("a"));
-        records::set_failing(&store, "web", Some("boom".into()), &inputs(&d("b")));
+        records::set_failing(&store, "web", Some("boom".into()), Some(&inputs(&d("b"))));
         let img = image("");
         assert_eq!(
             decide(&store, &img, &inputs(&d("b")), Trigger::Poll, Asker::Poll).ok(),
@@ -728,6 +729,39 @@ mod tests {
         records::set_state(&store, "web", ImageState::Queued, None);
         assert!(matches!(
             decide(&store, &img, &inputs(&d("b")), Trigger::Poll, Asker::Poll),
+            Ok(Verdict::Build { .. })
+        ));
+    }
+
+    /// A failure before the inputs were known is not a failure with no
+    /// inputs: an image without external bases (`FROM scratch`) is still
+    /// decided again by the poll loop.
+    #[test]
+    fn a_failure_with_unknown_inputs_never_waits_for_a_change() {
+        let (_dir, store) = store();
+        let mut job = Job::new(
+            1,
+            "web",
+            rebased_core::job::JobReason {
+                trigger: Trigger::Poll,
+                at: Utc::now(),
+                detail: "test".into(),
+            },
+        );
+        job.state = JobState::Failed;
+        job.error = Some("cannot read the Dockerfile".into());
+        let attempt = Attempt {
+            outcome: Outcome::failed("cannot read the Dockerfile"),
+            finished: Finished::GaveUp,
+        };
+        let queue: SharedQueue = std::sync::Arc::default();
+        record_job(&store, &queue, &job, Some(&attempt));
+        let rec = store.image("web").expect("read").expect("record");
+        assert_eq!(rec.state, ImageState::Failing);
+        assert_eq!(rec.failed_inputs, None);
+        let none = Inputs::default();
+        assert!(matches!(
+            decide(&store, &image(""), &none, Trigger::Poll, Asker::Poll),
             Ok(Verdict::Build { .. })
         ));
     }

@@ -36,13 +36,15 @@ pub fn set_state(store: &Store, name: &str, state: ImageState, error: Option<Str
     }
 }
 
-/// Marks an image failing with `error` and the inputs it failed with.
-pub fn set_failing(store: &Store, name: &str, error: Option<String>, inputs: &Inputs) {
+/// Marks an image failing with `error` and the inputs it failed with;
+/// `None`: not known (it failed before they were), and then no inputs
+/// count as the ones it failed with.
+pub fn set_failing(store: &Store, name: &str, error: Option<String>, inputs: Option<&Inputs>) {
     let result = store.update_image(name, |rec| {
         rec.state = ImageState::Failing;
         rec.last_error = error.clone();
-        rec.failed_inputs = Some(inputs.digests.clone());
-        rec.failed_platforms = inputs.platforms.clone();
+        rec.failed_inputs = inputs.map(|i| i.digests.clone());
+        rec.failed_platforms = inputs.map(|i| i.platforms.clone()).unwrap_or_default();
     });
     if let Err(e) = result {
         error!(image = %name, "cannot record failing state: {e}");
