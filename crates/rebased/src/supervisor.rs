@@ -98,6 +98,8 @@ struct Wiring {
     live: Arc<Live>,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
+    /// Cancelled: the stop begins (see the module's doc).
+    shutdown: CancellationToken,
     /// Cancelled: running builds are killed.
     builds: CancellationToken,
     reconciler: Arc<Reconciler>,
@@ -119,7 +121,8 @@ impl Wiring {
         let (jobs_tx, jobs_rx) = mpsc::channel(1 << 16);
         let (check_tx, check_rx) = mpsc::channel(64);
         let live = Arc::new(Live::new(config_file, cfg, mode == Mode::Once));
-        let status = Arc::new(Status::new(Notifier::from_env()));
+        let shutdown = CancellationToken::new();
+        let status = Arc::new(Status::new(Notifier::from_env(), shutdown.clone()));
         let metrics = Arc::new(Metrics::default());
         let builds = CancellationToken::new();
         let reconciler = Arc::new(Reconciler::new(reconcile::Parts {
@@ -145,6 +148,7 @@ impl Wiring {
             live,
             status,
             metrics,
+            shutdown,
             builds,
             reconciler,
             poller,
@@ -213,6 +217,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         live,
         status,
         metrics,
+        shutdown,
         builds,
         reconciler,
         poller,
@@ -235,7 +240,6 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     drop(cfg);
 
     let tasks = TaskTracker::new();
-    let shutdown = CancellationToken::new();
     // Cancelled once the dispatcher has ended: no signal can matter after.
     let stopped = CancellationToken::new();
     let api_shutdown = CancellationToken::new();
@@ -295,7 +299,6 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     ));
 
     shutdown.cancelled().await;
-    status.set_stopping();
     status.notify("STOPPING=1");
     info!("stopping: no new jobs; running builds may finish");
     if let Some(poll) = poll {
