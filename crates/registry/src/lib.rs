@@ -14,9 +14,10 @@
 //! (bearer and basic), a token cache keyed by registry and scope set,
 //! retries with backoff, `429` with `Retry-After`, per-registry CAs and
 //! size caps. Modules depend one way, without cycles: `lib` (the facade)
-//! -> `manifests`, `tags`, `blobs` -> `transport` -> `auth`, `error`;
-//! `layout` -> `document`, `hash`; `document`, `hash` and `error` depend on
-//! no other module of the crate.
+//! -> `manifests`, `tags`, `blobs` -> `transport` -> `auth`, `error`, with
+//! `manifests` -> `document`, `blobs` -> `hash`, and inside `transport`
+//! `token` -> `capped`; `layout` -> `document`, `hash`; `document`, `hash`
+//! and `error` depend on no other module of the crate.
 
 pub mod auth;
 mod blobs;
