@@ -36,8 +36,9 @@ const IMPORT_CONCURRENCY: usize = 8;
 /// Ledgers read back at start are written this many in one transaction
 /// (one disk sync each batch, not each image). At 10,000 images a first
 /// start took 3.6 s with one transaction per image and 1.1 s with batches
-/// of 16, 64 or 256; larger batches cost more peak memory (BENCHMARKS.md).
-const IMPORT_BATCH: usize = 64;
+/// of 16, 64 or 256; larger batches cost more peak memory, and 32 kept the
+/// peak lowest with the write on a blocking-pool thread (BENCHMARKS.md).
+const IMPORT_BATCH: usize = 32;
 
 /// Makes sure the ledger of `image` knows what its repository holds:
 /// unless already done, every semver tag (newest 200) is read back with
