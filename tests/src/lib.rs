@@ -843,6 +843,11 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
+    /// The daemon's exit status if it has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().expect("running").try_wait().unwrap()
+    }
+
     /// Waits for the daemon to exit by itself (e.g. at a failpoint).
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");

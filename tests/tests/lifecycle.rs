@@ -117,6 +117,12 @@ fn sigterm_during_build(stop_timeout: &str, expect_finished_before_exit: bool) {
             .any(|j| j["state"] == "running")
             .then_some(())
     });
+    let readyz = || {
+        reqwest::blocking::get(format!("{}/readyz", daemon.api))
+            .ok()
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(readyz(), Some(200), "ready while running");
     daemon.signal("-TERM");
     if expect_finished_before_exit {
         // While the build finishes, new work is refused.
@@ -130,6 +136,7 @@ fn sigterm_during_build(stop_timeout: &str, expect_finished_before_exit: bool) {
             (c == 503).then_some(c)
         });
         assert_eq!(code, 503);
+        assert_eq!(readyz(), Some(503), "not ready while stopping");
     }
     let status = daemon.wait_exit(WAIT);
     assert!(
@@ -223,4 +230,70 @@ fn a_second_sigterm_cancels_the_build_and_its_job_is_stored_queued() {
     assert_eq!(jobs.len(), 1, "no job lost or duplicated: {jobs:#?}");
     assert_eq!(jobs[0]["state"], "succeeded");
     assert_eq!(jobs[0]["published"], "1.0.0");
+}
+
+/// A registry that accepts connections, holds each for `hold` and drops it
+/// unanswered: every request to it fails, slowly. Answers `127.0.0.1:PORT`.
+fn hanging_registry(hold: Duration) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                std::thread::sleep(hold);
+                drop(conn);
+            });
+        }
+    });
+    host
+}
+
+/// `systemctl reload` (SIGHUP) right after `READY=1`, while the start-up
+/// import still waits on a registry that does not answer: the daemon lives
+/// on, and reloads once the import is over.
+#[test]
+fn sighup_during_the_start_up_import_is_answered_after_it() {
+    let s = Setup::new();
+    let hole = hanging_registry(Duration::from_secs(2));
+    let ctx = context(&s, "h", 0);
+    let tables = format!(
+        "\n[registries.\"{hole}\"]\ninsecure = true\n{}",
+        image_table(
+            "h",
+            &ctx,
+            &format!("{hole}/h"),
+            &format!("build_args = {{ REG = \"{}\" }}\n", s.host()),
+        )
+    );
+    fs::write(
+        &s.config,
+        s.config_text("poll = \"0 0 0 1 1 *\"\nsettle = \"0s\"\n", &tables),
+    )
+    .unwrap();
+    let mut daemon = s.start();
+    let log = daemon.log_text();
+    assert!(
+        log.contains("reading ledgers back from the registries")
+            && !log.contains("cannot read the ledger back"),
+        "the import is under way:\n{log}"
+    );
+    let loaded = daemon.get("/v1/status")["config_loaded_at"].clone();
+    daemon.signal("-HUP");
+    std::thread::sleep(Duration::from_secs(1));
+    if let Some(status) = daemon.try_wait() {
+        panic!(
+            "SIGHUP during the import ended the daemon ({status}):\n{}",
+            daemon.log_text()
+        );
+    }
+    wait_for("the reload", WAIT, || {
+        daemon.log_text().contains("config reloaded").then_some(())
+    });
+    let log = daemon.log_text();
+    let imported = log.find("cannot read the ledger back").unwrap();
+    let reloaded = log.find("reloading the config").unwrap();
+    assert!(imported < reloaded, "reloaded after the import:\n{log}");
+    let line = log[reloaded..].lines().next().unwrap();
+    assert!(line.contains("SIGHUP"), "{line}");
+    assert_ne!(daemon.get("/v1/status")["config_loaded_at"], loaded);
 }

@@ -462,9 +462,9 @@ pub enum Conflict {
     /// It is being built: roll back when the build is done.
     #[error("is building; roll back when the build is done")]
     Building,
-    /// It is not held, so there is nothing to resume.
+    /// It is not held, so there is nothing to resume; its state.
     #[error("is not held (it is {0})")]
-    NotHeld(String),
+    NotHeld(rebased_core::ImageState),
     /// It is held (rolled back): nothing builds it until it is resumed.
     #[error("is held (rolled back to {version}): `rebased resume {image}` ends the hold, `rebased rebuild {image} --force` builds it anyway")]
     Held {
@@ -943,7 +943,10 @@ mod tests {
         let cases = [
             (ActionError::NotFound("no image \"web\"".into()), 404),
             (conflict(Conflict::Building), 409),
-            (conflict(Conflict::NotHeld("fresh".into())), 409),
+            (
+                conflict(Conflict::NotHeld(rebased_core::ImageState::Fresh)),
+                409,
+            ),
             (
                 conflict(Conflict::Held {
                     image: "web".into(),
@@ -959,7 +962,7 @@ mod tests {
         for (e, status) in cases {
             assert_eq!(ApiError::from(e.clone()).status, status, "{e}");
         }
-        let e = ApiError::from(conflict(Conflict::NotHeld("fresh".into())));
+        let e = ApiError::from(conflict(Conflict::NotHeld(rebased_core::ImageState::Fresh)));
         assert_eq!(e.error, "web is not held (it is fresh)");
         let e = ApiError::from(conflict(Conflict::Building));
         assert_eq!(e.error, "web is building; roll back when the build is done");

@@ -38,8 +38,9 @@ const IMPORT_CONCURRENCY: usize = 8;
 /// Ledgers read back at start are written this many in one transaction
 /// (one disk sync each batch, not each image). At 10,000 images a first
 /// start took 3.6 s with one transaction per image and 1.1 s with batches
-/// of 16, 64 or 256; larger batches cost more peak memory (BENCHMARKS.md).
-const IMPORT_BATCH: usize = 64;
+/// of 16, 64 or 256; larger batches cost more peak memory, and 32 kept the
+/// peak lowest with the write on a blocking-pool thread (BENCHMARKS.md).
+const IMPORT_BATCH: usize = 32;
 
 /// Makes sure the ledger of `image` knows what its repository holds:
 /// unless already done, every semver tag (newest 200) is read back with
@@ -149,8 +150,7 @@ async fn read_back(registry: &Registry, image: &ImageConfig) -> Result<ImportedL
 /// it waits, so a slow or unreachable registry at first start never
 /// starves the watchdog. A registry found unreachable (refused, timed out)
 /// is not asked for its other images: their import comes before their
-/// first build, as for any image whose import failed. Returns how many
-/// images are left to import.
+/// first build, as for any image whose import failed.
 pub async fn import_all(
     store: &Store,
     registry: &Registry,
@@ -158,7 +158,7 @@ pub async fn import_all(
     status: &Status,
     pulse: Duration,
     shutdown: &CancellationToken,
-) -> usize {
+) {
     // Images already in the ledger cost one store read each, here and not
     // in a task per image.
     let todo: Vec<&ImageConfig> = images
@@ -172,7 +172,7 @@ pub async fn import_all(
         })
         .collect();
     if todo.is_empty() {
-        return 0;
+        return;
     }
     let total = todo.len();
     info!(images = total, "reading ledgers back from the registries");
@@ -216,17 +216,17 @@ pub async fn import_all(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => {
                 // What was read is kept.
-                done += write_batch(store, std::mem::take(&mut batch));
+                done += write_batch(store, std::mem::take(&mut batch)).await;
                 info!(imported = done, "stopping: start-up import abandoned");
-                return total - done;
+                return;
             }
         }
         if batch.len() >= IMPORT_BATCH {
-            done += write_batch(store, std::mem::take(&mut batch));
+            done += write_batch(store, std::mem::take(&mut batch)).await;
         }
         status.beat();
     }
-    done += write_batch(store, batch);
+    write_batch(store, batch).await;
     if deferred > 0 {
         warn!(
             images = deferred,
@@ -234,21 +234,17 @@ pub async fn import_all(
             "registries unreachable: these images are imported before their first build"
         );
     }
-    total - done
 }
 
-/// Writes read-back ledgers in one transaction; returns how many. The
-/// write blocks the calling thread (`block_in_place`: a runtime worker
-/// hands its other tasks on first), not a blocking-pool thread: one such
-/// thread's heap, grown by 10,000 imports, stayed as 6 MiB of resident
-/// memory.
-fn write_batch(store: &Store, batch: Vec<ImportedLedger>) -> usize {
+/// Writes read-back ledgers in one transaction, off the async threads
+/// ([`records::write`]); returns how many.
+async fn write_batch(store: &Store, batch: Vec<ImportedLedger>) -> usize {
     if batch.is_empty() {
         return 0;
     }
     let n = batch.len();
-    match tokio::task::block_in_place(|| store.import_many(&batch)) {
-        Ok(()) => {
+    match records::write(store, move |s| s.import_many(&batch).map(|()| batch)).await {
+        Ok(batch) => {
             for ledger in &batch {
                 log_imported(ledger);
             }
@@ -299,9 +295,7 @@ pub async fn rollback(
             conflict: Conflict::Building,
         });
     }
-    ensure(store, registry, image)
-        .await
-        .map_err(|e| ActionError::Upstream(format!("{e:#}")))?;
+    ensure(store, registry, image).await.map_err(action_error)?;
     let target = store.version(name, to).map_err(internal)?.ok_or_else(|| {
         ActionError::NotFound(format!("{name} has no version {to} in its ledger"))
     })?;
@@ -323,8 +317,19 @@ pub async fn rollback(
             store
                 .update_image(name, |r| r.state = restore)
                 .map_err(internal)?;
-            Err(ActionError::Upstream(format!("{e:#}")))
+            Err(action_error(e))
         }
+    }
+}
+
+/// An action's failure: the store's own (500) when a store error is among
+/// its causes, else a registry's or an OCI layout's (502).
+fn action_error(e: anyhow::Error) -> ActionError {
+    let text = format!("{e:#}");
+    if e.chain().any(|c| c.is::<rebased_state::StateError>()) {
+        ActionError::Internal(text)
+    } else {
+        ActionError::Upstream(text)
     }
 }
 
@@ -359,4 +364,76 @@ async fn move_back(
     records::write(store, move |s| s.rollback(&owned, &recorded)).await?;
     info!(image = %name, to = %to, from = %from.map_or_else(|| "-".to_owned(), |f| f.to_string()), tags = %tags.join(", "), "rolled back; image held");
     Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rebased_core::config::Config;
+
+    fn image() -> ImageConfig {
+        let cfg = Config::parse(
+            "[[image]]\nname = \"web\"\ncontext = \"/srv/web\"\nrepository = \"127.0.0.1:9/web\"\nversion = \"1.0.0\"\n",
+        )
+        .expect("config");
+        cfg.image.into_iter().next().expect("image")
+    }
+
+    /// A rollback that fails on the store is the daemon's failure (500),
+    /// not a registry's (502).
+    #[tokio::test]
+    async fn a_store_failure_in_a_rollback_is_internal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        store.damage_image_record("web").expect("damage");
+        let registry = Registry::new(&BTreeMap::new());
+        let queue: SharedQueue = std::sync::Arc::default();
+        let (jobs, _rx) = mpsc::channel(1);
+        let to = Version::parse("1.0.0").expect("version");
+        let e = rollback(&store, &registry, &image(), &to, &queue, &jobs)
+            .await
+            .expect_err("unreadable record");
+        assert!(
+            matches!(&e, ActionError::Internal(t) if t.contains("image web")),
+            "{e:?}"
+        );
+    }
+
+    /// The start-up import records what it read on a current-thread
+    /// runtime too (`block_in_place` would panic there).
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_import_records_on_a_current_thread_runtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("db")).expect("store");
+        let layout = dir.path().join("layout");
+        let cfg = Config::parse(&format!(
+            "[[image]]\nname = \"web\"\ncontext = \"/srv/web\"\nrepository = \"oci:{}\"\nversion = \"1.0.0\"\n",
+            layout.display()
+        ))
+        .expect("config");
+        let registry = Registry::new(&BTreeMap::new());
+        let status = Status::new(
+            crate::notify::Notifier::from_env(),
+            CancellationToken::new(),
+        );
+        import_all(
+            &store,
+            &registry,
+            &cfg.image,
+            &status,
+            Duration::from_secs(3600),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(store
+            .image("web")
+            .expect("read")
+            .is_some_and(|r| r.ledger_synced));
+    }
+
+    #[test]
+    fn registry_failures_stay_upstream() {
+        let e = anyhow::anyhow!("manifest unknown").context("pointing the floating tags at 1.0.0");
+        assert!(matches!(action_error(e), ActionError::Upstream(_)));
+    }
 }

@@ -31,8 +31,9 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The config in force, shared by every task.
 pub struct Live {
     config_file: PathBuf,
-    config: RwLock<Arc<Config>>,
-    registry: RwLock<Arc<Registry>>,
+    /// One lock over both: a reader never pairs one config with another's
+    /// registry client.
+    in_force: RwLock<InForce>,
     plans: Mutex<PlanCache>,
     /// Each git source's work tree of its settled commit (by
     /// [`GitContext::key`]), or why there is none: set by the poll loop,
@@ -42,6 +43,12 @@ pub struct Live {
     once: bool,
     /// Where the registry clients count their requests.
     metrics: Arc<Metrics>,
+}
+
+/// A config and the registry client made from it.
+struct InForce {
+    config: Arc<Config>,
+    registry: Arc<Registry>,
 }
 
 /// One image's Dockerfile as read now (for a build: always read afresh).
@@ -87,8 +94,10 @@ impl Live {
         Self {
             metrics,
             config_file,
-            registry: RwLock::new(Arc::new(registry)),
-            config: RwLock::new(Arc::new(cfg)),
+            in_force: RwLock::new(InForce {
+                registry: Arc::new(registry),
+                config: Arc::new(cfg),
+            }),
             plans: Mutex::new(PlanCache::default()),
             trees: Mutex::new(BTreeMap::new()),
             once,
@@ -102,12 +111,23 @@ impl Live {
 
     /// The config in force.
     pub fn cfg(&self) -> Arc<Config> {
-        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.read().config)
     }
 
     /// The registry client of the config in force.
     pub fn registry(&self) -> Arc<Registry> {
-        Arc::clone(&self.registry.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.read().registry)
+    }
+
+    /// The config in force and its registry client, read together (two
+    /// calls of [`Live::cfg`] and [`Live::registry`] may straddle a reload).
+    pub fn in_force(&self) -> (Arc<Config>, Arc<Registry>) {
+        let now = self.read();
+        (Arc::clone(&now.config), Arc::clone(&now.registry))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, InForce> {
+        self.in_force.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The settle time in force (none in `once` mode).
@@ -130,16 +150,17 @@ impl Live {
 
     /// Swaps in a new config (and what is made from it).
     pub fn install(&self, cfg: Config) {
+        let mut now = self.in_force.write().unwrap_or_else(|p| p.into_inner());
         // The registry client keeps its token cache and concurrency pools
         // unless the registry settings changed.
-        if cfg.registries != self.cfg().registries {
-            let registry = Arc::new(
+        if cfg.registries != now.config.registries {
+            now.registry = Arc::new(
                 Registry::new(&cfg.registries)
                     .observed_by(Arc::new(Counted(Arc::clone(&self.metrics)))),
             );
-            *self.registry.write().unwrap_or_else(|p| p.into_inner()) = registry;
         }
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+        now.config = Arc::new(cfg);
+        drop(now);
         *lock(&self.plans) = PlanCache::default();
     }
 
@@ -280,7 +301,11 @@ impl Live {
     /// Reads `image`'s Dockerfile at `path` (its [`Live::dockerfile_path`])
     /// for its platforms; for a local context, a context directory that
     /// does not exist is said to be that.
-    fn read(&self, image: &ImageConfig, path: &Path) -> Result<config::ParsedDockerfile> {
+    fn read_dockerfile(
+        &self,
+        image: &ImageConfig,
+        path: &Path,
+    ) -> Result<config::ParsedDockerfile> {
         if image.context.local().is_some() {
             return config::read_image_dockerfile(image);
         }
@@ -289,7 +314,7 @@ impl Live {
 
     /// Reads and parses an image's Dockerfile now.
     pub fn plan(&self, image: &ImageConfig) -> Result<Plan> {
-        let p = self.read(image, &self.dockerfile_path(image)?)?;
+        let p = self.read_dockerfile(image, &self.dockerfile_path(image)?)?;
         let bases = p.bases();
         Ok(Plan {
             text: p.text,
@@ -325,7 +350,7 @@ impl Live {
                 }
             }
         }
-        let p = self.read(image, &path)?;
+        let p = self.read_dockerfile(image, &path)?;
         let bases = p.bases();
         let mut cache = lock(&self.plans);
         let bases = match cache.interned.get(bases.as_slice()) {
@@ -441,5 +466,54 @@ impl FileStamp {
             mtime: m.modified().ok(),
             ctime: (m.ctime(), m.ctime_nsec()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config whose only registry logs in as `user`.
+    fn config(user: &str, password_file: &Path) -> Config {
+        Config::parse(&format!(
+            "[registries.\"r.io\"]\nusername = \"{user}\"\npassword_file = \"{}\"\n",
+            password_file.display()
+        ))
+        .expect("valid")
+    }
+
+    /// A reload swaps the registry client with the config when the
+    /// registry settings changed, and keeps it (its token cache, its
+    /// pools) when they did not; [`Live::in_force`] answers the pair.
+    #[test]
+    fn install_swaps_the_registry_client_with_its_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret").expect("password file");
+        let user = |live: &Live| {
+            let (cfg, registry) = live.in_force();
+            let in_client = registry
+                .credentials("r.io")
+                .expect("credentials")
+                .map(|c| c.username);
+            assert_eq!(cfg.registries["r.io"].username, in_client);
+            in_client
+        };
+        let live = Live::new(
+            dir.path().join("rebased.toml"),
+            config("a", &pw),
+            false,
+            Arc::new(Metrics::default()),
+        );
+        let first = live.registry();
+        assert_eq!(user(&live).as_deref(), Some("a"));
+        live.install(config("a", &pw));
+        assert!(Arc::ptr_eq(&first, &live.registry()), "same settings: kept");
+        live.install(config("b", &pw));
+        assert!(
+            !Arc::ptr_eq(&first, &live.registry()),
+            "new settings: new client"
+        );
+        assert_eq!(user(&live).as_deref(), Some("b"));
     }
 }

@@ -84,13 +84,12 @@ pub struct Round {
 pub struct PollLoop {
     /// When each polled base is due.
     next: BTreeMap<ImageRef, DateTime<Utc>>,
-    /// No round yet: the first decides every image.
-    first: bool,
     /// The trigger of the next round.
     trigger: Trigger,
     /// Bases asked for now (a check, a webhook).
     forced: Option<BTreeSet<ImageRef>>,
-    /// Decide every image in the next round (after a reload).
+    /// Decide every image in the next round: the first, and one after a
+    /// reload.
     evaluate_all: bool,
     /// Bases looked at again because of a webhook (the tag not moved yet,
     /// or a change settling): what that look finds is the webhook's doing.
@@ -112,10 +111,9 @@ impl Default for PollLoop {
     fn default() -> Self {
         Self {
             next: BTreeMap::new(),
-            first: true,
             trigger: Trigger::Poll,
             forced: None,
-            evaluate_all: false,
+            evaluate_all: true,
             webhook_rechecks: BTreeSet::new(),
             sources_next: BTreeMap::new(),
             forced_sources: BTreeSet::new(),
@@ -151,7 +149,7 @@ impl PollLoop {
         if self.webhook_rechecks.len() < waiting && !due.is_empty() {
             self.trigger = Trigger::Webhook;
         }
-        let all = self.first || self.evaluate_all;
+        let all = self.evaluate_all;
         let plans = self.plans_due.is_some_and(|t| t <= now);
         if plans {
             self.plans_due = None;
@@ -191,7 +189,6 @@ impl PollLoop {
             }
             self.next.insert(r.clone(), t);
         }
-        self.first = false;
         self.evaluate_all = false;
         self.trigger = Trigger::Poll;
     }

@@ -128,8 +128,7 @@ pub async fn publish(
         .await
         .with_context(|| format!("recording {target} ({digest})"))?;
     info!(%digest, "published {target}");
-    if !release.forced && records::is_held(store, name) {
-        info!("image was rolled back meanwhile: floating tags stay where they are");
+    if !release.forced && !may_move_tags(store, name) {
         return Ok(digest);
     }
     let tags: Vec<String> = image.tags.iter().map(|t| t.render(version)).collect();
@@ -143,6 +142,23 @@ pub async fn publish(
         }
     }
     Ok(digest)
+}
+
+/// Whether the floating tags of `name` may move to a version just
+/// recorded: not when it was rolled back meanwhile, nor when its record
+/// cannot be read (a hold cannot be ruled out; the next job moves them).
+fn may_move_tags(store: &Store, name: &str) -> bool {
+    match records::is_held(store, name) {
+        Ok(false) => true,
+        Ok(true) => {
+            info!("image was rolled back meanwhile: floating tags stay where they are");
+            false
+        }
+        Err(e) => {
+            error!("cannot tell whether the image is held: floating tags stay where they are: {e}");
+            false
+        }
+    }
 }
 
 /// The digest of `release`'s version tag if it exists and was built from
@@ -237,5 +253,24 @@ pub async fn move_tags(
         Ok(())
     } else {
         bail!("floating tags did not move: {}", errors.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_move_only_when_the_image_is_known_not_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        assert!(may_move_tags(&store, "web"), "no record: not held");
+        records::set_state(&store, "web", rebased_core::ImageState::Held, None);
+        assert!(!may_move_tags(&store, "web"), "held");
+        records::set_state(&store, "web", rebased_core::ImageState::Fresh, None);
+        assert!(may_move_tags(&store, "web"));
+        store.damage_image_record("web").expect("damage");
+        assert!(records::is_held(&store, "web").is_err());
+        assert!(!may_move_tags(&store, "web"), "unreadable: maybe held");
     }
 }

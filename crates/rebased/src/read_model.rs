@@ -407,8 +407,9 @@ impl Backend for ReadModel {
         self.live.image(name).map(|i| self.view(&i)).transpose()
     }
 
+    /// Ready until the stop begins: from then on new work is refused.
     fn ready(&self) -> bool {
-        true
+        !self.status.is_stopping()
     }
 
     fn jobs(&self) -> Result<Vec<JobView>, ApiError> {

@@ -356,7 +356,7 @@ impl Reconciler {
                 .map_or(ImageState::Stale, |r| r.state);
             return Err(ActionError::Conflict {
                 image: name.to_owned(),
-                conflict: Conflict::NotHeld(state.to_string()),
+                conflict: Conflict::NotHeld(state),
             });
         }
         info!(image = %name, "resumed");
@@ -398,7 +398,7 @@ impl Reconciler {
         self.unless_stopping(ledger::ensure(&self.store, &registry, image))
             .await?;
         let forced = job.is_forced();
-        if !forced && records::is_held(&self.store, name) {
+        if !forced && records::is_held(&self.store, name)? {
             info!("image is held (rolled back); not building");
             return Ok(Err(held_note(name)));
         }
@@ -519,7 +519,7 @@ impl Reconciler {
         };
         let push = build::run(&self.live, &registry, &self.builds, &build);
         publish::publish(&self.store, &registry, &release, push, &self.builds).await?;
-        if forced && records::is_held(&self.store, name) {
+        if forced && records::is_held(&self.store, name).unwrap_or(false) {
             info!(%version, "forced through the hold: published and tagged; the image stays held");
         }
         Ok(Ok(version))
@@ -672,8 +672,13 @@ fn record_job(store: &Store, queue: &SharedQueue, job: &Job, attempt: Option<&At
         error!(job = job.id, "cannot record job: {e}");
     }
     let name = job.image.as_str();
-    if records::is_held(store, name) {
-        return;
+    match records::is_held(store, name) {
+        Ok(false) => {}
+        Ok(true) => return,
+        Err(e) => {
+            error!(image = %name, "cannot record the image state: {e}");
+            return;
+        }
     }
     match (job.state, attempt.map(|a| (&a.finished, &a.outcome))) {
         (JobState::Queued, Some((Finished::Retry(_), _))) => {
@@ -682,11 +687,12 @@ fn record_job(store: &Store, queue: &SharedQueue, job: &Job, attempt: Option<&At
         (JobState::Queued, _) => records::set_state(store, name, ImageState::Queued, None),
         (JobState::Running, _) => records::set_state(store, name, ImageState::Building, None),
         (JobState::Failed, outcome) => {
+            // Unknown inputs (a failure before they were known) stay unknown.
             let inputs = match outcome {
-                Some((_, Outcome::Failed(f))) => f.inputs.clone().unwrap_or_default(),
-                _ => Inputs::default(),
+                Some((_, Outcome::Failed(f))) => f.inputs.as_ref(),
+                _ => None,
             };
-            records::set_failing(store, name, job.error.clone(), &inputs);
+            records::set_failing(store, name, job.error.clone(), inputs);
         }
         (JobState::Succeeded, _) => {
             if rebased_scheduler::dispatch::lock(queue)
@@ -837,14 +843,14 @@ mod tests {
                 );
             }
         }
-        assert!(records::is_held(&store, "web"));
+        assert!(records::is_held(&store, "web").expect("readable"));
     }
 
     #[test]
     fn failing_with_the_same_inputs_waits_for_a_change_but_not_a_job() {
         let (_dir, store) = store();
         publish(&store, "1.4.2", &d("a"));
-        records::set_failing(&store, "web", Some("boom".into()), &inputs(&d("b")));
+        records::set_failing(&store, "web", Some("boom".into()), Some(&inputs(&d("b"))));
         let img = image("");
         assert_eq!(
             decide(&store, &img, &inputs(&d("b")), Trigger::Poll, Asker::Poll).ok(),
@@ -864,6 +870,40 @@ mod tests {
         records::set_state(&store, "web", ImageState::Queued, None);
         assert!(matches!(
             decide(&store, &img, &inputs(&d("b")), Trigger::Poll, Asker::Poll),
+            Ok(Verdict::Build { .. })
+        ));
+    }
+
+    /// A failure before the inputs were known is not a failure with no
+    /// inputs: an image without external bases (`FROM scratch`) is still
+    /// decided again by the poll loop.
+    #[test]
+    fn a_failure_with_unknown_inputs_never_waits_for_a_change() {
+        let (_dir, store) = store();
+        let mut job = Job::new(
+            1,
+            "web",
+            rebased_core::job::JobReason {
+                trigger: Trigger::Poll,
+                at: Utc::now(),
+                detail: "test".into(),
+                force: false,
+            },
+        );
+        job.state = JobState::Failed;
+        job.error = Some("cannot read the Dockerfile".into());
+        let attempt = Attempt {
+            outcome: Outcome::failed("cannot read the Dockerfile"),
+            finished: Finished::GaveUp,
+        };
+        let queue: SharedQueue = std::sync::Arc::default();
+        record_job(&store, &queue, &job, Some(&attempt));
+        let rec = store.image("web").expect("read").expect("record");
+        assert_eq!(rec.state, ImageState::Failing);
+        assert_eq!(rec.failed_inputs, None);
+        let none = Inputs::default();
+        assert!(matches!(
+            decide(&store, &image(""), &none, Trigger::Poll, Asker::Poll),
             Ok(Verdict::Build { .. })
         ));
     }

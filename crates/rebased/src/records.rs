@@ -10,9 +10,9 @@ use tracing::error;
 
 /// True when image `name` is held (rolled back): nothing builds it and no
 /// floating tag of it moves until it is resumed. An unreadable record is
-/// not held.
-pub fn is_held(store: &Store, name: &str) -> bool {
-    store.image(name).ok().flatten().is_some_and(|r| held(&r))
+/// an error: the caller cannot know, and does nothing a hold forbids.
+pub fn is_held(store: &Store, name: &str) -> Result<bool, StateError> {
+    Ok(store.image(name)?.is_some_and(|r| held(&r)))
 }
 
 /// True when `record` says its image is held (see [`is_held`]).
@@ -37,14 +37,16 @@ pub fn set_state(store: &Store, name: &str, state: ImageState, error: Option<Str
     }
 }
 
-/// Marks an image failing with `error` and the inputs it failed with.
-pub fn set_failing(store: &Store, name: &str, error: Option<String>, inputs: &Inputs) {
+/// Marks an image failing with `error` and the inputs it failed with;
+/// `None`: not known (it failed before they were), and then no inputs
+/// count as the ones it failed with.
+pub fn set_failing(store: &Store, name: &str, error: Option<String>, inputs: Option<&Inputs>) {
     let result = store.update_image(name, |rec| {
         rec.state = ImageState::Failing;
         rec.last_error = error.clone();
-        rec.failed_inputs = Some(inputs.digests.clone());
-        rec.failed_platforms = inputs.platforms.clone();
-        rec.failed_source = inputs.source.clone();
+        rec.failed_inputs = inputs.map(|i| i.digests.clone());
+        rec.failed_platforms = inputs.map(|i| i.platforms.clone()).unwrap_or_default();
+        rec.failed_source = inputs.and_then(|i| i.source.clone());
     });
     if let Err(e) = result {
         error!(image = %name, "cannot record failing state: {e}");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rebased_scheduler::dispatch::{Command, Limits, SharedQueue};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -35,16 +36,23 @@ pub struct Reloader {
 /// Editors write a file in several steps: wait this long for quiet.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// Reloads on SIGHUP and on changes of the config file until `shutdown`.
-pub async fn run(reloader: Reloader, shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
+/// Listens for SIGHUP from now on: SIGHUP's default action ends the
+/// process, so the supervisor calls this before `READY=1` (a `systemctl
+/// reload` may come during the start-up import) and hands the stream to
+/// [`run`], which answers a SIGHUP received before it started.
+pub fn listen_hangup() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
             error!("cannot listen for SIGHUP: {e}");
             None
         }
-    };
+    }
+}
+
+/// Reloads on SIGHUP (from `hup`, see [`listen_hangup`]) and on changes of
+/// the config file until `shutdown`.
+pub async fn run(reloader: Reloader, mut hup: Option<Signal>, shutdown: CancellationToken) {
     let (tx, mut changes) = mpsc::channel::<()>(16);
     // Kept alive for as long as this task runs.
     let _watcher = watch(reloader.live.config_file(), tx);

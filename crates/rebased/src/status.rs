@@ -1,13 +1,14 @@
 //! What the running daemon says about itself: the times `/v1/status`
-//! shows, the heartbeat the watchdog reads, the stopping flag, and the
-//! one-line `STATUS=` for systemd.
+//! shows, the heartbeat the watchdog reads, whether it is stopping (its
+//! shutdown token), and the one-line `STATUS=` for systemd.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use rebased_core::job::JobState;
 use rebased_scheduler::dispatch::SharedQueue;
+use tokio_util::sync::CancellationToken;
 
 use crate::live::lock;
 use crate::notify::Notifier;
@@ -33,13 +34,15 @@ pub struct Status {
     /// When the daemon last showed it is alive (unix seconds): the
     /// watchdog's pulse.
     heartbeat: AtomicI64,
-    stopping: AtomicBool,
+    /// Cancelled when the stop begins.
+    shutdown: CancellationToken,
     notifier: Notifier,
 }
 
 impl Status {
-    /// A daemon starting now, notifying systemd through `notifier`.
-    pub fn new(notifier: Notifier) -> Self {
+    /// A daemon starting now, notifying systemd through `notifier`, that
+    /// stops when `shutdown` is cancelled.
+    pub fn new(notifier: Notifier, shutdown: CancellationToken) -> Self {
         let now = Utc::now();
         Self {
             times: Mutex::new(Times {
@@ -50,7 +53,7 @@ impl Status {
                 next_poll: None,
             }),
             heartbeat: AtomicI64::new(now.timestamp()),
-            stopping: AtomicBool::new(false),
+            shutdown,
             notifier,
         }
     }
@@ -77,14 +80,9 @@ impl Status {
         Utc::now() - DateTime::<Utc>::from_timestamp(beat, 0).unwrap_or_default()
     }
 
-    /// From now on no new work is taken.
-    pub fn set_stopping(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-    }
-
-    /// True once stopping.
+    /// True once stopping: no new work is taken.
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+        self.shutdown.is_cancelled()
     }
 
     /// Sends `state` to systemd (nothing without `NOTIFY_SOCKET`).

@@ -3,9 +3,10 @@
 //! stops in order.
 //!
 //! Start: state directory, store, the queue as it was (jobs found running
-//! are queued again), the API bound, `READY=1`, the ledger import of every
-//! image (cancellable, feeding the watchdog), then the poll loop and the
-//! reload watch.
+//! are queued again), the API bound, SIGHUP listened for, `READY=1`, the
+//! ledger import of every image (cancellable, feeding the watchdog), then
+//! the poll loop and the reload watch (a SIGHUP received during the import
+//! is answered then).
 //!
 //! Stop: the first SIGTERM or SIGINT cancels the shutdown token: the poll
 //! loop ends, the dispatcher starts no new job and the API refuses new work
@@ -99,6 +100,8 @@ struct Wiring {
     live: Arc<Live>,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
+    /// Cancelled: the stop begins (see the module's doc).
+    shutdown: CancellationToken,
     /// Cancelled: running builds are killed.
     builds: CancellationToken,
     reconciler: Arc<Reconciler>,
@@ -119,6 +122,7 @@ impl Wiring {
     ) -> Self {
         let (jobs_tx, jobs_rx) = mpsc::channel(1 << 16);
         let (check_tx, check_rx) = mpsc::channel(64);
+        let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
         let live = Arc::new(Live::new(
             config_file,
@@ -126,7 +130,7 @@ impl Wiring {
             mode == Mode::Once,
             Arc::clone(&metrics),
         ));
-        let status = Arc::new(Status::new(Notifier::from_env()));
+        let status = Arc::new(Status::new(Notifier::from_env(), shutdown.clone()));
         let builds = CancellationToken::new();
         let reconciler = Arc::new(Reconciler::new(reconcile::Parts {
             live: Arc::clone(&live),
@@ -151,6 +155,7 @@ impl Wiring {
             live,
             status,
             metrics,
+            shutdown,
             builds,
             reconciler,
             poller,
@@ -178,8 +183,9 @@ async fn once(
         jobs_rx,
         ..
     } = parts;
-    let images = live.cfg().image.clone();
-    let registry = live.registry();
+    let (cfg, registry) = live.in_force();
+    let images = cfg.image.clone();
+    drop(cfg);
     let never = CancellationToken::new();
     ledger::import_all(
         &store,
@@ -238,6 +244,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         live,
         status,
         metrics,
+        shutdown,
         builds,
         reconciler,
         poller,
@@ -262,7 +269,6 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     drop(cfg);
 
     let tasks = TaskTracker::new();
-    let shutdown = CancellationToken::new();
     // Cancelled once the dispatcher has ended: no signal can matter after.
     let stopped = CancellationToken::new();
     let api_shutdown = CancellationToken::new();
@@ -290,6 +296,10 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         stopped.clone(),
     ));
     let dispatch = tasks.spawn(dispatcher.run(jobs_rx, shutdown.clone()));
+    // Before READY=1: from then on `systemctl reload` may send SIGHUP, whose
+    // default action would end the process during the import; the reload
+    // itself waits for the reload task, after the import.
+    let hup = reload::listen_hangup();
     // State open, config loaded, API bound.
     status.notify("READY=1");
     status.report(&queue, live.cfg().image.len());
@@ -301,8 +311,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     // Read back what the registries already hold before deciding anything.
     // The config's image list as it is (no copy of thousands of tables);
     // no reload can swap it before the reload task starts, below.
-    let cfg = live.cfg();
-    let registry = live.registry();
+    let (cfg, registry) = live.in_force();
     ledger::import_all(&store, &registry, &cfg.image, &status, pulse, &shutdown).await;
     drop((cfg, registry));
     // Watched contexts are hashed before the first round decides them.
@@ -325,11 +334,11 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
             checks: check_tx,
             queue: Arc::clone(&queue),
         },
+        hup,
         shutdown.clone(),
     ));
 
     shutdown.cancelled().await;
-    status.set_stopping();
     status.notify("STOPPING=1");
     info!("stopping: no new jobs; running builds may finish");
     if let Some(poll) = poll {

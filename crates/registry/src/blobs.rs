@@ -190,8 +190,45 @@ pub(crate) async fn mount(
     from: &ImageRef,
     digest: &Digest,
 ) -> Result<bool, RegistryError> {
+    Ok(matches!(
+        try_mount(t, repository, from, digest).await?,
+        Mount::Mounted
+    ))
+}
+
+/// How a mount request was answered.
+enum Mount {
+    Mounted,
+    /// Declined; with the `Location` (absolute) of the upload session the
+    /// registry opened instead (a 202), if it did.
+    Declined(Option<String>),
+}
+
+/// Mounts `digest` from `from` into `repository`, else streams it from
+/// `from` (see [`crate::Registry::mount_or_copy`]): `None` when mounted,
+/// else the bytes copied.
+pub(crate) async fn mount_or_copy(
+    t: &Transport,
+    repository: &ImageRef,
+    from: &ImageRef,
+    digest: &Digest,
+) -> Result<Option<u64>, RegistryError> {
+    match try_mount(t, repository, from, digest).await? {
+        Mount::Mounted => Ok(None),
+        Mount::Declined(session) => copy_into(t, from, repository, digest, session)
+            .await
+            .map(Some),
+    }
+}
+
+async fn try_mount(
+    t: &Transport,
+    repository: &ImageRef,
+    from: &ImageRef,
+    digest: &Digest,
+) -> Result<Mount, RegistryError> {
     if from.registry() != repository.registry() {
-        return Ok(false);
+        return Ok(Mount::Declined(None));
     }
     let blob = repository.pinned(digest);
     let url = t.url(
@@ -203,7 +240,7 @@ pub(crate) async fn mount(
         .send(&blob, Request::new(Method::POST, url, scopes))
         .await?;
     let status = resp.status();
-    let refused = |cause: &str| {
+    let refused = |cause: &str, session: Option<String>| {
         warn!(
             registry = repository.registry(),
             source = from.repository(),
@@ -213,26 +250,43 @@ pub(crate) async fn mount(
             cause,
             "cross-repository mount refused; the blob will be copied instead"
         );
-        Ok(false)
+        Ok(Mount::Declined(session))
     };
     match status.as_u16() {
         201 if resp.headers().contains_key("location") => {
             debug!(blob = %blob, from = %from, "mounted");
-            Ok(true)
+            Ok(Mount::Mounted)
         }
         // 201 without a Location: mounted, but check rather than trust it.
-        201 => exists(t, repository, digest).await,
-        // The registry opened an ordinary upload instead; that session is
-        // left to the registry to expire.
-        202 => refused("the registry opened an upload instead (the source may not hold the blob)"),
+        201 => Ok(if exists(t, repository, digest).await? {
+            Mount::Mounted
+        } else {
+            Mount::Declined(None)
+        }),
+        // The registry opened an ordinary upload instead: its session is
+        // the copy's (mount_or_copy), else left to the registry to expire.
+        202 => {
+            let session = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(|l| absolute(t, repository, l));
+            refused(
+                "the registry opened an upload instead (the source may not hold the blob)",
+                session,
+            )
+        }
         401 | 403 | 404 => {
             let body = read_capped(resp, MAX_REFUSAL).await.unwrap_or_default();
             let why = registry_errors(&body);
-            refused(if why.is_empty() {
-                "no reason given"
-            } else {
-                &why
-            })
+            refused(
+                if why.is_empty() {
+                    "no reason given"
+                } else {
+                    &why
+                },
+                None,
+            )
         }
         _ => Err(status_error(&blob, resp, !t.has_credentials(&blob), "no such repository").await),
     }
@@ -329,10 +383,22 @@ pub(crate) async fn copy(
     to: &ImageRef,
     digest: &Digest,
 ) -> Result<u64, RegistryError> {
+    copy_into(t, from, to, digest, None).await
+}
+
+/// [`copy`] into the upload session `session` (an absolute `Location`)
+/// when one is open, else into a new one.
+async fn copy_into(
+    t: &Transport,
+    from: &ImageRef,
+    to: &ImageRef,
+    digest: &Digest,
+    session: Option<String>,
+) -> Result<u64, RegistryError> {
     let source = from.pinned(digest);
     let hasher = hasher_for(&source, digest)?;
     let download = get(t, from, &source, digest).await?;
-    let size = upload_stream(t, to, digest, &source, hasher, pieces(download)).await?;
+    let size = upload_stream(t, to, digest, &source, hasher, pieces(download), session).await?;
     debug!(from = %source, to = %to.pinned(digest), size, "copied blob");
     Ok(size)
 }
@@ -364,7 +430,7 @@ pub(crate) async fn push_file(
         }
     })
     .boxed();
-    let size = upload_stream(t, repository, digest, &blob, hasher, read).await?;
+    let size = upload_stream(t, repository, digest, &blob, hasher, read, None).await?;
     debug!(blob = %blob, size, from = %path.display(), "pushed blob from a file");
     Ok(size)
 }
@@ -372,7 +438,9 @@ pub(crate) async fn push_file(
 /// Uploads `inner` as blob `digest` into `to` in one streamed `PATCH` and
 /// a `PUT` without a body, verifying the bytes against `digest` on the way
 /// (a mismatch fails the upload before it is committed); a failure to read
-/// `inner` is reported against `source`. Returns the bytes sent.
+/// `inner` is reported against `source`; into the upload session
+/// `session` (an absolute `Location`) when one is open, else a new one.
+/// Returns the bytes sent.
 async fn upload_stream(
     t: &Transport,
     to: &ImageRef,
@@ -380,9 +448,13 @@ async fn upload_stream(
     source: &ImageRef,
     hasher: Hasher,
     inner: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    session: Option<String>,
 ) -> Result<u64, RegistryError> {
     let target = to.pinned(digest);
-    let location = start_upload(t, to, &target).await?;
+    let location = match session {
+        Some(l) => l,
+        None => start_upload(t, to, &target).await?,
+    };
     let copied = Arc::new(AtomicU64::new(0));
     let failure = Arc::new(Mutex::new(None));
     let stream = Rechunk {

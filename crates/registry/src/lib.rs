@@ -14,9 +14,10 @@
 //! (bearer and basic), a token cache keyed by registry and scope set,
 //! retries with backoff, `429` with `Retry-After`, per-registry CAs and
 //! size caps. Modules depend one way, without cycles: `lib` (the facade)
-//! -> `manifests`, `tags`, `blobs` -> `transport` -> `auth`, `error`;
-//! `layout` -> `document`, `hash`; `document`, `hash` and `error` depend on
-//! no other module of the crate.
+//! -> `manifests`, `tags`, `blobs` -> `transport` -> `auth`, `error`, with
+//! `manifests` -> `document`, `blobs` -> `hash`, and inside `transport`
+//! `token` -> `capped`; `layout` -> `document`, `hash`; `document`, `hash`
+//! and `error` depend on no other module of the crate.
 
 pub mod auth;
 mod blobs;
@@ -190,7 +191,7 @@ impl Registry {
     /// `Ok(true)` when mounted (201). `Ok(false)` when the registry declines:
     /// `from` is on another registry, the registry answered 202 (it started
     /// an ordinary upload instead; that session is left to the registry to
-    /// expire), or 401 / 403 / 404; each refusal by the registry is logged
+    /// expire: [`Registry::mount_or_copy`] uses it), or 401 / 403 / 404; each refusal by the registry is logged
     /// (a warning naming the registry, both repositories, the status and
     /// the registry's reason). The caller then copies the blob
     /// ([`Registry::copy_blob`]). Other failures are errors.
@@ -202,6 +203,24 @@ impl Registry {
     ) -> Result<bool, RegistryError> {
         let _permits = self.transport.permits(&[repository.registry()]).await;
         blobs::mount(&self.transport, repository, from, digest).await
+    }
+
+    /// A cross-repository mount of `digest` from `from` into `repository`
+    /// ([`Registry::mount_blob`]), and when it is declined a streamed copy
+    /// from `from` ([`Registry::copy_blob`]) into the upload session the
+    /// registry opened in answer to the mount (a 202), or a new one.
+    /// `Ok(None)` when mounted, else `Ok(Some(bytes copied))`.
+    pub async fn mount_or_copy(
+        &self,
+        repository: &ImageRef,
+        from: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
+        let _permits = self
+            .transport
+            .permits(&[from.registry(), repository.registry()])
+            .await;
+        blobs::mount_or_copy(&self.transport, repository, from, digest).await
     }
 
     /// Uploads `data` as blob `digest` into `repository`. The data is

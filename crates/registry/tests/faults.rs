@@ -641,8 +641,14 @@ async fn blob_uploads_retry_each_step() {
     );
 }
 
+/// Held by the tests that reach the mount refusal's warning: one reaching
+/// it for the first time, with no subscriber, while another installs its
+/// own, can leave the callsite cached as disabled for that other one.
+static MOUNT_REFUSAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn mounts_retry_and_a_refusal_is_a_fallback_not_an_error() {
+    let _serial = MOUNT_REFUSAL.lock().await;
     let digest = rebased_core::Digest::parse(DIGEST).unwrap();
     let (host, count) = stub(|n, line| {
         assert!(
@@ -692,6 +698,64 @@ async fn mounts_retry_and_a_refusal_is_a_fallback_not_an_error() {
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::RateLimited, "{e}");
     assert_eq!(count.load(Ordering::SeqCst), 1);
+}
+
+/// A mount answered 202 opened an upload session: the copy that follows
+/// streams into it instead of opening (and abandoning) a second one.
+#[tokio::test]
+async fn a_mount_answered_202_is_copied_into_the_session_it_opened() {
+    let _serial = MOUNT_REFUSAL.lock().await;
+    let data = "hello, session";
+    let digest = {
+        use sha2::Digest as _;
+        let hex: String = sha2::Sha256::digest(data.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        rebased_core::Digest::parse(&format!("sha256:{hex}")).unwrap()
+    };
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = Arc::clone(&seen);
+    let (host, _) = stub(move |_, line| {
+        log.lock().unwrap().push(line.to_owned());
+        Some(if line.starts_with("POST /v2/dst/blobs/uploads/?mount=") {
+            status("202 Accepted", "Location: /v2/dst/blobs/uploads/m1\r\n")
+        } else if line.starts_with("POST /v2/dst/blobs/uploads/ ") {
+            status("202 Accepted", "Location: /v2/dst/blobs/uploads/u2\r\n")
+        } else if line.starts_with("GET /v2/src/blobs/") {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{data}",
+                data.len()
+            )
+        } else if line.starts_with("PATCH /v2/dst/blobs/uploads/") {
+            status(
+                "202 Accepted",
+                "Location: /v2/dst/blobs/uploads/m1?state=x\r\n",
+            )
+        } else if line.starts_with("PUT /v2/dst/blobs/uploads/") {
+            status("201 Created", "")
+        } else {
+            status("400 Bad Request", "")
+        })
+    });
+    let src = ImageRef::parse_repository(&format!("{host}/src")).unwrap();
+    let dst = ImageRef::parse_repository(&format!("{host}/dst")).unwrap();
+    let copied = registry(&host)
+        .mount_or_copy(&dst, &src, &digest)
+        .await
+        .unwrap();
+    assert_eq!(copied, Some(data.len() as u64));
+    let seen = seen.lock().unwrap().clone();
+    let uploads: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.starts_with("POST /v2/dst/blobs/uploads/"))
+        .collect();
+    assert_eq!(uploads.len(), 1, "one upload session: {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("PATCH /v2/dst/blobs/uploads/m1 ")),
+        "the stream goes to the mount's session: {seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -822,6 +886,7 @@ async fn a_refused_mount_is_logged_with_its_cause() {
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
+    let _serial = MOUNT_REFUSAL.lock().await;
     let _guard = tracing::subscriber::set_default(subscriber);
     let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":[{"Type":"repository","Name":"upstream/base","Action":"pull"}]}]}"#;
     let (host, _) = stub(move |_, _| {

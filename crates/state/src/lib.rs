@@ -505,6 +505,19 @@ impl Store {
         get(&self.images, name.as_bytes(), &format!("image {name}"))
     }
 
+    /// Overwrites image `name`'s record with bytes that do not decode. For
+    /// tests only: what the callers do with an unreadable record.
+    #[doc(hidden)]
+    pub fn damage_image_record(&self, name: &str) -> Result<(), StateError> {
+        self.images
+            .insert(name.as_bytes(), &b"\xff not a record"[..])
+            .map(drop)
+            .map_err(|source| StateError::Db {
+                what: format!("image {name}"),
+                source,
+            })
+    }
+
     /// Changes image `name`'s record atomically (a fresh record if none),
     /// so concurrent writers (a publish, a state change) never undo each other.
     pub fn update_image(

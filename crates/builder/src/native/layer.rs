@@ -11,7 +11,6 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use flate2::read::MultiGzDecoder;
 use flate2::{Compression, GzBuilder};
@@ -91,18 +90,9 @@ pub enum LayerError {
         /// The cause.
         source: io::Error,
     },
-    /// A layer blob cannot be decompressed or is not a valid tar.
-    #[error("reading layer: {0}")]
-    Corrupt(String),
-    /// The layer uses a compression this backend cannot read.
-    #[error("reading layer: {0} compression is not supported")]
-    Unsupported(&'static str),
-    /// Reading the layer would decompress more than the limit.
-    #[error("reading layer: decompresses to more than {limit} bytes")]
-    TooBig {
-        /// The limit given.
-        limit: u64,
-    },
+    /// The layer blob cannot be read.
+    #[error(transparent)]
+    Unreadable(#[from] ReadError),
     /// The file looked for is larger than [`find_file`] returns.
     #[error("{path} in the layer is {size} bytes, more than {max}")]
     FileTooLarge {
@@ -121,6 +111,97 @@ pub enum LayerError {
         /// What it is.
         kind: String,
     },
+}
+
+/// Why a layer blob cannot be read: the one error of every reader of
+/// layers (the file lists of `tree.rs`, [`find_file`] here).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// A layer blob cannot be decompressed or is not a valid tar.
+    #[error("reading layer: {0}")]
+    Corrupt(String),
+    /// The layer uses a compression this backend cannot read.
+    #[error("reading layer: {0} compression is not supported")]
+    Unsupported(&'static str),
+    /// Reading the layer would decompress more than the limit.
+    #[error("reading layer: decompresses to more than {limit} bytes")]
+    TooBig {
+        /// The limit given.
+        limit: u64,
+    },
+}
+
+/// How many decompressed bytes the reads of one layer may still take;
+/// several passes over a blob may share one.
+pub struct Budget {
+    limit: u64,
+    left: Cell<u64>,
+    exceeded: Cell<bool>,
+}
+
+impl Budget {
+    /// `limit` bytes in all.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            left: Cell::new(limit),
+            exceeded: Cell::new(false),
+        }
+    }
+
+    /// What a failure to read under this budget means: the limit reached,
+    /// else a corrupt layer.
+    pub fn error(&self, e: &io::Error) -> ReadError {
+        if self.exceeded.get() {
+            ReadError::TooBig { limit: self.limit }
+        } else {
+            ReadError::Corrupt(e.to_string())
+        }
+    }
+
+    /// `result` of reading under this budget: a limit reached is the
+    /// error even when the reader swallowed it.
+    pub fn check<T>(&self, result: io::Result<T>) -> Result<T, ReadError> {
+        match result {
+            _ if self.exceeded.get() => Err(ReadError::TooBig { limit: self.limit }),
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.error(&e)),
+        }
+    }
+}
+
+/// A layer blob as a tar stream: gzip decompressed, a plain tar as it is,
+/// zstd refused; every byte read drawn from `budget`, a read past it an
+/// error ([`Budget::error`] says which).
+pub fn open_layer<'a>(blob: &'a [u8], budget: &'a Budget) -> Result<impl Read + 'a, ReadError> {
+    let inner: Box<dyn Read + 'a> = if blob.starts_with(&[0x1f, 0x8b]) {
+        Box::new(MultiGzDecoder::new(blob))
+    } else if blob.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Err(ReadError::Unsupported("zstd"));
+    } else {
+        Box::new(blob)
+    };
+    Ok(Budgeted { inner, budget })
+}
+
+/// A reader drawing on a [`Budget`].
+struct Budgeted<'a, R> {
+    inner: R,
+    budget: &'a Budget,
+}
+
+impl<R: Read> Read for Budgeted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let left = self.budget.left.get();
+        if n as u64 > left {
+            self.budget.left.set(0);
+            self.budget.exceeded.set(true);
+            return Err(io::Error::other("decompressed size limit exceeded"));
+        }
+        self.budget.left.set(left - n as u64);
+        Ok(n)
+    }
 }
 
 /// Writes entries as a tar (sorted as given; parents must precede
@@ -358,8 +439,8 @@ pub fn find_file(blob: &[u8], path: &str, limit: u64) -> Result<Lookup, LayerErr
             path: path.to_owned(),
             reason: "not a path inside the layer",
         })?;
-    let budget = Rc::new(Cell::new(limit));
-    let (hit, whiteout) = scan(blob, &target, true, &budget, limit)?;
+    let budget = Budget::new(limit);
+    let (hit, whiteout) = scan(blob, &target, true, &budget)?;
     let mut link = match hit {
         Some(Hit::Data(data)) => return Ok(Lookup::Found(data)),
         Some(Hit::Link(to)) => to,
@@ -367,20 +448,19 @@ pub fn find_file(blob: &[u8], path: &str, limit: u64) -> Result<Lookup, LayerErr
         None => return Ok(Lookup::Absent),
     };
     for _ in 0..MAX_LINK_HOPS {
-        match scan(blob, &link, false, &budget, limit)?.0 {
+        match scan(blob, &link, false, &budget)?.0 {
             Some(Hit::Data(data)) => return Ok(Lookup::Found(data)),
             Some(Hit::Link(to)) => link = to,
             None => {
-                return Err(LayerError::Corrupt(format!(
+                return Err(ReadError::Corrupt(format!(
                     "{path} is a hard link to {}, which the layer does not hold",
                     link.join("/")
-                )))
+                ))
+                .into())
             }
         }
     }
-    Err(LayerError::Corrupt(format!(
-        "{path}: more than {MAX_LINK_HOPS} hard links"
-    )))
+    Err(ReadError::Corrupt(format!("{path}: more than {MAX_LINK_HOPS} hard links")).into())
 }
 
 /// What a scan found at the path.
@@ -396,29 +476,10 @@ fn scan(
     blob: &[u8],
     want: &[String],
     whiteouts: bool,
-    budget: &Rc<Cell<u64>>,
-    limit: u64,
+    budget: &Budget,
 ) -> Result<(Option<Hit>, bool), LayerError> {
-    let exceeded = Rc::new(Cell::new(false));
-    let inner: Box<dyn Read + '_> = if blob.starts_with(&[0x1f, 0x8b]) {
-        Box::new(MultiGzDecoder::new(blob))
-    } else if blob.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(LayerError::Unsupported("zstd"));
-    } else {
-        Box::new(blob)
-    };
-    let reader = Budget {
-        inner,
-        left: budget.clone(),
-        exceeded: exceeded.clone(),
-    };
-    let err = |e: io::Error| {
-        if exceeded.get() {
-            LayerError::TooBig { limit }
-        } else {
-            LayerError::Corrupt(e.to_string())
-        }
-    };
+    let reader = open_layer(blob, budget)?;
+    let err = |e: io::Error| LayerError::from(budget.error(&e));
     let hiders = if whiteouts { hiders(want) } else { Vec::new() };
     let shown = want.join("/");
     let mut hidden = false;
@@ -459,9 +520,7 @@ fn scan(
                     .and_then(|b| clean(&String::from_utf8_lossy(&b)))
                     .filter(|s| !s.is_empty())
                     .ok_or_else(|| {
-                        LayerError::Corrupt(format!(
-                            "{shown} is a hard link without a valid target"
-                        ))
+                        ReadError::Corrupt(format!("{shown} is a hard link without a valid target"))
                     })?;
                 return Ok((Some(Hit::Link(to)), hidden));
             }
@@ -491,27 +550,6 @@ fn hiders(path: &[String]) -> Vec<Vec<String>> {
         out.push(opq);
     }
     out
-}
-
-/// Counts decompressed bytes against a budget shared by every pass.
-struct Budget<R> {
-    inner: R,
-    left: Rc<Cell<u64>>,
-    exceeded: Rc<Cell<bool>>,
-}
-
-impl<R: Read> Read for Budget<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let left = self.left.get();
-        if n as u64 > left {
-            self.left.set(0);
-            self.exceeded.set(true);
-            return Err(io::Error::other("decompressed size limit exceeded"));
-        }
-        self.left.set(left - n as u64);
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
@@ -831,7 +869,13 @@ mod tests {
 
         let blob = blob_of(&[file("filler", &[0; 10_000]), file("etc/passwd", b"p")]);
         let err = find_file(&blob, "etc/passwd", 5_000).expect_err("limit");
-        assert!(matches!(err, LayerError::TooBig { limit: 5_000 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                LayerError::Unreadable(ReadError::TooBig { limit: 5_000 })
+            ),
+            "{err}"
+        );
         assert!(find_file(&blob, "etc/passwd", 1 << 20).is_ok());
     }
 

@@ -1143,23 +1143,16 @@ async fn publish_registry(
                 continue;
             }
             let Some(base) = base else { continue };
-            let same_registry = base.registry() == repo.registry();
-            let mounted = same_registry
-                && registry
-                    .mount_blob(&repo, base, d)
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-            if mounted {
-                log.line(format!("base layer {d}: mounted from {}", base.name()));
-            } else {
-                let n = registry
-                    .copy_blob(base, &repo, d)
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-                log.line(format!(
+            match registry
+                .mount_or_copy(&repo, base, d)
+                .await
+                .map_err(|e| err(e.to_string()))?
+            {
+                None => log.line(format!("base layer {d}: mounted from {}", base.name())),
+                Some(n) => log.line(format!(
                     "base layer {d}: copied {n} of {size} bytes from {}",
                     base.name()
-                ));
+                )),
             }
         }
         for d in &b.own_layers {

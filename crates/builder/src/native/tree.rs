@@ -15,10 +15,10 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 
-use flate2::read::MultiGzDecoder;
 use serde::{Deserialize, Serialize};
 
 use super::context::{clean, Entry, EntryKind};
+use super::layer::{open_layer, Budget, ReadError};
 
 /// The most entries a tree (and one layer's list) holds.
 pub const MAX_NODES: usize = 500_000;
@@ -66,18 +66,9 @@ pub struct Changes {
 /// Why a layer cannot be read or a path cannot be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
-    /// The blob is not a readable tar (plain or gzip).
-    #[error("reading layer: {0}")]
-    Corrupt(String),
-    /// The layer uses a compression this backend cannot read.
-    #[error("reading layer: {0} compression is not supported")]
-    Unsupported(&'static str),
-    /// Reading the layer would decompress more than the limit.
-    #[error("reading layer: decompresses to more than {limit} bytes")]
-    TooBig {
-        /// The limit given.
-        limit: u64,
-    },
+    /// The layer blob cannot be read.
+    #[error(transparent)]
+    Unreadable(#[from] ReadError),
     /// More entries than [`MAX_NODES`].
     #[error("the image has more than {MAX_NODES} files")]
     TooMany,
@@ -313,23 +304,9 @@ impl Tree {
 /// decompressing at most `limit` bytes and listing at most [`MAX_NODES`]
 /// entries. File contents are skipped, not kept.
 pub fn read_layer(blob: &[u8], limit: u64) -> Result<Changes, TreeError> {
-    let inner: Box<dyn Read + '_> = if blob.starts_with(&[0x1f, 0x8b]) {
-        Box::new(MultiGzDecoder::new(blob))
-    } else if blob.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(TreeError::Unsupported("zstd"));
-    } else {
-        Box::new(blob)
-    };
-    let mut counted = Counted {
-        inner,
-        left: limit,
-        exceeded: false,
-    };
-    let result = list(&mut counted);
-    if counted.exceeded {
-        return Err(TreeError::TooBig { limit });
-    }
-    result.map_err(|e| TreeError::Corrupt(e.to_string()))
+    let budget = Budget::new(limit);
+    let reader = open_layer(blob, &budget)?;
+    Ok(budget.check(list(reader))?)
 }
 
 fn list<R: Read>(reader: R) -> io::Result<Changes> {
@@ -392,25 +369,6 @@ fn list<R: Read>(reader: R) -> io::Result<Changes> {
         }
     }
     Ok(changes)
-}
-
-/// Counts decompressed bytes against a limit.
-struct Counted<R> {
-    inner: R,
-    left: u64,
-    exceeded: bool,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            self.exceeded = true;
-            return Err(io::Error::other("decompressed size limit exceeded"));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
@@ -554,11 +512,11 @@ mod tests {
         let l = tar_of(&[("f", Kind::Other, 0o644, 0)]);
         assert!(matches!(
             read_layer(&l, 100),
-            Err(TreeError::TooBig { limit: 100 })
+            Err(TreeError::Unreadable(ReadError::TooBig { limit: 100 }))
         ));
         assert!(matches!(
             read_layer(&[0x28, 0xb5, 0x2f, 0xfd, 0], 1 << 20),
-            Err(TreeError::Unsupported("zstd"))
+            Err(TreeError::Unreadable(ReadError::Unsupported("zstd")))
         ));
         for garbage in [&[0xffu8; 1024][..], &[0x1f, 0x8b, 8, 0][..]] {
             assert!(read_layer(garbage, 1 << 20).is_err());
