@@ -1137,6 +1137,53 @@ impl Setup {
         }
     }
 
+    /// The environment under which the docker backend's command lines run
+    /// through podman: `docker` on `PATH` is podman, with the vfs storage
+    /// (under the work directory) and this registry marked insecure, as a
+    /// docker daemon would hold them.
+    pub fn docker_through_podman(&self) -> Vec<(String, String)> {
+        let work = self.dir();
+        let shim = work.join("bin");
+        fs::create_dir_all(&shim).unwrap();
+        let _ = std::os::unix::fs::symlink("/usr/bin/podman", shim.join("docker"));
+        let storage = work.join("storage.conf");
+        fs::write(
+            &storage,
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                work.join("docker-root").display(),
+                work.join("docker-run").display()
+            ),
+        )
+        .unwrap();
+        let registries = work.join("registries.conf");
+        fs::write(
+            &registries,
+            format!(
+                "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+                self.host()
+            ),
+        )
+        .unwrap();
+        let path = format!(
+            "{}:{}",
+            shim.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        vec![
+            ("PATH".to_owned(), path),
+            (
+                "CONTAINERS_STORAGE_CONF".to_owned(),
+                storage.display().to_string(),
+            ),
+            (
+                "CONTAINERS_REGISTRIES_CONF".to_owned(),
+                registries.display().to_string(),
+            ),
+            ("BUILDAH_ISOLATION".to_owned(), "chroot".to_owned()),
+        ]
+    }
+
     /// The registry's `127.0.0.1:PORT`.
     pub fn host(&self) -> &str {
         &self.registry.host

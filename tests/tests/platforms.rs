@@ -169,6 +169,14 @@ fn children(index: &Value) -> std::collections::BTreeMap<String, String> {
 /// reason name the arm64 child); a platform added to the base publishes
 /// nothing.
 fn builds_two_platforms_with_run(backend: &str) {
+    let _ = builds_two_platforms_with_run_in(backend, |s| s.start());
+}
+
+/// [`builds_two_platforms_with_run`] with the daemon started by `start`.
+fn builds_two_platforms_with_run_in(
+    backend: &str,
+    start: impl Fn(&Setup) -> rebased_e2e::Daemon,
+) -> Setup {
     require_arm64_emulation();
     let s = Setup::empty();
     let (registry, host) = (&s.registry, s.host());
@@ -191,7 +199,7 @@ fn builds_two_platforms_with_run(backend: &str) {
             )
         ),
     );
-    let daemon = s.start();
+    let daemon = start(&s);
     daemon.wait_version_never_failing("app", "1.0.0", WAIT);
 
     // One index, two children, each built on its own base child.
@@ -318,6 +326,8 @@ fn builds_two_platforms_with_run(backend: &str) {
     assert_eq!(daemon.current_version("app").as_deref(), Some("1.0.1"));
     assert!(!registry.tags("app").contains(&"1.0.2".to_owned()));
     assert_eq!(daemon.image("app")["state"], "fresh");
+    drop(daemon);
+    s
 }
 
 #[test]
@@ -328,6 +338,31 @@ fn buildah_builds_run_for_two_platforms_as_one_index() {
 #[test]
 fn podman_builds_run_for_two_platforms_as_one_index() {
     builds_two_platforms_with_run("podman");
+}
+
+/// docker's command lines, run by podman (see `engines.rs`): each platform
+/// built and pushed under a temporary tag, the index written by rebased.
+#[test]
+fn docker_builds_run_for_two_platforms_as_one_index() {
+    let s = builds_two_platforms_with_run_in("docker", |s| {
+        let env = s.docker_through_podman();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        s.start_with_env(&env)
+    });
+    // Each platform's child stays under its temporary tag, overwritten by
+    // the next build: one per platform, whatever the number of versions.
+    let mut tags = s.registry.tags("app");
+    tags.sort();
+    assert_eq!(
+        tags,
+        [
+            "1.0.0",
+            "1.0.1",
+            "latest",
+            "rebased-build-app-linux-amd64",
+            "rebased-build-app-linux-arm64"
+        ]
+    );
 }
 
 #[test]

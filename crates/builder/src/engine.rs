@@ -14,8 +14,10 @@
 //! registry crate: every child's blobs (streamed from the layout's files)
 //! and manifest first, the index under the version tag last, so nothing is tagged for a partial set of
 //! platforms, and the version's digest is the annotated index's. docker
-//! builds them in one `docker buildx build --platform a,b --push`, the
-//! index annotations given as `--annotation index:KEY=VALUE`.
+//! (in command lines podman takes too) builds and pushes each platform's
+//! image under a temporary tag of the target repository (`docker build
+//! --platform P`, `docker push`), and rebased writes and pushes the
+//! annotated index of those children the same way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -135,7 +137,8 @@ impl Engine {
         let ws = Workspace::write(req, docker).await?;
         if req.platforms.len() > 1 {
             return if docker {
-                self.buildx(req, &ws, deadline, cancel).await
+                self.docker_index(req, registry, &ws, deadline, cancel)
+                    .await
             } else {
                 self.build_index(req, registry, &ws, deadline, cancel).await
             };
@@ -355,13 +358,17 @@ impl Engine {
         c
     }
 
-    /// docker's multi-platform build: one `docker buildx build --platform
-    /// a,b --push`, the provenance as labels, as manifest annotations and
-    /// as the index's (`--annotation index:K=V`); the digest from
-    /// `--metadata-file`, else read back by the caller.
-    async fn buildx(
+    /// docker's multi-platform build, in command lines Docker and podman
+    /// both take: per platform one `docker build --platform P` tagged
+    /// `<repo>:<temp tag>` (see [`temp_tag`]) and one `docker push` of it,
+    /// its digest from the push output (else from the registry); then
+    /// rebased writes the index of those children, annotated, and pushes it
+    /// under the version tag through `registry`, so nothing is tagged with
+    /// the version for a partial set of platforms.
+    async fn docker_index(
         &self,
         req: &BuildRequest,
+        registry: &Registry,
         ws: &Workspace,
         deadline: Instant,
         cancel: &CancellationToken,
@@ -380,64 +387,72 @@ impl Engine {
                 "the docker backend pushes to registries only".to_owned(),
             ));
         };
-        let metadata = req.workdir.join("metadata.json");
-        let _ = tokio::fs::remove_file(&metadata).await;
+        let repo = ImageRef::parse_repository(&target.name()).map_err(|e| BuildError::Native {
+            step: "push".to_owned(),
+            reason: format!("{target}: {e}"),
+            log: String::new(),
+        })?;
         let mut log = String::new();
-        info!(image = %req.image, job = %req.job, target = %req.target, platforms = %req.platforms.join(","), "buildx build --push");
-        self.run(
-            "build",
-            self.buildx_command(req, ws, target, &metadata),
-            deadline,
-            cancel,
-            &mut log,
-        )
-        .await?;
-        let digest = tokio::fs::read(&metadata)
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| {
-                v.get("containerimage.digest")
-                    .and_then(|d| d.as_str())
-                    .and_then(|d| Digest::parse(d).ok())
-            });
-        Ok(BuildOutput { digest, log })
-    }
-
-    /// The `docker buildx build` command line of a multi-platform `req`.
-    fn buildx_command(
-        &self,
-        req: &BuildRequest,
-        ws: &Workspace,
-        target: &ImageRef,
-        metadata: &Path,
-    ) -> Command {
-        let mut c = ws.command(self);
-        c.args(["buildx", "build", "--platform"])
-            .arg(req.platforms.join(","))
-            .arg("--push")
-            .arg("--provenance=false")
-            .arg("--metadata-file")
-            .arg(metadata)
-            .arg("-f")
-            .arg(&ws.dockerfile)
-            .arg("-t")
-            .arg(target.to_string());
-        for (k, v) in &req.annotations {
-            c.arg("--label").arg(format!("{k}={v}"));
-            c.arg("--annotation").arg(format!("manifest:{k}={v}"));
-            c.arg("--annotation").arg(format!("index:{k}={v}"));
+        // Platform -> the pushed child (a manifest or, from a containerd
+        // image store, an index holding it).
+        let mut pushed: Vec<(String, ImageRef, Option<Digest>)> = Vec::new();
+        for platform in &req.platforms {
+            let tmp = repo.with_tag(&temp_tag(&req.image, platform));
+            let local = tmp.to_string();
+            info!(image = %req.image, job = %req.job, %platform, tag = %local, "docker build and push");
+            log.push_str(&format!("# platform {platform}\n"));
+            let mut bud = self.bud(req, ws, ws.dockerfile_for(platform), &local, Some(platform));
+            // No provenance attestation: the child must be one image.
+            bud.env("BUILDX_NO_DEFAULT_ATTESTATIONS", "1");
+            let built = self.run("build", bud, deadline, cancel, &mut log).await;
+            let mut push_log = String::new();
+            let done = match built {
+                Ok(()) => {
+                    self.run(
+                        "push",
+                        self.push(req, ws, &local),
+                        deadline,
+                        cancel,
+                        &mut push_log,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            append(&mut log, &push_log);
+            let _ = self.list_command(ws, &["rmi", "-f", &local]).output().await;
+            done.map_err(|e| with_log(e, &log))?;
+            pushed.push((platform.clone(), tmp, pushed_digest(&push_log)));
         }
-        for (id, path) in &req.secrets {
-            let mut spec = std::ffi::OsString::from(format!("id={id},src="));
-            spec.push(path);
-            c.arg("--secret").arg(spec);
+        info!(image = %req.image, job = %req.job, target = %req.target, "push index");
+        enum Cut {
+            Cancelled,
+            Timeout,
         }
-        for (k, v) in &req.build_args {
-            c.arg("--build-arg").arg(format!("{k}={v}"));
+        let published = tokio::select! {
+            r = publish_docker_index(registry, &repo, target, &pushed, req, &mut log) => Ok(r),
+            _ = cancel.cancelled() => Err(Cut::Cancelled),
+            _ = tokio::time::sleep(deadline.saturating_duration_since(Instant::now())) => {
+                Err(Cut::Timeout)
+            }
+        };
+        match published {
+            Ok(Ok(digest)) => Ok(BuildOutput {
+                digest: Some(digest),
+                log,
+            }),
+            Ok(Err(reason)) => Err(BuildError::Native {
+                step: "push".to_owned(),
+                reason,
+                log,
+            }),
+            Err(Cut::Cancelled) => Err(BuildError::Cancelled { step: "push", log }),
+            Err(Cut::Timeout) => Err(BuildError::Timeout {
+                step: "push",
+                seconds: self.timeout.as_secs(),
+                log,
+            }),
         }
-        c.arg(&req.context);
-        c
     }
 
     /// The push command line of the image `local` to `req.target`.
@@ -639,6 +654,92 @@ async fn publish_index(
             Ok(digest)
         }
     }
+}
+
+/// `e` with `log` as its whole log (a step run into a log of its own).
+fn with_log(e: BuildError, whole: &str) -> BuildError {
+    match e {
+        BuildError::Failed { step, status, .. } => BuildError::Failed {
+            step,
+            status,
+            tail: tail(whole, 600),
+            log: whole.to_owned(),
+        },
+        BuildError::Timeout { step, seconds, .. } => BuildError::Timeout {
+            step,
+            seconds,
+            log: whole.to_owned(),
+        },
+        BuildError::Cancelled { step, .. } => BuildError::Cancelled {
+            step,
+            log: whole.to_owned(),
+        },
+        other => other,
+    }
+}
+
+/// The tag docker's multi-platform build pushes `platform`'s child of
+/// `image` under before the index exists: `rebased-build-IMAGE-OS-ARCH`
+/// (lowercase, `-` for anything else, at most 128 characters). One per
+/// image and platform, so the next build of the image overwrites it and
+/// two images that share a repository do not collide.
+fn temp_tag(image: &str, platform: &str) -> String {
+    let mut tag = format!("rebased-build-{}-{}", sanitize(image), sanitize(platform));
+    tag.truncate(128);
+    tag
+}
+
+/// Writes the index of docker's pushed children (`pushed`: platform, temp
+/// tag, digest from the push output if it printed one), annotated with
+/// `req.annotations`, and pushes it as `target`. Returns its digest.
+async fn publish_docker_index(
+    registry: &Registry,
+    repo: &ImageRef,
+    target: &ImageRef,
+    pushed: &[(String, ImageRef, Option<Digest>)],
+    req: &BuildRequest,
+    log: &mut String,
+) -> Result<Digest, String> {
+    let mut index = ImageIndex::new();
+    index.annotations = req.annotations.clone();
+    for (platform, tmp, digest) in pushed {
+        let reference = match digest {
+            Some(d) => repo.pinned(d),
+            None => tmp.clone(),
+        };
+        let raw = registry
+            .manifest(&reference)
+            .await
+            .map_err(|e| e.to_string())?;
+        let wanted = Platform::parse(platform).map_err(|e| format!("{platform}: {e}"))?;
+        let entry = match Manifest::parse(&raw.bytes) {
+            Ok(Manifest::Image(_)) => rebased_core::oci::Descriptor {
+                media_type: raw.media_type.clone(),
+                digest: raw.digest.to_string(),
+                size: raw.bytes.len() as u64,
+                platform: Some(wanted),
+                ..Default::default()
+            },
+            // A containerd image store pushes an index: its child for
+            // the platform.
+            Ok(Manifest::Index(i)) => i
+                .manifests
+                .into_iter()
+                .find(|d| d.platform.as_ref() == Some(&wanted))
+                .ok_or_else(|| format!("{reference}: an index with no {platform} image"))?,
+            Err(e) => return Err(format!("{reference}: {e}")),
+        };
+        log.push_str(&format!("pushed {platform} {}\n", entry.digest));
+        index.manifests.push(entry);
+    }
+    let bytes = serde_json::to_vec(&index).map_err(|e| e.to_string())?;
+    let tag = target.tag().unwrap_or("latest");
+    let digest = registry
+        .push_manifest(&repo.with_tag(tag), bytes, media_type::OCI_INDEX)
+        .await
+        .map_err(|e| e.to_string())?;
+    log.push_str(&format!("pushed index {repo}:{tag} {digest}\n"));
+    Ok(digest)
 }
 
 /// The last `digest: sha256:...` that `docker push` printed.
@@ -914,41 +1015,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn docker_builds_several_platforms_in_one_buildx_push() {
+    async fn docker_builds_each_platform_under_a_temp_tag_in_plain_commands() {
         let dir = tempfile::tempdir().expect("tempdir");
         let req = request(&["linux/amd64", "linux/arm64"], dir.path());
         let engine = Engine::with_storage(EngineKind::Docker, dir.path(), Duration::from_secs(60));
         let ws = Workspace::write(&req, true).await.expect("workspace");
-        let Target::Registry(target) = &req.target else {
-            unreachable!("a registry target")
-        };
-        let metadata = dir.path().join("metadata.json");
-        let got = args(&engine.buildx_command(&req, &ws, target, &metadata));
+        let tag = temp_tag(&req.image, "linux/arm64");
+        assert_eq!(tag, "rebased-build-app-linux-arm64");
+        assert_ne!(tag, temp_tag(&req.image, "linux/amd64"));
+        assert_ne!(tag, temp_tag("app2", "linux/arm64"));
+        assert!(temp_tag(&"x".repeat(300), "linux/arm64").len() <= 128);
+        let local = format!("r.example/app:{tag}");
+        let got = args(&engine.bud(&req, &ws, &ws.dockerfile, &local, Some("linux/arm64")));
         let df = ws.dockerfile.display().to_string();
         let want = [
-            "buildx",
             "build",
             "--platform",
-            "linux/amd64,linux/arm64",
-            "--push",
-            "--provenance=false",
-            "--metadata-file",
-            &metadata.display().to_string(),
+            "linux/arm64",
             "-f",
             &df,
             "-t",
-            "r.example/app:1.0.0",
+            &local,
             "--label",
             "org.opencontainers.image.version=1.0.0",
-            "--annotation",
-            "manifest:org.opencontainers.image.version=1.0.0",
-            "--annotation",
-            "index:org.opencontainers.image.version=1.0.0",
             "--build-arg",
             "A=1",
             &dir.path().join("ctx").display().to_string(),
         ];
-        assert_eq!(got, want);
+        assert_eq!(got, want, "no buildx, --push or --metadata-file");
+        assert_eq!(args(&engine.push(&req, &ws, &local)), ["push", &local]);
     }
 
     #[tokio::test]
