@@ -68,43 +68,10 @@ fn podman_backend_builds_a_run_step() {
 #[test]
 fn docker_backend_command_lines_run_through_podman() {
     let s = Setup::new();
-    let (registry, work) = (&s.registry, &s.work);
+    let registry = &s.registry;
     // What a docker daemon would hold: its storage and insecure registries.
-    let shim = work.path().join("bin");
-    fs::create_dir_all(&shim).unwrap();
-    std::os::unix::fs::symlink("/usr/bin/podman", shim.join("docker")).unwrap();
-    let storage = work.path().join("storage.conf");
-    fs::write(
-        &storage,
-        format!(
-            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-            work.path().join("docker-root").display(),
-            work.path().join("docker-run").display()
-        ),
-    )
-    .unwrap();
-    let registries = work.path().join("registries.conf");
-    fs::write(
-        &registries,
-        format!(
-            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
-            registry.host
-        ),
-    )
-    .unwrap();
-    let path = format!(
-        "{}:{}",
-        shim.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let storage = storage.display().to_string();
-    let registries = registries.display().to_string();
-    let env = [
-        ("PATH", path.as_str()),
-        ("CONTAINERS_STORAGE_CONF", storage.as_str()),
-        ("CONTAINERS_REGISTRIES_CONF", registries.as_str()),
-        ("BUILDAH_ISOLATION", "chroot"),
-    ];
+    let env = s.docker_through_podman();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut daemon = publishes_with("docker", &env, &s);
     // docker writes labels, not manifest annotations: a crash right after
     // the version push is still recovered by adopting the pushed tag (its
