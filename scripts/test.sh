@@ -33,7 +33,8 @@ sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
 # The arm64 busybox base of tests/tests/platforms.rs comes from Debian's
-# busybox-static:arm64 (apt-get download): the arm64 package lists.
+# busybox-static:arm64 (apt-get download, unpacked with dpkg-deb, which
+# Debian's essential dpkg package provides): the arm64 package lists.
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   echo "adding the arm64 architecture (apt-get download busybox-static:arm64)"
   $sudo dpkg --add-architecture arm64
