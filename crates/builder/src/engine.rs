@@ -321,34 +321,13 @@ impl Engine {
         info!(image = %req.image, job = %req.job, target = %req.target, "push index");
         // Cut short, the index is not tagged: no version (its children
         // may stay behind, untagged).
-        enum Cut {
-            Cancelled,
-            Timeout,
-        }
-        let published = tokio::select! {
-            r = publish_index(registry, &layout_dir, req, &mut log) => Ok(r),
-            _ = cancel.cancelled() => Err(Cut::Cancelled),
-            _ = tokio::time::sleep(deadline.saturating_duration_since(Instant::now())) => {
-                Err(Cut::Timeout)
-            }
-        };
-        match published {
-            Ok(Ok(digest)) => Ok(BuildOutput {
-                digest: Some(digest),
-                log,
-            }),
-            Ok(Err(reason)) => Err(BuildError::Native {
-                step: "push".to_owned(),
-                reason,
-                log,
-            }),
-            Err(Cut::Cancelled) => Err(BuildError::Cancelled { step: "push", log }),
-            Err(Cut::Timeout) => Err(BuildError::Timeout {
-                step: "push",
-                seconds: self.timeout.as_secs(),
-                log,
-            }),
-        }
+        let published = within(
+            publish_index(registry, &layout_dir, req, &mut log),
+            cancel,
+            deadline,
+        )
+        .await;
+        self.index_outcome(published, log)
     }
 
     /// The engine with `args`, for list and image housekeeping.
@@ -425,17 +404,22 @@ impl Engine {
             pushed.push((platform.clone(), tmp, pushed_digest(&push_log)));
         }
         info!(image = %req.image, job = %req.job, target = %req.target, "push index");
-        enum Cut {
-            Cancelled,
-            Timeout,
-        }
-        let published = tokio::select! {
-            r = publish_docker_index(registry, &repo, target, &pushed, req, &mut log) => Ok(r),
-            _ = cancel.cancelled() => Err(Cut::Cancelled),
-            _ = tokio::time::sleep(deadline.saturating_duration_since(Instant::now())) => {
-                Err(Cut::Timeout)
-            }
-        };
+        let published = within(
+            publish_docker_index(registry, &repo, target, &pushed, req, &mut log),
+            cancel,
+            deadline,
+        )
+        .await;
+        self.index_outcome(published, log)
+    }
+
+    /// What the push of a multi-platform index (by rebased, after the
+    /// engine's builds) came to, with the build's `log`.
+    fn index_outcome(
+        &self,
+        published: Result<Result<Digest, String>, Cut>,
+        log: String,
+    ) -> Result<BuildOutput, BuildError> {
         match published {
             Ok(Ok(digest)) => Ok(BuildOutput {
                 digest: Some(digest),
@@ -960,6 +944,27 @@ pub fn registries_conf_text(insecure: &[String]) -> String {
         ));
     }
     s
+}
+
+/// Why a step did not finish.
+enum Cut {
+    Cancelled,
+    Timeout,
+}
+
+/// `step` unless `cancel` fires or `deadline` passes first.
+async fn within<T>(
+    step: impl std::future::Future<Output = T>,
+    cancel: &CancellationToken,
+    deadline: Instant,
+) -> Result<T, Cut> {
+    tokio::select! {
+        r = step => Ok(r),
+        _ = cancel.cancelled() => Err(Cut::Cancelled),
+        _ = tokio::time::sleep(deadline.saturating_duration_since(Instant::now())) => {
+            Err(Cut::Timeout)
+        }
+    }
 }
 
 #[cfg(test)]
