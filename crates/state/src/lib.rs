@@ -1125,6 +1125,21 @@ fn put<T: Serialize>(
 mod tests {
     use super::*;
 
+    /// Opens the store at `dir` again after the test dropped it: sled's
+    /// flusher thread lets go of the directory's lock a moment after the
+    /// last handle is dropped, so a reopen at once may find it still held.
+    fn reopen(dir: &Path) -> Store {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Err(StateError::Locked { .. }) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => return r.expect("reopen"),
+            }
+        }
+    }
+
     fn digest(c: char) -> Digest {
         Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).expect("valid")
     }
@@ -1261,7 +1276,7 @@ mod tests {
                 .publish("app", &version("1.0.2", 'c', '3'), Some(manual))
                 .expect("1.0.2");
         }
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         let history = store.supersessions("app").expect("history");
         let of_100: Vec<(Version, Trigger)> = history[&v("1.0.0")]
             .iter()
@@ -1403,7 +1418,7 @@ mod tests {
                 .publish("app2", &version("9.0.0", 'c', '2'), None)
                 .expect("other");
         }
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         let versions = store.versions("app").expect("versions");
         assert_eq!(versions.len(), 2);
         assert_eq!(
@@ -1477,7 +1492,7 @@ mod tests {
                 .put_job(&Job::new(300, "other", reason.clone()))
                 .expect("put");
         }
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         let ids: Vec<JobId> = store.jobs().expect("jobs").iter().map(|j| j.id).collect();
         assert_eq!(ids, [7, 300], "numeric order");
         store.delete_jobs(&[7]).expect("delete");
