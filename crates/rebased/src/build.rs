@@ -7,24 +7,23 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, Context, Result};
 use chrono::Utc;
 use rebased_builder::{installed_engine, provenance, BuildRequest, EngineKind};
-use rebased_core::config::{Backend, ImageConfig};
+use rebased_core::config::Backend;
 use rebased_core::dockerfile::BaseKind;
-use rebased_core::job::JobId;
-use rebased_core::{Digest, ImageRef, Trigger, Version};
+use rebased_core::{Digest, ImageRef};
 use rebased_registry::Registry;
-use rebased_scheduler::{Change, Inputs};
+use rebased_scheduler::Change;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::destination::Destination;
 use crate::live::{Live, Plan};
+use crate::publish::Release;
 
-/// What one build makes.
+/// What one build makes: the release the reconciler decided, and what
+/// the build needs besides.
 pub struct Build<'a> {
-    /// The image.
-    pub image: &'a ImageConfig,
-    /// Where it is pushed.
-    pub repo: &'a Destination,
+    /// The version to publish: image, repository, version, what it
+    /// supersedes, why, its inputs and their moves, the job.
+    pub release: &'a Release<'a>,
     /// Its Dockerfile, read for this build.
     pub plan: &'a Plan,
     /// The context directory: the local one, or the checkout of the
@@ -32,19 +31,6 @@ pub struct Build<'a> {
     pub context: &'a std::path::Path,
     /// Each base and the digest it is pinned to.
     pub pins: &'a BTreeMap<ImageRef, Digest>,
-    /// The inputs (digests and platforms) it is built from.
-    pub inputs: &'a Inputs,
-    /// Each base's move since the superseded version (the job log's
-    /// first lines say which moved, and which platform's child).
-    pub changes: &'a [Change],
-    /// The version.
-    pub version: Version,
-    /// The version it supersedes.
-    pub supersedes: Option<Version>,
-    /// Why.
-    pub trigger: Trigger,
-    /// The job.
-    pub job: JobId,
 }
 
 /// Builds `build` and pushes its version tag; returns the pushed digest.
@@ -55,9 +41,9 @@ pub async fn run(
     cancel: &CancellationToken,
     build: &Build<'_>,
 ) -> Result<Digest> {
-    let tag = build.version.to_string();
-    let target = build.repo.target(&tag);
-    let job = build.job;
+    let tag = build.release.version.to_string();
+    let target = build.release.repo.target(&tag);
+    let job = build.release.job;
     let request = request(live, registry, build)?;
     let workdir = request.workdir.clone();
     let kind = backend(live, build);
@@ -70,11 +56,11 @@ pub async fn run(
             live.native().build(&request, registry, cancel).await
         }
         Some(kind) => {
-            info!(backend = kind.program(), platforms = %build.image.platforms.join(","), "building");
+            info!(backend = kind.program(), platforms = %build.release.image.platforms.join(","), "building");
             live.engine(kind).build(&request, registry, cancel).await
         }
     };
-    let mut log = why(build.changes);
+    let mut log = why(build.release.changes);
     log.push_str(match &outcome {
         Ok(o) => &o.log,
         Err(e) => e.log(),
@@ -85,6 +71,7 @@ pub async fn run(
     match out.digest {
         Some(d) => Ok(d),
         None => build
+            .release
             .repo
             .lookup(registry, &tag)
             .await?
@@ -129,7 +116,7 @@ fn emulation_check(live: &Live, build: &Build<'_>) -> Result<()> {
         return Ok(());
     }
     let missing = rebased_builder::emulation::missing(
-        &build.image.platforms,
+        &build.release.image.platforms,
         &rebased_core::oci::Platform::host(),
         &live.cfg().builder.binfmt_dir,
     );
@@ -141,7 +128,7 @@ fn emulation_check(live: &Live, build: &Build<'_>) -> Result<()> {
 
 /// The request given to the backend.
 fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildRequest> {
-    let image = build.image;
+    let image = build.release.image;
     let primary = build
         .plan
         .model
@@ -154,16 +141,16 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
         .context
         .git()
         .map(|g| g.public_url())
-        .zip(build.inputs.source.clone());
+        .zip(build.release.inputs.source.clone());
     let annotations = provenance::Provenance {
-        version: &build.version,
+        version: &build.release.version,
         created: Utc::now(),
         primary,
         bases: build.pins,
-        platforms: &build.inputs.platforms,
-        supersedes: build.supersedes.as_ref(),
-        trigger: build.trigger,
-        source: match (&source, &build.inputs.source) {
+        platforms: &build.release.inputs.platforms,
+        supersedes: build.release.supersedes.as_ref(),
+        trigger: build.release.trigger,
+        source: match (&source, &build.release.inputs.source) {
             (Some((url, commit)), _) => Some(provenance::Source::Git { url, commit }),
             (None, Some(hash)) => Some(provenance::Source::Local { hash }),
             (None, None) => None,
@@ -200,7 +187,7 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
     }
     Ok(BuildRequest {
         image: image.name.to_string(),
-        job: build.job.to_string(),
+        job: build.release.job.to_string(),
         context: build.context.to_owned(),
         dockerfile: build.plan.model.pin(&build.plan.text, build.pins),
         platform_dockerfiles: if build.plan.per_platform.len() > 1 {
@@ -214,11 +201,14 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
             BTreeMap::new()
         },
         build_args: image.build_args.clone(),
-        target: build.repo.target(&build.version.to_string()),
+        target: build
+            .release
+            .repo
+            .target(&build.release.version.to_string()),
         annotations,
         platform_annotations,
         insecure_registries: live.insecure_registries(),
-        auth_json: auth_json(registry, build.repo.registry(), build.pins.keys())?,
+        auth_json: auth_json(registry, build.release.repo.registry(), build.pins.keys())?,
         ca_files: cfg
             .registries
             .values()
@@ -228,7 +218,7 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
             .daemon
             .state_dir
             .join("builds")
-            .join(build.job.to_string()),
+            .join(build.release.job.to_string()),
         platforms: image.platforms.clone(),
         secrets: image.secrets.clone(),
         source_date_epoch: source_date_epoch(),
@@ -245,7 +235,7 @@ fn backend(live: &Live, build: &Build<'_>) -> Option<EngineKind> {
         Backend::Auto
             if rebased_builder::native::plan::Plan::new(
                 &build.plan.model,
-                &build.image.build_args,
+                &build.release.image.build_args,
             )
             .is_ok() =>
         {

@@ -505,17 +505,10 @@ impl Reconciler {
             forced,
         };
         let build = Build {
-            image,
-            repo: &repo,
+            release: &release,
             plan: &plan,
             context: &context,
             pins: &pins,
-            inputs: &now,
-            changes: &changes,
-            version,
-            supersedes,
-            trigger,
-            job: job.id,
         };
         let push = build::run(&self.live, &registry, &self.builds, &build);
         publish::publish(&self.store, &registry, &release, push, &self.builds).await?;
