@@ -632,9 +632,11 @@ impl Executor for Reconciler {
     async fn record(&self, job: Job, attempt: Option<Attempt>) {
         let store = self.store.clone();
         let queue = Arc::clone(&self.queue);
-        let written =
-            tokio::task::spawn_blocking(move || record_job(&store, &queue, &job, attempt.as_ref()))
-                .await;
+        let written = records::write(&self.store, move |_| {
+            record_job(&store, &queue, &job, attempt.as_ref());
+            Ok(())
+        })
+        .await;
         if let Err(e) = written {
             error!("recording a job: {e}");
         }
@@ -644,13 +646,14 @@ impl Executor for Reconciler {
     async fn forget(&self, ids: Vec<JobId>) {
         let logs: Vec<_> = ids.iter().map(|id| self.live.log_path(*id)).collect();
         let store = self.store.clone();
-        let done = tokio::task::spawn_blocking(move || {
+        let done = records::write(&self.store, move |_| {
             if let Err(e) = store.delete_jobs(&ids) {
                 warn!("cannot drop old jobs: {e}");
             }
             for log in logs {
                 let _ = std::fs::remove_file(log);
             }
+            Ok(())
         })
         .await;
         if let Err(e) = done {

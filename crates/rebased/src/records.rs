@@ -1,6 +1,6 @@
 //! The image records as the daemon reads and writes them: the one answer
 //! to "is it held", state changes that keep the rest of the record, what a
-//! version was built from, and store writes on a blocking thread.
+//! version was built from, and store writes on the writer thread.
 
 use anyhow::{anyhow, Result};
 use rebased_core::{ImageState, Version};
@@ -73,17 +73,75 @@ pub fn highest(store: &Store, name: &str) -> Result<Option<Version>, StateError>
     Ok(store.versions(name)?.into_iter().map(|v| v.version).max())
 }
 
-/// Runs a store write (a flushed transaction: an fsync) on a blocking
-/// thread, so the async threads that run the dispatcher, the poll loop
-/// and the API keep going meanwhile. The caller awaits it: writes stay in
-/// the order they are made.
+/// Runs a store write (a flushed transaction: an fsync) on the store's
+/// writer thread, so the async threads that run the dispatcher, the poll
+/// loop and the API keep going meanwhile. The caller awaits it: writes stay
+/// in the order they are made. One long-lived thread rather than tokio's
+/// blocking pool: the start-up import's thousands of records are then
+/// allocated in one malloc arena, not spread over a new thread's arena per
+/// batch (BENCHMARKS.md, "Memory at 10,000 images"); it also runs under a
+/// current-thread runtime.
 pub async fn write<T: Send + 'static>(
     store: &Store,
     f: impl FnOnce(&Store) -> Result<T, StateError> + Send + 'static,
 ) -> Result<T> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| anyhow!("store write task: {e}"))?
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    writer()?
+        .send(Box::new(move || {
+            // The caller may have gone (a cancelled task): the write stands.
+            let _ = tx.send(f(&store));
+        }))
+        .map_err(|_| anyhow!("store writer thread gone"))?;
+    rx.await
+        .map_err(|_| anyhow!("store writer thread gone"))?
         .map_err(Into::into)
+}
+
+/// One queued store write.
+type WriteJob = Box<dyn FnOnce() + Send>;
+
+/// The writer thread's queue, started on first use.
+fn writer() -> Result<&'static std::sync::mpsc::Sender<WriteJob>> {
+    static WRITER: std::sync::OnceLock<std::sync::mpsc::Sender<WriteJob>> =
+        std::sync::OnceLock::new();
+    if let Some(w) = WRITER.get() {
+        return Ok(w);
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
+    let spawned = std::thread::Builder::new()
+        .name("store-writer".to_owned())
+        .spawn(move || {
+            for job in rx {
+                // A write that panics fails its caller (its answer is
+                // dropped), not every write after it.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    error!("a store write panicked; its caller is told it failed");
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Ok(WRITER.get_or_init(|| tx)),
+        Err(e) => Err(anyhow!("cannot start the store writer thread: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that panics fails its own caller only: the writer thread
+    /// goes on, and the next write is made.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panicking_write_fails_only_its_caller() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("db")).expect("store");
+        let failed = write(&store, |_| -> Result<(), StateError> {
+            panic!("boom");
+        })
+        .await;
+        assert!(failed.is_err());
+        let written = write(&store, |s| s.flush("after a panic").map(|()| 7)).await;
+        assert_eq!(written.expect("the writer thread survives"), 7);
+    }
 }
