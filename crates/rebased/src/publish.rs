@@ -201,6 +201,7 @@ fn version_record(release: &Release<'_>, digest: &Digest) -> VersionRecord {
         supersedes: release.supersedes,
         job: Some(release.job),
         source: release.inputs.source.clone(),
+        signature: None,
     }
 }
 

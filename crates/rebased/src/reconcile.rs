@@ -741,6 +741,7 @@ mod tests {
             supersedes: None,
             job: None,
             source: None,
+            signature: None,
         };
         store.publish("web", &record, None).expect("publish");
     }
