@@ -24,6 +24,7 @@ mod read_model;
 mod reconcile;
 mod records;
 mod reload;
+mod signing;
 mod status;
 mod supervisor;
 
@@ -62,6 +63,16 @@ enum Command {
         /// The config file.
         #[arg(long, short, default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Write a new signing key pair: DIR/cosign.key (encrypted as cosign
+    /// does, under the password in --password-file) and DIR/cosign.pub.
+    Keygen {
+        /// The directory to write them in (existing files are not replaced).
+        #[arg(long)]
+        out: PathBuf,
+        /// The password (its first line). Required: rebased does not prompt.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
     },
     /// Show the daemon's status.
     Status {
@@ -151,6 +162,7 @@ fn main() -> ExitCode {
         Command::Run { config } => daemon(config, supervisor::Mode::Run),
         Command::Once { config } => daemon(config, supervisor::Mode::Once),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Keygen { out, password_file } => keygen(&out, password_file.as_deref()),
         Command::Bases {
             dockerfile,
             build_args,
@@ -250,6 +262,69 @@ fn client_cmd(
     }
 }
 
+/// `keygen`: 0 when both files are written, 2 for a bad argument, 1 when
+/// they cannot be written.
+fn keygen(out: &std::path::Path, password_file: Option<&std::path::Path>) -> ExitCode {
+    let Some(password_file) = password_file else {
+        eprintln!("error: keygen needs --password-file FILE (rebased does not prompt for the password): the key is encrypted under its first line");
+        return ExitCode::from(2);
+    };
+    let password = match rebased_sign::Password::from_file(password_file) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let key_path = out.join("cosign.key");
+    let pub_path = out.join("cosign.pub");
+    for p in [&key_path, &pub_path] {
+        if p.exists() {
+            eprintln!("error: {} exists: not replacing it", p.display());
+            return ExitCode::from(2);
+        }
+    }
+    let written = rebased_sign::SigningKey::generate()
+        .map_err(anyhow::Error::from)
+        .and_then(|key| {
+            let pem = key.to_encrypted_pem(&password)?;
+            std::fs::create_dir_all(out)?;
+            write_private(&key_path, &pem)?;
+            std::fs::write(&pub_path, key.public().to_pem())?;
+            Ok(key.public().fingerprint())
+        });
+    match written {
+        Ok(fingerprint) => {
+            println!(
+                "wrote {} and {} (key {fingerprint})",
+                key_path.display(),
+                pub_path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot write the key pair in {}: {e:#}",
+                out.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `text` to a new file readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
 fn check_config(path: &std::path::Path) -> ExitCode {
     let (cfg, graph) = match config::load_checked(path) {
         Ok(c) => c,
@@ -260,6 +335,35 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     };
     println!("config {}", path.display());
     println!("poll: {}", cfg.daemon.poll.as_str());
+    // The key was opened by load_checked; this shows which one it is.
+    if let Ok(Some(key)) = config::signer(&cfg) {
+        let attest: Vec<String> = cfg
+            .signing
+            .attest
+            .iter()
+            .map(|a| format!("{a:?}").to_lowercase())
+            .collect();
+        println!(
+            "signing: key {} (attestations: {})",
+            key.public().fingerprint(),
+            if attest.is_empty() {
+                "none".to_owned()
+            } else {
+                attest.join(", ")
+            }
+        );
+    }
+    if let Some(audit) = &cfg.daemon.audit {
+        println!(
+            "audit: {}{}",
+            audit.as_str(),
+            if cfg.daemon.audit_repair {
+                " (repairs)"
+            } else {
+                ""
+            }
+        );
+    }
     let mut failed = 0;
     for (i, image) in cfg.image.iter().enumerate() {
         println!(
@@ -420,6 +524,7 @@ mod layering {
         &["ledger"],
         &["build"],
         &["publish"],
+        &["signing"],
         &["destination"],
         &["status", "records"],
         &["live"],

@@ -1,8 +1,9 @@
 //! Publishing a version: the version tag is pushed (or an identical one
-//! adopted), then the version is recorded, then the floating tags move.
-//! [`publish`] is the one function that does this, and its order is the
-//! invariant: a version is in the ledger before any floating tag points at
-//! it, and a version tag is never overwritten.
+//! adopted), then signed (with `[signing]`), then the version is recorded,
+//! then the floating tags move. [`publish`] is the one function that does
+//! this, and its order is the invariant: a version is signed and in the
+//! ledger before any floating tag points at it, and a version tag is never
+//! overwritten.
 //!
 //! [`move_tags`] is the one floating-tag mover (publish, a crash's
 //! unfinished move, rollback).
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::destination::Destination;
-use crate::records;
+use crate::{records, signing};
 
 /// Fails the process at a named point, for crash tests. Only debug builds
 /// (the test builds) read `REBASED_FAILPOINT`; release builds never do.
@@ -56,6 +57,9 @@ pub struct Release<'a> {
     /// An operator forced it through a hold (`rebuild --force`): the
     /// floating tags move to it although the image is held (and stays so).
     pub forced: bool,
+    /// The `[signing]` key: the version (and each child of an index) is
+    /// signed before it is recorded.
+    pub signer: Option<&'a rebased_sign::SigningKey>,
 }
 
 /// Publishes `release`: looks up its version tag (an existing one is
@@ -104,6 +108,18 @@ pub async fn publish(
         match repo.manifest(registry, &tag).await {
             Ok(m) => record.children = rebased_registry::index_platforms(&m.bytes),
             Err(e) => error!("cannot read {target}'s children back: {e:#}"),
+        }
+    }
+    if let Some(key) = release.signer {
+        match repo.registry() {
+            Some(r) => {
+                let sig = signing::sign(registry, r, key, &digest, &record.children, &[])
+                    .await
+                    .with_context(|| format!("signing {target} ({digest})"))?;
+                record.signature = Some(sig);
+                failpoint("after-signature");
+            }
+            None => info!("{target} is an OCI layout: not signed (signatures live in registries)"),
         }
     }
     let reason = release.supersedes.map(|_| Reason {

@@ -492,7 +492,12 @@ impl Reconciler {
             };
         let repo = Destination::from(&image.repository);
         info!(%version, %trigger, supersedes = %supersedes.map_or_else(|| "-".to_owned(), |v| v.to_string()), "building");
+        let signer = self
+            .live
+            .signer()
+            .map_err(|e| anyhow::anyhow!("signing.key_file: {e}"))?;
         let release = Release {
+            signer: signer.as_deref(),
             image,
             repo: &repo,
             version,

@@ -231,10 +231,8 @@ impl SigningKey {
     /// The key in PEM `text`: cosign's encrypted format (opened with
     /// `password`) or a PKCS#8 `PRIVATE KEY`.
     pub fn from_pem(text: &str, password: Option<&Password>) -> Result<Self, KeyError> {
-        let (label, body) = pem_rfc7468::decode_vec(text.trim().as_bytes())
-            .map_err(|e| unreadable(format!("not a PEM key: {e}")))?;
-        let body = Zeroizing::new(body);
-        match label {
+        let (label, body) = pem_block(text)?;
+        match label.as_str() {
             SIGSTORE_LABEL | COSIGN_LABEL => {
                 let password = password.ok_or(KeyError::NoPassword { path: None })?;
                 let der = decrypt(&body, password)?;
@@ -332,6 +330,39 @@ impl SigningKey {
     pub fn sign_base64(&self, message: &[u8]) -> String {
         B64.encode(self.sign(message))
     }
+}
+
+/// The first PEM block of `text`: its label and decoded body. Lines of
+/// any length are accepted (Go's `encoding/pem`, which cosign uses, reads
+/// them so; RFC 7468's strict 64 columns would refuse keys other tools
+/// wrapped at 76), as are headers before the base64.
+fn pem_block(text: &str) -> Result<(String, Zeroizing<Vec<u8>>), KeyError> {
+    let mut lines = text.lines().map(str::trim);
+    let label = lines
+        .by_ref()
+        .find_map(|l| l.strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
+        .ok_or_else(|| unreadable("not a PEM key: no BEGIN line"))?
+        .to_owned();
+    let end = format!("-----END {label}-----");
+    let mut b64 = Zeroizing::new(String::new());
+    let mut ended = false;
+    for line in lines {
+        if line == end {
+            ended = true;
+            break;
+        }
+        if line.contains(':') {
+            continue;
+        }
+        b64.push_str(line);
+    }
+    if !ended {
+        return Err(unreadable(format!("not a PEM key: no {end:?} line")));
+    }
+    let body = B64
+        .decode(b64.as_bytes())
+        .map_err(|e| unreadable(format!("not a PEM key: its base64 does not decode: {e}")))?;
+    Ok((label, Zeroizing::new(body)))
 }
 
 fn decrypt(json: &[u8], password: &Password) -> Result<Zeroizing<Vec<u8>>, KeyError> {
@@ -451,6 +482,17 @@ mod tests {
         );
         let none = SigningKey::from_pem(&pem, None);
         assert!(matches!(none, Err(KeyError::NoPassword { .. })));
+        // Wrapped at 76 columns (Python's base64.encodebytes): read too.
+        let (_, body) = pem_block(&pem).expect("pem");
+        let wide = format!(
+            "-----BEGIN {SIGSTORE_LABEL}-----\n{}-----END {SIGSTORE_LABEL}-----\n",
+            B64.encode(body.as_slice())
+                .as_bytes()
+                .chunks(76)
+                .map(|c| format!("{}\n", String::from_utf8_lossy(c)))
+                .collect::<String>()
+        );
+        assert!(SigningKey::from_pem(&wide, Some(&pw)).is_ok());
         // The older label is the same format.
         let old = pem.replace(SIGSTORE_LABEL, COSIGN_LABEL);
         assert!(SigningKey::from_pem(&old, Some(&pw)).is_ok());
@@ -485,6 +527,10 @@ mod tests {
         let e = SigningKey::from_pem(ed, None);
         assert!(matches!(e, Err(KeyError::NotP256 { .. })), "{e:?}");
         let other = "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n";
+        assert!(matches!(
+            SigningKey::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n", None),
+            Err(KeyError::Unreadable { .. })
+        ));
         assert!(matches!(
             SigningKey::from_pem(other, None),
             Err(KeyError::Unreadable { .. })

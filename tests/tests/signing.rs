@@ -1,0 +1,242 @@
+//! Signed versions: every version published to a registry carries a
+//! cosign signature (`sha256-<hex>.sig`) that a verifier which is not ours
+//! accepts (`tests/cosign.py`, Python's `cryptography`, written from
+//! cosign's published format), made with a key in cosign's encrypted
+//! format written independently (`hashlib.scrypt` and PyNaCl); a key made
+//! by `rebased keygen` is read back by both; bad keys are refused at start.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rebased_e2e::{image_table, rebased_bin, run, Setup};
+
+const WAIT: Duration = Duration::from_secs(180);
+
+fn cosign_py() -> Command {
+    let mut c = Command::new("python3");
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("cosign.py"));
+    c
+}
+
+/// Whether the independent verifier accepts `repo@digest`'s signature.
+fn verifies(s: &Setup, repo: &str, digest: &str, public: &Path) -> bool {
+    cosign_py()
+        .args(["verify", s.host(), repo, digest])
+        .arg(public)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn signing_section(dir: &Path, password: &str) -> String {
+    fs::write(dir.join("cosign.password"), format!("{password}\n")).unwrap();
+    format!(
+        "\n[signing]\nkey_file = \"{}\"\npassword_file = \"{}\"\n",
+        dir.join("cosign.key").display(),
+        dir.join("cosign.password").display()
+    )
+}
+
+fn setup(password: &str) -> Setup {
+    let s = Setup::new();
+    let host = s.host().to_owned();
+    let ctx = s.context(
+        "app",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
+    let signing = signing_section(s.dir(), password);
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"0s\"\n[builder]\nmax_attempts = 1",
+        &format!(
+            "{signing}{}",
+            image_table(
+                "app",
+                &ctx,
+                &format!("{host}/app"),
+                "tags = [\"{major}.{minor}\", \"latest\"]\n"
+            )
+        ),
+    );
+    s
+}
+
+fn check_config(config: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(rebased_bin())
+        .args(["check-config", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_published_version_verifies_and_what_else_is_pushed_does_not() {
+    let s = setup("p4ss word");
+    // The key in cosign's format, written by Python, not by us.
+    run(cosign_py().args(["make-key"]).arg(s.dir()).arg("p4ss word"));
+    let public = s.dir().join("cosign.pub");
+    let (code, out, err) = check_config(&s.config);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("signing: key sha256:"), "{out}");
+
+    let daemon = s.start();
+    daemon.wait_version("app", "1.0.0", WAIT);
+    let v100 = s.registry.digest("app:1.0.0").unwrap();
+    assert!(verifies(&s, "app", &v100, &public), "1.0.0 verifies");
+    // A real base update: the new version is signed too.
+    s.bases.push(&s.registry, "base:latest", "v2");
+    daemon.wait_version("app", "1.0.1", WAIT);
+    let v101 = s.registry.digest("app:1.0.1").unwrap();
+    assert!(verifies(&s, "app", &v101, &public), "1.0.1 verifies");
+    assert_eq!(
+        s.registry.digest("app:latest").as_deref(),
+        Some(v101.as_str())
+    );
+    let tags = s.registry.tags("app");
+    let sig_tag = format!("sha256-{}.sig", v101.trim_start_matches("sha256:"));
+    assert!(tags.contains(&sig_tag), "{tags:?}");
+    // The ledger records the signature (and no secret).
+    let image = daemon.image("app");
+    let text = image.to_string();
+    assert!(!text.contains("p4ss word"), "{text}");
+    let log = daemon.log_text();
+    assert!(!log.contains("p4ss word"), "{log}");
+
+    // Pushed by hand to the same repository: no signature.
+    let foreign = s.bases.push(&s.registry, "app:hand-made", "foreign");
+    assert!(!verifies(&s, "app", &foreign, &public), "unsigned");
+    // A payload tampered to name it, under 1.0.1's signature: refused.
+    run(cosign_py().args(["tamper", s.host(), "app", &v101, &foreign]));
+    assert!(!verifies(&s, "app", &foreign, &public), "tampered payload");
+    // Another key's public half does not verify 1.0.1.
+    let other = s.dir().join("other");
+    fs::create_dir_all(&other).unwrap();
+    run(cosign_py().args(["make-key"]).arg(&other).arg("x"));
+    assert!(!verifies(&s, "app", &v101, &other.join("cosign.pub")));
+}
+
+#[test]
+fn a_crash_between_the_signature_and_the_record_signs_then_moves_the_tags() {
+    let s = setup("pw");
+    run(cosign_py().args(["make-key"]).arg(s.dir()).arg("pw"));
+    let public = s.dir().join("cosign.pub");
+    let daemon = s.start();
+    daemon.wait_version("app", "1.0.0", WAIT);
+    let v100 = s.registry.digest("app:1.0.0").unwrap();
+    drop(daemon);
+    let mut daemon = s.start_with_env(&[("REBASED_FAILPOINT", "after-signature")]);
+    s.bases.push(&s.registry, "base:latest", "v2");
+    let status = daemon.wait_exit(WAIT);
+    assert!(!status.success(), "the failpoint aborts the daemon");
+    let v101 = s.registry.digest("app:1.0.1").unwrap();
+    assert!(
+        verifies(&s, "app", &v101, &public),
+        "signed before the crash"
+    );
+    assert_eq!(
+        s.registry.digest("app:latest").as_deref(),
+        Some(v100.as_str()),
+        "no floating tag moved before the signature"
+    );
+    let daemon = s.start();
+    daemon.wait_version("app", "1.0.1", WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        s.registry.digest("app:latest").as_deref(),
+        Some(v101.as_str())
+    );
+    assert!(verifies(&s, "app", &v101, &public));
+}
+
+#[test]
+fn keygen_writes_a_cosign_key_that_both_sides_read_and_bad_keys_are_refused() {
+    let s = setup("right");
+    let dir = s.dir();
+    fs::write(dir.join("pw"), "right\n").unwrap();
+    // No password file: refused, saying what to pass.
+    let out = Command::new(rebased_bin())
+        .args(["keygen", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--password-file"));
+    let out = Command::new(rebased_bin())
+        .args(["keygen", "--out"])
+        .arg(dir)
+        .arg("--password-file")
+        .arg(dir.join("pw"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let key = fs::read_to_string(dir.join("cosign.key")).unwrap();
+    assert!(
+        key.starts_with("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----"),
+        "{key}"
+    );
+    let public = fs::read_to_string(dir.join("cosign.pub")).unwrap();
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+    // Python opens it with the password and finds the same public key.
+    let read = run(cosign_py()
+        .arg("read-key")
+        .arg(dir.join("cosign.key"))
+        .arg("right"));
+    assert_eq!(read.trim(), public.trim());
+    // And rebased reads it back.
+    let (code, out, err) = check_config(&s.config);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // A second keygen does not replace it.
+    let again = Command::new(rebased_bin())
+        .args(["keygen", "--out"])
+        .arg(dir)
+        .arg("--password-file")
+        .arg(dir.join("pw"))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert_eq!(fs::read_to_string(dir.join("cosign.key")).unwrap(), key);
+
+    // A wrong password: refused by check-config and at start, naming the
+    // file and never the password.
+    fs::write(dir.join("cosign.password"), "wrong-secret\n").unwrap();
+    let (code, out, err) = check_config(&s.config);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        err.contains("wrong password") && err.contains("cosign.key"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong-secret") && !err.contains("right"),
+        "{err}"
+    );
+    let run_out = Command::new(rebased_bin())
+        .args(["run", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert_eq!(run_out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run_out.stderr).contains("wrong password"));
+    // Not P-256 (an Ed25519 PKCS#8 key): refused as such.
+    fs::write(
+        dir.join("cosign.key"),
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let (code, _, err) = check_config(&s.config);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not an ECDSA P-256 key"), "{err}");
+    // Unreadable.
+    fs::write(dir.join("cosign.key"), "not a key").unwrap();
+    let (code, _, err) = check_config(&s.config);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unreadable key"), "{err}");
+}
