@@ -6,6 +6,7 @@
 //! back. No IO but reading key files: the binary pushes through the
 //! registry crate.
 
+pub mod attest;
 pub mod cosign;
 pub mod key;
 
