@@ -5,6 +5,7 @@ written from cosign's published formats (the simple-signing payload, the
 `sha256-<hex>.sig` manifest, the encrypted key envelope).
 
   cosign.py verify REGISTRY REPO DIGEST PUBKEY   exit 0 when it verifies
+  cosign.py attestations REGISTRY REPO DIGEST PUBKEY   the .att statements, DSSE verified
   cosign.py tamper REGISTRY REPO FROM TO         FROM's signature on a payload naming TO
   cosign.py make-key DIR PASSWORD                DIR/cosign.key (encrypted) and cosign.pub
   cosign.py read-key KEY PASSWORD                prints the public key PEM
@@ -86,6 +87,31 @@ def verify(registry, repo, digest, pubkey_path):
     fail("no layer verifies")
 
 
+def attestations(registry, repo, digest, pubkey_path):
+    """Every attestation of DIGEST whose DSSE signature over the PAE
+    verifies, as JSON lines {"predicateType", "annotation", "statement"}."""
+    with open(pubkey_path, "rb") as f:
+        public = serialization.load_pem_public_key(f.read())
+    algo, hexa = digest.split(":", 1)
+    manifest = json.loads(get(f"http://{registry}/v2/{repo}/manifests/{algo}-{hexa}.att"))
+    out = []
+    for layer in manifest["layers"]:
+        if layer["mediaType"] != "application/vnd.dsse.envelope.v1+json":
+            fail(f"layer media type {layer['mediaType']}")
+        env = json.loads(get(f"http://{registry}/v2/{repo}/blobs/{layer['digest']}", "*/*"))
+        ptype = env["payloadType"]
+        payload = base64.b64decode(env["payload"])
+        pae = b"DSSEv1 %d %s %d %s" % (len(ptype), ptype.encode(), len(payload), payload)
+        try:
+            public.verify(base64.b64decode(env["signatures"][0]["sig"]), pae, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            fail("a DSSE signature does not verify")
+        statement = json.loads(payload)
+        out.append({"payloadType": ptype, "annotation": layer["annotations"]["predicateType"],
+                    "statement": statement})
+    print(json.dumps(out))
+
+
 def upload_blob(registry, repo, data):
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     req = urllib.request.Request(f"http://{registry}/v2/{repo}/blobs/uploads/", method="POST")
@@ -159,4 +185,4 @@ def read_key(path, password):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"verify": verify, "tamper": tamper, "make-key": make_key, "read-key": read_key}[cmd](*args)
+    {"verify": verify, "attestations": attestations, "tamper": tamper, "make-key": make_key, "read-key": read_key}[cmd](*args)

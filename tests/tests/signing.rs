@@ -240,3 +240,136 @@ fn keygen_writes_a_cosign_key_that_both_sides_read_and_bad_keys_are_refused() {
     assert_eq!(code, Some(2));
     assert!(err.contains("unreadable key"), "{err}");
 }
+
+#[test]
+fn attestations_carry_verified_provenance_and_the_packages_of_the_layers() {
+    let s = Setup::empty();
+    let host = s.host().to_owned();
+    let status = "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.36-9+deb12u4\nDescription: GNU C Library\n shared libraries\n\nPackage: old-tool\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1.0\n\nPackage: tzdata\nStatus: install ok installed\nArchitecture: all\nVersion: 2024a-0+deb12u1\n";
+    let deb = s.bases.push_with_files(
+        &s.registry,
+        "deb:latest",
+        "deb",
+        &[
+            ("var/lib/dpkg/status", status),
+            (
+                "etc/os-release",
+                "ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
+            ),
+        ],
+    );
+    let apk = s.bases.push_with_files(
+        &s.registry,
+        "alp:latest",
+        "alp",
+        &[
+            ("lib/apk/db/installed", "C:Q1abc=\nP:musl\nV:1.2.4_git20230717-r4\nA:x86_64\n\nP:busybox\nV:1.36.1-r15\nA:x86_64\n"),
+            ("etc/os-release", "ID=alpine\nVERSION_ID=3.19.1\n"),
+        ],
+    );
+    let deb_ctx = s.context(
+        "appdeb",
+        &format!("FROM {host}/deb:latest\nCOPY hello /hello\n"),
+    );
+    let apk_ctx = s.context(
+        "appapk",
+        &format!("FROM {host}/alp:latest\nCOPY hello /hello\n"),
+    );
+    run(cosign_py().args(["make-key"]).arg(s.dir()).arg("pw"));
+    let public = s.dir().join("cosign.pub");
+    let signing = signing_section(s.dir(), "pw");
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"0s\"\n[builder]\nmax_attempts = 1",
+        &format!(
+            "{signing}attest = [\"slsa\", \"sbom\"]\n{}{}",
+            image_table("appdeb", &deb_ctx, &format!("{host}/appdeb"), ""),
+            image_table("appapk", &apk_ctx, &format!("{host}/appapk"), "")
+        ),
+    );
+    let daemon = s.start();
+    daemon.wait_version("appdeb", "1.0.0", WAIT);
+    daemon.wait_version("appapk", "1.0.0", WAIT);
+    let attestations = |repo: &str, digest: &str| -> Vec<serde_json::Value> {
+        let out = run(cosign_py()
+            .args(["attestations", &host, repo, digest])
+            .arg(&public));
+        serde_json::from_str(&out).unwrap()
+    };
+    let packages = |atts: &[serde_json::Value]| -> Vec<String> {
+        let sbom = atts
+            .iter()
+            .find(|a| a["annotation"] == "https://spdx.dev/Document")
+            .expect("an SBOM");
+        assert_eq!(sbom["statement"]["predicate"]["spdxVersion"], "SPDX-2.3");
+        let mut names: Vec<String> = sbom["statement"]["predicate"]["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["primaryPackagePurpose"] != "OPERATING-SYSTEM")
+            .map(|p| {
+                format!(
+                    "{}@{}",
+                    p["name"].as_str().unwrap(),
+                    p["versionInfo"].as_str().unwrap()
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    };
+
+    let v = s.registry.digest("appdeb:1.0.0").unwrap();
+    let atts = attestations("appdeb", &v);
+    assert_eq!(atts.len(), 2, "{atts:?}");
+    let slsa = atts
+        .iter()
+        .find(|a| a["annotation"] == "https://slsa.dev/provenance/v1")
+        .expect("provenance");
+    assert_eq!(slsa["payloadType"], "application/vnd.in-toto+json");
+    let st = &slsa["statement"];
+    assert_eq!(st["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(st["subject"][0]["name"], format!("{host}/appdeb"));
+    assert_eq!(
+        format!(
+            "sha256:{}",
+            st["subject"][0]["digest"]["sha256"].as_str().unwrap()
+        ),
+        v,
+        "the subject is the version's digest in the registry"
+    );
+    let deps = st["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap();
+    assert_eq!(deps.len(), 1, "{deps:?}");
+    assert_eq!(deps[0]["uri"], format!("{host}/deb:latest@{deb}"));
+    let run_details = &st["predicate"]["runDetails"];
+    assert!(
+        run_details["builder"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:rebased:"),
+        "{run_details}"
+    );
+    assert!(run_details["metadata"]["startedOn"].is_string());
+    assert!(run_details["metadata"]["finishedOn"].is_string());
+    assert_eq!(
+        packages(&atts),
+        ["libc6@2.36-9+deb12u4", "tzdata@2024a-0+deb12u1"],
+        "exactly the installed dpkg packages"
+    );
+
+    let v = s.registry.digest("appapk:1.0.0").unwrap();
+    let atts = attestations("appapk", &v);
+    assert_eq!(
+        packages(&atts),
+        ["busybox@1.36.1-r15", "musl@1.2.4_git20230717-r4"]
+    );
+    let st = &atts
+        .iter()
+        .find(|a| a["annotation"] == "https://slsa.dev/provenance/v1")
+        .unwrap()["statement"];
+    assert_eq!(
+        st["predicate"]["buildDefinition"]["resolvedDependencies"][0]["uri"],
+        format!("{host}/alp:latest@{apk}")
+    );
+}

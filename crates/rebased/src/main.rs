@@ -9,6 +9,7 @@
 //! - [`destination`], [`records`], [`status`], [`live`] (the config in
 //!   force), [`config`] (files), [`notify`], [`logging`].
 
+mod attest;
 mod build;
 mod client;
 mod config;
@@ -524,7 +525,7 @@ mod layering {
         &["ledger"],
         &["build"],
         &["publish"],
-        &["signing"],
+        &["signing", "attest"],
         &["destination"],
         &["status", "records"],
         &["live"],

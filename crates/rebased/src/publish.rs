@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::destination::Destination;
-use crate::{records, signing};
+use crate::{attest, records, signing};
 
 /// Fails the process at a named point, for crash tests. Only debug builds
 /// (the test builds) read `REBASED_FAILPOINT`; release builds never do.
@@ -60,6 +60,12 @@ pub struct Release<'a> {
     /// The `[signing]` key: the version (and each child of an index) is
     /// signed before it is recorded.
     pub signer: Option<&'a rebased_sign::SigningKey>,
+    /// The attestations pushed with the signature.
+    pub attest: &'a [rebased_core::config::Attestation],
+    /// The backend that builds it (`native`, `buildah`, ...), for provenance.
+    pub backend: &'static str,
+    /// When the job started building it.
+    pub started: chrono::DateTime<Utc>,
 }
 
 /// Publishes `release`: looks up its version tag (an existing one is
@@ -113,7 +119,32 @@ pub async fn publish(
     if let Some(key) = release.signer {
         match repo.registry() {
             Some(r) => {
-                let sig = signing::sign(registry, r, key, &digest, &record.children, &[])
+                let build = attest::Build {
+                    image: name,
+                    version: version.to_string(),
+                    bases: &record.bases,
+                    source: image
+                        .context
+                        .git()
+                        .map(|g| g.public_url())
+                        .zip(record.source.clone()),
+                    backend: release.backend,
+                    trigger: release.trigger.to_string(),
+                    job: release.job,
+                    started: release.started,
+                    finished: record.built_at,
+                };
+                let statements = attest::statements(
+                    registry,
+                    r,
+                    &digest,
+                    &record.children,
+                    release.attest,
+                    &build,
+                )
+                .await
+                .with_context(|| format!("attesting {target} ({digest})"))?;
+                let sig = signing::sign(registry, r, key, &digest, &record.children, &statements)
                     .await
                     .with_context(|| format!("signing {target} ({digest})"))?;
                 record.signature = Some(sig);

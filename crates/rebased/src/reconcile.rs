@@ -496,8 +496,12 @@ impl Reconciler {
             .live
             .signer()
             .map_err(|e| anyhow::anyhow!("signing.key_file: {e}"))?;
+        let cfg = self.live.cfg();
         let release = Release {
             signer: signer.as_deref(),
+            attest: &cfg.signing.attest,
+            backend: build::backend_name(&self.live, &plan, image),
+            started: chrono::Utc::now(),
             image,
             repo: &repo,
             version,
