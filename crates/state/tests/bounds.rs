@@ -37,7 +37,6 @@ fn record(patch: u64) -> VersionRecord {
         job: Some(patch),
         source: None,
         signature: None,
-        signature: None,
     }
 }
 
