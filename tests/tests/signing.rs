@@ -373,3 +373,194 @@ fn attestations_carry_verified_provenance_and_the_packages_of_the_layers() {
         format!("{host}/alp:latest@{apk}")
     );
 }
+
+/// `POST /v1/audit` (every image): the audits' JSON.
+fn audit(s: &Setup) -> serde_json::Value {
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v1/audit", s.listen))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.status());
+    resp.json().unwrap()
+}
+
+fn kinds(audits: &serde_json::Value) -> Vec<(String, String, bool)> {
+    let mut out: Vec<(String, String, bool)> = audits[0]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["tag"].as_str().unwrap().to_owned(),
+                f["repaired"].is_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_audit_reports_a_moved_version_tag_a_moved_floating_tag_and_a_lost_signature_and_repairs_them(
+) {
+    let s = setup("pw");
+    run(cosign_py().args(["make-key"]).arg(s.dir()).arg("pw"));
+    let public = s.dir().join("cosign.pub");
+    let mut daemon = s.start();
+    daemon.wait_version("app", "1.0.0", WAIT);
+    s.bases.push(&s.registry, "base:latest", "v2");
+    daemon.wait_version("app", "1.0.1", WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    let v100 = s.registry.digest("app:1.0.0").unwrap();
+    let v101 = s.registry.digest("app:1.0.1").unwrap();
+    assert_eq!(
+        s.registry.digest("app:latest").as_deref(),
+        Some(v101.as_str())
+    );
+    let clean = audit(&s);
+    assert_eq!(kinds(&clean), [], "{clean:#}");
+    assert_eq!(clean[0]["versions"], 2);
+    let out = daemon.cli(&["audit", "app"]);
+    assert!(out.contains("app: 2 versions, no drift"), "{out}");
+
+    // Someone with push rights: 1.0.0 overwritten with skopeo, `latest`
+    // moved, 1.0.1's signature deleted.
+    let host = s.host().to_owned();
+    let foreign = s.bases.push(&s.registry, "elsewhere:x", "foreign");
+    let copy = |from: &str, to: &str| {
+        rebased_e2e::skopeo(&[
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{host}/{from}"),
+            &format!("docker://{host}/{to}"),
+        ]);
+    };
+    copy("elsewhere:x", "app:1.0.0");
+    copy("elsewhere:x", "app:latest");
+    let sig_tag = format!("sha256-{}.sig", v101.trim_start_matches("sha256:"));
+    let sig = s.registry.digest(&format!("app:{sig_tag}")).unwrap();
+    let deleted = reqwest::blocking::Client::new()
+        .delete(format!("http://{host}/v2/app/manifests/{sig}"))
+        .send()
+        .unwrap();
+    assert!(deleted.status().is_success(), "{:?}", deleted.status());
+    assert!(!verifies(&s, "app", &v101, &public));
+    assert_eq!(
+        s.registry.digest("app:1.0.0").as_deref(),
+        Some(foreign.as_str())
+    );
+
+    let found = audit(&s);
+    assert_eq!(
+        kinds(&found),
+        [
+            ("floating_tag_moved".to_owned(), "latest".to_owned(), false),
+            ("signature_missing".to_owned(), sig_tag.clone(), false),
+            ("version_tag_moved".to_owned(), "1.0.0".to_owned(), false),
+        ],
+        "{found:#}"
+    );
+    let moved = found[0]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "version_tag_moved")
+        .unwrap()
+        .clone();
+    assert_eq!(moved["expected"], v100.as_str());
+    assert_eq!(moved["found"], foreign.as_str());
+    // Shown on the image and in the status, counted in the metrics.
+    let image = daemon.image("app");
+    assert_eq!(
+        image["audit"]["findings"].as_array().unwrap().len(),
+        3,
+        "{image:#}"
+    );
+    let status = daemon.get("/v1/status");
+    assert_eq!(status["audit"]["drift"], 3, "{status:#}");
+    assert_eq!(status["audit"]["images"][0], "app");
+    let metrics = daemon.get_text("/metrics");
+    for kind in [
+        "floating_tag_moved",
+        "signature_missing",
+        "version_tag_moved",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "rebased_audit_findings_total{{kind=\"{kind}\",repaired=\"false\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("rebased_audit_drift{image=\"app\"} 3"),
+        "{metrics}"
+    );
+    // Nothing was repaired without audit_repair.
+    assert_eq!(
+        s.registry.digest("app:latest").as_deref(),
+        Some(foreign.as_str())
+    );
+    daemon.stop();
+
+    // The drift events are in the ledger, each with expected and found.
+    {
+        let store = rebased_state::Store::open(&s.dir().join("state").join("db")).unwrap();
+        let drift: Vec<rebased_state::Finding> = store
+            .events("app")
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                rebased_state::EventKind::Drift { finding } => Some(finding),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(drift.len(), 3, "{drift:?}");
+        assert!(drift
+            .iter()
+            .any(|f| f.tag == "latest" && f.found.as_deref() == Some(foreign.as_str())));
+    }
+    // sled releases its lock a moment after the last handle.
+    std::thread::sleep(Duration::from_secs(1));
+
+    // With audit_repair: every one is put right, and recorded so.
+    let text = fs::read_to_string(&s.config).unwrap();
+    fs::write(
+        &s.config,
+        text.replace("settle = \"0s\"", "settle = \"0s\"\naudit_repair = true"),
+    )
+    .unwrap();
+    let daemon = s.start();
+    let repaired = audit(&s);
+    assert_eq!(
+        kinds(&repaired),
+        [
+            ("floating_tag_moved".to_owned(), "latest".to_owned(), true),
+            ("signature_missing".to_owned(), sig_tag.clone(), true),
+            ("version_tag_moved".to_owned(), "1.0.0".to_owned(), true),
+        ],
+        "{repaired:#}"
+    );
+    assert_eq!(
+        s.registry.digest("app:1.0.0").as_deref(),
+        Some(v100.as_str())
+    );
+    assert_eq!(
+        s.registry.digest("app:latest").as_deref(),
+        Some(v101.as_str())
+    );
+    assert!(verifies(&s, "app", &v101, &public), "signed again");
+    assert_eq!(daemon.get("/v1/status")["audit"]["drift"], 0);
+    // The foreign image is still in the registry: nothing was deleted.
+    assert_eq!(
+        s.registry.digest("elsewhere:x").as_deref(),
+        Some(foreign.as_str())
+    );
+    let again = audit(&s);
+    assert_eq!(kinds(&again), [], "{again:#}");
+    let out = daemon.cli(&["audit"]);
+    assert!(out.contains("app: 2 versions, no drift"), "{out}");
+}

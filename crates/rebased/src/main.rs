@@ -10,6 +10,7 @@
 //!   force), [`config`] (files), [`notify`], [`logging`].
 
 mod attest;
+mod audit;
 mod build;
 mod client;
 mod config;
@@ -121,6 +122,15 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// Run the immutability audit now (every image, or NAME): version
+    /// tags, floating tags and signatures against the ledger; prints each
+    /// finding and its repair.
+    Audit {
+        /// One image's name.
+        name: Option<String>,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// Point an image's floating tags at an earlier version and hold it.
     Rollback {
         /// The image's name.
@@ -185,6 +195,7 @@ fn main() -> ExitCode {
             client_cmd(&api, |c| client::rollback(c, &name, &to))
         }
         Command::Resume { name, api } => client_cmd(&api, |c| client::resume(c, &name)),
+        Command::Audit { name, api } => client_cmd(&api, |c| client::audit(c, name.as_deref())),
     }
 }
 
@@ -522,7 +533,7 @@ mod layering {
         &["read_model", "reload", "contexts"],
         &["poll"],
         &["reconcile"],
-        &["ledger"],
+        &["ledger", "audit"],
         &["build"],
         &["publish"],
         &["signing", "attest"],

@@ -1,5 +1,6 @@
 //! Cosign signatures of versions in a registry: pushing a version's `.sig`
-//! (and `.att`) manifests with their blobs. The key is given by the caller (`Live` holds it in memory only);
+//! (and `.att`) manifests with their blobs, and checking a signature read
+//! back (the audit). The key is given by the caller (`Live` holds it in memory only);
 //! nothing here writes it anywhere.
 
 use std::collections::BTreeMap;
@@ -7,11 +8,14 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use chrono::Utc;
 use rebased_core::{Digest, ImageRef};
-use rebased_registry::Registry;
+use rebased_registry::{ErrorKind, Registry};
 use rebased_sign::cosign::{self, Artifact};
-use rebased_sign::SigningKey;
+use rebased_sign::{PublicKey, SigningKey};
 use rebased_state::SignatureRecord;
 use tracing::info;
+
+/// Largest signature payload read back.
+const MAX_PAYLOAD: u64 = 1 << 20;
 
 /// Pushes `artifact` under `repo:tag`: blobs first (those the repository
 /// lacks), then the manifest. Returns the manifest's digest.
@@ -84,4 +88,62 @@ pub async fn sign(
         attestations,
         at: Utc::now(),
     })
+}
+
+/// What a signature tag holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// A signature by the key over the digest.
+    Verified,
+    /// No signature tag.
+    Missing,
+    /// A signature tag whose signatures do not verify (why).
+    Invalid(String),
+}
+
+/// Checks the `.sig` of `digest` in `repo` against `public`: one manifest
+/// read of the tag and one read of each payload it lists.
+pub async fn check(
+    registry: &Registry,
+    repo: &ImageRef,
+    digest: &Digest,
+    public: &PublicKey,
+) -> Result<Check> {
+    let tag = cosign::signature_tag(digest);
+    let manifest = match registry.manifest(&repo.with_tag(&tag)).await {
+        Ok(m) => m,
+        Err(e) if e.kind == ErrorKind::NotFound => return Ok(Check::Missing),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(layers) = cosign::layers(&manifest.bytes) else {
+        return Ok(Check::Invalid(format!(
+            "{tag} is not a cosign signature manifest"
+        )));
+    };
+    let mut why = Vec::new();
+    for layer in layers
+        .iter()
+        .filter(|l| l.media_type == cosign::SIMPLE_SIGNING)
+    {
+        let Some(sig) = layer.annotations.get(cosign::SIGNATURE_ANNOTATION) else {
+            why.push(format!("layer {} has no signature", layer.digest));
+            continue;
+        };
+        let payload = match registry.blob(repo, &layer.digest, MAX_PAYLOAD).await {
+            Ok(p) => p,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                why.push(format!("payload {} is gone", layer.digest));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match cosign::verify_signature(public, &payload, sig, digest) {
+            Ok(()) => return Ok(Check::Verified),
+            Err(e) => why.push(format!("payload {}: {e}", layer.digest)),
+        }
+    }
+    if why.is_empty() {
+        why.push("no simple-signing layer".to_owned());
+    }
+    Ok(Check::Invalid(why.join("; ")))
 }
