@@ -162,10 +162,11 @@ fn keygen_writes_a_cosign_key_that_both_sides_read_and_bad_keys_are_refused() {
     let s = setup("right");
     let dir = s.dir();
     fs::write(dir.join("pw"), "right\n").unwrap();
-    // No password file: refused, saying what to pass.
+    // No password file and no terminal to ask on: refused, saying what to pass.
     let out = Command::new(rebased_bin())
         .args(["keygen", "--out"])
         .arg(dir)
+        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -204,6 +205,52 @@ fn keygen_writes_a_cosign_key_that_both_sides_read_and_bad_keys_are_refused() {
         .unwrap();
     assert_eq!(again.status.code(), Some(2));
     assert_eq!(fs::read_to_string(dir.join("cosign.key")).unwrap(), key);
+
+    // Asked for on a terminal (a pty): not echoed, typed twice, then read back.
+    let prompted = dir.join("prompted");
+    let script = r#"
+import os, subprocess, sys, time
+master, slave = os.openpty()
+p = subprocess.Popen(sys.argv[1:], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+os.close(slave)
+os.set_blocking(master, False)
+echoed = b""
+def drain():
+    global echoed
+    time.sleep(0.3)
+    try:
+        echoed += os.read(master, 4096)
+    except (BlockingIOError, OSError):
+        pass
+def wait_for(text):
+    seen = b""
+    while text not in seen:
+        seen += os.read(p.stderr.fileno(), 1)
+wait_for(b"password for the new key: ")
+os.write(master, b"typed secret\n")
+drain()
+wait_for(b"the same password again: ")
+os.write(master, b"typed secret\n")
+drain()
+out, err = p.communicate(timeout=60)
+print(p.returncode, b"typed secret" in echoed + out + err)
+"#;
+    let out = run(Command::new("python3")
+        .args(["-c", script])
+        .arg(rebased_bin())
+        .args(["keygen", "--out"])
+        .arg(&prompted));
+    assert_eq!(out.trim(), "0 False", "exit 0, the password never echoed");
+    let read = run(cosign_py()
+        .arg("read-key")
+        .arg(prompted.join("cosign.key"))
+        .arg("typed secret"));
+    assert_eq!(
+        read.trim(),
+        fs::read_to_string(prompted.join("cosign.pub"))
+            .unwrap()
+            .trim()
+    );
 
     // A wrong password: refused by check-config and at start, naming the
     // file and never the password.

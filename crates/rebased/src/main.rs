@@ -72,7 +72,8 @@ enum Command {
         /// The directory to write them in (existing files are not replaced).
         #[arg(long)]
         out: PathBuf,
-        /// The password (its first line). Required: rebased does not prompt.
+        /// The password (its first line); without it, asked for on the
+        /// terminal (twice, not echoed).
         #[arg(long)]
         password_file: Option<PathBuf>,
     },
@@ -277,11 +278,11 @@ fn client_cmd(
 /// `keygen`: 0 when both files are written, 2 for a bad argument, 1 when
 /// they cannot be written.
 fn keygen(out: &std::path::Path, password_file: Option<&std::path::Path>) -> ExitCode {
-    let Some(password_file) = password_file else {
-        eprintln!("error: keygen needs --password-file FILE (rebased does not prompt for the password): the key is encrypted under its first line");
-        return ExitCode::from(2);
+    let password = match password_file {
+        Some(f) => rebased_sign::Password::from_file(f).map_err(|e| e.to_string()),
+        None => prompt_password(),
     };
-    let password = match rebased_sign::Password::from_file(password_file) {
+    let password = match password {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -322,6 +323,43 @@ fn keygen(out: &std::path::Path, password_file: Option<&std::path::Path>) -> Exi
             ExitCode::FAILURE
         }
     }
+}
+
+/// The password for a new key, typed twice on the terminal without echo;
+/// refused when standard input is no terminal.
+fn prompt_password() -> std::result::Result<rebased_sign::Password, String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err("standard input is no terminal to ask for the password on: pass --password-file FILE (the key is encrypted under its first line)".to_owned());
+    }
+    let saved = rustix::termios::tcgetattr(&stdin)
+        .map_err(|e| format!("reading the terminal's settings: {e}"))?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+    rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet)
+        .map_err(|e| format!("turning the terminal's echo off: {e}"))?;
+    let ask = |what: &str| {
+        eprint!("{what}: ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        let read = stdin.lock().read_line(&mut line);
+        eprintln!();
+        read.map(|_| rebased_sign::Password::new(line.trim_end_matches(['\r', '\n']).to_owned()))
+    };
+    let first = ask("password for the new key");
+    let second = ask("the same password again");
+    let restored =
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &saved);
+    let (first, second) = match (first, second) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return Err(format!("reading the password: {e}")),
+    };
+    restored.map_err(|e| format!("restoring the terminal's echo: {e}"))?;
+    if !first.same_as(&second) {
+        return Err("the two passwords differ".to_owned());
+    }
+    Ok(first)
 }
 
 /// Writes `text` to a new file readable by its owner only.

@@ -128,6 +128,11 @@ impl Password {
     fn bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
+
+    /// Whether `other` is the same password (a prompt's confirmation).
+    pub fn same_as(&self, other: &Password) -> bool {
+        self.0 == other.0
+    }
 }
 
 impl fmt::Debug for Password {
