@@ -611,3 +611,43 @@ fn the_audit_reports_a_moved_version_tag_a_moved_floating_tag_and_a_lost_signatu
     let out = daemon.cli(&["audit"]);
     assert!(out.contains("app: 2 versions, no drift"), "{out}");
 }
+
+#[test]
+fn the_audit_runs_on_its_schedule() {
+    let s = setup("pw");
+    run(cosign_py().args(["make-key"]).arg(s.dir()).arg("pw"));
+    let text = fs::read_to_string(&s.config).unwrap();
+    fs::write(
+        &s.config,
+        text.replace(
+            "settle = \"0s\"",
+            "settle = \"0s\"\naudit = \"*/2 * * * * *\"",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = check_config(&s.config);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("audit: */2 * * * * *"), "{out}");
+    let daemon = s.start();
+    daemon.wait_version("app", "1.0.0", WAIT);
+    // No request: the schedule runs it, and finds the signed version intact.
+    let audited = rebased_e2e::wait_for("a scheduled audit", Duration::from_secs(30), || {
+        let image = daemon.image("app");
+        (image["audit"]["versions"] == 1).then_some(image)
+    });
+    assert_eq!(
+        audited["audit"]["findings"],
+        serde_json::json!([]),
+        "{audited:#}"
+    );
+    let status = daemon.get("/v1/status");
+    assert!(status["audit"]["last_run"].is_string(), "{status:#}");
+    assert_eq!(status["audit"]["drift"], 0);
+    assert!(
+        audited["versions"][0]["signature"]["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{audited:#}"
+    );
+}
