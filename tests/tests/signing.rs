@@ -651,3 +651,74 @@ fn the_audit_runs_on_its_schedule() {
         "{audited:#}"
     );
 }
+
+#[test]
+fn an_index_is_signed_and_so_is_each_child() {
+    let s = Setup::empty();
+    let host = s.host().to_owned();
+    let amd = s
+        .bases
+        .push_platform(&s.registry, "parts:amd64", "amd64", Some("linux/amd64"));
+    let arm = s
+        .bases
+        .push_platform(&s.registry, "parts:arm64", "arm64", Some("linux/arm64"));
+    s.bases
+        .push_index(&s.registry, "parts", &[&amd, &arm], "base:latest");
+    let ctx = s.context(
+        "app",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
+    run(cosign_py().args(["make-key"]).arg(s.dir()).arg("pw"));
+    let public = s.dir().join("cosign.pub");
+    let signing = signing_section(s.dir(), "pw");
+    s.write_config(
+        "poll = \"*/1 * * * * *\"\nsettle = \"0s\"\n[builder]\nmax_attempts = 1",
+        &format!(
+            "{signing}attest = [\"sbom\"]\n{}",
+            image_table(
+                "app",
+                &ctx,
+                &format!("{host}/app"),
+                "platforms = [\"linux/amd64\", \"linux/arm64\"]\n"
+            )
+        ),
+    );
+    let daemon = s.start();
+    daemon.wait_version("app", "1.0.0", WAIT);
+    let index = s.registry.digest("app:1.0.0").unwrap();
+    assert!(verifies(&s, "app", &index, &public), "the index verifies");
+    let manifest = s.registry.raw_manifest("app:1.0.0");
+    let children: Vec<String> = manifest["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(children.len(), 2, "{manifest:#}");
+    for child in &children {
+        assert!(
+            verifies(&s, "app", child, &public),
+            "child {child} verifies"
+        );
+    }
+    // One SBOM per child, under the index's attestations.
+    let out = run(cosign_py()
+        .args(["attestations", &host, "app", &index])
+        .arg(&public));
+    let atts: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let mut subjects: Vec<String> = atts
+        .iter()
+        .map(|a| {
+            format!(
+                "sha256:{}",
+                a["statement"]["subject"][0]["digest"]["sha256"]
+                    .as_str()
+                    .unwrap()
+            )
+        })
+        .collect();
+    subjects.sort();
+    let mut want = children.clone();
+    want.sort();
+    assert_eq!(subjects, want);
+}
