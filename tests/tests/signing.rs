@@ -722,3 +722,42 @@ fn an_index_is_signed_and_so_is_each_child() {
     want.sort();
     assert_eq!(subjects, want);
 }
+
+/// `rebased_registry_requests_total` of `kind`, summed over outcomes.
+fn requests(metrics: &str, kind: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("rebased_registry_requests_total{")
+                && l.contains(&format!("kind=\"{kind}\""))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn the_audit_asks_once_per_tag() {
+    let s = setup("pw");
+    run(cosign_py().args(["make-key"]).arg(s.dir()).arg("pw"));
+    // Polls only at start: the audit's requests are the only ones after.
+    let text = fs::read_to_string(&s.config).unwrap();
+    fs::write(
+        &s.config,
+        text.replace("poll = \"*/1 * * * * *\"", "poll = \"0 0 1 1 *\""),
+    )
+    .unwrap();
+    let daemon = s.start();
+    daemon.wait_version("app", "1.0.0", WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = daemon.get_text("/metrics");
+    let clean = audit(&s);
+    assert_eq!(kinds(&clean), [], "{clean:#}");
+    let after = daemon.get_text("/metrics");
+    let delta = |kind: &str| requests(&after, kind) - requests(&before, kind);
+    // The version tag and the two floating tags (`1.0`, `latest`).
+    assert_eq!(delta("manifest_head"), 3, "{after}");
+    // The signature tag, and its payload.
+    assert_eq!(delta("manifest_get"), 1, "{after}");
+    assert_eq!(delta("blob_get"), 1, "{after}");
+    assert_eq!(delta("manifest_put"), 0);
+}
