@@ -24,7 +24,8 @@ packages=(
   wrk                  # wrk: the benchmark harness's quick run loads the API
   python3              # python3: schemathesis, the token issuer
   python3-pip          # pip: installs schemathesis below
-  python3-cryptography # the token issuer signs its JWTs with it
+  python3-cryptography # the token issuer signs its JWTs with it; tests/cosign.py verifies signatures
+  python3-nacl         # tests/cosign.py writes cosign's encrypted key (nacl/secretbox)
   qemu-user-static     # the qemu-aarch64 handler the kernel runs arm64 RUN steps with
   binfmt-support       # update-binfmts: registers and enables that handler
 )

@@ -531,6 +531,31 @@ impl BaseMaker {
         )
     }
 
+    /// Like [`BaseMaker::push`], with `files` (path in the image, text)
+    /// copied into the base's last layer (a package database, say).
+    pub fn push_with_files(
+        &self,
+        registry: &Registry,
+        repo_tag: &str,
+        marker: &str,
+        files: &[(&str, &str)],
+    ) -> String {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .expect("busybox-static must be installed (apt-get install busybox-static)");
+        self.build_from_with(
+            registry,
+            repo_tag,
+            marker,
+            None,
+            &["--tls-verify=false"],
+            busybox,
+            files,
+        )
+    }
+
     fn build_and_push(
         &self,
         registry: &Registry,
@@ -556,7 +581,38 @@ impl BaseMaker {
         push_flags: &[&str],
         busybox: &Path,
     ) -> String {
+        self.build_from_with(
+            registry,
+            repo_tag,
+            marker,
+            platform,
+            push_flags,
+            busybox,
+            &[],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_from_with(
+        &self,
+        registry: &Registry,
+        repo_tag: &str,
+        marker: &str,
+        platform: Option<&str>,
+        push_flags: &[&str],
+        busybox: &Path,
+        files: &[(&str, &str)],
+    ) -> String {
         let ctx = self.dir.path().join(format!("ctx-{marker}"));
+        let mut extra = String::new();
+        if !files.is_empty() {
+            for (path, text) in files {
+                let at = ctx.join("extra").join(path.trim_start_matches('/'));
+                fs::create_dir_all(at.parent().unwrap()).unwrap();
+                fs::write(at, text).unwrap();
+            }
+            extra.push_str("COPY extra/ /\n");
+        }
         fs::create_dir_all(&ctx).unwrap();
         fs::copy(busybox, ctx.join("busybox")).unwrap();
         fs::write(ctx.join("marker"), marker).unwrap();
@@ -572,7 +628,7 @@ impl BaseMaker {
         .unwrap();
         fs::write(
             ctx.join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY passwd group /etc/\nCOPY marker /marker\nENV PATH=/bin HOME=/root\nCMD [\"/bin/busybox\", \"sh\"]\n",
+            format!("FROM scratch\nCOPY busybox /bin/busybox\nCOPY passwd group /etc/\nCOPY marker /marker\n{extra}ENV PATH=/bin HOME=/root\nCMD [\"/bin/busybox\", \"sh\"]\n"),
         )
         .unwrap();
         let local = format!("localhost/test-base:{marker}");

@@ -48,6 +48,81 @@ pub struct StatusView {
     pub last_poll: Option<DateTime<Utc>>,
     /// When the next poll cycle starts.
     pub next_poll: Option<DateTime<Utc>>,
+    /// The immutability audit: the last run and what it left unrepaired.
+    #[serde(default)]
+    pub audit: AuditStatusView,
+}
+
+/// The audit in `GET /v1/status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditStatusView {
+    /// When the last audit of an image ran.
+    pub last_run: Option<DateTime<Utc>>,
+    /// Findings of the images' last audits that were not repaired.
+    pub drift: usize,
+    /// The images with such findings.
+    pub images: Vec<String>,
+}
+
+/// A version's cosign signature, as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SignatureView {
+    /// The key's fingerprint (`sha256:` of its public key's DER).
+    pub key: String,
+    /// The `sha256-<hex>.sig` manifest.
+    #[schema(value_type = String)]
+    pub manifest: Digest,
+    /// The `sha256-<hex>.att` manifest, with attestations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub attestations: Option<Digest>,
+    /// When it was signed.
+    pub at: DateTime<Utc>,
+}
+
+/// One audit finding: a tag that is not what the ledger says.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FindingView {
+    /// `version_tag_moved`, `version_tag_missing`, `floating_tag_moved`,
+    /// `signature_missing` or `signature_invalid`.
+    pub kind: String,
+    /// The version concerned.
+    #[schema(value_type = String)]
+    pub version: Version,
+    /// The tag.
+    pub tag: String,
+    /// What the ledger says.
+    pub expected: String,
+    /// What the registry has (absent: nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
+    /// The repair made, with `audit_repair`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<String>,
+}
+
+/// The last audit of one image.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditView {
+    /// The image (in `POST /v1/audit`'s answer).
+    #[serde(default)]
+    pub image: String,
+    /// When it ran.
+    pub at: DateTime<Utc>,
+    /// Versions checked.
+    pub versions: usize,
+    /// What it found (empty: everything as the ledger says).
+    pub findings: Vec<FindingView>,
+    /// What it could not check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// The body of `POST /v1/audit` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditRequest {
+    /// Audit only this image; every image when absent.
+    pub image: Option<String>,
 }
 
 /// A base of an image, as the image uses it now.
@@ -140,6 +215,9 @@ pub struct VersionView {
     /// local context's content hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// Its cosign signature, when it was signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureView>,
     /// Every time it was superseded, oldest first (the ledger is
     /// append-only: a rollback to it and a later build add one each);
     /// `superseded_by`, `superseded_at` and `reason` are the last of these.
@@ -214,6 +292,9 @@ pub struct ImageView {
     /// Its git source, for a git context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ImageSourceView>,
+    /// Its last immutability audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditView>,
 }
 
 /// An image's git source as it stands.
@@ -552,6 +633,14 @@ pub trait Backend: Send + Sync + 'static {
             ignored: vec!["no git sources".to_owned()],
         })
     }
+    /// Run the immutability audit now, of every image or of `image`; the
+    /// audits made.
+    fn audit<'a>(
+        &'a self,
+        _image: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<AuditView>, ActionError>> {
+        Box::pin(async { Err(ActionError::Unavailable("no audit here".to_owned())) })
+    }
     /// A webhook named these references: check the watched ones now.
     fn webhook(&self, source: &str, references: Vec<String>) -> Result<WebhookReply, ActionError>;
     /// The daemon's metrics.
@@ -600,6 +689,7 @@ pub fn router(backend: Shared, secrets: Secrets) -> Router {
         .route("/v1/bases", get(bases))
         .route("/v1/sources", get(sources))
         .route("/v1/check", post(check))
+        .route("/v1/audit", post(audit))
         .fallback(|| async { ApiError::not_found("route".to_owned()) })
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
@@ -696,6 +786,21 @@ async fn check(
             .map_err(|e| ApiError::bad_request(format!("bad check request: {e}")))?
     };
     Ok((StatusCode::ACCEPTED, Json(b.check(req)?)))
+}
+
+/// Run the immutability audit now: version tags, floating tags, signatures.
+#[utoipa::path(post, path = "/v1/audit", request_body(content = Option<AuditRequest>, description = "Optional: one image to audit"), responses((status = 200, description = "The audits made, with their findings", body = Vec<AuditView>), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such image", body = ApiError), (status = 500, description = "Internal error", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
+async fn audit(
+    State(b): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Json<Vec<AuditView>>, ApiError> {
+    let req: AuditRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        AuditRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("bad audit request: {e}")))?
+    };
+    Ok(Json(b.audit(req.image.as_deref()).await?))
 }
 
 /// Point an image's floating tags back at a version and hold it.
@@ -880,7 +985,7 @@ impl utoipa::Modify for BearerScheme {
 #[openapi(
     info(title = "rebased", description = "The local API of rebased: images, versions, bases, jobs, webhooks."),
     paths(
-        healthz, readyz, openapi, status, images, image, rebuild, rollback, resume, jobs, job, job_log, bases, sources, check,
+        healthz, readyz, openapi, status, images, image, rebuild, rollback, resume, jobs, job, job_log, bases, sources, check, audit,
         hooks::webhook, hooks::metrics
     ),
     modifiers(&BearerScheme)
@@ -931,7 +1036,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 17, "every route is in the document");
+        assert_eq!(seen, 18, "every route is in the document");
     }
 
     #[test]

@@ -28,6 +28,7 @@ const GAUGE_HELP: &[(&str, &str)] = &[
     ("rebased_images", "Managed images by the state they are shown in (fresh, stale, queued, building, failing, held)."),
     ("rebased_images_unchecked", "Images with a base whose last check failed."),
     ("rebased_bases_unchecked", "Watched bases whose last check failed."),
+    ("rebased_audit_drift", "Findings of each image's last immutability audit that were not repaired, by image."),
 ];
 
 const HELP: &[(&str, &str, &str)] = &[
@@ -36,6 +37,7 @@ const HELP: &[(&str, &str, &str)] = &[
     ("rebased_registry_requests_total", "counter", "HTTP requests rebased sent to registries (polls, native builds' pulls and pushes, tag moves, tokens; each retry counted), by registry, kind (manifest_head, manifest_get, manifest_put, tags, blob_head, blob_get, blob_mount, blob_upload, token, other) and outcome (ok, unauthorized, not_found, rate_limited, error, unreachable)."),
     ("rebased_builds_total", "counter", "Build attempts, by outcome (published, fresh, failed, interrupted)."),
     ("rebased_versions_published_total", "counter", "Versions published, by image."),
+    ("rebased_audit_findings_total", "counter", "Immutability audit findings, by kind (version_tag_moved, version_tag_missing, floating_tag_moved, signature_missing, signature_invalid) and whether they were repaired."),
     ("rebased_webhook_deliveries_total", "counter", "Webhook deliveries, by source and outcome (accepted, ignored, unauthorized, malformed, too_large)."),
 ];
 

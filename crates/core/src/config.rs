@@ -35,6 +35,9 @@ pub struct Config {
     /// `[webhooks]`.
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    /// `[signing]`: cosign signatures and attestations of every version.
+    #[serde(default)]
+    pub signing: SigningConfig,
     /// `[[image]]`.
     #[serde(default)]
     pub image: Vec<ImageConfig>,
@@ -64,6 +67,10 @@ pub struct DaemonConfig {
     pub log: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Cron for the immutability audit (none: only on request).
+    pub audit: Option<CronSpec>,
+    /// The audit repairs what it can (never deleting anything).
+    pub audit_repair: bool,
 }
 
 impl Default for DaemonConfig {
@@ -80,6 +87,8 @@ impl Default for DaemonConfig {
             stop_timeout: ConfigDuration(std::time::Duration::from_secs(60)),
             log: "info".to_owned(),
             log_format: LogFormat::Auto,
+            audit: None,
+            audit_repair: false,
         }
     }
 }
@@ -191,6 +200,29 @@ pub struct SourceConfig {
 pub struct WebhooksConfig {
     /// Token accepted as bearer, `?token=` or HMAC key.
     pub token_file: Option<PathBuf>,
+}
+
+/// `[signing]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// cosign's encrypted private key, or a PKCS#8 P-256 PEM; none: versions
+    /// are not signed.
+    pub key_file: Option<PathBuf>,
+    /// The password of an encrypted key (its first line).
+    pub password_file: Option<PathBuf>,
+    /// Attestations pushed with each version.
+    pub attest: Vec<Attestation>,
+}
+
+/// One kind of attestation in `signing.attest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attestation {
+    /// SLSA provenance v1.
+    Slsa,
+    /// An SPDX 2.3 SBOM of the operating-system packages.
+    Sbom,
 }
 
 /// One `[[image]]`.
@@ -671,6 +703,8 @@ impl Config {
         fix(&mut self.builder.binfmt_dir);
         self.daemon.api_token_file.iter_mut().for_each(fix);
         self.webhooks.token_file.iter_mut().for_each(fix);
+        self.signing.key_file.iter_mut().for_each(fix);
+        self.signing.password_file.iter_mut().for_each(fix);
         for r in self.registries.values_mut() {
             r.password_file.iter_mut().for_each(fix);
             r.ca_file.iter_mut().for_each(fix);
@@ -702,6 +736,16 @@ impl Config {
     }
 
     fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        if self.signing.key_file.is_none() && !self.signing.attest.is_empty() {
+            let offset = text.find("attest").unwrap_or(0);
+            let mut e = located(
+                text,
+                offset,
+                "attestations are signed: set signing.key_file".to_owned(),
+            );
+            e.key = Some("signing.attest".to_owned());
+            return Err(e);
+        }
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, image) in self.image.iter().enumerate() {
             if let Some(first) = seen.insert(image.name.as_str(), i) {

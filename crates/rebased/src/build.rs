@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, Context, Result};
 use chrono::Utc;
 use rebased_builder::{installed_engine, provenance, BuildRequest, EngineKind};
-use rebased_core::config::Backend;
+use rebased_core::config::{Backend, ImageConfig};
 use rebased_core::dockerfile::BaseKind;
 use rebased_core::{Digest, ImageRef};
 use rebased_registry::Registry;
@@ -225,19 +225,25 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
     })
 }
 
+/// The backend a build of `image` from `plan` uses: `native` or the engine's
+/// program (for provenance).
+pub fn backend_name(live: &Live, plan: &Plan, image: &ImageConfig) -> &'static str {
+    backend_for(live, plan, image).map_or("native", |k| k.program())
+}
+
 /// The engine to build with; `None` is the native backend.
 fn backend(live: &Live, build: &Build<'_>) -> Option<EngineKind> {
+    backend_for(live, build.plan, build.release.image)
+}
+
+fn backend_for(live: &Live, plan: &Plan, image: &ImageConfig) -> Option<EngineKind> {
     match live.cfg().builder.backend {
         Backend::Native => None,
         // Native when it can build the file (no RUN, one stage, no
         // COPY --from ...), else the first engine installed; with
         // none, native says why it cannot.
         Backend::Auto
-            if rebased_builder::native::plan::Plan::new(
-                &build.plan.model,
-                &build.release.image.build_args,
-            )
-            .is_ok() =>
+            if rebased_builder::native::plan::Plan::new(&plan.model, &image.build_args).is_ok() =>
         {
             None
         }

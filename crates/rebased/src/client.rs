@@ -551,6 +551,44 @@ pub fn resume(c: &Client, name: &str) -> Result<String> {
     )
 }
 
+/// `rebased audit [NAME]`: the immutability audit now, and its findings.
+pub fn audit(c: &Client, name: Option<&str>) -> Result<String> {
+    let body = rebased_api::AuditRequest {
+        image: name.map(str::to_owned),
+    };
+    c.post(
+        "/v1/audit",
+        Some(&body),
+        |audits: Vec<rebased_api::AuditView>| {
+            let mut out = String::new();
+            for a in &audits {
+                if a.findings.is_empty() {
+                    out.push_str(&format!("{}: {} versions, no drift\n", a.image, a.versions));
+                }
+                for f in &a.findings {
+                    out.push_str(&format!(
+                        "{}: {} {} (version {}): expected {}, found {}{}\n",
+                        a.image,
+                        f.kind,
+                        f.tag,
+                        f.version,
+                        f.expected,
+                        f.found.as_deref().unwrap_or("nothing"),
+                        f.repaired
+                            .as_ref()
+                            .map(|r| format!("; repaired: {r}"))
+                            .unwrap_or_default()
+                    ));
+                }
+                for e in &a.errors {
+                    out.push_str(&format!("{}: not checked: {e}\n", a.image));
+                }
+            }
+            out
+        },
+    )
+}
+
 /// `rebased sources`: every git source.
 pub fn sources(c: &Client) -> Result<String> {
     c.get("/v1/sources", |sources: Vec<rebased_api::SourceView>| {

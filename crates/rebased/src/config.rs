@@ -78,6 +78,24 @@ fn check_layouts(cfg: &Config) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The key of `[signing]`, opened with its password file; `None` when
+/// versions are not signed. The key is kept in memory only.
+pub fn signer(cfg: &Config) -> Result<Option<rebased_sign::SigningKey>> {
+    let Some(key_file) = &cfg.signing.key_file else {
+        return Ok(None);
+    };
+    let password = cfg
+        .signing
+        .password_file
+        .as_deref()
+        .map(rebased_sign::Password::from_file)
+        .transpose()?;
+    Ok(Some(rebased_sign::SigningKey::load(
+        key_file,
+        password.as_ref(),
+    )?))
+}
+
 /// A Dockerfile read and parsed, with its text.
 pub struct ParsedDockerfile {
     /// The text as read.
@@ -212,6 +230,8 @@ pub fn graph(cfg: &Config) -> Result<rebased_scheduler::graph::Graph> {
 /// Reads the config and checks the image graph for cycles.
 pub fn load_checked(path: &Path) -> Result<(Config, rebased_scheduler::graph::Graph)> {
     let cfg = load(path)?;
+    // A key that cannot sign is refused now, never first at a publish.
+    signer(&cfg).with_context(|| format!("{}: signing.key_file", path.display()))?;
     let graph = graph(&cfg).with_context(|| format!("{}", path.display()))?;
     Ok((cfg, graph))
 }

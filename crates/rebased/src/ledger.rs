@@ -102,6 +102,7 @@ async fn read_back(registry: &Registry, image: &ImageConfig) -> Result<ImportedL
                 supersedes: rec.supersedes,
                 job: None,
                 source: rec.source,
+                signature: None,
             },
         );
     }

@@ -17,6 +17,7 @@ use rebased_core::config::{Config, CronSpec, ImageConfig, SourceConfig};
 use rebased_core::source::{Context, GitContext};
 use rebased_core::ImageRef;
 use rebased_registry::Registry;
+use rebased_sign::SigningKey;
 use rebased_source::Sources;
 use tracing::warn;
 
@@ -49,6 +50,17 @@ pub struct Live {
 struct InForce {
     config: Arc<Config>,
     registry: Arc<Registry>,
+    /// The `[signing]` key (never written anywhere), or why it cannot be
+    /// read; `Ok(None)` when versions are not signed.
+    signer: std::result::Result<Option<Arc<SigningKey>>, String>,
+}
+
+/// The `[signing]` key of `cfg` (the config was checked with it: an error
+/// here means the files changed since).
+fn load_signer(cfg: &Config) -> std::result::Result<Option<Arc<SigningKey>>, String> {
+    config::signer(cfg)
+        .map(|k| k.map(Arc::new))
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// One image's Dockerfile as read now (for a build: always read afresh).
@@ -95,6 +107,7 @@ impl Live {
             metrics,
             config_file,
             in_force: RwLock::new(InForce {
+                signer: load_signer(&cfg),
                 registry: Arc::new(registry),
                 config: Arc::new(cfg),
             }),
@@ -159,9 +172,16 @@ impl Live {
                     .observed_by(Arc::new(Counted(Arc::clone(&self.metrics)))),
             );
         }
+        now.signer = load_signer(&cfg);
         now.config = Arc::new(cfg);
         drop(now);
         *lock(&self.plans) = PlanCache::default();
+    }
+
+    /// The signing key in force: `Ok(None)` when versions are not signed,
+    /// an error when `[signing]` names a key that cannot be read now.
+    pub fn signer(&self) -> std::result::Result<Option<Arc<SigningKey>>, String> {
+        self.read().signer.clone()
     }
 
     /// An engine of the config in force, with its storage in the state

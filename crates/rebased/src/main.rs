@@ -9,6 +9,8 @@
 //! - [`destination`], [`records`], [`status`], [`live`] (the config in
 //!   force), [`config`] (files), [`notify`], [`logging`].
 
+mod attest;
+mod audit;
 mod build;
 mod client;
 mod config;
@@ -24,6 +26,7 @@ mod read_model;
 mod reconcile;
 mod records;
 mod reload;
+mod signing;
 mod status;
 mod supervisor;
 
@@ -62,6 +65,17 @@ enum Command {
         /// The config file.
         #[arg(long, short, default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Write a new signing key pair: DIR/cosign.key (encrypted as cosign
+    /// does, under the password in --password-file) and DIR/cosign.pub.
+    Keygen {
+        /// The directory to write them in (existing files are not replaced).
+        #[arg(long)]
+        out: PathBuf,
+        /// The password (its first line); without it, asked for on the
+        /// terminal (twice, not echoed).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
     },
     /// Show the daemon's status.
     Status {
@@ -109,6 +123,15 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// Run the immutability audit now (every image, or NAME): version
+    /// tags, floating tags and signatures against the ledger; prints each
+    /// finding and its repair.
+    Audit {
+        /// One image's name.
+        name: Option<String>,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// Point an image's floating tags at an earlier version and hold it.
     Rollback {
         /// The image's name.
@@ -151,6 +174,7 @@ fn main() -> ExitCode {
         Command::Run { config } => daemon(config, supervisor::Mode::Run),
         Command::Once { config } => daemon(config, supervisor::Mode::Once),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Keygen { out, password_file } => keygen(&out, password_file.as_deref()),
         Command::Bases {
             dockerfile,
             build_args,
@@ -172,6 +196,7 @@ fn main() -> ExitCode {
             client_cmd(&api, |c| client::rollback(c, &name, &to))
         }
         Command::Resume { name, api } => client_cmd(&api, |c| client::resume(c, &name)),
+        Command::Audit { name, api } => client_cmd(&api, |c| client::audit(c, name.as_deref())),
     }
 }
 
@@ -250,6 +275,106 @@ fn client_cmd(
     }
 }
 
+/// `keygen`: 0 when both files are written, 2 for a bad argument, 1 when
+/// they cannot be written.
+fn keygen(out: &std::path::Path, password_file: Option<&std::path::Path>) -> ExitCode {
+    let password = match password_file {
+        Some(f) => rebased_sign::Password::from_file(f).map_err(|e| e.to_string()),
+        None => prompt_password(),
+    };
+    let password = match password {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let key_path = out.join("cosign.key");
+    let pub_path = out.join("cosign.pub");
+    for p in [&key_path, &pub_path] {
+        if p.exists() {
+            eprintln!("error: {} exists: not replacing it", p.display());
+            return ExitCode::from(2);
+        }
+    }
+    let written = rebased_sign::SigningKey::generate()
+        .map_err(anyhow::Error::from)
+        .and_then(|key| {
+            let pem = key.to_encrypted_pem(&password)?;
+            std::fs::create_dir_all(out)?;
+            write_private(&key_path, &pem)?;
+            std::fs::write(&pub_path, key.public().to_pem())?;
+            Ok(key.public().fingerprint())
+        });
+    match written {
+        Ok(fingerprint) => {
+            println!(
+                "wrote {} and {} (key {fingerprint})",
+                key_path.display(),
+                pub_path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot write the key pair in {}: {e:#}",
+                out.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The password for a new key, typed twice on the terminal without echo;
+/// refused when standard input is no terminal.
+fn prompt_password() -> std::result::Result<rebased_sign::Password, String> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err("standard input is no terminal to ask for the password on: pass --password-file FILE (the key is encrypted under its first line)".to_owned());
+    }
+    let saved = rustix::termios::tcgetattr(&stdin)
+        .map_err(|e| format!("reading the terminal's settings: {e}"))?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+    rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet)
+        .map_err(|e| format!("turning the terminal's echo off: {e}"))?;
+    let ask = |what: &str| {
+        eprint!("{what}: ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        let read = stdin.lock().read_line(&mut line);
+        eprintln!();
+        read.map(|_| rebased_sign::Password::new(line.trim_end_matches(['\r', '\n']).to_owned()))
+    };
+    let first = ask("password for the new key");
+    let second = ask("the same password again");
+    let restored =
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &saved);
+    let (first, second) = match (first, second) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return Err(format!("reading the password: {e}")),
+    };
+    restored.map_err(|e| format!("restoring the terminal's echo: {e}"))?;
+    if !first.same_as(&second) {
+        return Err("the two passwords differ".to_owned());
+    }
+    Ok(first)
+}
+
+/// Writes `text` to a new file readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
 fn check_config(path: &std::path::Path) -> ExitCode {
     let (cfg, graph) = match config::load_checked(path) {
         Ok(c) => c,
@@ -260,6 +385,35 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     };
     println!("config {}", path.display());
     println!("poll: {}", cfg.daemon.poll.as_str());
+    // The key was opened by load_checked; this shows which one it is.
+    if let Ok(Some(key)) = config::signer(&cfg) {
+        let attest: Vec<String> = cfg
+            .signing
+            .attest
+            .iter()
+            .map(|a| format!("{a:?}").to_lowercase())
+            .collect();
+        println!(
+            "signing: key {} (attestations: {})",
+            key.public().fingerprint(),
+            if attest.is_empty() {
+                "none".to_owned()
+            } else {
+                attest.join(", ")
+            }
+        );
+    }
+    if let Some(audit) = &cfg.daemon.audit {
+        println!(
+            "audit: {}{}",
+            audit.as_str(),
+            if cfg.daemon.audit_repair {
+                " (repairs)"
+            } else {
+                ""
+            }
+        );
+    }
     let mut failed = 0;
     for (i, image) in cfg.image.iter().enumerate() {
         println!(
@@ -417,9 +571,10 @@ mod layering {
         &["read_model", "reload", "contexts"],
         &["poll"],
         &["reconcile"],
-        &["ledger"],
+        &["ledger", "audit"],
         &["build"],
         &["publish"],
+        &["signing", "attest"],
         &["destination"],
         &["status", "records"],
         &["live"],

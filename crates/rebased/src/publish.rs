@@ -1,8 +1,9 @@
 //! Publishing a version: the version tag is pushed (or an identical one
-//! adopted), then the version is recorded, then the floating tags move.
-//! [`publish`] is the one function that does this, and its order is the
-//! invariant: a version is in the ledger before any floating tag points at
-//! it, and a version tag is never overwritten.
+//! adopted), then signed (with `[signing]`), then the version is recorded,
+//! then the floating tags move. [`publish`] is the one function that does
+//! this, and its order is the invariant: a version is signed and in the
+//! ledger before any floating tag points at it, and a version tag is never
+//! overwritten.
 //!
 //! [`move_tags`] is the one floating-tag mover (publish, a crash's
 //! unfinished move, rollback).
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::destination::Destination;
-use crate::records;
+use crate::{attest, records, signing};
 
 /// Fails the process at a named point, for crash tests. Only debug builds
 /// (the test builds) read `REBASED_FAILPOINT`; release builds never do.
@@ -56,6 +57,15 @@ pub struct Release<'a> {
     /// An operator forced it through a hold (`rebuild --force`): the
     /// floating tags move to it although the image is held (and stays so).
     pub forced: bool,
+    /// The `[signing]` key: the version (and each child of an index) is
+    /// signed before it is recorded.
+    pub signer: Option<&'a rebased_sign::SigningKey>,
+    /// The attestations pushed with the signature.
+    pub attest: &'a [rebased_core::config::Attestation],
+    /// The backend that builds it (`native`, `buildah`, ...), for provenance.
+    pub backend: &'static str,
+    /// When the job started building it.
+    pub started: chrono::DateTime<Utc>,
 }
 
 /// Publishes `release`: looks up its version tag (an existing one is
@@ -104,6 +114,43 @@ pub async fn publish(
         match repo.manifest(registry, &tag).await {
             Ok(m) => record.children = rebased_registry::index_platforms(&m.bytes),
             Err(e) => error!("cannot read {target}'s children back: {e:#}"),
+        }
+    }
+    if let Some(key) = release.signer {
+        match repo.registry() {
+            Some(r) => {
+                let build = attest::Build {
+                    image: name,
+                    version: version.to_string(),
+                    bases: &record.bases,
+                    source: image
+                        .context
+                        .git()
+                        .map(|g| g.public_url())
+                        .zip(record.source.clone()),
+                    backend: release.backend,
+                    trigger: release.trigger.to_string(),
+                    job: release.job,
+                    started: release.started,
+                    finished: record.built_at,
+                };
+                let statements = attest::statements(
+                    registry,
+                    r,
+                    &digest,
+                    &record.children,
+                    release.attest,
+                    &build,
+                )
+                .await
+                .with_context(|| format!("attesting {target} ({digest})"))?;
+                let sig = signing::sign(registry, r, key, &digest, &record.children, &statements)
+                    .await
+                    .with_context(|| format!("signing {target} ({digest})"))?;
+                record.signature = Some(sig);
+                failpoint("after-signature");
+            }
+            None => info!("{target} is an OCI layout: not signed (signatures live in registries)"),
         }
     }
     let reason = release.supersedes.map(|_| Reason {
@@ -201,6 +248,7 @@ fn version_record(release: &Release<'_>, digest: &Digest) -> VersionRecord {
         supersedes: release.supersedes,
         job: Some(release.job),
         source: release.inputs.source.clone(),
+        signature: None,
     }
 }
 

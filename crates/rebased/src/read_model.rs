@@ -9,10 +9,10 @@ use std::sync::Arc;
 use chrono::Utc;
 use rebased_api::metrics::Metrics;
 use rebased_api::{
-    Accepted, ActionError, ApiError, Backend, BaseChangeView, BaseView, BoxFuture, CheckRequest,
-    Conflict, ImageBaseView, ImageSourceView, ImageView, JobReasonView, JobView, PendingView,
-    ReasonView, RollbackView, SourceChangeView, SourceView, StatusView, SupersessionView,
-    VersionView, WebhookReply,
+    Accepted, ActionError, ApiError, AuditStatusView, AuditView, Backend, BaseChangeView, BaseView,
+    BoxFuture, CheckRequest, Conflict, FindingView, ImageBaseView, ImageSourceView, ImageView,
+    JobReasonView, JobView, PendingView, ReasonView, RollbackView, SignatureView, SourceChangeView,
+    SourceView, StatusView, SupersessionView, VersionView, WebhookReply,
 };
 use rebased_core::config::ImageConfig;
 use rebased_core::job::{Job, JobState};
@@ -22,6 +22,7 @@ use rebased_scheduler::queue::reason;
 use rebased_state::Store;
 use tokio::sync::mpsc;
 
+use crate::audit;
 use crate::live::Live;
 use crate::poll;
 use crate::reconcile::Reconciler;
@@ -43,6 +44,28 @@ pub fn image_state(
         (ImageState::Fresh, _) if settling => ImageState::Stale,
         (ImageState::Queued | ImageState::Building, None) => ImageState::Stale,
         (s, _) => s,
+    }
+}
+
+/// The API's view of an image's audit.
+fn audit_view(name: &str, a: rebased_state::AuditRecord) -> AuditView {
+    AuditView {
+        image: name.to_owned(),
+        at: a.at,
+        versions: a.versions,
+        findings: a
+            .findings
+            .into_iter()
+            .map(|f| FindingView {
+                kind: f.kind.as_str().to_owned(),
+                version: f.version,
+                tag: f.tag,
+                expected: f.expected,
+                found: f.found,
+                repaired: f.repaired,
+            })
+            .collect(),
+        errors: a.errors,
     }
 }
 
@@ -159,7 +182,14 @@ impl ReadModel {
             }
         });
         let unchecked = bases.iter().any(|b: &ImageBaseView| b.error.is_some());
+        let audit = self
+            .store
+            .audit(name)
+            .ok()
+            .flatten()
+            .map(|a| audit_view(name, a));
         Ok(ImageView {
+            audit,
             source,
             rollbacks,
             name: name.to_owned(),
@@ -208,6 +238,12 @@ impl ReadModel {
                         supersedes: v.supersedes,
                         revision: v.source,
                         reason: v.reason.map(reason_view),
+                        signature: v.signature.map(|s| SignatureView {
+                            key: s.key,
+                            manifest: s.manifest,
+                            attestations: s.attestations,
+                            at: s.at,
+                        }),
                         supersessions,
                     }
                 })
@@ -384,7 +420,21 @@ impl Backend for ReadModel {
             (q.depth(), running)
         };
         let t = self.status.times();
+        let mut audit = AuditStatusView::default();
+        for image in &self.live.cfg().image {
+            let name = image.name.as_str();
+            let Ok(Some(a)) = self.store.audit(name) else {
+                continue;
+            };
+            audit.last_run = audit.last_run.max(Some(a.at));
+            let drift = a.findings.iter().filter(|f| f.repaired.is_none()).count();
+            if drift > 0 {
+                audit.drift += drift;
+                audit.images.push(name.to_owned());
+            }
+        }
         StatusView {
+            audit,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: t.started_at,
             uptime_seconds: (Utc::now() - t.started_at).num_seconds(),
@@ -564,6 +614,29 @@ impl Backend for ReadModel {
                 detail,
                 job: Some(job.id),
             })
+        })
+    }
+
+    fn audit<'a>(
+        &'a self,
+        image: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<AuditView>, ActionError>> {
+        Box::pin(async move {
+            let auditor = audit::Auditor {
+                live: Arc::clone(&self.live),
+                store: self.store.clone(),
+                metrics: Arc::clone(&self.metrics),
+            };
+            match auditor.run(image).await {
+                Ok(audits) => Ok(audits
+                    .into_iter()
+                    .map(|(name, a)| audit_view(&name, a))
+                    .collect()),
+                Err(e @ audit::AuditError::NotFound(_)) => {
+                    Err(ActionError::NotFound(e.to_string()))
+                }
+                Err(e) => Err(ActionError::Internal(e.to_string())),
+            }
         })
     }
 

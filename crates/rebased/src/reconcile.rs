@@ -492,7 +492,16 @@ impl Reconciler {
             };
         let repo = Destination::from(&image.repository);
         info!(%version, %trigger, supersedes = %supersedes.map_or_else(|| "-".to_owned(), |v| v.to_string()), "building");
+        let signer = self
+            .live
+            .signer()
+            .map_err(|e| anyhow::anyhow!("signing.key_file: {e}"))?;
+        let cfg = self.live.cfg();
         let release = Release {
+            signer: signer.as_deref(),
+            attest: &cfg.signing.attest,
+            backend: build::backend_name(&self.live, &plan, image),
+            started: chrono::Utc::now(),
             image,
             repo: &repo,
             version,
@@ -744,6 +753,7 @@ mod tests {
             supersedes: None,
             job: None,
             source: None,
+            signature: None,
         };
         store.publish("web", &record, None).expect("publish");
     }

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::audit;
 use crate::contexts;
 use crate::ledger;
 use crate::live::Live;
@@ -273,6 +274,14 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     let stopped = CancellationToken::new();
     let api_shutdown = CancellationToken::new();
     let context_reconciler = Arc::clone(&reconciler);
+    tasks.spawn(audit::scheduled(
+        audit::Auditor {
+            live: Arc::clone(&live),
+            store: store.clone(),
+            metrics: Arc::clone(&metrics),
+        },
+        shutdown.clone(),
+    ));
     let read_model = ReadModel::new(read_model::Parts {
         live: Arc::clone(&live),
         store: store.clone(),

@@ -53,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             supersedes: None,
             job: None,
             source: None,
+            signature: None,
         };
         store.import(&format!("img-{i}"), &[rec], Some(v1))?;
         if (i + 1) % (images / 5).max(1) == 0 {

@@ -62,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .and_then(|p| Version::parse(&format!("1.0.{p}")).ok()),
             job: Some(n),
             source: None,
+            signature: None,
         };
         store.publish(&image, &rec, None)?;
     }

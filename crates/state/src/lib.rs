@@ -281,6 +281,90 @@ pub struct VersionRecord {
     /// a watched local one (`io.rebased.context`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Its cosign signature, when it was signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureRecord>,
+}
+
+/// A version's cosign signature (and attestations) as pushed: what the
+/// audit checks. Holds the public key only; the private key is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureRecord {
+    /// The signing key's public half (PKIX PEM).
+    pub public_key: String,
+    /// Its fingerprint (`sha256:` of the SPKI DER).
+    pub key: String,
+    /// The `.sig` manifest of the version's digest.
+    pub manifest: Digest,
+    /// For an index: each child's digest -> the `.sig` manifest of it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub children: BTreeMap<Digest, Digest>,
+    /// The `.att` manifest, when attestations were pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestations: Option<Digest>,
+    /// When it was signed.
+    pub at: DateTime<Utc>,
+}
+
+/// What an audit found wrong with one tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftKind {
+    /// The version tag points at another manifest.
+    VersionTagMoved,
+    /// The version tag is gone.
+    VersionTagMissing,
+    /// A floating tag points elsewhere than the ledger says (or is gone).
+    FloatingTagMoved,
+    /// The signature tag is gone.
+    SignatureMissing,
+    /// The signature is there but does not verify.
+    SignatureInvalid,
+}
+
+impl DriftKind {
+    /// The snake_case name (metrics label, API).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VersionTagMoved => "version_tag_moved",
+            Self::VersionTagMissing => "version_tag_missing",
+            Self::FloatingTagMoved => "floating_tag_moved",
+            Self::SignatureMissing => "signature_missing",
+            Self::SignatureInvalid => "signature_invalid",
+        }
+    }
+}
+
+/// One audit finding: a tag that is not what the ledger says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// What is wrong.
+    pub kind: DriftKind,
+    /// The version concerned.
+    pub version: Version,
+    /// The tag looked at.
+    pub tag: String,
+    /// What the ledger says it should be (a digest, or "a signature by KEY").
+    pub expected: String,
+    /// What the registry has (`None`: nothing).
+    pub found: Option<String>,
+    /// What the audit did about it (`None`: nothing, or no repair asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<String>,
+}
+
+/// The last audit of one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When it ran.
+    pub at: DateTime<Utc>,
+    /// Versions checked.
+    pub versions: usize,
+    /// What it found (empty: every tag as the ledger says).
+    pub findings: Vec<Finding>,
+    /// The versions it could not check, and why (a registry unreachable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// An operator moved an image's floating tags back to an earlier version.
@@ -355,6 +439,11 @@ pub enum EventKind {
     },
     /// A hold ended.
     Resumed,
+    /// An audit found a tag that is not what the ledger says.
+    Drift {
+        /// The finding (with the repair, when one was made).
+        finding: Finding,
+    },
 }
 
 /// One time a version was superseded, from the ledger's events.
@@ -381,6 +470,7 @@ pub struct Store {
     jobs: sled::Tree,
     rollbacks: sled::Tree,
     events: sled::Tree,
+    audits: sled::Tree,
 }
 
 /// Versions kept in the ledger per image; older ones are dropped (the
@@ -447,6 +537,7 @@ impl Store {
         Ok(Self {
             rollbacks: tree("rollbacks")?,
             events: tree("events")?,
+            audits: tree("audits")?,
             bases: tree("bases")?,
             sources: tree("sources")?,
             images: tree("images")?,
@@ -854,6 +945,71 @@ impl Store {
         Ok(after)
     }
 
+    /// Records the audit of image `name`: the record (replacing the last
+    /// one), a [`EventKind::Drift`] event per finding, and each signature
+    /// a repair pushed again (`signatures`: version -> its new record), in
+    /// one transaction.
+    pub fn record_audit(
+        &self,
+        name: &str,
+        audit: &AuditRecord,
+        signatures: &[(Version, SignatureRecord)],
+    ) -> Result<(), StateError> {
+        let what = format!("audit of {name}");
+        let bytes = encode(audit, &what)?;
+        let result = (&self.images, &self.versions, &self.audits, &self.events).transaction(
+            |(images, versions, audits, events)| {
+                let abort = |reason: String| ConflictableTransactionError::Abort(reason);
+                let mut image: ImageRecord = match images.get(name.as_bytes())? {
+                    Some(b) => serde_json::from_slice(&b)
+                        .map_err(|e| abort(format!("image record does not decode: {e}")))?,
+                    None => ImageRecord::new(name),
+                };
+                for (version, sig) in signatures {
+                    let k = version_key(name, version);
+                    let Some(b) = versions.get(&k)? else {
+                        return Err(abort(format!("version {version} is not in the ledger")));
+                    };
+                    let mut rec: VersionRecord = serde_json::from_slice(&b)
+                        .map_err(|e| abort(format!("stored version does not decode: {e}")))?;
+                    rec.signature = Some(sig.clone());
+                    versions.insert(
+                        k,
+                        serde_json::to_vec(&rec).map_err(|e| abort(e.to_string()))?,
+                    )?;
+                }
+                for finding in &audit.findings {
+                    append(
+                        events,
+                        &mut image,
+                        audit.at,
+                        EventKind::Drift {
+                            finding: finding.clone(),
+                        },
+                    )?;
+                }
+                images.insert(
+                    name.as_bytes(),
+                    serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?,
+                )?;
+                audits.insert(name.as_bytes(), bytes.clone())?;
+                Ok(())
+            },
+        );
+        self.committed(result, what)?;
+        self.trim(&self.events, name, KEEP_EVENTS, None)
+    }
+
+    /// The last audit of image `name`, if one ran.
+    pub fn audit(&self, name: &str) -> Result<Option<AuditRecord>, StateError> {
+        let what = format!("audit of {name}");
+        match self.audits.get(name.as_bytes()) {
+            Ok(Some(b)) => decode(&b, &what).map(Some),
+            Ok(None) => Ok(None),
+            Err(source) => Err(StateError::Db { what, source }),
+        }
+    }
+
     /// Every ledger event of image `name` still kept, oldest first.
     pub fn events(&self, name: &str) -> Result<Vec<LedgerEvent>, StateError> {
         of_image(&self.events, name, &format!("events of {name}"))
@@ -1159,7 +1315,71 @@ mod tests {
             supersedes: None,
             job: None,
             source: None,
+            signature: None,
         }
+    }
+
+    #[test]
+    fn audits_record_findings_drift_events_and_new_signatures() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store
+            .publish("app", &version("1.0.0", 'a', 'b'), None)
+            .expect("publish");
+        // A record written before signatures existed still loads.
+        let mut old = serde_json::to_value(version("1.0.0", 'a', 'b')).expect("json");
+        old.as_object_mut().expect("object").remove("signature");
+        let back: VersionRecord = serde_json::from_value(old).expect("old record");
+        assert_eq!(back.signature, None);
+        assert_eq!(store.audit("app").expect("audit"), None);
+        let finding = Finding {
+            kind: DriftKind::FloatingTagMoved,
+            version: Version::parse("1.0.0").expect("v"),
+            tag: "latest".into(),
+            expected: digest('a').to_string(),
+            found: Some(digest('c').to_string()),
+            repaired: Some("moved back".into()),
+        };
+        let audit = AuditRecord {
+            at: Utc::now(),
+            versions: 1,
+            findings: vec![finding.clone()],
+            errors: Vec::new(),
+        };
+        let sig = SignatureRecord {
+            public_key: "PEM".into(),
+            key: "sha256:k".into(),
+            manifest: digest('d'),
+            children: BTreeMap::new(),
+            attestations: None,
+            at: Utc::now(),
+        };
+        let v100 = Version::parse("1.0.0").expect("v");
+        store
+            .record_audit("app", &audit, &[(v100, sig.clone())])
+            .expect("record");
+        assert_eq!(store.audit("app").expect("audit"), Some(audit));
+        let rec = store.version("app", &v100).expect("get").expect("1.0.0");
+        assert_eq!(rec.signature, Some(sig));
+        let events = store.events("app").expect("events");
+        let last = events.last().expect("an event");
+        assert_eq!(last.seq, 2);
+        assert_eq!(last.kind, EventKind::Drift { finding });
+        // A signature for a version the ledger does not hold: nothing is written.
+        let clean = AuditRecord {
+            at: Utc::now(),
+            versions: 1,
+            findings: Vec::new(),
+            errors: Vec::new(),
+        };
+        let missing = Version::parse("9.9.9").expect("v");
+        let e = store.record_audit(
+            "app",
+            &clean,
+            &[(missing, rec.signature.clone().expect("sig"))],
+        );
+        assert!(e.is_err());
+        assert_eq!(store.events("app").expect("events").len(), 2);
     }
 
     #[test]
@@ -1315,6 +1535,7 @@ mod tests {
                     EventKind::RolledBack { .. } => "rolled_back",
                     EventKind::Held { .. } => "held",
                     EventKind::Resumed => "resumed",
+                    EventKind::Drift { .. } => "drift",
                 };
                 (e.seq, k)
             })

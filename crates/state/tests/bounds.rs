@@ -36,6 +36,7 @@ fn record(patch: u64) -> VersionRecord {
             .map(|p| Version::parse(&format!("1.0.{p}")).unwrap()),
         job: Some(patch),
         source: None,
+        signature: None,
     }
 }
 

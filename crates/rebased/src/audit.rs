@@ -1,0 +1,366 @@
+//! The immutability audit: for every version in the ledger, the version
+//! tag's digest in the registry, the floating tags of the current version,
+//! and each recorded signature (present, and verifying with the key that
+//! made it). Findings say what was expected and what was found; with
+//! `daemon.audit_repair` it repairs what it can (floating tags moved back,
+//! signatures pushed again, a moved or lost version tag re-pointed at the
+//! recorded manifest while the registry still holds it) and never deletes
+//! anything. One request per tag (a signature's payload is one blob read
+//! more), within each registry's concurrency (the registry client's
+//! permits); one audit runs at a time.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use rebased_api::metrics::Metrics;
+use rebased_core::config::ImageConfig;
+use rebased_core::{Digest, ImageRef, Version};
+use rebased_registry::Registry;
+use rebased_sign::{PublicKey, SigningKey};
+use rebased_state::{AuditRecord, DriftKind, Finding, SignatureRecord, Store, VersionRecord};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::destination::Destination;
+use crate::live::Live;
+use crate::publish::{move_tags, Move};
+use crate::{records, signing};
+
+/// One audit at a time (the schedule and `POST /v1/audit` may meet).
+static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Why an audit did not run.
+#[derive(Debug)]
+pub enum AuditError {
+    /// No such image.
+    NotFound(String),
+    /// The store failed.
+    Store(String),
+}
+
+impl std::fmt::Display for AuditError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound(name) => write!(f, "no image {name:?} is managed"),
+            Self::Store(e) => f.write_str(e),
+        }
+    }
+}
+
+/// What an audit needs.
+pub struct Auditor {
+    /// The config in force (images, registries, key, `audit_repair`).
+    pub live: Arc<Live>,
+    /// The ledger.
+    pub store: Store,
+    /// Where findings are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The audit of one image, before it is recorded.
+struct Outcome {
+    record: AuditRecord,
+    signatures: Vec<(Version, SignatureRecord)>,
+}
+
+impl Auditor {
+    /// Audits every image (or only `only`), records each audit (findings
+    /// and their `drift` events in one transaction) and returns them.
+    pub async fn run(&self, only: Option<&str>) -> Result<Vec<(String, AuditRecord)>, AuditError> {
+        let _one = RUNNING.lock().await;
+        let (cfg, registry) = self.live.in_force();
+        let images: Vec<&ImageConfig> = cfg
+            .image
+            .iter()
+            .filter(|i| only.is_none_or(|n| i.name.as_str() == n))
+            .collect();
+        if let (Some(name), true) = (only, images.is_empty()) {
+            return Err(AuditError::NotFound(name.to_owned()));
+        }
+        let repair = cfg.daemon.audit_repair;
+        let key = self.live.signer().ok().flatten();
+        let mut out = Vec::new();
+        for image in images {
+            let Some(repo) = Destination::from(&image.repository).registry().cloned() else {
+                continue;
+            };
+            let name = image.name.as_str().to_owned();
+            let outcome = self
+                .image(image, &repo, &registry, repair, key.as_deref())
+                .await?;
+            let unrepaired = outcome
+                .record
+                .findings
+                .iter()
+                .filter(|f| f.repaired.is_none())
+                .count();
+            for f in &outcome.record.findings {
+                let repaired = if f.repaired.is_some() {
+                    "true"
+                } else {
+                    "false"
+                };
+                self.metrics.inc(
+                    "rebased_audit_findings_total",
+                    &[("kind", f.kind.as_str()), ("repaired", repaired)],
+                );
+                warn!(image = %name, kind = f.kind.as_str(), tag = %f.tag, expected = %f.expected, found = f.found.as_deref().unwrap_or("nothing"), repaired = f.repaired.as_deref().unwrap_or("no"), "audit: drift");
+            }
+            self.metrics.set_gauge(
+                "rebased_audit_drift",
+                &[("image", &name)],
+                u64::try_from(unrepaired).unwrap_or(u64::MAX),
+            );
+            let (n, rec, sigs) = (name.clone(), outcome.record.clone(), outcome.signatures);
+            records::write(&self.store, move |s| s.record_audit(&n, &rec, &sigs))
+                .await
+                .map_err(|e| AuditError::Store(format!("recording the audit of {name}: {e:#}")))?;
+            info!(image = %name, versions = outcome.record.versions, findings = outcome.record.findings.len(), "audited");
+            out.push((name, outcome.record));
+        }
+        Ok(out)
+    }
+
+    async fn image(
+        &self,
+        image: &ImageConfig,
+        repo: &ImageRef,
+        registry: &Registry,
+        repair: bool,
+        key: Option<&SigningKey>,
+    ) -> Result<Outcome, AuditError> {
+        let name = image.name.as_str();
+        let store_err = |e: rebased_state::StateError| AuditError::Store(e.to_string());
+        let versions = self.store.versions(name).map_err(store_err)?;
+        let current = self
+            .store
+            .image(name)
+            .map_err(store_err)?
+            .and_then(|r| r.current);
+        let mut record = AuditRecord {
+            at: Utc::now(),
+            versions: versions.len(),
+            findings: Vec::new(),
+            errors: Vec::new(),
+        };
+        let mut signatures = Vec::new();
+        for v in &versions {
+            self.version(v, repo, registry, repair, key, &mut record, &mut signatures)
+                .await;
+        }
+        if let Some(cur) = current.and_then(|c| versions.iter().find(|v| v.version == c)) {
+            self.floating(image, cur, repo, registry, repair, &mut record)
+                .await;
+        }
+        Ok(Outcome { record, signatures })
+    }
+
+    /// Whether the registry still holds the manifest `digest`.
+    async fn holds(registry: &Registry, repo: &ImageRef, digest: &Digest) -> bool {
+        registry.manifest(&repo.pinned(digest)).await.is_ok()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn version(
+        &self,
+        v: &VersionRecord,
+        repo: &ImageRef,
+        registry: &Registry,
+        repair: bool,
+        key: Option<&SigningKey>,
+        record: &mut AuditRecord,
+        signatures: &mut Vec<(Version, SignatureRecord)>,
+    ) {
+        let tag = v.version.to_string();
+        match registry.lookup(&repo.with_tag(&tag)).await {
+            Ok(Some(d)) if d == v.digest => {}
+            Ok(found) => {
+                let kind = if found.is_some() {
+                    DriftKind::VersionTagMoved
+                } else {
+                    DriftKind::VersionTagMissing
+                };
+                let repaired = if repair && Self::holds(registry, repo, &v.digest).await {
+                    match registry.tag(repo, &v.digest, &tag).await {
+                        Ok(()) => Some(format!(
+                            "{tag} re-pointed at the recorded manifest {}",
+                            v.digest
+                        )),
+                        Err(e) => {
+                            record.errors.push(format!("re-pointing {tag}: {e}"));
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                record.findings.push(Finding {
+                    kind,
+                    version: v.version,
+                    tag: tag.clone(),
+                    expected: v.digest.to_string(),
+                    found: found.map(|d| d.to_string()),
+                    repaired,
+                });
+            }
+            Err(e) => record.errors.push(format!("{tag}: {e}")),
+        }
+        let Some(sig) = &v.signature else {
+            return;
+        };
+        let public = match PublicKey::from_pem(&sig.public_key) {
+            Ok(p) => p,
+            Err(e) => {
+                record
+                    .errors
+                    .push(format!("{tag}: the recorded public key: {e}"));
+                return;
+            }
+        };
+        let mut lost = Vec::new();
+        for digest in std::iter::once(&v.digest).chain(sig.children.keys()) {
+            let sig_tag = rebased_sign::cosign::signature_tag(digest);
+            match signing::check(registry, repo, digest, &public).await {
+                Ok(signing::Check::Verified) => {}
+                Ok(signing::Check::Missing) => {
+                    lost.push((DriftKind::SignatureMissing, sig_tag, None))
+                }
+                Ok(signing::Check::Invalid(why)) => {
+                    lost.push((DriftKind::SignatureInvalid, sig_tag, Some(why)))
+                }
+                Err(e) => record.errors.push(format!("{sig_tag}: {e:#}")),
+            }
+        }
+        if lost.is_empty() {
+            return;
+        }
+        let mut repaired = None;
+        if let (true, Some(key)) = (repair, key) {
+            if Self::holds(registry, repo, &v.digest).await {
+                match signing::sign(registry, repo, key, &v.digest, &v.children, &[]).await {
+                    Ok(mut new) => {
+                        new.attestations = new.attestations.or_else(|| sig.attestations.clone());
+                        repaired = Some(format!("signed again with key {}", new.key));
+                        signatures.push((v.version, new));
+                    }
+                    Err(e) => record.errors.push(format!("signing {tag} again: {e:#}")),
+                }
+            }
+        }
+        for (kind, sig_tag, found) in lost {
+            record.findings.push(Finding {
+                kind,
+                version: v.version,
+                tag: sig_tag,
+                expected: format!("a signature of {} by key {}", v.digest, sig.key),
+                found,
+                repaired: repaired.clone(),
+            });
+        }
+    }
+
+    async fn floating(
+        &self,
+        image: &ImageConfig,
+        cur: &VersionRecord,
+        repo: &ImageRef,
+        registry: &Registry,
+        repair: bool,
+        record: &mut AuditRecord,
+    ) {
+        let name = image.name.as_str();
+        for tag in image.tags.iter().map(|t| t.render(&cur.version)) {
+            let found = match registry.lookup(&repo.with_tag(&tag)).await {
+                Ok(Some(d)) if d == cur.digest => continue,
+                Ok(found) => found,
+                Err(e) => {
+                    record.errors.push(format!("{tag}: {e}"));
+                    continue;
+                }
+            };
+            // A publish (or rollback) may have moved the current version
+            // since the ledger was read: then this is no drift.
+            let now = self
+                .store
+                .image(name)
+                .ok()
+                .flatten()
+                .and_then(|r| r.current);
+            if now != Some(cur.version) {
+                continue;
+            }
+            let repaired = if repair {
+                let dest = Destination::Registry(repo.clone());
+                let tags = [tag.clone()];
+                match move_tags(&dest, registry, &cur.digest, &tags, Move::New).await {
+                    Ok(()) => Some(format!(
+                        "{tag} moved back to {} ({})",
+                        cur.version, cur.digest
+                    )),
+                    Err(e) => {
+                        record.errors.push(format!("{e:#}"));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            record.findings.push(Finding {
+                kind: DriftKind::FloatingTagMoved,
+                version: cur.version,
+                tag,
+                expected: cur.digest.to_string(),
+                found: found.map(|d| d.to_string()),
+                repaired,
+            });
+        }
+    }
+}
+
+/// Runs the audit on `daemon.audit` (the schedule of the config in force,
+/// in `daemon.timezone`) until `shutdown`; a reload that changes the
+/// schedule plans the next run anew.
+pub async fn scheduled(auditor: Auditor, shutdown: CancellationToken) {
+    // The schedule's text and the next run it gives.
+    let mut planned: Option<(String, chrono::DateTime<Utc>)> = None;
+    loop {
+        let cfg = auditor.live.cfg();
+        let now = Utc::now();
+        planned = cfg
+            .daemon
+            .audit
+            .as_ref()
+            .and_then(|spec| match planned.take() {
+                Some((text, at)) if text == spec.as_str() => Some((text, at)),
+                _ => {
+                    let tz = cfg
+                        .daemon
+                        .timezone
+                        .parse::<chrono_tz::Tz>()
+                        .unwrap_or(chrono_tz::UTC);
+                    rebased_scheduler::schedule::next_after_in(spec, tz, now)
+                        .map(|at| (spec.as_str().to_owned(), at))
+                }
+            });
+        drop(cfg);
+        if let Some((_, at)) = &planned {
+            if *at <= now {
+                planned = None;
+                if let Err(e) = auditor.run(None).await {
+                    error!("the scheduled audit failed: {e}");
+                }
+                continue;
+            }
+        }
+        // Looks at the config again at least every minute (a reload).
+        let wait = planned
+            .as_ref()
+            .and_then(|(_, at)| (*at - now).to_std().ok())
+            .unwrap_or(std::time::Duration::from_secs(60))
+            .min(std::time::Duration::from_secs(60));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
