@@ -14,6 +14,7 @@ mod client;
 mod config;
 mod contexts;
 mod destination;
+mod events;
 mod ledger;
 mod live;
 mod logging;
@@ -421,7 +422,7 @@ mod layering {
         &["build"],
         &["publish"],
         &["destination"],
-        &["status", "records"],
+        &["status", "records", "events"],
         &["live"],
         &["config", "notify", "logging"],
     ];

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use rebased_api::metrics::Metrics;
 use rebased_api::{
-    Accepted, ActionError, ApiError, Backend, BaseChangeView, BaseView, BoxFuture, CheckRequest,
-    Conflict, ImageBaseView, ImageSourceView, ImageView, JobReasonView, JobView, PendingView,
-    ReasonView, RollbackView, SourceChangeView, SourceView, StatusView, SupersessionView,
-    VersionView, WebhookReply,
+    Accepted, ActionError, ApiError, Backend, BaseView, BoxFuture, CheckRequest, Conflict,
+    ImageBaseView, ImageSourceView, ImageView, JobReasonView, JobView, PendingView, RollbackView,
+    SourceView, StatusView, SupersessionView, VersionView, WebhookReply,
 };
 use rebased_core::config::ImageConfig;
 use rebased_core::job::{Job, JobState};
@@ -22,6 +21,7 @@ use rebased_scheduler::queue::reason;
 use rebased_state::Store;
 use tokio::sync::mpsc;
 
+use crate::events::reason_view;
 use crate::live::Live;
 use crate::poll;
 use crate::reconcile::Reconciler;
@@ -56,6 +56,7 @@ pub struct ReadModel {
     jobs: mpsc::Sender<Command>,
     checks: mpsc::Sender<poll::CheckRequest>,
     reconciler: Arc<Reconciler>,
+    feed: Arc<tokio::sync::broadcast::Sender<rebased_api::Live>>,
 }
 
 /// What a [`ReadModel`] works with.
@@ -76,6 +77,8 @@ pub struct Parts {
     pub checks: mpsc::Sender<poll::CheckRequest>,
     /// Decides images (resume) and rolls them back.
     pub reconciler: Arc<Reconciler>,
+    /// The event stream's live feed.
+    pub feed: Arc<tokio::sync::broadcast::Sender<rebased_api::Live>>,
 }
 
 impl ReadModel {
@@ -90,6 +93,7 @@ impl ReadModel {
             jobs: parts.jobs,
             checks: parts.checks,
             reconciler: parts.reconciler,
+            feed: parts.feed,
         }
     }
 
@@ -277,26 +281,6 @@ impl ReadModel {
             .set_gauge("rebased_images_unchecked", &[], unchecked_images);
         self.metrics
             .set_gauge("rebased_bases_unchecked", &[], unchecked_bases.len() as u64);
-    }
-}
-
-fn reason_view(r: rebased_state::Reason) -> ReasonView {
-    ReasonView {
-        source: r.source.map(|c| SourceChangeView {
-            before: c.before,
-            after: c.after,
-        }),
-        trigger: r.trigger,
-        bases: r
-            .bases
-            .into_iter()
-            .map(|b| BaseChangeView {
-                reference: b.reference,
-                before: b.before,
-                after: b.after,
-                moved: b.moved,
-            })
-            .collect(),
     }
 }
 
@@ -689,6 +673,25 @@ impl Backend for ReadModel {
             references: keys.into_iter().map(|(_, s)| s).collect(),
             ignored: Vec::new(),
         })
+    }
+
+    fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<rebased_api::EventView>, ApiError> {
+        let events = self
+            .store
+            .log_after(after, limit)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(events
+            .iter()
+            .map(|e| crate::events::view(e, &self.live))
+            .collect())
+    }
+
+    fn live(&self) -> Option<tokio::sync::broadcast::Receiver<rebased_api::Live>> {
+        Some(self.feed.subscribe())
     }
 
     fn metrics(&self) -> &Metrics {

@@ -273,6 +273,12 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     let stopped = CancellationToken::new();
     let api_shutdown = CancellationToken::new();
     let context_reconciler = Arc::clone(&reconciler);
+    let feed = crate::events::channel();
+    tasks.spawn(crate::events::pump(
+        store.clone(),
+        Arc::clone(&feed),
+        api_shutdown.clone(),
+    ));
     let read_model = ReadModel::new(read_model::Parts {
         live: Arc::clone(&live),
         store: store.clone(),
@@ -282,6 +288,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         jobs: jobs_tx.clone(),
         checks: check_tx.clone(),
         reconciler,
+        feed: Arc::clone(&feed),
     });
     let api = tasks.spawn(rebased_api::serve(
         listener,
