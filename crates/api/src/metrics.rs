@@ -28,6 +28,7 @@ const GAUGE_HELP: &[(&str, &str)] = &[
     ("rebased_images", "Managed images by the state they are shown in (fresh, stale, queued, building, failing, held)."),
     ("rebased_images_unchecked", "Images with a base whose last check failed."),
     ("rebased_bases_unchecked", "Watched bases whose last check failed."),
+    ("rebased_notify_outbox_depth", "Events logged after a notifier's cursor: not yet delivered (or passed over), by notifier."),
 ];
 
 const HELP: &[(&str, &str, &str)] = &[
@@ -36,6 +37,7 @@ const HELP: &[(&str, &str, &str)] = &[
     ("rebased_registry_requests_total", "counter", "HTTP requests rebased sent to registries (polls, native builds' pulls and pushes, tag moves, tokens; each retry counted), by registry, kind (manifest_head, manifest_get, manifest_put, tags, blob_head, blob_get, blob_mount, blob_upload, token, other) and outcome (ok, unauthorized, not_found, rate_limited, error, unreachable)."),
     ("rebased_builds_total", "counter", "Build attempts, by outcome (published, fresh, failed, interrupted)."),
     ("rebased_versions_published_total", "counter", "Versions published, by image."),
+    ("rebased_notify_deliveries_total", "counter", "Notifier deliveries, by notifier and outcome (delivered: events sent; failed: attempts that failed; dropped: events given up after 24 h or trimmed from the log first)."),
     ("rebased_webhook_deliveries_total", "counter", "Webhook deliveries, by source and outcome (accepted, ignored, unauthorized, malformed, too_large)."),
 ];
 

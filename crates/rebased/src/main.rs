@@ -18,6 +18,7 @@ mod events;
 mod ledger;
 mod live;
 mod logging;
+mod notifiers;
 mod notify;
 mod poll;
 mod publish;
@@ -422,6 +423,7 @@ mod layering {
         &["build"],
         &["publish"],
         &["destination"],
+        &["notifiers"],
         &["status", "records", "events"],
         &["live"],
         &["config", "notify", "logging"],

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::events::reason_view;
 use crate::live::Live;
+use crate::notifiers::Notifiers;
 use crate::poll;
 use crate::reconcile::Reconciler;
 use crate::status::Status;
@@ -57,6 +58,7 @@ pub struct ReadModel {
     checks: mpsc::Sender<poll::CheckRequest>,
     reconciler: Arc<Reconciler>,
     feed: Arc<tokio::sync::broadcast::Sender<rebased_api::Live>>,
+    notifiers: Arc<Notifiers>,
 }
 
 /// What a [`ReadModel`] works with.
@@ -79,6 +81,8 @@ pub struct Parts {
     pub reconciler: Arc<Reconciler>,
     /// The event stream's live feed.
     pub feed: Arc<tokio::sync::broadcast::Sender<rebased_api::Live>>,
+    /// The notifiers.
+    pub notifiers: Arc<Notifiers>,
 }
 
 impl ReadModel {
@@ -94,6 +98,7 @@ impl ReadModel {
             checks: parts.checks,
             reconciler: parts.reconciler,
             feed: parts.feed,
+            notifiers: parts.notifiers,
         }
     }
 
@@ -692,6 +697,26 @@ impl Backend for ReadModel {
 
     fn live(&self) -> Option<tokio::sync::broadcast::Receiver<rebased_api::Live>> {
         Some(self.feed.subscribe())
+    }
+
+    fn notifiers(&self) -> Result<Vec<rebased_api::NotifierView>, ApiError> {
+        self.notifiers
+            .views()
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    fn notify_test<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Accepted, ActionError>> {
+        Box::pin(async move {
+            match self.notifiers.test(name).await {
+                Ok(Some(seq)) => Ok(Accepted {
+                    status: "accepted".to_owned(),
+                    detail: format!("test event {seq} logged for notifier {name}"),
+                    job: None,
+                }),
+                Ok(None) => Err(ActionError::NotFound(format!("notifier {name}"))),
+                Err(e) => Err(ActionError::Internal(format!("{e:#}"))),
+            }
+        })
     }
 
     fn metrics(&self) -> &Metrics {

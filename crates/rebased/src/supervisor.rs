@@ -36,6 +36,7 @@ use tracing::{error, info, warn};
 use crate::contexts;
 use crate::ledger;
 use crate::live::Live;
+use crate::notifiers::{self, Notifiers};
 use crate::notify::Notifier;
 use crate::poll::{self, Poller, Round};
 use crate::read_model::{self, ReadModel};
@@ -279,6 +280,19 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         Arc::clone(&feed),
         api_shutdown.clone(),
     ));
+    // Each notifier is its own task; they stop with the API, last, so the
+    // events of the builds that finish during the stop still go out.
+    let notifiers = Arc::new(Notifiers::new(
+        notifiers::Parts {
+            store: store.clone(),
+            live: Arc::clone(&live),
+            metrics: Arc::clone(&metrics),
+            feed: Arc::clone(&feed),
+        },
+        tasks.clone(),
+        api_shutdown.clone(),
+    ));
+    notifiers.apply(&live.cfg().notify);
     let read_model = ReadModel::new(read_model::Parts {
         live: Arc::clone(&live),
         store: store.clone(),
@@ -289,6 +303,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         checks: check_tx.clone(),
         reconciler,
         feed: Arc::clone(&feed),
+        notifiers: Arc::clone(&notifiers),
     });
     let api = tasks.spawn(rebased_api::serve(
         listener,
@@ -340,6 +355,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
             jobs: jobs_tx,
             checks: check_tx,
             queue: Arc::clone(&queue),
+            notifiers,
         },
         hup,
         shutdown.clone(),
