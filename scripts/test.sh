@@ -25,6 +25,7 @@ packages=(
   python3              # python3: schemathesis, the token issuer
   python3-pip          # pip: installs schemathesis below
   python3-cryptography # the token issuer signs its JWTs with it
+  python3-aiosmtpd     # the SMTP server of the email notifier's test (tests/smtp/server.py)
   qemu-user-static     # the qemu-aarch64 handler the kernel runs arm64 RUN steps with
   binfmt-support       # update-binfmts: registers and enables that handler
 )

@@ -52,6 +52,10 @@ const SUPPORT: &[(&str, &str)] = &[
         "the token issuer's Python script signs JWTs with it",
     ),
     (
+        "python3-aiosmtpd",
+        "the email notifier's test runs an aiosmtpd server (tests/smtp/server.py)",
+    ),
+    (
         "qemu-user-static",
         "the kernel runs arm64 RUN steps through its qemu-aarch64 binfmt handler",
     ),

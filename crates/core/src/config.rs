@@ -687,6 +687,7 @@ impl Config {
             n.url_file.iter_mut().for_each(fix);
             n.secret_file.iter_mut().for_each(fix);
             n.password_file.iter_mut().for_each(fix);
+            n.ca_file.iter_mut().for_each(fix);
         }
         for i in &mut self.image {
             if let Context::Local(c) = &mut i.context {

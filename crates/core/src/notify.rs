@@ -72,6 +72,9 @@ pub struct NotifyConfig {
     /// `email`: a file holding the AUTH password.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// `email`: a CA (PEM) trusted for this server besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_timeout() -> ConfigDuration {
@@ -139,12 +142,13 @@ impl NotifyConfig {
         kind == "test" || (kind_ok && image_ok)
     }
 
-    /// The secret files named, with their keys (`url_file`...).
+    /// The files named (the secrets and `ca_file`), with their keys.
     pub fn secret_files(&self) -> Vec<(&'static str, &PathBuf)> {
         [
             ("url_file", self.url_file.as_ref()),
             ("secret_file", self.secret_file.as_ref()),
             ("password_file", self.password_file.as_ref()),
+            ("ca_file", self.ca_file.as_ref()),
         ]
         .into_iter()
         .filter_map(|(k, p)| p.map(|p| (k, p)))
@@ -298,6 +302,7 @@ pub fn validate(notify: &[NotifyConfig], text: &str) -> Result<(), ConfigError> 
             ("to", !n.to.is_empty()),
             ("username", n.username.is_some()),
             ("password_file", n.password_file.is_some()),
+            ("ca_file", n.ca_file.is_some()),
         ] {
             if set {
                 return err(key, format!("{key} is a key of kind email"));

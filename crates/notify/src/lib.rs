@@ -14,6 +14,7 @@ use std::time::Duration;
 use rebased_api::EventView;
 use rebased_core::notify::NotifyKind;
 
+mod email;
 mod render;
 
 pub use render::{render, summary, Rendered};
@@ -190,10 +191,13 @@ impl Sender {
         let timeout = target.timeout;
         let attempt = async {
             if target.kind == NotifyKind::Email {
-                return Err(DeliveryError::Setup {
-                    name: target.name.clone(),
-                    why: "email is not supported by this build".to_owned(),
-                });
+                let Some(email) = &target.email else {
+                    return Err(DeliveryError::Setup {
+                        name: target.name.clone(),
+                        why: "no smtp settings".to_owned(),
+                    });
+                };
+                return email::send(target, email, events).await;
             }
             self.post(target, id, events).await
         };

@@ -93,7 +93,7 @@ fn short(d: &str) -> String {
 }
 
 /// The title of a digest of `events`.
-fn title(events: &[EventView]) -> String {
+pub(crate) fn title(events: &[EventView]) -> String {
     match events {
         [one] => summary(one),
         many => format!("rebased: {} events", many.len()),
@@ -101,7 +101,7 @@ fn title(events: &[EventView]) -> String {
 }
 
 /// The text of a digest: one line per event.
-fn text(events: &[EventView]) -> String {
+pub(crate) fn text(events: &[EventView]) -> String {
     match events {
         [one] => summary(one),
         many => many

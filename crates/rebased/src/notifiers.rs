@@ -225,26 +225,32 @@ pub fn target(cfg: &NotifyConfig) -> Result<Target, String> {
         .as_ref()
         .map(|p| read("secret_file", p))
         .transpose()?;
-    let email = if cfg.kind == NotifyKind::Email {
-        let (implicit_tls, host, port) = smtp_host(cfg.smtp.as_deref().unwrap_or_default())?;
-        let auth = match (&cfg.username, &cfg.password_file) {
-            (Some(u), Some(p)) => Some((u.clone(), read("password_file", p)?)),
-            (Some(u), None) => Some((u.clone(), Secret::new(""))),
-            _ => None,
+    let email =
+        if cfg.kind == NotifyKind::Email {
+            let (implicit_tls, host, port) = smtp_host(cfg.smtp.as_deref().unwrap_or_default())?;
+            let auth = match (&cfg.username, &cfg.password_file) {
+                (Some(u), Some(p)) => Some((u.clone(), read("password_file", p)?)),
+                (Some(u), None) => Some((u.clone(), Secret::new(""))),
+                _ => None,
+            };
+            Some(rebased_notify::Email {
+                implicit_tls,
+                starttls: cfg.starttls,
+                host,
+                port,
+                from: cfg.from.clone().unwrap_or_default(),
+                to: cfg.to.clone(),
+                auth,
+                ca_pem: match &cfg.ca_file {
+                    Some(p) => Some(std::fs::read(p).map_err(|e| {
+                        format!("cannot read ca_file {}: {}", p.display(), e.kind())
+                    })?),
+                    None => None,
+                },
+            })
+        } else {
+            None
         };
-        Some(rebased_notify::Email {
-            implicit_tls,
-            starttls: cfg.starttls,
-            host,
-            port,
-            from: cfg.from.clone().unwrap_or_default(),
-            to: cfg.to.clone(),
-            auth,
-            ca_pem: None,
-        })
-    } else {
-        None
-    };
     Ok(Target {
         name: cfg.name.clone(),
         kind: cfg.kind,
