@@ -121,6 +121,18 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// Every notifier: pending events, last success, last error.
+    Notifiers {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Send a test event to notifier NAME (through its outbox, like any event).
+    NotifyTest {
+        /// The notifier's name.
+        name: String,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// End a hold: the image builds automatically again.
     Resume {
         /// The image's name.
@@ -174,6 +186,8 @@ fn main() -> ExitCode {
             client_cmd(&api, |c| client::rollback(c, &name, &to))
         }
         Command::Resume { name, api } => client_cmd(&api, |c| client::resume(c, &name)),
+        Command::Notifiers { api } => client_cmd(&api, client::notifiers),
+        Command::NotifyTest { name, api } => client_cmd(&api, |c| client::notify_test(c, &name)),
     }
 }
 
