@@ -236,7 +236,7 @@ pub fn validate(notify: &[NotifyConfig], text: &str) -> Result<(), ConfigError> 
             let Some(smtp) = &n.smtp else {
                 return err(
                     "smtp",
-                    format!("kind email needs smtp (smtp://HOST:587 or smtps://HOST:465)"),
+                    "kind email needs smtp (smtp://HOST:587 or smtps://HOST:465)".to_owned(),
                 );
             };
             if let Err(why) = smtp_host(smtp) {
@@ -335,28 +335,24 @@ pub fn smtp_host(url: &str) -> Result<(bool, String, u16), String> {
     } else if let Some(r) = url.strip_prefix("smtp://") {
         (false, r)
     } else {
-        return Err(format!(
-            "the smtp URL must start with smtp:// (STARTTLS) or smtps:// (TLS)"
-        ));
+        return Err("the smtp URL must start with smtp:// (STARTTLS) or smtps:// (TLS)".to_owned());
     };
     let hostport = rest.trim_end_matches('/');
     if hostport.contains(['/', '@', '?']) {
-        return Err(format!(
-            "the smtp URL: write smtp://HOST[:PORT] (the user is `username`, the password `password_file`)"
-        ));
+        return Err("the smtp URL: write smtp://HOST[:PORT] (the user is `username`, the password `password_file`)".to_owned());
     }
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
             let port = p
                 .parse::<u16>()
-                .map_err(|_| format!("the smtp URL: its port is not a number"))?;
+                .map_err(|_| "the smtp URL: its port is not a number".to_owned())?;
             (h, port)
         }
         _ => (hostport, if tls { 465 } else { 587 }),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(format!("the smtp URL has no host"));
+        return Err("the smtp URL has no host".to_owned());
     }
     Ok((tls, host.to_owned(), port))
 }

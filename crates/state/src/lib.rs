@@ -1168,23 +1168,21 @@ fn transition(
     job: Option<JobId>,
 ) -> Result<(), ConflictableTransactionError<String>> {
     match image.state {
-        ImageState::Failing => {
-            if image.failing_since.is_none() {
-                image.failing_since = Some(at);
-                // A record from before this field that was failing already
-                // is not news.
-                if before != ImageState::Failing {
-                    log_append(
-                        log,
-                        meta,
-                        Some(&image.name),
-                        at,
-                        LogKind::Failing {
-                            job,
-                            error: image.last_error.clone(),
-                        },
-                    )?;
-                }
+        ImageState::Failing if image.failing_since.is_none() => {
+            image.failing_since = Some(at);
+            // A record from before this field that was failing already
+            // is not news.
+            if before != ImageState::Failing {
+                log_append(
+                    log,
+                    meta,
+                    Some(&image.name),
+                    at,
+                    LogKind::Failing {
+                        job,
+                        error: image.last_error.clone(),
+                    },
+                )?;
             }
         }
         ImageState::Fresh if image.failing_since.is_some() => {
