@@ -628,6 +628,7 @@ fn refuse_stale(bin: &Path) {
         "builder",
         "state",
         "api",
+        "notify",
     ];
     let newest = linked
         .iter()
