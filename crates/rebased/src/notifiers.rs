@@ -359,7 +359,9 @@ async fn run(shared: Arc<Shared>, cfg: NotifyConfig, stop: CancellationToken) {
         }
         if picked.is_empty() {
             rec.cursor = upto;
-            let _ = put(&shared.store, rec).await;
+            if put(&shared.store, rec).await.is_err() && sleep_or_stop(&stop, SETUP_RETRY).await {
+                return;
+            }
             continue;
         }
         if let Some(at) = rec.next_attempt {
@@ -399,34 +401,53 @@ async fn run(shared: Arc<Shared>, cfg: NotifyConfig, stop: CancellationToken) {
             }
             Err(e) => {
                 let text = e.to_string();
-                rec.attempts += 1;
-                let since = *rec.failing_since.get_or_insert(now);
                 shared.metrics.inc(
                     "rebased_notify_deliveries_total",
                     &[("notifier", &name), ("outcome", "failed")],
                 );
-                if (now - since).to_std().unwrap_or_default() >= GIVE_UP_AFTER {
+                if failed(&mut rec, now, upto, n, text.clone()) {
                     error!(notifier = %name, delivery = %id, events = n, "dropping after 24 h of failed attempts: {text}");
-                    rec.cursor = upto;
-                    rec.dropped += n;
-                    rec.attempts = 0;
-                    rec.failing_since = None;
-                    rec.next_attempt = None;
                     shared.metrics.add(
                         "rebased_notify_deliveries_total",
                         &[("notifier", &name), ("outcome", "dropped")],
                         n,
                     );
                 } else {
-                    let delay = backoff(rec.attempts);
-                    warn!(notifier = %name, delivery = %id, attempt = rec.attempts, retry_in = ?delay, "delivery failed: {text}");
-                    rec.next_attempt = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+                    warn!(notifier = %name, delivery = %id, attempt = rec.attempts, retry_at = ?rec.next_attempt, "delivery failed: {text}");
                 }
-                rec.last_error = Some(text);
             }
         }
-        let _ = put(&shared.store, rec).await;
+        if put(&shared.store, rec).await.is_err() && sleep_or_stop(&stop, SETUP_RETRY).await {
+            return;
+        }
     }
+}
+
+/// Records a failed attempt at the `n` events up to `upto` in `rec`:
+/// the next attempt after the backoff, or, 24 hours after the first
+/// failure, the events dropped (`true`) and the cursor past them.
+fn failed(
+    rec: &mut OutboxRecord,
+    now: chrono::DateTime<Utc>,
+    upto: u64,
+    n: u64,
+    error: String,
+) -> bool {
+    rec.attempts += 1;
+    rec.last_error = Some(error);
+    let since = *rec.failing_since.get_or_insert(now);
+    if (now - since).to_std().unwrap_or_default() >= GIVE_UP_AFTER {
+        rec.cursor = upto;
+        rec.dropped += n;
+        rec.attempts = 0;
+        rec.failing_since = None;
+        rec.next_attempt = None;
+        return true;
+    }
+    rec.next_attempt = chrono::Duration::from_std(backoff(rec.attempts))
+        .ok()
+        .map(|d| now + d);
+    false
 }
 
 /// Sleeps `d`; `true` when `stop` came first.
@@ -437,10 +458,17 @@ async fn sleep_or_stop(stop: &CancellationToken, d: Duration) -> bool {
     }
 }
 
-/// Stores `rec` (flushed) on a blocking thread.
+/// Stores `rec` (flushed) on a blocking thread, unless its outbox was
+/// dropped meanwhile (the notifier was removed: nothing to write back).
 async fn put(store: &Store, rec: OutboxRecord) -> anyhow::Result<()> {
     let name = rec.name.clone();
-    let r = records::write(store, move |s| s.put_outbox(&rec)).await;
+    let r = records::write(store, move |s| {
+        if s.outbox(&rec.name)?.is_some() {
+            s.put_outbox(&rec)?;
+        }
+        Ok(())
+    })
+    .await;
     if let Err(e) = &r {
         error!(notifier = %name, "cannot record the outbox: {e:#}");
     }
@@ -458,4 +486,38 @@ async fn update(
         put(store, rec).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_event_is_retried_with_backoff_then_dropped_after_24_hours() {
+        let t0 = Utc::now();
+        let mut rec = OutboxRecord {
+            name: "ops".to_owned(),
+            cursor: 4,
+            ..OutboxRecord::default()
+        };
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            assert!(!failed(&mut rec, now, 5, 1, "500".to_owned()));
+            let next = rec.next_attempt.expect("a next attempt");
+            waits.push((next - now).num_seconds());
+            now = next;
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600]);
+        assert_eq!(rec.cursor, 4, "not moved while retrying");
+        assert_eq!(rec.failing_since, Some(t0));
+        // A day after the first failure: dropped, the cursor past it.
+        let later = t0 + chrono::Duration::hours(24);
+        assert!(failed(&mut rec, later, 5, 1, "500".to_owned()));
+        assert_eq!(
+            (rec.cursor, rec.dropped, rec.attempts, rec.next_attempt),
+            (5, 1, 0, None)
+        );
+        assert_eq!(rec.last_error.as_deref(), Some("500"));
+    }
 }
