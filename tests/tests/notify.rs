@@ -390,6 +390,17 @@ fn a_reload_drops_a_removed_notifier_and_starts_an_added_one_at_the_end_of_the_l
         "{err}"
     );
     assert!(!err.contains(SECRET));
+    let out = std::process::Command::new(rebased_e2e::rebased_bin())
+        .args(["check-config", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("notify ops (webhook): events all; images all"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&a.url), "{listed}");
 
     // Notifier `ops` replaced by `chat` (Slack), its URL a secret in a file.
     let url_file = s.dir().join("slack-url");

@@ -322,6 +322,23 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         }
     }
     println!("build order: {}", graph.order().join(", "));
+    for n in &cfg.notify {
+        // Never the URL: it may be a secret even when written inline.
+        let all = |v: &[String]| {
+            if v.is_empty() {
+                "all".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        println!(
+            "notify {} ({}): events {}; images {}",
+            n.name,
+            n.kind.as_str(),
+            all(&n.events),
+            all(&n.images)
+        );
+    }
     if failed > 0 {
         let images = if failed == 1 { "image" } else { "images" };
         eprintln!(
