@@ -27,6 +27,7 @@ struct Message {
 /// reader thread ends with its next read).
 struct Client {
     rx: mpsc::Receiver<Message>,
+    pings: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Client {
@@ -51,6 +52,8 @@ impl Client {
             resp.headers()
         );
         let (tx, rx) = mpsc::channel();
+        let pings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&pings);
         thread::spawn(move || {
             let mut id = None;
             let mut event = String::new();
@@ -72,7 +75,9 @@ impl Client {
                     id = None;
                     continue;
                 }
-                if let Some(v) = line.strip_prefix("id:") {
+                if line == ": ping" {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                } else if let Some(v) = line.strip_prefix("id:") {
                     id = Some(v.trim().parse::<u64>().unwrap());
                 } else if let Some(v) = line.strip_prefix("event:") {
                     event = v.trim().to_owned();
@@ -81,7 +86,7 @@ impl Client {
                 }
             }
         });
-        Self { rx }
+        Self { rx, pings }
     }
 
     /// The persisted events (with an `id:`) until `until` says stop, the
@@ -223,4 +228,9 @@ fn a_reconnect_with_last_event_id_gets_exactly_the_missed_events() {
     assert_eq!(end["next"], 1_000_000);
     let bad = reqwest::blocking::get(format!("{}/v1/events?limit=5000", daemon.api)).unwrap();
     assert_eq!(bad.status().as_u16(), 400);
+
+    // A keep-alive comment every 15 s on an open stream.
+    rebased_e2e::wait_for("a : ping", Duration::from_secs(20), || {
+        (second.pings.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())
+    });
 }
