@@ -318,7 +318,7 @@ fn a_publish_a_failing_build_and_a_rollback_arrive_in_order_signed_once_each() {
 }
 
 #[test]
-fn deliveries_pending_at_a_kill_are_delivered_after_the_restart_under_the_same_ids() {
+fn a_whole_sequence_pending_at_a_kill_is_delivered_after_the_restart_under_the_same_ids() {
     // Everything fails until the restart.
     let r = Receiver::start(|_| Answer::Fail);
     let s = setup(&r.url);
@@ -326,19 +326,34 @@ fn deliveries_pending_at_a_kill_are_delivered_after_the_restart_under_the_same_i
     daemon.wait_version("app", "1.0.0", WAIT);
     s.bases.push(&s.registry, "base:latest", "v2");
     daemon.wait_version("app", "1.0.1", WAIT);
+    // A failing build, then a rollback: the whole sequence pending.
+    s.bases.push(&s.registry, "app:1.0.2", "foreign");
+    s.bases.push(&s.registry, "base:latest", "v3");
+    daemon.wait_failing("app", WAIT);
+    daemon.cli(&["rollback", "app", "--to", "1.0.0"]);
     // The first event has been tried (and failed) at least once.
     wait_for("a failed attempt", WAIT, || {
         (!r.seen().is_empty()).then_some(())
     });
     let pending = daemon.get("/v1/notifiers")[0]["pending"].as_u64().unwrap();
-    assert_eq!(pending, 2, "both publishes are pending");
+    assert_eq!(pending, 6, "every event is pending");
     let tried = r.seen()[0].headers["x-rebased-delivery"].clone();
     daemon.kill_hard();
 
     r.set(|_| Answer::Ok);
     let daemon = Daemon::start(&s.config, &s.listen, &s.log);
-    let bodies = wait_accepted(&r, 2);
-    assert_eq!(types(&bodies), ["published 1.0.0", "published 1.0.1"]);
+    let bodies = wait_accepted(&r, 6);
+    assert_eq!(
+        types(&bodies),
+        [
+            "published 1.0.0",
+            "published 1.0.1",
+            "failed -",
+            "failing -",
+            "rolled_back 1.0.0",
+            "held -"
+        ]
+    );
     assert_eq!(
         r.accepted()[0].headers["x-rebased-delivery"],
         tried,
@@ -349,7 +364,7 @@ fn deliveries_pending_at_a_kill_are_delivered_after_the_restart_under_the_same_i
     });
     // Nothing more arrives: each event once.
     thread::sleep(Duration::from_secs(2));
-    assert_eq!(r.accepted().len(), 2);
+    assert_eq!(r.accepted().len(), 6);
 }
 
 #[test]
