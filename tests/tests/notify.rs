@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
-use rebased_e2e::{image_table, wait_for, Daemon, Setup};
+use rebased_e2e::{image_table, rebased_bin, wait_for, Daemon, Setup};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -386,7 +386,7 @@ fn a_reload_drops_a_removed_notifier_and_starts_an_added_one_at_the_end_of_the_l
     );
     let bad_file = s.dir().join("bad.toml");
     std::fs::write(&bad_file, &bad).unwrap();
-    let out = std::process::Command::new(rebased_e2e::rebased_bin())
+    let out = std::process::Command::new(rebased_bin())
         .args(["check-config", "--config"])
         .arg(&bad_file)
         .output()
@@ -405,7 +405,7 @@ fn a_reload_drops_a_removed_notifier_and_starts_an_added_one_at_the_end_of_the_l
         "{err}"
     );
     assert!(!err.contains(SECRET));
-    let out = std::process::Command::new(rebased_e2e::rebased_bin())
+    let out = std::process::Command::new(rebased_bin())
         .args(["check-config", "--config"])
         .arg(&s.config)
         .output()
