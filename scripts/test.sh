@@ -26,6 +26,7 @@ packages=(
   python3-pip          # pip: installs schemathesis below
   python3-cryptography # the token issuer signs its JWTs with it; tests/cosign.py verifies signatures
   python3-nacl         # tests/cosign.py writes cosign's encrypted key (nacl/secretbox)
+  python3-aiosmtpd     # the SMTP server of the email notifier's test (tests/smtp/server.py)
   qemu-user-static     # the qemu-aarch64 handler the kernel runs arm64 RUN steps with
   binfmt-support       # update-binfmts: registers and enables that handler
 )

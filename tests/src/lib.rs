@@ -684,6 +684,7 @@ fn refuse_stale(bin: &Path) {
         "builder",
         "state",
         "api",
+        "notify",
     ];
     let newest = linked
         .iter()

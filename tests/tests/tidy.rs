@@ -56,6 +56,10 @@ const SUPPORT: &[(&str, &str)] = &[
         "tests/cosign.py encrypts a key as cosign does (nacl/secretbox)",
     ),
     (
+        "python3-aiosmtpd",
+        "the email notifier's test runs an aiosmtpd server (tests/smtp/server.py)",
+    ),
+    (
         "qemu-user-static",
         "the kernel runs arm64 RUN steps through its qemu-aarch64 binfmt handler",
     ),

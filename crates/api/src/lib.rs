@@ -4,8 +4,11 @@
 //! answers in terms of the view types below; the JSON field names of the API
 //! are the serde names of these types, and nothing else.
 
+mod events;
 mod hooks;
 pub mod metrics;
+
+pub use events::{EventView, EventsPage, JobMessage, Live, NotifierView};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -645,6 +648,24 @@ pub trait Backend: Send + Sync + 'static {
     fn webhook(&self, source: &str, references: Vec<String>) -> Result<WebhookReply, ActionError>;
     /// The daemon's metrics.
     fn metrics(&self) -> &metrics::Metrics;
+    /// The events of the global log after sequence number `after`,
+    /// oldest first, at most `limit`.
+    fn events_after(&self, _after: u64, _limit: usize) -> Result<Vec<EventView>, ApiError> {
+        Ok(Vec::new())
+    }
+    /// A feed of what is new (log entries, job changes) for the event
+    /// stream; `None`: the stream only replays.
+    fn live(&self) -> Option<tokio::sync::broadcast::Receiver<Live>> {
+        None
+    }
+    /// Every notifier.
+    fn notifiers(&self) -> Result<Vec<NotifierView>, ApiError> {
+        Ok(Vec::new())
+    }
+    /// Log a test event for notifier `name`.
+    fn notify_test<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Accepted, ActionError>> {
+        Box::pin(async move { Err(ActionError::NotFound(format!("notifier {name}"))) })
+    }
 }
 
 /// Secrets the router checks.
@@ -690,6 +711,9 @@ pub fn router(backend: Shared, secrets: Secrets) -> Router {
         .route("/v1/sources", get(sources))
         .route("/v1/check", post(check))
         .route("/v1/audit", post(audit))
+        .route("/v1/events", get(events::events))
+        .route("/v1/notifiers", get(events::notifiers))
+        .route("/v1/notifiers/{name}/test", post(events::notify_test))
         .fallback(|| async { ApiError::not_found("route".to_owned()) })
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
@@ -938,7 +962,9 @@ pub async fn serve(
     secrets: Secrets,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(backend, secrets);
+    // The event streams end when the API stops (else they would hold
+    // the graceful shutdown open).
+    let app = router(backend, secrets).layer(axum::Extension(shutdown.clone()));
     info!(listen = %listener.describe(), "API listening");
     match listener {
         Listener::Tcp(l) => {
@@ -986,6 +1012,7 @@ impl utoipa::Modify for BearerScheme {
     info(title = "rebased", description = "The local API of rebased: images, versions, bases, jobs, webhooks."),
     paths(
         healthz, readyz, openapi, status, images, image, rebuild, rollback, resume, jobs, job, job_log, bases, sources, check, audit,
+        events::events, events::notifiers, events::notify_test,
         hooks::webhook, hooks::metrics
     ),
     modifiers(&BearerScheme)
@@ -1036,7 +1063,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 18, "every route is in the document");
+        assert_eq!(seen, 21, "every route is in the document");
     }
 
     #[test]

@@ -29,6 +29,7 @@ const GAUGE_HELP: &[(&str, &str)] = &[
     ("rebased_images_unchecked", "Images with a base whose last check failed."),
     ("rebased_bases_unchecked", "Watched bases whose last check failed."),
     ("rebased_audit_drift", "Findings of each image's last immutability audit that were not repaired, by image."),
+    ("rebased_notify_outbox_depth", "Events logged after a notifier's cursor: not yet delivered (or passed over), by notifier."),
 ];
 
 const HELP: &[(&str, &str, &str)] = &[
@@ -38,6 +39,7 @@ const HELP: &[(&str, &str, &str)] = &[
     ("rebased_builds_total", "counter", "Build attempts, by outcome (published, fresh, failed, interrupted)."),
     ("rebased_versions_published_total", "counter", "Versions published, by image."),
     ("rebased_audit_findings_total", "counter", "Immutability audit findings, by kind (version_tag_moved, version_tag_missing, floating_tag_moved, signature_missing, signature_invalid) and whether they were repaired."),
+    ("rebased_notify_deliveries_total", "counter", "Notifier deliveries, by notifier and outcome (delivered: events sent; failed: attempts that failed; dropped: events given up after 24 h or trimmed from the log first)."),
     ("rebased_webhook_deliveries_total", "counter", "Webhook deliveries, by source and outcome (accepted, ignored, unauthorized, malformed, too_large)."),
 ];
 

@@ -11,12 +11,14 @@
 //! 6. `idle`: CPU and RSS of a daemon with nothing changing;
 //! 7. `startup`: a restart to its first finished round, ledger in the store;
 //! 8. `watchdog`: a first start against a registry that never answers,
-//!    with systemd's `NOTIFY_SOCKET` and `WATCHDOG_USEC`.
+//!    with systemd's `NOTIFY_SOCKET` and `WATCHDOG_USEC`;
+//! 9. `notify`: events through a `webhook` notifier to a loopback receiver.
 //!
 //! Each figure is printed with its method; `--json FILE` writes them all.
 
 mod fleet;
 mod harness;
+mod notify;
 mod scenarios;
 mod startup;
 
@@ -30,7 +32,7 @@ use serde_json::{json, Value};
 
 /// Every scenario, in the order they run.
 const SCENARIOS: &[&str] = &[
-    "fanin", "peer", "webhook", "rebuild", "api", "idle", "startup", "watchdog",
+    "fanin", "peer", "webhook", "rebuild", "api", "idle", "startup", "watchdog", "notify",
 ];
 
 /// The benchmark harness of rebased.
@@ -41,7 +43,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Scenarios to run, comma-separated (fanin, peer, webhook, rebuild,
-    /// api, idle, startup, watchdog); all by default.
+    /// api, idle, startup, watchdog, notify); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write every figure as JSON to this file.
@@ -71,6 +73,9 @@ struct Args {
     /// Images of the watchdog scenario (default 1000; --quick: 20).
     #[arg(long)]
     watchdog_images: Option<usize>,
+    /// Events of the notify scenario (default 1000; --quick: 50).
+    #[arg(long)]
+    notify_events: Option<usize>,
 }
 
 /// The sizes of one run.
@@ -108,6 +113,8 @@ pub struct Sizes {
     pub watchdog_usec: u64,
     /// How long into the import the SIGTERM comes.
     pub watchdog_hold: std::time::Duration,
+    /// Events through the webhook notifier.
+    pub notify_events: usize,
 }
 
 impl Sizes {
@@ -129,6 +136,7 @@ impl Sizes {
             watchdog_images: 1000,
             watchdog_usec: 2_000_000,
             watchdog_hold: std::time::Duration::from_secs(10),
+            notify_events: 1000,
         }
     }
 
@@ -150,6 +158,7 @@ impl Sizes {
             watchdog_images: 20,
             watchdog_usec: 4_000_000,
             watchdog_hold: std::time::Duration::from_secs(5),
+            notify_events: 50,
         }
     }
 }
@@ -196,6 +205,9 @@ fn run(args: Args) -> Result<Value> {
     if let Some(n) = args.watchdog_images {
         sizes.watchdog_images = n.max(1);
     }
+    if let Some(n) = args.notify_events {
+        sizes.notify_events = n.max(1);
+    }
     let selected: BTreeSet<String> = if args.only.is_empty() {
         SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
     } else {
@@ -236,6 +248,9 @@ fn run(args: Args) -> Result<Value> {
     }
     if has("watchdog") {
         results.insert("watchdog".to_owned(), startup::watchdog(&sizes)?);
+    }
+    if has("notify") {
+        results.insert("notify".to_owned(), notify::notify(&sizes)?);
     }
     results.insert(
         "load_average_at_end".to_owned(),

@@ -23,11 +23,11 @@ pub fn figure(label: &str, value: impl std::fmt::Display, method: &str) {
     println!("  {label:<44} {value:>14}   [{method}]");
 }
 
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     (kib as f64 / 1024.0 * 10.0).round() / 10.0
 }
 
-fn round2(v: f64) -> f64 {
+pub(crate) fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 

@@ -156,4 +156,11 @@ fn every_scenario_produces_its_figures() {
         finite(&dog["runs"]["to_first_round"]["first_round_s"]),
         "{dog}"
     );
+
+    // 9. Every event through the webhook notifier, in order, once each.
+    let n = &r["notify"];
+    assert_eq!(n["delivered"], n["events"], "{n}");
+    assert_eq!(n["in_order"], true, "{n}");
+    assert_eq!(n["once_per_id"], true, "{n}");
+    assert!(finite(&n["deliveries_per_s"]), "{n}");
 }

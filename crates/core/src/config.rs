@@ -41,6 +41,9 @@ pub struct Config {
     /// `[[image]]`.
     #[serde(default)]
     pub image: Vec<ImageConfig>,
+    /// `[[notify]]`.
+    #[serde(default)]
+    pub notify: Vec<crate::notify::NotifyConfig>,
 }
 
 /// `[daemon]`.
@@ -714,6 +717,12 @@ impl Config {
             s.ssh_key_file.iter_mut().for_each(fix);
             s.known_hosts_file.iter_mut().for_each(fix);
         }
+        for n in &mut self.notify {
+            n.url_file.iter_mut().for_each(fix);
+            n.secret_file.iter_mut().for_each(fix);
+            n.password_file.iter_mut().for_each(fix);
+            n.ca_file.iter_mut().for_each(fix);
+        }
         for i in &mut self.image {
             if let Context::Local(c) = &mut i.context {
                 fix(c);
@@ -847,6 +856,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        crate::notify::validate(&self.notify, text)?;
         if self.builder.max_attempts == 0 {
             return Err(key_error(
                 text,
@@ -885,7 +895,7 @@ fn nth_key_offset(text: &str, key: &str, value: &str, n: usize) -> Option<usize>
 }
 
 /// Turns a byte offset into line, column and the dotted key written there.
-fn located(text: &str, offset: usize, message: String) -> ConfigError {
+pub(crate) fn located(text: &str, offset: usize, message: String) -> ConfigError {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;

@@ -10,6 +10,7 @@ pub mod digest;
 pub mod dockerfile;
 pub mod duration;
 pub mod job;
+pub mod notify;
 pub mod oci;
 pub mod reference;
 pub mod source;

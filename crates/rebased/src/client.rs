@@ -589,6 +589,47 @@ pub fn audit(c: &Client, name: Option<&str>) -> Result<String> {
     )
 }
 
+/// `rebased notify-test NAME`: a test event for one notifier.
+pub fn notify_test(c: &Client, name: &str) -> Result<String> {
+    c.post(
+        &format!("/v1/notifiers/{name}/test"),
+        None::<&()>,
+        |a: Accepted| format!("{}\n", a.detail),
+    )
+}
+
+/// `rebased notifiers`: every notifier.
+pub fn notifiers(c: &Client) -> Result<String> {
+    c.get("/v1/notifiers", |ns: Vec<rebased_api::NotifierView>| {
+        let rows: Vec<Vec<String>> = ns
+            .iter()
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    n.kind.clone(),
+                    n.pending.to_string(),
+                    n.delivered.to_string(),
+                    n.dropped.to_string(),
+                    opt_time(n.last_success.as_ref()),
+                    n.last_error.clone().unwrap_or_else(|| "-".to_owned()),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "NAME",
+                "KIND",
+                "PENDING",
+                "DELIVERED",
+                "DROPPED",
+                "LAST SUCCESS",
+                "LAST ERROR",
+            ],
+            &rows,
+        )
+    })
+}
+
 /// `rebased sources`: every git source.
 pub fn sources(c: &Client) -> Result<String> {
     c.get("/v1/sources", |sources: Vec<rebased_api::SourceView>| {

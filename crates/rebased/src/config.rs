@@ -20,7 +20,7 @@ pub fn load(path: &Path) -> Result<Config> {
         ),
         Err(e) => bail!("cannot read config {}: {e}", path.display()),
     };
-    let mut cfg = Config::parse(&text).map_err(|e| {
+    let located = |e: rebased_core::config::ConfigError| {
         let key = e.key.map(|k| format!("key {k}: ")).unwrap_or_default();
         anyhow!(
             "{}:{}:{}: {key}{}",
@@ -29,13 +29,28 @@ pub fn load(path: &Path) -> Result<Config> {
             e.column,
             e.message
         )
-    })?;
+    };
+    let mut cfg = Config::parse(&text).map_err(located)?;
     // Relative paths in the file are relative to the file's directory.
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     cfg.resolve_paths(dir);
+    // A notifier's secret files are read at load (and again by its task):
+    // an unreadable one is refused here, by path, never by content.
+    for (i, n) in cfg.notify.iter().enumerate() {
+        for (key, file) in n.secret_files() {
+            if let Err(e) = std::fs::read(file) {
+                return Err(located(rebased_core::notify::notify_key_error(
+                    &text,
+                    i,
+                    key,
+                    format!("cannot read {}: {}", file.display(), e.kind()),
+                )));
+            }
+        }
+    }
     check_layouts(&cfg).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok(cfg)
 }

@@ -16,9 +16,11 @@ mod client;
 mod config;
 mod contexts;
 mod destination;
+mod events;
 mod ledger;
 mod live;
 mod logging;
+mod notifiers;
 mod notify;
 mod poll;
 mod publish;
@@ -142,6 +144,18 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// Every notifier: pending events, last success, last error.
+    Notifiers {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
+    /// Send a test event to notifier NAME (through its outbox, like any event).
+    NotifyTest {
+        /// The notifier's name.
+        name: String,
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// End a hold: the image builds automatically again.
     Resume {
         /// The image's name.
@@ -197,6 +211,8 @@ fn main() -> ExitCode {
         }
         Command::Resume { name, api } => client_cmd(&api, |c| client::resume(c, &name)),
         Command::Audit { name, api } => client_cmd(&api, |c| client::audit(c, name.as_deref())),
+        Command::Notifiers { api } => client_cmd(&api, client::notifiers),
+        Command::NotifyTest { name, api } => client_cmd(&api, |c| client::notify_test(c, &name)),
     }
 }
 
@@ -460,6 +476,23 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         }
     }
     println!("build order: {}", graph.order().join(", "));
+    for n in &cfg.notify {
+        // Never the URL: it may be a secret even when written inline.
+        let all = |v: &[String]| {
+            if v.is_empty() {
+                "all".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        println!(
+            "notify {} ({}): events {}; images {}",
+            n.name,
+            n.kind.as_str(),
+            all(&n.events),
+            all(&n.images)
+        );
+    }
     if failed > 0 {
         let images = if failed == 1 { "image" } else { "images" };
         eprintln!(
@@ -576,7 +609,8 @@ mod layering {
         &["publish"],
         &["signing", "attest"],
         &["destination"],
-        &["status", "records"],
+        &["notifiers"],
+        &["status", "records", "events"],
         &["live"],
         &["config", "notify", "logging"],
     ];

@@ -614,6 +614,7 @@ impl Poller {
             // Each answer is a sign of life for the watchdog, however long the round.
             self.status.beat();
             self.count(&check, &mut rec);
+            let mut new_error = false;
             match &check.result {
                 Ok(seen) => {
                     if rec.error.take().is_some() {
@@ -672,6 +673,7 @@ impl Poller {
                     if rec.error.as_ref() != Some(&error) {
                         warn!(base = %key, "cannot check the base: {error}");
                         self.news = true;
+                        new_error = true;
                     }
                     rec.error = Some(error);
                 }
@@ -679,7 +681,13 @@ impl Poller {
             if !changed.is_empty() || !rechecks.is_empty() {
                 self.news = true;
             }
-            if let Err(e) = self.store.put_base(&rec) {
+            // A new error is stored with its `base_error` event.
+            let stored = if new_error {
+                self.store.base_failed(&rec)
+            } else {
+                self.store.put_base(&rec)
+            };
+            if let Err(e) = stored {
                 error!(base = %key, "cannot record base: {e}");
             }
         }

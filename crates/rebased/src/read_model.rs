@@ -9,10 +9,10 @@ use std::sync::Arc;
 use chrono::Utc;
 use rebased_api::metrics::Metrics;
 use rebased_api::{
-    Accepted, ActionError, ApiError, AuditStatusView, AuditView, Backend, BaseChangeView, BaseView,
-    BoxFuture, CheckRequest, Conflict, FindingView, ImageBaseView, ImageSourceView, ImageView,
-    JobReasonView, JobView, PendingView, ReasonView, RollbackView, SignatureView, SourceChangeView,
-    SourceView, StatusView, SupersessionView, VersionView, WebhookReply,
+    Accepted, ActionError, ApiError, AuditStatusView, AuditView, Backend, BaseView, BoxFuture,
+    CheckRequest, Conflict, FindingView, ImageBaseView, ImageSourceView, ImageView, JobReasonView,
+    JobView, PendingView, RollbackView, SignatureView, SourceView, StatusView, SupersessionView,
+    VersionView, WebhookReply,
 };
 use rebased_core::config::ImageConfig;
 use rebased_core::job::{Job, JobState};
@@ -23,7 +23,9 @@ use rebased_state::Store;
 use tokio::sync::mpsc;
 
 use crate::audit;
+use crate::events::reason_view;
 use crate::live::Live;
+use crate::notifiers::Notifiers;
 use crate::poll;
 use crate::reconcile::Reconciler;
 use crate::status::Status;
@@ -79,6 +81,8 @@ pub struct ReadModel {
     jobs: mpsc::Sender<Command>,
     checks: mpsc::Sender<poll::CheckRequest>,
     reconciler: Arc<Reconciler>,
+    feed: Arc<tokio::sync::broadcast::Sender<rebased_api::Live>>,
+    notifiers: Arc<Notifiers>,
 }
 
 /// What a [`ReadModel`] works with.
@@ -99,6 +103,10 @@ pub struct Parts {
     pub checks: mpsc::Sender<poll::CheckRequest>,
     /// Decides images (resume) and rolls them back.
     pub reconciler: Arc<Reconciler>,
+    /// The event stream's live feed.
+    pub feed: Arc<tokio::sync::broadcast::Sender<rebased_api::Live>>,
+    /// The notifiers.
+    pub notifiers: Arc<Notifiers>,
 }
 
 impl ReadModel {
@@ -113,6 +121,8 @@ impl ReadModel {
             jobs: parts.jobs,
             checks: parts.checks,
             reconciler: parts.reconciler,
+            feed: parts.feed,
+            notifiers: parts.notifiers,
         }
     }
 
@@ -313,26 +323,6 @@ impl ReadModel {
             .set_gauge("rebased_images_unchecked", &[], unchecked_images);
         self.metrics
             .set_gauge("rebased_bases_unchecked", &[], unchecked_bases.len() as u64);
-    }
-}
-
-fn reason_view(r: rebased_state::Reason) -> ReasonView {
-    ReasonView {
-        source: r.source.map(|c| SourceChangeView {
-            before: c.before,
-            after: c.after,
-        }),
-        trigger: r.trigger,
-        bases: r
-            .bases
-            .into_iter()
-            .map(|b| BaseChangeView {
-                reference: b.reference,
-                before: b.before,
-                after: b.after,
-                moved: b.moved,
-            })
-            .collect(),
     }
 }
 
@@ -761,6 +751,45 @@ impl Backend for ReadModel {
             status: "accepted".to_owned(),
             references: keys.into_iter().map(|(_, s)| s).collect(),
             ignored: Vec::new(),
+        })
+    }
+
+    fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<rebased_api::EventView>, ApiError> {
+        let events = self
+            .store
+            .log_after(after, limit)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(events
+            .iter()
+            .map(|e| crate::events::view(e, &self.live))
+            .collect())
+    }
+
+    fn live(&self) -> Option<tokio::sync::broadcast::Receiver<rebased_api::Live>> {
+        Some(self.feed.subscribe())
+    }
+
+    fn notifiers(&self) -> Result<Vec<rebased_api::NotifierView>, ApiError> {
+        self.notifiers
+            .views()
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    fn notify_test<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Accepted, ActionError>> {
+        Box::pin(async move {
+            match self.notifiers.test(name).await {
+                Ok(Some(seq)) => Ok(Accepted {
+                    status: "accepted".to_owned(),
+                    detail: format!("test event {seq} logged for notifier {name}"),
+                    job: None,
+                }),
+                Ok(None) => Err(ActionError::NotFound(format!("notifier {name}"))),
+                Err(e) => Err(ActionError::Internal(format!("{e:#}"))),
+            }
         })
     }
 

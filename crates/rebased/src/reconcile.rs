@@ -697,7 +697,7 @@ fn record_job(store: &Store, queue: &SharedQueue, job: &Job, attempt: Option<&At
                 Some((_, Outcome::Failed(f))) => f.inputs.as_ref(),
                 _ => None,
             };
-            records::set_failing(store, name, job.error.clone(), inputs);
+            records::set_failing(store, name, Some(job.id), job.error.clone(), inputs);
         }
         (JobState::Succeeded, _) => {
             if rebased_scheduler::dispatch::lock(queue)
@@ -856,7 +856,13 @@ mod tests {
     fn failing_with_the_same_inputs_waits_for_a_change_but_not_a_job() {
         let (_dir, store) = store();
         publish(&store, "1.4.2", &d("a"));
-        records::set_failing(&store, "web", Some("boom".into()), Some(&inputs(&d("b"))));
+        records::set_failing(
+            &store,
+            "web",
+            None,
+            Some("boom".into()),
+            Some(&inputs(&d("b"))),
+        );
         let img = image("");
         assert_eq!(
             decide(&store, &img, &inputs(&d("b")), Trigger::Poll, Asker::Poll).ok(),

@@ -39,9 +39,17 @@ pub fn set_state(store: &Store, name: &str, state: ImageState, error: Option<Str
 
 /// Marks an image failing with `error` and the inputs it failed with;
 /// `None`: not known (it failed before they were), and then no inputs
-/// count as the ones it failed with.
-pub fn set_failing(store: &Store, name: &str, error: Option<String>, inputs: Option<&Inputs>) {
-    let result = store.update_image(name, |rec| {
+/// count as the ones it failed with. Job `job` gave up: a `failed` event
+/// is logged with the change (and `failing` when the image turns so).
+pub fn set_failing(
+    store: &Store,
+    name: &str,
+    job: Option<rebased_core::job::JobId>,
+    error: Option<String>,
+    inputs: Option<&Inputs>,
+) {
+    let text = error.clone().unwrap_or_else(|| "the job failed".to_owned());
+    let result = store.job_failed(name, job, &text, |rec| {
         rec.state = ImageState::Failing;
         rec.last_error = error.clone();
         rec.failed_inputs = inputs.map(|i| i.digests.clone());

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::config;
 use crate::live::Live;
+use crate::notifiers::Notifiers;
 use crate::poll::CheckRequest;
 use crate::status::Status;
 
@@ -31,6 +32,8 @@ pub struct Reloader {
     pub checks: mpsc::Sender<CheckRequest>,
     /// For the `STATUS=` line.
     pub queue: SharedQueue,
+    /// The notifiers, told the new `[[notify]]` tables.
+    pub notifiers: Arc<Notifiers>,
 }
 
 /// Editors write a file in several steps: wait this long for quiet.
@@ -142,7 +145,9 @@ impl Reloader {
                     max_attempts: cfg.builder.max_attempts,
                 };
                 let images = cfg.image.len();
+                let notify = cfg.notify.clone();
                 self.live.install(cfg);
+                self.notifiers.apply(&notify);
                 let _ = self.jobs.send(Command::Graph(graph)).await;
                 let _ = self.jobs.send(Command::Limits(limits)).await;
                 self.status.update(|t| {

@@ -37,6 +37,7 @@ use crate::audit;
 use crate::contexts;
 use crate::ledger;
 use crate::live::Live;
+use crate::notifiers::{self, Notifiers};
 use crate::notify::Notifier;
 use crate::poll::{self, Poller, Round};
 use crate::read_model::{self, ReadModel};
@@ -282,6 +283,25 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         },
         shutdown.clone(),
     ));
+    let feed = crate::events::channel();
+    tasks.spawn(crate::events::pump(
+        store.clone(),
+        Arc::clone(&feed),
+        api_shutdown.clone(),
+    ));
+    // Each notifier is its own task; they stop with the API, last, so the
+    // events of the builds that finish during the stop still go out.
+    let notifiers = Arc::new(Notifiers::new(
+        notifiers::Parts {
+            store: store.clone(),
+            live: Arc::clone(&live),
+            metrics: Arc::clone(&metrics),
+            feed: Arc::clone(&feed),
+        },
+        tasks.clone(),
+        api_shutdown.clone(),
+    ));
+    notifiers.apply(&live.cfg().notify);
     let read_model = ReadModel::new(read_model::Parts {
         live: Arc::clone(&live),
         store: store.clone(),
@@ -291,6 +311,8 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         jobs: jobs_tx.clone(),
         checks: check_tx.clone(),
         reconciler,
+        feed: Arc::clone(&feed),
+        notifiers: Arc::clone(&notifiers),
     });
     let api = tasks.spawn(rebased_api::serve(
         listener,
@@ -342,6 +364,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
             jobs: jobs_tx,
             checks: check_tx,
             queue: Arc::clone(&queue),
+            notifiers,
         },
         hup,
         shutdown.clone(),

@@ -13,6 +13,11 @@
 //! [`ImageRecord::last_event`]. A version's `superseded_by`, `superseded_at`
 //! and `reason` are the derived current view (the latest supersession);
 //! [`Store::supersessions`] gives every one from the events.
+//!
+//! Beside the per-image ledger, the global event log (`log` tree, global
+//! sequence -> [`LogEvent`]) holds what operators are told of, each entry
+//! written in the transaction of its change; the `outbox` tree holds each
+//! notifier's cursor into it (see the `log` module).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,11 @@ use rebased_core::{Digest, ImageState, Trigger, Version};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+mod log;
+
+use log::log_append;
+pub use log::{JobWatch, LogEvent, LogKind, LogWatch, OutboxRecord, KEEP_LOG};
 
 /// A state store error, naming what was being read or written.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +198,11 @@ pub struct ImageRecord {
     /// The sequence number of the image's newest [`LedgerEvent`] (0: none yet).
     #[serde(default)]
     pub last_event: u64,
+    /// Since when the image is failing: set when it turns failing, kept
+    /// through the retries of new inputs, cleared when it is fresh again
+    /// (a `recovered` event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 impl ImageRecord {
@@ -204,6 +219,7 @@ impl ImageRecord {
             failed_source: None,
             ledger_synced: false,
             last_event: 0,
+            failing_since: None,
         }
     }
 }
@@ -471,6 +487,9 @@ pub struct Store {
     rollbacks: sled::Tree,
     events: sled::Tree,
     audits: sled::Tree,
+    meta: sled::Tree,
+    log: sled::Tree,
+    outbox: sled::Tree,
 }
 
 /// Versions kept in the ledger per image; older ones are dropped (the
@@ -543,6 +562,9 @@ impl Store {
             images: tree("images")?,
             versions: tree("versions")?,
             jobs: tree("jobs")?,
+            log: tree("log")?,
+            outbox: tree("outbox")?,
+            meta,
             db,
         })
     }
@@ -610,42 +632,98 @@ impl Store {
     }
 
     /// Changes image `name`'s record atomically (a fresh record if none),
-    /// so concurrent writers (a publish, a state change) never undo each other.
+    /// so concurrent writers (a publish, a state change) never undo each
+    /// other. A change into `failing` logs a `failing` event, one out of it
+    /// into `fresh` a `recovered` event, in the same transaction.
     pub fn update_image(
         &self,
         name: &str,
         f: impl Fn(&mut ImageRecord),
     ) -> Result<ImageRecord, StateError> {
+        self.update_image_logged(name, f, None)
+    }
+
+    /// [`Store::update_image`] for job `job` that gave up with `error`: a
+    /// `failed` event is logged with the change (before the `failing` one
+    /// it may make).
+    pub fn job_failed(
+        &self,
+        name: &str,
+        job: Option<JobId>,
+        error: &str,
+        f: impl Fn(&mut ImageRecord),
+    ) -> Result<ImageRecord, StateError> {
+        self.update_image_logged(name, f, Some((job, error)))
+    }
+
+    fn update_image_logged(
+        &self,
+        name: &str,
+        f: impl Fn(&mut ImageRecord),
+        failed: Option<(Option<JobId>, &str)>,
+    ) -> Result<ImageRecord, StateError> {
         let what = format!("image {name}");
-        let mut decode_error = None;
-        let new = self
-            .images
-            .update_and_fetch(name.as_bytes(), |old| {
-                let mut rec = match old.map(serde_json::from_slice::<ImageRecord>) {
-                    Some(Ok(r)) => r,
-                    Some(Err(e)) => {
-                        decode_error = Some(e);
-                        return old.map(<[u8]>::to_vec);
-                    }
-                    None => ImageRecord::new(name),
-                };
-                f(&mut rec);
-                rec.updated_at = Utc::now();
-                serde_json::to_vec(&rec)
-                    .ok()
-                    .or_else(|| old.map(<[u8]>::to_vec))
-            })
-            .map_err(|source| StateError::Db {
-                what: what.clone(),
-                source,
-            })?;
-        if let Some(source) = decode_error {
-            return Err(StateError::Decode { what, source });
+        let result = (&self.images, &self.log, &self.meta).transaction(|(images, log, meta)| {
+            let mut rec = match images.get(name.as_bytes())? {
+                Some(b) => serde_json::from_slice::<ImageRecord>(&b)
+                    .map_err(ConflictableTransactionError::Abort)?,
+                None => ImageRecord::new(name),
+            };
+            let before = rec.state;
+            f(&mut rec);
+            let now = Utc::now();
+            rec.updated_at = now;
+            let job = failed.and_then(|(job, _)| job);
+            if let Some((job, error)) = failed {
+                log_append(
+                    log,
+                    meta,
+                    Some(name),
+                    now,
+                    LogKind::Failed {
+                        job,
+                        error: error.to_owned(),
+                    },
+                )
+                .map_err(abort_text)?;
+            }
+            transition(log, meta, before, &mut rec, now, job).map_err(abort_text)?;
+            let bytes = serde_json::to_vec(&rec).map_err(ConflictableTransactionError::Abort)?;
+            images.insert(name.as_bytes(), bytes)?;
+            Ok(rec)
+        });
+        match result {
+            Ok(rec) => {
+                self.trim_log()?;
+                Ok(rec)
+            }
+            Err(TransactionError::Abort(source)) => Err(StateError::Decode { what, source }),
+            Err(TransactionError::Storage(source)) => Err(StateError::Db { what, source }),
         }
-        match new {
-            Some(bytes) => decode(&bytes, &what),
-            None => Ok(ImageRecord::new(name)),
-        }
+    }
+
+    /// Stores base record `record` and, in the same transaction, a
+    /// `base_error` event with its error (the caller says it is new).
+    pub fn base_failed(&self, record: &BaseRecord) -> Result<(), StateError> {
+        let what = format!("base {}", record.reference);
+        let bytes = encode(record, &what)?;
+        let error = record.error.clone().unwrap_or_default();
+        let result = (&self.bases, &self.log, &self.meta).transaction(|(bases, log, meta)| {
+            bases.insert(record.reference.as_bytes(), bytes.clone())?;
+            log_append(
+                log,
+                meta,
+                None,
+                Utc::now(),
+                LogKind::BaseError {
+                    base: record.reference.clone(),
+                    error: error.clone(),
+                },
+            )?;
+            Ok(())
+        });
+        self.committed(result, what)?;
+        self.trim_log()
     }
 
     /// Every version of image `name`, oldest first.
@@ -679,8 +757,14 @@ impl Store {
         let what = format!("publish {name} {}", new.version);
         let new_key = version_key(name, &new.version);
         let new_bytes = encode(new, &what)?;
-        let result = (&self.images, &self.versions, &self.events).transaction(
-            |(images, versions, events)| {
+        let result = (
+            &self.images,
+            &self.versions,
+            &self.events,
+            &self.log,
+            &self.meta,
+        )
+            .transaction(|(images, versions, events, log, meta)| {
                 let abort = |reason: String| ConflictableTransactionError::Abort(reason);
                 let mut known = false;
                 if let Some(existing) = versions.get(&new_key)? {
@@ -713,6 +797,8 @@ impl Store {
                         },
                     )?;
                 }
+                let mut previous = new.supersedes;
+                let mut why_logged = reason.clone();
                 if let Some(prev) = image.current.filter(|p| *p != new.version) {
                     let prev_key = version_key(name, &prev);
                     if let Some(b) = versions.get(&prev_key)? {
@@ -723,6 +809,8 @@ impl Store {
                             bases: Vec::new(),
                             source: None,
                         });
+                        previous = Some(prev);
+                        why_logged = Some(why.clone());
                         // The record's fields are the current view; the
                         // event keeps this supersession for good.
                         prev_rec.superseded_by = Some(new.version);
@@ -744,6 +832,23 @@ impl Store {
                     }
                 }
                 versions.insert(new_key.clone(), new_bytes.clone())?;
+                if !known {
+                    log_append(
+                        log,
+                        meta,
+                        Some(name),
+                        new.built_at,
+                        LogKind::Published {
+                            version: new.version,
+                            digest: new.digest.clone(),
+                            previous_version: previous,
+                            reason: why_logged,
+                            trigger: new.trigger,
+                            job: new.job,
+                        },
+                    )?;
+                }
+                let before = image.state;
                 image.current = Some(new.version);
                 image.ledger_synced = true;
                 if image.state != ImageState::Held {
@@ -754,12 +859,13 @@ impl Store {
                 image.failed_platforms.clear();
                 image.failed_source = None;
                 image.updated_at = Utc::now();
+                transition(log, meta, before, &mut image, new.built_at, new.job)?;
                 let bytes = serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?;
                 images.insert(name.as_bytes(), bytes)?;
                 Ok(())
-            },
-        );
+            });
         self.committed(result, what)?;
+        self.trim_log()?;
         self.trim(&self.versions, name, KEEP_VERSIONS, Some(new.version))?;
         self.trim(&self.events, name, KEEP_EVENTS, None)
     }
@@ -835,8 +941,15 @@ impl Store {
         let mut key = image_prefix(name);
         key.extend_from_slice(&event.at.timestamp_micros().to_be_bytes());
         let event_bytes = encode(event, &what)?;
-        let result = (&self.images, &self.versions, &self.rollbacks, &self.events).transaction(
-            |(images, versions, rollbacks, events)| {
+        let result = (
+            &self.images,
+            &self.versions,
+            &self.rollbacks,
+            &self.events,
+            &self.log,
+            &self.meta,
+        )
+            .transaction(|(images, versions, rollbacks, events, log, meta)| {
                 let abort = |reason: String| ConflictableTransactionError::Abort(reason);
                 if versions.get(version_key(name, &event.to))?.is_none() {
                     return Err(abort(format!("version {} is not in the ledger", event.to)));
@@ -893,9 +1006,32 @@ impl Store {
                         reason: format!("rolled back to {}", event.to),
                     },
                 )?;
+                log_append(
+                    log,
+                    meta,
+                    Some(name),
+                    event.at,
+                    LogKind::RolledBack {
+                        from: event.from,
+                        to: event.to,
+                        digest: event.digest.clone(),
+                    },
+                )?;
+                log_append(
+                    log,
+                    meta,
+                    Some(name),
+                    event.at,
+                    LogKind::Held {
+                        reason: format!("rolled back to {}", event.to),
+                    },
+                )?;
                 image.current = Some(event.to);
                 image.state = ImageState::Held;
                 image.last_error = None;
+                // The operator's move ends a failing spell: a build that
+                // fails after the resume is news again.
+                image.failing_since = None;
                 image.updated_at = event.at;
                 images.insert(
                     name.as_bytes(),
@@ -903,9 +1039,9 @@ impl Store {
                 )?;
                 rollbacks.insert(key.clone(), event_bytes.clone())?;
                 Ok(())
-            },
-        );
+            });
         self.committed(result, what)?;
+        self.trim_log()?;
         self.trim(&self.rollbacks, name, KEEP_ROLLBACKS, None)?;
         self.trim(&self.events, name, KEEP_EVENTS, None)
     }
@@ -917,30 +1053,34 @@ impl Store {
     pub fn resume(&self, name: &str) -> Result<Option<ImageRecord>, StateError> {
         let what = format!("resume {name}");
         let mut after = None;
-        let result = (&self.images, &self.events).transaction(|(images, events)| {
-            let abort = |reason: String| ConflictableTransactionError::Abort(reason);
-            let Some(b) = images.get(name.as_bytes())? else {
-                return Ok(None);
-            };
-            let mut image: ImageRecord = serde_json::from_slice(&b)
-                .map_err(|e| abort(format!("image record does not decode: {e}")))?;
-            if image.state != ImageState::Held {
-                return Ok(None);
-            }
-            let now = Utc::now();
-            append(events, &mut image, now, EventKind::Resumed)?;
-            image.state = ImageState::Fresh;
-            image.updated_at = now;
-            images.insert(
-                name.as_bytes(),
-                serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?,
-            )?;
-            Ok(Some(image))
-        });
+        let result = (&self.images, &self.events, &self.log, &self.meta).transaction(
+            |(images, events, log, meta)| {
+                let abort = |reason: String| ConflictableTransactionError::Abort(reason);
+                let Some(b) = images.get(name.as_bytes())? else {
+                    return Ok(None);
+                };
+                let mut image: ImageRecord = serde_json::from_slice(&b)
+                    .map_err(|e| abort(format!("image record does not decode: {e}")))?;
+                if image.state != ImageState::Held {
+                    return Ok(None);
+                }
+                let now = Utc::now();
+                append(events, &mut image, now, EventKind::Resumed)?;
+                log_append(log, meta, Some(name), now, LogKind::Resumed)?;
+                image.state = ImageState::Fresh;
+                image.updated_at = now;
+                images.insert(
+                    name.as_bytes(),
+                    serde_json::to_vec(&image).map_err(|e| abort(e.to_string()))?,
+                )?;
+                Ok(Some(image))
+            },
+        );
         let result = result.map(|r| {
             after = r;
         });
         self.committed(result, what)?;
+        self.trim_log()?;
         self.trim(&self.events, name, KEEP_EVENTS, None)?;
         Ok(after)
     }
@@ -957,8 +1097,15 @@ impl Store {
     ) -> Result<(), StateError> {
         let what = format!("audit of {name}");
         let bytes = encode(audit, &what)?;
-        let result = (&self.images, &self.versions, &self.audits, &self.events).transaction(
-            |(images, versions, audits, events)| {
+        let result = (
+            &self.images,
+            &self.versions,
+            &self.audits,
+            &self.events,
+            &self.log,
+            &self.meta,
+        )
+            .transaction(|(images, versions, audits, events, log, meta)| {
                 let abort = |reason: String| ConflictableTransactionError::Abort(reason);
                 let mut image: ImageRecord = match images.get(name.as_bytes())? {
                     Some(b) => serde_json::from_slice(&b)
@@ -987,6 +1134,15 @@ impl Store {
                             finding: finding.clone(),
                         },
                     )?;
+                    log_append(
+                        log,
+                        meta,
+                        Some(name),
+                        audit.at,
+                        LogKind::Drift {
+                            finding: finding.clone(),
+                        },
+                    )?;
                 }
                 images.insert(
                     name.as_bytes(),
@@ -994,9 +1150,9 @@ impl Store {
                 )?;
                 audits.insert(name.as_bytes(), bytes.clone())?;
                 Ok(())
-            },
-        );
+            });
         self.committed(result, what)?;
+        self.trim_log()?;
         self.trim(&self.events, name, KEEP_EVENTS, None)
     }
 
@@ -1170,6 +1326,67 @@ fn append(
     events.insert(event_key(&image.name, seq), bytes)?;
     image.last_event = seq;
     Ok(())
+}
+
+/// Logs what a change of `image`'s state from `before` means: into
+/// `failing` (not failing already) a `failing` event, out of a failing
+/// spell into `fresh` a `recovered` one; keeps `failing_since` true.
+fn transition(
+    log: &sled::transaction::TransactionalTree,
+    meta: &sled::transaction::TransactionalTree,
+    before: ImageState,
+    image: &mut ImageRecord,
+    at: DateTime<Utc>,
+    job: Option<JobId>,
+) -> Result<(), ConflictableTransactionError<String>> {
+    match image.state {
+        ImageState::Failing if image.failing_since.is_none() => {
+            image.failing_since = Some(at);
+            // A record from before this field that was failing already
+            // is not news.
+            if before != ImageState::Failing {
+                log_append(
+                    log,
+                    meta,
+                    Some(&image.name),
+                    at,
+                    LogKind::Failing {
+                        job,
+                        error: image.last_error.clone(),
+                    },
+                )?;
+            }
+        }
+        ImageState::Fresh if image.failing_since.is_some() => {
+            image.failing_since = None;
+            log_append(
+                log,
+                meta,
+                Some(&image.name),
+                at,
+                LogKind::Recovered {
+                    version: image.current,
+                    job,
+                },
+            )?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A text abort of a nested step as the caller's abort type (an encoding
+/// error: the only abort `log_append` makes).
+fn abort_text(
+    e: ConflictableTransactionError<String>,
+) -> ConflictableTransactionError<serde_json::Error> {
+    match e {
+        ConflictableTransactionError::Abort(text) => {
+            ConflictableTransactionError::Abort(serde_json::Error::io(std::io::Error::other(text)))
+        }
+        ConflictableTransactionError::Storage(e) => ConflictableTransactionError::Storage(e),
+        ConflictableTransactionError::Conflict => ConflictableTransactionError::Conflict,
+    }
 }
 
 /// An event's key: the image's prefix and the sequence number, big-endian
@@ -1730,5 +1947,291 @@ mod tests {
         store.put_base(&rec).expect("put");
         assert_eq!(store.base(&rec.reference).expect("get"), Some(rec.clone()));
         assert_eq!(store.bases().expect("all"), vec![rec]);
+    }
+
+    fn types(store: &Store) -> Vec<(u64, Option<String>, &'static str)> {
+        store
+            .log_after(0, 100)
+            .expect("log")
+            .into_iter()
+            .map(|e| (e.seq, e.image.clone(), e.kind.name()))
+            .collect()
+    }
+
+    #[test]
+    fn the_global_log_numbers_every_change_in_one_order_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            assert_eq!(store.log_end().expect("end"), 0);
+            store
+                .publish("app", &version("1.0.0", 'a', '1'), None)
+                .expect("first");
+            store
+                .publish("app2", &version("2.0.0", 'c', '1'), None)
+                .expect("other image");
+            let reason = Reason {
+                trigger: Trigger::Poll,
+                bases: vec![BaseChange {
+                    reference: "docker.io/library/base:latest".to_owned(),
+                    before: Some(digest('1')),
+                    after: digest('2'),
+                    moved: Vec::new(),
+                }],
+                source: None,
+            };
+            store
+                .publish("app", &version("1.0.1", 'b', '2'), Some(reason.clone()))
+                .expect("second");
+            let at = Utc::now();
+            store
+                .rollback(
+                    "app",
+                    &RollbackEvent {
+                        at,
+                        from: Some(Version::parse("1.0.1").expect("v")),
+                        to: Version::parse("1.0.0").expect("v"),
+                        digest: digest('a'),
+                    },
+                )
+                .expect("rollback");
+            store.resume("app").expect("resume");
+            let log = store.log_after(0, 100).expect("log");
+            let LogKind::Published {
+                version,
+                previous_version,
+                reason: logged,
+                ..
+            } = &log[2].kind
+            else {
+                panic!("not a publish: {:?}", log[2]);
+            };
+            assert_eq!(version.to_string(), "1.0.1");
+            assert_eq!(
+                previous_version.map(|v| v.to_string()).as_deref(),
+                Some("1.0.0")
+            );
+            assert_eq!(logged.as_ref(), Some(&reason));
+        }
+        let store = reopen(dir.path());
+        let app = Some("app".to_owned());
+        assert_eq!(
+            types(&store),
+            vec![
+                (1, app.clone(), "published"),
+                (2, Some("app2".to_owned()), "published"),
+                (3, app.clone(), "published"),
+                (4, app.clone(), "rolled_back"),
+                (5, app.clone(), "held"),
+                (6, app.clone(), "resumed"),
+            ]
+        );
+        assert_eq!(store.log_end().expect("end"), 6);
+        assert_eq!(
+            store
+                .log_after(4, 1)
+                .expect("after")
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            vec![5]
+        );
+        // Numbers go on after a reopen.
+        assert_eq!(
+            store
+                .log_event(None, LogKind::Test { notifier: None })
+                .expect("test"),
+            7
+        );
+        let id = store.log_id().expect("id");
+        assert!(!id.is_empty());
+        assert_eq!(store.log_id().expect("again"), id);
+    }
+
+    #[test]
+    fn a_refused_or_repeated_publish_logs_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store
+            .publish("app", &version("1.0.0", 'a', '1'), None)
+            .expect("first");
+        store
+            .publish("app", &version("1.0.0", 'b', '1'), None)
+            .expect_err("another digest is refused");
+        store
+            .publish("app", &version("1.0.0", 'a', '1'), None)
+            .expect("same digest");
+        assert_eq!(
+            types(&store),
+            vec![(1, Some("app".to_owned()), "published")]
+        );
+        // Every version in the ledger has its published event, and back.
+        let published: Vec<String> = store
+            .log_after(0, 100)
+            .expect("log")
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                LogKind::Published { version, .. } => Some(version.to_string()),
+                _ => None,
+            })
+            .collect();
+        let versions: Vec<String> = store
+            .versions("app")
+            .expect("versions")
+            .into_iter()
+            .map(|v| v.version.to_string())
+            .collect();
+        assert_eq!(published, versions);
+    }
+
+    #[test]
+    fn failing_is_logged_once_per_spell_and_recovered_when_fresh_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store
+            .publish("app", &version("1.0.0", 'a', '1'), None)
+            .expect("first");
+        let fail = |rec: &mut ImageRecord| {
+            rec.state = ImageState::Failing;
+            rec.last_error = Some("boom".to_owned());
+        };
+        store
+            .job_failed("app", Some(7), "boom", fail)
+            .expect("fail");
+        // Retried with new inputs (queued, building), failing again: no
+        // second `failing`, one more `failed`.
+        store
+            .update_image("app", |r| r.state = ImageState::Queued)
+            .expect("queued");
+        store
+            .update_image("app", |r| r.state = ImageState::Building)
+            .expect("building");
+        store
+            .job_failed("app", Some(8), "boom", fail)
+            .expect("again");
+        // A Dockerfile that cannot be read: failing already.
+        store.update_image("app", fail).expect("same");
+        store
+            .publish("app", &version("1.0.1", 'b', '2'), None)
+            .expect("publish");
+        // Fresh again without a failing spell: nothing.
+        store
+            .update_image("app", |r| r.state = ImageState::Fresh)
+            .expect("fresh");
+        let app = Some("app".to_owned());
+        assert_eq!(
+            types(&store),
+            vec![
+                (1, app.clone(), "published"),
+                (2, app.clone(), "failed"),
+                (3, app.clone(), "failing"),
+                (4, app.clone(), "failed"),
+                (5, app.clone(), "published"),
+                (6, app.clone(), "recovered"),
+            ]
+        );
+        let log = store.log_after(0, 100).expect("log");
+        assert_eq!(
+            log[2].kind,
+            LogKind::Failing {
+                job: Some(7),
+                error: Some("boom".to_owned())
+            }
+        );
+        assert_eq!(
+            log[5].kind,
+            LogKind::Recovered {
+                version: Some(Version::parse("1.0.1").expect("v")),
+                job: None
+            }
+        );
+        assert_eq!(
+            store
+                .image("app")
+                .expect("get")
+                .expect("some")
+                .failing_since,
+            None
+        );
+    }
+
+    #[test]
+    fn a_damaged_image_record_logs_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        store.damage_image_record("app").expect("damage");
+        let err = store
+            .job_failed("app", Some(1), "boom", |r| r.state = ImageState::Failing)
+            .expect_err("does not decode");
+        assert!(matches!(err, StateError::Decode { .. }), "{err:?}");
+        assert_eq!(store.log_end().expect("end"), 0);
+    }
+
+    #[test]
+    fn a_base_error_is_stored_with_its_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let mut rec = BaseRecord::new("docker.io/library/base:latest");
+        rec.error = Some("connection refused".to_owned());
+        store.base_failed(&rec).expect("record");
+        assert_eq!(store.base(&rec.reference).expect("get"), Some(rec.clone()));
+        let log = store.log_after(0, 10).expect("log");
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].image, None);
+        assert_eq!(
+            log[0].kind,
+            LogKind::BaseError {
+                base: rec.reference.clone(),
+                error: "connection refused".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn the_log_keeps_the_newest_entries_and_never_reuses_a_number() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let extra = 25;
+        (&store.log, &store.meta)
+            .transaction(|(log, meta)| {
+                for _ in 0..KEEP_LOG + extra {
+                    log_append(log, meta, None, Utc::now(), LogKind::Resumed)?;
+                }
+                Ok(())
+            })
+            .map_err(|e: TransactionError<String>| e.to_string())
+            .expect("fill");
+        store.trim_log().expect("trim");
+        assert_eq!(store.log_start().expect("start"), Some(extra + 1));
+        assert_eq!(store.log.len() as u64, KEEP_LOG);
+        // A reader behind the start gets what is left, from the start.
+        let first = store.log_after(3, 2).expect("after");
+        assert_eq!(
+            first.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![extra + 1, extra + 2]
+        );
+        let next = store
+            .log_event(None, LogKind::Test { notifier: None })
+            .expect("one more");
+        assert_eq!(next, KEEP_LOG + extra + 1);
+        assert_eq!(store.log_start().expect("start"), Some(extra + 2));
+        assert_eq!(store.log.len() as u64, KEEP_LOG);
+    }
+
+    #[test]
+    fn outboxes_round_trip_and_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let rec = OutboxRecord {
+            name: "ops".to_owned(),
+            cursor: 4,
+            attempts: 2,
+            ..OutboxRecord::default()
+        };
+        store.put_outbox(&rec).expect("put");
+        assert_eq!(store.outbox("ops").expect("get"), Some(rec.clone()));
+        assert_eq!(store.outboxes().expect("all"), vec![rec.clone()]);
+        assert_eq!(store.drop_outbox("ops").expect("drop"), Some(rec));
+        assert_eq!(store.outbox("ops").expect("get"), None);
     }
 }
