@@ -28,6 +28,8 @@ const GAUGE_HELP: &[(&str, &str)] = &[
     ("rebased_images", "Managed images by the state they are shown in (fresh, stale, queued, building, failing, held)."),
     ("rebased_images_unchecked", "Images with a base whose last check failed."),
     ("rebased_bases_unchecked", "Watched bases whose last check failed."),
+    ("rebased_engine_up", "Remote build engines: 1 when the engine answered its last health check, else 0, by engine."),
+    ("rebased_engine_running", "Builds running on each remote build engine."),
 ];
 
 const HELP: &[(&str, &str, &str)] = &[
@@ -35,6 +37,7 @@ const HELP: &[(&str, &str, &str)] = &[
     ("rebased_source_checks_total", "counter", "Git source look-ups, by outcome (ok, unreachable, auth, missing_ref, missing_dir, timeout, error)."),
     ("rebased_registry_requests_total", "counter", "HTTP requests rebased sent to registries (polls, native builds' pulls and pushes, tag moves, tokens; each retry counted), by registry, kind (manifest_head, manifest_get, manifest_put, tags, blob_head, blob_get, blob_mount, blob_upload, token, other) and outcome (ok, unauthorized, not_found, rate_limited, error, unreachable)."),
     ("rebased_builds_total", "counter", "Build attempts, by outcome (published, fresh, failed, interrupted)."),
+    ("rebased_engine_builds_total", "counter", "Builds on remote engines, by engine and outcome (done, failed, lost: run again elsewhere)."),
     ("rebased_versions_published_total", "counter", "Versions published, by image."),
     ("rebased_webhook_deliveries_total", "counter", "Webhook deliveries, by source and outcome (accepted, ignored, unauthorized, malformed, too_large)."),
 ];

@@ -474,10 +474,17 @@ impl Pool {
     }
 
     /// Checks every engine every `interval` (and at once after a
-    /// [`Pool::configure`]) until `cancel`.
-    pub async fn run_health(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+    /// [`Pool::configure`]) until `cancel`; `after` is given every
+    /// engine after each round (the daemon's metrics).
+    pub async fn run_health(
+        self: Arc<Self>,
+        interval: Duration,
+        cancel: CancellationToken,
+        after: impl Fn(Vec<EngineView>) + Send,
+    ) {
         loop {
             self.check_all().await;
+            after(self.views());
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = self.recheck.notified() => {}
