@@ -27,6 +27,8 @@ packages=(
   python3-cryptography # the token issuer signs its JWTs with it
   qemu-user-static     # the qemu-aarch64 handler the kernel runs arm64 RUN steps with
   binfmt-support       # update-binfmts: registers and enables that handler
+  iproute2             # ip: the remote engines' network namespaces, veth pairs and bridge
+  runc                 # the runtime the remote engines' podman services run RUN steps with
 )
 
 sudo=""

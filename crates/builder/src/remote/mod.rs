@@ -167,7 +167,7 @@ impl Remote {
             let removed = tokio::time::timeout(
                 Duration::from_secs(10),
                 self.docker
-                    .remove_image(&target.to_string(), Some(rm), None),
+                    .remove_image(&self.vehicle(target).to_string(), Some(rm), None),
             )
             .await;
             debug!(engine = %self.name, ok = matches!(removed, Ok(Ok(_))), "remove the built image");
@@ -200,33 +200,17 @@ impl Remote {
                 });
             }
         };
-        // Checked against the registry: what the tag names now.
-        let at_registry = registry
-            .lookup(target)
+        // The engine pushed its own tag; the version tag is written by
+        // rebased, from what the engine pushed, checked against the
+        // registry: a lost engine that pushes late only moves its tag.
+        let digest = self
+            .tag_version(registry, target, pushed, &mut log)
             .await
-            .map_err(|e| BuildError::Native {
+            .map_err(|reason| BuildError::Native {
                 step: "push".to_owned(),
-                reason: format!("{target} after the push of engine {}: {e}", self.name),
+                reason,
                 log: log.clone(),
             })?;
-        let digest = match (pushed, at_registry) {
-            (Some(p), Some(r)) if p == r => p,
-            (None, Some(r)) => r,
-            (Some(p), Some(r)) => {
-                return Err(BuildError::Native {
-                    step: "push".to_owned(),
-                    reason: format!("engine {} pushed {p} but {target} names {r}", self.name),
-                    log,
-                })
-            }
-            (_, None) => {
-                return Err(BuildError::Native {
-                    step: "push".to_owned(),
-                    reason: format!("{target} is missing after the push of engine {}", self.name),
-                    log,
-                })
-            }
-        };
         log.push_str(&format!(
             "# pushed {target} {digest} from engine {}\n",
             self.name
@@ -235,6 +219,57 @@ impl Remote {
             digest: Some(digest),
             log,
         })
+    }
+
+    /// The engine's own tag in `target`'s repository: what it pushes.
+    fn vehicle(&self, target: &ImageRef) -> ImageRef {
+        target.with_tag(&vehicle_tag(&self.name))
+    }
+
+    /// Reads back what the engine pushed (its tag, `HEAD`, and the
+    /// manifest by the digest its stream named) and writes those bytes
+    /// under the version tag; returns the digest.
+    async fn tag_version(
+        &self,
+        registry: &Registry,
+        target: &ImageRef,
+        pushed: Option<Digest>,
+        log: &mut String,
+    ) -> Result<Digest, String> {
+        let vehicle = self.vehicle(target);
+        let at_registry = registry
+            .lookup(&vehicle)
+            .await
+            .map_err(|e| format!("{vehicle} after the push of engine {}: {e}", self.name))?;
+        let digest = match (pushed, at_registry) {
+            (Some(p), Some(r)) if p == r => p,
+            (None, Some(r)) => r,
+            (Some(p), Some(r)) => {
+                return Err(format!(
+                    "engine {} pushed {p} but {vehicle} names {r}",
+                    self.name
+                ))
+            }
+            (_, None) => {
+                return Err(format!(
+                    "{vehicle} is missing after the push of engine {}",
+                    self.name
+                ))
+            }
+        };
+        let manifest = registry
+            .manifest(&target.pinned(&digest))
+            .await
+            .map_err(|e| format!("{target}@{digest}: {e}"))?;
+        let written = registry
+            .push_manifest(target, manifest.bytes, &manifest.media_type)
+            .await
+            .map_err(|e| format!("tagging {target}: {e}"))?;
+        if written != digest {
+            return Err(format!("{target} was written as {written}, not {digest}"));
+        }
+        log.push_str(&format!("# {target}: {digest} (pushed as {vehicle})\n"));
+        Ok(digest)
     }
 
     async fn run_build(
@@ -256,7 +291,7 @@ impl Remote {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let tag = target.to_string();
+        let tag = self.vehicle(target).to_string();
         let mut options = BuildImageOptionsBuilder::new()
             .dockerfile(DOCKERFILE)
             .t(&tag)
@@ -300,8 +335,8 @@ impl Remote {
         creds: &HashMap<String, DockerCredentials>,
         log: &mut String,
     ) -> Result<Option<Digest>, Step> {
-        let tag = target.tag().unwrap_or("latest");
-        let options = PushImageOptionsBuilder::new().tag(tag).build();
+        let tag = vehicle_tag(&self.name);
+        let options = PushImageOptionsBuilder::new().tag(&tag).build();
         let auth = creds.get(target.registry()).cloned();
         let mut stream = docker.push_image(&target.name(), Some(options), auth);
         let mut digest = None;
@@ -320,6 +355,14 @@ impl Remote {
         }
         Ok(digest)
     }
+}
+
+/// The tag engine `name` pushes a build under (`rebased-build-NAME`),
+/// in the version's repository; moved by its next build there.
+pub fn vehicle_tag(name: &str) -> String {
+    let mut tag = format!("rebased-build-{name}");
+    tag.truncate(128);
+    tag
 }
 
 /// Why a remote step did not finish.
