@@ -228,6 +228,17 @@ fn engine(daemon: &Daemon, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no engine {name}"))
 }
 
+/// The state of engine `name`, if listed.
+fn engine_state(daemon: &Daemon, name: &str) -> Option<String> {
+    daemon
+        .get("/v1/engines")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["state"].as_str().map(str::to_owned))
+}
+
 /// Which engine each job of `version` ran on (from the job logs' `#
 /// engine NAME` lines; a re-run names both), by image.
 fn engines_of(daemon: &Daemon, version: &str) -> BTreeMap<String, Vec<String>> {
@@ -421,6 +432,25 @@ fn builds_spread_over_three_engines_and_survive_losing_two() {
     }
     std::thread::sleep(Duration::from_secs(3));
     check_versions(&daemon, registry, &["1.0.0", "1.0.1", "1.0.2"]);
+    // Engines come and go with a reload.
+    let names = |d: &Daemon| -> Vec<String> {
+        d.get("/v1/engines")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    s.write_config(daemon_toml, &format!("{}{images}", engines(2)));
+    daemon.signal("-HUP");
+    wait_for("b3 removed by the reload", Duration::from_secs(30), || {
+        (names(&daemon) == ["b1", "b2"]).then_some(())
+    });
+    s.write_config(daemon_toml, &format!("{}{images}", engines(3)));
+    daemon.signal("-HUP");
+    wait_for("b3 back, and up", Duration::from_secs(30), || {
+        (engine_state(&daemon, "b3") == Some("up".to_owned())).then_some(())
+    });
     let log = daemon.log_text();
     assert!(log.contains("engine down"), "the loss is logged");
     assert!(log.contains("engine up"), "the return is logged");
