@@ -328,15 +328,20 @@ fn builds_spread_over_three_engines_and_survive_losing_two() {
     for i in 0..3 {
         hosts.start(i, &registry.host);
     }
-    let mut rest =
-        String::from("[builder]\nbackend = \"remote\"\nmax_attempts = 1\ntimeout = \"120s\"\n");
-    for i in 0..3 {
-        rest.push_str(&format!(
-            "\n[[builder.engine]]\nname = \"b{}\"\nurl = \"{}\"\ninsecure = true\nmax_builds = 2\n",
-            i + 1,
-            hosts.url(i)
-        ));
-    }
+    let urls: Vec<String> = (0..3).map(|i| hosts.url(i)).collect();
+    let engines = |n: usize| {
+        let mut t =
+            String::from("[builder]\nbackend = \"remote\"\nmax_attempts = 1\ntimeout = \"120s\"\n");
+        for i in 0..n {
+            t.push_str(&format!(
+                "\n[[builder.engine]]\nname = \"b{}\"\nurl = \"{}\"\ninsecure = true\nmax_builds = 2\n",
+                i + 1,
+                urls[i]
+            ));
+        }
+        t
+    };
+    let mut images = String::new();
     for i in 0..IMAGES {
         let name = format!("app{i}");
         let ctx = s.context(
@@ -346,17 +351,15 @@ fn builds_spread_over_three_engines_and_survive_losing_two() {
                 registry.host
             ),
         );
-        rest.push_str(&image_table(
+        images.push_str(&image_table(
             &name,
             &ctx,
             &format!("{}/{name}", registry.host),
             "",
         ));
     }
-    s.write_config(
-        "poll = \"*/1 * * * * *\"\nsettle = \"1s\"\nmax_concurrent_builds = 3",
-        &rest,
-    );
+    let daemon_toml = "poll = \"*/1 * * * * *\"\nsettle = \"1s\"\nmax_concurrent_builds = 3";
+    s.write_config(daemon_toml, &format!("{}{images}", engines(3)));
     let daemon = s.start();
     for i in 0..IMAGES {
         daemon.wait_version_never_failing(&format!("app{i}"), "1.0.0", WAIT);

@@ -11,10 +11,14 @@
 //! 6. `idle`: CPU and RSS of a daemon with nothing changing;
 //! 7. `startup`: a restart to its first finished round, ledger in the store;
 //! 8. `watchdog`: a first start against a registry that never answers,
-//!    with systemd's `NOTIFY_SOCKET` and `WATCHDOG_USEC`.
+//!    with systemd's `NOTIFY_SOCKET` and `WATCHDOG_USEC`;
+//! 9. `engines`: one fleet rebuilt by one, two and three remote engines
+//!    (Podman's Docker-compatible service on this machine). Not in the
+//!    default set: it needs podman and runc; ask for it with `--only`.
 //!
 //! Each figure is printed with its method; `--json FILE` writes them all.
 
+mod engines;
 mod fleet;
 mod harness;
 mod scenarios;
@@ -30,8 +34,11 @@ use serde_json::{json, Value};
 
 /// Every scenario, in the order they run.
 const SCENARIOS: &[&str] = &[
-    "fanin", "peer", "webhook", "rebuild", "api", "idle", "startup", "watchdog",
+    "fanin", "peer", "webhook", "rebuild", "api", "idle", "startup", "watchdog", "engines",
 ];
+
+/// Scenarios run only when named in `--only`.
+const OPT_IN: &[&str] = &["engines"];
 
 /// The benchmark harness of rebased.
 #[derive(Parser, Debug)]
@@ -106,6 +113,8 @@ pub struct Sizes {
     pub watchdog_images: usize,
     /// `WATCHDOG_USEC` given to the daemon.
     pub watchdog_usec: u64,
+    /// Images of the remote engines scenario.
+    pub engine_images: usize,
     /// How long into the import the SIGTERM comes.
     pub watchdog_hold: std::time::Duration,
 }
@@ -127,6 +136,7 @@ impl Sizes {
             startup: (10_000, 100),
             restarts: 3,
             watchdog_images: 1000,
+            engine_images: 12,
             watchdog_usec: 2_000_000,
             watchdog_hold: std::time::Duration::from_secs(10),
         }
@@ -148,6 +158,7 @@ impl Sizes {
             startup: (100, 5),
             restarts: 1,
             watchdog_images: 20,
+            engine_images: 4,
             watchdog_usec: 4_000_000,
             watchdog_hold: std::time::Duration::from_secs(5),
         }
@@ -197,7 +208,11 @@ fn run(args: Args) -> Result<Value> {
         sizes.watchdog_images = n.max(1);
     }
     let selected: BTreeSet<String> = if args.only.is_empty() {
-        SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
+        SCENARIOS
+            .iter()
+            .filter(|s| !OPT_IN.contains(s))
+            .map(|s| (*s).to_owned())
+            .collect()
     } else {
         args.only.iter().map(|s| s.trim().to_owned()).collect()
     };
@@ -236,6 +251,9 @@ fn run(args: Args) -> Result<Value> {
     }
     if has("watchdog") {
         results.insert("watchdog".to_owned(), startup::watchdog(&sizes)?);
+    }
+    if has("engines") {
+        results.insert("engines".to_owned(), engines::engines(&sizes)?);
     }
     results.insert(
         "load_average_at_end".to_owned(),
