@@ -332,11 +332,10 @@ fn builds_spread_over_three_engines_and_survive_losing_two() {
     let engines = |n: usize| {
         let mut t =
             String::from("[builder]\nbackend = \"remote\"\nmax_attempts = 1\ntimeout = \"120s\"\n");
-        for i in 0..n {
+        for (i, url) in urls.iter().take(n).enumerate() {
             t.push_str(&format!(
-                "\n[[builder.engine]]\nname = \"b{}\"\nurl = \"{}\"\ninsecure = true\nmax_builds = 2\n",
-                i + 1,
-                urls[i]
+                "\n[[builder.engine]]\nname = \"b{}\"\nurl = \"{url}\"\ninsecure = true\nmax_builds = 2\n",
+                i + 1
             ));
         }
         t
