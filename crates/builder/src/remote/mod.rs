@@ -5,12 +5,15 @@
 //! `native::context`) with the pinned Dockerfile added to it, streamed to
 //! `/build` with the build args, the provenance as labels and the
 //! platform, and the credentials of the bases' registries in
-//! `X-Registry-Config`; then `/images/{name}/push` with the target's
+//! `X-Registry-Config`; then `/images/{name}/push` of the engine's own tag
+//! (`REPO:rebased-build-ENGINE`, see [`vehicle_tag`]) with the target's
 //! credentials in `X-Registry-Auth`, the digest read from the push's
-//! stream and checked against the registry (the tag's `HEAD`). For a
-//! registry marked `insecure` both requests carry `tlsVerify=false`
-//! (Podman's compatible API reads it; Docker Engine ignores it and keeps
-//! its own `insecure-registries`).
+//! stream and checked against that tag's `HEAD`. rebased then writes the
+//! same manifest bytes under the version tag itself, so an engine never
+//! writes a version: one lost mid-push that finishes late moves only its
+//! own tag. For a registry marked `insecure` the build and push requests
+//! carry `tlsVerify=false` (Podman's compatible API reads it; Docker
+//! Engine ignores it and keeps its own `insecure-registries`).
 //!
 //! The classic `/build` has no way to carry build secrets (Docker sends
 //! them through a BuildKit session): a build with secrets is refused.
@@ -19,8 +22,8 @@
 //! the engine answered with an error (the Dockerfile failed, the push was
 //! refused), or it stopped answering (connection refused or dropped,
 //! `builder.timeout` passed, the pool saw it go down). Only the first
-//! is the image's failure; the pool ([`pool`]) runs a lost build again
-//! elsewhere.
+//! is the image's failure; the daemon runs a lost build again on another
+//! engine the pool ([`pool`]) picks.
 
 pub mod pool;
 mod ssh;
