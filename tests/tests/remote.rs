@@ -294,11 +294,12 @@ fn check_versions(daemon: &Daemon, registry: &Registry, want: &[&str]) {
                 .is_some_and(|b| b.contains("base")),
             "{name}: the provenance is on the image: {labels}"
         );
-        let versions: Vec<String> = registry
+        let mut versions: Vec<String> = registry
             .tags(&name)
             .into_iter()
             .filter(|t| t.matches('.').count() == 2)
             .collect();
+        versions.sort();
         assert_eq!(versions, want, "{name}: no other version tag");
         assert_eq!(
             registry.digest(&format!("{name}:latest")).as_deref(),
@@ -359,7 +360,7 @@ fn builds_spread_over_three_engines_and_survive_losing_two() {
     }
     let daemon_toml = "poll = \"*/1 * * * * *\"\nsettle = \"1s\"\nmax_concurrent_builds = 3";
     s.write_config(daemon_toml, &format!("{}{images}", engines(3)));
-    let daemon = s.start();
+    let mut daemon = s.start();
     for i in 0..IMAGES {
         daemon.wait_version_never_failing(&format!("app{i}"), "1.0.0", WAIT);
     }
@@ -456,4 +457,31 @@ fn builds_spread_over_three_engines_and_survive_losing_two() {
     let log = daemon.log_text();
     assert!(log.contains("engine down"), "the loss is logged");
     assert!(log.contains("engine up"), "the return is logged");
+
+    // A crash right after a version push: the engine wrote labels only,
+    // and the pushed tag is still adopted, never pushed again.
+    daemon.stop();
+    let mut crashing = s.start_with_env(&[("REBASED_FAILPOINT", "after-version-push")]);
+    s.bases.push(registry, "base:latest", "v4");
+    let status = crashing.wait_exit(WAIT);
+    assert!(!status.success(), "aborted at the failpoint");
+    let before: BTreeMap<String, String> = (0..IMAGES)
+        .filter_map(|i| {
+            let name = format!("app{i}");
+            registry.digest(&format!("{name}:1.0.3")).map(|d| (name, d))
+        })
+        .collect();
+    assert!(!before.is_empty(), "a version was pushed before the crash");
+    let daemon = s.start();
+    for i in 0..IMAGES {
+        daemon.wait_version_never_failing(&format!("app{i}"), "1.0.3", WAIT);
+    }
+    for (name, digest) in &before {
+        assert_eq!(
+            daemon.image(name)["current_digest"],
+            digest.as_str(),
+            "{name}: the pushed tag was adopted"
+        );
+    }
+    check_versions(&daemon, registry, &["1.0.0", "1.0.1", "1.0.2", "1.0.3"]);
 }
