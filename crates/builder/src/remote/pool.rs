@@ -433,8 +433,15 @@ impl Pool {
     pub async fn check_all(&self) {
         let clients: Vec<(String, Result<Docker, String>)> = self
             .lock()
-            .iter()
-            .map(|(n, s)| (n.clone(), s.client.clone()))
+            .iter_mut()
+            .map(|(n, s)| {
+                // A client that could not be made (a socket not there yet)
+                // is tried again.
+                if s.client.is_err() {
+                    s.client = connect(&s.config, s.timeout);
+                }
+                (n.clone(), s.client.clone())
+            })
             .collect();
         let checks = clients.into_iter().map(|(name, client)| async move {
             let result = match client {
