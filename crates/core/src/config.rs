@@ -170,6 +170,14 @@ pub struct EngineConfig {
     /// Client key (TLS).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// `ssh://`: the key ssh authenticates with (else ssh's own
+    /// configuration decides).
+    #[serde(default)]
+    pub ssh_key_file: Option<PathBuf>,
+    /// `ssh://`: the host keys trusted (`StrictHostKeyChecking=yes`); needed
+    /// with `ssh_key_file`.
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
     /// Builds at once on this engine.
     #[serde(default = "default_max_builds")]
     pub max_builds: usize,
@@ -823,6 +831,8 @@ impl Config {
             e.ca_file.iter_mut().for_each(fix);
             e.cert_file.iter_mut().for_each(fix);
             e.key_file.iter_mut().for_each(fix);
+            e.ssh_key_file.iter_mut().for_each(fix);
+            e.known_hosts_file.iter_mut().for_each(fix);
         }
         self.daemon.api_token_file.iter_mut().for_each(fix);
         self.webhooks.token_file.iter_mut().for_each(fix);
@@ -1009,8 +1019,24 @@ impl Config {
                     ),
                 ));
             }
-            if let Err(m) = e.address() {
-                return Err(at(i, "url", "", m));
+            let address = e.address().map_err(|m| at(i, "url", "", m))?;
+            let ssh = matches!(address, EngineAddress::Ssh { .. });
+            for (key, given) in [
+                ("ssh_key_file", e.ssh_key_file.is_some()),
+                ("known_hosts_file", e.known_hosts_file.is_some()),
+            ] {
+                if given && !ssh {
+                    return Err(at(i, key, "", format!("{key} is for an ssh:// engine")));
+                }
+            }
+            if e.ssh_key_file.is_some() && e.known_hosts_file.is_none() {
+                return Err(at(
+                    i,
+                    "ssh_key_file",
+                    "",
+                    "ssh_key_file needs known_hosts_file: host keys are never trusted on first use"
+                        .to_owned(),
+                ));
             }
             if e.max_builds == 0 {
                 return Err(at(i, "max_builds", "", "must be at least 1".to_owned()));

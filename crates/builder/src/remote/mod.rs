@@ -75,7 +75,13 @@ pub fn connect(cfg: &EngineConfig, timeout: Duration) -> Result<Docker, String> 
             Docker::connect_with_unix(&path.display().to_string(), secs, version)
         }
         EngineAddress::Ssh { destination, port } => {
-            return ssh::connect(&destination, port, secs).map_err(|e| format!("{}: {e}", cfg.url));
+            let target = ssh::Target {
+                destination,
+                port,
+                key: cfg.ssh_key_file.clone(),
+                known_hosts: cfg.known_hosts_file.clone(),
+            };
+            return ssh::connect(target, secs).map_err(|e| format!("{}: {e}", cfg.url));
         }
     };
     docker.map_err(|e| format!("{}: {e}", cfg.url))

@@ -551,6 +551,8 @@ mod tests {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            ssh_key_file: None,
+            known_hosts_file: None,
             max_builds: 1,
             platforms: Vec::new(),
         };
@@ -575,6 +577,8 @@ mod tests {
             ca_file: None,
             cert_file: None,
             key_file: None,
+            ssh_key_file: None,
+            known_hosts_file: None,
             max_builds: 1,
             platforms: vec!["linux/amd64".to_owned()],
         };

@@ -2,25 +2,34 @@
 //! is the ssh client running `docker system dial-stdio` on the host
 //! (`ssh -- HOST docker system dial-stdio`), and HTTP/1.1 is spoken over
 //! its stdin and stdout. bollard takes it as a custom transport; ssh's
-//! own configuration (keys, known hosts, agent) applies, and
-//! `BatchMode=yes` keeps it from ever asking for a password.
+//! own configuration (keys, known hosts, agent) applies unless the engine
+//! names `ssh_key_file` and `known_hosts_file`, and `BatchMode=yes` keeps
+//! it from ever asking for a password.
 
 use std::process::Stdio;
 
 use bollard::{BollardRequest, Docker};
 use tokio::process::Command;
 
+/// How ssh reaches one engine.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    /// `USER@HOST` or `HOST`.
+    pub destination: String,
+    /// The port, when not ssh's default.
+    pub port: Option<u16>,
+    /// `-i`, with `IdentitiesOnly=yes`.
+    pub key: Option<std::path::PathBuf>,
+    /// `UserKnownHostsFile`, with `StrictHostKeyChecking=yes`.
+    pub known_hosts: Option<std::path::PathBuf>,
+}
+
 /// A client whose every request goes through a new `ssh` connection.
-pub(super) fn connect(
-    destination: &str,
-    port: Option<u16>,
-    timeout_secs: u64,
-) -> Result<Docker, bollard::errors::Error> {
-    let destination = destination.to_owned();
+pub(super) fn connect(target: Target, timeout_secs: u64) -> Result<Docker, bollard::errors::Error> {
     Docker::connect_with_custom_transport(
         move |req: BollardRequest| {
-            let destination = destination.clone();
-            Box::pin(async move { request(&destination, port, req).await })
+            let target = target.clone();
+            Box::pin(async move { request(&target, req).await })
                 as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
         },
         Some("http://docker"),
@@ -29,25 +38,34 @@ pub(super) fn connect(
     )
 }
 
-/// The ssh command line for `destination`.
-fn command(destination: &str, port: Option<u16>) -> Command {
+/// The ssh command line for `target`.
+fn command(target: &Target) -> Command {
     let mut c = Command::new("ssh");
     c.args(["-o", "BatchMode=yes"]);
-    if let Some(p) = port {
+    if let Some(p) = target.port {
         c.arg("-p").arg(p.to_string());
     }
+    if let Some(key) = &target.key {
+        c.arg("-i").arg(key).args(["-o", "IdentitiesOnly=yes"]);
+    }
+    if let Some(known) = &target.known_hosts {
+        let mut opt = std::ffi::OsString::from("UserKnownHostsFile=");
+        opt.push(known);
+        c.arg("-o")
+            .arg(opt)
+            .args(["-o", "StrictHostKeyChecking=yes"]);
+    }
     c.arg("--")
-        .arg(destination)
+        .arg(&target.destination)
         .args(["docker", "system", "dial-stdio"]);
     c
 }
 
 async fn request(
-    destination: &str,
-    port: Option<u16>,
+    target: &Target,
     mut req: BollardRequest,
 ) -> Result<http::Response<hyper::body::Incoming>, bollard::errors::Error> {
-    let mut child = command(destination, port)
+    let mut child = command(target)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -82,7 +100,12 @@ mod tests {
 
     #[test]
     fn ssh_runs_dial_stdio_after_the_end_of_options() {
-        let c = command("build@h.example", Some(2222));
+        let c = command(&Target {
+            destination: "build@h.example".to_owned(),
+            port: Some(2222),
+            key: Some("/k".into()),
+            known_hosts: Some("/kh".into()),
+        });
         let args: Vec<String> = c
             .as_std()
             .get_args()
@@ -95,6 +118,14 @@ mod tests {
                 "BatchMode=yes",
                 "-p",
                 "2222",
+                "-i",
+                "/k",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "UserKnownHostsFile=/kh",
+                "-o",
+                "StrictHostKeyChecking=yes",
                 "--",
                 "build@h.example",
                 "docker",
