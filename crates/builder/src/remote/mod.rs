@@ -625,4 +625,62 @@ mod tests {
         );
         assert!(e.log().contains("# engine b1"), "{}", e.log());
     }
+
+    #[tokio::test]
+    async fn an_engine_that_hangs_past_the_timeout_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("ctx")).expect("mkdir");
+        // Takes connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        });
+        let docker =
+            Docker::connect_with_http(&format!("tcp://{addr}"), 60, bollard::API_DEFAULT_VERSION)
+                .expect("client");
+        let remote = Remote {
+            name: "stuck".to_owned(),
+            docker,
+            timeout: Duration::from_secs(2),
+        };
+        let req = crate::engine::tests_request(&["linux/amd64"], dir.path());
+        let registry = Registry::new(&BTreeMap::new());
+        let started = Instant::now();
+        let e = remote
+            .build(
+                &req,
+                &registry,
+                &CancellationToken::new(),
+                &CancellationToken::new(),
+            )
+            .await
+            .expect_err("lost");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            matches!(e, BuildError::EngineLost { ref reason, .. } if reason.contains("builder.timeout")),
+            "{e}"
+        );
+        // Down in the pool's eyes: the lease's token ends it at once.
+        let lost = CancellationToken::new();
+        lost.cancel();
+        let remote = Remote {
+            timeout: Duration::from_secs(60),
+            ..remote
+        };
+        let e = remote
+            .build(&req, &registry, &CancellationToken::new(), &lost)
+            .await
+            .expect_err("lost");
+        assert!(
+            matches!(e, BuildError::EngineLost { ref reason, .. } if reason.contains("health checks")),
+            "{e}"
+        );
+        held.abort();
+    }
 }

@@ -613,4 +613,49 @@ mod tests {
         pool.configure(&[], Duration::from_secs(5));
         assert!(pool.is_empty());
     }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_counts_of_an_engine_it_keeps() {
+        let pool = Arc::new(Pool::default());
+        let cfg = |name: &str, max: usize| EngineConfig {
+            name: name.to_owned(),
+            url: "tcp://127.0.0.1:9".to_owned(),
+            insecure: false,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            ssh_key_file: None,
+            known_hosts_file: None,
+            max_builds: max,
+            platforms: Vec::new(),
+        };
+        pool.configure(&[cfg("a", 1), cfg("b", 1)], Duration::from_secs(5));
+        // As if "a" had answered and built once.
+        {
+            let mut e = pool.lock();
+            let a = e.get_mut("a").expect("a");
+            a.state = EngineState::Up;
+            a.done = 3;
+        }
+        let lease = pool
+            .acquire(&[], Duration::from_secs(1), &CancellationToken::new())
+            .await
+            .expect("a is up");
+        assert_eq!(lease.remote().name, "a");
+        // Full: the next waits, then gives up.
+        assert!(pool
+            .acquire(&[], Duration::from_millis(100), &CancellationToken::new())
+            .await
+            .is_err());
+        lease.finish(Finish::Done);
+        pool.configure(&[cfg("a", 2)], Duration::from_secs(5));
+        let views = pool.views();
+        assert_eq!(views.len(), 1, "b removed");
+        assert_eq!((views[0].done, views[0].max_builds), (4, 2));
+        assert_eq!(
+            views[0].state,
+            EngineState::Unknown,
+            "changed: checked again"
+        );
+    }
 }
