@@ -408,6 +408,18 @@ fn builds_spread_over_three_engines_and_survive_losing_two() {
         "the cut host's build was lost: {b2}"
     );
     assert_eq!(b1["failed"], 0, "{b1}");
+    let metrics = daemon.get_text("/metrics");
+    for line in [
+        "rebased_engine_up{engine=\"b1\"} 0",
+        "rebased_engine_up{engine=\"b2\"} 0",
+        "rebased_engine_up{engine=\"b3\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("rebased_engine_builds_total{engine=\"b1\",outcome=\"lost\"}"),
+        "{metrics}"
+    );
     let listed = daemon.cli(&["engines"]);
     assert_eq!(
         listed.lines().filter(|l| l.contains(" down ")).count(),
