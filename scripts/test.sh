@@ -29,6 +29,8 @@ packages=(
   python3-aiosmtpd     # the SMTP server of the email notifier's test (tests/smtp/server.py)
   qemu-user-static     # the qemu-aarch64 handler the kernel runs arm64 RUN steps with
   binfmt-support       # update-binfmts: registers and enables that handler
+  iproute2             # ip: the remote engines' network namespaces, veth pairs and bridge
+  runc                 # the runtime the remote engines' podman services run RUN steps with
 )
 
 sudo=""

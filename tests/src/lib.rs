@@ -189,10 +189,20 @@ impl Registry {
         Self::start_inner(extra, false, None)
     }
 
+    /// A registry listening on `ip` (an address the test gave an interface
+    /// it made, e.g. a bridge that network namespaces reach).
+    pub fn start_on(ip: &str) -> Self {
+        Self::start_at(ip, None, false, None)
+    }
+
     fn start_inner(extra: Option<String>, tls: bool, keep: Option<TempDir>) -> Self {
+        Self::start_at("127.0.0.1", extra, tls, keep)
+    }
+
+    fn start_at(ip: &str, extra: Option<String>, tls: bool, keep: Option<TempDir>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let host = format!("127.0.0.1:{port}");
+        let host = format!("{ip}:{port}");
         let config = dir.path().join("config.yml");
         fs::write(
             &config,

@@ -44,6 +44,7 @@ fn openapi_covers_every_route_and_schemathesis_finds_no_server_error() {
         "/v1/images/{name}/rollback",
         "/v1/images/{name}/resume",
         "/v1/bases",
+        "/v1/engines",
         "/v1/jobs",
         "/v1/jobs/{id}",
         "/v1/jobs/{id}/log",

@@ -38,6 +38,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("git", "git"),
     ("sshd", "openssh-server"),
     ("ssh-keygen", "openssh-client"),
+    ("ssh", "openssh-client"),
+    ("ip", "iproute2"),
 ];
 
 /// Packages `scripts/test.sh` installs for something other than a program
@@ -58,6 +60,10 @@ const SUPPORT: &[(&str, &str)] = &[
     (
         "python3-aiosmtpd",
         "the email notifier's test runs an aiosmtpd server (tests/smtp/server.py)",
+    ),
+    (
+        "runc",
+        "the remote engines' podman services run RUN steps with it (tests/tests/remote.rs)",
     ),
     (
         "qemu-user-static",
@@ -82,6 +88,10 @@ const BASE: &[(&str, &str)] = &[
         "apt, on every Debian system: the arm64 busybox package",
     ),
     ("dpkg-deb", "dpkg, Debian essential: unpacks that package"),
+    (
+        "nsenter",
+        "util-linux, Debian essential: starts an engine in a test's network namespace",
+    ),
     (
         "docker",
         "no Docker engine here: tests/tests/engines.rs puts podman on PATH as `docker`",

@@ -338,6 +338,33 @@ pub struct SourceView {
     pub dependents: Vec<String>,
 }
 
+/// `GET /v1/engines` entry: one remote build engine.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EngineView {
+    /// Its name (`[[builder.engine]] name`).
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+    /// `up`, `down`, or `unknown` (not checked yet).
+    pub state: String,
+    /// Builds running on it now.
+    pub running: usize,
+    /// Builds at once it takes (`max_builds`).
+    pub max_builds: usize,
+    /// Builds it pushed.
+    pub done: u64,
+    /// Builds that failed on it (the image's failure).
+    pub failed: u64,
+    /// Builds lost with it, run again on another engine.
+    pub lost: u64,
+    /// The last error seen: a failed health check, a failed or lost build.
+    pub last_error: Option<String>,
+    /// What it builds: the configured platforms, else the one it reports.
+    pub platforms: Vec<String>,
+    /// Its version, once it answered.
+    pub version: Option<String>,
+}
+
 /// One reason merged into a job.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobReasonView {
@@ -606,6 +633,10 @@ pub trait Backend: Send + Sync + 'static {
     fn sources(&self) -> Result<Vec<SourceView>, ApiError> {
         Ok(Vec::new())
     }
+    /// Every remote build engine.
+    fn engines(&self) -> Result<Vec<EngineView>, ApiError> {
+        Ok(Vec::new())
+    }
     /// Check bases now.
     fn check(&self, req: CheckRequest) -> Result<Accepted, ActionError>;
     /// Queue a rebuild of `name`, even if it is fresh or failing; a held
@@ -709,6 +740,7 @@ pub fn router(backend: Shared, secrets: Secrets) -> Router {
         .route("/v1/jobs/{id}/log", get(job_log))
         .route("/v1/bases", get(bases))
         .route("/v1/sources", get(sources))
+        .route("/v1/engines", get(engines))
         .route("/v1/check", post(check))
         .route("/v1/audit", post(audit))
         .route("/v1/events", get(events::events))
@@ -795,6 +827,12 @@ async fn bases(State(b): State<Shared>) -> Result<Json<Vec<BaseView>>, ApiError>
 #[utoipa::path(get, path = "/v1/sources", responses((status = 200, description = "Every git source", body = Vec<SourceView>), (status = 500, description = "Internal error", body = ApiError)))]
 async fn sources(State(b): State<Shared>) -> Result<Json<Vec<SourceView>>, ApiError> {
     Ok(Json(b.sources()?))
+}
+
+/// Every remote build engine: state, builds running, done, failed and lost, the last error.
+#[utoipa::path(get, path = "/v1/engines", responses((status = 200, description = "Every remote build engine", body = Vec<EngineView>), (status = 500, description = "Internal error", body = ApiError)))]
+async fn engines(State(b): State<Shared>) -> Result<Json<Vec<EngineView>>, ApiError> {
+    Ok(Json(b.engines()?))
 }
 
 /// Check every base now, or one reference.
@@ -1011,7 +1049,7 @@ impl utoipa::Modify for BearerScheme {
 #[openapi(
     info(title = "rebased", description = "The local API of rebased: images, versions, bases, jobs, webhooks."),
     paths(
-        healthz, readyz, openapi, status, images, image, rebuild, rollback, resume, jobs, job, job_log, bases, sources, check, audit,
+        healthz, readyz, openapi, status, images, image, rebuild, rollback, resume, jobs, job, job_log, bases, sources, engines, check, audit,
         events::events, events::notifiers, events::notify_test,
         hooks::webhook, hooks::metrics
     ),
@@ -1063,7 +1101,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 21, "every route is in the document");
+        assert_eq!(seen, 22, "every route is in the document");
     }
 
     #[test]

@@ -30,6 +30,8 @@ const GAUGE_HELP: &[(&str, &str)] = &[
     ("rebased_bases_unchecked", "Watched bases whose last check failed."),
     ("rebased_audit_drift", "Findings of each image's last immutability audit that were not repaired, by image."),
     ("rebased_notify_outbox_depth", "Events logged after a notifier's cursor: not yet delivered (or passed over), by notifier."),
+    ("rebased_engine_up", "Remote build engines: 1 when the engine answered its last health check, else 0, by engine."),
+    ("rebased_engine_running", "Builds running on each remote build engine."),
 ];
 
 const HELP: &[(&str, &str, &str)] = &[
@@ -37,6 +39,7 @@ const HELP: &[(&str, &str, &str)] = &[
     ("rebased_source_checks_total", "counter", "Git source look-ups, by outcome (ok, unreachable, auth, missing_ref, missing_dir, timeout, error)."),
     ("rebased_registry_requests_total", "counter", "HTTP requests rebased sent to registries (polls, native builds' pulls and pushes, tag moves, tokens; each retry counted), by registry, kind (manifest_head, manifest_get, manifest_put, tags, blob_head, blob_get, blob_mount, blob_upload, token, other) and outcome (ok, unauthorized, not_found, rate_limited, error, unreachable)."),
     ("rebased_builds_total", "counter", "Build attempts, by outcome (published, fresh, failed, interrupted)."),
+    ("rebased_engine_builds_total", "counter", "Builds on remote engines, by engine and outcome (done, failed, lost: run again elsewhere)."),
     ("rebased_versions_published_total", "counter", "Versions published, by image."),
     ("rebased_audit_findings_total", "counter", "Immutability audit findings, by kind (version_tag_moved, version_tag_missing, floating_tag_moved, signature_missing, signature_invalid) and whether they were repaired."),
     ("rebased_notify_deliveries_total", "counter", "Notifier deliveries, by notifier and outcome (delivered: events sent; failed: attempts that failed; dropped: events given up after 24 h or trimmed from the log first)."),

@@ -13,9 +13,13 @@
 //! 8. `watchdog`: a first start against a registry that never answers,
 //!    with systemd's `NOTIFY_SOCKET` and `WATCHDOG_USEC`;
 //! 9. `notify`: events through a `webhook` notifier to a loopback receiver.
+//! 10. `engines`: one fleet rebuilt by one, two and three remote engines
+//!     (Podman's Docker-compatible service on this machine). Not in the
+//!     default set: it needs podman and runc; ask for it with `--only`.
 //!
 //! Each figure is printed with its method; `--json FILE` writes them all.
 
+mod engines;
 mod fleet;
 mod harness;
 mod notify;
@@ -33,7 +37,11 @@ use serde_json::{json, Value};
 /// Every scenario, in the order they run.
 const SCENARIOS: &[&str] = &[
     "fanin", "peer", "webhook", "rebuild", "api", "idle", "startup", "watchdog", "notify",
+    "engines",
 ];
+
+/// Scenarios run only when named in `--only`.
+const OPT_IN: &[&str] = &["engines"];
 
 /// The benchmark harness of rebased.
 #[derive(Parser, Debug)]
@@ -111,6 +119,8 @@ pub struct Sizes {
     pub watchdog_images: usize,
     /// `WATCHDOG_USEC` given to the daemon.
     pub watchdog_usec: u64,
+    /// Images of the remote engines scenario.
+    pub engine_images: usize,
     /// How long into the import the SIGTERM comes.
     pub watchdog_hold: std::time::Duration,
     /// Events through the webhook notifier.
@@ -134,6 +144,7 @@ impl Sizes {
             startup: (10_000, 100),
             restarts: 3,
             watchdog_images: 1000,
+            engine_images: 12,
             watchdog_usec: 2_000_000,
             watchdog_hold: std::time::Duration::from_secs(10),
             notify_events: 1000,
@@ -156,6 +167,7 @@ impl Sizes {
             startup: (100, 5),
             restarts: 1,
             watchdog_images: 20,
+            engine_images: 4,
             watchdog_usec: 4_000_000,
             watchdog_hold: std::time::Duration::from_secs(5),
             notify_events: 50,
@@ -209,7 +221,11 @@ fn run(args: Args) -> Result<Value> {
         sizes.notify_events = n.max(1);
     }
     let selected: BTreeSet<String> = if args.only.is_empty() {
-        SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
+        SCENARIOS
+            .iter()
+            .filter(|s| !OPT_IN.contains(s))
+            .map(|s| (*s).to_owned())
+            .collect()
     } else {
         args.only.iter().map(|s| s.trim().to_owned()).collect()
     };
@@ -251,6 +267,9 @@ fn run(args: Args) -> Result<Value> {
     }
     if has("notify") {
         results.insert("notify".to_owned(), notify::notify(&sizes)?);
+    }
+    if has("engines") {
+        results.insert("engines".to_owned(), engines::engines(&sizes)?);
     }
     results.insert(
         "load_average_at_end".to_owned(),

@@ -4,7 +4,8 @@
 //! is (one manifest request per base per cycle, no layer bytes uploaded by
 //! a native rebuild, one build per webhook push, a restart that reads no
 //! ledger back, a watchdog never starved by a registry that does not
-//! answer).
+//! answer; the opt-in `engines` scenario: every image rebuilt, spread over
+//! each engine).
 
 #![allow(clippy::unwrap_used)] // a failed step should fail the test loudly
 
@@ -163,4 +164,41 @@ fn every_scenario_produces_its_figures() {
     assert_eq!(n["in_order"], true, "{n}");
     assert_eq!(n["once_per_id"], true, "{n}");
     assert!(finite(&n["deliveries_per_s"]), "{n}");
+}
+
+/// The opt-in `engines` scenario (it needs podman and runc): with one, two
+/// and three engines every image is rebuilt, on every engine.
+#[test]
+fn the_engines_scenario_spreads_the_fleet_over_each_engine_count() {
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("bench.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_rebased-bench"))
+        .args(["--quick", "--only", "engines", "--json"])
+        .arg(&json)
+        .env("REBASED_BIN", rebased_bin())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "rebased-bench --only engines failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let e = &r["engines"];
+    let images = e["images"].as_u64().unwrap();
+    for n in 1..=3u64 {
+        let run = &e[n.to_string()];
+        let spread = run["spread"].as_object().unwrap();
+        assert_eq!(spread.len() as u64, n.min(images), "{run}");
+        assert_eq!(
+            spread.values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+            images,
+            "{run}"
+        );
+        assert!(
+            finite(&run["wall_s"]) && finite(&run["overhead_s"]),
+            "{run}"
+        );
+    }
 }

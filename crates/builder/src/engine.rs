@@ -727,7 +727,7 @@ async fn publish_docker_index(
 }
 
 /// The last `digest: sha256:...` that `docker push` printed.
-fn pushed_digest(log: &str) -> Option<Digest> {
+pub(crate) fn pushed_digest(log: &str) -> Option<Digest> {
     log.lines()
         .rev()
         .filter_map(|l| l.split_once("digest: ").map(|(_, rest)| rest))
@@ -795,7 +795,7 @@ const CUT_SUFFIX: &str = " bytes of earlier output cut]\n";
 
 /// Appends to a log kept to its last `MAX_LOG` bytes; the first line then
 /// says how many bytes were cut in all.
-fn append(log: &mut String, text: &str) {
+pub(crate) fn append(log: &mut String, text: &str) {
     log.push_str(text);
     if log.len() <= MAX_LOG {
         return;
@@ -967,6 +967,32 @@ async fn within<T>(
     }
 }
 
+/// A request for the backends' unit tests.
+#[cfg(test)]
+pub(crate) fn tests_request(platforms: &[&str], dir: &Path) -> BuildRequest {
+    BuildRequest {
+        image: "app".to_owned(),
+        job: "7".to_owned(),
+        context: dir.join("ctx"),
+        dockerfile: "FROM b@sha256:x\nRUN true\n".to_owned(),
+        platform_dockerfiles: BTreeMap::new(),
+        platform_annotations: BTreeMap::new(),
+        build_args: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
+        target: Target::Registry(ImageRef::parse("r.example/app:1.0.0").expect("ref")),
+        platforms: platforms.iter().map(|p| (*p).to_owned()).collect(),
+        source_date_epoch: None,
+        annotations: BTreeMap::from([(
+            "org.opencontainers.image.version".to_owned(),
+            "1.0.0".to_owned(),
+        )]),
+        insecure_registries: Vec::new(),
+        workdir: dir.join("work"),
+        auth_json: None,
+        secrets: BTreeMap::new(),
+        ca_files: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -989,27 +1015,7 @@ mod tests {
     }
 
     fn request(platforms: &[&str], dir: &Path) -> BuildRequest {
-        BuildRequest {
-            image: "app".to_owned(),
-            job: "7".to_owned(),
-            context: dir.join("ctx"),
-            dockerfile: "FROM b@sha256:x\nRUN true\n".to_owned(),
-            platform_dockerfiles: BTreeMap::new(),
-            platform_annotations: BTreeMap::new(),
-            build_args: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
-            target: Target::Registry(ImageRef::parse("r.example/app:1.0.0").expect("ref")),
-            platforms: platforms.iter().map(|p| (*p).to_owned()).collect(),
-            source_date_epoch: None,
-            annotations: BTreeMap::from([(
-                "org.opencontainers.image.version".to_owned(),
-                "1.0.0".to_owned(),
-            )]),
-            insecure_registries: Vec::new(),
-            workdir: dir.join("work"),
-            auth_json: None,
-            secrets: BTreeMap::new(),
-            ca_files: Vec::new(),
-        }
+        tests_request(platforms, dir)
     }
 
     fn args(c: &Command) -> Vec<String> {

@@ -11,6 +11,7 @@ pub mod emulation;
 pub mod engine;
 pub mod native;
 pub mod provenance;
+pub mod remote;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -186,6 +187,19 @@ pub enum BuildError {
     /// The backend cannot publish this request.
     #[error("{0}")]
     Unsupported(String),
+    /// A remote engine stopped answering during the build (connection
+    /// refused or dropped, no answer within the timeout, down in its
+    /// health checks): not the image's failure; the build may run again
+    /// on another engine.
+    #[error("engine {engine} lost: {reason}")]
+    EngineLost {
+        /// The engine's name.
+        engine: String,
+        /// What was seen.
+        reason: String,
+        /// The log so far.
+        log: String,
+    },
     /// The engine reported a digest we cannot parse.
     #[error("engine reported an invalid digest {0:?}")]
     BadDigest(String),
@@ -199,7 +213,8 @@ impl BuildError {
             | Self::Timeout { log, .. }
             | Self::Cancelled { log, .. }
             | Self::Refused { log, .. }
-            | Self::Native { log, .. } => log,
+            | Self::Native { log, .. }
+            | Self::EngineLost { log, .. } => log,
             _ => "",
         }
     }

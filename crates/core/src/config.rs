@@ -124,6 +124,9 @@ pub struct BuilderConfig {
     /// Where the kernel's `binfmt_misc` handlers are looked for before an
     /// engine builds a foreign platform's `RUN` steps.
     pub binfmt_dir: PathBuf,
+    /// `[[builder.engine]]`: remote build engines (Docker Engine API).
+    #[serde(rename = "engine")]
+    pub engines: Vec<EngineConfig>,
 }
 
 impl Default for BuilderConfig {
@@ -133,6 +136,7 @@ impl Default for BuilderConfig {
             timeout: ConfigDuration(std::time::Duration::from_secs(30 * 60)),
             max_attempts: 5,
             binfmt_dir: PathBuf::from("/proc/sys/fs/binfmt_misc"),
+            engines: Vec::new(),
         }
     }
 }
@@ -152,6 +156,160 @@ pub enum Backend {
     Podman,
     /// `docker build`.
     Docker,
+    /// The `[[builder.engine]]` pool (Docker Engine API).
+    Remote,
+}
+
+/// `[[builder.engine]]`: a remote build engine, Docker Engine or Podman's
+/// Docker-compatible service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Its name, unique: logs, job logs, `GET /v1/engines`.
+    pub name: String,
+    /// `tcp://HOST:PORT`, `unix:///PATH` or `ssh://[USER@]HOST[:PORT]`.
+    pub url: String,
+    /// `tcp://` without TLS: allowed for a loopback address, else only with
+    /// this set.
+    #[serde(default)]
+    pub insecure: bool,
+    /// CA that signed the engine's certificate (TLS).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (TLS).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client key (TLS).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// `ssh://`: the key ssh authenticates with (else ssh's own
+    /// configuration decides).
+    #[serde(default)]
+    pub ssh_key_file: Option<PathBuf>,
+    /// `ssh://`: the host keys trusted (`StrictHostKeyChecking=yes`); needed
+    /// with `ssh_key_file`.
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
+    /// Builds at once on this engine.
+    #[serde(default = "default_max_builds")]
+    pub max_builds: usize,
+    /// What it can build (`os/arch[/variant]`); empty: what it reports.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+}
+
+fn default_max_builds() -> usize {
+    2
+}
+
+/// How rebased reaches an engine, from [`EngineConfig::url`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineAddress {
+    /// `tcp://HOST:PORT`; `tls` unless insecure (or plain loopback).
+    Tcp {
+        /// `HOST:PORT`.
+        authority: String,
+        /// Over TLS with the engine's `ca_file`, `cert_file`, `key_file`.
+        tls: bool,
+    },
+    /// `unix:///PATH`.
+    Unix(PathBuf),
+    /// `ssh://[USER@]HOST[:PORT]`: through the ssh client running
+    /// `docker system dial-stdio` on the host.
+    Ssh {
+        /// `USER@HOST` or `HOST`.
+        destination: String,
+        /// The port, when not 22.
+        port: Option<u16>,
+    },
+}
+
+impl EngineConfig {
+    /// The address its `url` names, or why it is not one.
+    pub fn address(&self) -> Result<EngineAddress, String> {
+        let url = self.url.as_str();
+        if let Some(rest) = url.strip_prefix("unix://") {
+            if !rest.starts_with('/') {
+                return Err(format!("{url:?}: a unix socket needs an absolute path (unix:///run/podman/podman.sock)"));
+            }
+            return Ok(EngineAddress::Unix(PathBuf::from(rest)));
+        }
+        if let Some(rest) = url.strip_prefix("ssh://") {
+            let rest = rest.trim_end_matches('/');
+            let (user, hostport) = match rest.rsplit_once('@') {
+                Some((u, h)) => (Some(u), h),
+                None => (None, rest),
+            };
+            let (host, port) = split_port(hostport)
+                .ok_or_else(|| format!("{url:?}: not ssh://[USER@]HOST[:PORT]"))?;
+            if host.is_empty()
+                || user.is_some_and(|u| u.is_empty() || u.contains(':'))
+                || host.starts_with('-')
+            {
+                return Err(format!(
+                    "{url:?}: not ssh://[USER@]HOST[:PORT] (no password in the URL)"
+                ));
+            }
+            let destination = match user {
+                Some(u) => format!("{u}@{host}"),
+                None => host.to_owned(),
+            };
+            return Ok(EngineAddress::Ssh { destination, port });
+        }
+        let Some(rest) = url.strip_prefix("tcp://") else {
+            return Err(format!(
+                "{url:?}: the url is tcp://HOST:PORT, unix:///PATH or ssh://USER@HOST"
+            ));
+        };
+        let authority = rest.trim_end_matches('/');
+        let (host, port) = split_port(authority)
+            .filter(|(h, p)| !h.is_empty() && p.is_some())
+            .ok_or_else(|| format!("{url:?}: not tcp://HOST:PORT"))?;
+        let certs = [&self.ca_file, &self.cert_file, &self.key_file];
+        let given = certs.iter().filter(|c| c.is_some()).count();
+        if given == 3 {
+            return Ok(EngineAddress::Tcp {
+                authority: authority.to_owned(),
+                tls: true,
+            });
+        }
+        if given > 0 {
+            return Err(format!(
+                "{url:?}: TLS needs all of ca_file, cert_file and key_file"
+            ));
+        }
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let _ = port;
+        if self.insecure || loopback {
+            Ok(EngineAddress::Tcp {
+                authority: authority.to_owned(),
+                tls: false,
+            })
+        } else {
+            Err(format!("{url:?}: plain TCP to a host that is not loopback: give ca_file, cert_file and key_file for TLS, or set insecure = true"))
+        }
+    }
+}
+
+/// `HOST[:PORT]` (an IPv6 host in brackets): the host and the port.
+fn split_port(s: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after.strip_prefix(':') {
+            Some(p) => Some((host, Some(p.parse().ok()?))),
+            None if after.is_empty() => Some((host, None)),
+            None => None,
+        };
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Some((h, Some(p.parse().ok()?))),
+        Some(_) => None,
+        None => Some((s, None)),
+    }
 }
 
 /// `[registries."HOST"]`.
@@ -704,6 +862,13 @@ impl Config {
         };
         fix(&mut self.daemon.state_dir);
         fix(&mut self.builder.binfmt_dir);
+        for e in &mut self.builder.engines {
+            e.ca_file.iter_mut().for_each(fix);
+            e.cert_file.iter_mut().for_each(fix);
+            e.key_file.iter_mut().for_each(fix);
+            e.ssh_key_file.iter_mut().for_each(fix);
+            e.known_hosts_file.iter_mut().for_each(fix);
+        }
         self.daemon.api_token_file.iter_mut().for_each(fix);
         self.webhooks.token_file.iter_mut().for_each(fix);
         self.signing.key_file.iter_mut().for_each(fix);
@@ -857,6 +1022,7 @@ impl Config {
             ));
         }
         crate::notify::validate(&self.notify, text)?;
+        self.validate_engines(text)?;
         if self.builder.max_attempts == 0 {
             return Err(key_error(
                 text,
@@ -867,6 +1033,119 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    fn validate_engines(&self, text: &str) -> Result<(), ConfigError> {
+        let at = |i: usize, key: &str, value: &str, message: String| {
+            // The i-th [[builder.engine]] table, then the key in it.
+            let start = nth_table_offset(text, "builder.engine", i).unwrap_or(0);
+            let offset = nth_key_offset(&text[start..], key, value, 0).map_or(start, |o| start + o);
+            let mut e = located(text, offset, message);
+            e.key = Some(format!("builder.engine[{i}].{key}"));
+            e
+        };
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, e) in self.builder.engines.iter().enumerate() {
+            let ok = !e.name.is_empty()
+                && e.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !ok {
+                return Err(at(
+                    i,
+                    "name",
+                    "",
+                    format!(
+                        "engine name {:?}: letters, digits, '-', '_' and '.' only",
+                        e.name
+                    ),
+                ));
+            }
+            if let Some(first) = names.insert(e.name.as_str(), i) {
+                return Err(at(
+                    i,
+                    "name",
+                    "",
+                    format!(
+                        "engine name {:?} is already used by builder.engine[{first}]",
+                        e.name
+                    ),
+                ));
+            }
+            let address = e.address().map_err(|m| at(i, "url", "", m))?;
+            let ssh = matches!(address, EngineAddress::Ssh { .. });
+            for (key, given) in [
+                ("ssh_key_file", e.ssh_key_file.is_some()),
+                ("known_hosts_file", e.known_hosts_file.is_some()),
+            ] {
+                if given && !ssh {
+                    return Err(at(i, key, "", format!("{key} is for an ssh:// engine")));
+                }
+            }
+            if e.ssh_key_file.is_some() && e.known_hosts_file.is_none() {
+                return Err(at(
+                    i,
+                    "ssh_key_file",
+                    "",
+                    "ssh_key_file needs known_hosts_file: host keys are never trusted on first use"
+                        .to_owned(),
+                ));
+            }
+            if e.max_builds == 0 {
+                return Err(at(i, "max_builds", "", "must be at least 1".to_owned()));
+            }
+            if let Some(p) = e.platforms.iter().find(|p| !valid_platform(p)) {
+                return Err(at(
+                    i,
+                    "platforms",
+                    p,
+                    format!("platform {p:?} is not os/architecture[/variant], e.g. linux/arm64"),
+                ));
+            }
+        }
+        if self.builder.backend == Backend::Remote && self.builder.engines.is_empty() {
+            return Err(key_error(
+                text,
+                "builder",
+                "backend",
+                "backend = \"remote\" needs at least one [[builder.engine]]",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `os/architecture[/variant]`.
+fn valid_platform(p: &str) -> bool {
+    let parts: Vec<&str> = p.split('/').collect();
+    (2..=3).contains(&parts.len())
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        })
+}
+
+/// Byte offset of the `n`-th (0-based) `[[table]]` header in `text`.
+fn nth_table_offset(text: &str, table: &str, n: usize) -> Option<usize> {
+    let mut offset = 0;
+    let mut count = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.strip_prefix("[[")
+            .and_then(|r| r.split(']').next())
+            .is_some_and(|name| name.trim() == table)
+        {
+            if count == n {
+                return Some(offset);
+            }
+            count += 1;
+        }
+        offset += line.len();
+    }
+    None
 }
 
 fn key_error(text: &str, table: &str, key: &str, message: &str) -> ConfigError {
@@ -1263,6 +1542,86 @@ source_bump = "patch"
 
         let e = err(&format!("{MINIMAL}source_bump = \"major\"\n"));
         assert_eq!(e.key.as_deref(), Some("image[0].source_bump"), "{e}");
+    }
+
+    #[test]
+    fn engines_are_validated_with_their_line_and_key() {
+        let ok = Config::parse(&format!(
+            "[builder]\nbackend = \"remote\"\n\n[[builder.engine]]\nname = \"b1\"\nurl = \"tcp://10.0.0.5:2375\"\ninsecure = true\nmax_builds = 3\nplatforms = [\"linux/amd64\"]\n\n[[builder.engine]]\nname = \"b2\"\nurl = \"unix:///run/podman/podman.sock\"\n\n[[builder.engine]]\nname = \"b3\"\nurl = \"ssh://build@h.example:2222\"\n{MINIMAL}"
+        ))
+        .expect("valid");
+        let e = &ok.builder.engines;
+        assert_eq!(ok.builder.backend, Backend::Remote);
+        assert_eq!((e[0].max_builds, e[1].max_builds), (3, 2));
+        assert_eq!(
+            e[0].address(),
+            Ok(EngineAddress::Tcp {
+                authority: "10.0.0.5:2375".to_owned(),
+                tls: false
+            })
+        );
+        assert_eq!(
+            e[1].address(),
+            Ok(EngineAddress::Unix(PathBuf::from(
+                "/run/podman/podman.sock"
+            )))
+        );
+        assert_eq!(
+            e[2].address(),
+            Ok(EngineAddress::Ssh {
+                destination: "build@h.example".to_owned(),
+                port: Some(2222)
+            })
+        );
+        // Loopback may be plain; TLS needs all three files.
+        let one = |body: &str| format!("[[builder.engine]]\nname = \"x\"\n{body}{MINIMAL}");
+        assert!(Config::parse(&one("url = \"tcp://127.0.0.1:2375\"\n")).is_ok());
+        let tls = Config::parse(&one(
+            "url = \"tcp://h:2376\"\nca_file = \"ca\"\ncert_file = \"c\"\nkey_file = \"k\"\n",
+        ))
+        .expect("tls");
+        assert!(matches!(
+            tls.builder.engines[0].address(),
+            Ok(EngineAddress::Tcp { tls: true, .. })
+        ));
+
+        let e = err(&format!(
+            "[[builder.engine]]\nname = \"x\"\nurl = \"tcp://10.0.0.5:2375\"\n{MINIMAL}"
+        ));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (3, Some("builder.engine[0].url")),
+            "{e}"
+        );
+        assert!(e.message.contains("insecure = true"), "{e}");
+        let e = err(&one("url = \"tcp://h:2376\"\nca_file = \"ca\"\n"));
+        assert!(e.message.contains("key_file"), "{e}");
+        let e = err(&one("url = \"http://h:2376\"\n"));
+        assert_eq!(e.key.as_deref(), Some("builder.engine[0].url"), "{e}");
+        let e = err(&format!(
+            "[[builder.engine]]\nname = \"a\"\nurl = \"unix:///s\"\n\n[[builder.engine]]\nname = \"a\"\nurl = \"unix:///t\"\nmax_builds = 0\n{MINIMAL}"
+        ));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (6, Some("builder.engine[1].name")),
+            "{e}"
+        );
+        let e = err(&one("url = \"unix:///s\"\nmax_builds = 0\n"));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (4, Some("builder.engine[0].max_builds")),
+            "{e}"
+        );
+        let e = err(&one("url = \"unix:///s\"\nplatforms = [\"amd64\"]\n"));
+        assert_eq!(e.key.as_deref(), Some("builder.engine[0].platforms"), "{e}");
+        let e = err(&one("url = \"ssh://-oProxyCommand=x\"\n"));
+        assert_eq!(e.key.as_deref(), Some("builder.engine[0].url"), "{e}");
+        let e = err(&format!("[builder]\nbackend = \"remote\"\n{MINIMAL}"));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (2, Some("builder.backend")),
+            "{e}"
+        );
     }
 
     #[test]

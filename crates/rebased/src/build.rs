@@ -6,17 +6,20 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context, Result};
 use chrono::Utc;
-use rebased_builder::{installed_engine, provenance, BuildRequest, EngineKind};
+use rebased_builder::remote::pool::{Finish, NoEngine};
+use rebased_builder::{
+    installed_engine, provenance, BuildError, BuildOutput, BuildRequest, EngineKind,
+};
 use rebased_core::config::{Backend, ImageConfig};
 use rebased_core::dockerfile::BaseKind;
 use rebased_core::{Digest, ImageRef};
 use rebased_registry::Registry;
 use rebased_scheduler::Change;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::live::{Live, Plan};
-use crate::publish::Release;
+use crate::publish::{self, Release};
 
 /// What one build makes: the release the reconciler decided, and what
 /// the build needs besides.
@@ -46,19 +49,20 @@ pub async fn run(
     let job = build.release.job;
     let request = request(live, registry, build)?;
     let workdir = request.workdir.clone();
-    let kind = backend(live, build);
-    if kind.is_some() {
+    let choice = backend(live, build);
+    if let Choice::Engine(_) = choice {
         emulation_check(live, build).with_context(|| format!("build of {target} (job {job})"))?;
     }
-    let outcome = match kind {
-        None => {
+    let outcome = match choice {
+        Choice::Native => {
             info!(backend = "native", "building");
             live.native().build(&request, registry, cancel).await
         }
-        Some(kind) => {
+        Choice::Engine(kind) => {
             info!(backend = kind.program(), platforms = %build.release.image.platforms.join(","), "building");
             live.engine(kind).build(&request, registry, cancel).await
         }
+        Choice::Remote => remote(live, registry, cancel, build, &request).await,
     };
     let mut log = why(build.release.changes);
     log.push_str(match &outcome {
@@ -225,32 +229,149 @@ fn request(live: &Live, registry: &Registry, build: &Build<'_>) -> Result<BuildR
     })
 }
 
-/// The backend a build of `image` from `plan` uses: `native` or the engine's
-/// program (for provenance).
-pub fn backend_name(live: &Live, plan: &Plan, image: &ImageConfig) -> &'static str {
-    backend_for(live, plan, image).map_or("native", |k| k.program())
+/// How a build is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    /// The native backend.
+    Native,
+    /// A local engine.
+    Engine(EngineKind),
+    /// The pool of remote engines.
+    Remote,
 }
 
-/// The engine to build with; `None` is the native backend.
-fn backend(live: &Live, build: &Build<'_>) -> Option<EngineKind> {
+/// The backend a build of `image` from `plan` uses, as provenance names
+/// it: `native`, the engine's program, or `remote`.
+pub fn backend_name(live: &Live, plan: &Plan, image: &ImageConfig) -> &'static str {
+    match backend_for(live, plan, image) {
+        Choice::Native => "native",
+        Choice::Engine(k) => k.program(),
+        Choice::Remote => "remote",
+    }
+}
+
+/// The backend to build with.
+fn backend(live: &Live, build: &Build<'_>) -> Choice {
     backend_for(live, build.plan, build.release.image)
 }
 
-fn backend_for(live: &Live, plan: &Plan, image: &ImageConfig) -> Option<EngineKind> {
-    match live.cfg().builder.backend {
-        Backend::Native => None,
+fn backend_for(live: &Live, plan: &Plan, image: &ImageConfig) -> Choice {
+    let cfg = live.cfg();
+    match cfg.builder.backend {
+        Backend::Native => Choice::Native,
         // Native when it can build the file (no RUN, one stage, no
-        // COPY --from ...), else the first engine installed; with
-        // none, native says why it cannot.
+        // COPY --from ...), else the remote engines when there are
+        // some, else the first engine installed; with none, native
+        // says why it cannot.
         Backend::Auto
             if rebased_builder::native::plan::Plan::new(&plan.model, &image.build_args).is_ok() =>
         {
-            None
+            Choice::Native
         }
-        Backend::Auto => installed_engine(),
-        Backend::Buildah => Some(EngineKind::Buildah),
-        Backend::Podman => Some(EngineKind::Podman),
-        Backend::Docker => Some(EngineKind::Docker),
+        Backend::Auto if !cfg.builder.engines.is_empty() => Choice::Remote,
+        Backend::Auto => installed_engine().map_or(Choice::Native, Choice::Engine),
+        Backend::Buildah => Choice::Engine(EngineKind::Buildah),
+        Backend::Podman => Choice::Engine(EngineKind::Podman),
+        Backend::Docker => Choice::Engine(EngineKind::Docker),
+        Backend::Remote => Choice::Remote,
+    }
+}
+
+/// How many times a build lost with its engine runs again elsewhere
+/// before the job fails.
+const MAX_LOST: usize = 4;
+
+/// A build on the pool's engines: on the engine the pool picks; an
+/// engine lost during it (not the image's failure) has it run again on
+/// another, unless its version tag is there by then, pushed by the lost
+/// engine, which is adopted as `publish` adopts one (same bases and
+/// source), never pushed again.
+async fn remote(
+    live: &Live,
+    registry: &Registry,
+    cancel: &CancellationToken,
+    build: &Build<'_>,
+    request: &BuildRequest,
+) -> Result<BuildOutput, BuildError> {
+    let pool = live.pool();
+    let metrics = live.metrics();
+    let wait = live.cfg().builder.timeout.0;
+    let mut log = String::new();
+    let mut lost = 0;
+    loop {
+        let lease = match pool.acquire(&request.platforms, wait, cancel).await {
+            Ok(l) => l,
+            Err(NoEngine::Cancelled) => {
+                return Err(BuildError::Cancelled {
+                    step: "waiting for an engine",
+                    log,
+                })
+            }
+            Err(e) => return Err(BuildError::Unsupported(e.to_string())),
+        };
+        let engine = lease.remote().name.clone();
+        info!(backend = "remote", %engine, platforms = %build.release.image.platforms.join(","), "building");
+        let outcome = lease
+            .remote()
+            .build(request, registry, cancel, lease.lost())
+            .await;
+        let count = |outcome: &str| {
+            metrics.inc(
+                "rebased_engine_builds_total",
+                &[("engine", engine.as_str()), ("outcome", outcome)],
+            );
+        };
+        match outcome {
+            Ok(mut out) => {
+                lease.finish(Finish::Done);
+                count("done");
+                log.push_str(&out.log);
+                out.log = log;
+                return Ok(out);
+            }
+            Err(BuildError::EngineLost {
+                engine,
+                reason,
+                log: part,
+            }) => {
+                lease.finish(Finish::Lost(reason.clone()));
+                count("lost");
+                log.push_str(&part);
+                if lost >= MAX_LOST {
+                    return Err(BuildError::EngineLost {
+                        engine,
+                        reason,
+                        log,
+                    });
+                }
+                lost += 1;
+                warn!(%engine, "engine lost during the build: {reason}; running it on another engine");
+                match publish::adoptable(registry, build.release).await {
+                    Ok(Some(digest)) => {
+                        log.push_str(&format!(
+                            "# the version tag was pushed by engine {engine} before it was lost: adopted ({digest})\n"
+                        ));
+                        return Ok(BuildOutput {
+                            digest: Some(digest),
+                            log,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(BuildError::Native {
+                            step: "push".to_owned(),
+                            reason: format!("{e:#}"),
+                            log,
+                        })
+                    }
+                }
+            }
+            Err(e) => {
+                lease.finish(Finish::Failed(e.to_string()));
+                count("failed");
+                return Err(e);
+            }
+        }
     }
 }
 

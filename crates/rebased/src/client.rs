@@ -655,6 +655,46 @@ pub fn sources(c: &Client) -> Result<String> {
     })
 }
 
+/// `rebased engines`: every remote build engine.
+pub fn engines(c: &Client) -> Result<String> {
+    c.get("/v1/engines", |engines: Vec<rebased_api::EngineView>| {
+        let rows: Vec<Vec<String>> = engines
+            .iter()
+            .map(|e| {
+                vec![
+                    e.name.clone(),
+                    e.url.clone(),
+                    e.state.clone(),
+                    format!("{}/{}", e.running, e.max_builds),
+                    e.done.to_string(),
+                    e.failed.to_string(),
+                    e.lost.to_string(),
+                    if e.platforms.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        e.platforms.join(",")
+                    },
+                    brief(e.last_error.as_ref()),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "NAME",
+                "URL",
+                "STATE",
+                "RUNNING",
+                "DONE",
+                "FAILED",
+                "LOST",
+                "PLATFORMS",
+                "ERROR",
+            ],
+            &rows,
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use anyhow::Result;
 use rebased_api::metrics::Metrics;
 use rebased_builder::native::cache::LayerCache;
+use rebased_builder::remote::pool::Pool;
 use rebased_builder::{Engine, EngineKind, Native};
 use rebased_core::config::{Config, CronSpec, ImageConfig, SourceConfig};
 use rebased_core::source::{Context, GitContext};
@@ -44,6 +45,8 @@ pub struct Live {
     once: bool,
     /// Where the registry clients count their requests.
     metrics: Arc<Metrics>,
+    /// The remote build engines of the config in force.
+    pool: Arc<Pool>,
 }
 
 /// A config and the registry client made from it.
@@ -103,7 +106,10 @@ impl Live {
     pub fn new(config_file: PathBuf, cfg: Config, once: bool, metrics: Arc<Metrics>) -> Self {
         let registry =
             Registry::new(&cfg.registries).observed_by(Arc::new(Counted(Arc::clone(&metrics))));
+        let pool = Arc::new(Pool::default());
+        pool.configure(&cfg.builder.engines, cfg.builder.timeout.0);
         Self {
+            pool,
             metrics,
             config_file,
             in_force: RwLock::new(InForce {
@@ -173,6 +179,9 @@ impl Live {
             );
         }
         now.signer = load_signer(&cfg);
+        // Engines come and go with the config; running builds keep theirs.
+        self.pool
+            .configure(&cfg.builder.engines, cfg.builder.timeout.0);
         now.config = Arc::new(cfg);
         drop(now);
         *lock(&self.plans) = PlanCache::default();
@@ -193,6 +202,16 @@ impl Live {
             &cfg.daemon.state_dir.join("containers"),
             cfg.builder.timeout.0,
         )
+    }
+
+    /// The daemon's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// The remote build engines of the config in force.
+    pub fn pool(&self) -> Arc<Pool> {
+        Arc::clone(&self.pool)
     }
 
     /// The native builder of the config in force.

@@ -168,6 +168,11 @@ enum Command {
         #[command(flatten)]
         api: client::ApiArgs,
     },
+    /// List the remote build engines: state, builds running, done, failed, lost.
+    Engines {
+        #[command(flatten)]
+        api: client::ApiArgs,
+    },
     /// Print a Dockerfile's external bases, one normalised reference a line.
     Bases {
         /// The Dockerfile.
@@ -199,6 +204,7 @@ fn main() -> ExitCode {
         Command::Image { name, api } => client_cmd(&api, |c| client::image(c, &name)),
         Command::Jobs { api } => client_cmd(&api, client::jobs),
         Command::Sources { api } => client_cmd(&api, client::sources),
+        Command::Engines { api } => client_cmd(&api, client::engines),
         Command::Log { job, api } => client_cmd(&api, |c| client::log(c, job)),
         Command::Check { reference, api } => {
             client_cmd(&api, |c| client::check(c, reference.as_deref()))

@@ -211,7 +211,7 @@ fn may_move_tags(store: &Store, name: &str) -> bool {
 /// The digest of `release`'s version tag if it exists and was built from
 /// the same bases (a run cut short after its push): adopted instead of
 /// built. An existing tag of anything else is refused.
-async fn adoptable(registry: &Registry, release: &Release<'_>) -> Result<Option<Digest>> {
+pub async fn adoptable(registry: &Registry, release: &Release<'_>) -> Result<Option<Digest>> {
     let repo = release.repo;
     let tag = release.version.to_string();
     let Some(d) = repo.lookup(registry, &tag).await? else {

@@ -10,9 +10,9 @@ use chrono::Utc;
 use rebased_api::metrics::Metrics;
 use rebased_api::{
     Accepted, ActionError, ApiError, AuditStatusView, AuditView, Backend, BaseView, BoxFuture,
-    CheckRequest, Conflict, FindingView, ImageBaseView, ImageSourceView, ImageView, JobReasonView,
-    JobView, PendingView, RollbackView, SignatureView, SourceView, StatusView, SupersessionView,
-    VersionView, WebhookReply,
+    CheckRequest, Conflict, EngineView, FindingView, ImageBaseView, ImageSourceView, ImageView,
+    JobReasonView, JobView, PendingView, RollbackView, SignatureView, SourceView, StatusView,
+    SupersessionView, VersionView, WebhookReply,
 };
 use rebased_core::config::ImageConfig;
 use rebased_core::job::{Job, JobState};
@@ -470,6 +470,28 @@ impl Backend for ReadModel {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(job_summary(&job))),
             Err(e) => Err(ApiError::internal(format!("reading log of job {id}: {e}"))),
         }
+    }
+
+    fn engines(&self) -> Result<Vec<EngineView>, ApiError> {
+        Ok(self
+            .live
+            .pool()
+            .views()
+            .into_iter()
+            .map(|e| EngineView {
+                name: e.name,
+                url: e.url,
+                state: e.state.as_str().to_owned(),
+                running: e.running,
+                max_builds: e.max_builds,
+                done: e.done,
+                failed: e.failed,
+                lost: e.lost,
+                last_error: e.last_error,
+                platforms: e.platforms,
+                version: e.version,
+            })
+            .collect())
     }
 
     fn sources(&self) -> Result<Vec<SourceView>, ApiError> {

@@ -169,6 +169,30 @@ impl Wiring {
     }
 }
 
+/// How often the remote engines are checked.
+const ENGINE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The remote engines' health checks until `cancel`, each round's states
+/// in the metrics (`rebased_engine_up`, `rebased_engine_running`).
+fn engine_health(
+    live: &Live,
+    cancel: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let metrics = live.metrics();
+    live.pool()
+        .run_health(ENGINE_CHECK_INTERVAL, cancel, move |engines| {
+            for e in engines {
+                let up = u64::from(e.state == rebased_builder::remote::pool::EngineState::Up);
+                metrics.set_gauge("rebased_engine_up", &[("engine", e.name.as_str())], up);
+                metrics.set_gauge(
+                    "rebased_engine_running",
+                    &[("engine", e.name.as_str())],
+                    e.running as u64,
+                );
+            }
+        })
+}
+
 /// `rebased once`: import, one round over every base deciding every
 /// image, the builds it causes (and their cascades), then exit.
 async fn once(
@@ -189,6 +213,9 @@ async fn once(
     let images = cfg.image.clone();
     drop(cfg);
     let never = CancellationToken::new();
+    let health = CancellationToken::new();
+    let _stop_health = health.clone().drop_guard();
+    tokio::spawn(engine_health(&live, health));
     ledger::import_all(
         &store,
         &registry,
@@ -326,6 +353,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         stop_timeout,
         stopped.clone(),
     ));
+    tasks.spawn(engine_health(&live, shutdown.clone()));
     let dispatch = tasks.spawn(dispatcher.run(jobs_rx, shutdown.clone()));
     // Before READY=1: from then on `systemctl reload` may send SIGHUP, whose
     // default action would end the process during the import; the reload

@@ -13,65 +13,28 @@ use std::path::Path;
 
 use sha2::{Digest as _, Sha256};
 
+use super::tar::Visible;
 use super::{Context, ContextError};
 
 impl Context {
     /// `sha256:` and the hex digest of the context's visible content.
     pub fn content_hash(&self) -> Result<String, ContextError> {
         let mut h = Sha256::new();
-        let mut stack: Vec<Vec<String>> = vec![Vec::new()];
-        while let Some(rel) = stack.pop() {
-            let dir = rel.iter().fold(self.root.clone(), |p, s| p.join(s));
-            let io = |source| ContextError::Io {
-                path: dir.clone(),
-                source,
-            };
-            let mut names: Vec<String> = fs::read_dir(&dir)
-                .map_err(io)?
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            // Children are pushed in reverse so they pop in order.
-            let mut subdirs = Vec::new();
-            for name in names {
-                let mut path = rel.clone();
-                path.push(name);
-                let segs: Vec<&str> = path.iter().map(String::as_str).collect();
-                let excluded = self.ignore.excluded(&segs);
-                let full = path.iter().fold(self.root.clone(), |p, s| p.join(s));
-                let meta = fs::symlink_metadata(&full).map_err(|source| ContextError::Io {
-                    path: full.clone(),
-                    source,
-                })?;
-                if meta.is_dir() {
-                    // An excluded directory may still hold re-included paths.
-                    if !excluded || self.ignore.has_exceptions() {
-                        if !excluded {
-                            entry(&mut h, &path, b'd', meta.permissions().mode());
-                        }
-                        subdirs.push(path);
-                    }
-                    continue;
-                }
-                if excluded {
-                    continue;
-                }
-                if meta.file_type().is_symlink() {
-                    entry(&mut h, &path, b'l', 0);
-                    let target = fs::read_link(&full).map_err(|source| ContextError::Io {
-                        path: full.clone(),
-                        source,
-                    })?;
+        self.visit(|path, kind, meta, full| {
+            match kind {
+                Visible::Dir => entry(&mut h, path, b'd', meta.permissions().mode()),
+                Visible::Symlink(target) => {
+                    entry(&mut h, path, b'l', 0);
                     h.update(target.to_string_lossy().as_bytes());
                     h.update([0]);
-                } else if meta.is_file() {
-                    entry(&mut h, &path, b'f', meta.permissions().mode());
-                    file(&mut h, &full)?;
+                }
+                Visible::File => {
+                    entry(&mut h, path, b'f', meta.permissions().mode());
+                    file(&mut h, full)?;
                 }
             }
-            stack.extend(subdirs.into_iter().rev());
-        }
+            Ok(())
+        })?;
         let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok(format!("sha256:{hex}"))
     }

@@ -14,12 +14,14 @@
 //! By concern: `copy.rs` resolves one `COPY`/`ADD` into layer entries,
 //! `ignore.rs` is the `.dockerignore` and glob engine, `archive.rs` unpacks
 //! the local archives `ADD` is given, `hash.rs` is the content hash a
-//! watched context is versioned by.
+//! watched context is versioned by, `tar.rs` the context as a remote
+//! engine's `/build` takes it.
 
 mod archive;
 mod copy;
 mod hash;
 mod ignore;
+mod tar;
 
 use std::fs;
 use std::io;
