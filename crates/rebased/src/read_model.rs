@@ -4,10 +4,11 @@
 //! is shown in.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use rebased_api::metrics::Metrics;
+use rebased_api::pages::{ImageSummaryView, LastJobView, SummaryBaseView};
 use rebased_api::{
     Accepted, ActionError, ApiError, Backend, BaseChangeView, BaseView, BoxFuture, CheckRequest,
     Conflict, ImageBaseView, ImageSourceView, ImageView, JobReasonView, JobView, PendingView,
@@ -56,7 +57,30 @@ pub struct ReadModel {
     jobs: mpsc::Sender<Command>,
     checks: mpsc::Sender<poll::CheckRequest>,
     reconciler: Arc<Reconciler>,
+    summaries: Mutex<Option<Summaries>>,
 }
+
+/// Every image's summary, as of one store generation, one config and one
+/// set of jobs.
+struct Summaries {
+    key: SummaryKey,
+    made: std::time::Instant,
+    all: Arc<Vec<ImageSummaryView>>,
+}
+
+/// What the summaries were made from: the store's generation, the config
+/// in force (by identity) and a hash of the jobs and their states.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SummaryKey {
+    generation: u64,
+    config: usize,
+    jobs: u64,
+}
+
+/// How long summaries are reused while nothing they were made from moved:
+/// a Dockerfile's edit (a new base) is not a store write, so it shows
+/// within this time even before a poll decides the image.
+const SUMMARIES_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a [`ReadModel`] works with.
 pub struct Parts {
@@ -90,7 +114,130 @@ impl ReadModel {
             jobs: parts.jobs,
             checks: parts.checks,
             reconciler: parts.reconciler,
+            summaries: Mutex::new(None),
         }
+    }
+
+    fn summary_key(&self, cfg: &Arc<rebased_core::config::Config>) -> SummaryKey {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for j in lock_queue(&self.queue).jobs() {
+            (j.id, j.state, j.attempts_made()).hash(&mut h);
+        }
+        SummaryKey {
+            generation: self.store.generation(),
+            config: Arc::as_ptr(cfg) as usize,
+            jobs: h.finish(),
+        }
+    }
+
+    /// Every image's summary, made from the store, the queue and the
+    /// config in force, in name order.
+    fn make_summaries(
+        &self,
+        cfg: &rebased_core::config::Config,
+    ) -> Result<Vec<ImageSummaryView>, ApiError> {
+        let bases: BTreeMap<String, rebased_state::BaseRecord> = self
+            .store
+            .bases()
+            .map_err(internal)?
+            .into_iter()
+            .map(|b| (b.reference.clone(), b))
+            .collect();
+        let (active, last): (BTreeMap<String, JobState>, BTreeMap<String, LastJobView>) = {
+            let q = lock_queue(&self.queue);
+            let mut last: BTreeMap<String, (u64, LastJobView)> = BTreeMap::new();
+            for j in q.jobs() {
+                if last.get(&j.image).is_none_or(|(id, _)| *id < j.id) {
+                    last.insert(
+                        j.image.clone(),
+                        (
+                            j.id,
+                            LastJobView {
+                                id: j.id,
+                                state: j.state.to_string(),
+                                finished_at: j.finished_at,
+                                error: j.error.clone(),
+                                published: j.published,
+                            },
+                        ),
+                    );
+                }
+            }
+            let active = cfg
+                .image
+                .iter()
+                .filter_map(|i| {
+                    q.active(i.name.as_str())
+                        .map(|j| (i.name.to_string(), j.state))
+                })
+                .collect();
+            (active, last.into_iter().map(|(k, (_, v))| (k, v)).collect())
+        };
+        let mut out = Vec::with_capacity(cfg.image.len());
+        for image in &cfg.image {
+            let name = image.name.as_str();
+            let record = self.store.image(name).map_err(internal)?;
+            let current = record.as_ref().and_then(|r| r.current);
+            let version = match current {
+                Some(c) => self.store.version(name, &c).map_err(internal)?,
+                None => None,
+            };
+            let mut settling = false;
+            let image_bases: Vec<SummaryBaseView> = match self.live.image_bases(image) {
+                Ok(refs) => refs
+                    .iter()
+                    .map(|r| {
+                        let key = r.to_string();
+                        let rec = bases.get(&key);
+                        settling |= rec.is_some_and(|b| b.pending.is_some());
+                        SummaryBaseView {
+                            digest: r
+                                .digest()
+                                .cloned()
+                                .or_else(|| rec.and_then(|b| b.digest.clone())),
+                            last_checked: rec.and_then(|b| b.checked_at),
+                            last_changed: rec.and_then(|b| b.changed_at),
+                            error: rec
+                                .and_then(|b| b.error.clone())
+                                .filter(|_| r.digest().is_none()),
+                            reference: key,
+                        }
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            let state = image_state(
+                record.as_ref().map(|r| r.state),
+                active.get(name).copied(),
+                settling,
+            );
+            let source = image.context.git().map(|g| {
+                let rec = self.store.source(&g.key()).ok().flatten();
+                ImageSourceView {
+                    url: g.public_url(),
+                    reference: g.reference_or_head().to_owned(),
+                    dir: g.dir.display().to_string(),
+                    commit: rec.as_ref().and_then(|r| r.commit.clone()),
+                    error: rec.and_then(|r| r.error),
+                }
+            });
+            out.push(ImageSummaryView {
+                name: name.to_owned(),
+                state,
+                unchecked: image_bases.iter().any(|b| b.error.is_some()),
+                repository: image.repository.to_string(),
+                current_version: current,
+                current_digest: version.as_ref().map(|v| v.digest.clone()),
+                current_built_at: version.as_ref().map(|v| v.built_at),
+                bases: image_bases,
+                last_error: record.and_then(|r| r.last_error),
+                last_job: last.get(name).cloned(),
+                source,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// 503 while stopping: new work is not taken.
@@ -405,6 +552,29 @@ impl Backend for ReadModel {
 
     fn image(&self, name: &str) -> Result<Option<ImageView>, ApiError> {
         self.live.image(name).map(|i| self.view(&i)).transpose()
+    }
+
+    /// Made again only when the store was written, the config reloaded or
+    /// a job moved since (or [`SUMMARIES_FOR`] passed): at 10,000 images a
+    /// page is then a filter over what is at hand, not 10,000 reads.
+    fn image_summaries(&self) -> Result<Arc<Vec<ImageSummaryView>>, ApiError> {
+        let cfg = self.live.cfg();
+        let key = self.summary_key(&cfg);
+        if let Some(s) = crate::live::lock(&self.summaries).as_ref() {
+            if s.key == key && s.made.elapsed() < SUMMARIES_FOR {
+                return Ok(Arc::clone(&s.all));
+            }
+        }
+        // The key is read before the reads: a write during them moves
+        // the generation, so these are made again next time.
+        let made = std::time::Instant::now();
+        let all = Arc::new(self.make_summaries(&cfg)?);
+        *crate::live::lock(&self.summaries) = Some(Summaries {
+            key,
+            made,
+            all: Arc::clone(&all),
+        });
+        Ok(all)
     }
 
     /// Ready until the stop begins: from then on new work is refused.

@@ -381,6 +381,18 @@ pub struct Store {
     jobs: sled::Tree,
     rollbacks: sled::Tree,
     events: sled::Tree,
+    /// Bumped after every write (see [`Store::generation`]).
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Bumps the store's generation when dropped, so at the end of a write,
+/// whichever way it ends.
+struct Changed<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Changed<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Versions kept in the ledger per image; older ones are dropped (the
@@ -453,7 +465,20 @@ impl Store {
             versions: tree("versions")?,
             jobs: tree("jobs")?,
             db,
+            generation: Default::default(),
         })
+    }
+
+    /// A number that changes after every write through this store (and
+    /// its clones): a reader that saw the same generation before and after
+    /// reading knows nothing was written meanwhile, and one that cached an
+    /// answer under a generation knows it is stale when the number moved.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changing(&self) -> Changed<'_> {
+        Changed(&self.generation)
     }
 
     /// The record of base `reference`.
@@ -472,6 +497,7 @@ impl Store {
 
     /// Stores a base record.
     pub fn put_base(&self, record: &BaseRecord) -> Result<(), StateError> {
+        let _changed = self.changing();
         put(
             &self.bases,
             record.reference.as_bytes(),
@@ -492,6 +518,7 @@ impl Store {
 
     /// Stores a source record.
     pub fn put_source(&self, record: &SourceRecord) -> Result<(), StateError> {
+        let _changed = self.changing();
         put(
             &self.sources,
             record.key.as_bytes(),
@@ -509,6 +536,7 @@ impl Store {
     /// tests only: what the callers do with an unreadable record.
     #[doc(hidden)]
     pub fn damage_image_record(&self, name: &str) -> Result<(), StateError> {
+        let _changed = self.changing();
         self.images
             .insert(name.as_bytes(), &b"\xff not a record"[..])
             .map(drop)
@@ -525,6 +553,7 @@ impl Store {
         name: &str,
         f: impl Fn(&mut ImageRecord),
     ) -> Result<ImageRecord, StateError> {
+        let _changed = self.changing();
         let what = format!("image {name}");
         let mut decode_error = None;
         let new = self
@@ -585,6 +614,7 @@ impl Store {
         new: &VersionRecord,
         reason: Option<Reason>,
     ) -> Result<(), StateError> {
+        let _changed = self.changing();
         let what = format!("publish {name} {}", new.version);
         let new_key = version_key(name, &new.version);
         let new_bytes = encode(new, &what)?;
@@ -713,6 +743,7 @@ impl Store {
 
     /// Stores a job (queued jobs survive restarts), flushed before returning.
     pub fn put_job(&self, job: &Job) -> Result<(), StateError> {
+        let _changed = self.changing();
         let what = format!("job {}", job.id);
         put(&self.jobs, &job.id.to_be_bytes(), job, &what)?;
         self.flush(&what)
@@ -725,6 +756,7 @@ impl Store {
 
     /// Forgets finished jobs.
     pub fn delete_jobs(&self, ids: &[JobId]) -> Result<(), StateError> {
+        let _changed = self.changing();
         for id in ids {
             self.jobs
                 .remove(id.to_be_bytes())
@@ -740,6 +772,7 @@ impl Store {
     /// the version rolled away from is superseded by it (trigger
     /// `rollback`), and the image is held.
     pub fn rollback(&self, name: &str, event: &RollbackEvent) -> Result<(), StateError> {
+        let _changed = self.changing();
         let what = format!("rollback {name} to {}", event.to);
         let mut key = image_prefix(name);
         key.extend_from_slice(&event.at.timestamp_micros().to_be_bytes());
@@ -824,6 +857,7 @@ impl Store {
     /// `Ok(None)` when the image is not held (nothing changes), else the
     /// record after.
     pub fn resume(&self, name: &str) -> Result<Option<ImageRecord>, StateError> {
+        let _changed = self.changing();
         let what = format!("resume {name}");
         let mut after = None;
         let result = (&self.images, &self.events).transaction(|(images, events)| {
@@ -898,6 +932,7 @@ impl Store {
         versions: &[VersionRecord],
         current: Option<Version>,
     ) -> Result<(), StateError> {
+        let _changed = self.changing();
         let what = format!("import ledger of {name}");
         let result = (&self.images, &self.versions)
             .transaction(|(images, vtree)| import_into(images, vtree, name, versions, current));
@@ -908,6 +943,7 @@ impl Store {
     /// (the start-up import of thousands of images: one disk sync per
     /// batch, not per image).
     pub fn import_many(&self, ledgers: &[ImportedLedger]) -> Result<(), StateError> {
+        let _changed = self.changing();
         if ledgers.is_empty() {
             return Ok(());
         }
