@@ -216,6 +216,23 @@ pub struct ImageView {
     /// Its git source, for a git context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ImageSourceView>,
+    /// Its floating tags and where each points now; only in
+    /// `GET /v1/images/{name}` (absent from the lists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub floating_tags: Vec<FloatingTagView>,
+}
+
+/// A floating tag of an image.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FloatingTagView {
+    /// The template (`latest`, `{major}.{minor}`): a rollback to a version
+    /// moves the tags these render for it.
+    pub template: String,
+    /// The tag it renders for the current version.
+    pub tag: Option<String>,
+    /// The version it points at: the current one.
+    #[schema(value_type = Option<String>)]
+    pub version: Option<Version>,
 }
 
 /// An image's git source as it stands.

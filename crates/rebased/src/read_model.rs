@@ -11,9 +11,9 @@ use rebased_api::metrics::Metrics;
 use rebased_api::pages::{ImageSummaryView, LastJobView, SummaryBaseView};
 use rebased_api::{
     Accepted, ActionError, ApiError, Backend, BaseChangeView, BaseView, BoxFuture, CheckRequest,
-    Conflict, ImageBaseView, ImageSourceView, ImageView, JobReasonView, JobView, PendingView,
-    ReasonView, RollbackView, SourceChangeView, SourceView, StatusView, SupersessionView,
-    VersionView, WebhookReply,
+    Conflict, FloatingTagView, ImageBaseView, ImageSourceView, ImageView, JobReasonView, JobView,
+    PendingView, ReasonView, RollbackView, SourceChangeView, SourceView, StatusView,
+    SupersessionView, VersionView, WebhookReply,
 };
 use rebased_core::config::ImageConfig;
 use rebased_core::job::{Job, JobState};
@@ -307,6 +307,7 @@ impl ReadModel {
         });
         let unchecked = bases.iter().any(|b: &ImageBaseView| b.error.is_some());
         Ok(ImageView {
+            floating_tags: Vec::new(),
             source,
             rollbacks,
             name: name.to_owned(),
@@ -551,7 +552,20 @@ impl Backend for ReadModel {
     }
 
     fn image(&self, name: &str) -> Result<Option<ImageView>, ApiError> {
-        self.live.image(name).map(|i| self.view(&i)).transpose()
+        let Some(image) = self.live.image(name) else {
+            return Ok(None);
+        };
+        let mut view = self.view(&image)?;
+        view.floating_tags = image
+            .tags
+            .iter()
+            .map(|t| FloatingTagView {
+                template: t.as_str().to_owned(),
+                tag: view.current_version.map(|v| t.render(&v)),
+                version: view.current_version,
+            })
+            .collect();
+        Ok(Some(view))
     }
 
     /// Made again only when the store was written, the config reloaded or
