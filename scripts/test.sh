@@ -27,6 +27,8 @@ packages=(
   python3-cryptography # the token issuer signs its JWTs with it
   qemu-user-static     # the qemu-aarch64 handler the kernel runs arm64 RUN steps with
   binfmt-support       # update-binfmts: registers and enables that handler
+  nodejs               # node: runs the browser tests (tests/browser); a nodesource nodejs counts
+  chromium             # the headless browser the browser tests drive (Playwright)
 )
 
 sudo=""
@@ -60,6 +62,16 @@ fi
 if ! head -n1 /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null | grep -qx enabled; then
   $sudo update-binfmts --enable qemu-aarch64
 fi
+
+# npm: a nodesource nodejs brings its own; Debian's nodejs needs Debian's npm
+# (installed only then: the two packages' npm would conflict).
+if ! command -v npm >/dev/null 2>&1; then
+  echo "installing: npm"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm
+fi
+# The browser tests' packages (playwright-core, axe-core) from the npm
+# registry, as package-lock.json pins them.
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 # schemathesis (PyPI) fuzzes the live API against its OpenAPI document.
 # Debian's python3 is externally managed (PEP 668): the first variable lets pip

@@ -38,6 +38,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("git", "git"),
     ("sshd", "openssh-server"),
     ("ssh-keygen", "openssh-client"),
+    ("node", "nodejs"),
 ];
 
 /// Packages `scripts/test.sh` installs for something other than a program
@@ -50,6 +51,10 @@ const SUPPORT: &[(&str, &str)] = &[
     (
         "python3-cryptography",
         "the token issuer's Python script signs JWTs with it",
+    ),
+    (
+        "chromium",
+        "tests/browser/dashboard.js (run with node) drives it through Playwright; npm ci in scripts/test.sh installs playwright-core and axe-core, npm from nodejs or Debian's npm",
     ),
     (
         "qemu-user-static",

@@ -27,7 +27,7 @@
       else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
       else el.setAttribute(k, v === true ? '' : v);
     }
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c === null || c === undefined || c === false) continue;
       el.append(c instanceof Node ? c : document.createTextNode(String(c)));
     }
@@ -39,7 +39,7 @@
     for (const [k, v] of Object.entries(attrs || {})) {
       if (k === 'text') el.textContent = v; else el.setAttribute(k, v);
     }
-    for (const c of children.flat()) if (c) el.append(c);
+    for (const c of children.flat(Infinity)) if (c) el.append(c);
     return el;
   }
 
@@ -447,7 +447,7 @@
     h('ul', { class: 'reason', 'aria-label': `Bases of ${v.version}` },
       Object.entries(v.bases).map(([r, d]) => h('li', {}, h('code', { text: r }), ' ', digest(d)))),
     (v.supersessions || []).map((s) => h('div', { class: 'supersession' },
-      `superseded by ${s.by} `, when(s.at), ` (${s.reason.trigger}):`,
+      `superseded by ${s.by} `, when(s.at), ` (${s.reason.trigger})${s.reason.bases.length || s.reason.source ? ':' : ''}`,
       h('ul', { class: 'reason' },
         s.reason.bases.map((b) => h('li', {}, h('code', { text: b.reference }), ': ', digest(b.before), ' → ', digest(b.after),
           b.moved && b.moved.length ? h('span', { class: 'muted', text: ` (${b.moved.join('; ')})` }) : null)),
@@ -570,7 +570,7 @@
         const focused = document.activeElement && document.activeElement.getAttribute('data-key');
         const atLogEnd = isAtEnd(document.getElementById('job-log'));
         const nodes = view.render();
-        main.replaceChildren(...nodes.flat().filter(Boolean));
+        main.replaceChildren(...nodes.flat(Infinity).filter(Boolean));
         if (key !== renderedKey) {
           document.title = `${name === 'image' || name === 'job' ? `${arg} · ` : ''}${name} · rebased`;
           main.focus({ preventScroll: true });
