@@ -155,6 +155,11 @@ async function main() {
     await view(page, 'bases', 'tbody tr', 'bases');
     await view(page, 'graph', 'svg.graph a', 'graph');
     result.checks.graph_nodes = await page.locator('svg.graph a').count();
+    result.checks.graph_edges = await page.locator('svg.graph path.edge').count();
+    const x = async (n) => Number(await page.locator(`svg.graph a[aria-label^="${n}:"] rect`).getAttribute('x'));
+    if (process.env.REBASED_CHILD) {
+      result.checks.graph_child_right_of_app = (await x(process.env.REBASED_CHILD)) > (await x(IMAGE));
+    }
 
     // Keyboard: the nav links are reached with Tab and open their view.
     await page.goto(`${URL}/#/fleet`);

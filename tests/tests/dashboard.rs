@@ -40,15 +40,25 @@ fn dashboard_in_chromium_follows_a_base_update_and_rolls_back_with_the_token() {
         "app",
         &format!("FROM {}/base:latest\nCOPY hello /hello\n", s.host()),
     );
+    // `child` is built FROM app: the cascade graph's second layer.
+    let child = s.context(
+        "child",
+        &format!("FROM {}/app:latest\nCOPY hello /child\n", s.host()),
+    );
     s.write_config(
         &format!(
             "api_token_file = \"{}\"\npoll = \"0 0 0 1 1 *\"\nsettle = \"0s\"",
             token.display()
         ),
-        &image_table("app", &ctx, &format!("{}/app", s.host()), ""),
+        &format!(
+            "{}{}",
+            image_table("app", &ctx, &format!("{}/app", s.host()), ""),
+            image_table("child", &child, &format!("{}/child", s.host()), "")
+        ),
     );
     let daemon = s.start();
     daemon.wait_version("app", "1.0.0", WAIT);
+    daemon.wait_version("child", "1.0.0", WAIT);
 
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-shots");
     let _ = std::fs::remove_dir_all(&shots);
@@ -58,6 +68,7 @@ fn dashboard_in_chromium_follows_a_base_update_and_rolls_back_with_the_token() {
         .env("REBASED_URL", &daemon.api)
         .env("REBASED_TOKEN", TOKEN)
         .env("REBASED_IMAGE", "app")
+        .env("REBASED_CHILD", "child")
         .env("SHOTS_DIR", &shots)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -166,7 +177,10 @@ fn dashboard_in_chromium_follows_a_base_update_and_rolls_back_with_the_token() {
     assert_eq!(c["no_cookies"], true);
     assert_eq!(c["no_cookies_main"], true);
     assert!(c["job_log_chars"].as_u64().unwrap() > 0, "{r:#}");
-    assert_eq!(c["graph_nodes"], 1, "{r:#}");
+    // Two layers: app, then child right of it, one edge between.
+    assert_eq!(c["graph_nodes"], 2, "{r:#}");
+    assert_eq!(c["graph_edges"], 1, "{r:#}");
+    assert_eq!(c["graph_child_right_of_app"], true, "{r:#}");
     assert_eq!(c["keyboard_reaches_jobs"], true, "{r:#}");
 
     // The rollback: held, and `latest` is 1.0.0's digest in the registry.
