@@ -813,16 +813,10 @@ async fn images(
         return Ok(pages::json_with_etag(&headers, &b.images()?));
     }
     let summaries = b.image_summaries()?;
-    let sel = pages::select_images(&summaries, &q)?;
     if q.view == Some(pages::ImagesForm::Summary) {
-        let page = pages::ImageSummaryPage {
-            items: sel.items.into_iter().cloned().collect(),
-            next: sel.next,
-            total: sel.total,
-            counts: sel.counts,
-        };
-        return Ok(pages::json_with_etag(&headers, &page));
+        return Ok(pages::summary_page(&summaries, &q)?.respond(&headers));
     }
+    let sel = pages::select_images(&summaries, &q)?;
     let mut items = Vec::with_capacity(sel.items.len());
     for s in &sel.items {
         // An image that left the config since the summaries were read is

@@ -418,17 +418,111 @@ pub fn select_jobs(jobs: Vec<JobView>, query: &JobsQuery) -> Result<JobPage, Api
     Ok(JobPage { items, next, total })
 }
 
+/// A rendered answer: its JSON and its `ETag`.
+#[derive(Clone)]
+pub struct Rendered {
+    body: axum::body::Bytes,
+    etag: HeaderValue,
+}
+
+impl Rendered {
+    /// `value` as JSON, tagged with a hash of its bytes.
+    pub fn of<T: Serialize>(value: &T) -> Result<Self, ApiError> {
+        let body = serde_json::to_vec(value)
+            .map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        body.hash(&mut h);
+        let tag = format!("W/\"{:016x}{:08x}\"", h.finish(), body.len());
+        let etag = HeaderValue::from_str(&tag).unwrap_or(HeaderValue::from_static("W/\"0\""));
+        Ok(Self {
+            body: body.into(),
+            etag,
+        })
+    }
+
+    /// The answer, or `304 Not Modified` when `If-None-Match` names its tag.
+    pub fn respond(&self, headers: &HeaderMap) -> Response {
+        respond(headers, self.etag.clone(), self.body.clone())
+    }
+}
+
+/// Summary pages rendered from one set of summaries: while the backend
+/// hands out the same summaries (the same `Arc`), the same query is
+/// answered with the same bytes, without rendering them again.
+struct PageCache {
+    summaries: std::sync::Arc<Vec<ImageSummaryView>>,
+    pages: Vec<(String, Rendered)>,
+}
+
+/// Pages of one set of summaries kept; the dashboard asks for few.
+const CACHED_PAGES: usize = 32;
+
+static PAGES: std::sync::Mutex<Vec<PageCache>> = std::sync::Mutex::new(Vec::new());
+
+/// The summary page `query` asks for from `summaries`, rendered once per
+/// set of summaries and query.
+pub fn summary_page(
+    summaries: &std::sync::Arc<Vec<ImageSummaryView>>,
+    query: &ImagesQuery,
+) -> Result<Rendered, ApiError> {
+    let key = serde_json::to_string(query).unwrap_or_default();
+    let lock = || {
+        PAGES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(hit) = lock()
+        .iter()
+        .find(|c| std::sync::Arc::ptr_eq(&c.summaries, summaries))
+        .and_then(|c| c.pages.iter().find(|(k, _)| *k == key))
+    {
+        return Ok(hit.1.clone());
+    }
+    let sel = select_images(summaries, query)?;
+    let rendered = Rendered::of(&ImageSummaryPage {
+        items: sel.items.into_iter().cloned().collect(),
+        next: sel.next,
+        total: sel.total,
+        counts: sel.counts,
+    })?;
+    let mut cache = lock();
+    // Holding the `Arc` keeps its address from being reused by another
+    // set of summaries, so `ptr_eq` never mistakes one for another. Sets
+    // the backend no longer hands out are dropped, but for the newest few
+    // (several routers in one process, as in tests).
+    cache.retain(|c| std::sync::Arc::strong_count(&c.summaries) > 1);
+    let entry = match cache
+        .iter_mut()
+        .position(|c| std::sync::Arc::ptr_eq(&c.summaries, summaries))
+    {
+        Some(i) => &mut cache[i],
+        None => {
+            cache.push(PageCache {
+                summaries: std::sync::Arc::clone(summaries),
+                pages: Vec::new(),
+            });
+            let last = cache.len() - 1;
+            &mut cache[last]
+        }
+    };
+    if entry.pages.len() >= CACHED_PAGES {
+        entry.pages.remove(0);
+    }
+    entry.pages.push((key, rendered.clone()));
+    Ok(rendered)
+}
+
 /// The answer `value` as JSON with a weak `ETag` of its bytes, or `304 Not
 /// Modified` when `If-None-Match` names that tag.
 pub fn json_with_etag<T: Serialize>(headers: &HeaderMap, value: &T) -> Response {
-    let body = match serde_json::to_vec(value) {
-        Ok(b) => b,
-        Err(e) => return ApiError::internal(format!("encoding the answer: {e}")).into_response(),
-    };
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    body.hash(&mut h);
-    let tag = format!("W/\"{:016x}{:08x}\"", h.finish(), body.len());
-    let etag = HeaderValue::from_str(&tag).unwrap_or(HeaderValue::from_static("W/\"0\""));
+    match Rendered::of(value) {
+        Ok(r) => r.respond(headers),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn respond(headers: &HeaderMap, etag: HeaderValue, body: axum::body::Bytes) -> Response {
+    let tag = etag.to_str().unwrap_or_default();
     let matches = headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -583,6 +677,23 @@ mod tests {
         let names: Vec<&str> = page.items.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["c", "d"]);
         assert!(page.next.is_none());
+    }
+
+    #[test]
+    fn a_summary_page_is_rendered_once_per_set_of_summaries() {
+        let q = ImagesQuery {
+            view: Some(ImagesForm::Summary),
+            ..Default::default()
+        };
+        let one = std::sync::Arc::new(vec![summary("a", ImageState::Fresh)]);
+        let first = summary_page(&one, &q).expect("page");
+        let again = summary_page(&one, &q).expect("page");
+        assert_eq!(first.body.as_ptr(), again.body.as_ptr(), "the same bytes");
+        // New summaries (the store moved): rendered again, another tag.
+        let two = std::sync::Arc::new(vec![summary("a", ImageState::Failing)]);
+        let moved = summary_page(&two, &q).expect("page");
+        assert_ne!(moved.etag, first.etag);
+        assert!(String::from_utf8_lossy(&moved.body).contains("\"failing\""));
     }
 
     #[test]

@@ -11,10 +11,13 @@
 //! 6. `idle`: CPU and RSS of a daemon with nothing changing;
 //! 7. `startup`: a restart to its first finished round, ledger in the store;
 //! 8. `watchdog`: a first start against a registry that never answers,
-//!    with systemd's `NOTIFY_SOCKET` and `WATCHDOG_USEC`.
+//!    with systemd's `NOTIFY_SOCKET` and `WATCHDOG_USEC`;
+//! 9. `dashboard`: at 10,000 images the paged summary `GET /v1/images`
+//!    under `wrk`, and the fleet page's first rows in headless Chromium.
 //!
 //! Each figure is printed with its method; `--json FILE` writes them all.
 
+mod dashboard;
 mod fleet;
 mod harness;
 mod scenarios;
@@ -30,7 +33,15 @@ use serde_json::{json, Value};
 
 /// Every scenario, in the order they run.
 const SCENARIOS: &[&str] = &[
-    "fanin", "peer", "webhook", "rebuild", "api", "idle", "startup", "watchdog",
+    "fanin",
+    "peer",
+    "webhook",
+    "rebuild",
+    "api",
+    "idle",
+    "startup",
+    "watchdog",
+    "dashboard",
 ];
 
 /// The benchmark harness of rebased.
@@ -92,6 +103,10 @@ pub struct Sizes {
     pub api_images: usize,
     /// wrk duration per path.
     pub wrk_seconds: u64,
+    /// Images of the dashboard scenario.
+    pub dashboard_images: usize,
+    /// Page loads of the dashboard scenario's first-rows measure.
+    pub first_rows_runs: usize,
     /// wrk connections.
     pub wrk_connections: u32,
     /// Images for the idle scenario.
@@ -121,6 +136,8 @@ impl Sizes {
             rebuilds: 3,
             api_images: 1000,
             wrk_seconds: 10,
+            dashboard_images: 10_000,
+            first_rows_runs: 5,
             wrk_connections: 32,
             idle_images: 1000,
             idle_seconds: 60,
@@ -142,6 +159,8 @@ impl Sizes {
             rebuilds: 1,
             api_images: 100,
             wrk_seconds: 1,
+            dashboard_images: 100,
+            first_rows_runs: 1,
             wrk_connections: 8,
             idle_images: 100,
             idle_seconds: 3,
@@ -236,6 +255,9 @@ fn run(args: Args) -> Result<Value> {
     }
     if has("watchdog") {
         results.insert("watchdog".to_owned(), startup::watchdog(&sizes)?);
+    }
+    if has("dashboard") {
+        results.insert("dashboard".to_owned(), dashboard::dashboard(&sizes)?);
     }
     results.insert(
         "load_average_at_end".to_owned(),

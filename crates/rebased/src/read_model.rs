@@ -58,6 +58,8 @@ pub struct ReadModel {
     checks: mpsc::Sender<poll::CheckRequest>,
     reconciler: Arc<Reconciler>,
     summaries: Mutex<Option<Summaries>>,
+    /// Held while summaries are made, so concurrent requests make them once.
+    making: Mutex<()>,
 }
 
 /// Every image's summary, as of one store generation, one config and one
@@ -115,6 +117,7 @@ impl ReadModel {
             checks: parts.checks,
             reconciler: parts.reconciler,
             summaries: Mutex::new(None),
+            making: Mutex::new(()),
         }
     }
 
@@ -573,11 +576,20 @@ impl Backend for ReadModel {
     /// page is then a filter over what is at hand, not 10,000 reads.
     fn image_summaries(&self) -> Result<Arc<Vec<ImageSummaryView>>, ApiError> {
         let cfg = self.live.cfg();
+        let cached = |key: SummaryKey| {
+            crate::live::lock(&self.summaries)
+                .as_ref()
+                .filter(|s| s.key == key && s.made.elapsed() < SUMMARIES_FOR)
+                .map(|s| Arc::clone(&s.all))
+        };
+        if let Some(all) = cached(self.summary_key(&cfg)) {
+            return Ok(all);
+        }
+        let _making = crate::live::lock(&self.making);
+        // Another request may have made them while this one waited.
         let key = self.summary_key(&cfg);
-        if let Some(s) = crate::live::lock(&self.summaries).as_ref() {
-            if s.key == key && s.made.elapsed() < SUMMARIES_FOR {
-                return Ok(Arc::clone(&s.all));
-            }
+        if let Some(all) = cached(key) {
+            return Ok(all);
         }
         // The key is read before the reads: a write during them moves
         // the generation, so these are made again next time.
