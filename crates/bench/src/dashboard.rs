@@ -111,7 +111,7 @@ pub fn dashboard(sizes: &Sizes) -> Result<Value> {
     let script = first_rows_script();
     let run = Command::new("node")
         .arg(&script)
-        .current_dir(script.parent().unwrap_or(&work.path().to_owned()))
+        .current_dir(script.parent().unwrap_or(work.path()))
         .env("REBASED_URL", &daemon.api)
         .env("RUNS", sizes.first_rows_runs.to_string())
         .output()
