@@ -1230,6 +1230,43 @@ mod tests {
         assert!(err.to_string().contains("schema version 7"), "{err}");
     }
 
+    /// issue 19: the read model's summaries are made again when the
+    /// generation moved, so every write moves it, and a read does not; a
+    /// clone shares it.
+    #[test]
+    fn every_write_moves_the_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let clone = store.clone();
+        let last = std::cell::Cell::new(store.generation());
+        let moved = |what: &str| {
+            let now = clone.generation();
+            assert!(now > last.get(), "{what} did not move the generation");
+            last.set(now);
+        };
+        store
+            .publish("app", &version("1.0.0", 'a', '1'), None)
+            .expect("publish");
+        moved("publish");
+        store
+            .put_base(&BaseRecord::new("r/base:latest"))
+            .expect("base");
+        moved("put_base");
+        store
+            .update_image("app", |r| r.last_error = Some("x".into()))
+            .expect("update");
+        moved("update_image");
+        store.image("app").expect("read");
+        store.versions("app").expect("read");
+        assert_eq!(
+            store.generation(),
+            last.get(),
+            "a read moved the generation"
+        );
+        store.resume("app").expect("resume");
+        moved("resume");
+    }
+
     #[test]
     fn rollback_holds_and_supersedes() {
         let dir = tempfile::tempdir().expect("tempdir");
