@@ -222,7 +222,7 @@
   const fleet = { state: '', q: '', sort: 'name', extra: 0 };
 
   function fleetQuery() {
-    let p = `/v1/images?view=summary&limit=${100 * (1 + fleet.extra)}`;
+    let p = `/v1/images?view=summary&limit=${Math.min(1000, 100 * (1 + fleet.extra))}`;
     if (fleet.state) p += `&state=${encodeURIComponent(fleet.state)}`;
     if (fleet.q) p += `&q=${encodeURIComponent(fleet.q)}`;
     return p;
@@ -310,7 +310,9 @@
           h('td', {}, img.last_job
             ? [badge(img.last_job.state), jobLink(img.last_job.id), img.last_job.published ? ` ${img.last_job.published}` : '']
             : h('span', { class: 'muted', text: '-' }))));
-        const more = page.next ? h('button', {
+        const more = page.next && page.items.length >= 1000
+          ? h('p', { class: 'muted', text: 'The first 1,000 are shown: search or filter by state to find the others.' })
+          : page.next ? h('button', {
           type: 'button', 'data-key': 'more', text: 'Show 100 more',
           onclick: () => { fleet.extra += 1; refresh(true); },
         }) : null;
