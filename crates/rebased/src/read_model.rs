@@ -64,9 +64,12 @@ pub struct ReadModel {
 
 /// Every image's summary, as of one store generation, one config and one
 /// set of jobs.
+///
+/// A Dockerfile's edit that changes an image's bases is not itself a
+/// write: it shows once the store is next written, which every poll round
+/// does (each checked base's record) and a decide of the image does.
 struct Summaries {
     key: SummaryKey,
-    made: std::time::Instant,
     all: Arc<Vec<ImageSummaryView>>,
 }
 
@@ -78,11 +81,6 @@ struct SummaryKey {
     config: usize,
     jobs: u64,
 }
-
-/// How long summaries are reused while nothing they were made from moved:
-/// a Dockerfile's edit (a new base) is not a store write, so it shows
-/// within this time even before a poll decides the image.
-const SUMMARIES_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a [`ReadModel`] works with.
 pub struct Parts {
@@ -572,14 +570,14 @@ impl Backend for ReadModel {
     }
 
     /// Made again only when the store was written, the config reloaded or
-    /// a job moved since (or [`SUMMARIES_FOR`] passed): at 10,000 images a
-    /// page is then a filter over what is at hand, not 10,000 reads.
+    /// a job moved since: at 10,000 images a page is then a filter over
+    /// what is at hand, not 10,000 reads.
     fn image_summaries(&self) -> Result<Arc<Vec<ImageSummaryView>>, ApiError> {
         let cfg = self.live.cfg();
         let cached = |key: SummaryKey| {
             crate::live::lock(&self.summaries)
                 .as_ref()
-                .filter(|s| s.key == key && s.made.elapsed() < SUMMARIES_FOR)
+                .filter(|s| s.key == key)
                 .map(|s| Arc::clone(&s.all))
         };
         if let Some(all) = cached(self.summary_key(&cfg)) {
@@ -593,11 +591,9 @@ impl Backend for ReadModel {
         }
         // The key is read before the reads: a write during them moves
         // the generation, so these are made again next time.
-        let made = std::time::Instant::now();
         let all = Arc::new(self.make_summaries(&cfg)?);
         *crate::live::lock(&self.summaries) = Some(Summaries {
             key,
-            made,
             all: Arc::clone(&all),
         });
         Ok(all)
