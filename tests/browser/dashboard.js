@@ -180,6 +180,57 @@ async function main() {
     result.checks.keyboard_reaches_jobs = reached === 'jobs';
 
     await context.close();
+
+    // The event stream, until its route is in this daemon (issue 17): a
+    // stand-in answers /v1/events with one event and ends the response,
+    // as a dropped connection does; the page must read the view again on
+    // the message and reconnect with the last event's id.
+    const ctx3 = await browser.newContext();
+    await ctx3.route('**/openapi.json', async (route) => {
+      const response = await route.fetch();
+      const doc = await response.json();
+      doc.paths['/v1/events'] = doc.paths['/v1/events'] || { get: {} };
+      await route.fulfill({ response, json: doc });
+    });
+    const streams = [];
+    let reconnected;
+    const again = new Promise((resolve) => { reconnected = resolve; });
+    await ctx3.route('**/v1/events*', async (route) => {
+      const req = route.request();
+      const headers = await req.allHeaders();
+      streams.push({ url: req.url(), last_event_id: headers['last-event-id'] || null });
+      if (streams.length >= 2) reconnected();
+      const seq = 40 + streams.length;
+      await route.fulfill({
+        status: 200,
+        headers: { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' },
+        body: `retry: 300\nid: ${seq}\nevent: published\ndata: {"seq":${seq},"type":"published","time":"2026-12-01T00:00:00Z","image":"${IMAGE}"}\n\n`,
+      });
+    });
+    // What the page's EventSource saw, for the report.
+    await ctx3.addInitScript(() => {
+      const Base = window.EventSource;
+      window.seenEvents = [];
+      window.EventSource = class extends Base {
+        constructor(url) {
+          super(url);
+          this.addEventListener('open', () => window.seenEvents.push('open'));
+          this.addEventListener('published', (e) => window.seenEvents.push(`published ${e.lastEventId}`));
+          this.addEventListener('error', () => window.seenEvents.push(`error ${this.readyState}`));
+        }
+      };
+    });
+    const p3 = await ctx3.newPage();
+    watch(p3, 'events');
+    const reads = [];
+    p3.on('request', (r) => { if (r.url().includes('/v1/images?')) reads.push(r.url()); });
+    await p3.goto(`${URL}/#/fleet`);
+    await Promise.race([again, new Promise((resolve) => setTimeout(resolve, 20000))]);
+    await p3.waitForTimeout(300);
+    result.checks.event_streams = streams;
+    result.checks.events_seen = await p3.evaluate(() => window.seenEvents);
+    result.checks.fleet_reads_with_events = reads.length;
+    await ctx3.close();
   } finally {
     await browser.close();
   }

@@ -183,6 +183,29 @@ fn dashboard_in_chromium_follows_a_base_update_and_rolls_back_with_the_token() {
     assert_eq!(c["graph_child_right_of_app"], true, "{r:#}");
     assert_eq!(c["keyboard_reaches_jobs"], true, "{r:#}");
 
+    // The event stream (a stand-in until the daemon has the route): the
+    // page followed it and read the fleet again on its message; when the
+    // response ended (a drop) the EventSource stayed CONNECTING (0) and
+    // opened the stream again, which by the EventSource standard sends
+    // `Last-Event-ID` (the interception cannot show that header), and the
+    // next event came through.
+    let streams = c["event_streams"].as_array().unwrap();
+    assert!(streams.len() >= 2, "no reconnect: {r:#}");
+    let seen: Vec<&str> = c["events_seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        seen.starts_with(&["open", "published 41", "error 0", "open", "published 42"]),
+        "{seen:?}"
+    );
+    assert!(
+        c["fleet_reads_with_events"].as_u64().unwrap() >= 2,
+        "the fleet was not read again on a message: {r:#}"
+    );
+
     // The rollback: held, and `latest` is 1.0.0's digest in the registry.
     assert_eq!(daemon.image("app")["state"], "held");
     let versions = s.registry.versions("app");
