@@ -70,8 +70,11 @@ if ! command -v npm >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm
 fi
 # The browser tests' packages (playwright-core, axe-core) from the npm
-# registry, as package-lock.json pins them.
-(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+# registry, as package-lock.json pins them (again only when the lock changed).
+if [ ! -d tests/browser/node_modules ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules ]; then
+  echo "installing: playwright-core, axe-core (npm ci in tests/browser)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 # schemathesis (PyPI) fuzzes the live API against its OpenAPI document.
 # Debian's python3 is externally managed (PEP 668): the first variable lets pip
