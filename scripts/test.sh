@@ -31,6 +31,8 @@ packages=(
   binfmt-support       # update-binfmts: registers and enables that handler
   iproute2             # ip: the remote engines' network namespaces, veth pairs and bridge
   runc                 # the runtime the remote engines' podman services run RUN steps with
+  nodejs               # node: runs the browser tests (tests/browser); a nodesource nodejs counts
+  chromium             # the headless browser the browser tests drive (Playwright)
 )
 
 sudo=""
@@ -63,6 +65,19 @@ if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
 fi
 if ! head -n1 /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null | grep -qx enabled; then
   $sudo update-binfmts --enable qemu-aarch64
+fi
+
+# npm: a nodesource nodejs brings its own; Debian's nodejs needs Debian's npm
+# (installed only then: the two packages' npm would conflict).
+if ! command -v npm >/dev/null 2>&1; then
+  echo "installing: npm"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends npm
+fi
+# The browser tests' packages (playwright-core, axe-core) from the npm
+# registry, as package-lock.json pins them (again only when the lock changed).
+if [ ! -d tests/browser/node_modules ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules ]; then
+  echo "installing: playwright-core, axe-core (npm ci in tests/browser)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # schemathesis (PyPI) fuzzes the live API against its OpenAPI document.

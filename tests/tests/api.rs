@@ -144,3 +144,148 @@ fn cli_clients_print_what_the_api_holds() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the API"));
 }
+
+/// issue 19: the paged lists (limit, cursor, state, q, view=summary), the
+/// ETag and 304, gzip; the answer without a query as it always was.
+#[test]
+fn paged_lists_with_cursor_filters_etag_and_gzip() {
+    let s = Setup::new();
+    let dockerfile = format!("FROM {}/base:latest\nCOPY hello /hello\n", s.host());
+    let mut tables = String::new();
+    for name in ["web-a", "web-b", "worker"] {
+        let ctx = s.context(name, &dockerfile);
+        tables.push_str(&image_table(
+            name,
+            &ctx,
+            &format!("{}/{name}", s.host()),
+            "",
+        ));
+    }
+    s.write_config("poll = \"0 0 0 1 1 *\"\nsettle = \"0s\"", &tables);
+    let daemon = s.start();
+    for name in ["web-a", "web-b", "worker"] {
+        daemon.wait_version(name, "1.0.0", WAIT);
+    }
+
+    // Without a query: the array of full views, as before.
+    let every = daemon.get("/v1/images");
+    let every = every.as_array().unwrap();
+    assert_eq!(every.len(), 3);
+    assert_eq!(every[0]["versions"][0]["version"], "1.0.0");
+
+    // Pages of two, in name order, the cursor opaque but followed.
+    let first = daemon.get("/v1/images?limit=2&view=summary");
+    let names = |p: &Value| -> Vec<String> {
+        p["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&first), ["web-a", "web-b"]);
+    assert_eq!(first["total"], 3);
+    assert_eq!(first["counts"]["fresh"], 3);
+    assert_eq!(first["counts"]["failing"], 0);
+    let item = &first["items"][0];
+    assert!(
+        item.get("versions").is_none(),
+        "a summary has no history: {item}"
+    );
+    assert_eq!(item["current_version"], "1.0.0");
+    assert!(item["current_built_at"].is_string(), "{item}");
+    assert_eq!(item["last_job"]["state"], "succeeded");
+    assert!(item["bases"][0]["last_changed"].is_string(), "{item}");
+    let next = first["next"].as_str().unwrap();
+    let second = daemon.get(&format!("/v1/images?limit=2&view=summary&cursor={next}"));
+    assert_eq!(names(&second), ["worker"]);
+    assert!(second.get("next").is_none(), "{second}");
+
+    // Filters: a name search and a state; the full form has versions.
+    let web = daemon.get("/v1/images?q=WEB");
+    assert_eq!(names(&web), ["web-a", "web-b"]);
+    assert_eq!(web["items"][0]["versions"][0]["version"], "1.0.0");
+    let failing = daemon.get("/v1/images?state=failing&view=summary");
+    assert_eq!(failing["total"], 0);
+    assert_eq!(failing["counts"]["fresh"], 3);
+
+    // Bad parameters are 400s that say why.
+    let client = reqwest::blocking::Client::new();
+    for q in [
+        "limit=0",
+        "limit=5000",
+        "state=sleepy",
+        "cursor=nonsense",
+        "limit=x",
+    ] {
+        let r = client
+            .get(format!("{}/v1/images?{q}", daemon.api))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{q}");
+        let body: Value = r.json().unwrap();
+        assert!(body["error"].is_string(), "{q}: {body}");
+    }
+
+    // Jobs: newest first, paged, filtered by image.
+    let jobs = daemon.get("/v1/jobs?limit=1&q=web");
+    assert_eq!(jobs["total"], 2);
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 1);
+    let newest = jobs["items"][0]["id"].as_u64().unwrap();
+    let next = jobs["next"].as_str().unwrap();
+    let older = daemon.get(&format!("/v1/jobs?limit=1&q=web&cursor={next}"));
+    assert!(older["items"][0]["id"].as_u64().unwrap() < newest);
+    assert!(older.get("next").is_none(), "{older}");
+    assert!(
+        daemon.get("/v1/jobs").is_array(),
+        "without a query: the array"
+    );
+
+    // ETag and If-None-Match: 304 while nothing changed, 200 after.
+    for path in [
+        "/v1/images?limit=100&view=summary",
+        "/v1/images",
+        "/v1/jobs",
+    ] {
+        let r = client.get(format!("{}{path}", daemon.api)).send().unwrap();
+        let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+        let again = client
+            .get(format!("{}{path}", daemon.api))
+            .header("if-none-match", &tag)
+            .send()
+            .unwrap();
+        assert_eq!(again.status().as_u16(), 304, "{path}");
+        assert!(again.bytes().unwrap().is_empty());
+        let stale = client
+            .get(format!("{}{path}", daemon.api))
+            .header("if-none-match", "W/\"0000\"")
+            .send()
+            .unwrap();
+        assert_eq!(stale.status().as_u16(), 200, "{path}");
+    }
+
+    // gzip when asked for, the same JSON inside.
+    let r = client
+        .get(format!("{}/v1/images", daemon.api))
+        .header("accept-encoding", "gzip")
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&r.bytes().unwrap()[..]),
+        &mut text,
+    )
+    .unwrap();
+    let unzipped: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(unzipped.as_array().unwrap().len(), 3);
+
+    // The CLI reads the pages.
+    let table = daemon.cli(&["images"]);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(
+        rows[0].starts_with("web-a ") && rows[0].contains("fresh"),
+        "{table}"
+    );
+}

@@ -40,6 +40,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ssh-keygen", "openssh-client"),
     ("ssh", "openssh-client"),
     ("ip", "iproute2"),
+    ("node", "nodejs"),
 ];
 
 /// Packages `scripts/test.sh` installs for something other than a program
@@ -64,6 +65,10 @@ const SUPPORT: &[(&str, &str)] = &[
     (
         "runc",
         "the remote engines' podman services run RUN steps with it (tests/tests/remote.rs)",
+    ),
+    (
+        "chromium",
+        "tests/browser/dashboard.js (run with node) drives it through Playwright; npm ci in scripts/test.sh installs playwright-core and axe-core, npm from nodejs or Debian's npm",
     ),
     (
         "qemu-user-static",

@@ -4,9 +4,11 @@
 //! answers in terms of the view types below; the JSON field names of the API
 //! are the serde names of these types, and nothing else.
 
+mod dashboard;
 mod events;
 mod hooks;
 pub mod metrics;
+pub mod pages;
 
 pub use events::{EventView, EventsPage, JobMessage, Live, NotifierView};
 
@@ -298,6 +300,23 @@ pub struct ImageView {
     /// Its last immutability audit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditView>,
+    /// Its floating tags and where each points now; only in
+    /// `GET /v1/images/{name}` (absent from the lists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub floating_tags: Vec<FloatingTagView>,
+}
+
+/// A floating tag of an image.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FloatingTagView {
+    /// The template (`latest`, `{major}.{minor}`): a rollback to a version
+    /// moves the tags these render for it.
+    pub template: String,
+    /// The tag it renders for the current version.
+    pub tag: Option<String>,
+    /// The version it points at: the current one.
+    #[schema(value_type = Option<String>)]
+    pub version: Option<Version>,
 }
 
 /// An image's git source as it stands.
@@ -619,6 +638,19 @@ pub trait Backend: Send + Sync + 'static {
     fn images(&self) -> Result<Vec<ImageView>, ApiError>;
     /// One image, `None` if no such image is managed.
     fn image(&self, name: &str) -> Result<Option<ImageView>, ApiError>;
+    /// Every managed image without its version history, in name order:
+    /// what the paged `GET /v1/images` selects from. A daemon with many
+    /// images keeps these at hand; this default derives them from
+    /// [`Backend::images`].
+    fn image_summaries(&self) -> Result<Arc<Vec<pages::ImageSummaryView>>, ApiError> {
+        let mut v: Vec<pages::ImageSummaryView> = self
+            .images()?
+            .iter()
+            .map(pages::ImageSummaryView::from)
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Arc::new(v))
+    }
     /// Ready: state open and config loaded.
     fn ready(&self) -> bool;
     /// Every job (newest last).
@@ -746,6 +778,7 @@ pub fn router(backend: Shared, secrets: Secrets) -> Router {
         .route("/v1/events", get(events::events))
         .route("/v1/notifiers", get(events::notifiers))
         .route("/v1/notifiers/{name}/test", post(events::notify_test))
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("route".to_owned()) })
         .layer(axum::middleware::from_fn(
             move |req: Request, next: Next| {
@@ -755,6 +788,9 @@ pub fn router(backend: Shared, secrets: Secrets) -> Router {
         ))
         .with_state(backend)
         .merge(hooks)
+        // gzip for clients that ask (`Accept-Encoding`); tower-http's
+        // default predicate leaves small bodies, images and event streams alone.
+        .layer(tower_http::compression::CompressionLayer::new())
 }
 
 async fn authorize(token: Option<&str>, req: Request, next: Next) -> Response {
@@ -789,10 +825,19 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// List every job (queued, running and the recent finished ones).
-#[utoipa::path(get, path = "/v1/jobs", responses((status = 200, description = "Every job", body = Vec<JobView>), (status = 500, description = "Internal error", body = ApiError)))]
-async fn jobs(State(b): State<Shared>) -> Result<Json<Vec<JobView>>, ApiError> {
-    Ok(Json(b.jobs()?))
+/// List the jobs (queued, running and the recent finished ones), every one or a page.
+#[utoipa::path(get, path = "/v1/jobs", params(pages::JobsQuery), responses((status = 200, description = "Without a query every job, oldest first (an array); with one a page, newest first (`items`, `next`, `total`); `ETag` of the body", body = pages::JobsAnswer), (status = 304, description = "Not modified (`If-None-Match`)"), (status = 400, description = "Malformed query", body = ApiError), (status = 500, description = "Internal error", body = ApiError)))]
+async fn jobs(
+    State(b): State<Shared>,
+    headers: axum::http::HeaderMap,
+    query: Result<axum::extract::Query<pages::JobsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if !q.is_paged() {
+        return Ok(pages::json_with_etag(&headers, &b.jobs()?));
+    }
+    let page = pages::select_jobs(b.jobs()?, &q)?;
+    Ok(pages::json_with_etag(&headers, &page))
 }
 
 fn parse_id(id: &str) -> Result<u64, ApiError> {
@@ -920,10 +965,40 @@ async fn status(State(b): State<Shared>) -> Json<StatusView> {
     Json(b.status())
 }
 
-/// List every managed image with its state, versions and bases.
-#[utoipa::path(get, path = "/v1/images", responses((status = 200, description = "Every image", body = Vec<ImageView>), (status = 500, description = "Internal error", body = ApiError)))]
-async fn images(State(b): State<Shared>) -> Result<Json<Vec<ImageView>>, ApiError> {
-    Ok(Json(b.images()?))
+/// List the managed images with their state, versions and bases, every one or a page.
+#[utoipa::path(get, path = "/v1/images", params(pages::ImagesQuery), responses((status = 200, description = "Without a query every image in config order (an array); with one a page in name order (`items`, `next`, `total`, `counts`), summaries with `view=summary`; `ETag` of the body", body = pages::ImagesAnswer), (status = 304, description = "Not modified (`If-None-Match`)"), (status = 400, description = "Malformed query", body = ApiError), (status = 500, description = "Internal error", body = ApiError)))]
+async fn images(
+    State(b): State<Shared>,
+    headers: axum::http::HeaderMap,
+    query: Result<
+        axum::extract::Query<pages::ImagesQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if !q.is_paged() {
+        return Ok(pages::json_with_etag(&headers, &b.images()?));
+    }
+    let summaries = b.image_summaries()?;
+    if q.view == Some(pages::ImagesForm::Summary) {
+        return Ok(pages::summary_page(&summaries, &q)?.respond(&headers));
+    }
+    let sel = pages::select_images(&summaries, &q)?;
+    let mut items = Vec::with_capacity(sel.items.len());
+    for s in &sel.items {
+        // An image that left the config since the summaries were read is
+        // left out of the page.
+        if let Some(v) = b.image(&s.name)? {
+            items.push(v);
+        }
+    }
+    let page = pages::ImagePage {
+        items,
+        next: sel.next,
+        total: sel.total,
+        counts: sel.counts,
+    };
+    Ok(pages::json_with_etag(&headers, &page))
 }
 
 /// One image: state, bases, every version and its supersessions, rollbacks.
@@ -1102,6 +1177,43 @@ mod tests {
             }
         }
         assert_eq!(seen, 22, "every route is in the document");
+    }
+
+    /// issue 19: the paged lists' parameters and answers are documented.
+    #[test]
+    fn the_paged_lists_are_in_the_document() {
+        let doc = serde_json::to_value(openapi_document()).expect("json");
+        for (path, want) in [
+            ("/v1/images", &["limit", "cursor", "state", "q", "view"][..]),
+            ("/v1/jobs", &["limit", "cursor", "state", "q"][..]),
+        ] {
+            let op = &doc["paths"][path]["get"];
+            let names: Vec<&str> = op["parameters"]
+                .as_array()
+                .expect("parameters")
+                .iter()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            assert_eq!(names, want, "{path}");
+            assert!(op["responses"]["304"].is_object(), "{path}");
+            assert!(op["responses"]["400"].is_object(), "{path}");
+        }
+        let schemas = &doc["components"]["schemas"];
+        for s in [
+            "ImagesAnswer",
+            "ImagePage",
+            "ImageSummaryPage",
+            "ImageSummaryView",
+            "JobPage",
+        ] {
+            assert!(schemas[s].is_object(), "{s} missing");
+        }
+        assert_eq!(
+            schemas["ImagesAnswer"]["oneOf"].as_array().map(Vec::len),
+            Some(3),
+            "{}",
+            schemas["ImagesAnswer"]
+        );
     }
 
     #[test]

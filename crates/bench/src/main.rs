@@ -16,9 +16,12 @@
 //! 10. `engines`: one fleet rebuilt by one, two and three remote engines
 //!     (Podman's Docker-compatible service on this machine). Not in the
 //!     default set: it needs podman and runc; ask for it with `--only`.
+//! 11. `dashboard`: at 10,000 images the paged summary `GET /v1/images`
+//!     under `wrk`, and the fleet page's first rows in headless Chromium.
 //!
 //! Each figure is printed with its method; `--json FILE` writes them all.
 
+mod dashboard;
 mod engines;
 mod fleet;
 mod harness;
@@ -36,7 +39,16 @@ use serde_json::{json, Value};
 
 /// Every scenario, in the order they run.
 const SCENARIOS: &[&str] = &[
-    "fanin", "peer", "webhook", "rebuild", "api", "idle", "startup", "watchdog", "notify",
+    "fanin",
+    "peer",
+    "webhook",
+    "rebuild",
+    "api",
+    "idle",
+    "startup",
+    "watchdog",
+    "notify",
+    "dashboard",
     "engines",
 ];
 
@@ -105,6 +117,10 @@ pub struct Sizes {
     pub api_images: usize,
     /// wrk duration per path.
     pub wrk_seconds: u64,
+    /// Images of the dashboard scenario.
+    pub dashboard_images: usize,
+    /// Page loads of the dashboard scenario's first-rows measure.
+    pub first_rows_runs: usize,
     /// wrk connections.
     pub wrk_connections: u32,
     /// Images for the idle scenario.
@@ -138,6 +154,8 @@ impl Sizes {
             rebuilds: 3,
             api_images: 1000,
             wrk_seconds: 10,
+            dashboard_images: 10_000,
+            first_rows_runs: 5,
             wrk_connections: 32,
             idle_images: 1000,
             idle_seconds: 60,
@@ -161,6 +179,8 @@ impl Sizes {
             rebuilds: 1,
             api_images: 100,
             wrk_seconds: 1,
+            dashboard_images: 100,
+            first_rows_runs: 1,
             wrk_connections: 8,
             idle_images: 100,
             idle_seconds: 3,
@@ -270,6 +290,9 @@ fn run(args: Args) -> Result<Value> {
     }
     if has("engines") {
         results.insert("engines".to_owned(), engines::engines(&sizes)?);
+    }
+    if has("dashboard") {
+        results.insert("dashboard".to_owned(), dashboard::dashboard(&sizes)?);
     }
     results.insert(
         "load_average_at_end".to_owned(),

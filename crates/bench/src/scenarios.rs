@@ -591,16 +591,33 @@ fn new_layer_bytes(
 
 /// Runs `wrk` against `url`; returns (requests/s, p99 ms, errors).
 fn wrk(url: &str, seconds: u64, connections: u32) -> Result<(f64, f64, u64)> {
+    wrk_with(url, seconds, connections, &[])
+}
+
+/// [`wrk`] with request headers (`-H`); a 304 counts as an error in
+/// wrk's `Non-2xx` line, so it is only for 2xx answers or a caller that
+/// knows what it asked for.
+pub(crate) fn wrk_with(
+    url: &str,
+    seconds: u64,
+    connections: u32,
+    headers: &[&str],
+) -> Result<(f64, f64, u64)> {
+    let mut args: Vec<String> = vec![
+        "-t2".into(),
+        format!("-c{connections}"),
+        format!("-d{seconds}s"),
+        "--timeout".into(),
+        "30s".into(),
+        "--latency".into(),
+    ];
+    for h in headers {
+        args.push("-H".into());
+        args.push((*h).to_owned());
+    }
+    args.push(url.to_owned());
     let out = Command::new("wrk")
-        .args([
-            "-t2",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--timeout",
-            "30s",
-            "--latency",
-            url,
-        ])
+        .args(&args)
         .output()
         .context("wrk must be installed (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

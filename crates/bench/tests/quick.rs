@@ -164,6 +164,25 @@ fn every_scenario_produces_its_figures() {
     assert_eq!(n["in_order"], true, "{n}");
     assert_eq!(n["once_per_id"], true, "{n}");
     assert!(finite(&n["deliveries_per_s"]), "{n}");
+    // 10. Dashboard: the paged summary and the full page answered under
+    // load without errors; the gzipped page is smaller; the fleet page
+    // showed its rows (every image of the quick fleet fits one page)
+    // without a console error.
+    let dash = &r["dashboard"];
+    for run in ["summary", "full", "not_modified"] {
+        let a = &dash[run];
+        assert!(a["requests_per_s"].as_f64().unwrap() > 0.0, "{run}: {dash}");
+        assert_eq!(a["errors"].as_u64(), Some(0), "{run}: {dash}");
+    }
+    assert!(
+        dash["page_bytes_gzip"].as_u64().unwrap() < dash["page_bytes"].as_u64().unwrap(),
+        "{dash}"
+    );
+    assert!(finite(&dash["first_rows_ms_median"]), "{dash}");
+    for run in dash["first_rows"].as_array().unwrap() {
+        assert_eq!(run["rows"].as_u64(), dash["images"].as_u64(), "{run}");
+        assert_eq!(run["console_errors"], serde_json::json!([]), "{run}");
+    }
 }
 
 /// The opt-in `engines` scenario (it needs podman and runc): with one, two

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
+use rebased_api::pages::ImageSummaryView;
 use rebased_api::{
     Accepted, ApiError, CheckRequest, ImageView, JobView, ReasonView, RollbackRequest,
     RollbackView, StatusView,
@@ -137,6 +138,45 @@ impl Client {
         self.show(&what, &text, render)
     }
 
+    /// Every entry of a paged list: `path?limit=1000&QUERY`, then each
+    /// `next` page, shown like [`Client::get`] as one array.
+    fn get_pages<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &str,
+        render: impl FnOnce(Vec<T>) -> String,
+    ) -> Result<String> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            items: Vec<serde_json::Value>,
+            next: Option<String>,
+        }
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = format!("{path}?limit=1000");
+            if !query.is_empty() {
+                url.push('&');
+                url.push_str(query);
+            }
+            if let Some(c) = &cursor {
+                url.push_str("&cursor=");
+                url.push_str(c);
+            }
+            let text = self.get_text(&url)?;
+            let page: Page =
+                serde_json::from_str(&text).map_err(|e| anyhow!("GET {url}: bad JSON: {e}"))?;
+            items.extend(page.items);
+            match page.next {
+                // A cursor that does not move would loop for ever.
+                Some(n) if cursor.as_ref() != Some(&n) => cursor = Some(n),
+                _ => break,
+            }
+        }
+        let text = serde_json::Value::Array(items).to_string();
+        self.show(&format!("GET {path}"), &text, render)
+    }
+
     fn show<T: DeserializeOwned>(
         &self,
         what: &str,
@@ -203,16 +243,16 @@ const BRIEF: usize = 80;
 
 /// The state an image is shown in: `unchecked` for a stale (or never
 /// decided) image whose base could not be checked.
-fn shown_state(i: &ImageView) -> String {
-    match i.state {
-        ImageState::Stale if i.unchecked => "unchecked".to_owned(),
+fn shown_state(state: ImageState, unchecked: bool) -> String {
+    match state {
+        ImageState::Stale if unchecked => "unchecked".to_owned(),
         s => s.to_string(),
     }
 }
 
 /// Why an image is not fresh, in a line: its last error, else the first
 /// base whose check failed.
-fn image_error(i: &ImageView) -> Option<String> {
+fn image_error(i: &ImageSummaryView) -> Option<String> {
     i.last_error.clone().or_else(|| {
         i.bases.iter().find_map(|b| {
             b.error
@@ -275,27 +315,31 @@ pub fn status(c: &Client) -> Result<String> {
     })
 }
 
-/// `rebased images`.
+/// `rebased images`: every page of the summaries, in name order.
 pub fn images(c: &Client) -> Result<String> {
-    c.get("/v1/images", |images: Vec<ImageView>| {
-        let rows: Vec<Vec<String>> = images
-            .iter()
-            .map(|i| {
-                vec![
-                    i.name.clone(),
-                    shown_state(i),
-                    or_dash(i.current_version.as_ref()),
-                    short(i.current_digest.as_ref()),
-                    i.repository.clone(),
-                    brief(image_error(i).as_ref()),
-                ]
-            })
-            .collect();
-        table(
-            &["NAME", "STATE", "VERSION", "DIGEST", "REPOSITORY", "ERROR"],
-            &rows,
-        )
-    })
+    c.get_pages(
+        "/v1/images",
+        "view=summary",
+        |images: Vec<ImageSummaryView>| {
+            let rows: Vec<Vec<String>> = images
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.name.clone(),
+                        shown_state(i.state, i.unchecked),
+                        or_dash(i.current_version.as_ref()),
+                        short(i.current_digest.as_ref()),
+                        i.repository.clone(),
+                        brief(image_error(i).as_ref()),
+                    ]
+                })
+                .collect();
+            table(
+                &["NAME", "STATE", "VERSION", "DIGEST", "REPOSITORY", "ERROR"],
+                &rows,
+            )
+        },
+    )
 }
 
 /// Why a version was superseded: the trigger and each base that moved.
@@ -350,7 +394,7 @@ pub fn image(c: &Client, name: &str) -> Result<String> {
         let mut out = format!(
             "{}: {}, current {} ({}), repository {}\n",
             v.name,
-            shown_state(&v),
+            shown_state(v.state, v.unchecked),
             or_dash(v.current_version.as_ref()),
             short(v.current_digest.as_ref()),
             v.repository
@@ -457,11 +501,12 @@ pub fn image(c: &Client, name: &str) -> Result<String> {
     })
 }
 
-/// `rebased jobs`.
+/// `rebased jobs`: every page, shown oldest first.
 pub fn jobs(c: &Client) -> Result<String> {
-    c.get("/v1/jobs", |jobs: Vec<JobView>| {
+    c.get_pages("/v1/jobs", "", |jobs: Vec<JobView>| {
         let rows: Vec<Vec<String>> = jobs
             .iter()
+            .rev()
             .map(|j| {
                 // A queued job after a failure: when it tries again.
                 let state = if j.state == "queued" && j.attempts > 0 {

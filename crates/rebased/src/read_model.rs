@@ -4,15 +4,16 @@
 //! is shown in.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use rebased_api::metrics::Metrics;
+use rebased_api::pages::{ImageSummaryView, LastJobView, SummaryBaseView};
 use rebased_api::{
     Accepted, ActionError, ApiError, AuditStatusView, AuditView, Backend, BaseView, BoxFuture,
-    CheckRequest, Conflict, EngineView, FindingView, ImageBaseView, ImageSourceView, ImageView,
-    JobReasonView, JobView, PendingView, RollbackView, SignatureView, SourceView, StatusView,
-    SupersessionView, VersionView, WebhookReply,
+    CheckRequest, Conflict, EngineView, FindingView, FloatingTagView, ImageBaseView,
+    ImageSourceView, ImageView, JobReasonView, JobView, PendingView, RollbackView, SignatureView,
+    SourceView, StatusView, SupersessionView, VersionView, WebhookReply,
 };
 use rebased_core::config::ImageConfig;
 use rebased_core::job::{Job, JobState};
@@ -83,6 +84,29 @@ pub struct ReadModel {
     reconciler: Arc<Reconciler>,
     feed: Arc<tokio::sync::broadcast::Sender<rebased_api::Live>>,
     notifiers: Arc<Notifiers>,
+    summaries: Mutex<Option<Summaries>>,
+    /// Held while summaries are made, so concurrent requests make them once.
+    making: Mutex<()>,
+}
+
+/// Every image's summary, as of one store generation, one config and one
+/// set of jobs.
+///
+/// A Dockerfile's edit that changes an image's bases is not itself a
+/// write: it shows once the store is next written, which every poll round
+/// does (each checked base's record) and a decide of the image does.
+struct Summaries {
+    key: SummaryKey,
+    all: Arc<Vec<ImageSummaryView>>,
+}
+
+/// What the summaries were made from: the store's generation, the config
+/// in force (by identity) and a hash of the jobs and their states.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SummaryKey {
+    generation: u64,
+    config: usize,
+    jobs: u64,
 }
 
 /// What a [`ReadModel`] works with.
@@ -123,7 +147,134 @@ impl ReadModel {
             reconciler: parts.reconciler,
             feed: parts.feed,
             notifiers: parts.notifiers,
+            summaries: Mutex::new(None),
+            making: Mutex::new(()),
         }
+    }
+
+    fn summary_key(&self, cfg: &Arc<rebased_core::config::Config>) -> SummaryKey {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for j in lock_queue(&self.queue).jobs() {
+            (j.id, j.state, j.attempts_made()).hash(&mut h);
+        }
+        SummaryKey {
+            generation: self.store.generation(),
+            config: Arc::as_ptr(cfg) as usize,
+            jobs: h.finish(),
+        }
+    }
+
+    /// Every image's summary, made from the store, the queue and the
+    /// config in force, in name order.
+    fn make_summaries(
+        &self,
+        cfg: &rebased_core::config::Config,
+    ) -> Result<Vec<ImageSummaryView>, ApiError> {
+        let bases: BTreeMap<String, rebased_state::BaseRecord> = self
+            .store
+            .bases()
+            .map_err(internal)?
+            .into_iter()
+            .map(|b| (b.reference.clone(), b))
+            .collect();
+        let (active, last): (BTreeMap<String, JobState>, BTreeMap<String, LastJobView>) = {
+            let q = lock_queue(&self.queue);
+            let mut last: BTreeMap<String, (u64, LastJobView)> = BTreeMap::new();
+            for j in q.jobs() {
+                if last.get(&j.image).is_none_or(|(id, _)| *id < j.id) {
+                    last.insert(
+                        j.image.clone(),
+                        (
+                            j.id,
+                            LastJobView {
+                                id: j.id,
+                                state: j.state.to_string(),
+                                finished_at: j.finished_at,
+                                error: j.error.clone(),
+                                published: j.published,
+                            },
+                        ),
+                    );
+                }
+            }
+            let active = cfg
+                .image
+                .iter()
+                .filter_map(|i| {
+                    q.active(i.name.as_str())
+                        .map(|j| (i.name.to_string(), j.state))
+                })
+                .collect();
+            (active, last.into_iter().map(|(k, (_, v))| (k, v)).collect())
+        };
+        let mut out = Vec::with_capacity(cfg.image.len());
+        for image in &cfg.image {
+            let name = image.name.as_str();
+            let record = self.store.image(name).map_err(internal)?;
+            let current = record.as_ref().and_then(|r| r.current);
+            let version = match current {
+                Some(c) => self.store.version(name, &c).map_err(internal)?,
+                None => None,
+            };
+            let mut settling = false;
+            let image_bases: Vec<SummaryBaseView> = match self.live.image_bases(image) {
+                Ok(refs) => refs
+                    .iter()
+                    .map(|r| {
+                        let key = r.to_string();
+                        let rec = bases.get(&key);
+                        settling |= rec.is_some_and(|b| b.pending.is_some());
+                        SummaryBaseView {
+                            digest: r
+                                .digest()
+                                .cloned()
+                                .or_else(|| rec.and_then(|b| b.digest.clone())),
+                            last_checked: rec.and_then(|b| b.checked_at),
+                            last_changed: rec.and_then(|b| b.changed_at),
+                            error: rec
+                                .and_then(|b| b.error.clone())
+                                .filter(|_| r.digest().is_none()),
+                            reference: key,
+                        }
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            let state = image_state(
+                record.as_ref().map(|r| r.state),
+                active.get(name).copied(),
+                settling,
+            );
+            let source = image.context.git().map(|g| {
+                let rec = self.store.source(&g.key()).ok().flatten();
+                ImageSourceView {
+                    url: g.public_url(),
+                    reference: g.reference_or_head().to_owned(),
+                    dir: g.dir.display().to_string(),
+                    commit: rec.as_ref().and_then(|r| r.commit.clone()),
+                    error: rec.and_then(|r| r.error),
+                }
+            });
+            out.push(ImageSummaryView {
+                name: name.to_owned(),
+                state,
+                unchecked: image_bases.iter().any(|b| b.error.is_some()),
+                repository: image.repository.to_string(),
+                current_version: current,
+                current_digest: version.as_ref().map(|v| v.digest.clone()),
+                current_built_at: version.as_ref().map(|v| v.built_at),
+                bases: image_bases,
+                last_error: record.and_then(|r| r.last_error),
+                last_job: last.get(name).cloned(),
+                source,
+                drift: self.store.audit(name).ok().flatten().map_or(0, |a| {
+                    a.findings.iter().filter(|f| f.repaired.is_none()).count()
+                }),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// 503 while stopping: new work is not taken.
@@ -200,6 +351,7 @@ impl ReadModel {
             .map(|a| audit_view(name, a));
         Ok(ImageView {
             audit,
+            floating_tags: Vec::new(),
             source,
             rollbacks,
             name: name.to_owned(),
@@ -444,7 +596,50 @@ impl Backend for ReadModel {
     }
 
     fn image(&self, name: &str) -> Result<Option<ImageView>, ApiError> {
-        self.live.image(name).map(|i| self.view(&i)).transpose()
+        let Some(image) = self.live.image(name) else {
+            return Ok(None);
+        };
+        let mut view = self.view(&image)?;
+        view.floating_tags = image
+            .tags
+            .iter()
+            .map(|t| FloatingTagView {
+                template: t.as_str().to_owned(),
+                tag: view.current_version.map(|v| t.render(&v)),
+                version: view.current_version,
+            })
+            .collect();
+        Ok(Some(view))
+    }
+
+    /// Made again only when the store was written, the config reloaded or
+    /// a job moved since: at 10,000 images a page is then a filter over
+    /// what is at hand, not 10,000 reads.
+    fn image_summaries(&self) -> Result<Arc<Vec<ImageSummaryView>>, ApiError> {
+        let cfg = self.live.cfg();
+        let cached = |key: SummaryKey| {
+            crate::live::lock(&self.summaries)
+                .as_ref()
+                .filter(|s| s.key == key)
+                .map(|s| Arc::clone(&s.all))
+        };
+        if let Some(all) = cached(self.summary_key(&cfg)) {
+            return Ok(all);
+        }
+        let _making = crate::live::lock(&self.making);
+        // Another request may have made them while this one waited.
+        let key = self.summary_key(&cfg);
+        if let Some(all) = cached(key) {
+            return Ok(all);
+        }
+        // The key is read before the reads: a write during them moves
+        // the generation, so these are made again next time.
+        let all = Arc::new(self.make_summaries(&cfg)?);
+        *crate::live::lock(&self.summaries) = Some(Summaries {
+            key,
+            all: Arc::clone(&all),
+        });
+        Ok(all)
     }
 
     /// Ready until the stop begins: from then on new work is refused.

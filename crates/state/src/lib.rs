@@ -490,6 +490,18 @@ pub struct Store {
     meta: sled::Tree,
     log: sled::Tree,
     outbox: sled::Tree,
+    /// Bumped after every write (see [`Store::generation`]).
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Bumps the store's generation when dropped, so at the end of a write,
+/// whichever way it ends.
+struct Changed<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Changed<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Versions kept in the ledger per image; older ones are dropped (the
@@ -566,7 +578,20 @@ impl Store {
             outbox: tree("outbox")?,
             meta,
             db,
+            generation: Default::default(),
         })
+    }
+
+    /// A number that changes after every write through this store (and
+    /// its clones): a reader that saw the same generation before and after
+    /// reading knows nothing was written meanwhile, and one that cached an
+    /// answer under a generation knows it is stale when the number moved.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changing(&self) -> Changed<'_> {
+        Changed(&self.generation)
     }
 
     /// The record of base `reference`.
@@ -585,6 +610,7 @@ impl Store {
 
     /// Stores a base record.
     pub fn put_base(&self, record: &BaseRecord) -> Result<(), StateError> {
+        let _changed = self.changing();
         put(
             &self.bases,
             record.reference.as_bytes(),
@@ -605,6 +631,7 @@ impl Store {
 
     /// Stores a source record.
     pub fn put_source(&self, record: &SourceRecord) -> Result<(), StateError> {
+        let _changed = self.changing();
         put(
             &self.sources,
             record.key.as_bytes(),
@@ -622,6 +649,7 @@ impl Store {
     /// tests only: what the callers do with an unreadable record.
     #[doc(hidden)]
     pub fn damage_image_record(&self, name: &str) -> Result<(), StateError> {
+        let _changed = self.changing();
         self.images
             .insert(name.as_bytes(), &b"\xff not a record"[..])
             .map(drop)
@@ -662,6 +690,7 @@ impl Store {
         f: impl Fn(&mut ImageRecord),
         failed: Option<(Option<JobId>, &str)>,
     ) -> Result<ImageRecord, StateError> {
+        let _changed = self.changing();
         let what = format!("image {name}");
         let result = (&self.images, &self.log, &self.meta).transaction(|(images, log, meta)| {
             let mut rec = match images.get(name.as_bytes())? {
@@ -705,6 +734,7 @@ impl Store {
     /// Stores base record `record` and, in the same transaction, a
     /// `base_error` event with its error (the caller says it is new).
     pub fn base_failed(&self, record: &BaseRecord) -> Result<(), StateError> {
+        let _changed = self.changing();
         let what = format!("base {}", record.reference);
         let bytes = encode(record, &what)?;
         let error = record.error.clone().unwrap_or_default();
@@ -754,6 +784,7 @@ impl Store {
         new: &VersionRecord,
         reason: Option<Reason>,
     ) -> Result<(), StateError> {
+        let _changed = self.changing();
         let what = format!("publish {name} {}", new.version);
         let new_key = version_key(name, &new.version);
         let new_bytes = encode(new, &what)?;
@@ -910,6 +941,7 @@ impl Store {
 
     /// Stores a job (queued jobs survive restarts), flushed before returning.
     pub fn put_job(&self, job: &Job) -> Result<(), StateError> {
+        let _changed = self.changing();
         let what = format!("job {}", job.id);
         put(&self.jobs, &job.id.to_be_bytes(), job, &what)?;
         self.flush(&what)
@@ -922,6 +954,7 @@ impl Store {
 
     /// Forgets finished jobs.
     pub fn delete_jobs(&self, ids: &[JobId]) -> Result<(), StateError> {
+        let _changed = self.changing();
         for id in ids {
             self.jobs
                 .remove(id.to_be_bytes())
@@ -937,6 +970,7 @@ impl Store {
     /// the version rolled away from is superseded by it (trigger
     /// `rollback`), and the image is held.
     pub fn rollback(&self, name: &str, event: &RollbackEvent) -> Result<(), StateError> {
+        let _changed = self.changing();
         let what = format!("rollback {name} to {}", event.to);
         let mut key = image_prefix(name);
         key.extend_from_slice(&event.at.timestamp_micros().to_be_bytes());
@@ -1051,6 +1085,7 @@ impl Store {
     /// `Ok(None)` when the image is not held (nothing changes), else the
     /// record after.
     pub fn resume(&self, name: &str) -> Result<Option<ImageRecord>, StateError> {
+        let _changed = self.changing();
         let what = format!("resume {name}");
         let mut after = None;
         let result = (&self.images, &self.events, &self.log, &self.meta).transaction(
@@ -1095,6 +1130,7 @@ impl Store {
         audit: &AuditRecord,
         signatures: &[(Version, SignatureRecord)],
     ) -> Result<(), StateError> {
+        let _changed = self.changing();
         let what = format!("audit of {name}");
         let bytes = encode(audit, &what)?;
         let result = (
@@ -1210,6 +1246,7 @@ impl Store {
         versions: &[VersionRecord],
         current: Option<Version>,
     ) -> Result<(), StateError> {
+        let _changed = self.changing();
         let what = format!("import ledger of {name}");
         let result = (&self.images, &self.versions)
             .transaction(|(images, vtree)| import_into(images, vtree, name, versions, current));
@@ -1220,6 +1257,7 @@ impl Store {
     /// (the start-up import of thousands of images: one disk sync per
     /// batch, not per image).
     pub fn import_many(&self, ledgers: &[ImportedLedger]) -> Result<(), StateError> {
+        let _changed = self.changing();
         if ledgers.is_empty() {
             return Ok(());
         }
@@ -1629,6 +1667,43 @@ mod tests {
         }
         let err = Store::open(dir.path()).err().expect("refused");
         assert!(err.to_string().contains("schema version 7"), "{err}");
+    }
+
+    /// issue 19: the read model's summaries are made again when the
+    /// generation moved, so every write moves it, and a read does not; a
+    /// clone shares it.
+    #[test]
+    fn every_write_moves_the_generation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let clone = store.clone();
+        let last = std::cell::Cell::new(store.generation());
+        let moved = |what: &str| {
+            let now = clone.generation();
+            assert!(now > last.get(), "{what} did not move the generation");
+            last.set(now);
+        };
+        store
+            .publish("app", &version("1.0.0", 'a', '1'), None)
+            .expect("publish");
+        moved("publish");
+        store
+            .put_base(&BaseRecord::new("r/base:latest"))
+            .expect("base");
+        moved("put_base");
+        store
+            .update_image("app", |r| r.last_error = Some("x".into()))
+            .expect("update");
+        moved("update_image");
+        store.image("app").expect("read");
+        store.versions("app").expect("read");
+        assert_eq!(
+            store.generation(),
+            last.get(),
+            "a read moved the generation"
+        );
+        store.resume("app").expect("resume");
+        moved("resume");
     }
 
     #[test]

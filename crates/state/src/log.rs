@@ -322,6 +322,7 @@ impl Store {
     /// Appends one event that is a change of nothing else (a notifier's
     /// test), flushed; its sequence number.
     pub fn log_event(&self, image: Option<&str>, kind: LogKind) -> Result<u64, StateError> {
+        let _changed = self.changing();
         let what = format!("logging a {} event", kind.name());
         let now = Utc::now();
         let result = (&self.log, &self.meta)
