@@ -306,10 +306,13 @@ pub fn attestations(key: &SigningKey, statements: &[(String, Vec<u8>)]) -> Artif
                 Layer {
                     blob: Blob::new(env),
                     media_type: DSSE_ENVELOPE.to_owned(),
-                    annotations: BTreeMap::from([(
-                        PREDICATE_TYPE_ANNOTATION.to_owned(),
-                        predicate.clone(),
-                    )]),
+                    // cosign writes the signature annotation on an
+                    // attestation layer too, empty (the signature is in
+                    // the envelope); its readers ask for the key.
+                    annotations: BTreeMap::from([
+                        (PREDICATE_TYPE_ANNOTATION.to_owned(), predicate.clone()),
+                        (SIGNATURE_ANNOTATION.to_owned(), String::new()),
+                    ]),
                 }
             })
             .collect(),
@@ -385,6 +388,13 @@ mod tests {
         assert_eq!(
             l[0].annotations[PREDICATE_TYPE_ANNOTATION],
             "https://slsa.dev/provenance/v1"
+        );
+        assert_eq!(
+            l[0].annotations
+                .get(SIGNATURE_ANNOTATION)
+                .map(String::as_str),
+            Some(""),
+            "cosign's attestation layers carry an empty signature annotation"
         );
     }
 }
