@@ -93,8 +93,8 @@ pub async fn sign(
 /// What a signature tag holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
-    /// A signature by the key over the digest.
-    Verified,
+    /// A signature by the key over the digest, in this `.sig` manifest.
+    Verified(Digest),
     /// No signature tag.
     Missing,
     /// A signature tag whose signatures do not verify (why).
@@ -138,7 +138,7 @@ pub async fn check(
             Err(e) => return Err(e.into()),
         };
         match cosign::verify_signature(public, &payload, sig, digest) {
-            Ok(()) => return Ok(Check::Verified),
+            Ok(()) => return Ok(Check::Verified(manifest.digest)),
             Err(e) => why.push(format!("payload {}: {e}", layer.digest)),
         }
     }
