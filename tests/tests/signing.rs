@@ -870,5 +870,35 @@ fn versions_read_back_have_their_signatures_checked_and_recorded_and_a_new_key_l
     assert_eq!(rotated[0]["versions"], 2);
     assert!(verifies(&s, "app", &v100, &old.join("cosign.pub")));
     assert!(verifies(&s, "app", &v101, &old.join("cosign.pub")));
+
+    // Started without waiting: 202 at once, the audit recorded after it.
+    let before = daemon.image("app")["audit"]["at"].clone();
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v1/audit?wait=false", s.listen))
+        .json(&serde_json::json!({"image": "app"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let started: serde_json::Value = r.json().unwrap();
+    assert_eq!(started["images"], serde_json::json!(["app"]), "{started:#}");
+    assert!(started["at"].is_string(), "{started:#}");
+    let image = rebased_e2e::wait_for("the started audit recorded", WAIT, || {
+        let image = daemon.image("app");
+        (image["audit"]["at"] != before).then_some(image)
+    });
+    assert_eq!(
+        image["audit"]["findings"],
+        serde_json::json!([]),
+        "{image:#}"
+    );
+    let out = daemon.cli(&["audit", "--no-wait"]);
+    assert!(out.contains("audit of 1 image(s) started at"), "{out}");
+    // An unknown image is refused before anything starts.
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v1/audit?wait=false", s.listen))
+        .json(&serde_json::json!({"image": "nope"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
     drop(daemon);
 }
