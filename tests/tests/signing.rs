@@ -854,6 +854,33 @@ fn versions_read_back_have_their_signatures_checked_and_recorded_and_a_new_key_l
     );
     let again = audit(&s);
     assert_eq!(kinds(&again), [], "{again:#}");
+
+    // 1.0.0's .sig replaced by one whose payload was tampered with: the
+    // repair adds a good signature and keeps what the tag held (it never
+    // deletes), as cosign adds signatures.
+    run(cosign_py().args(["tamper", &host, "app", &v101, &v100]));
+    assert!(!verifies(&s, "app", &v100, &public));
+    let tampered = audit(&s);
+    assert_eq!(
+        kinds(&tampered),
+        [("signature_invalid".to_owned(), sig100.clone(), true)],
+        "{tampered:#}"
+    );
+    assert!(verifies(&s, "app", &v100, &public), "signed again");
+    let sig_manifest: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("http://{host}/v2/app/manifests/{sig100}"))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        sig_manifest["layers"].as_array().map(Vec::len),
+        Some(2),
+        "the tampered layer kept, ours added: {sig_manifest:#}"
+    );
+    let again = audit(&s);
+    assert_eq!(kinds(&again), [], "{again:#}");
     daemon.stop();
 
     // A new key: it would sign new versions; the recorded signatures stay

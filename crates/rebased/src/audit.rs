@@ -391,7 +391,17 @@ impl Auditor {
         if !Self::holds(registry, repo, &v.digest).await {
             return None;
         }
-        match signing::sign(registry, repo, key, &v.digest, &v.children, &[]).await {
+        match signing::sign(
+            registry,
+            repo,
+            key,
+            &v.digest,
+            &v.children,
+            &[],
+            signing::Keep::Existing,
+        )
+        .await
+        {
             Ok(mut new) => {
                 new.attestations = new.attestations.or(attestations);
                 let done = format!("signed again with key {}", new.key);

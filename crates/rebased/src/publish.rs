@@ -144,9 +144,17 @@ pub async fn publish(
                 )
                 .await
                 .with_context(|| format!("attesting {target} ({digest})"))?;
-                let sig = signing::sign(registry, r, key, &digest, &record.children, &statements)
-                    .await
-                    .with_context(|| format!("signing {target} ({digest})"))?;
+                let sig = signing::sign(
+                    registry,
+                    r,
+                    key,
+                    &digest,
+                    &record.children,
+                    &statements,
+                    signing::Keep::Nothing,
+                )
+                .await
+                .with_context(|| format!("signing {target} ({digest})"))?;
                 record.signature = Some(sig);
                 failpoint("after-signature");
             }

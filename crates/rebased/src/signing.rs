@@ -46,7 +46,10 @@ async fn push(
 /// Signs `digest` in `repo` with `key` (and, for an index, each of
 /// `children`), pushing the `.sig` manifests; then the attestations
 /// (`(predicate type, statement)`), when there are any, as the `.att`
-/// manifest. The record of what was pushed.
+/// manifest. The record of what was pushed. With `Keep::Existing` (a
+/// repair) each `.sig` already under its tag is read first and our
+/// signature added to what it holds, as cosign adds one; a publish signs a
+/// digest that has no `.sig` yet (`Keep::Nothing`: no read).
 pub async fn sign(
     registry: &Registry,
     repo: &ImageRef,
@@ -54,20 +57,31 @@ pub async fn sign(
     digest: &Digest,
     children: &BTreeMap<String, Digest>,
     statements: &[(String, Vec<u8>)],
+    keep: Keep,
 ) -> Result<SignatureRecord> {
     let name = repo.name();
     let mut child_sigs = BTreeMap::new();
     for child in children.values() {
         let tag = cosign::signature_tag(child);
-        let sig = push(registry, repo, &tag, &cosign::signature(key, &name, child))
-            .await
-            .with_context(|| format!("pushing the signature {name}:{tag} of child {child}"))?;
+        let sig = push(
+            registry,
+            repo,
+            &tag,
+            &artifact(registry, repo, key, child, keep).await?,
+        )
+        .await
+        .with_context(|| format!("pushing the signature {name}:{tag} of child {child}"))?;
         child_sigs.insert(child.clone(), sig);
     }
     let tag = cosign::signature_tag(digest);
-    let manifest = push(registry, repo, &tag, &cosign::signature(key, &name, digest))
-        .await
-        .with_context(|| format!("pushing the signature {name}:{tag}"))?;
+    let manifest = push(
+        registry,
+        repo,
+        &tag,
+        &artifact(registry, repo, key, digest, keep).await?,
+    )
+    .await
+    .with_context(|| format!("pushing the signature {name}:{tag}"))?;
     let public = key.public();
     info!(%digest, key = %public.fingerprint(), "signed: {name}:{tag}");
     let attestations = if statements.is_empty() {
@@ -88,6 +102,46 @@ pub async fn sign(
         attestations,
         at: Utc::now(),
     })
+}
+
+/// The `.sig` artifact of `target`: ours alone, or (`Keep::Existing`)
+/// ours added to the `.sig` manifest under the tag now.
+async fn artifact(
+    registry: &Registry,
+    repo: &ImageRef,
+    key: &SigningKey,
+    target: &Digest,
+    keep: Keep,
+) -> Result<Artifact> {
+    let name = repo.name();
+    let tag = cosign::signature_tag(target);
+    let existing = match keep {
+        Keep::Nothing => None,
+        Keep::Existing => match registry.manifest(&repo.with_tag(&tag)).await {
+            Ok(m) => Some(m.bytes),
+            Err(e) if e.kind == ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("reading the signature {name}:{tag}"))
+                )
+            }
+        },
+    };
+    Ok(cosign::signature_added(
+        existing.as_deref(),
+        key,
+        &name,
+        target,
+    ))
+}
+
+/// What becomes of a `.sig` already under the tag when signing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Nothing is read: the digest is new (a publish).
+    Nothing,
+    /// Its signatures stay and ours is added (a repair).
+    Existing,
 }
 
 /// What a signature tag holds.
