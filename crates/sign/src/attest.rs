@@ -388,6 +388,16 @@ pub fn sbom(
             "created": time(&created),
             "creators": [format!("Tool: rebased-{rebased_version}")],
         },
+        // SPDX 2.3 asks for the elements the document describes.
+        "relationships": packages
+            .iter()
+            .filter_map(|p| p["SPDXID"].as_str())
+            .map(|id| json!({
+                "spdxElementId": "SPDXRef-DOCUMENT",
+                "relationshipType": "DESCRIBES",
+                "relatedSpdxElement": id,
+            }))
+            .collect::<Vec<_>>(),
         "packages": packages,
     });
     json!({
@@ -525,6 +535,15 @@ mod tests {
         assert_eq!(doc["predicate"]["spdxVersion"], "SPDX-2.3");
         let pkgs = doc["predicate"]["packages"].as_array().expect("packages");
         assert_eq!(pkgs.len(), 2);
+        let described: Vec<&Value> = doc["predicate"]["relationships"]
+            .as_array()
+            .expect("relationships")
+            .iter()
+            .filter(|r| r["relationshipType"] == "DESCRIBES")
+            .map(|r| &r["relatedSpdxElement"])
+            .collect();
+        let ids: Vec<&Value> = pkgs.iter().map(|p| &p["SPDXID"]).collect();
+        assert_eq!(described, ids, "the document describes each package");
         assert_eq!(
             pkgs[0]["externalRefs"][0]["referenceLocator"],
             "pkg:deb/debian/libc6@2.36-9?arch=amd64"
