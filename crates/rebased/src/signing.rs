@@ -16,6 +16,9 @@ use tracing::info;
 
 /// Largest signature payload read back.
 const MAX_PAYLOAD: u64 = 1 << 20;
+/// Most signature layers of one `.sig` tried (a hostile one can list
+/// thousands, each a read).
+const MAX_CHECKED: usize = 64;
 
 /// Pushes `artifact` under `repo:tag`: blobs first (those the repository
 /// lacks), then the manifest. Returns the manifest's digest.
@@ -174,24 +177,36 @@ pub async fn check(
             "{tag} is not a cosign signature manifest"
         )));
     };
-    let mut why = Vec::new();
-    for layer in layers
+    // The payload we would sign is checked first: a `.sig` that many
+    // signers share costs one payload read, not one per signer; each
+    // payload is read once, and at most MAX_CHECKED layers are tried.
+    let ours = Digest::sha256(&cosign::simple_signing_payload(&repo.name(), digest));
+    let mut candidates: Vec<_> = layers
         .iter()
         .filter(|l| l.media_type == cosign::SIMPLE_SIGNING)
-    {
+        .collect();
+    candidates.sort_by_key(|l| l.digest != ours);
+    candidates.truncate(MAX_CHECKED);
+    let mut why = Vec::new();
+    let mut read: BTreeMap<Digest, Option<Vec<u8>>> = BTreeMap::new();
+    for layer in candidates {
         let Some(sig) = layer.annotations.get(cosign::SIGNATURE_ANNOTATION) else {
             why.push(format!("layer {} has no signature", layer.digest));
             continue;
         };
-        let payload = match registry.blob(repo, &layer.digest, MAX_PAYLOAD).await {
-            Ok(p) => p,
-            Err(e) if e.kind == ErrorKind::NotFound => {
-                why.push(format!("payload {} is gone", layer.digest));
-                continue;
-            }
-            Err(e) => return Err(e.into()),
+        if !read.contains_key(&layer.digest) {
+            let got = match registry.blob(repo, &layer.digest, MAX_PAYLOAD).await {
+                Ok(p) => Some(p.to_vec()),
+                Err(e) if e.kind == ErrorKind::NotFound => None,
+                Err(e) => return Err(e.into()),
+            };
+            read.insert(layer.digest.clone(), got);
+        }
+        let Some(Some(payload)) = read.get(&layer.digest) else {
+            why.push(format!("payload {} is gone", layer.digest));
+            continue;
         };
-        match cosign::verify_signature(public, &payload, sig, digest) {
+        match cosign::verify_signature(public, payload, sig, digest) {
             Ok(()) => return Ok(Check::Verified(manifest.digest)),
             Err(e) => why.push(format!("payload {}: {e}", layer.digest)),
         }
