@@ -99,6 +99,7 @@ pub async fn publish(
         e = adoptable(registry, release) => e?,
         _ = cancel.cancelled() => bail!("cancelled before the push of {target}: rebased is stopping"),
     };
+    let adopted = existing.is_some();
     let digest = match existing {
         Some(d) => d,
         None => {
@@ -151,7 +152,13 @@ pub async fn publish(
                     &digest,
                     &record.children,
                     &statements,
-                    signing::Keep::Nothing,
+                    // An adopted tag may have been signed meanwhile (by
+                    // us before a crash, or by someone else): keep that.
+                    if adopted {
+                        signing::Keep::Existing
+                    } else {
+                        signing::Keep::Nothing
+                    },
                 )
                 .await
                 .with_context(|| format!("signing {target} ({digest})"))?;
