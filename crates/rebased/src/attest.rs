@@ -190,3 +190,21 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    #[tokio::test]
+    async fn a_layer_larger_than_declared_is_cut_off() {
+        let mut w = Capped {
+            inner: Vec::new(),
+            left: 10,
+        };
+        w.write_all(b"0123456789").await.expect("within the cap");
+        let err = w.write_all(b"x").await.expect_err("over the cap");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(w.inner, b"0123456789");
+    }
+}
