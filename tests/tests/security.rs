@@ -1,5 +1,5 @@
-//! Security checks: secrets (registry password, API token, webhook token)
-//! appear in no log, API answer, job log or error message; no shell is ever
+//! Security checks: secrets (registry password, API token, webhook token,
+//! the signing key and its password) appear in no log, API answer, job log or error message; no shell is ever
 //! run and untrusted strings stay arguments; `COPY` cannot reach outside the
 //! context; the state directory and the API socket are private.
 
@@ -22,6 +22,8 @@ const PASSWORD: &str = "reg-PW-4b1d9e";
 const WRONG_PASSWORD: &str = "unreach-PW-77c2aa";
 const API_TOKEN: &str = "api-TOKEN-5e0f13";
 const HOOK_TOKEN: &str = "hook-TOKEN-a93c07";
+const SIGN_PASSWORD: &str = "sign-PW-3c8e51";
+const WRONG_SIGN_PASSWORD: &str = "sign-WRONG-PW-90d4f2";
 
 #[test]
 fn secrets_appear_in_no_log_answer_or_error() {
@@ -44,6 +46,25 @@ fn secrets_appear_in_no_log_answer_or_error() {
     let wrong = write("wrong-pw", WRONG_PASSWORD);
     let api = write("api-token", API_TOKEN);
     let hook = write("hook-token", HOOK_TOKEN);
+    // A signing key made by keygen, under a password.
+    let sign_pw = write("sign-pw", SIGN_PASSWORD);
+    let keys = work.path().join("keys");
+    let made = Command::new(rebased_bin())
+        .args(["keygen", "--out"])
+        .arg(&keys)
+        .arg("--password-file")
+        .arg(&sign_pw)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    // The key's PEM body lines: none may show anywhere.
+    let key_lines: Vec<String> = fs::read_to_string(keys.join("cosign.key"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .map(str::to_owned)
+        .collect();
+    assert!(!key_lines.is_empty());
     let good = app_context(
         work.path(),
         "good",
@@ -61,7 +82,7 @@ fn secrets_appear_in_no_log_answer_or_error() {
     fs::write(
         &config,
         format!(
-            "[daemon]\nstate_dir = \"{state}\"\nlisten = \"{listen}\"\napi_token_file = \"{api}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n\n[builder]\nmax_attempts = 1\n\n[registries.\"{host}\"]\nusername = \"bot\"\npassword_file = \"{pw}\"\nca_file = \"{ca}\"\n\n[registries.\"{dead}\"]\nusername = \"bot\"\npassword_file = \"{wrong}\"\n\n[webhooks]\ntoken_file = \"{hook}\"\n{}{}",
+            "[daemon]\nstate_dir = \"{state}\"\nlisten = \"{listen}\"\napi_token_file = \"{api}\"\npoll = \"*/1 * * * * *\"\nsettle = \"0s\"\n\n[builder]\nmax_attempts = 1\n\n[registries.\"{host}\"]\nusername = \"bot\"\npassword_file = \"{pw}\"\nca_file = \"{ca}\"\n\n[registries.\"{dead}\"]\nusername = \"bot\"\npassword_file = \"{wrong}\"\n\n[webhooks]\ntoken_file = \"{hook}\"\n\n[signing]\nkey_file = \"{key}\"\npassword_file = \"{sign_pw}\"\nattest = [\"slsa\"]\n{}{}",
             image_table("good", &good, &format!("{host}/good"), ""),
             image_table("bad", &bad, &format!("{dead}/bad"), ""),
             state = work.path().join("state").display(),
@@ -70,6 +91,8 @@ fn secrets_appear_in_no_log_answer_or_error() {
             ca = ca.display(),
             wrong = wrong.display(),
             hook = hook.display(),
+            key = keys.join("cosign.key").display(),
+            sign_pw = sign_pw.display(),
         ),
     )
     .unwrap();
@@ -96,6 +119,15 @@ fn secrets_appear_in_no_log_answer_or_error() {
         assert_eq!(r.status().as_u16(), 401, "{path}");
         answers += &r.text().unwrap();
     }
+    // The audit's answer (signatures checked), with the right token.
+    let r = client
+        .post(format!("{}/v1/audit", daemon.api))
+        .bearer_auth(API_TOKEN)
+        .json(&serde_json::json!({}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.status());
+    answers += &r.text().unwrap();
     // Everything the daemon says.
     for path in [
         "/v1/status",
@@ -120,9 +152,51 @@ fn secrets_appear_in_no_log_answer_or_error() {
     // The state directory (ledger, logs, build scratch) holds none either.
     let mut state = Vec::new();
     collect_files(&work.path().join("state"), &mut state);
-    for secret in [PASSWORD, WRONG_PASSWORD, API_TOKEN, HOOK_TOKEN] {
+    assert!(
+        answers.contains("\"signature\""),
+        "the good image is signed and shows it"
+    );
+    // A wrong signing password: refused by check-config, and neither
+    // password (nor the key) is in the error.
+    let text = fs::read_to_string(&config).unwrap();
+    let wrong_sign = write("wrong-sign-pw", WRONG_SIGN_PASSWORD);
+    let wrong_config = work.path().join("wrong-sign.toml");
+    fs::write(
+        &wrong_config,
+        text.replace(
+            &sign_pw.display().to_string(),
+            &wrong_sign.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let checked = Command::new(rebased_bin())
+        .args(["check-config", "--config"])
+        .arg(&wrong_config)
+        .output()
+        .unwrap();
+    assert_eq!(checked.status.code(), Some(2), "{checked:?}");
+    let refusal = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(refusal.contains("password"), "{refusal}");
+    let secrets = [
+        PASSWORD,
+        WRONG_PASSWORD,
+        API_TOKEN,
+        HOOK_TOKEN,
+        SIGN_PASSWORD,
+        WRONG_SIGN_PASSWORD,
+    ];
+    let key_parts = key_lines.iter().map(String::as_str);
+    for secret in secrets.into_iter().chain(key_parts) {
         assert!(!answers.contains(secret), "{secret} in an API answer");
         assert!(!log.contains(secret), "{secret} in the daemon log");
+        assert!(
+            !refusal.contains(secret),
+            "{secret} in check-config's refusal"
+        );
         assert!(
             !state.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "{secret} in the state directory"

@@ -761,3 +761,171 @@ fn the_audit_asks_once_per_tag() {
     assert_eq!(delta("blob_get"), 1, "{after}");
     assert_eq!(delta("manifest_put"), 0);
 }
+
+/// The state directory lost: both versions are read back from the
+/// registry without a signature record. The audit checks the `.sig` of
+/// each with the key in force: 1.0.1's (signed) is recorded, 1.0.0's
+/// (published before `[signing]`) is missing, and `audit_repair` signs it.
+/// Then the key changes: the signatures already recorded are checked with
+/// the key that made them, so none of them is a finding.
+#[test]
+fn versions_read_back_have_their_signatures_checked_and_recorded_and_a_new_key_leaves_old_ones_alone(
+) {
+    let s = Setup::new();
+    let host = s.host().to_owned();
+    let ctx = s.context(
+        "app",
+        &format!("FROM {host}/base:latest\nCOPY hello /hello\n"),
+    );
+    let daemon_extra = "poll = \"*/1 * * * * *\"\nsettle = \"0s\"\n[builder]\nmax_attempts = 1";
+    let table = image_table("app", &ctx, &format!("{host}/app"), "tags = [\"latest\"]\n");
+    // 1.0.0 before signing was configured.
+    s.write_config(daemon_extra, &table);
+    let mut daemon = s.start();
+    daemon.wait_version("app", "1.0.0", WAIT);
+    daemon.stop();
+    let v100 = s.registry.digest("app:1.0.0").unwrap();
+    // 1.0.1 signed.
+    run(cosign_py().args(["make-key"]).arg(s.dir()).arg("pw"));
+    let public = s.dir().join("cosign.pub");
+    let signing = signing_section(s.dir(), "pw");
+    s.write_config(daemon_extra, &format!("{signing}{table}"));
+    let mut daemon = s.start();
+    s.bases.push(&s.registry, "base:latest", "v2");
+    daemon.wait_version("app", "1.0.1", WAIT);
+    daemon.stop();
+    let v101 = s.registry.digest("app:1.0.1").unwrap();
+    assert!(verifies(&s, "app", &v101, &public));
+    assert!(!verifies(&s, "app", &v100, &public));
+
+    // The state directory is lost; the ledger is read back.
+    std::thread::sleep(Duration::from_secs(1));
+    fs::remove_dir_all(s.dir().join("state")).unwrap();
+    let mut daemon = s.start();
+    let found = rebased_e2e::wait_for("the versions read back", WAIT, || {
+        let image = daemon.image("app");
+        (image["versions"].as_array().map(Vec::len) == Some(2)).then_some(image)
+    });
+    assert!(found["versions"][0]["signature"].is_null(), "{found:#}");
+    let sig100 = format!("sha256-{}.sig", v100.trim_start_matches("sha256:"));
+    let audited = audit(&s);
+    assert_eq!(
+        kinds(&audited),
+        [("signature_missing".to_owned(), sig100.clone(), false)],
+        "{audited:#}"
+    );
+    // 1.0.1's signature is recorded now, with the key that made it.
+    let image = daemon.image("app");
+    let shown = |image: &serde_json::Value, v: &str| {
+        image["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["version"] == v)
+            .unwrap()["signature"]
+            .clone()
+    };
+    let sig = shown(&image, "1.0.1");
+    assert!(
+        sig["key"].as_str().unwrap().starts_with("sha256:"),
+        "{image:#}"
+    );
+    assert!(shown(&image, "1.0.0").is_null(), "{image:#}");
+    daemon.stop();
+
+    // With audit_repair, 1.0.0 is signed; a second audit finds nothing.
+    std::thread::sleep(Duration::from_secs(1));
+    s.write_config(
+        &daemon_extra.replace("settle = \"0s\"", "settle = \"0s\"\naudit_repair = true"),
+        &format!("{signing}{table}"),
+    );
+    let text = fs::read_to_string(&s.config).unwrap();
+    assert!(text.contains("audit_repair = true"), "{text}");
+    let mut daemon = s.start();
+    let repaired = audit(&s);
+    assert_eq!(
+        kinds(&repaired),
+        [("signature_missing".to_owned(), sig100.clone(), true)],
+        "{repaired:#}"
+    );
+    assert!(
+        verifies(&s, "app", &v100, &public),
+        "1.0.0 signed by the repair"
+    );
+    let again = audit(&s);
+    assert_eq!(kinds(&again), [], "{again:#}");
+
+    // 1.0.0's .sig replaced by one whose payload was tampered with: the
+    // repair adds a good signature and keeps what the tag held (it never
+    // deletes), as cosign adds signatures.
+    run(cosign_py().args(["tamper", &host, "app", &v101, &v100]));
+    assert!(!verifies(&s, "app", &v100, &public));
+    let tampered = audit(&s);
+    assert_eq!(
+        kinds(&tampered),
+        [("signature_invalid".to_owned(), sig100.clone(), true)],
+        "{tampered:#}"
+    );
+    assert!(verifies(&s, "app", &v100, &public), "signed again");
+    let sig_manifest: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("http://{host}/v2/app/manifests/{sig100}"))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        sig_manifest["layers"].as_array().map(Vec::len),
+        Some(2),
+        "the tampered layer kept, ours added: {sig_manifest:#}"
+    );
+    let again = audit(&s);
+    assert_eq!(kinds(&again), [], "{again:#}");
+    daemon.stop();
+
+    // A new key: it would sign new versions; the recorded signatures stay
+    // and are checked with the key that made them, so nothing drifts.
+    std::thread::sleep(Duration::from_secs(1));
+    let old = s.dir().join("old");
+    fs::create_dir_all(&old).unwrap();
+    fs::rename(s.dir().join("cosign.key"), old.join("cosign.key")).unwrap();
+    fs::rename(&public, old.join("cosign.pub")).unwrap();
+    run(cosign_py().args(["make-key"]).arg(s.dir()).arg("pw"));
+    let daemon = s.start();
+    let rotated = audit(&s);
+    assert_eq!(kinds(&rotated), [], "{rotated:#}");
+    assert_eq!(rotated[0]["versions"], 2);
+    assert!(verifies(&s, "app", &v100, &old.join("cosign.pub")));
+    assert!(verifies(&s, "app", &v101, &old.join("cosign.pub")));
+
+    // Started without waiting: 202 at once, the audit recorded after it.
+    let before = daemon.image("app")["audit"]["at"].clone();
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v1/audit?wait=false", s.listen))
+        .json(&serde_json::json!({"image": "app"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let started: serde_json::Value = r.json().unwrap();
+    assert_eq!(started["images"], serde_json::json!(["app"]), "{started:#}");
+    assert!(started["at"].is_string(), "{started:#}");
+    let image = rebased_e2e::wait_for("the started audit recorded", WAIT, || {
+        let image = daemon.image("app");
+        (image["audit"]["at"] != before).then_some(image)
+    });
+    assert_eq!(
+        image["audit"]["findings"],
+        serde_json::json!([]),
+        "{image:#}"
+    );
+    let out = daemon.cli(&["audit", "--no-wait"]);
+    assert!(out.contains("audit of 1 image(s) started at"), "{out}");
+    // An unknown image is refused before anything starts.
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://{}/v1/audit?wait=false", s.listen))
+        .json(&serde_json::json!({"image": "nope"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    drop(daemon);
+}

@@ -130,6 +130,35 @@ pub struct AuditRequest {
     pub image: Option<String>,
 }
 
+/// The query of `POST /v1/audit`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+pub struct AuditQuery {
+    /// `false`: start the audit and answer 202 at once (a fleet's audit
+    /// can outlast an HTTP client's timeout); its findings then show in
+    /// `GET /v1/status` (`audit.last_run`) and `GET /v1/images/{name}`.
+    #[serde(default = "yes")]
+    pub wait: bool,
+}
+
+impl Default for AuditQuery {
+    fn default() -> Self {
+        Self { wait: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The answer to `POST /v1/audit?wait=false`: the audit started.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditStarted {
+    /// When it was started: each image's audit (`audit.at`) is at or after it.
+    pub at: DateTime<Utc>,
+    /// The images it audits.
+    pub images: Vec<String>,
+}
+
 /// A base of an image, as the image uses it now.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageBaseView {
@@ -707,6 +736,11 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<AuditView>, ActionError>> {
         Box::pin(async { Err(ActionError::Unavailable("no audit here".to_owned())) })
     }
+    /// Start the immutability audit (of every image or of `image`) and
+    /// return at once; a second one started meanwhile runs after it.
+    fn audit_start(&self, _image: Option<&str>) -> Result<AuditStarted, ActionError> {
+        Err(ActionError::Unavailable("no audit here".to_owned()))
+    }
     /// A webhook named these references: check the watched ones now.
     fn webhook(&self, source: &str, references: Vec<String>) -> Result<WebhookReply, ActionError>;
     /// The daemon's metrics.
@@ -896,18 +930,24 @@ async fn check(
 }
 
 /// Run the immutability audit now: version tags, floating tags, signatures.
-#[utoipa::path(post, path = "/v1/audit", request_body(content = Option<AuditRequest>, description = "Optional: one image to audit"), responses((status = 200, description = "The audits made, with their findings", body = Vec<AuditView>), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such image", body = ApiError), (status = 500, description = "Internal error", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/audit", params(AuditQuery), request_body(content = Option<AuditRequest>, description = "Optional: one image to audit"), responses((status = 200, description = "The audits made, with their findings", body = Vec<AuditView>), (status = 202, description = "With `?wait=false`: the audit started; its findings show in the status and the images", body = AuditStarted), (status = 400, description = "Malformed request", body = ApiError), (status = 401, description = "Missing or wrong bearer token", body = ApiError), (status = 404, description = "No such image", body = ApiError), (status = 500, description = "Internal error", body = ApiError), (status = 503, description = "Daemon stopping", body = ApiError)), security(("bearer" = [])))]
 async fn audit(
     State(b): State<Shared>,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
     body: axum::body::Bytes,
-) -> Result<Json<Vec<AuditView>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
     let req: AuditRequest = if body.iter().all(u8::is_ascii_whitespace) {
         AuditRequest::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("bad audit request: {e}")))?
     };
-    Ok(Json(b.audit(req.image.as_deref()).await?))
+    if !q.wait {
+        let started = b.audit_start(req.image.as_deref())?;
+        return Ok((StatusCode::ACCEPTED, Json(started)).into_response());
+    }
+    Ok(Json(b.audit(req.image.as_deref()).await?).into_response())
 }
 
 /// Point an image's floating tags back at a version and hold it.

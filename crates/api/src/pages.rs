@@ -570,6 +570,7 @@ mod tests {
             last_error: None,
             last_job: None,
             source: None,
+            drift: 0,
         }
     }
 

@@ -9,6 +9,7 @@
 //! more), within each registry's concurrency (the registry client's
 //! permits); one audit runs at a time.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -205,9 +206,36 @@ impl Auditor {
             }
             Err(e) => record.errors.push(format!("{tag}: {e}")),
         }
-        let Some(sig) = &v.signature else {
-            return;
-        };
+        match &v.signature {
+            Some(sig) => {
+                self.recorded(v, sig, repo, registry, repair, key, record, signatures)
+                    .await
+            }
+            None => {
+                if let Some(key) = key {
+                    self.unrecorded(v, repo, registry, repair, key, record, signatures)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// A recorded signature: checked with the key that made it (a new key
+    /// in force does not make older signatures findings); one that is lost
+    /// or does not verify is, and a repair signs again with the key in force.
+    #[allow(clippy::too_many_arguments)]
+    async fn recorded(
+        &self,
+        v: &VersionRecord,
+        sig: &SignatureRecord,
+        repo: &ImageRef,
+        registry: &Registry,
+        repair: bool,
+        key: Option<&SigningKey>,
+        record: &mut AuditRecord,
+        signatures: &mut Vec<(Version, SignatureRecord)>,
+    ) {
+        let tag = v.version.to_string();
         let public = match PublicKey::from_pem(&sig.public_key) {
             Ok(p) => p,
             Err(e) => {
@@ -221,7 +249,7 @@ impl Auditor {
         for digest in std::iter::once(&v.digest).chain(sig.children.keys()) {
             let sig_tag = rebased_sign::cosign::signature_tag(digest);
             match signing::check(registry, repo, digest, &public).await {
-                Ok(signing::Check::Verified) => {}
+                Ok(signing::Check::Verified(_)) => {}
                 Ok(signing::Check::Missing) => {
                     lost.push((DriftKind::SignatureMissing, sig_tag, None))
                 }
@@ -234,19 +262,18 @@ impl Auditor {
         if lost.is_empty() {
             return;
         }
-        let mut repaired = None;
-        if let (true, Some(key)) = (repair, key) {
-            if Self::holds(registry, repo, &v.digest).await {
-                match signing::sign(registry, repo, key, &v.digest, &v.children, &[]).await {
-                    Ok(mut new) => {
-                        new.attestations = new.attestations.or_else(|| sig.attestations.clone());
-                        repaired = Some(format!("signed again with key {}", new.key));
-                        signatures.push((v.version, new));
-                    }
-                    Err(e) => record.errors.push(format!("signing {tag} again: {e:#}")),
-                }
-            }
-        }
+        let repaired = self
+            .sign_again(
+                v,
+                repo,
+                registry,
+                repair,
+                key,
+                sig.attestations.clone(),
+                record,
+                signatures,
+            )
+            .await;
         for (kind, sig_tag, found) in lost {
             record.findings.push(Finding {
                 kind,
@@ -256,6 +283,137 @@ impl Auditor {
                 found,
                 repaired: repaired.clone(),
             });
+        }
+    }
+
+    /// A version without a recorded signature (read back from the
+    /// registry: first sight, a lost state directory) while a key is in
+    /// force: its `.sig` (and each child's) is checked with that key. Found
+    /// and verifying, it is recorded, and later audits check it like any
+    /// other; missing, it is a `signature_missing` finding that a repair
+    /// signs. A `.sig` that holds only other keys' signatures (an older
+    /// key, another signer) is left alone and is no finding: the audit
+    /// cannot tell a rotated key from a stranger's, and never replaces a
+    /// signature it did not record.
+    #[allow(clippy::too_many_arguments)]
+    async fn unrecorded(
+        &self,
+        v: &VersionRecord,
+        repo: &ImageRef,
+        registry: &Registry,
+        repair: bool,
+        key: &SigningKey,
+        record: &mut AuditRecord,
+        signatures: &mut Vec<(Version, SignatureRecord)>,
+    ) {
+        let public = key.public();
+        let mut verified = BTreeMap::new();
+        let mut missing = Vec::new();
+        let mut foreign = false;
+        for digest in std::iter::once(&v.digest).chain(v.children.values()) {
+            let sig_tag = rebased_sign::cosign::signature_tag(digest);
+            match signing::check(registry, repo, digest, &public).await {
+                Ok(signing::Check::Verified(m)) => {
+                    verified.insert(digest.clone(), m);
+                }
+                Ok(signing::Check::Missing) => missing.push(sig_tag),
+                Ok(signing::Check::Invalid(why)) => {
+                    info!(version = %v.version, tag = %sig_tag, "audit: signed, not by the key in force ({why}); left alone");
+                    foreign = true;
+                }
+                Err(e) => {
+                    record.errors.push(format!("{sig_tag}: {e:#}"));
+                    return;
+                }
+            }
+        }
+        if missing.is_empty() {
+            if let (false, Some(manifest)) = (foreign, verified.remove(&v.digest)) {
+                signatures.push((
+                    v.version,
+                    SignatureRecord {
+                        public_key: public.to_pem(),
+                        key: public.fingerprint(),
+                        manifest,
+                        children: verified,
+                        attestations: None,
+                        at: Utc::now(),
+                    },
+                ));
+            }
+            return;
+        }
+        let repaired = self
+            .sign_again(
+                v,
+                repo,
+                registry,
+                repair && !foreign,
+                Some(key),
+                None,
+                record,
+                signatures,
+            )
+            .await;
+        for sig_tag in missing {
+            record.findings.push(Finding {
+                kind: DriftKind::SignatureMissing,
+                version: v.version,
+                tag: sig_tag,
+                expected: format!(
+                    "a signature of {} by key {} (the key in force; none recorded: the version was read back from the registry)",
+                    v.digest,
+                    public.fingerprint()
+                ),
+                found: None,
+                repaired: repaired.clone(),
+            });
+        }
+    }
+
+    /// With `repair` and a key, signs `v` again (and its children) while
+    /// the registry still holds its manifest; what the repair did.
+    #[allow(clippy::too_many_arguments)]
+    async fn sign_again(
+        &self,
+        v: &VersionRecord,
+        repo: &ImageRef,
+        registry: &Registry,
+        repair: bool,
+        key: Option<&SigningKey>,
+        attestations: Option<Digest>,
+        record: &mut AuditRecord,
+        signatures: &mut Vec<(Version, SignatureRecord)>,
+    ) -> Option<String> {
+        let (true, Some(key)) = (repair, key) else {
+            return None;
+        };
+        if !Self::holds(registry, repo, &v.digest).await {
+            return None;
+        }
+        match signing::sign(
+            registry,
+            repo,
+            key,
+            &v.digest,
+            &v.children,
+            &[],
+            signing::Keep::Existing,
+        )
+        .await
+        {
+            Ok(mut new) => {
+                new.attestations = new.attestations.or(attestations);
+                let done = format!("signed again with key {}", new.key);
+                signatures.push((v.version, new));
+                Some(done)
+            }
+            Err(e) => {
+                record
+                    .errors
+                    .push(format!("signing {} again: {e:#}", v.version));
+                None
+            }
         }
     }
 

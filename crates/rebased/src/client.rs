@@ -675,6 +675,24 @@ pub fn notifiers(c: &Client) -> Result<String> {
     })
 }
 
+/// `rebased audit --no-wait [NAME]`: the audit started, not awaited.
+pub fn audit_start(c: &Client, name: Option<&str>) -> Result<String> {
+    let body = rebased_api::AuditRequest {
+        image: name.map(str::to_owned),
+    };
+    c.post(
+        "/v1/audit?wait=false",
+        Some(&body),
+        |started: rebased_api::AuditStarted| {
+            format!(
+                "audit of {} image(s) started at {}: `rebased status` shows when it ran, `rebased image NAME` what it found\n",
+                started.images.len(),
+                started.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        },
+    )
+}
+
 /// `rebased sources`: every git source.
 pub fn sources(c: &Client) -> Result<String> {
     c.get("/v1/sources", |sources: Vec<rebased_api::SourceView>| {

@@ -131,6 +131,11 @@ enum Command {
     Audit {
         /// One image's name.
         name: Option<String>,
+        /// Start it and return at once (`POST /v1/audit?wait=false`): a
+        /// fleet's audit can outlast the client's 120 s; `status` shows
+        /// when it ran and `image NAME` its findings.
+        #[arg(long)]
+        no_wait: bool,
         #[command(flatten)]
         api: client::ApiArgs,
     },
@@ -216,7 +221,13 @@ fn main() -> ExitCode {
             client_cmd(&api, |c| client::rollback(c, &name, &to))
         }
         Command::Resume { name, api } => client_cmd(&api, |c| client::resume(c, &name)),
-        Command::Audit { name, api } => client_cmd(&api, |c| client::audit(c, name.as_deref())),
+        Command::Audit { name, no_wait, api } => client_cmd(&api, |c| {
+            if no_wait {
+                client::audit_start(c, name.as_deref())
+            } else {
+                client::audit(c, name.as_deref())
+            }
+        }),
         Command::Notifiers { api } => client_cmd(&api, client::notifiers),
         Command::NotifyTest { name, api } => client_cmd(&api, |c| client::notify_test(c, &name)),
     }

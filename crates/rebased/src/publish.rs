@@ -99,6 +99,7 @@ pub async fn publish(
         e = adoptable(registry, release) => e?,
         _ = cancel.cancelled() => bail!("cancelled before the push of {target}: rebased is stopping"),
     };
+    let adopted = existing.is_some();
     let digest = match existing {
         Some(d) => d,
         None => {
@@ -144,9 +145,23 @@ pub async fn publish(
                 )
                 .await
                 .with_context(|| format!("attesting {target} ({digest})"))?;
-                let sig = signing::sign(registry, r, key, &digest, &record.children, &statements)
-                    .await
-                    .with_context(|| format!("signing {target} ({digest})"))?;
+                let sig = signing::sign(
+                    registry,
+                    r,
+                    key,
+                    &digest,
+                    &record.children,
+                    &statements,
+                    // An adopted tag may have been signed meanwhile (by
+                    // us before a crash, or by someone else): keep that.
+                    if adopted {
+                        signing::Keep::Existing
+                    } else {
+                        signing::Keep::Nothing
+                    },
+                )
+                .await
+                .with_context(|| format!("signing {target} ({digest})"))?;
                 record.signature = Some(sig);
                 failpoint("after-signature");
             }

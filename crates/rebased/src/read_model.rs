@@ -10,8 +10,8 @@ use chrono::Utc;
 use rebased_api::metrics::Metrics;
 use rebased_api::pages::{ImageSummaryView, LastJobView, SummaryBaseView};
 use rebased_api::{
-    Accepted, ActionError, ApiError, AuditStatusView, AuditView, Backend, BaseView, BoxFuture,
-    CheckRequest, Conflict, EngineView, FindingView, FloatingTagView, ImageBaseView,
+    Accepted, ActionError, ApiError, AuditStarted, AuditStatusView, AuditView, Backend, BaseView,
+    BoxFuture, CheckRequest, Conflict, EngineView, FindingView, FloatingTagView, ImageBaseView,
     ImageSourceView, ImageView, JobReasonView, JobView, PendingView, RollbackView, SignatureView,
     SourceView, StatusView, SupersessionView, VersionView, WebhookReply,
 };
@@ -134,6 +134,15 @@ pub struct Parts {
 }
 
 impl ReadModel {
+    /// An auditor over the config in force, the ledger and the metrics.
+    fn auditor(&self) -> audit::Auditor {
+        audit::Auditor {
+            live: Arc::clone(&self.live),
+            store: self.store.clone(),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+
     /// A read model over `parts`.
     pub fn new(parts: Parts) -> Self {
         Self {
@@ -829,22 +838,48 @@ impl Backend for ReadModel {
         image: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<AuditView>, ActionError>> {
         Box::pin(async move {
-            let auditor = audit::Auditor {
-                live: Arc::clone(&self.live),
-                store: self.store.clone(),
-                metrics: Arc::clone(&self.metrics),
-            };
-            match auditor.run(image).await {
-                Ok(audits) => Ok(audits
+            let auditor = self.auditor();
+            let only = image.map(str::to_owned);
+            // Its own task: a client that gives up does not cut the audit
+            // (or a repair) short; it runs to the end and is recorded.
+            let run = tokio::spawn(async move { auditor.run(only.as_deref()).await });
+            match run.await {
+                Ok(Ok(audits)) => Ok(audits
                     .into_iter()
                     .map(|(name, a)| audit_view(&name, a))
                     .collect()),
-                Err(e @ audit::AuditError::NotFound(_)) => {
+                Ok(Err(e @ audit::AuditError::NotFound(_))) => {
                     Err(ActionError::NotFound(e.to_string()))
                 }
-                Err(e) => Err(ActionError::Internal(e.to_string())),
+                Ok(Err(e)) => Err(ActionError::Internal(e.to_string())),
+                Err(e) => Err(ActionError::Internal(format!("the audit failed: {e}"))),
             }
         })
+    }
+
+    fn audit_start(&self, image: Option<&str>) -> Result<AuditStarted, ActionError> {
+        let images: Vec<String> = self
+            .live
+            .cfg()
+            .image
+            .iter()
+            .map(|i| i.name.as_str().to_owned())
+            .filter(|n| image.is_none_or(|only| only == n))
+            .collect();
+        if let (Some(name), true) = (image, images.is_empty()) {
+            return Err(ActionError::NotFound(
+                audit::AuditError::NotFound(name.to_owned()).to_string(),
+            ));
+        }
+        let auditor = self.auditor();
+        let only = image.map(str::to_owned);
+        let at = chrono::Utc::now();
+        tokio::spawn(async move {
+            if let Err(e) = auditor.run(only.as_deref()).await {
+                tracing::error!("the audit started by POST /v1/audit failed: {e}");
+            }
+        });
+        Ok(AuditStarted { at, images })
     }
 
     fn rollback<'a>(

@@ -22,8 +22,11 @@ fn time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn subject(name: &str, digest: &Digest) -> Value {
-    json!([{"name": name, "digest": {digest.algorithm(): digest.encoded()}}])
+fn subject(name: &str, digests: &[&Digest]) -> Value {
+    digests
+        .iter()
+        .map(|d| json!({"name": name, "digest": {d.algorithm(): d.encoded()}}))
+        .collect()
 }
 
 /// What a provenance statement says about one build.
@@ -81,7 +84,7 @@ pub fn provenance(p: &Provenance<'_>) -> Vec<u8> {
     }
     let statement = json!({
         "_type": STATEMENT,
-        "subject": subject(p.repository, p.digest),
+        "subject": subject(p.repository, &[p.digest]),
         "predicateType": SLSA_PROVENANCE,
         "predicate": {
             "buildDefinition": {
@@ -115,11 +118,25 @@ pub fn provenance(p: &Provenance<'_>) -> Vec<u8> {
 #[derive(Debug, Default, Clone)]
 pub struct PackageFiles {
     files: BTreeMap<String, Vec<u8>>,
+    /// The sum of the files' sizes.
+    held: usize,
 }
 
 /// Largest package database file read (a dpkg status of a big image is a
-/// few MiB).
+/// few MiB); a larger one is refused, not cut. (Smaller in unit tests,
+/// which check the logic without building hundreds of MiB.)
+#[cfg(not(test))]
 const MAX_FILE: u64 = 64 << 20;
+#[cfg(test)]
+const MAX_FILE: u64 = 1 << 20;
+/// Largest sum of the package files held at once (a layer can hold any
+/// number of `status.d/` entries).
+#[cfg(not(test))]
+const MAX_TOTAL: usize = 256 << 20;
+#[cfg(test)]
+const MAX_TOTAL: usize = 4 << 20;
+/// Most package files held at once.
+const MAX_FILES: usize = 100_000;
 
 fn wanted(path: &str) -> bool {
     path == "var/lib/dpkg/status"
@@ -129,6 +146,10 @@ fn wanted(path: &str) -> bool {
         || path
             .strip_prefix("var/lib/dpkg/status.d/")
             .is_some_and(|f| !f.is_empty() && !f.contains('/'))
+}
+
+fn too_large(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
 
 impl PackageFiles {
@@ -160,6 +181,7 @@ impl PackageFiles {
             if name == ".wh..wh..opq" {
                 let prefix = format!("{dir}/");
                 self.files.retain(|p, _| !p.starts_with(&prefix));
+                self.held = self.files.values().map(Vec::len).sum();
                 continue;
             }
             if let Some(gone) = name.strip_prefix(".wh.") {
@@ -171,14 +193,31 @@ impl PackageFiles {
                 let prefix = format!("{gone}/");
                 self.files
                     .retain(|p, _| *p != gone && !p.starts_with(&prefix));
+                self.held = self.files.values().map(Vec::len).sum();
                 continue;
             }
             if !wanted(&path) || !entry.header().entry_type().is_file() {
                 continue;
             }
             let mut bytes = Vec::new();
-            entry.by_ref().take(MAX_FILE).read_to_end(&mut bytes)?;
-            self.files.insert(path, bytes);
+            entry.by_ref().take(MAX_FILE + 1).read_to_end(&mut bytes)?;
+            if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE {
+                return Err(too_large(format!("{path} is larger than {MAX_FILE} bytes")));
+            }
+            self.held += bytes.len();
+            if let Some(old) = self.files.insert(path, bytes) {
+                self.held -= old.len();
+            }
+            if self.files.len() > MAX_FILES {
+                return Err(too_large(format!(
+                    "more than {MAX_FILES} package database files"
+                )));
+            }
+            if self.held > MAX_TOTAL {
+                return Err(too_large(format!(
+                    "package database files over {MAX_TOTAL} bytes in all"
+                )));
+            }
         }
         Ok(())
     }
@@ -285,10 +324,15 @@ pub struct Package {
 }
 
 /// The SPDX 2.3 SBOM statement of the image `repository@digest` holding
-/// `files`, created at `created` by rebased `rebased_version`.
+/// `files`, created at `created` by rebased `rebased_version`. A child of
+/// an index names the `index` as a second subject: its SBOM is kept under
+/// the index's attestations, and a verifier (cosign's
+/// `verify-attestation`, Kyverno) keeps only statements whose subject is
+/// the digest it was asked about.
 pub fn sbom(
     repository: &str,
     digest: &Digest,
+    index: Option<&Digest>,
     files: &PackageFiles,
     created: DateTime<Utc>,
     rebased_version: &str,
@@ -344,11 +388,21 @@ pub fn sbom(
             "created": time(&created),
             "creators": [format!("Tool: rebased-{rebased_version}")],
         },
+        // SPDX 2.3 asks for the elements the document describes.
+        "relationships": packages
+            .iter()
+            .filter_map(|p| p["SPDXID"].as_str())
+            .map(|id| json!({
+                "spdxElementId": "SPDXRef-DOCUMENT",
+                "relationshipType": "DESCRIBES",
+                "relatedSpdxElement": id,
+            }))
+            .collect::<Vec<_>>(),
         "packages": packages,
     });
     json!({
         "_type": STATEMENT,
-        "subject": subject(repository, digest),
+        "subject": subject(repository, &std::iter::once(digest).chain(index).collect::<Vec<_>>()),
         "predicateType": SPDX,
         "predicate": document,
     })
@@ -371,6 +425,54 @@ mod tests {
                 .expect("append");
         }
         b.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn a_child_sbom_names_the_index_as_its_second_subject() {
+        let (child, index) = (Digest::sha256(b"child"), Digest::sha256(b"index"));
+        let f = PackageFiles::default();
+        let doc: Value = serde_json::from_slice(&sbom(
+            "r/app",
+            &child,
+            Some(&index),
+            &f,
+            Utc::now(),
+            "0.1.0",
+        ))
+        .expect("json");
+        let subjects: Vec<&str> = doc["subject"]
+            .as_array()
+            .expect("subjects")
+            .iter()
+            .filter_map(|s| s["digest"]["sha256"].as_str())
+            .collect();
+        assert_eq!(subjects, [child.encoded(), index.encoded()]);
+    }
+
+    #[test]
+    fn hostile_layers_are_refused_not_held() {
+        // A package file over the cap is an error, not a silently cut file.
+        let big = "x".repeat(usize::try_from(MAX_FILE).expect("fits") + 1);
+        let err = PackageFiles::default()
+            .apply_layer(layer(&[("var/lib/dpkg/status", &big)]).as_slice())
+            .expect_err("too large");
+        assert!(err.to_string().contains("var/lib/dpkg/status"), "{err}");
+        // Many status.d entries: their sum is bounded.
+        let part = "y".repeat(512 << 10);
+        let names: Vec<String> = (0..20)
+            .map(|i| format!("var/lib/dpkg/status.d/p{i}"))
+            .collect();
+        let files: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), part.as_str())).collect();
+        let err = PackageFiles::default()
+            .apply_layer(layer(&files).as_slice())
+            .expect_err("too much in all");
+        assert!(err.to_string().contains("in all"), "{err}");
+        // A file replaced by a later layer counts once.
+        let mut f = PackageFiles::default();
+        for _ in 0..20 {
+            f.apply_layer(layer(&[("var/lib/dpkg/status.d/p", &part)]).as_slice())
+                .expect("one file, replaced");
+        }
     }
 
     #[test]
@@ -424,6 +526,7 @@ mod tests {
         let doc: Value = serde_json::from_slice(&sbom(
             "r/app",
             &Digest::sha256(b"x"),
+            None,
             &f,
             Utc::now(),
             "0.1.0",
@@ -432,6 +535,15 @@ mod tests {
         assert_eq!(doc["predicate"]["spdxVersion"], "SPDX-2.3");
         let pkgs = doc["predicate"]["packages"].as_array().expect("packages");
         assert_eq!(pkgs.len(), 2);
+        let described: Vec<&Value> = doc["predicate"]["relationships"]
+            .as_array()
+            .expect("relationships")
+            .iter()
+            .filter(|r| r["relationshipType"] == "DESCRIBES")
+            .map(|r| &r["relatedSpdxElement"])
+            .collect();
+        let ids: Vec<&Value> = pkgs.iter().map(|p| &p["SPDXID"]).collect();
+        assert_eq!(described, ids, "the document describes each package");
         assert_eq!(
             pkgs[0]["externalRefs"][0]["referenceLocator"],
             "pkg:deb/debian/libc6@2.36-9?arch=amd64"

@@ -155,6 +155,13 @@ fn size(b: &[u8]) -> u64 {
 /// config an image config with empty architecture and os and the layers'
 /// digests as diff ids (as cosign's `static` layers have it).
 pub fn artifact(layers: Vec<Layer>) -> Artifact {
+    let descriptors = layers.iter().map(descriptor).collect();
+    with_layers(descriptors, layers)
+}
+
+/// The manifest naming `descriptors` (with its config), and `layers`,
+/// the blobs of them to push.
+fn with_layers(descriptors: Vec<Descriptor>, layers: Vec<Layer>) -> Artifact {
     let config = serde_json::json!({
         "architecture": "",
         "created": "0001-01-01T00:00:00Z",
@@ -162,7 +169,7 @@ pub fn artifact(layers: Vec<Layer>) -> Artifact {
         "os": "",
         "rootfs": {
             "type": "layers",
-            "diff_ids": layers.iter().map(|l| l.blob.digest.to_string()).collect::<Vec<_>>(),
+            "diff_ids": descriptors.iter().map(|d| d.digest.clone()).collect::<Vec<_>>(),
         },
         "config": {},
     });
@@ -176,15 +183,7 @@ pub fn artifact(layers: Vec<Layer>) -> Artifact {
             digest: config.digest.to_string(),
             annotations: BTreeMap::new(),
         },
-        layers: layers
-            .iter()
-            .map(|l| Descriptor {
-                media_type: l.media_type.clone(),
-                size: size(&l.blob.bytes),
-                digest: l.blob.digest.to_string(),
-                annotations: l.annotations.clone(),
-            })
-            .collect(),
+        layers: descriptors,
     };
     let manifest = serde_json::to_vec(&doc).unwrap_or_default();
     Artifact {
@@ -196,13 +195,57 @@ pub fn artifact(layers: Vec<Layer>) -> Artifact {
 
 /// The `.sig` artifact of `digest` in `repository`, signed with `key`.
 pub fn signature(key: &SigningKey, repository: &str, digest: &Digest) -> Artifact {
+    artifact(vec![signature_layer(key, repository, digest)])
+}
+
+fn signature_layer(key: &SigningKey, repository: &str, digest: &Digest) -> Layer {
     let payload = simple_signing_payload(repository, digest);
     let sig = key.sign_base64(&payload);
-    artifact(vec![Layer {
+    Layer {
         blob: Blob::new(payload),
         media_type: SIMPLE_SIGNING.to_owned(),
         annotations: BTreeMap::from([(SIGNATURE_ANNOTATION.to_owned(), sig)]),
-    }])
+    }
+}
+
+/// The `.sig` artifact of `digest` signed with `key`, added to the
+/// signature manifest `existing` already under the tag, as cosign adds a
+/// signature: every layer it holds stays (another signer's, an older
+/// key's, one that no longer verifies), ours after them, unless one with
+/// the same payload and signature is there already. `layers` of the
+/// answer are the blobs to push (ours); the manifest names all of them.
+/// `existing` bytes that are no image manifest are ignored (replaced).
+pub fn signature_added(
+    existing: Option<&[u8]>,
+    key: &SigningKey,
+    repository: &str,
+    digest: &Digest,
+) -> Artifact {
+    let ours = signature_layer(key, repository, digest);
+    let Some(doc) = existing.and_then(|b| serde_json::from_slice::<ManifestDoc>(b).ok()) else {
+        return artifact(vec![ours]);
+    };
+    let same = |d: &Descriptor| {
+        d.digest == ours.blob.digest.as_str()
+            && d.annotations.get(SIGNATURE_ANNOTATION) == ours.annotations.get(SIGNATURE_ANNOTATION)
+    };
+    let mut kept: Vec<Descriptor> = doc.layers;
+    let push = if kept.iter().any(same) {
+        Vec::new()
+    } else {
+        kept.push(descriptor(&ours));
+        vec![ours]
+    };
+    with_layers(kept, push)
+}
+
+fn descriptor(l: &Layer) -> Descriptor {
+    Descriptor {
+        media_type: l.media_type.clone(),
+        size: size(&l.blob.bytes),
+        digest: l.blob.digest.to_string(),
+        annotations: l.annotations.clone(),
+    }
 }
 
 /// A layer of a cosign manifest as read back: its digest, media type and
@@ -306,10 +349,13 @@ pub fn attestations(key: &SigningKey, statements: &[(String, Vec<u8>)]) -> Artif
                 Layer {
                     blob: Blob::new(env),
                     media_type: DSSE_ENVELOPE.to_owned(),
-                    annotations: BTreeMap::from([(
-                        PREDICATE_TYPE_ANNOTATION.to_owned(),
-                        predicate.clone(),
-                    )]),
+                    // cosign writes the signature annotation on an
+                    // attestation layer too, empty (the signature is in
+                    // the envelope); its readers ask for the key.
+                    annotations: BTreeMap::from([
+                        (PREDICATE_TYPE_ANNOTATION.to_owned(), predicate.clone()),
+                        (SIGNATURE_ANNOTATION.to_owned(), String::new()),
+                    ]),
                 }
             })
             .collect(),
@@ -363,6 +409,47 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_added_keeps_what_the_tag_held() {
+        let (ours, theirs) = (
+            SigningKey::generate().expect("key"),
+            SigningKey::generate().expect("key"),
+        );
+        let existing = signature(&theirs, "r/web", &digest());
+        let added = signature_added(Some(&existing.manifest), &ours, "r/web", &digest());
+        let l = layers(&added.manifest).expect("layers");
+        assert_eq!(l.len(), 2, "theirs kept, ours added");
+        let payload = &added.layers[0].blob.bytes;
+        for (layer, key) in l.iter().zip([&theirs, &ours]) {
+            let sig = &layer.annotations[SIGNATURE_ANNOTATION];
+            assert_eq!(
+                verify_signature(&key.public(), payload, sig, &digest()),
+                Ok(())
+            );
+        }
+        let m: serde_json::Value = serde_json::from_slice(&added.manifest).expect("json");
+        assert_eq!(m["config"]["digest"], added.config.digest.as_str());
+        let config: serde_json::Value =
+            serde_json::from_slice(&added.config.bytes).expect("config");
+        assert_eq!(
+            config["rootfs"]["diff_ids"].as_array().map(Vec::len),
+            Some(2)
+        );
+        // Adding the same signature again changes nothing.
+        let again = signature_added(Some(&added.manifest), &ours, "r/web", &digest());
+        assert_eq!(again.manifest, added.manifest);
+        assert!(again.layers.is_empty());
+        // Nothing there (or no manifest): our signature alone.
+        assert_eq!(
+            signature_added(None, &ours, "r/web", &digest()).manifest,
+            signature(&ours, "r/web", &digest()).manifest
+        );
+        assert_eq!(
+            signature_added(Some(b"not json"), &ours, "r/web", &digest()).manifest,
+            signature(&ours, "r/web", &digest()).manifest
+        );
+    }
+
+    #[test]
     fn dsse_pae_and_envelope() {
         assert_eq!(
             pae("http://example.com/HelloWorld", b"hello world"),
@@ -385,6 +472,13 @@ mod tests {
         assert_eq!(
             l[0].annotations[PREDICATE_TYPE_ANNOTATION],
             "https://slsa.dev/provenance/v1"
+        );
+        assert_eq!(
+            l[0].annotations
+                .get(SIGNATURE_ANNOTATION)
+                .map(String::as_str),
+            Some(""),
+            "cosign's attestation layers carry an empty signature annotation"
         );
     }
 }

@@ -1122,8 +1122,9 @@ impl Store {
 
     /// Records the audit of image `name`: the record (replacing the last
     /// one), a [`EventKind::Drift`] event per finding, and each signature
-    /// a repair pushed again (`signatures`: version -> its new record), in
-    /// one transaction.
+    /// a repair pushed again or the audit found verifying on a version
+    /// that had none recorded (`signatures`: version -> its new record),
+    /// in one transaction.
     pub fn record_audit(
         &self,
         name: &str,
