@@ -60,6 +60,54 @@ pub fn skopeo(args: &[&str]) -> String {
     run(Command::new("skopeo").args(args))
 }
 
+/// A CA (common name `ca_name`) and a certificate for 127.0.0.1 signed by
+/// it, made with openssl in `d`: `(ca.pem, cert.pem, key.pem)`.
+pub fn loopback_certificate(d: &Path, ca_name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        run(Command::new("openssl").current_dir(d).args(args));
+    };
+    let subject = format!("/CN={ca_name}");
+    openssl(&[
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", &subject,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"))
+}
+
 /// Debian's `docker-registry` on a free port with its own storage.
 pub struct Registry {
     pub host: String,
@@ -85,58 +133,7 @@ impl Registry {
     pub fn start_secure(user: &str, password: &str) -> (Self, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let openssl = |args: &[&str]| {
-            run(Command::new("openssl").current_dir(d).args(args));
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=rebased test CA",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "req.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        fs::write(
-            d.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "req.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        loopback_certificate(d, "rebased test CA");
         let htpasswd = run(Command::new("htpasswd").args(["-Bbn", user, password]));
         fs::write(d.join("htpasswd"), htpasswd).unwrap();
         let extra = format!(

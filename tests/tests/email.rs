@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rebased_e2e::{free_port, image_table, run, wait_for, Setup};
+use rebased_e2e::{free_port, image_table, wait_for, Setup};
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -74,59 +74,7 @@ impl Smtp {
 
 /// A CA and a certificate for 127.0.0.1 signed by it: (ca, cert, key).
 fn certificate(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let openssl = |args: &[&str]| {
-        run(Command::new("openssl").current_dir(d).args(args));
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=rebased test mail CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "req.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "req.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "cert.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"))
+    rebased_e2e::loopback_certificate(d, "rebased test mail CA")
 }
 
 /// A header's value in a raw message (first occurrence, unfolded).
