@@ -22,10 +22,11 @@ use rebased_scheduler::dispatch::{lock as lock_queue, Command, SharedQueue};
 use rebased_scheduler::queue::reason;
 use rebased_state::Store;
 use tokio::sync::mpsc;
+use tracing::warn;
 
 use crate::audit;
 use crate::events::reason_view;
-use crate::live::Live;
+use crate::live::{lock, Live};
 use crate::notifiers::Notifiers;
 use crate::poll;
 use crate::reconcile::Reconciler;
@@ -87,6 +88,10 @@ pub struct ReadModel {
     summaries: Mutex<Option<Summaries>>,
     /// Held while summaries are made, so concurrent requests make them once.
     making: Mutex<()>,
+    /// The audit part of `GET /v1/status`, as of one store generation and
+    /// one config (a status query reads no store record while neither
+    /// moved).
+    audit_status: Mutex<Option<((u64, usize), AuditStatusView)>>,
 }
 
 /// Every image's summary, as of one store generation, one config and one
@@ -158,7 +163,39 @@ impl ReadModel {
             notifiers: parts.notifiers,
             summaries: Mutex::new(None),
             making: Mutex::new(()),
+            audit_status: Mutex::new(None),
         }
+    }
+
+    /// The last audits' summary for the status: when each ran, the
+    /// findings left unrepaired and the images with them; made again only
+    /// when the store was written or the config changed.
+    fn audit_status(&self) -> AuditStatusView {
+        let cfg = self.live.cfg();
+        let key = (self.store.generation(), Arc::as_ptr(&cfg) as usize);
+        if let Some((k, v)) = lock(&self.audit_status).as_ref() {
+            if *k == key {
+                return v.clone();
+            }
+        }
+        let mut audit = AuditStatusView::default();
+        let audits = self.store.audits().unwrap_or_else(|e| {
+            warn!("cannot read the audit records: {e}");
+            Vec::new()
+        });
+        for (name, a) in audits {
+            if cfg.image.iter().all(|i| i.name.as_str() != name) {
+                continue;
+            }
+            audit.last_run = audit.last_run.max(Some(a.at));
+            let drift = a.findings.iter().filter(|f| f.repaired.is_none()).count();
+            if drift > 0 {
+                audit.drift += drift;
+                audit.images.push(name);
+            }
+        }
+        *lock(&self.audit_status) = Some((key, audit.clone()));
+        audit
     }
 
     fn summary_key(&self, cfg: &Arc<rebased_core::config::Config>) -> SummaryKey {
@@ -571,19 +608,7 @@ impl Backend for ReadModel {
             (q.depth(), running)
         };
         let t = self.status.times();
-        let mut audit = AuditStatusView::default();
-        for image in &self.live.cfg().image {
-            let name = image.name.as_str();
-            let Ok(Some(a)) = self.store.audit(name) else {
-                continue;
-            };
-            audit.last_run = audit.last_run.max(Some(a.at));
-            let drift = a.findings.iter().filter(|f| f.repaired.is_none()).count();
-            if drift > 0 {
-                audit.drift += drift;
-                audit.images.push(name.to_owned());
-            }
-        }
+        let audit = self.audit_status();
         StatusView {
             audit,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -627,7 +652,7 @@ impl Backend for ReadModel {
     fn image_summaries(&self) -> Result<Arc<Vec<ImageSummaryView>>, ApiError> {
         let cfg = self.live.cfg();
         let cached = |key: SummaryKey| {
-            crate::live::lock(&self.summaries)
+            lock(&self.summaries)
                 .as_ref()
                 .filter(|s| s.key == key)
                 .map(|s| Arc::clone(&s.all))
@@ -635,7 +660,7 @@ impl Backend for ReadModel {
         if let Some(all) = cached(self.summary_key(&cfg)) {
             return Ok(all);
         }
-        let _making = crate::live::lock(&self.making);
+        let _making = lock(&self.making);
         // Another request may have made them while this one waited.
         let key = self.summary_key(&cfg);
         if let Some(all) = cached(key) {
@@ -644,7 +669,7 @@ impl Backend for ReadModel {
         // The key is read before the reads: a write during them moves
         // the generation, so these are made again next time.
         let all = Arc::new(self.make_summaries(&cfg)?);
-        *crate::live::lock(&self.summaries) = Some(Summaries {
+        *lock(&self.summaries) = Some(Summaries {
             key,
             all: Arc::clone(&all),
         });

@@ -692,6 +692,15 @@ impl Store {
     ) -> Result<ImageRecord, StateError> {
         let _changed = self.changing();
         let what = format!("image {name}");
+        // Most changes log nothing (a state that stays on the same side of
+        // `failing`): one compare-and-swap of the record, as cheap as it
+        // was before the log. The swap gives up, unchanged, on a change
+        // that would log, which then takes the transaction below.
+        if failed.is_none() {
+            if let Some(rec) = self.update_image_unlogged(name, &f, &what)? {
+                return Ok(rec);
+            }
+        }
         let result = (&self.images, &self.log, &self.meta).transaction(|(images, log, meta)| {
             let mut rec = match images.get(name.as_bytes())? {
                 Some(b) => serde_json::from_slice::<ImageRecord>(&b)
@@ -728,6 +737,74 @@ impl Store {
             }
             Err(TransactionError::Abort(source)) => Err(StateError::Decode { what, source }),
             Err(TransactionError::Storage(source)) => Err(StateError::Db { what, source }),
+        }
+    }
+
+    /// [`Store::update_image_logged`]'s swap for a change that logs
+    /// nothing: `None` (and nothing written) when the change would log.
+    fn update_image_unlogged(
+        &self,
+        name: &str,
+        f: &impl Fn(&mut ImageRecord),
+        what: &str,
+    ) -> Result<Option<ImageRecord>, StateError> {
+        let mut decode_error = None;
+        let mut logs = false;
+        let new = self
+            .images
+            .update_and_fetch(name.as_bytes(), |old| {
+                let mut rec = match old.map(serde_json::from_slice::<ImageRecord>) {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
+                        decode_error = Some(e);
+                        return old.map(<[u8]>::to_vec);
+                    }
+                    None => ImageRecord::new(name),
+                };
+                let before = rec.state;
+                f(&mut rec);
+                logs = match rec.state {
+                    ImageState::Failing if rec.failing_since.is_none() => {
+                        if before == ImageState::Failing {
+                            // Failing before this field existed: not news.
+                            rec.failing_since = Some(Utc::now());
+                            false
+                        } else {
+                            true
+                        }
+                    }
+                    ImageState::Fresh => rec.failing_since.is_some(),
+                    _ => false,
+                };
+                if logs {
+                    return old.map(<[u8]>::to_vec);
+                }
+                rec.updated_at = Utc::now();
+                serde_json::to_vec(&rec)
+                    .ok()
+                    .or_else(|| old.map(<[u8]>::to_vec))
+            })
+            .map_err(|source| StateError::Db {
+                what: what.to_owned(),
+                source,
+            })?;
+        if let Some(source) = decode_error {
+            return Err(StateError::Decode {
+                what: what.to_owned(),
+                source,
+            });
+        }
+        if logs {
+            return Ok(None);
+        }
+        match new {
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| StateError::Decode {
+                    what: what.to_owned(),
+                    source,
+                }),
+            None => Ok(None),
         }
     }
 
@@ -1201,6 +1278,21 @@ impl Store {
             Ok(None) => Ok(None),
             Err(source) => Err(StateError::Db { what, source }),
         }
+    }
+
+    /// Every image's last audit, by image name (one scan of the audits).
+    pub fn audits(&self) -> Result<Vec<(String, AuditRecord)>, StateError> {
+        let mut out = Vec::new();
+        for item in self.audits.iter() {
+            let (k, v) = item.map_err(|source| StateError::Db {
+                what: "audits".to_owned(),
+                source,
+            })?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            let what = format!("audit of {name}");
+            out.push((name, decode(&v, &what)?));
+        }
+        Ok(out)
     }
 
     /// Every ledger event of image `name` still kept, oldest first.
