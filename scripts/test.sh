@@ -30,6 +30,7 @@ packages=(
   qemu-user-static     # the qemu-aarch64 handler the kernel runs arm64 RUN steps with
   binfmt-support       # update-binfmts: registers and enables that handler
   iproute2             # ip: the remote engines' network namespaces, veth pairs and bridge
+  util-linux           # nsenter: starts each remote engine's service inside its namespace
   runc                 # the runtime the remote engines' podman services run RUN steps with
   nodejs               # node: runs the browser tests (tests/browser); a nodesource nodejs counts
   chromium             # the headless browser the browser tests drive (Playwright)

@@ -40,6 +40,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ssh-keygen", "openssh-client"),
     ("ssh", "openssh-client"),
     ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
     ("node", "nodejs"),
 ];
 
@@ -93,10 +94,6 @@ const BASE: &[(&str, &str)] = &[
         "apt, on every Debian system: the arm64 busybox package",
     ),
     ("dpkg-deb", "dpkg, Debian essential: unpacks that package"),
-    (
-        "nsenter",
-        "util-linux, Debian essential: starts an engine in a test's network namespace",
-    ),
     (
         "docker",
         "no Docker engine here: tests/tests/engines.rs puts podman on PATH as `docker`",
