@@ -21,15 +21,8 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    run(Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com"))
-}
+mod common;
+use common::git;
 
 fn keygen(path: &Path) -> String {
     run(Command::new("ssh-keygen")
