@@ -1,9 +1,16 @@
 //! Signed versions: every version published to a registry carries a
-//! cosign signature (`sha256-<hex>.sig`) that a verifier which is not ours
-//! accepts (`tests/cosign.py`, Python's `cryptography`, written from
-//! cosign's published format), made with a key in cosign's encrypted
-//! format written independently (`hashlib.scrypt` and PyNaCl); a key made
-//! by `rebased keygen` is read back by both; bad keys are refused at start.
+//! cosign signature (`sha256-<hex>.sig`) that two verifiers which are not
+//! ours accept: the sigstore project's Rust client (the `sigstore` crate,
+//! its cosign module: `triangulate`, `trusted_signature_layers` and
+//! `verify_constraints` with a `PublicKeyVerifier`, no Rekor or Fulcio
+//! trust root, as `cosign verify --insecure-ignore-tlog`) and
+//! `tests/cosign.py` (Python's `cryptography`, written from cosign's
+//! published format; it also checks the payload's `docker-reference`,
+//! which sigstore-rs does not). Every check asks both and requires them to
+//! agree. Attestations (DSSE), which sigstore-rs does not verify, and keys
+//! in cosign's encrypted format written independently (`hashlib.scrypt`
+//! and PyNaCl) are `tests/cosign.py`'s; a key made by `rebased keygen` is
+//! read back by Python and by rebased; bad keys are refused at start.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,6 +20,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use rebased_e2e::{image_table, rebased_bin, run, Setup};
+use sigstore::cosign::verification_constraint::{PublicKeyVerifier, VerificationConstraintVec};
+use sigstore::cosign::{verify_constraints, ClientBuilder, CosignCapabilities};
+use sigstore::registry::{Auth, ClientConfig, ClientProtocol, OciReference};
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -22,15 +32,76 @@ fn cosign_py() -> Command {
     c
 }
 
-/// Whether the independent verifier accepts `repo@digest`'s signature.
+/// What sigstore-rs makes of a digest's cosign signature.
+#[derive(Debug, PartialEq, Eq)]
+enum Sigstore {
+    /// A layer of the `.sig` names the digest and is signed by the key.
+    Verified,
+    /// No signature layer names the digest (no `.sig`, or none of its
+    /// layers is a simple-signing payload for it).
+    NoLayers,
+    /// This many layers name the digest; none is signed by the key.
+    NotByKey(usize),
+}
+
+/// sigstore-rs's cosign verification of `repo@digest` in the test
+/// registry (plain http) with the public key PEM at `public`: the
+/// signature's place found by `triangulate`, its layers read and checked
+/// against the digest by `trusted_signature_layers` (no trust root: these
+/// signatures have no transparency-log entry), then `verify_constraints`
+/// with a `PublicKeyVerifier`.
+fn sigstore_rs(host: &str, repo: &str, digest: &str, public: &Path) -> Sigstore {
+    let key = fs::read(public).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![host.to_owned()]),
+            ..ClientConfig::default()
+        };
+        let mut client = ClientBuilder::default()
+            .with_oci_client_config(config)
+            .build()
+            .unwrap();
+        let image = OciReference::with_digest(host.to_owned(), repo.to_owned(), digest.to_owned());
+        let (signatures, resolved) = client.triangulate(&image, &Auth::Anonymous).await.unwrap();
+        assert_eq!(resolved, digest);
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        assert_eq!(signatures.tag(), Some(tag.as_str()), "{signatures}");
+        let layers = client
+            .trusted_signature_layers(&Auth::Anonymous, &image)
+            .await
+            .unwrap();
+        if layers.is_empty() {
+            return Sigstore::NoLayers;
+        }
+        let constraints: VerificationConstraintVec =
+            vec![Box::new(PublicKeyVerifier::try_from(&key).unwrap())];
+        match verify_constraints(&layers, constraints.iter()) {
+            Ok(()) => Sigstore::Verified,
+            Err(_) => Sigstore::NotByKey(layers.len()),
+        }
+    })
+}
+
+/// Whether `repo@digest`'s signature verifies with the key at `public`,
+/// by sigstore-rs and by `tests/cosign.py`, which must agree.
 fn verifies(s: &Setup, repo: &str, digest: &str, public: &Path) -> bool {
-    cosign_py()
+    let sigstore = sigstore_rs(s.host(), repo, digest, public);
+    let python = cosign_py()
         .args(["verify", s.host(), repo, digest])
         .arg(public)
         .output()
-        .unwrap()
-        .status
-        .success()
+        .unwrap();
+    assert_eq!(
+        sigstore == Sigstore::Verified,
+        python.status.success(),
+        "sigstore-rs: {sigstore:?}; cosign.py: {}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    python.status.success()
 }
 
 fn signing_section(dir: &Path, password: &str) -> String {
@@ -114,14 +185,33 @@ fn a_published_version_verifies_and_what_else_is_pushed_does_not() {
     // Pushed by hand to the same repository: no signature.
     let foreign = s.bases.push(&s.registry, "app:hand-made", "foreign");
     assert!(!verifies(&s, "app", &foreign, &public), "unsigned");
-    // A payload tampered to name it, under 1.0.1's signature: refused.
+    assert_eq!(
+        sigstore_rs(s.host(), "app", &foreign, &public),
+        Sigstore::NoLayers
+    );
+    // A payload tampered to name it, under 1.0.1's signature: sigstore-rs
+    // finds the layer naming the digest and refuses its signature.
     run(cosign_py().args(["tamper", s.host(), "app", &v101, &foreign]));
     assert!(!verifies(&s, "app", &foreign, &public), "tampered payload");
+    assert_eq!(
+        sigstore_rs(s.host(), "app", &foreign, &public),
+        Sigstore::NotByKey(1)
+    );
     // Another key's public half does not verify 1.0.1.
     let other = s.dir().join("other");
     fs::create_dir_all(&other).unwrap();
     run(cosign_py().args(["make-key"]).arg(&other).arg("x"));
     assert!(!verifies(&s, "app", &v101, &other.join("cosign.pub")));
+    assert_eq!(
+        sigstore_rs(s.host(), "app", &v101, &other.join("cosign.pub")),
+        Sigstore::NotByKey(1)
+    );
+    // 1.0.1 itself still verifies: the rejections above are not a
+    // verifier that refuses everything.
+    assert_eq!(
+        sigstore_rs(s.host(), "app", &v101, &public),
+        Sigstore::Verified
+    );
 }
 
 #[test]
@@ -721,6 +811,15 @@ fn an_index_is_signed_and_so_is_each_child() {
     let mut want = children.clone();
     want.sort();
     assert_eq!(subjects, want);
+    // The first child's signature over a payload naming the second, in
+    // the second's `.sig`: sigstore-rs refuses it.
+    run(cosign_py().args(["tamper", &host, "app", &children[0], &children[1]]));
+    assert_eq!(
+        sigstore_rs(&host, "app", &children[1], &public),
+        Sigstore::NotByKey(1)
+    );
+    assert!(!verifies(&s, "app", &children[1], &public));
+    assert!(verifies(&s, "app", &children[0], &public));
 }
 
 /// `rebased_registry_requests_total` of `kind`, summed over outcomes.
