@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use hmac::{KeyInit, Mac};
 use rebased_e2e::{image_table, rebased_bin, wait_for, Daemon, Setup};
 use serde_json::Value;
 
@@ -132,15 +131,7 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<Request>>, script: &Mutex<Arc<Scrip
 
 /// `sha256=<hex>` of `body` under [`SECRET`].
 fn signature(body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
+    format!("sha256={}", rebased_e2e::hmac_sha256_hex(SECRET, body))
 }
 
 /// `app` from `base:latest`, one attempt per build, and a webhook

@@ -142,23 +142,6 @@ fn a_pushed_commit_publishes_the_next_minor_version_built_from_it() {
     assert_eq!(s.registry.versions("web").len(), 4, "no version rebuilt");
 }
 
-fn post(
-    daemon: &rebased_e2e::Daemon,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: String,
-) -> (u16, serde_json::Value) {
-    let mut req = reqwest::blocking::Client::new()
-        .post(format!("{}{path}", daemon.api))
-        .body(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().unwrap_or_default())
-}
-
 #[test]
 fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
     const TOKEN: &str = "hook-s3cret";
@@ -194,10 +177,9 @@ fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
         r#"{{"repository": "{}", "ref": "refs/heads/main", "after": "{first}"}}"#,
         repo.file_url()
     );
-    let (st, _) = post(&daemon, "/v1/webhooks/generic", &[], body.clone());
+    let (st, _) = daemon.post_body("/v1/webhooks/generic", &[], body.clone());
     assert_eq!(st, 401, "no token");
-    let (st, reply) = post(
-        &daemon,
+    let (st, reply) = daemon.post_body(
         "/v1/webhooks/generic",
         &[("authorization", &format!("Bearer {TOKEN}"))],
         body,
@@ -215,8 +197,7 @@ fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
     );
 
     // A push to another branch or repository is ignored.
-    let (st, reply) = post(
-        &daemon,
+    let (st, reply) = daemon.post_body(
         "/v1/webhooks/generic",
         &[("authorization", &format!("Bearer {TOKEN}"))],
         format!(
@@ -236,15 +217,13 @@ fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
         r#"{{"object_kind": "push", "ref": "refs/heads/main", "project": {{"git_http_url": "{}"}}}}"#,
         repo.file_url()
     );
-    let (st, _) = post(
-        &daemon,
+    let (st, _) = daemon.post_body(
         "/v1/webhooks/gitlab",
         &[("x-gitlab-event", "Push Hook"), ("x-gitlab-token", "wrong")],
         gitlab.clone(),
     );
     assert_eq!(st, 401);
-    let (st, reply) = post(
-        &daemon,
+    let (st, reply) = daemon.post_body(
         "/v1/webhooks/gitlab",
         &[("x-gitlab-event", "Push Hook"), ("x-gitlab-token", TOKEN)],
         gitlab,
@@ -267,18 +246,8 @@ fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
         r#"{{"ref": "refs/heads/main", "repository": {{"clone_url": "{}"}}}}"#,
         repo.file_url()
     );
-    let sig = {
-        use hmac::{KeyInit, Mac};
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
-        mac.update(gitea.as_bytes());
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    let (st, _) = post(
-        &daemon,
+    let sig = rebased_e2e::hmac_sha256_hex(TOKEN, gitea.as_bytes());
+    let (st, _) = daemon.post_body(
         "/v1/webhooks/gitea",
         &[
             ("x-gitea-event", "push"),
@@ -287,8 +256,7 @@ fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
         gitea.clone(),
     );
     assert_eq!(st, 401, "wrong signature");
-    let (st, reply) = post(
-        &daemon,
+    let (st, reply) = daemon.post_body(
         "/v1/webhooks/gitea",
         &[("x-gitea-event", "push"), ("x-gitea-signature", &sig)],
         gitea,
@@ -317,20 +285,11 @@ fn push_webhooks_check_the_source_at_once_and_are_authenticated() {
         r#"{{"ref": "refs/heads/main", "repository": {{"clone_url": "{}", "html_url": "https://example.com/x"}}}}"#,
         repo.file_url()
     );
-    let sig = {
-        use hmac::{KeyInit, Mac};
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
-        mac.update(github.as_bytes());
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("sha256={hex}")
-    };
-    let (st, reply) = post(
-        &daemon,
+    let sig = format!(
+        "sha256={}",
+        rebased_e2e::hmac_sha256_hex(TOKEN, github.as_bytes())
+    );
+    let (st, reply) = daemon.post_body(
         "/v1/webhooks/github",
         &[("x-github-event", "push"), ("x-hub-signature-256", &sig)],
         github,

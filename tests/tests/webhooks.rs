@@ -7,38 +7,15 @@ use std::fs;
 use std::time::Duration;
 
 use rebased_e2e::{
-    app_context, free_port, image_table, wait_for, write_config, Daemon, Registry, Setup,
+    app_context, free_port, hmac_sha256_hex, image_table, wait_for, write_config, Daemon, Registry,
+    Setup,
 };
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
 const TOKEN: &str = "hook-s3cret";
 
-fn post(d: &Daemon, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
-    let mut req = reqwest::blocking::Client::new()
-        .post(format!("{}{path}", d.api))
-        .body(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 fn sign(body: &[u8]) -> String {
-    use hmac::{KeyInit, Mac};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(TOKEN.as_bytes()).unwrap();
-    mac.update(body);
-    let bytes = mac.finalize().into_bytes();
-    format!(
-        "sha256={}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("sha256={}", hmac_sha256_hex(TOKEN, body))
 }
 
 #[test]
@@ -74,31 +51,27 @@ fn registry_notifications_trigger_a_rebuild_and_bad_deliveries_change_nothing() 
         .unwrap()
         .replace("BASE", &format!("{host}/base:latest"))
         .into_bytes();
-    let (s, body) = post(&daemon, "/v1/webhooks/generic", &[], generic.clone());
+    let (s, body) = daemon.post_body("/v1/webhooks/generic", &[], generic.clone());
     assert_eq!(s, 401, "no token: {body}");
-    let (s, _) = post(
-        &daemon,
+    let (s, _) = daemon.post_body(
         "/v1/webhooks/generic",
         &[("authorization", "Bearer wrong")],
         generic.clone(),
     );
     assert_eq!(s, 401);
-    let (s, _) = post(
-        &daemon,
+    let (s, _) = daemon.post_body(
         "/v1/webhooks/github",
         &[("x-hub-signature-256", "sha256=00ff")],
         generic.clone(),
     );
     assert_eq!(s, 401, "wrong signature");
-    let (s, body) = post(
-        &daemon,
+    let (s, body) = daemon.post_body(
         "/v1/webhooks/nosuch?token=hook-s3cret",
         &[],
         generic.clone(),
     );
     assert_eq!(s, 404, "{body}");
-    let (s, body) = post(
-        &daemon,
+    let (s, body) = daemon.post_body(
         "/v1/webhooks/distribution?token=hook-s3cret",
         &[],
         b"{\"events\": [".to_vec(),
@@ -109,15 +82,10 @@ fn registry_notifications_trigger_a_rebuild_and_bad_deliveries_change_nothing() 
         "{body}"
     );
     let big = vec![b' '; 2 << 20];
-    let (s, _) = post(&daemon, "/v1/webhooks/generic?token=hook-s3cret", &[], big);
+    let (s, _) = daemon.post_body("/v1/webhooks/generic?token=hook-s3cret", &[], big);
     assert_eq!(s, 413, "2 MiB body");
     let other = br#"{"reference": "docker.io/library/nginx:latest"}"#.to_vec();
-    let (s, body) = post(
-        &daemon,
-        "/v1/webhooks/generic?token=hook-s3cret",
-        &[],
-        other,
-    );
+    let (s, body) = daemon.post_body("/v1/webhooks/generic?token=hook-s3cret", &[], other);
     assert_eq!(
         (s, body["status"].as_str()),
         (202, Some("ignored")),
@@ -126,8 +94,7 @@ fn registry_notifications_trigger_a_rebuild_and_bad_deliveries_change_nothing() 
     // A signed GitHub ping is fine and names nothing.
     let ping = br#"{"zen": "Keep it logically awesome."}"#.to_vec();
     let sig = sign(&ping);
-    let (s, body) = post(
-        &daemon,
+    let (s, body) = daemon.post_body(
         "/v1/webhooks/github",
         &[("x-hub-signature-256", &sig), ("x-github-event", "ping")],
         ping,
@@ -138,8 +105,7 @@ fn registry_notifications_trigger_a_rebuild_and_bad_deliveries_change_nothing() 
         "{body}"
     );
     // A good generic delivery is accepted (nothing changed upstream: no build).
-    let (s, body) = post(
-        &daemon,
+    let (s, body) = daemon.post_body(
         "/v1/webhooks/generic",
         &[("authorization", &format!("Bearer {TOKEN}"))],
         generic,
@@ -200,8 +166,7 @@ fn webhook_deliveries_in_flight_are_bounded() {
     let auth = format!("Bearer {TOKEN}");
     // One delivery with the token.
     let deliver = || {
-        post(
-            &daemon,
+        daemon.post_body(
             "/v1/webhooks/generic",
             &[
                 ("Authorization", &auth),

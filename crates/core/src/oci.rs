@@ -42,6 +42,12 @@ pub mod media_type {
     pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
     /// Docker layer, gzip.
     pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    /// Docker foreign (non-distributable) layer, gzip.
+    pub const DOCKER_FOREIGN_LAYER_GZIP: &str =
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+    /// OCI non-distributable layer, gzip.
+    pub const OCI_NONDISTRIBUTABLE_LAYER_GZIP: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
 
     /// The manifest media types a registry is asked for, most specific
     /// first: both indexes, then both image manifests.

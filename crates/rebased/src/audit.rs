@@ -7,12 +7,15 @@
 //! recorded manifest while the registry still holds it) and never deletes
 //! anything. One request per tag (a signature's payload is one blob read
 //! more), within each registry's concurrency (the registry client's
-//! permits); one audit runs at a time.
+//! permits), with up to [`AUDIT_CONCURRENCY`] images in flight; one
+//! audit runs at a time. A stop ends an audit between requests: what was
+//! recorded stays, the images left are audited the next time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
+use futures_util::StreamExt;
 use rebased_api::metrics::Metrics;
 use rebased_core::config::ImageConfig;
 use rebased_core::{Digest, ImageRef, Version};
@@ -30,13 +33,20 @@ use crate::{records, signing};
 /// One audit at a time (the schedule and `POST /v1/audit` may meet).
 static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Why an audit did not run.
+/// Images audited at once (each one's requests in turn; the registry
+/// client's permits bound each registry).
+pub const AUDIT_CONCURRENCY: usize = 8;
+
+/// Why an audit did not run, or did not run to its end.
 #[derive(Debug)]
 pub enum AuditError {
     /// No such image.
     NotFound(String),
     /// The store failed.
     Store(String),
+    /// The daemon is stopping: the audit ended after this many images
+    /// (each of them recorded).
+    Stopped(usize),
 }
 
 impl std::fmt::Display for AuditError {
@@ -44,6 +54,10 @@ impl std::fmt::Display for AuditError {
         match self {
             Self::NotFound(name) => write!(f, "no image {name:?} is managed"),
             Self::Store(e) => f.write_str(e),
+            Self::Stopped(n) => write!(
+                f,
+                "the daemon is stopping: the audit ended after {n} images (each recorded); the others are audited next time"
+            ),
         }
     }
 }
@@ -56,6 +70,8 @@ pub struct Auditor {
     pub store: Store,
     /// Where findings are counted.
     pub metrics: Arc<Metrics>,
+    /// The daemon's stop: an audit ends at it.
+    pub stop: CancellationToken,
 }
 
 /// The audit of one image, before it is recorded.
@@ -68,7 +84,10 @@ impl Auditor {
     /// Audits every image (or only `only`), records each audit (findings
     /// and their `drift` events in one transaction) and returns them.
     pub async fn run(&self, only: Option<&str>) -> Result<Vec<(String, AuditRecord)>, AuditError> {
-        let _one = RUNNING.lock().await;
+        let _one = tokio::select! {
+            one = RUNNING.lock() => one,
+            () = self.stop.cancelled() => return Err(AuditError::Stopped(0)),
+        };
         let (cfg, registry) = self.live.in_force();
         let images: Vec<&ImageConfig> = cfg
             .image
@@ -80,38 +99,29 @@ impl Auditor {
         }
         let repair = cfg.daemon.audit_repair;
         let key = self.live.signer().ok().flatten();
+        let (registry, key) = (&*registry, key.as_deref());
+        let each: Vec<(&ImageConfig, ImageRef)> = images
+            .into_iter()
+            .filter_map(|i| Some((i, Destination::from(&i.repository).registry().cloned()?)))
+            .collect();
+        // By index: a stream of borrowed items trips the compiler's
+        // higher-ranked lifetime check when the future is spawned.
+        let each = &each;
+        let mut audits = futures_util::stream::iter(0..each.len())
+            .map(|i| self.named(each[i].0, &each[i].1, registry, repair, key))
+            .buffered(AUDIT_CONCURRENCY);
         let mut out = Vec::new();
-        for image in images {
-            let Some(repo) = Destination::from(&image.repository).registry().cloned() else {
-                continue;
+        loop {
+            let next = tokio::select! {
+                next = audits.next() => next,
+                () = self.stop.cancelled() => {
+                    info!(audited = out.len(), "stopping: the audit ends here; the images left are audited next time");
+                    return Err(AuditError::Stopped(out.len()));
+                }
             };
-            let name = image.name.as_str().to_owned();
-            let outcome = self
-                .image(image, &repo, &registry, repair, key.as_deref())
-                .await?;
-            let unrepaired = outcome
-                .record
-                .findings
-                .iter()
-                .filter(|f| f.repaired.is_none())
-                .count();
-            for f in &outcome.record.findings {
-                let repaired = if f.repaired.is_some() {
-                    "true"
-                } else {
-                    "false"
-                };
-                self.metrics.inc(
-                    "rebased_audit_findings_total",
-                    &[("kind", f.kind.as_str()), ("repaired", repaired)],
-                );
-                warn!(image = %name, kind = f.kind.as_str(), tag = %f.tag, expected = %f.expected, found = f.found.as_deref().unwrap_or("nothing"), repaired = f.repaired.as_deref().unwrap_or("no"), "audit: drift");
-            }
-            self.metrics.set_gauge(
-                "rebased_audit_drift",
-                &[("image", &name)],
-                u64::try_from(unrepaired).unwrap_or(u64::MAX),
-            );
+            let Some((name, outcome)) = next else { break };
+            let outcome = outcome?;
+            self.count(&name, &outcome.record);
             let (n, rec, sigs) = (name.clone(), outcome.record.clone(), outcome.signatures);
             records::write(&self.store, move |s| s.record_audit(&n, &rec, &sigs))
                 .await
@@ -120,6 +130,45 @@ impl Auditor {
             out.push((name, outcome.record));
         }
         Ok(out)
+    }
+
+    /// [`Auditor::image`] with the image's name.
+    async fn named(
+        &self,
+        image: &ImageConfig,
+        repo: &ImageRef,
+        registry: &Registry,
+        repair: bool,
+        key: Option<&SigningKey>,
+    ) -> (String, Result<Outcome, AuditError>) {
+        let outcome = self.image(image, repo, registry, repair, key).await;
+        (image.name.as_str().to_owned(), outcome)
+    }
+
+    /// Counts and logs one image's findings.
+    fn count(&self, name: &str, record: &AuditRecord) {
+        let unrepaired = record
+            .findings
+            .iter()
+            .filter(|f| f.repaired.is_none())
+            .count();
+        for f in &record.findings {
+            let repaired = if f.repaired.is_some() {
+                "true"
+            } else {
+                "false"
+            };
+            self.metrics.inc(
+                "rebased_audit_findings_total",
+                &[("kind", f.kind.as_str()), ("repaired", repaired)],
+            );
+            warn!(image = %name, kind = f.kind.as_str(), tag = %f.tag, expected = %f.expected, found = f.found.as_deref().unwrap_or("nothing"), repaired = f.repaired.as_deref().unwrap_or("no"), "audit: drift");
+        }
+        self.metrics.set_gauge(
+            "rebased_audit_drift",
+            &[("image", name)],
+            u64::try_from(unrepaired).unwrap_or(u64::MAX),
+        );
     }
 
     async fn image(
@@ -504,8 +553,10 @@ pub async fn scheduled(auditor: Auditor, shutdown: CancellationToken) {
         if let Some((_, at)) = &planned {
             if *at <= now {
                 planned = None;
-                if let Err(e) = auditor.run(None).await {
-                    error!("the scheduled audit failed: {e}");
+                match auditor.run(None).await {
+                    Ok(_) => {}
+                    Err(e @ AuditError::Stopped(_)) => info!("{e}"),
+                    Err(e) => error!("the scheduled audit failed: {e}"),
                 }
                 continue;
             }
@@ -520,5 +571,75 @@ pub async fn scheduled(auditor: Auditor, shutdown: CancellationToken) {
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rebased_core::config::Config;
+    use rebased_core::Trigger;
+    use std::time::{Duration, Instant};
+
+    /// A stop ends an audit waiting on a registry that never answers,
+    /// at once and said so; nothing is recorded for the image cut short.
+    #[tokio::test]
+    async fn a_stop_ends_an_audit_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Accepts connections (the kernel's backlog) and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let host = silent.local_addr().expect("addr");
+        let cfg = Config::parse(&format!(
+            "[registries.\"{host}\"]\ninsecure = true\n[[image]]\nname = \"web\"\ncontext = \"/srv/web\"\nrepository = \"{host}/web\"\nversion = \"1.0.0\"\n"
+        ))
+        .expect("config");
+        let store = Store::open(&dir.path().join("db")).expect("store");
+        let digest: rebased_core::Digest = format!("sha256:{}", "a".repeat(64))
+            .parse()
+            .expect("digest");
+        let version = VersionRecord {
+            version: Version::parse("1.0.0").expect("version"),
+            digest,
+            built_at: Utc::now(),
+            bases: BTreeMap::new(),
+            platforms: BTreeMap::new(),
+            children: BTreeMap::new(),
+            trigger: Trigger::Initial,
+            superseded_by: None,
+            superseded_at: None,
+            reason: None,
+            supersedes: None,
+            job: None,
+            source: None,
+            signature: None,
+        };
+        store.publish("web", &version, None).expect("publish");
+        let stop = CancellationToken::new();
+        let auditor = Auditor {
+            live: Arc::new(Live::new(
+                dir.path().join("rebased.toml"),
+                cfg,
+                false,
+                Arc::new(Metrics::default()),
+            )),
+            store: store.clone(),
+            metrics: Arc::new(Metrics::default()),
+            stop: stop.clone(),
+        };
+        let run = tokio::spawn(async move { auditor.run(None).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!run.is_finished(), "the silent registry holds the audit");
+        let asked = Instant::now();
+        stop.cancel();
+        let ended = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("ended within 5 s of the stop")
+            .expect("no panic");
+        assert!(matches!(ended, Err(AuditError::Stopped(0))), "{ended:?}");
+        assert!(asked.elapsed() < Duration::from_secs(2));
+        assert!(
+            store.audits().expect("audits").is_empty(),
+            "nothing recorded"
+        );
     }
 }

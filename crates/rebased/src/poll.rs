@@ -681,14 +681,15 @@ impl Poller {
             if !changed.is_empty() || !rechecks.is_empty() {
                 self.news = true;
             }
-            // A new error is stored with its `base_error` event.
+            // A new error is stored with its `base_error` event (a flushed
+            // transaction: on the store's writer thread).
             let stored = if new_error {
-                self.store.base_failed(&rec)
+                records::write(&self.store, move |s| s.base_failed(&rec)).await
             } else {
-                self.store.put_base(&rec)
+                self.store.put_base(&rec).map_err(Into::into)
             };
             if let Err(e) = stored {
-                error!(base = %key, "cannot record base: {e}");
+                error!(base = %key, "cannot record base: {e:#}");
             }
         }
         (changed, rechecks)

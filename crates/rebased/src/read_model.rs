@@ -22,6 +22,8 @@ use rebased_scheduler::dispatch::{lock as lock_queue, Command, SharedQueue};
 use rebased_scheduler::queue::reason;
 use rebased_state::Store;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::audit;
@@ -85,6 +87,8 @@ pub struct ReadModel {
     reconciler: Arc<Reconciler>,
     feed: Arc<tokio::sync::broadcast::Sender<rebased_api::Live>>,
     notifiers: Arc<Notifiers>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
     summaries: Mutex<Option<Summaries>>,
     /// Held while summaries are made, so concurrent requests make them once.
     making: Mutex<()>,
@@ -136,6 +140,11 @@ pub struct Parts {
     pub feed: Arc<tokio::sync::broadcast::Sender<rebased_api::Live>>,
     /// The notifiers.
     pub notifiers: Arc<Notifiers>,
+    /// The supervisor's tasks: an audit a request starts is one of them,
+    /// so the stop waits for it.
+    pub tasks: TaskTracker,
+    /// The daemon's stop (an audit ends at it).
+    pub stop: CancellationToken,
 }
 
 impl ReadModel {
@@ -145,6 +154,7 @@ impl ReadModel {
             live: Arc::clone(&self.live),
             store: self.store.clone(),
             metrics: Arc::clone(&self.metrics),
+            stop: self.stop.clone(),
         }
     }
 
@@ -161,6 +171,8 @@ impl ReadModel {
             reconciler: parts.reconciler,
             feed: parts.feed,
             notifiers: parts.notifiers,
+            tasks: parts.tasks,
+            stop: parts.stop,
             summaries: Mutex::new(None),
             making: Mutex::new(()),
             audit_status: Mutex::new(None),
@@ -867,7 +879,9 @@ impl Backend for ReadModel {
             let only = image.map(str::to_owned);
             // Its own task: a client that gives up does not cut the audit
             // (or a repair) short; it runs to the end and is recorded.
-            let run = tokio::spawn(async move { auditor.run(only.as_deref()).await });
+            let run = self
+                .tasks
+                .spawn(async move { auditor.run(only.as_deref()).await });
             match run.await {
                 Ok(Ok(audits)) => Ok(audits
                     .into_iter()
@@ -875,6 +889,9 @@ impl Backend for ReadModel {
                     .collect()),
                 Ok(Err(e @ audit::AuditError::NotFound(_))) => {
                     Err(ActionError::NotFound(e.to_string()))
+                }
+                Ok(Err(e @ audit::AuditError::Stopped(_))) => {
+                    Err(ActionError::Unavailable(e.to_string()))
                 }
                 Ok(Err(e)) => Err(ActionError::Internal(e.to_string())),
                 Err(e) => Err(ActionError::Internal(format!("the audit failed: {e}"))),
@@ -899,9 +916,11 @@ impl Backend for ReadModel {
         let auditor = self.auditor();
         let only = image.map(str::to_owned);
         let at = chrono::Utc::now();
-        tokio::spawn(async move {
-            if let Err(e) = auditor.run(only.as_deref()).await {
-                tracing::error!("the audit started by POST /v1/audit failed: {e}");
+        self.tasks.spawn(async move {
+            match auditor.run(only.as_deref()).await {
+                Ok(_) => {}
+                Err(e @ audit::AuditError::Stopped(_)) => tracing::info!("{e}"),
+                Err(e) => tracing::error!("the audit started by POST /v1/audit failed: {e}"),
             }
         });
         Ok(AuditStarted { at, images })

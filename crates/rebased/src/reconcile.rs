@@ -348,7 +348,11 @@ impl Reconciler {
             .image(name)
             .ok_or_else(|| ActionError::NotFound(format!("no image {name:?}")))?;
         let internal = |e: StateError| ActionError::Internal(e.to_string());
-        if self.store.resume(name).map_err(internal)?.is_none() {
+        let owned = name.to_owned();
+        let resumed = records::write(&self.store, move |s| s.resume(&owned))
+            .await
+            .map_err(|e| ActionError::Internal(format!("{e:#}")))?;
+        if resumed.is_none() {
             let state = self
                 .store
                 .image(name)

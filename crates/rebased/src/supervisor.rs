@@ -213,9 +213,12 @@ async fn once(
     let images = cfg.image.clone();
     drop(cfg);
     let never = CancellationToken::new();
+    // Its one task, the engines' health checks, ends with this function
+    // (the guard on any early return, awaited at the end).
+    let tasks = TaskTracker::new();
     let health = CancellationToken::new();
-    let _stop_health = health.clone().drop_guard();
-    tokio::spawn(engine_health(&live, health));
+    let stop_health = health.clone().drop_guard();
+    tasks.spawn(engine_health(&live, health));
     ledger::import_all(
         &store,
         &registry,
@@ -235,6 +238,9 @@ async fn once(
     let due_sources: Vec<String> = sources.keys().cloned().collect();
     poller.round(&round, &due_sources, &sources).await;
     dispatcher.run_until_idle(jobs_rx).await;
+    drop(stop_health);
+    tasks.close();
+    tasks.wait().await;
     flush(&store, "exit").await?;
     let mut problems: Vec<String> = Vec::new();
     for base in &round.due {
@@ -307,6 +313,7 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
             live: Arc::clone(&live),
             store: store.clone(),
             metrics: Arc::clone(&metrics),
+            stop: shutdown.clone(),
         },
         shutdown.clone(),
     ));
@@ -340,6 +347,8 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         reconciler,
         feed: Arc::clone(&feed),
         notifiers: Arc::clone(&notifiers),
+        tasks: tasks.clone(),
+        stop: shutdown.clone(),
     });
     let api = tasks.spawn(rebased_api::serve(
         listener,

@@ -261,6 +261,7 @@ async fn try_mount(
         201 => Ok(if exists(t, repository, digest).await? {
             Mount::Mounted
         } else {
+            warn!(blob = %blob, from = %from, "the registry answered the mount 201 without a Location and does not hold the blob: streaming it instead");
             Mount::Declined(None)
         }),
         // The registry opened an ordinary upload instead: its session is

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use rebased_core::oci::media_type;
+use rebased_core::oci::{
+    media_type, ContainerConfig, Descriptor, History, ImageConfig, ImageManifest, RootFs,
+};
 use rebased_core::Digest;
 use serde::{Deserialize, Serialize};
 
@@ -128,25 +130,6 @@ pub struct Artifact {
     pub manifest: Vec<u8>,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    media_type: String,
-    size: u64,
-    digest: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    annotations: BTreeMap<String, String>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ManifestDoc {
-    schema_version: u32,
-    media_type: String,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
-
 fn size(b: &[u8]) -> u64 {
     u64::try_from(b.len()).unwrap_or(u64::MAX)
 }
@@ -162,28 +145,27 @@ pub fn artifact(layers: Vec<Layer>) -> Artifact {
 /// The manifest naming `descriptors` (with its config), and `layers`,
 /// the blobs of them to push.
 fn with_layers(descriptors: Vec<Descriptor>, layers: Vec<Layer>) -> Artifact {
-    let config = serde_json::json!({
-        "architecture": "",
-        "created": "0001-01-01T00:00:00Z",
-        "history": [{"created": "0001-01-01T00:00:00Z"}],
-        "os": "",
-        "rootfs": {
-            "type": "layers",
-            "diff_ids": descriptors.iter().map(|d| d.digest.clone()).collect::<Vec<_>>(),
+    let epoch = "0001-01-01T00:00:00Z".to_owned();
+    let config = ImageConfig {
+        created: Some(epoch.clone()),
+        history: Some(vec![History {
+            created: Some(epoch),
+            ..History::default()
+        }]),
+        config: Some(ContainerConfig::default()),
+        rootfs: RootFs {
+            diff_ids: descriptors.iter().map(|d| d.digest.clone()).collect(),
+            ..RootFs::default()
         },
-        "config": {},
-    });
-    let config = Blob::new(config.to_string().into_bytes());
-    let doc = ManifestDoc {
+        ..ImageConfig::default()
+    };
+    let config = Blob::new(serde_json::to_vec(&config).unwrap_or_default());
+    let doc = ImageManifest {
         schema_version: 2,
-        media_type: media_type::OCI_MANIFEST.to_owned(),
-        config: Descriptor {
-            media_type: media_type::OCI_CONFIG.to_owned(),
-            size: size(&config.bytes),
-            digest: config.digest.to_string(),
-            annotations: BTreeMap::new(),
-        },
+        media_type: Some(media_type::OCI_MANIFEST.to_owned()),
+        config: Descriptor::new(media_type::OCI_CONFIG, &config.digest, size(&config.bytes)),
         layers: descriptors,
+        ..ImageManifest::default()
     };
     let manifest = serde_json::to_vec(&doc).unwrap_or_default();
     Artifact {
@@ -222,7 +204,7 @@ pub fn signature_added(
     digest: &Digest,
 ) -> Artifact {
     let ours = signature_layer(key, repository, digest);
-    let Some(doc) = existing.and_then(|b| serde_json::from_slice::<ManifestDoc>(b).ok()) else {
+    let Some(doc) = existing.and_then(|b| serde_json::from_slice::<ImageManifest>(b).ok()) else {
         return artifact(vec![ours]);
     };
     let same = |d: &Descriptor| {
@@ -241,10 +223,8 @@ pub fn signature_added(
 
 fn descriptor(l: &Layer) -> Descriptor {
     Descriptor {
-        media_type: l.media_type.clone(),
-        size: size(&l.blob.bytes),
-        digest: l.blob.digest.to_string(),
         annotations: l.annotations.clone(),
+        ..Descriptor::new(&l.media_type, &l.blob.digest, size(&l.blob.bytes))
     }
 }
 
@@ -263,7 +243,7 @@ pub struct LayerRef {
 /// The layers of a cosign manifest's bytes; `None` when the bytes are no
 /// image manifest or a digest is invalid.
 pub fn layers(manifest: &[u8]) -> Option<Vec<LayerRef>> {
-    let doc: ManifestDoc = serde_json::from_slice(manifest).ok()?;
+    let doc: ImageManifest = serde_json::from_slice(manifest).ok()?;
     doc.layers
         .into_iter()
         .map(|d| {

@@ -574,9 +574,7 @@ fn onbuild_refusal(
 fn oci_layer(mut d: Descriptor) -> Descriptor {
     let mapped = match d.media_type.as_str() {
         media_type::DOCKER_LAYER_GZIP => OCI_LAYER_GZIP,
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
-            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-        }
+        media_type::DOCKER_FOREIGN_LAYER_GZIP => media_type::OCI_NONDISTRIBUTABLE_LAYER_GZIP,
         _ => return d,
     };
     d.media_type = mapped.to_owned();
