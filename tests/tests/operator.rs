@@ -75,7 +75,8 @@ fn once_exits_non_zero_when_a_base_or_a_dockerfile_could_not_be_read() {
 }
 
 /// Under `run`, an image whose Dockerfile did not exist stayed failing
-/// after the file was created, and status showed no next poll.
+/// after the file was created, and status showed no next poll; one that
+/// goes away later makes the image failing again.
 #[test]
 fn a_dockerfile_that_appears_is_picked_up_by_the_next_round() {
     let s = Setup::new();
@@ -98,6 +99,11 @@ fn a_dockerfile_that_appears_is_picked_up_by_the_next_round() {
     )
     .unwrap();
     daemon.wait_version("late", "1.0.0", WAIT);
+    // Gone again while nothing else moves: a round with no change still
+    // looks at every image's Dockerfile and says so.
+    fs::remove_file(ctx.join("Dockerfile")).unwrap();
+    let error = daemon.wait_failing("late", WAIT);
+    assert!(error.contains("cannot read Dockerfile"), "{error}");
 }
 
 /// A job that failed before its build started answered its log with a 404.

@@ -369,12 +369,7 @@ impl Live {
     /// and parsed now. Errors are not cached.
     pub fn image_bases(&self, image: &ImageConfig) -> Result<Arc<[ImageRef]>> {
         let path = self.dockerfile_path(image)?;
-        let key = format!(
-            "{}\0{:?}\0{:?}",
-            path.display(),
-            image.build_args,
-            image.platforms
-        );
+        let key = plan_key(&path, image);
         if let Some(c) = lock(&self.plans).entries.get(&key) {
             if c.verified.elapsed() < PLAN_VERIFY_EVERY {
                 return Ok(Arc::clone(&c.bases));
@@ -417,10 +412,20 @@ impl Live {
     /// Each polled base (external, not pinned by digest) and the schedules
     /// of the images using it.
     pub fn schedules(&self) -> BTreeMap<ImageRef, Vec<CronSpec>> {
+        self.schedules_and_unreadable().0
+    }
+
+    /// [`Live::schedules`], and the names of the images whose bases cannot
+    /// be read now (their Dockerfile missing or bad).
+    pub fn schedules_and_unreadable(
+        &self,
+    ) -> (BTreeMap<ImageRef, Vec<CronSpec>>, BTreeSet<String>) {
         let cfg = self.cfg();
         let mut out: BTreeMap<ImageRef, Vec<CronSpec>> = BTreeMap::new();
+        let mut unreadable = BTreeSet::new();
         for image in &cfg.image {
             let Ok(bases) = self.image_bases(image) else {
+                unreadable.insert(image.name.as_str().to_owned());
                 continue;
             };
             let spec = image.poll.as_ref().unwrap_or(&cfg.daemon.poll);
@@ -431,7 +436,7 @@ impl Live {
                 }
             }
         }
-        out
+        (out, unreadable)
     }
 
     /// Every polled base reference.
@@ -456,6 +461,35 @@ pub struct GitSource {
     pub images: Vec<String>,
 }
 
+/// The cache key of `image`'s Dockerfile at `path`: the path's bytes, the
+/// number of build args, each arg's name and value, then each platform,
+/// every part length-prefixed (no two inputs share a key). Made for every image at every poll round: bytes copied
+/// into one buffer, no formatting.
+fn plan_key(path: &Path, image: &ImageConfig) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    fn part(key: &mut Vec<u8>, bytes: &[u8]) {
+        key.extend_from_slice(&u64::try_from(bytes.len()).unwrap_or(u64::MAX).to_le_bytes());
+        key.extend_from_slice(bytes);
+    }
+    let path = path.as_os_str().as_bytes();
+    let mut key = Vec::with_capacity(path.len() + 32);
+    part(&mut key, path);
+    // How many args: where they end and the platforms begin.
+    key.extend_from_slice(
+        &u64::try_from(image.build_args.len())
+            .unwrap_or(u64::MAX)
+            .to_le_bytes(),
+    );
+    for (k, v) in &image.build_args {
+        part(&mut key, k.as_bytes());
+        part(&mut key, v.as_bytes());
+    }
+    for p in &image.platforms {
+        part(&mut key, p.as_bytes());
+    }
+    key
+}
+
 /// The bases of each Dockerfile, by its path and the build args it is read
 /// with (so an entry made under an old config during a reload can only
 /// ever serve that old input; a reload empties the cache to free it), each
@@ -467,7 +501,7 @@ pub struct GitSource {
 /// distinct bases.
 #[derive(Default)]
 struct PlanCache {
-    entries: std::collections::HashMap<String, CachedBases>,
+    entries: std::collections::HashMap<Vec<u8>, CachedBases>,
     interned: std::collections::HashSet<Arc<[ImageRef]>>,
 }
 

@@ -378,7 +378,10 @@ impl Poller {
         let mut state = PollLoop::default();
         loop {
             let began = std::time::Instant::now();
-            let specs = self.live.schedules();
+            let (specs, unreadable) = self.live.schedules_and_unreadable();
+            // A Dockerfile gone bad may leave no base to poll, so no round
+            // to decide its image in: it is said now.
+            self.mark_unreadable(&unreadable);
             let sources = self.live.git_sources();
             let source_specs: SourceSchedules = sources
                 .iter()
@@ -397,7 +400,7 @@ impl Poller {
             if let Some(round) = round {
                 // A round against a slow registry must not hold up a stop.
                 let (rechecks, source_rechecks) = tokio::select! {
-                    r = self.round(&round, &due_sources, &sources) => r,
+                    r = self.round(&round, &due_sources, &sources, &unreadable) => r,
                     _ = shutdown.cancelled() => break,
                 };
                 let tz: Tz = self.live.cfg().daemon.timezone.parse().unwrap_or(Tz::UTC);
@@ -437,13 +440,15 @@ impl Poller {
     /// images that a settled change (or, with `round.all`, anything) makes
     /// stale queued. A source's settled move is a change like a base's. A source
     /// seen for the first time brings the bases of its Dockerfiles, which
-    /// are checked in the same round. Returns the rechecks wanted, of
-    /// bases and of sources.
+    /// are checked in the same round. `unreadable`: the images whose bases
+    /// could not be read when the round was planned. Returns the rechecks
+    /// wanted, of bases and of sources.
     pub async fn round(
         &mut self,
         round: &Round,
         due_sources: &[String],
         sources: &BTreeMap<String, GitSource>,
+        unreadable: &BTreeSet<String>,
     ) -> (
         BTreeMap<ImageRef, DateTime<Utc>>,
         BTreeMap<String, DateTime<Utc>>,
@@ -470,7 +475,16 @@ impl Poller {
         }
         let (changed, rechecks) = self.check(&round).await;
         self.status.update(|t| t.last_poll = Some(started));
-        for image in &self.live.cfg().image {
+        let cfg = self.live.cfg();
+        // Nothing moved: only an image whose Dockerfile could not be read
+        // (now or at the last look) has anything to decide; every other one
+        // would return at once, after looking its bases up again.
+        let quiet = !round.all && changed.is_empty() && moved.is_empty();
+        for image in &cfg.image {
+            let name = image.name.as_str();
+            if quiet && !unreadable.contains(name) && !self.bad_plans.contains(name) {
+                continue;
+            }
             self.decide_image(image, &changed, &moved, &round).await;
         }
         (rechecks, source_rechecks)
@@ -793,6 +807,22 @@ impl Poller {
                 format!("image {name}: {why}")
             })
             .collect()
+    }
+
+    /// Marks the images of `unreadable` not marked yet (see
+    /// [`Poller::mark_bad_plan`]).
+    fn mark_unreadable(&mut self, unreadable: &BTreeSet<String>) {
+        for name in unreadable {
+            if self.bad_plans.contains(name) {
+                continue;
+            }
+            let Some(image) = self.live.image(name) else {
+                continue;
+            };
+            if let Err(e) = self.live.image_bases(&image) {
+                self.mark_bad_plan(name, &format!("{e:#}"));
+            }
+        }
     }
 
     /// An image whose Dockerfile cannot be read or parsed is failing for

@@ -29,6 +29,7 @@ use rebased_scheduler::graph::Graph;
 use rebased_scheduler::queue::Queue;
 use rebased_state::Store;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -236,7 +237,10 @@ async fn once(
     };
     let sources = live.git_sources();
     let due_sources: Vec<String> = sources.keys().cloned().collect();
-    poller.round(&round, &due_sources, &sources).await;
+    // Every image is decided (`all`): no list of unreadable ones needed.
+    poller
+        .round(&round, &due_sources, &sources, &Default::default())
+        .await;
     dispatcher.run_until_idle(jobs_rx).await;
     drop(stop_health);
     tasks.close();
@@ -288,20 +292,8 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
         check_tx,
         check_rx,
     } = parts;
-    let cfg = live.cfg();
-    let secrets = rebased_api::Secrets {
-        api_token: read_secret(cfg.daemon.api_token_file.as_ref(), "daemon.api_token_file")?,
-        webhook_token: read_secret(cfg.webhooks.token_file.as_ref(), "webhooks.token_file")?,
-    };
-    refuse_open_listener(
-        &cfg.daemon.listen,
-        secrets.api_token.is_some() && secrets.webhook_token.is_some(),
-    )?;
-    let listener = rebased_api::bind(&cfg.daemon.listen)
-        .await
-        .map_err(bind_error)?;
-    let stop_timeout = cfg.daemon.stop_timeout.0;
-    drop(cfg);
+    let (listener, secrets) = listen(&live.cfg()).await?;
+    let stop_timeout = live.cfg().daemon.stop_timeout.0;
 
     let tasks = TaskTracker::new();
     // Cancelled once the dispatcher has ended: no signal can matter after.
@@ -410,26 +402,72 @@ async fn serve(parts: Wiring, dispatcher: Dispatcher<Reconciler>) -> Result<Exit
     shutdown.cancelled().await;
     status.notify("STOPPING=1");
     info!("stopping: no new jobs; running builds may finish");
-    if let Some(poll) = poll {
+    stop_in_order(
+        Running {
+            poll,
+            dispatch,
+            api,
+            tasks,
+        },
+        &stopped,
+        &api_shutdown,
+    )
+    .await;
+    flush(&store, "shutdown").await?;
+    info!("stopped");
+    Ok(Exit::Clean)
+}
+
+/// The tasks of `rebased run` that the stop waits for in turn.
+struct Running {
+    poll: Option<JoinHandle<()>>,
+    dispatch: JoinHandle<()>,
+    api: JoinHandle<std::io::Result<()>>,
+    tasks: TaskTracker,
+}
+
+/// The stop's order: the poll loop, then the dispatcher (its running
+/// builds), then `stopped` (no signal matters after) and the API with the
+/// event feed and the notifiers (`api_shutdown`), then every other task.
+async fn stop_in_order(
+    running: Running,
+    stopped: &CancellationToken,
+    api_shutdown: &CancellationToken,
+) {
+    if let Some(poll) = running.poll {
         if let Err(e) = poll.await {
             warn!("poll loop: {e}");
         }
     }
-    if let Err(e) = dispatch.await {
+    if let Err(e) = running.dispatch.await {
         warn!("dispatcher: {e}");
     }
     stopped.cancel();
     api_shutdown.cancel();
-    match api.await {
+    match running.api.await {
         Ok(Err(e)) => warn!("API server: {e}"),
         Err(e) => warn!("API task: {e}"),
         Ok(Ok(())) => {}
     }
-    tasks.close();
-    tasks.wait().await;
-    flush(&store, "shutdown").await?;
-    info!("stopped");
-    Ok(Exit::Clean)
+    running.tasks.close();
+    running.tasks.wait().await;
+}
+
+/// The API's secrets and its bound listener: a listener reachable from
+/// other hosts without both tokens is refused.
+async fn listen(cfg: &Config) -> Result<(rebased_api::Listener, rebased_api::Secrets)> {
+    let secrets = rebased_api::Secrets {
+        api_token: read_secret(cfg.daemon.api_token_file.as_ref(), "daemon.api_token_file")?,
+        webhook_token: read_secret(cfg.webhooks.token_file.as_ref(), "webhooks.token_file")?,
+    };
+    refuse_open_listener(
+        &cfg.daemon.listen,
+        secrets.api_token.is_some() && secrets.webhook_token.is_some(),
+    )?;
+    let listener = rebased_api::bind(&cfg.daemon.listen)
+        .await
+        .map_err(bind_error)?;
+    Ok((listener, secrets))
 }
 
 /// Why the API cannot listen, said once, naming `daemon.listen`.
