@@ -14,7 +14,9 @@ import base64
 import hashlib
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 
@@ -87,6 +89,19 @@ def verify(registry, repo, digest, pubkey_path):
     fail("no layer verifies")
 
 
+def openssl_verifies(pubkey_path, data, der_signature):
+    """Whether `openssl dgst -sha256 -verify` accepts DER_SIGNATURE of DATA."""
+    with tempfile.TemporaryDirectory() as d:
+        data_path, sig_path = os.path.join(d, "data"), os.path.join(d, "sig")
+        with open(data_path, "wb") as f:
+            f.write(data)
+        with open(sig_path, "wb") as f:
+            f.write(der_signature)
+        r = subprocess.run(["openssl", "dgst", "-sha256", "-verify", pubkey_path,
+                            "-signature", sig_path, data_path], capture_output=True)
+        return r.returncode == 0
+
+
 def attestations(registry, repo, digest, pubkey_path):
     """Every attestation of DIGEST whose DSSE signature over the PAE
     verifies, as JSON lines {"predicateType", "annotation", "statement"}."""
@@ -102,10 +117,14 @@ def attestations(registry, repo, digest, pubkey_path):
         ptype = env["payloadType"]
         payload = base64.b64decode(env["payload"])
         pae = b"DSSEv1 %d %s %d %s" % (len(ptype), ptype.encode(), len(payload), payload)
+        sig = base64.b64decode(env["signatures"][0]["sig"])
         try:
-            public.verify(base64.b64decode(env["signatures"][0]["sig"]), pae, ec.ECDSA(hashes.SHA256()))
+            public.verify(sig, pae, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             fail("a DSSE signature does not verify")
+        # And the openssl command over the same PAE: both must accept it.
+        if not openssl_verifies(pubkey_path, pae, sig):
+            fail("openssl dgst -verify refuses a DSSE signature")
         statement = json.loads(payload)
         out.append({"payloadType": ptype, "annotation": layer["annotations"]["predicateType"],
                     "statement": statement})
