@@ -597,22 +597,12 @@ mod tests {
         let digest: rebased_core::Digest = format!("sha256:{}", "a".repeat(64))
             .parse()
             .expect("digest");
-        let version = VersionRecord {
-            version: Version::parse("1.0.0").expect("version"),
+        let version = VersionRecord::new(
+            Version::parse("1.0.0").expect("version"),
             digest,
-            built_at: Utc::now(),
-            bases: BTreeMap::new(),
-            platforms: BTreeMap::new(),
-            children: BTreeMap::new(),
-            trigger: Trigger::Initial,
-            superseded_by: None,
-            superseded_at: None,
-            reason: None,
-            supersedes: None,
-            job: None,
-            source: None,
-            signature: None,
-        };
+            BTreeMap::new(),
+            Trigger::Initial,
+        );
         store.publish("web", &version, None).expect("publish");
         let stop = CancellationToken::new();
         let auditor = Auditor {

@@ -743,22 +743,8 @@ mod tests {
     }
 
     fn publish(store: &Store, version: &str, from: &Digest) {
-        let record = VersionRecord {
-            children: Default::default(),
-            version: v(version),
-            digest: d(version),
-            built_at: Utc::now(),
-            bases: inputs(from).digests,
-            platforms: BTreeMap::new(),
-            trigger: Trigger::Poll,
-            superseded_by: None,
-            superseded_at: None,
-            reason: None,
-            supersedes: None,
-            job: None,
-            source: None,
-            signature: None,
-        };
+        let record =
+            VersionRecord::new(v(version), d(version), inputs(from).digests, Trigger::Poll);
         store.publish("web", &record, None).expect("publish");
     }
 

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
 use rebased_core::{Digest, Trigger, Version};
 use rebased_state::{Store, VersionRecord};
 
@@ -36,25 +35,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("opened: {}", memory());
     let v1 = Version::parse("1.0.0")?;
     for i in 0..images {
-        let rec = VersionRecord {
-            children: Default::default(),
-            version: v1,
-            digest: digest(i),
-            built_at: Utc::now(),
-            bases: BTreeMap::from([(
+        let rec = VersionRecord::new(
+            v1,
+            digest(i),
+            BTreeMap::from([(
                 format!("127.0.0.1:5000/base-{}:latest", i % 100),
                 digest(i + 1),
             )]),
-            platforms: BTreeMap::new(),
-            trigger: Trigger::Poll,
-            superseded_by: None,
-            superseded_at: None,
-            reason: None,
-            supersedes: None,
-            job: None,
-            source: None,
-            signature: None,
-        };
+            Trigger::Poll,
+        );
         store.import(&format!("img-{i}"), &[rec], Some(v1))?;
         if (i + 1) % (images / 5).max(1) == 0 {
             println!("{} images imported: {}", i + 1, memory());

@@ -302,6 +302,34 @@ pub struct VersionRecord {
     pub signature: Option<SignatureRecord>,
 }
 
+impl VersionRecord {
+    /// A version built now from `bases` by `trigger`: not superseded, no
+    /// job, source or signature recorded yet.
+    pub fn new(
+        version: Version,
+        digest: Digest,
+        bases: BTreeMap<String, Digest>,
+        trigger: Trigger,
+    ) -> Self {
+        Self {
+            version,
+            digest,
+            built_at: Utc::now(),
+            bases,
+            platforms: BTreeMap::new(),
+            children: BTreeMap::new(),
+            trigger,
+            superseded_by: None,
+            superseded_at: None,
+            reason: None,
+            supersedes: None,
+            job: None,
+            source: None,
+            signature: None,
+        }
+    }
+}
+
 /// A version's cosign signature (and attestations) as pushed: what the
 /// audit checks. Holds the public key only; the private key is never stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1649,22 +1677,12 @@ mod tests {
     }
 
     fn version(v: &str, d: char, base: char) -> VersionRecord {
-        VersionRecord {
-            children: Default::default(),
-            version: Version::parse(v).expect("valid"),
-            digest: digest(d),
-            built_at: Utc::now(),
-            bases: BTreeMap::from([("docker.io/library/base:latest".to_owned(), digest(base))]),
-            platforms: BTreeMap::new(),
-            trigger: Trigger::Poll,
-            superseded_by: None,
-            superseded_at: None,
-            reason: None,
-            supersedes: None,
-            job: None,
-            source: None,
-            signature: None,
-        }
+        VersionRecord::new(
+            Version::parse(v).expect("valid"),
+            digest(d),
+            BTreeMap::from([("docker.io/library/base:latest".to_owned(), digest(base))]),
+            Trigger::Poll,
+        )
     }
 
     #[test]
