@@ -463,8 +463,8 @@ pub struct GitSource {
 
 /// The cache key of `image`'s Dockerfile at `path`: the path's bytes, the
 /// number of build args, each arg's name and value, then each platform,
-/// every part length-prefixed (no two inputs share a key). Made for every image at every poll round: bytes copied
-/// into one buffer, no formatting.
+/// every part length-prefixed (no two inputs share a key). Made for every
+/// image at every poll round: bytes copied into one buffer, no formatting.
 fn plan_key(path: &Path, image: &ImageConfig) -> Vec<u8> {
     use std::os::unix::ffi::OsStrExt;
     fn part(key: &mut Vec<u8>, bytes: &[u8]) {

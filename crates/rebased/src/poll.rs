@@ -400,7 +400,7 @@ impl Poller {
             if let Some(round) = round {
                 // A round against a slow registry must not hold up a stop.
                 let (rechecks, source_rechecks) = tokio::select! {
-                    r = self.round(&round, &due_sources, &sources, &unreadable) => r,
+                    r = self.round(&round, &due_sources, &sources) => r,
                     _ = shutdown.cancelled() => break,
                 };
                 let tz: Tz = self.live.cfg().daemon.timezone.parse().unwrap_or(Tz::UTC);
@@ -440,15 +440,13 @@ impl Poller {
     /// images that a settled change (or, with `round.all`, anything) makes
     /// stale queued. A source's settled move is a change like a base's. A source
     /// seen for the first time brings the bases of its Dockerfiles, which
-    /// are checked in the same round. `unreadable`: the images whose bases
-    /// could not be read when the round was planned. Returns the rechecks
-    /// wanted, of bases and of sources.
+    /// are checked in the same round. Returns the rechecks wanted, of
+    /// bases and of sources.
     pub async fn round(
         &mut self,
         round: &Round,
         due_sources: &[String],
         sources: &BTreeMap<String, GitSource>,
-        unreadable: &BTreeSet<String>,
     ) -> (
         BTreeMap<ImageRef, DateTime<Utc>>,
         BTreeMap<String, DateTime<Utc>>,
@@ -477,12 +475,12 @@ impl Poller {
         self.status.update(|t| t.last_poll = Some(started));
         let cfg = self.live.cfg();
         // Nothing moved: only an image whose Dockerfile could not be read
-        // (now or at the last look) has anything to decide; every other one
-        // would return at once, after looking its bases up again.
+        // (`bad_plans`, which the loop's look at the schedules keeps up to
+        // date) has anything to decide; every other one would return at
+        // once, after looking its bases up again.
         let quiet = !round.all && changed.is_empty() && moved.is_empty();
         for image in &cfg.image {
-            let name = image.name.as_str();
-            if quiet && !unreadable.contains(name) && !self.bad_plans.contains(name) {
+            if quiet && !self.bad_plans.contains(image.name.as_str()) {
                 continue;
             }
             self.decide_image(image, &changed, &moved, &round).await;

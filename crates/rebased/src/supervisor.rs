@@ -237,10 +237,7 @@ async fn once(
     };
     let sources = live.git_sources();
     let due_sources: Vec<String> = sources.keys().cloned().collect();
-    // Every image is decided (`all`): no list of unreadable ones needed.
-    poller
-        .round(&round, &due_sources, &sources, &Default::default())
-        .await;
+    poller.round(&round, &due_sources, &sources).await;
     dispatcher.run_until_idle(jobs_rx).await;
     drop(stop_health);
     tasks.close();
