@@ -119,6 +119,33 @@ fn secrets_appear_in_no_log_answer_or_error() {
         assert_eq!(r.status().as_u16(), 401, "{path}");
         answers += &r.text().unwrap();
     }
+    // Every action the API documents (every POST but the webhooks) is
+    // refused without the token, and so is a POST to no route at all
+    // (which, with the token, is a 404).
+    let doc = daemon.get("/openapi.json");
+    let mut actions: Vec<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(p, ops)| ops.get("post").is_some() && !p.starts_with("/v1/webhooks/"))
+        .map(|(p, _)| p.replace("{name}", "good"))
+        .collect();
+    assert!(actions.len() >= 6, "{actions:?}");
+    actions.push("/v1/no-such-route".to_owned());
+    for path in &actions {
+        let r = client
+            .post(format!("{}{path}", daemon.api))
+            .body("{}")
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path} without a token");
+    }
+    let r = client
+        .post(format!("{}/v1/no-such-route", daemon.api))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404, "an unknown POST with the token");
     // The audit's answer (signatures checked), with the right token.
     let r = client
         .post(format!("{}/v1/audit", daemon.api))

@@ -148,7 +148,7 @@ const PING: Duration = Duration::from_secs(15);
         (status = 500, description = "Internal error", body = ApiError)))]
 pub(crate) async fn events(
     State(b): State<Shared>,
-    stop: Option<Extension<CancellationToken>>,
+    Extension(stop): Extension<CancellationToken>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
@@ -189,7 +189,6 @@ pub(crate) async fn events(
     // Subscribed before the replay is read: nothing logged between the two is missed.
     let live = b.live();
     let (tx, rx) = mpsc::channel::<Event>(64);
-    let stop = stop.map(|Extension(t)| t).unwrap_or_default();
     tokio::spawn(follow(b, live, after, tx, stop));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))

@@ -783,71 +783,97 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 pub(crate) type Shared = Arc<dyn Backend>;
 
 /// The router over `backend`. With an API token, every POST but webhooks
-/// needs `Authorization: Bearer <token>`.
-pub fn router(backend: Shared, secrets: Secrets) -> Router {
+/// needs `Authorization: Bearer <token>`; `stop` ends the event streams
+/// (else they would hold the graceful shutdown open).
+///
+/// Each layer here runs for every request of the routes it covers, so a
+/// layer covers only the routes that need it: the token check the POST
+/// actions (and the fallback, so that an unknown POST without the token is
+/// a 401 as before), gzip the routes whose answers are large, the stop
+/// token the event stream. `GET /v1/status` and the probes go through none.
+pub fn router(backend: Shared, secrets: Secrets, stop: CancellationToken) -> Router {
     let token = Arc::new(secrets.api_token.clone());
     let hooks = Router::new()
         .route("/v1/webhooks/{source}", post(hooks::webhook))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state((Arc::clone(&backend), Arc::new(secrets.webhook_token)));
-    Router::new()
-        .route("/metrics", get(hooks::metrics))
-        .route("/openapi.json", get(openapi))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/v1/status", get(status))
-        .route("/v1/images", get(images))
-        .route("/v1/images/{name}", get(image))
+    let auth = {
+        let token = Arc::clone(&token);
+        axum::middleware::from_fn(move |req: Request, next: Next| {
+            let token = Arc::clone(&token);
+            async move {
+                match unauthorized(token.as_deref(), &req) {
+                    Some(refused) => refused.into_response(),
+                    None => next.run(req).await,
+                }
+            }
+        })
+    };
+    let actions = Router::new()
         .route("/v1/images/{name}/rebuild", post(rebuild))
         .route("/v1/images/{name}/rollback", post(rollback))
         .route("/v1/images/{name}/resume", post(resume))
+        .route("/v1/check", post(check))
+        .route("/v1/audit", post(audit))
+        .route("/v1/notifiers/{name}/test", post(events::notify_test))
+        .route_layer(auth);
+    // gzip for clients that ask (`Accept-Encoding`); tower-http's default
+    // predicate leaves small bodies, images and event streams alone.
+    let large = Router::new()
+        .route("/metrics", get(hooks::metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/images", get(images))
+        .route("/v1/images/{name}", get(image))
         .route("/v1/jobs", get(jobs))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/log", get(job_log))
         .route("/v1/bases", get(bases))
         .route("/v1/sources", get(sources))
         .route("/v1/engines", get(engines))
-        .route("/v1/check", post(check))
-        .route("/v1/audit", post(audit))
-        .route("/v1/events", get(events::events))
+        .route(
+            "/v1/events",
+            get(events::events).layer(axum::Extension(stop)),
+        )
         .route("/v1/notifiers", get(events::notifiers))
-        .route("/v1/notifiers/{name}/test", post(events::notify_test))
         .merge(dashboard::routes())
-        .fallback(|| async { ApiError::not_found("route".to_owned()) })
-        .layer(axum::middleware::from_fn(
-            move |req: Request, next: Next| {
-                let token = Arc::clone(&token);
-                async move { authorize(token.as_deref(), req, next).await }
-            },
-        ))
+        .route_layer(tower_http::compression::CompressionLayer::new());
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/status", get(status))
+        .merge(actions)
+        .merge(large)
+        .fallback(move |req: Request| async move {
+            match unauthorized(token.as_deref(), &req) {
+                Some(refused) => refused,
+                None => ApiError::not_found("route".to_owned()),
+            }
+        })
         .with_state(backend)
         .merge(hooks)
-        // gzip for clients that ask (`Accept-Encoding`); tower-http's
-        // default predicate leaves small bodies, images and event streams alone.
-        .layer(tower_http::compression::CompressionLayer::new())
 }
 
-async fn authorize(token: Option<&str>, req: Request, next: Next) -> Response {
-    if req.method() == Method::POST && !req.uri().path().starts_with("/v1/webhooks/") {
-        if let Some(want) = token {
-            let given = req
-                .headers()
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or_default();
-            if !constant_time_eq(given.as_bytes(), want.as_bytes()) {
-                return ApiError {
-                    error: "unauthorized: this action needs Authorization: Bearer <api token>"
-                        .to_owned(),
-                    detail: None,
-                    status: 401,
-                }
-                .into_response();
-            }
-        }
+/// The refusal of a POST (but a webhook's) without the API token, when
+/// one is set.
+fn unauthorized(token: Option<&str>, req: &Request) -> Option<ApiError> {
+    let want = token?;
+    if req.method() != Method::POST || req.uri().path().starts_with("/v1/webhooks/") {
+        return None;
     }
-    next.run(req).await
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(given.as_bytes(), want.as_bytes()) {
+        return None;
+    }
+    Some(ApiError {
+        error: "unauthorized: this action needs Authorization: Bearer <api token>".to_owned(),
+        detail: None,
+        status: 401,
+    })
 }
 
 /// Compares without an early exit on the first differing byte.
@@ -1115,9 +1141,7 @@ pub async fn serve(
     secrets: Secrets,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    // The event streams end when the API stops (else they would hold
-    // the graceful shutdown open).
-    let app = router(backend, secrets).layer(axum::Extension(shutdown.clone()));
+    let app = router(backend, secrets, shutdown.clone());
     info!(listen = %listener.describe(), "API listening");
     match listener {
         Listener::Tcp(l) => {

@@ -635,6 +635,12 @@ fn parse_log_line(line: &str) -> Option<LogLine> {
 pub struct ProcStat {
     /// user + system CPU time, seconds.
     pub cpu_s: f64,
+    /// User CPU time, seconds.
+    pub user_s: f64,
+    /// System CPU time, seconds.
+    pub sys_s: f64,
+    /// Minor page faults so far.
+    pub minflt: u64,
     /// Resident set now, KiB.
     pub rss_kib: u64,
     /// Peak resident set, KiB.
@@ -663,6 +669,8 @@ pub fn proc_stat(pid: u32, ticks: f64) -> Result<ProcStat> {
     // rest[0] is field 3 (state); utime is field 14, stime field 15.
     let utime: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let stime: f64 = f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    // minflt is field 10.
+    let minflt: u64 = f.get(7).and_then(|s| s.parse().ok()).unwrap_or(0);
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib = |key: &str| {
         status
@@ -674,6 +682,9 @@ pub fn proc_stat(pid: u32, ticks: f64) -> Result<ProcStat> {
     };
     Ok(ProcStat {
         cpu_s: (utime + stime) / ticks,
+        user_s: utime / ticks,
+        sys_s: stime / ticks,
+        minflt,
         rss_kib: kib("VmRSS:"),
         hwm_kib: kib("VmHWM:"),
     })
