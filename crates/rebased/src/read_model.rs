@@ -3,7 +3,7 @@
 //! reconciler. [`image_state`] is the one derivation of the state an image
 //! is shown in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -92,10 +92,21 @@ pub struct ReadModel {
     summaries: Mutex<Option<Summaries>>,
     /// Held while summaries are made, so concurrent requests make them once.
     making: Mutex<()>,
-    /// The audit part of `GET /v1/status`, as of one store generation and
-    /// one config (a status query reads no store record while neither
-    /// moved).
-    audit_status: Mutex<Option<((u64, usize), AuditStatusView)>>,
+    /// The images' last audits and the audit part of `GET /v1/status`, as
+    /// of one store generation and one config: a status query, and a list
+    /// of every image, read no audit record while neither moved.
+    audits: Mutex<Option<Arc<Audits>>>,
+}
+
+/// Every managed image's last audit, read at once.
+#[derive(Default)]
+struct Audits {
+    /// The store generation and the config they were read under.
+    key: (u64, usize),
+    /// By image.
+    views: HashMap<String, AuditView>,
+    /// What `GET /v1/status` shows of them.
+    status: AuditStatusView,
 }
 
 /// Every image's summary, as of one store generation, one config and one
@@ -175,39 +186,46 @@ impl ReadModel {
             stop: parts.stop,
             summaries: Mutex::new(None),
             making: Mutex::new(()),
-            audit_status: Mutex::new(None),
+            audits: Mutex::new(None),
         }
     }
 
     /// The last audits' summary for the status: when each ran, the
     /// findings left unrepaired and the images with them; made again only
     /// when the store was written or the config changed.
-    fn audit_status(&self) -> AuditStatusView {
+    /// The images' last audits, read again only when the store was written
+    /// or the config reloaded since.
+    fn audits(&self) -> Arc<Audits> {
         let cfg = self.live.cfg();
         let key = (self.store.generation(), Arc::as_ptr(&cfg) as usize);
-        if let Some((k, v)) = lock(&self.audit_status).as_ref() {
-            if *k == key {
-                return v.clone();
-            }
+        if let Some(v) = lock(&self.audits).as_ref().filter(|v| v.key == key) {
+            return Arc::clone(v);
         }
-        let mut audit = AuditStatusView::default();
-        let audits = self.store.audits().unwrap_or_else(|e| {
+        let mut audits = Audits {
+            key,
+            ..Audits::default()
+        };
+        let records = self.store.audits().unwrap_or_else(|e| {
             warn!("cannot read the audit records: {e}");
             Vec::new()
         });
-        for (name, a) in audits {
-            if cfg.image.iter().all(|i| i.name.as_str() != name) {
+        let managed: HashSet<&str> = cfg.image.iter().map(|i| i.name.as_str()).collect();
+        for (name, a) in records {
+            if !managed.contains(name.as_str()) {
                 continue;
             }
-            audit.last_run = audit.last_run.max(Some(a.at));
+            let status = &mut audits.status;
+            status.last_run = status.last_run.max(Some(a.at));
             let drift = a.findings.iter().filter(|f| f.repaired.is_none()).count();
             if drift > 0 {
-                audit.drift += drift;
-                audit.images.push(name);
+                status.drift += drift;
+                status.images.push(name.clone());
             }
+            audits.views.insert(name.clone(), audit_view(&name, a));
         }
-        *lock(&self.audit_status) = Some((key, audit.clone()));
-        audit
+        let audits = Arc::new(audits);
+        *lock(&self.audits) = Some(Arc::clone(&audits));
+        audits
     }
 
     fn summary_key(&self, cfg: &Arc<rebased_core::config::Config>) -> SummaryKey {
@@ -401,12 +419,7 @@ impl ReadModel {
             }
         });
         let unchecked = bases.iter().any(|b: &ImageBaseView| b.error.is_some());
-        let audit = self
-            .store
-            .audit(name)
-            .ok()
-            .flatten()
-            .map(|a| audit_view(name, a));
+        let audit = self.audits().views.get(name).cloned();
         Ok(ImageView {
             audit,
             floating_tags: Vec::new(),
@@ -620,7 +633,7 @@ impl Backend for ReadModel {
             (q.depth(), running)
         };
         let t = self.status.times();
-        let audit = self.audit_status();
+        let audit = self.audits().status.clone();
         StatusView {
             audit,
             version: env!("CARGO_PKG_VERSION").to_owned(),
