@@ -190,11 +190,9 @@ impl ReadModel {
         }
     }
 
-    /// The last audits' summary for the status: when each ran, the
-    /// findings left unrepaired and the images with them; made again only
-    /// when the store was written or the config changed.
-    /// The images' last audits, read again only when the store was written
-    /// or the config reloaded since.
+    /// The images' last audits and, for the status, when the last ran, the
+    /// findings left unrepaired and the images with them; read again only
+    /// when the store was written or the config reloaded since.
     fn audits(&self) -> Arc<Audits> {
         let cfg = self.live.cfg();
         let key = (self.store.generation(), Arc::as_ptr(&cfg) as usize);
