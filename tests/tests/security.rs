@@ -146,6 +146,11 @@ fn secrets_appear_in_no_log_answer_or_error() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 404, "an unknown POST with the token");
+    let r = client
+        .post(format!("{}/v1/status", daemon.api))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405, "a POST to a GET-only route");
     // The audit's answer (signatures checked), with the right token.
     let r = client
         .post(format!("{}/v1/audit", daemon.api))
