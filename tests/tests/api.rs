@@ -289,3 +289,73 @@ fn paged_lists_with_cursor_filters_etag_and_gzip() {
         "{table}"
     );
 }
+
+/// The full list is sent as the same bytes while nothing it shows moved,
+/// and follows at once a job, a store write (a rollback's hold) and,
+/// within about a second, a Dockerfile's edit.
+#[test]
+fn the_full_list_follows_every_change() {
+    let (s, daemon) = start();
+    let client = reqwest::blocking::Client::new();
+    let list = || {
+        let r = client
+            .get(format!("{}/v1/images", daemon.api))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let tag = r.headers()["etag"].to_str().unwrap().to_owned();
+        let body: Value = r.json().unwrap();
+        (tag, body)
+    };
+    // The first build's job may still be finishing after its version is
+    // recorded.
+    let (tag, first) = rebased_e2e::wait_for("a fresh image", WAIT, || {
+        let (t, l) = list();
+        (l[0]["state"] == "fresh").then_some((t, l))
+    });
+    let (again, same) = list();
+    assert_eq!((&again, &same), (&tag, &first));
+
+    // A job: the list shows it, then the new version.
+    assert_eq!(daemon.post("/v1/images/app/rebuild", None), 202);
+    let (_, queued) = list();
+    assert!(
+        ["queued", "building", "fresh"].contains(&queued[0]["state"].as_str().unwrap()),
+        "{queued}"
+    );
+    daemon.wait_version("app", "1.0.1", WAIT);
+    let (built_tag, built) = list();
+    assert_ne!(built_tag, tag);
+    assert_eq!(built[0]["current_version"], "1.0.1", "{built}");
+    assert_eq!(built[0]["versions"].as_array().unwrap().len(), 2);
+
+    // A rollback writes the store: the very next list shows the hold.
+    let (code, answer) = daemon.post_body(
+        "/v1/images/app/rollback",
+        &[("content-type", "application/json")],
+        r#"{"to": "1.0.0"}"#,
+    );
+    assert_eq!(code, 200, "{answer}");
+    let (held_tag, held) = list();
+    assert_ne!(held_tag, built_tag);
+    assert_eq!(held[0]["state"], "held", "{held}");
+    assert_eq!(held[0]["current_version"], "1.0.0", "{held}");
+
+    // A Dockerfile's edit is no store write; the list shows the new base
+    // once the Dockerfile is looked at again (within about a second).
+    let other = format!("{}/other:latest", s.host());
+    std::fs::write(
+        s.dir().join("app/Dockerfile"),
+        format!("FROM {other}\nCOPY hello /hello\n"),
+    )
+    .unwrap();
+    let moved = rebased_e2e::wait_for(
+        "the edited base in the list",
+        Duration::from_secs(10),
+        || {
+            let (t, l) = list();
+            (l[0]["bases"][0]["reference"] == other.as_str()).then_some(t)
+        },
+    );
+    assert_ne!(moved, held_tag);
+}

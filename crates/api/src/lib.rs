@@ -665,6 +665,13 @@ pub trait Backend: Send + Sync + 'static {
     fn status(&self) -> StatusView;
     /// Every managed image.
     fn images(&self) -> Result<Vec<ImageView>, ApiError>;
+    /// The answer to `GET /v1/images` without a query: every image as
+    /// JSON with its `ETag`. This default renders [`Backend::images`] on
+    /// every call; a daemon with many images keeps the rendered answer
+    /// while nothing it shows has moved.
+    fn images_answer(&self) -> Result<pages::Rendered, ApiError> {
+        pages::Rendered::of(&self.images()?)
+    }
     /// One image, `None` if no such image is managed.
     fn image(&self, name: &str) -> Result<Option<ImageView>, ApiError>;
     /// Every managed image without its version history, in name order:
@@ -1043,7 +1050,7 @@ async fn images(
 ) -> Result<Response, ApiError> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if !q.is_paged() {
-        return Ok(pages::json_with_etag(&headers, &b.images()?));
+        return Ok(b.images_answer()?.respond(&headers));
     }
     let summaries = b.image_summaries()?;
     if q.view == Some(pages::ImagesForm::Summary) {

@@ -435,22 +435,55 @@ pub struct Rendered {
 impl Rendered {
     /// `value` as JSON, tagged with a hash of its bytes.
     pub fn of<T: Serialize>(value: &T) -> Result<Self, ApiError> {
-        let body = serde_json::to_vec(value)
-            .map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
+        let body = serde_json::to_vec(value).map_err(encoding)?;
+        Ok(Self::tagged(body))
+    }
+
+    /// A JSON array of `items`, each made and written in turn, so that
+    /// only one item is held at a time besides the bytes (the same bytes
+    /// as [`Rendered::of`] of the items collected). `capacity` is a guess
+    /// at the length, such as the last answer's, to spare the buffer's
+    /// doubling.
+    pub fn of_each<T: Serialize>(
+        items: impl IntoIterator<Item = Result<T, ApiError>>,
+        capacity: usize,
+    ) -> Result<Self, ApiError> {
+        let mut body = Vec::with_capacity(capacity);
+        body.push(b'[');
+        for (n, item) in items.into_iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            serde_json::to_writer(&mut body, &item?).map_err(encoding)?;
+        }
+        body.push(b']');
+        Ok(Self::tagged(body))
+    }
+
+    /// The length of the JSON.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
+    fn tagged(body: Vec<u8>) -> Self {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         body.hash(&mut h);
         let tag = format!("W/\"{:016x}{:08x}\"", h.finish(), body.len());
         let etag = HeaderValue::from_str(&tag).unwrap_or(HeaderValue::from_static("W/\"0\""));
-        Ok(Self {
+        Self {
             body: body.into(),
             etag,
-        })
+        }
     }
 
     /// The answer, or `304 Not Modified` when `If-None-Match` names its tag.
     pub fn respond(&self, headers: &HeaderMap) -> Response {
         respond(headers, self.etag.clone(), self.body.clone())
     }
+}
+
+fn encoding(e: serde_json::Error) -> ApiError {
+    ApiError::internal(format!("encoding the answer: {e}"))
 }
 
 /// Summary pages rendered from one set of summaries: while the backend
@@ -572,6 +605,29 @@ mod tests {
             source: None,
             drift: 0,
         }
+    }
+
+    #[test]
+    fn an_array_written_item_by_item_is_the_collected_array() {
+        let items = [
+            summary("a", ImageState::Fresh),
+            summary("b", ImageState::Failing),
+        ];
+        for (n, capacity) in [(0, 0), (1, 3), (2, 1 << 12)] {
+            let each =
+                Rendered::of_each(items[..n].iter().cloned().map(Ok), capacity).expect("each");
+            let all = Rendered::of(&items[..n].to_vec()).expect("all");
+            assert_eq!((&each.body, &each.etag), (&all.body, &all.etag));
+            assert_eq!(each.body_len(), all.body.len());
+        }
+        let failed = Rendered::of_each(
+            [
+                Ok(summary("a", ImageState::Fresh)),
+                Err(ApiError::internal("gone".to_owned())),
+            ],
+            0,
+        );
+        assert!(failed.is_err());
     }
 
     #[test]

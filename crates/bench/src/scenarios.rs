@@ -676,6 +676,18 @@ pub fn api(sizes: &Sizes) -> Result<Value> {
     }
     let mut out = serde_json::Map::new();
     let ticks = clock_ticks();
+    // Where the peak is reached: after start-up and one full list, then
+    // after each load.
+    let settled = proc_stat(daemon.pid(), ticks)?;
+    figure(
+        "daemon peak RSS before the load (MiB)",
+        mib(settled.hwm_kib),
+        "VmHWM after start-up and one full list",
+    );
+    out.insert(
+        "peak_rss_mib_before_load".to_owned(),
+        json!(mib(settled.hwm_kib)),
+    );
     for path in ["/v1/status", "/v1/images"] {
         let before = proc_stat(daemon.pid(), ticks)?;
         let (rps, p99, errors) = wrk(
@@ -719,7 +731,12 @@ pub fn api(sizes: &Sizes) -> Result<Value> {
             path.to_owned(),
             json!({"requests_per_s": round2(rps), "p99_ms": round2(p99), "errors": errors,
                 "daemon_user_us_per_request": round2(user_us), "daemon_sys_us_per_request": round2(sys_us),
-                "daemon_faults_per_request": round2(faults)}),
+                "daemon_faults_per_request": round2(faults), "peak_rss_mib_after": mib(after.hwm_kib)}),
+        );
+        figure(
+            &format!("GET {path}: daemon peak RSS after it (MiB)"),
+            mib(after.hwm_kib),
+            "VmHWM",
         );
     }
     let stat = proc_stat(daemon.pid(), clock_ticks())?;

@@ -516,7 +516,7 @@ struct CachedBases {
 /// A cached entry younger than this is used without looking at the file:
 /// one poll round (its schedule, then its decisions) or one API request
 /// looks at each file once, not several times.
-const PLAN_VERIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const PLAN_VERIFY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What tells a file changed without reading it.
 #[derive(Clone, Copy, PartialEq, Eq)]

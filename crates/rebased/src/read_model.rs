@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use rebased_api::metrics::Metrics;
-use rebased_api::pages::{ImageSummaryView, LastJobView, SummaryBaseView};
+use rebased_api::pages::{ImageSummaryView, LastJobView, Rendered, SummaryBaseView};
 use rebased_api::{
     Accepted, ActionError, ApiError, AuditStarted, AuditStatusView, AuditView, Backend, BaseView,
     BoxFuture, CheckRequest, Conflict, EngineView, FindingView, FloatingTagView, ImageBaseView,
@@ -28,7 +28,7 @@ use tracing::warn;
 
 use crate::audit;
 use crate::events::reason_view;
-use crate::live::{lock, Live};
+use crate::live::{lock, Live, PLAN_VERIFY_EVERY};
 use crate::notifiers::Notifiers;
 use crate::poll;
 use crate::reconcile::Reconciler;
@@ -96,6 +96,24 @@ pub struct ReadModel {
     /// of one store generation and one config: a status query, and a list
     /// of every image, read no audit record while neither moved.
     audits: Mutex<Option<Arc<Audits>>>,
+    /// The full list's rendered answer (`GET /v1/images` without a query).
+    list: Mutex<Option<ListAnswer>>,
+    /// Held while the full list is rendered, so concurrent requests render
+    /// it once and share its bytes.
+    rendering: Mutex<()>,
+}
+
+/// The full list as the API sends it, as of one [`SummaryKey`].
+struct ListAnswer {
+    key: SummaryKey,
+    /// The config it was made under, held so that its address (in the
+    /// key) is not reused by another config while this is kept.
+    _config: Arc<rebased_core::config::Config>,
+    /// When it was made: an image's bases come from its Dockerfile, whose
+    /// edit is not a store write, so the answer is kept no longer than the
+    /// Dockerfiles' own cache looks at them ([`PLAN_VERIFY_EVERY`]).
+    made: std::time::Instant,
+    rendered: Rendered,
 }
 
 /// Every managed image's last audit, read at once.
@@ -103,6 +121,8 @@ pub struct ReadModel {
 struct Audits {
     /// The store generation and the config they were read under.
     key: (u64, usize),
+    /// Held so that the config's address, in the key, is not reused.
+    _config: Option<Arc<rebased_core::config::Config>>,
     /// By image.
     views: HashMap<String, AuditView>,
     /// What `GET /v1/status` shows of them.
@@ -117,6 +137,8 @@ struct Audits {
 /// does (each checked base's record) and a decide of the image does.
 struct Summaries {
     key: SummaryKey,
+    /// Held so that the config's address, in the key, is not reused.
+    _config: Arc<rebased_core::config::Config>,
     all: Arc<Vec<ImageSummaryView>>,
 }
 
@@ -187,6 +209,8 @@ impl ReadModel {
             summaries: Mutex::new(None),
             making: Mutex::new(()),
             audits: Mutex::new(None),
+            list: Mutex::new(None),
+            rendering: Mutex::new(()),
         }
     }
 
@@ -201,6 +225,7 @@ impl ReadModel {
         }
         let mut audits = Audits {
             key,
+            _config: Some(Arc::clone(&cfg)),
             ..Audits::default()
         };
         let records = self.store.audits().unwrap_or_else(|e| {
@@ -652,6 +677,45 @@ impl Backend for ReadModel {
         self.live.cfg().image.iter().map(|i| self.view(i)).collect()
     }
 
+    /// Rendered once and then sent as the same bytes (one `ETag` hash, one
+    /// buffer however many requests are in flight) until the store is
+    /// written, the config reloaded or a job moves, or after
+    /// [`PLAN_VERIFY_EVERY`].
+    fn images_answer(&self) -> Result<Rendered, ApiError> {
+        let cfg = self.live.cfg();
+        let cached = |key: SummaryKey| {
+            lock(&self.list)
+                .as_ref()
+                .filter(|l| l.key == key && l.made.elapsed() < PLAN_VERIFY_EVERY)
+                .map(|l| l.rendered.clone())
+        };
+        if let Some(hit) = cached(self.summary_key(&cfg)) {
+            return Ok(hit);
+        }
+        let _rendering = lock(&self.rendering);
+        let key = self.summary_key(&cfg);
+        if let Some(hit) = cached(key) {
+            return Ok(hit);
+        }
+        // The stale answer goes first (requests in flight keep their own
+        // handle on its bytes), and each image's view is written and
+        // dropped in turn: the list's peak memory is its bytes.
+        let last_len = lock(&self.list).take().map_or(0, |l| l.rendered.body_len());
+        // As for the summaries, the key is read before the reads.
+        let made = std::time::Instant::now();
+        let rendered = Rendered::of_each(
+            cfg.image.iter().map(|i| self.view(i)),
+            last_len + last_len / 16,
+        )?;
+        *lock(&self.list) = Some(ListAnswer {
+            key,
+            _config: cfg,
+            made,
+            rendered: rendered.clone(),
+        });
+        Ok(rendered)
+    }
+
     fn image(&self, name: &str) -> Result<Option<ImageView>, ApiError> {
         let Some(image) = self.live.image(name) else {
             return Ok(None);
@@ -694,6 +758,7 @@ impl Backend for ReadModel {
         let all = Arc::new(self.make_summaries(&cfg)?);
         *lock(&self.summaries) = Some(Summaries {
             key,
+            _config: cfg,
             all: Arc::clone(&all),
         });
         Ok(all)
