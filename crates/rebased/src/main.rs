@@ -20,6 +20,7 @@ mod events;
 mod ledger;
 mod live;
 mod logging;
+mod memo;
 mod notifiers;
 mod notify;
 mod poll;
@@ -629,7 +630,7 @@ mod layering {
         &["notifiers"],
         &["status", "records", "events"],
         &["live"],
-        &["config", "notify", "logging"],
+        &["config", "notify", "logging", "memo"],
     ];
 
     fn layer(module: &str) -> Option<usize> {

@@ -4,7 +4,7 @@
 //! is shown in.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::Utc;
 use rebased_api::metrics::Metrics;
@@ -28,7 +28,8 @@ use tracing::warn;
 
 use crate::audit;
 use crate::events::reason_view;
-use crate::live::{lock, Live, PLAN_VERIFY_EVERY};
+use crate::live::{Live, PLAN_VERIFY_EVERY};
+use crate::memo::Memo;
 use crate::notifiers::Notifiers;
 use crate::poll;
 use crate::reconcile::Reconciler;
@@ -89,57 +90,32 @@ pub struct ReadModel {
     notifiers: Arc<Notifiers>,
     tasks: TaskTracker,
     stop: CancellationToken,
-    summaries: Mutex<Option<Summaries>>,
-    /// Held while summaries are made, so concurrent requests make them once.
-    making: Mutex<()>,
+    /// Every image's summary, made again only when the store was written,
+    /// the config reloaded or a job moved.
+    ///
+    /// A Dockerfile's edit that changes an image's bases is not itself a
+    /// write: it shows once the store is next written, which every poll
+    /// round does (each checked base's record) and a decide of the image
+    /// does.
+    summaries: Memo<SummaryKey, Arc<Vec<ImageSummaryView>>>,
     /// The images' last audits and the audit part of `GET /v1/status`, as
     /// of one store generation and one config: a status query, and a list
     /// of every image, read no audit record while neither moved.
-    audits: Mutex<Option<Arc<Audits>>>,
-    /// The full list's rendered answer (`GET /v1/images` without a query).
-    list: Mutex<Option<ListAnswer>>,
-    /// Held while the full list is rendered, so concurrent requests render
-    /// it once and share its bytes.
-    rendering: Mutex<()>,
-}
-
-/// The full list as the API sends it, as of one [`SummaryKey`].
-struct ListAnswer {
-    key: SummaryKey,
-    /// The config it was made under, held so that its address (in the
-    /// key) is not reused by another config while this is kept.
-    _config: Arc<rebased_core::config::Config>,
-    /// When it was made: an image's bases come from its Dockerfile, whose
-    /// edit is not a store write, so the answer is kept no longer than the
-    /// Dockerfiles' own cache looks at them ([`PLAN_VERIFY_EVERY`]).
-    made: std::time::Instant,
-    rendered: Rendered,
+    audits: Memo<(u64, usize), Arc<Audits>>,
+    /// The full list's rendered answer (`GET /v1/images` without a query),
+    /// under the summaries' key: an image's bases come from its
+    /// Dockerfile, whose edit is not a store write, so it is kept no longer
+    /// than the Dockerfiles' own cache looks at them ([`PLAN_VERIFY_EVERY`]).
+    list: Memo<SummaryKey, Rendered>,
 }
 
 /// Every managed image's last audit, read at once.
 #[derive(Default)]
 struct Audits {
-    /// The store generation and the config they were read under.
-    key: (u64, usize),
-    /// Held so that the config's address, in the key, is not reused.
-    _config: Option<Arc<rebased_core::config::Config>>,
     /// By image.
     views: HashMap<String, AuditView>,
     /// What `GET /v1/status` shows of them.
     status: AuditStatusView,
-}
-
-/// Every image's summary, as of one store generation, one config and one
-/// set of jobs.
-///
-/// A Dockerfile's edit that changes an image's bases is not itself a
-/// write: it shows once the store is next written, which every poll round
-/// does (each checked base's record) and a decide of the image does.
-struct Summaries {
-    key: SummaryKey,
-    /// Held so that the config's address, in the key, is not reused.
-    _config: Arc<rebased_core::config::Config>,
-    all: Arc<Vec<ImageSummaryView>>,
 }
 
 /// What the summaries were made from: the store's generation, the config
@@ -206,11 +182,9 @@ impl ReadModel {
             notifiers: parts.notifiers,
             tasks: parts.tasks,
             stop: parts.stop,
-            summaries: Mutex::new(None),
-            making: Mutex::new(()),
-            audits: Mutex::new(None),
-            list: Mutex::new(None),
-            rendering: Mutex::new(()),
+            summaries: Memo::new(None),
+            audits: Memo::new(None),
+            list: Memo::new(Some(PLAN_VERIFY_EVERY)),
         }
     }
 
@@ -219,15 +193,15 @@ impl ReadModel {
     /// when the store was written or the config reloaded since.
     fn audits(&self) -> Arc<Audits> {
         let cfg = self.live.cfg();
-        let key = (self.store.generation(), Arc::as_ptr(&cfg) as usize);
-        if let Some(v) = lock(&self.audits).as_ref().filter(|v| v.key == key) {
-            return Arc::clone(v);
-        }
-        let mut audits = Audits {
-            key,
-            _config: Some(Arc::clone(&cfg)),
-            ..Audits::default()
-        };
+        let key = || (self.store.generation(), Arc::as_ptr(&cfg) as usize);
+        let Ok(audits) = self.audits.get(key, &cfg, |_| {
+            Ok::<_, std::convert::Infallible>(self.read_audits(&cfg))
+        });
+        audits
+    }
+
+    fn read_audits(&self, cfg: &rebased_core::config::Config) -> Arc<Audits> {
+        let mut audits = Audits::default();
         let records = self.store.audits().unwrap_or_else(|e| {
             warn!("cannot read the audit records: {e}");
             Vec::new()
@@ -246,9 +220,7 @@ impl ReadModel {
             }
             audits.views.insert(name.clone(), audit_view(&name, a));
         }
-        let audits = Arc::new(audits);
-        *lock(&self.audits) = Some(Arc::clone(&audits));
-        audits
+        Arc::new(audits)
     }
 
     fn summary_key(&self, cfg: &Arc<rebased_core::config::Config>) -> SummaryKey {
@@ -683,37 +655,19 @@ impl Backend for ReadModel {
     /// [`PLAN_VERIFY_EVERY`].
     fn images_answer(&self) -> Result<Rendered, ApiError> {
         let cfg = self.live.cfg();
-        let cached = |key: SummaryKey| {
-            lock(&self.list)
-                .as_ref()
-                .filter(|l| l.key == key && l.made.elapsed() < PLAN_VERIFY_EVERY)
-                .map(|l| l.rendered.clone())
-        };
-        if let Some(hit) = cached(self.summary_key(&cfg)) {
-            return Ok(hit);
-        }
-        let _rendering = lock(&self.rendering);
-        let key = self.summary_key(&cfg);
-        if let Some(hit) = cached(key) {
-            return Ok(hit);
-        }
-        // The stale answer goes first (requests in flight keep their own
-        // handle on its bytes), and each image's view is written and
-        // dropped in turn: the list's peak memory is its bytes.
-        let last_len = lock(&self.list).take().map_or(0, |l| l.rendered.body_len());
-        // As for the summaries, the key is read before the reads.
-        let made = std::time::Instant::now();
-        let rendered = Rendered::of_each(
-            cfg.image.iter().map(|i| self.view(i)),
-            last_len + last_len / 16,
-        )?;
-        *lock(&self.list) = Some(ListAnswer {
-            key,
-            _config: cfg,
-            made,
-            rendered: rendered.clone(),
-        });
-        Ok(rendered)
+        self.list.get(
+            || self.summary_key(&cfg),
+            &cfg,
+            |stale| {
+                // Each image's view is written and dropped in turn: the
+                // list's peak memory is its bytes.
+                let last_len = stale.map_or(0, |l| l.body_len());
+                Rendered::of_each(
+                    cfg.image.iter().map(|i| self.view(i)),
+                    last_len + last_len / 16,
+                )
+            },
+        )
     }
 
     fn image(&self, name: &str) -> Result<Option<ImageView>, ApiError> {
@@ -738,30 +692,11 @@ impl Backend for ReadModel {
     /// what is at hand, not 10,000 reads.
     fn image_summaries(&self) -> Result<Arc<Vec<ImageSummaryView>>, ApiError> {
         let cfg = self.live.cfg();
-        let cached = |key: SummaryKey| {
-            lock(&self.summaries)
-                .as_ref()
-                .filter(|s| s.key == key)
-                .map(|s| Arc::clone(&s.all))
-        };
-        if let Some(all) = cached(self.summary_key(&cfg)) {
-            return Ok(all);
-        }
-        let _making = lock(&self.making);
-        // Another request may have made them while this one waited.
-        let key = self.summary_key(&cfg);
-        if let Some(all) = cached(key) {
-            return Ok(all);
-        }
-        // The key is read before the reads: a write during them moves
-        // the generation, so these are made again next time.
-        let all = Arc::new(self.make_summaries(&cfg)?);
-        *lock(&self.summaries) = Some(Summaries {
-            key,
-            _config: cfg,
-            all: Arc::clone(&all),
-        });
-        Ok(all)
+        self.summaries.get(
+            || self.summary_key(&cfg),
+            &cfg,
+            |_| self.make_summaries(&cfg).map(Arc::new),
+        )
     }
 
     /// Ready until the stop begins: from then on new work is refused.
