@@ -75,6 +75,20 @@ impl<K: PartialEq + Copy, T: Clone> Memo<K, T> {
         Ok(value)
     }
 
+    /// Lets the value go if it is older than `max_age`: no call would use
+    /// it again, and a large one is not held until the next call. True if
+    /// it did.
+    pub fn forget_old(&self) -> bool {
+        let mut slot = lock(&self.slot);
+        let old = slot
+            .as_ref()
+            .is_some_and(|m| self.max_age.is_some_and(|a| m.at.elapsed() >= a));
+        if old {
+            *slot = None;
+        }
+        old
+    }
+
     fn kept(&self, key: K) -> Option<T> {
         lock(&self.slot)
             .as_ref()
@@ -149,6 +163,31 @@ mod tests {
         assert_eq!(get(), Ok(1));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(get(), Ok(2));
+    }
+
+    #[test]
+    fn only_an_old_value_is_forgotten() {
+        let young: Memo<u32, Arc<u32>> = Memo::new(Some(Duration::from_secs(3600)));
+        let kept = young
+            .get(|| 1, &holds(), |_| Ok::<_, ()>(Arc::new(5)))
+            .expect("made");
+        assert!(!young.forget_old());
+        assert_eq!(Arc::strong_count(&kept), 2, "still kept by the memo");
+
+        let old: Memo<u32, Arc<u32>> = Memo::new(Some(Duration::from_millis(10)));
+        let kept = old
+            .get(|| 1, &holds(), |_| Ok::<_, ()>(Arc::new(5)))
+            .expect("made");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(old.forget_old());
+        assert_eq!(Arc::strong_count(&kept), 1, "let go by the memo");
+
+        let keyed: Memo<u32, Arc<u32>> = Memo::new(None);
+        let kept = keyed
+            .get(|| 1, &holds(), |_| Ok::<_, ()>(Arc::new(5)))
+            .expect("made");
+        assert!(!keyed.forget_old());
+        assert_eq!(Arc::strong_count(&kept), 2, "no age, never old");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use rebased_state::Store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::audit;
 use crate::events::reason_view;
@@ -106,7 +106,7 @@ pub struct ReadModel {
     /// under the summaries' key: an image's bases come from its
     /// Dockerfile, whose edit is not a store write, so it is kept no longer
     /// than the Dockerfiles' own cache looks at them ([`PLAN_VERIFY_EVERY`]).
-    list: Memo<SummaryKey, Rendered>,
+    list: Arc<Memo<SummaryKey, Rendered>>,
 }
 
 /// Every managed image's last audit, read at once.
@@ -184,7 +184,7 @@ impl ReadModel {
             stop: parts.stop,
             summaries: Memo::new(None),
             audits: Memo::new(None),
-            list: Memo::new(Some(PLAN_VERIFY_EVERY)),
+            list: Arc::new(Memo::new(Some(PLAN_VERIFY_EVERY))),
         }
     }
 
@@ -221,6 +221,30 @@ impl ReadModel {
             audits.views.insert(name.clone(), audit_view(&name, a));
         }
         Arc::new(audits)
+    }
+
+    /// Once the list being made is too old to be sent, it is let go: no
+    /// request may come to replace it, and at 10,000 images it is about
+    /// 10 MB.
+    fn forget_list_when_old(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let list = Arc::clone(&self.list);
+        let stop = self.stop.clone();
+        self.tasks.spawn_on(
+            async move {
+                tokio::select! {
+                    () = tokio::time::sleep(PLAN_VERIFY_EVERY) => {
+                        if list.forget_old() {
+                            debug!("the rendered image list is let go");
+                        }
+                    }
+                    () = stop.cancelled() => {}
+                }
+            },
+            &runtime,
+        );
     }
 
     fn summary_key(&self, cfg: &Arc<rebased_core::config::Config>) -> SummaryKey {
@@ -659,6 +683,7 @@ impl Backend for ReadModel {
             || self.summary_key(&cfg),
             &cfg,
             |stale| {
+                self.forget_list_when_old();
                 // Each image's view is written and dropped in turn: the
                 // list's peak memory is its bytes.
                 let last_len = stale.map_or(0, |l| l.body_len());
