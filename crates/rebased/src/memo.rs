@@ -46,21 +46,26 @@ impl<K: PartialEq + Copy, T: Clone> Memo<K, T> {
     ///
     /// The key is read before `make` reads anything: a write during the
     /// reads moves the key, so the value is made again by the next call.
-    /// The stale value is let go before `make` runs, so the two are not
-    /// both held by the memo (callers in flight keep their own clones).
+    /// A caller that waited while another made the value takes it, young
+    /// or not, if its making began after this call arrived: it read
+    /// everything this call would have, so a making slower than `max_age`
+    /// does not make every waiter make it again in turn. The stale value
+    /// is let go before `make` runs, so the two are not both held by the
+    /// memo (callers in flight keep their own clones).
     pub fn get<H: std::any::Any + Send + Sync, E>(
         &self,
         key: impl Fn() -> K,
         holds: &Arc<H>,
         make: impl FnOnce(Option<T>) -> Result<T, E>,
     ) -> Result<T, E> {
-        if let Some(v) = self.kept(key()) {
+        let arrived = Instant::now();
+        if let Some(v) = self.kept(key(), None) {
             return Ok(v);
         }
         let _making = lock(&self.making);
         // Another caller may have made it while this one waited.
         let key = key();
-        if let Some(v) = self.kept(key) {
+        if let Some(v) = self.kept(key, Some(arrived)) {
             return Ok(v);
         }
         let stale = lock(&self.slot).take().map(|m| m.value);
@@ -89,10 +94,15 @@ impl<K: PartialEq + Copy, T: Clone> Memo<K, T> {
         old
     }
 
-    fn kept(&self, key: K) -> Option<T> {
+    /// The value made under `key`, if it is young enough or its making
+    /// began at or after `begun_after`.
+    fn kept(&self, key: K, begun_after: Option<Instant>) -> Option<T> {
         lock(&self.slot)
             .as_ref()
-            .filter(|m| m.key == key && self.max_age.is_none_or(|a| m.at.elapsed() < a))
+            .filter(|m| {
+                let young = self.max_age.is_none_or(|a| m.at.elapsed() < a);
+                m.key == key && (young || begun_after.is_some_and(|t| m.at >= t))
+            })
             .map(|m| m.value.clone())
     }
 }
@@ -147,7 +157,7 @@ mod tests {
 
     #[test]
     fn an_old_value_is_made_again_whatever_the_key() {
-        let memo: Memo<u32, u32> = Memo::new(Some(Duration::from_millis(30)));
+        let memo: Memo<u32, u32> = Memo::new(Some(Duration::from_millis(300)));
         let made = Cell::new(0);
         let get = || {
             memo.get(
@@ -161,8 +171,36 @@ mod tests {
         };
         assert_eq!(get(), Ok(1));
         assert_eq!(get(), Ok(1));
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(310));
         assert_eq!(get(), Ok(2));
+    }
+
+    #[test]
+    fn waiters_take_a_value_begun_after_they_came_however_old() {
+        // Every value is old at once; each making takes 200 ms.
+        let memo: Memo<u32, u32> = Memo::new(Some(Duration::from_millis(1)));
+        let made = std::sync::atomic::AtomicU32::new(0);
+        let get = || {
+            memo.get(
+                || 1,
+                &holds(),
+                |_| -> Result<u32, ()> {
+                    std::thread::sleep(Duration::from_millis(200));
+                    Ok(made.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
+                },
+            )
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| assert_eq!(get(), Ok(1)));
+            // These come while the first is made: its making began before
+            // them, so one of them makes the value again and the others
+            // take that one.
+            std::thread::sleep(Duration::from_millis(20));
+            for _ in 0..4 {
+                s.spawn(|| assert_eq!(get(), Ok(2)));
+            }
+        });
+        assert_eq!(made.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

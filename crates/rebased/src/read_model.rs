@@ -104,10 +104,19 @@ pub struct ReadModel {
     audits: Memo<(u64, usize), Arc<Audits>>,
     /// The full list's rendered answer (`GET /v1/images` without a query),
     /// under the summaries' key: an image's bases come from its
-    /// Dockerfile, whose edit is not a store write, so it is kept no longer
-    /// than the Dockerfiles' own cache looks at them ([`PLAN_VERIFY_EVERY`]).
+    /// Dockerfile, whose edit is not a store write, so it is kept for half
+    /// of [`PLAN_VERIFY_EVERY`], how long the Dockerfiles' own cache
+    /// trusts an entry: an edit shows within one and a half of it.
     list: Arc<Memo<SummaryKey, Rendered>>,
 }
+
+/// How long the rendered full list is sent again: half of how long a
+/// Dockerfile's parsed bases are trusted without looking at the file, so a
+/// Dockerfile's edit shows in the list within 1.5 s.
+const LIST_MAX_AGE: std::time::Duration = match PLAN_VERIFY_EVERY.checked_div(2) {
+    Some(half) => half,
+    None => PLAN_VERIFY_EVERY,
+};
 
 /// Every managed image's last audit, read at once.
 #[derive(Default)]
@@ -184,7 +193,7 @@ impl ReadModel {
             stop: parts.stop,
             summaries: Memo::new(None),
             audits: Memo::new(None),
-            list: Arc::new(Memo::new(Some(PLAN_VERIFY_EVERY))),
+            list: Arc::new(Memo::new(Some(LIST_MAX_AGE))),
         }
     }
 
@@ -235,7 +244,7 @@ impl ReadModel {
         self.tasks.spawn_on(
             async move {
                 tokio::select! {
-                    () = tokio::time::sleep(PLAN_VERIFY_EVERY) => {
+                    () = tokio::time::sleep(LIST_MAX_AGE) => {
                         if list.forget_old() {
                             debug!("the rendered image list is let go");
                         }
@@ -676,7 +685,7 @@ impl Backend for ReadModel {
     /// Rendered once and then sent as the same bytes (one `ETag` hash, one
     /// buffer however many requests are in flight) until the store is
     /// written, the config reloaded or a job moves, or after
-    /// [`PLAN_VERIFY_EVERY`].
+    /// [`LIST_MAX_AGE`].
     fn images_answer(&self) -> Result<Rendered, ApiError> {
         let cfg = self.live.cfg();
         self.list.get(
