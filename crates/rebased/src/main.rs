@@ -628,9 +628,9 @@ mod layering {
         &["signing", "attest"],
         &["destination"],
         &["notifiers"],
-        &["status", "records", "events"],
+        &["status", "records", "events", "memo"],
         &["live"],
-        &["config", "notify", "logging", "memo"],
+        &["config", "notify", "logging"],
     ];
 
     fn layer(module: &str) -> Option<usize> {

@@ -6,8 +6,10 @@
 //! the one place that decides when such an answer is used again, and that
 //! concurrent requests make it once.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::live::lock;
 
 /// One kept value and what decides whether it is still good.
 pub struct Memo<K, T> {
@@ -105,10 +107,6 @@ impl<K: PartialEq + Copy, T: Clone> Memo<K, T> {
             })
             .map(|m| m.value.clone())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
